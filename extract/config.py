@@ -1,0 +1,86 @@
+"""Dataset settings shared by `extract` and `classify`: command-line flags over `featbench.toml`.
+
+The config file is `featbench.toml` in the working directory (or `--config FILE`):
+
+    [dataset]
+    path = "../shared/data/dogs-vs-cats/train"   # required unless --data is given
+    format = "auto"          # dogs-vs-cats | oxford-pets | imagefolder | csv
+    target = "breed"         # oxford-pets only: breed (37-way) or species (cat/dog)
+    name = ""                # store folder name; default from the path
+    splits = [0.7, 0.15, 0.15]
+    seed = 0
+    out = "runs"             # where feature stores and models go
+"""
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.errors import FeatbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAME = "featbench.toml"
+DEFAULTS = {"path": None, "format": "auto", "target": "breed", "name": "", "splits": [0.7, 0.15, 0.15],
+            "seed": 0, "out": "runs"}
+
+
+@dataclass
+class DatasetSettings:
+    path: Path | None
+    format: str
+    target: str
+    name: str
+    splits: tuple
+    seed: int
+    out: Path
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("dataset (flags override featbench.toml's [dataset] table)")
+    g.add_argument("--config", type=Path, help=f"config file (default: ./{CONFIG_NAME} if present)")
+    g.add_argument("--data", help="dataset folder or CSV file")
+    g.add_argument("--format", help="dogs-vs-cats | oxford-pets | imagefolder | csv (default: auto-detect)")
+    g.add_argument("--target", help="oxford-pets: breed (37 classes, default) or species (cat/dog)")
+    g.add_argument("--name", help="dataset name used for the output folder (default: from the path)")
+    g.add_argument("--splits", help="train,val,test fractions when the dataset has none (default 0.7,0.15,0.15)")
+    g.add_argument("--seed", type=int, help="split seed (default 0)")
+    g.add_argument("--out", help="output folder for stores and models (default: runs)")
+
+
+def read_config(path: Path | None) -> dict:
+    if path is None:
+        path = Path(CONFIG_NAME)
+        if not path.is_file():
+            return {}
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh).get("dataset", {})
+    except FileNotFoundError:
+        raise FeatbenchError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
+
+
+def resolve(args: argparse.Namespace, need_data: bool = True) -> DatasetSettings:
+    cfg = read_config(args.config)
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise FeatbenchError(f"{args.config or CONFIG_NAME}: unknown [dataset] keys {sorted(unknown)}; "
+                             f"known: {', '.join(DEFAULTS)}")
+    merged = {**DEFAULTS, **cfg}
+    flags = {"path": args.data, "format": args.format, "target": args.target, "name": args.name,
+             "seed": args.seed, "out": args.out,
+             "splits": [float(x) for x in args.splits.split(",")] if args.splits else None}
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    if need_data and not merged["path"]:
+        raise FeatbenchError(f"no dataset configured: pass --data PATH or write a [dataset] path in ./{CONFIG_NAME}")
+    base = args.config.parent if args.config and not args.data else Path(".")
+    path = Path(merged["path"]) if merged["path"] else None
+    if path is not None and not path.is_absolute() and args.data is None:
+        path = base / path
+    return DatasetSettings(path, merged["format"], merged["target"], merged["name"],
+                           tuple(merged["splits"]), int(merged["seed"]), Path(merged["out"]))

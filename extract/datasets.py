@@ -1,0 +1,200 @@
+"""Image datasets: format detection, labels from names/folders/CSV, deterministic stratified splits."""
+import csv
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from features.errors import FeatbenchError
+from features.schema import NO_LABEL, SPLITS
+
+FORMATS = ("dogs-vs-cats", "oxford-pets", "imagefolder", "csv")
+DVC_LABELLED = re.compile(r"^(cat|dog)\.\d+\.[^.]+$", re.IGNORECASE)
+DVC_UNLABELLED = re.compile(r"^\d+\.[^.]+$")
+PETS = re.compile(r"^(?P<breed>[A-Za-z][A-Za-z_]*?)_\d+\.[^.]+$")
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+@dataclass
+class Item:
+    """One file of the dataset: absolute path, path relative to the root, label index (-1: none)."""
+    path: Path
+    rel: str
+    label: int = NO_LABEL
+    split: str = ""
+
+
+@dataclass
+class Dataset:
+    """A listed dataset: items sorted by relative path; files that could not be labelled are `unlisted`."""
+    root: Path
+    format: str
+    name: str
+    class_names: list
+    items: list
+    target: str = ""
+    unlisted: list = field(default_factory=list)  # (rel path, reason)
+
+    def describe(self) -> dict:
+        return {"root": str(self.root), "format": self.format, "name": self.name, "target": self.target,
+                "classes": len(self.class_names), "files": len(self.items) + len(self.unlisted)}
+
+
+def _files(folder: Path, recursive: bool = False) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and not p.name.startswith("."))
+
+
+def _image_names(folder: Path) -> list[str]:
+    return [p.name for p in _files(folder) if p.suffix.lower() in IMAGE_EXT]
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format; raise with the choices when it is ambiguous."""
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise FeatbenchError(f"{path}: a file, but not a .csv list; pass a folder or a CSV of path,label[,split]")
+    if not path.is_dir():
+        raise FeatbenchError(f"{path}: no such dataset folder; check --data or the [dataset] path in featbench.toml")
+    names = _image_names(path)
+    for sub in ("train", "images"):
+        if not names and (path / sub).is_dir():
+            names = _image_names(path / sub)
+    if names:
+        dvc = sum(bool(DVC_LABELLED.match(n) or DVC_UNLABELLED.match(n)) for n in names)
+        pets = sum(bool(PETS.match(n)) for n in names)
+        if dvc >= 0.9 * len(names):
+            return "dogs-vs-cats"
+        if pets >= 0.9 * len(names):
+            return "oxford-pets"
+    if any(d.is_dir() and _image_names(d) for d in path.iterdir()):
+        return "imagefolder"
+    raise FeatbenchError(f"{path}: cannot tell the dataset format; pass --format "
+                         f"{'|'.join(FORMATS)}")
+
+
+def _slug(path: Path) -> str:
+    parts = [p for p in path.resolve().parts[-2:] if p not in ("/", "")]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-").lower()
+
+
+def _dogs_vs_cats(root: Path):
+    folders = [root] if _image_names(root) else [d for d in (root / "train", root / "test") if d.is_dir()]
+    items, unlisted = [], []
+    for folder in folders:
+        for p in _files(folder):
+            rel = p.relative_to(root).as_posix()
+            if DVC_LABELLED.match(p.name):
+                items.append(Item(p, rel, 0 if p.name.lower().startswith("cat") else 1))
+            elif DVC_UNLABELLED.match(p.name):
+                items.append(Item(p, rel, NO_LABEL, "test"))
+            else:
+                unlisted.append((rel, "no label in file name (expected cat.N.jpg, dog.N.jpg or N.jpg)"))
+    return ["cat", "dog"], items, unlisted
+
+
+def _oxford_pets(root: Path, target: str):
+    folder = root / "images" if (root / "images").is_dir() and not _image_names(root) else root
+    found, unlisted = [], []
+    for p in _files(folder):
+        rel = p.relative_to(root).as_posix()
+        m = PETS.match(p.name)
+        if m is None:
+            unlisted.append((rel, "no breed in file name (expected Breed_N.jpg)"))
+            continue
+        breed = m["breed"]
+        found.append((p, rel, breed if target == "breed" else ("cat" if breed[0].isupper() else "dog")))
+    classes = sorted({c for *_, c in found})
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [Item(p, rel, index[c]) for p, rel, c in found], unlisted
+
+
+def _imagefolder(root: Path):
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise FeatbenchError(f"{root}: no class sub-folders; an imagefolder dataset has one folder per class")
+    items = [Item(p, p.relative_to(root).as_posix(), i)
+             for i, c in enumerate(classes) for p in _files(root / c, recursive=True)]
+    return classes, items, []
+
+
+def _csv(path: Path):
+    root = path.parent
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise FeatbenchError(f"{path}: needs a header with columns path,label[,split]")
+        rows = list(reader)
+    labels = sorted({r["label"] for r in rows if r["label"]})
+    index = {c: i for i, c in enumerate(labels)}
+    items = []
+    for line, r in enumerate(rows, start=2):
+        split = (r.get("split") or "").strip()
+        if split and split not in SPLITS:
+            raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        p = Path(r["path"])
+        p = p if p.is_absolute() else root / p
+        items.append(Item(p, r["path"], index[r["label"]] if r["label"] else NO_LABEL, split))
+    return labels, items, []
+
+
+def load_dataset(path, format: str = "auto", target: str = "breed", name: str = "") -> Dataset:
+    """List a dataset (no image is opened): items sorted by relative path, with labels."""
+    root = Path(path).expanduser()
+    fmt = detect_format(root) if format in ("", "auto", None) else format
+    if fmt not in FORMATS:
+        raise FeatbenchError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "csv" and not root.is_dir():
+        raise FeatbenchError(f"{root}: no such dataset folder; check --data or featbench.toml")
+    if target not in ("breed", "species"):
+        raise FeatbenchError(f"unknown --target {target!r}; choose breed or species")
+    if fmt == "dogs-vs-cats":
+        classes, items, unlisted = _dogs_vs_cats(root)
+    elif fmt == "oxford-pets":
+        classes, items, unlisted = _oxford_pets(root, target)
+    elif fmt == "imagefolder":
+        classes, items, unlisted = _imagefolder(root)
+    else:
+        classes, items, unlisted = _csv(root)
+    if not items:
+        raise FeatbenchError(f"{root}: no images found for format {fmt}")
+    items.sort(key=lambda it: it.rel)
+    slug = name or _slug(root.parent if fmt == "oxford-pets" and root.name == "images" else root)
+    if fmt == "oxford-pets" and not name:
+        slug += f"-{target}"
+    return Dataset(root.resolve() if fmt != "csv" else root.resolve().parent, fmt, slug, classes, items,
+                   target if fmt == "oxford-pets" else "", unlisted)
+
+
+def _rank_key(seed: int, rel: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{rel}".encode(), digest_size=8).digest()
+
+
+def assign_splits(items: list, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> np.ndarray:
+    """Deterministic stratified split codes (index into SPLITS) for items, from their paths alone.
+
+    Items that already carry a split (CSV column, unlabelled test images) keep it. Within each class
+    the images are ordered by a seeded hash of their relative path and cut at the fractions, so the
+    assignment is the same for every backbone and every listing order.
+    """
+    fractions = np.asarray(fractions, dtype=float)
+    if len(fractions) != 3 or (fractions < 0).any() or fractions.sum() <= 0:
+        raise FeatbenchError(f"split fractions must be three non-negative numbers, got {list(fractions)}")
+    cuts = np.cumsum(fractions / fractions.sum())
+    codes = np.full(len(items), -1, dtype=np.int8)
+    by_class: dict[int, list[int]] = {}
+    for i, it in enumerate(items):
+        if it.split:
+            codes[i] = SPLITS.index(it.split)
+        else:
+            by_class.setdefault(it.label, []).append(i)
+    for members in by_class.values():
+        members.sort(key=lambda i: _rank_key(seed, items[i].rel))
+        n = len(members)
+        bounds = np.round(cuts * n).astype(int)
+        for rank, i in enumerate(members):
+            codes[i] = int(np.searchsorted(bounds, rank, side="right"))
+    return codes

@@ -1,0 +1,314 @@
+"""The extraction run: list → reuse what is cached → embed the rest in batches → one atomic store.
+
+Crash safety: every finished batch is committed to the store's journal (`NAME.h5.partial/`); a
+re-run reuses journal rows and rows of an existing store whose file stamp (size, mtime) or content
+hash is unchanged. Batches are fixed blocks of the full sorted listing, so an interrupted and resumed
+run feeds the model exactly the batches an uninterrupted run would, and writes an identical store.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from extract.backbones import Backbone
+from extract.datasets import Dataset, assign_splits
+from extract.images import BadImage, content_hash, load
+from features.errors import FeatbenchError, StoreError
+from features.reader import FeatureStore
+from features.schema import NO_LABEL, library_versions
+from features.writer import Journal, Record, RowSource, write_store
+
+
+@dataclass
+class Options:
+    """How to run an extraction (none of these change the embeddings, except `dtype` and `amp`)."""
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = -1  # -1: auto
+    dtype: str = "float32"
+    amp: bool = True
+    overwrite: bool = False
+    progress: bool | None = None  # None: only on a terminal
+
+
+@dataclass
+class Summary:
+    path: Path
+    rows: int
+    embedded: int
+    reused: int
+    skipped: list = field(default_factory=list)  # (rel path, reason)
+    seconds: float = 0.0
+    device: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        reasons: dict[str, int] = {}
+        for _, why in self.skipped:
+            key = why.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        why = "; ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
+        return (f"{self.path}: {self.rows} images stored ({self.embedded} embedded, {self.reused} reused), "
+                f"{len(self.skipped)} skipped{f' ({why})' if why else ''}; {self.seconds:.1f}s, "
+                f"{self.rate:.1f} img/s on {self.device}")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise FeatbenchError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise FeatbenchError("--device cuda: no CUDA GPU visible to torch; use --device cpu")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise FeatbenchError("--device mps: Apple MPS is not available; use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes: all cores feed a GPU; on CPU they share the cores with the model."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cpus) if device.type != "cpu" else max(1, cpus // 2)
+
+
+def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str) -> Path:
+    """`{out}/{dataset}/{backbone}[-random-init|-w<sha8>][-f16].h5`: one store per distinct embedding."""
+    stem = backbone.name
+    if backbone.weights.get("random_init"):
+        stem += "-random-init"
+    elif weights_file:
+        stem += "-w" + backbone.weights["file_sha256"][:8]
+    if dtype == "float16":
+        stem += "-f16"
+    return Path(out) / dataset / f"{stem}.h5"
+
+
+def file_stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+class _Images(torch.utils.data.Dataset):
+    """Reads, hashes and preprocesses one listed file; never raises for a bad file."""
+
+    def __init__(self, items, preprocess):
+        self.items, self.preprocess = items, preprocess
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path = self.items[i].path
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError:
+            return i, "", None, "a folder, not an image file"
+        except OSError as e:
+            return i, "", None, f"unreadable file ({e.strerror or type(e).__name__})"
+        digest = content_hash(data)
+        try:
+            return i, digest, load(data, self.preprocess), ""
+        except BadImage as e:
+            return i, digest, None, str(e)
+
+
+def _collate(batch):
+    return batch
+
+
+def _provenance(backbone: Backbone) -> dict:
+    prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
+            "preprocess": backbone.preprocess.as_dict()}
+    return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
+
+
+def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tuple[dict, FeatureStore | None]:
+    """Rows that can be reused: from the existing store, then (newer) from the journal."""
+    known: dict[str, Record] = {}
+    store = None
+    if overwrite:
+        journal.clear()
+        return known, None
+    if path.exists():
+        try:
+            store = FeatureStore(path)
+        except StoreError as e:
+            print(f"note: ignoring the existing store ({e})", file=sys.stderr)
+        if store is not None and {k: store.meta.get(k) for k in prov} != prov:
+            print(f"note: {path} was made with other weights or preprocessing; recomputing", file=sys.stderr)
+            store.close()
+            store = None
+        if store is not None:
+            for row, (p, st, h) in enumerate(zip(store.paths, store.stamps, store.hashes)):
+                known[p] = Record(st, h, "", ("store", row))
+            for p, why, st, h in store.skipped:
+                known[p] = Record(st, h, why, ())
+    prov_file = journal.dir / "provenance.json"
+    if journal.parts():
+        if prov_file.is_file() and json.loads(prov_file.read_text()) == prov:
+            known.update(journal.records())
+        else:
+            journal.clear()
+    return known, store
+
+
+def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 0.15, 0.15), seed: int = 0,
+            weights_file: str | None = None, options: Options = Options()) -> Summary:
+    """Embed every image of `dataset` with `backbone` into its store, reusing all earlier work."""
+    device = pick_device(options.device)
+    path = store_path(out, dataset.name, backbone, weights_file, options.dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FeatbenchError(f"{path}: another extraction is writing this store right now; wait for it "
+                             f"to finish (or remove {path}.lock if no featbench process is running)") from None
+    try:
+        return _extract_locked(dataset, backbone, path, device, fractions, seed, options)
+    finally:
+        lock.release()
+
+
+def _extract_locked(dataset, backbone, path, device, fractions, seed, options) -> Summary:
+    started = time.perf_counter()
+    items = dataset.items
+    codes = assign_splits(items, fractions, seed)
+    journal = Journal(path)
+    prov = _provenance(backbone)
+    known, old_store = _known_rows(path, journal, prov, options.overwrite)
+    by_hash = {r.hash: r for r in known.values() if r.hash and (r.source or r.reason)}
+    stamps = [file_stamp(it.path) for it in items]
+    records: list[Record | None] = [None] * len(items)
+    todo = []
+    for i, (it, st) in enumerate(zip(items, stamps)):
+        r = known.get(it.rel)
+        if r is not None and st and r.stamp == st:
+            records[i] = r
+        else:
+            todo.append(i)
+
+    embedded = 0
+    if todo:
+        journal.dir.mkdir(parents=True, exist_ok=True)
+        (journal.dir / "provenance.json").write_text(json.dumps(prov))
+        embedded = _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options)
+
+    rows = [i for i, r in enumerate(records) if not r.reason]
+    skipped = [(items[i].rel, records[i].reason, stamps[i], records[i].hash) for i in range(len(items))
+               if records[i].reason]
+    skipped += [(rel, why, "", "") for rel, why in dataset.unlisted]
+    if not rows:
+        raise FeatbenchError(f"{dataset.root}: none of the {len(items)} images could be embedded "
+                             f"(first reason: {skipped[0][1] if skipped else 'none'})")
+    labels, splits = [items[i].label for i in rows], codes[rows]
+    if not _store_is_current(old_store, [records[i].source for i in rows], labels, splits, skipped,
+                             dataset.class_names, options.dtype):
+        seconds = time.perf_counter() - started
+        meta = {**prov, "weights": backbone.weights, "dataset": dataset.describe(),
+                "split_fractions": list(fractions), "split_seed": seed, "versions": library_versions(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "device": str(device), "amp": options.amp and device.type == "cuda",
+                "batch_size": options.batch_size, "extraction_seconds": round(seconds, 3),
+                "images_embedded": embedded,
+                "images_per_second": round(embedded / seconds, 2) if embedded else None}
+        source = RowSource(old_store.h5 if old_store else None)
+        write_store(path, dim=backbone.dim, chunks=source.chunks([records[i].source for i in rows], 4096),
+                    labels=labels, paths=[items[i].rel for i in rows], splits=splits,
+                    hashes=[records[i].hash for i in rows], stamps=[stamps[i] for i in rows],
+                    skipped=skipped, class_names=dataset.class_names, meta=meta, dtype=options.dtype)
+    if old_store is not None:
+        old_store.close()
+    journal.clear()
+    return Summary(path, len(rows), embedded, len(rows) - embedded, [(p, why) for p, why, *_ in skipped],
+                   time.perf_counter() - started, str(device))
+
+
+def _store_is_current(store, sources, labels, splits, skipped, class_names, dtype) -> bool:
+    """True when the existing store already holds exactly these rows, labels, splits and skips."""
+    return (store is not None and sources == [("store", k) for k in range(len(store.paths))]
+            and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
+            and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
+            and store.meta.get("dtype") == dtype)
+
+
+def _blocks(todo: list[int], size: int) -> list[list[int]]:
+    """Group pending items by their fixed block of the full listing (block = index // size)."""
+    out: dict[int, list[int]] = {}
+    for pos, i in enumerate(todo):
+        out.setdefault(i // size, []).append(pos)
+    return list(out.values())
+
+
+def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options) -> int:
+    """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
+    workers = options.workers if options.workers >= 0 else default_workers(device)
+    cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        _Images([items[i] for i in todo], backbone.preprocess), batch_sampler=_blocks(todo, options.batch_size),
+        num_workers=workers, collate_fn=_collate, pin_memory=cuda, persistent_workers=False)
+    model = backbone.model.to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
+    computed = 0
+    bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", disable=options.progress is False
+               if options.progress is not None else None, file=sys.stderr, dynamic_ncols=True)
+    with bar, torch.inference_mode():
+        for batch in loader:
+            idx = [todo[pos] for pos, *_ in batch]
+            reasons, hashes, tensors, fresh = [], [], [], []
+            for (pos, digest, tensor, reason), i in zip(batch, idx):
+                hit = by_hash.get(digest)
+                hashes.append(digest)
+                if hit is not None and not reason:
+                    records[i] = Record(stamps[i], digest, hit.reason, hit.source)
+                    reasons.append(hit.reason)
+                    continue
+                reasons.append(reason)
+                if not reason:
+                    tensors.append(tensor)
+                    fresh.append(i)
+            feats = np.zeros((0, backbone.dim), np.float32)
+            if tensors:
+                x = torch.stack(tensors).to(device, non_blocking=True)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with amp:
+                    feats = model(x).float().cpu().numpy()
+                if not np.isfinite(feats).all():
+                    bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
+                    raise FeatbenchError(f"{bad[0]}: the backbone produced non-finite features "
+                                         f"({len(bad)} images); try --no-amp or --device cpu")
+            fresh_set = set(fresh)
+            keep = [k for k, i in enumerate(idx) if i in fresh_set or (reasons[k] and records[i] is None)]
+            npy = journal.append([items[idx[k]].rel for k in keep], [stamps[idx[k]] for k in keep],
+                                 [hashes[k] for k in keep], [reasons[k] for k in keep], feats)
+            row = 0
+            for k in keep:
+                i = idx[k]
+                records[i] = Record(stamps[i], hashes[k], reasons[k], () if reasons[k] else (npy, row))
+                row += not reasons[k]
+            computed += len(fresh)
+            bar.update(len(batch))
+    return computed

@@ -1,0 +1,49 @@
+"""`python -m features info FILE…`: what a feature store holds and how it was made."""
+import argparse
+import sys
+from collections import Counter
+
+from features.cli import run_cli
+from features.reader import FeatureStore
+from features.schema import NO_LABEL, SPLITS
+
+
+def info(path) -> str:
+    with FeatureStore(path) as store:
+        m = store.meta
+        lines = [f"{store.path}",
+                 f"  backbone     {store.backbone} ({m['weights'].get('source', '?')}, "
+                 f"weights fingerprint {m['weights_fingerprint']})",
+                 f"  preprocess   {m['preprocess']}",
+                 f"  dataset      {m['dataset']['name']} ({m['dataset']['format']}) at {m['dataset']['root']}",
+                 f"  embeddings   {m['rows']} x {store.dim} {m['dtype']}, fingerprint {store.fingerprint}",
+                 f"  classes      {len(store.class_names)}: {', '.join(store.class_names[:8])}"
+                 f"{' …' if len(store.class_names) > 8 else ''}"]
+        for code, name in enumerate(SPLITS):
+            mask = store.splits == code
+            unlabelled = int((store.labels[mask] == NO_LABEL).sum())
+            lines.append(f"  {name:<12} {int(mask.sum())} images" + (f" ({unlabelled} unlabelled)" if unlabelled else ""))
+        lines.append(f"  splits       fingerprint {store.split_fingerprint}, fractions {m['split_fractions']}, "
+                     f"seed {m['split_seed']}")
+        skipped = store.skipped
+        reasons = Counter(why.split(" (")[0] for _, why, *_ in skipped)
+        lines.append(f"  skipped      {len(skipped)}" + (f": {dict(reasons)}" if skipped else ""))
+        rate = m.get("images_per_second")
+        lines.append(f"  made         {m['created']} on {m['device']}, {m['extraction_seconds']}s"
+                     + (f", {rate} img/s" if rate else ""))
+        lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m features", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("info", help="summarise stores")
+    i.add_argument("files", nargs="+")
+    args = p.parse_args(argv)
+    print("\n".join(info(f) for f in args.files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,9 @@
+"""Errors that featbench reports as one clear line instead of a traceback."""
+
+
+class FeatbenchError(Exception):
+    """A user-facing error: the message names the file and what to do."""
+
+
+class StoreError(FeatbenchError):
+    """A feature store is missing, foreign, truncated or inconsistent."""

@@ -1,0 +1,132 @@
+"""Reading a featbench store: numpy arrays by split, metadata, skipped images."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from features.errors import StoreError
+from features.schema import FORMAT, NO_LABEL, SPLITS
+
+
+@dataclass
+class SplitData:
+    """One split of a store: features, integer labels (-1 = unlabelled), relative paths, store rows."""
+    X: np.ndarray
+    y: np.ndarray
+    paths: list
+    rows: np.ndarray
+
+    def __len__(self):
+        return len(self.y)
+
+
+class FeatureStore:
+    """A read-only view of one store; small arrays are loaded at open, embeddings on demand."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no feature store here; run `python -m extract` first")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError as e:
+            raise StoreError(f"{self.path}: not a readable HDF5 file (truncated or corrupt: {e}); "
+                             "delete it and re-run `python -m extract`") from None
+        try:
+            attrs = self.h5.attrs
+            if attrs.get("format") != FORMAT:
+                raise StoreError(f"{self.path}: an HDF5 file but not a featbench feature store")
+            if not attrs.get("complete", False):
+                raise StoreError(f"{self.path}: incomplete store; re-run `python -m extract` to finish it")
+            self.meta = json.loads(attrs["meta"])
+            self.labels = self.h5["labels"][:]
+            self.splits = self.h5["splits"][:]
+            self.paths = self.h5["paths"].asstr()[:].tolist()
+        except StoreError:
+            self.h5.close()
+            raise
+        except (KeyError, OSError, ValueError) as e:
+            self.h5.close()
+            raise StoreError(f"{self.path}: damaged featbench store ({e}); delete it and re-run "
+                             "`python -m extract`") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.h5.close()
+
+    @property
+    def backbone(self) -> str:
+        return self.meta["backbone"]
+
+    @property
+    def class_names(self) -> list:
+        return self.meta["class_names"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def split_fingerprint(self) -> str:
+        return self.meta["split_fingerprint"]
+
+    @property
+    def hashes(self) -> list:
+        return self.h5["hashes"].asstr()[:].tolist()
+
+    @property
+    def stamps(self) -> list:
+        return self.h5["stamps"].asstr()[:].tolist()
+
+    @property
+    def skipped(self) -> list[tuple[str, str, str, str]]:
+        """(path, reason, stamp, hash) of every image that was not embedded."""
+        g = self.h5["skipped"]
+        cols = [g[k].asstr()[:].tolist() for k in ("paths", "reasons", "stamps", "hashes")]
+        return list(zip(*cols))
+
+    def rows(self, split: str, labelled_only: bool = True) -> np.ndarray:
+        if split not in SPLITS:
+            raise StoreError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        mask = self.splits == SPLITS.index(split)
+        if labelled_only:
+            mask &= self.labels != NO_LABEL
+        return np.flatnonzero(mask)
+
+    def split(self, split: str, labelled_only: bool = True) -> SplitData:
+        rows = self.rows(split, labelled_only)
+        X = self.embeddings(rows)
+        return SplitData(X, self.labels[rows], [self.paths[i] for i in rows], rows)
+
+    def embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted rows of the embedding matrix as float32 (read as one range when dense enough)."""
+        emb = self.h5["embeddings"]
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1  # rows are sorted
+        if hi - lo <= 8 * len(rows):
+            return np.asarray(emb[lo:hi], dtype=np.float32)[rows - lo]
+        return np.asarray(emb[rows], dtype=np.float32)
+
+    def iter_chunks(self, split: str, chunk_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream (X, y) of a split in chunks, never holding more than `chunk_rows` rows."""
+        rows = self.rows(split)
+        for start in range(0, len(rows), chunk_rows):
+            r = rows[start:start + chunk_rows]
+            yield self.embeddings(r), self.labels[r]
+
+
+def open_store(path) -> FeatureStore:
+    return FeatureStore(path)

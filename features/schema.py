@@ -1,0 +1,37 @@
+"""Layout of a featbench store: dataset names, split codes and format constants."""
+import hashlib
+import importlib.metadata
+import platform
+
+import numpy as np
+
+FORMAT = "featbench-store"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+NO_LABEL = -1
+
+
+def featbench_version() -> str:
+    try:
+        return importlib.metadata.version("featbench")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def library_versions() -> dict:
+    """Versions of everything that can change an embedding."""
+    out = {"python": platform.python_version(), "featbench": featbench_version()}
+    for name in ("torch", "torchvision", "timm", "numpy", "h5py", "pillow"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def split_fingerprint(paths, labels, splits) -> str:
+    """Hash of which image is in which split with which label: equal for every backbone of a dataset."""
+    h = hashlib.sha256()
+    for p, y, s in zip(paths, np.asarray(labels).tolist(), np.asarray(splits).tolist()):
+        h.update(f"{p}\t{y}\t{s}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,150 @@
+"""Crash-safe writing: a journal of atomic parts while extracting, one atomic HDF5 store at the end.
+
+Each finished batch becomes a part (an `.npy` of embeddings plus a JSON of its rows), written to a
+temporary name and renamed, so a kill at any moment leaves only whole parts behind. The store itself
+is written to `NAME.h5.tmp` and renamed over `NAME.h5` once complete.
+"""
+import hashlib
+import json
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from features.schema import FORMAT, FORMAT_VERSION, SPLITS, split_fingerprint
+
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class Record:
+    """What is known of one image: its file stamp, content hash, and embedding or skip reason."""
+    stamp: str
+    hash: str
+    reason: str  # "" when embedded
+    source: tuple  # (part file, row) or ("store", row); () when skipped
+
+
+class Journal:
+    """The `NAME.h5.partial/` folder of finished batches of an interrupted or running extraction."""
+
+    def __init__(self, store_path: Path):
+        self.dir = Path(str(store_path) + ".partial")
+
+    def parts(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.json")) if self.dir.is_dir() else []
+
+    def records(self) -> dict[str, Record]:
+        out = {}
+        for meta_file in self.parts():
+            meta = json.loads(meta_file.read_text())
+            npy = meta_file.with_suffix(".npy")
+            row = 0
+            for path, stamp, digest, reason in zip(meta["paths"], meta["stamps"], meta["hashes"], meta["reasons"]):
+                src = () if reason else (npy, row)
+                row += not reason
+                out[path] = Record(stamp, digest, reason, src)
+        return out
+
+    def append(self, paths, stamps, hashes, reasons, embeddings: np.ndarray) -> Path:
+        """Add one finished batch; `embeddings` has a row per image whose reason is empty.
+
+        Returns the part's `.npy` file, the source of those rows.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        n = len(self.parts())
+        while (self.dir / f"part-{n:07d}.json").exists():
+            n += 1
+        stem = self.dir / f"part-{n:07d}"
+        tmp = stem.with_suffix(".npy.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(embeddings))
+        os.replace(tmp, stem.with_suffix(".npy"))
+        meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons)}
+        tmp = stem.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, stem.with_suffix(".json"))  # the .json appearing is the commit point
+        return stem.with_suffix(".npy")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RowSource:
+    """Reads embedding rows from journal parts (memory-mapped, a few open at once) or a finished store."""
+
+    def __init__(self, store: "h5py.File | None" = None, max_open: int = 8):
+        self.store = store
+        self.open: OrderedDict = OrderedDict()
+        self.max_open = max_open
+
+    def row(self, source: tuple) -> np.ndarray:
+        where, i = source
+        if where == "store":
+            return self.store["embeddings"][i]
+        arr = self.open.pop(where, None)
+        if arr is None:
+            arr = np.load(where, mmap_mode="r")
+            if len(self.open) >= self.max_open:
+                self.open.popitem(last=False)
+        self.open[where] = arr
+        return arr[i]
+
+    def chunks(self, sources: list, rows_per_chunk: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(sources), rows_per_chunk):
+            yield np.stack([self.row(s) for s in sources[start:start + rows_per_chunk]]).astype(np.float32)
+
+
+def _str_dataset(f, name, values):
+    f.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+
+
+def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, paths, splits,
+                hashes, stamps, skipped: list[tuple[str, str, str, str]], class_names: list[str], meta: dict,
+                dtype: str = "float32") -> dict:
+    """Write a complete store atomically; returns the fingerprints that were stored in its metadata.
+
+    `chunks` yields the embedding rows in order; `skipped` holds (path, reason, stamp, hash) tuples.
+    """
+    path = Path(path)
+    n = len(paths)
+    tmp = path.with_name(path.name + ".tmp")
+    rows_per_chunk = max(1, min(n, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+    content = hashlib.sha256()
+    with h5py.File(tmp, "w") as f:
+        emb = f.create_dataset("embeddings", shape=(n, dim), dtype=dtype, maxshape=(None, dim),
+                               chunks=(rows_per_chunk, dim) if n else True)
+        at = 0
+        for block in chunks:
+            block = np.asarray(block, dtype=dtype)
+            if not np.isfinite(block).all():
+                raise ValueError("non-finite embeddings")
+            emb[at:at + len(block)] = block
+            content.update(block.tobytes())
+            at += len(block)
+        if at != n:
+            raise ValueError(f"wrote {at} embedding rows for {n} images")
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        f.create_dataset("splits", data=np.asarray(splits, dtype=np.int8))
+        _str_dataset(f, "paths", paths)
+        _str_dataset(f, "hashes", hashes)
+        _str_dataset(f, "stamps", stamps)
+        g = f.create_group("skipped")
+        for i, key in enumerate(("paths", "reasons", "stamps", "hashes")):
+            _str_dataset(g, key, [s[i] for s in skipped])
+        prints = {"fingerprint": content.hexdigest()[:16],
+                  "split_fingerprint": split_fingerprint(paths, labels, splits)}
+        meta = dict(meta, class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=n,
+                    dtype=dtype, skipped=len(skipped), **prints)
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["backbone"] = meta.get("backbone", "")
+        f.attrs["meta"] = json.dumps(meta)
+        f.attrs["complete"] = True
+    os.replace(tmp, path)
+    return prints
