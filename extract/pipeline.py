@@ -312,3 +312,25 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
             computed += len(fresh)
             bar.update(len(batch))
     return computed
+
+
+def embed_files(backbone: Backbone, files: list, device: str = "auto", batch_size: int = 32,
+                workers: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Embed loose image files (no store): returns (features of the good files in order, reason per file).
+
+    A file's reason is "" when it was embedded; the feature rows follow the files whose reason is "".
+    """
+    from extract.datasets import Item
+    dev = pick_device(device)
+    images = _Images([Item(Path(f), str(f)) for f in files], backbone.preprocess)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    model = backbone.model.to(dev)
+    feats, reasons = [], [""] * len(files)
+    with torch.inference_mode():
+        for batch in loader:
+            good = [t for _, _, t, why in batch if not why]
+            for i, _, _, why in batch:
+                reasons[i] = why
+            if good:
+                feats.append(model(torch.stack(good).to(dev)).float().cpu().numpy())
+    return (np.concatenate(feats) if feats else np.zeros((0, backbone.dim), np.float32)), reasons
