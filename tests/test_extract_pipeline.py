@@ -1,0 +1,186 @@
+"""End-to-end extraction: the store's contents, resume after kill -9, reuse, hostile files, lock, CLI."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import DOGS_VS_CATS, needs, write_image
+from filelock import FileLock
+from test_images import BAD, hostile_files
+
+from extract.backbones import create_backbone
+from extract.datasets import load_dataset
+from extract.pipeline import Options, extract
+from features import FeatureStore
+from features.errors import FeatbenchError
+
+QUIET = Options(progress=False, batch_size=8, workers=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_backbone("resnet10t", random_init=True)
+
+
+def run(folder, out, backbone, **kw):
+    return extract(load_dataset(folder), backbone, out, options=Options(**{**QUIET.__dict__, **kw}))
+
+
+def contents(path: Path) -> dict:
+    with FeatureStore(path) as s:
+        return {"X": s.embeddings(np.arange(len(s.paths))), "paths": s.paths, "labels": s.labels.tolist(),
+                "splits": s.splits.tolist(), "hashes": s.hashes, "stamps": s.stamps, "skipped": s.skipped}
+
+
+def assert_same(a: dict, b: dict):
+    assert {k: v for k, v in a.items() if k != "X"} == {k: v for k, v in b.items() if k != "X"}
+    np.testing.assert_allclose(a["X"], b["X"], rtol=0, atol=1e-6)
+
+
+def test_store_holds_everything(dvc_folder, tmp_path, tiny):
+    summary = run(dvc_folder, tmp_path / "out", tiny)
+    assert summary.embedded == 24 and summary.path == tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
+    with FeatureStore(summary.path) as s:
+        assert s.backbone == "resnet10t" and s.class_names == ["cat", "dog"] and s.dim == tiny.dim
+        assert s.meta["weights"]["random_init"] is True and s.meta["preprocess"]["size"] == tiny.preprocess.size
+        assert s.meta["versions"]["torch"] and s.meta["images_per_second"] > 0
+        train, val, test = s.split("train"), s.split("val"), s.split("test")
+        assert len(train) + len(val) + len(test) == 24 and train.X.dtype == np.float32
+        assert sorted(train.paths + val.paths + test.paths) == sorted(p.name for p in dvc_folder.iterdir())
+        assert all(s.class_names[y] == p.split(".")[0] for y, p in zip(train.y, train.paths))
+
+
+def test_rerun_does_nothing_and_new_images_only_are_embedded(dvc_folder, tmp_path, tiny):
+    first = run(dvc_folder, tmp_path / "out", tiny)
+    before = contents(first.path)
+    again = run(dvc_folder, tmp_path / "out", tiny)
+    assert again.embedded == 0 and again.reused == 24
+    assert_same(before, contents(first.path))
+    write_image(dvc_folder / "cat.100.jpg", 500)
+    write_image(dvc_folder / "dog.100.jpg", 501)
+    more = run(dvc_folder, tmp_path / "out", tiny)
+    assert more.embedded == 2 and more.rows == 26
+    fresh = run(dvc_folder, tmp_path / "fresh", tiny)
+    assert_same(contents(more.path), contents(fresh.path))
+
+
+def test_float16_store(dvc_folder, tmp_path, tiny):
+    s = run(dvc_folder, tmp_path / "out", tiny, dtype="float16")
+    assert s.path.name.endswith("-f16.h5")
+    with h5py.File(s.path) as f:
+        assert f["embeddings"].dtype == np.float16
+
+
+def test_hostile_files_on_disk_are_embedded_or_skipped(dvc_folder, tmp_path, tiny):
+    names = {}
+    for k, (name, data) in enumerate(hostile_files().items()):
+        (dvc_folder / f"cat.{200 + k}.jpg").write_bytes(data)
+        names[f"cat.{200 + k}.jpg"] = name
+    for k, (name, (data, _)) in enumerate(BAD.items()):
+        (dvc_folder / f"dog.{300 + k}.jpg").write_bytes(data)
+        names[f"dog.{300 + k}.jpg"] = name
+    (dvc_folder / "notes.txt").write_text("not part of the dataset")
+    summary = run(dvc_folder, tmp_path / "out", tiny)
+    skipped = dict(summary.skipped)
+    assert {names[p] for p in skipped if p in names} == set(BAD)
+    assert "notes.txt" in skipped and "no label" in skipped["notes.txt"]
+    assert summary.rows == 24 + len(hostile_files())
+    assert f"{len(skipped)} skipped" in summary.line()
+    with FeatureStore(summary.path) as s:
+        assert {p for p, *_ in s.skipped} == set(skipped)
+        assert np.isfinite(s.embeddings(np.arange(summary.rows))).all()
+
+
+def test_file_vanishing_mid_run_is_skipped(dvc_folder, tmp_path, tiny, monkeypatch):
+    ds = load_dataset(dvc_folder)
+    (dvc_folder / "cat.0.jpg").unlink()  # listed, then gone before it is read
+    s = extract(ds, tiny, tmp_path / "out", options=QUIET)
+    assert dict(s.skipped)["cat.0.jpg"].startswith("unreadable file")
+
+
+def test_second_writer_refused_by_lock(dvc_folder, tmp_path, tiny):
+    path = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
+    path.parent.mkdir(parents=True)
+    with FileLock(str(path) + ".lock"):
+        with pytest.raises(FeatbenchError, match="another extraction is writing"):
+            run(dvc_folder, tmp_path / "out", tiny)
+    assert not path.exists()
+    run(dvc_folder, tmp_path / "out", tiny)  # lock released: works
+
+
+CLI = [sys.executable, "-m", "extract", "--backbone", "resnet18", "--random-init", "--batch-size", "4",
+       "--workers", "0", "--quiet"]
+
+
+def test_kill_9_mid_run_then_resume_gives_identical_store(tmp_path):
+    folder = tmp_path / "pics"
+    for i in range(64):
+        write_image(folder / f"{'cat' if i % 2 else 'dog'}.{i}.jpg", i, size=(120, 90))
+    ref = subprocess.run(CLI + ["--data", str(folder), "--out", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "resumed"
+    journal = out / "pics" / "resnet18-random-init.h5.partial"
+    proc = subprocess.Popen(CLI + ["--data", str(folder), "--out", str(out)], stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (journal / "part-0000003.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "extraction ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "pics" / "resnet18-random-init.h5").exists()
+    done_before = len(list(journal.glob("part-*.json")))
+    resumed = subprocess.run(CLI + ["--data", str(folder), "--out", str(out)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    embedded = int(resumed.stdout.split("(")[1].split(" embedded")[0])
+    assert embedded == 64 - 4 * done_before
+    assert not journal.exists()
+    assert_same(contents(tmp_path / "ref" / "pics" / "resnet18-random-init.h5"),
+                contents(out / "pics" / "resnet18-random-init.h5"))
+
+
+def test_cli_errors_are_one_line(tmp_path, dvc_folder):
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "readme.txt").write_text("no images here")
+    for args, expected in [(["--data", str(tmp_path / "missing")], "no such dataset folder"),
+                           ([], "no dataset configured"),
+                           (["--data", str(tmp_path / "odd")], "cannot tell the dataset format"),
+                           (["--data", str(dvc_folder), "--backbone", "nope_net"], "unknown backbone"),
+                           (["--data", str(dvc_folder), "--batch-size", "0"], "--batch-size must be")]:
+        r = subprocess.run([sys.executable, "-m", "extract", "--backbone", "resnet18", "--random-init", *args],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2 and expected in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_cli_list_backbones_and_config_file(dvc_folder, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "extract", "--list-backbones"], capture_output=True, text=True)
+    assert r.returncode == 0 and "mobilenet_v2" in r.stdout and "1280" in r.stdout and "weights here" in r.stdout
+    (tmp_path / "featbench.toml").write_text(f'[dataset]\npath = "{dvc_folder}"\nout = "stores"\n')
+    r = subprocess.run(CLI, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "stores" / "dvc" / "resnet18-random-init.h5").is_file()
+    info = subprocess.run([sys.executable, "-m", "features", "info",
+                           str(tmp_path / "stores" / "dvc" / "resnet18-random-init.h5")], capture_output=True, text=True)
+    assert info.returncode == 0 and "24 x 512 float32" in info.stdout
+
+
+@pytest.mark.slow
+@needs(DOGS_VS_CATS)
+def test_real_photos_with_real_weights(tmp_path):
+    from test_backbones import real
+    bb = real("mobilenet_v2")
+    csv = tmp_path / "list.csv"
+    files = sorted(DOGS_VS_CATS.glob("cat.*.jpg"))[:12] + sorted(DOGS_VS_CATS.glob("dog.*.jpg"))[:12]
+    csv.write_text("path,label\n" + "".join(f"{f},{f.name.split('.')[0]}\n" for f in files))
+    s = extract(load_dataset(csv), bb, tmp_path, options=QUIET)
+    with FeatureStore(s.path) as store:
+        X = store.embeddings(np.arange(24))
+        y = store.labels
+    logits = bb.classifier(__import__("torch").from_numpy(X)).numpy()
+    # ImageNet classes 151-268 are dogs, 281-285 domestic cats: the real weights see the right animal
+    dogish = logits[:, 151:269].max(1) > logits[:, 281:286].max(1)
+    assert (dogish == (y == 1)).mean() >= 0.9

@@ -1,0 +1,101 @@
+"""Hostile inputs: every kind of bad or unusual file is embedded after conversion or refused with a reason."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from extract.backbones import Preprocess
+from extract.images import BadImage, decode, load, resize_crop
+
+PRE = Preprocess(32, 36)
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+
+
+def hostile_files() -> dict[str, bytes | None]:
+    """name → bytes (None: not creatable as bytes); names say what each one is."""
+    gif = io.BytesIO()
+    RGB.convert("P").save(gif, "GIF")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    return {
+        "cmyk.jpg": _jpeg(RGB.convert("CMYK")),
+        "gray.jpg": _jpeg(RGB.convert("L")),
+        "gif-named.jpg": gif.getvalue(),
+        "png-named.jpg": _png(RGB),
+        "gray16.png": _png(Image.fromarray((np.arange(60 * 80).reshape(60, 80) * 13).astype(np.uint16))),
+        "palette.png": _png(RGB.convert("P", palette=Image.ADAPTIVE)),
+        "alpha.png": _png(RGB.convert("RGBA")),
+        "exif-rotated.jpg": _jpeg(RGB, exif=exif),
+    }
+
+
+@pytest.mark.parametrize("name", list(hostile_files()))
+def test_unusual_images_become_rgb(name):
+    img = decode(hostile_files()[name])
+    assert img.mode == "RGB"
+    x = load(hostile_files()[name], PRE)
+    assert x.shape == (3, 32, 32) and str(x.dtype) == "torch.uint8"
+
+
+def test_exif_rotation_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode(_jpeg(RGB, exif=exif)).size == (60, 80)  # portrait after rotation
+
+
+def test_alpha_composited_on_white():
+    clear = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    assert decode(_png(clear)).getpixel((5, 5)) == (255, 255, 255)
+
+
+BAD = {
+    "empty": (b"", "empty file"),
+    "truncated": (_jpeg(RGB)[:300], "corrupt or truncated"),
+    "text": (b"this is not an image\n" * 10, "not an image"),
+    "garbage-jpeg-header": (b"\xff\xd8\xff\xe0" + b"\x00" * 100, "not an image|corrupt"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_files_refused_with_reason(name):
+    data, reason = BAD[name]
+    with pytest.raises(BadImage, match=reason):
+        load(data, PRE)
+
+
+def test_decompression_bomb_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 60×80 = 4800 pixels > 2× limit
+    with pytest.raises(BadImage, match="decompression bomb"):
+        decode(_png(RGB))
+
+
+def test_resize_crop_matches_torchvision():
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+    pre = Preprocess(224, 256)
+    for size in [(500, 375), (375, 500), (333, 333), (1000, 301)]:
+        img = RGB.resize(size)
+        ref = CenterCrop(224)(Resize(256, InterpolationMode.BILINEAR, antialias=True)(img))
+        assert np.array_equal(np.asarray(resize_crop(img, pre)), np.asarray(ref)), size
+
+
+def test_draft_decoding_stays_close_to_full_decode():
+    big = RGB.resize((1200, 900), Image.BICUBIC)
+    data = _jpeg(big, quality=95)
+    pre = Preprocess(224, 256)
+    fast, full = load(data, pre).float(), load(data, pre, draft=False).float()
+    assert (fast - full).abs().mean() < 3.0  # of 255: visually identical

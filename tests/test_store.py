@@ -1,0 +1,95 @@
+"""The feature store: round trip, split access, streaming, and clear errors for foreign or broken files."""
+import h5py
+import numpy as np
+import pytest
+
+from features import FeatureStore, StoreError, write_store
+from features.schema import NO_LABEL
+
+
+def make_store(path, n=50, dim=8, dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim)).astype(np.float32)
+    labels = rng.integers(0, 3, n)
+    labels[-2:] = NO_LABEL
+    splits = np.arange(n) % 3
+    paths = [f"img/{i}.jpg" for i in range(n)]
+    write_store(path, dim=dim, chunks=[X[:20], X[20:]], labels=labels, paths=paths, splits=splits,
+                hashes=[f"h{i}" for i in range(n)], stamps=[f"{i}:1" for i in range(n)],
+                skipped=[("bad.jpg", "empty file", "0:1", "")], class_names=["a", "b", "c"],
+                meta={"backbone": "toy"}, dtype=dtype)
+    return X, labels, splits, paths
+
+
+def test_round_trip(tmp_path):
+    X, labels, splits, paths = make_store(tmp_path / "s.h5")
+    with FeatureStore(tmp_path / "s.h5") as s:
+        assert s.backbone == "toy" and s.class_names == ["a", "b", "c"] and s.dim == 8
+        assert s.paths == paths and s.skipped == [("bad.jpg", "empty file", "0:1", "")]
+        for code, name in enumerate(["train", "val", "test"]):
+            d = s.split(name)
+            want = (splits == code) & (labels != NO_LABEL)
+            np.testing.assert_array_equal(d.X, X[want])
+            np.testing.assert_array_equal(d.y, labels[want])
+            assert d.paths == [p for p, w in zip(paths, want) if w]
+        assert len(s.split("train", labelled_only=False)) == (splits == 0).sum()
+        streamed = np.concatenate([x for x, _ in s.iter_chunks("train", chunk_rows=4)])
+        np.testing.assert_array_equal(streamed, s.split("train").X)
+        assert len(s.fingerprint) == 16 and len(s.split_fingerprint) == 16
+        with pytest.raises(StoreError, match="unknown split"):
+            s.split("holdout")
+
+
+def test_split_fingerprint_ignores_embeddings(tmp_path):
+    make_store(tmp_path / "a.h5", seed=0)
+    write = make_store(tmp_path / "b.h5", seed=0)
+    with FeatureStore(tmp_path / "a.h5") as a, FeatureStore(tmp_path / "b.h5") as b:
+        assert a.split_fingerprint == b.split_fingerprint
+    X, labels, splits, paths = write
+    write_store(tmp_path / "c.h5", dim=8, chunks=[X + 1], labels=labels, paths=paths, splits=splits,
+                hashes=[""] * 50, stamps=[""] * 50, skipped=[], class_names=["a", "b", "c"], meta={})
+    with FeatureStore(tmp_path / "a.h5") as a, FeatureStore(tmp_path / "c.h5") as c:
+        assert a.split_fingerprint == c.split_fingerprint and a.fingerprint != c.fingerprint
+
+
+def test_float16(tmp_path):
+    X, *_ = make_store(tmp_path / "h.h5", dtype="float16")
+    with FeatureStore(tmp_path / "h.h5") as s:
+        assert s.split("train").X.dtype == np.float32
+        np.testing.assert_allclose(s.embeddings(np.arange(50)), X, atol=2e-3)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "no feature store here"),
+    ("text", "not a readable HDF5 file"),
+    ("truncated", "not a readable HDF5 file|damaged"),
+    ("foreign", "not a featbench feature store"),
+    ("incomplete", "incomplete store"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, case, expected):
+    path = tmp_path / "x.h5"
+    if case == "text":
+        path.write_text("hello")
+    elif case == "truncated":
+        make_store(path, n=2000, dim=64)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "foreign":
+        with h5py.File(path, "w") as f:
+            f["data"] = np.zeros(3)
+    elif case == "incomplete":
+        make_store(path)
+        with h5py.File(path, "a") as f:
+            f.attrs["complete"] = False
+    with pytest.raises(StoreError, match=expected) as err:
+        FeatureStore(path)
+    assert "\n" not in str(err.value)
+
+
+def test_write_is_atomic_and_refuses_nan(tmp_path):
+    path = tmp_path / "n.h5"
+    X = np.ones((4, 2), np.float32)
+    X[1, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        write_store(path, dim=2, chunks=[X], labels=[0] * 4, paths=list("abcd"), splits=[0] * 4,
+                    hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta={})
+    assert not path.exists() and not list(tmp_path.iterdir())
