@@ -1,0 +1,1 @@
+"""featbench benchmarks stage."""

@@ -1,0 +1,1 @@
+"""featbench classify stage."""
