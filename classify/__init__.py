@@ -1,1 +1,1 @@
-"""featbench classify stage."""
+"""featbench's classify stage: heads and ensembles on cached features, metrics, saved models."""

@@ -4,7 +4,12 @@ Linear(dim → hidden) → ReLU → Dropout → Linear(hidden → classes), Adam
 features. `fit(X, y, eval_set=(X_val, y_val))` keeps the weights of the epoch with the lowest
 validation log-loss and records it in `best_epoch_`; without `eval_set` it trains exactly
 `max_epochs` epochs, which is how a selected model is refit on train+val.
+
+Torch runs on `n_threads` threads (default 1) while fitting and predicting: with batches this
+small, a second thread costs more than it gives, several times more on a busy machine.
 """
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -17,7 +22,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
     """One-hidden-layer MLP classifier trained on CPU with mini-batch AdamW."""
 
     def __init__(self, hidden=512, dropout=0.5, lr=1e-3, weight_decay=1e-2, batch_size=64, max_epochs=60,
-                 patience=8, random_state=0):
+                 patience=8, random_state=0, n_threads=1):
         self.hidden = hidden
         self.dropout = dropout
         self.lr = lr
@@ -26,6 +31,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.random_state = random_state
+        self.n_threads = n_threads
 
     def _module(self, dim: int, n_classes: int) -> nn.Module:
         return nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
@@ -34,7 +40,20 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
     def _tensor(self, X) -> torch.Tensor:
         return torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32))
 
+    @contextmanager
+    def _threads(self):
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.n_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def fit(self, X, y, eval_set=None):
+        with self._threads():
+            return self._fit(X, y, eval_set)
+
+    def _fit(self, X, y, eval_set):
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, yi = np.unique(y, return_inverse=True)
@@ -81,8 +100,9 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        with torch.no_grad():
+        with torch.no_grad(), self._threads():
             return torch.softmax(self.module_(self._tensor(X)).double(), dim=1).numpy()
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        p = self.predict_proba(X)
+        return self.classes_[np.argmax(p, axis=1)]

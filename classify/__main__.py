@@ -1,0 +1,111 @@
+"""`python -m classify`: heads and ensembles on cached features, honest metrics, saved models.
+
+  python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [dataset flags]
+  python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
+  python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from classify.heads import ENSEMBLES, HEADS
+from classify.predict import predict, submit
+from classify.train import find_stores, parse_heads, run, table
+from extract.config import CONFIG_NAME, add_dataset_args, resolve
+from extract.datasets import load_dataset
+from features.cli import run_cli
+from features.errors import FeatbenchError
+
+EPILOG = f"""
+heads:
+{chr(10).join(f"  {h.name:<8}{h.about}" for h in HEADS.values())}
+  avg     ensemble: mean probability of each backbone's best head (by validation log-loss)
+  stack   ensemble: out-of-fold probabilities of those heads → meta logistic regression
+  concat  ensemble: logistic regression on concatenated, per-backbone standardised features
+  all     every head and every ensemble (ensembles when there are two stores or more)
+
+Stores come from --features, or OUT/DATASET/*.h5 for the dataset of --data or ./{CONFIG_NAME}
+(--backbone NAME… picks OUT/DATASET/NAME.h5). Hyper-parameters are chosen on the val split; the
+test split is scored once, at the end. Models and metrics go to the stores' folder:
+models/BACKBONES-HEAD[-refit].joblib and .metrics.json.
+
+other commands:
+  python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
+  python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
+"""
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m classify", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--head", nargs="+", default=["logreg"], metavar="H",
+                   help=f"{'|'.join([*HEADS, *ENSEMBLES])}|all (default logreg)")
+    p.add_argument("--features", nargs="+", type=Path, metavar="FILE", help="feature stores to train on")
+    p.add_argument("--backbone", nargs="+", metavar="NAME", help="the dataset's stores of these backbones")
+    p.add_argument("--refit", action="store_true",
+                   help="refit the chosen configuration on train+val before the test score")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_dataset_args(p)
+    return p
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m classify predict",
+                                description="Label new images with a saved model.")
+    p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--csv", action="store_true", help="CSV (path,label,probability,error) instead of a table")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    return p
+
+
+def submit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m classify submit",
+                                description="Write a Kaggle Dogs vs. Cats submission: id,label with label = P(dog).")
+    p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
+    p.add_argument("--data", required=True, type=Path, help="folder of N.jpg test images")
+    p.add_argument("--clip", type=float, default=0.0, help="clip P(dog) to [c, 1-c] (e.g. 0.005)")
+    p.add_argument("--output", type=Path, default=Path("submission.csv"), help="default submission.csv")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    return p
+
+
+def stores(args) -> list[Path]:
+    if args.features:
+        if args.backbone:
+            raise FeatbenchError("pass either --features FILE… or --backbone NAME…, not both")
+        return args.features
+    settings = resolve(args)
+    name = load_dataset(settings.path, settings.format, settings.target, settings.name).name
+    return find_stores(settings.out / name, args.backbone)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:
+        args = predict_parser().parse_args(argv[1:])
+        print(predict(args.model, args.images, args.device, args.csv))
+        return 0
+    if argv[:1] == ["submit"]:
+        args = submit_parser().parse_args(argv[1:])
+        path, n, failed = submit(args.model, args.data, args.output, args.clip, args.device)
+        print(f"{path}: {n} rows" + (f" ({failed} unreadable images set to 0.5)" if failed else ""))
+        return 0
+    args = train_parser().parse_args(argv[1:] if argv[:1] == ["train"] else argv)
+    heads = parse_heads(args.head)
+    paths = stores(args)
+    skip = "all" in args.head and len({Path(p).resolve() for p in paths}) < 2
+    if skip:
+        heads = [h for h in heads if h not in ENSEMBLES]
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = run(paths, heads, args.refit, log)
+    if skip:
+        print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
+    print(table(results))
+    refit = " (refit on train+val)" if args.refit else ""
+    print(f"\ntest split scored once per model{refit}; models and metrics in {Path(results[0]['path']).parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

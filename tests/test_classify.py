@@ -1,0 +1,315 @@
+"""classify on synthetic feature stores: heads, ensembles, validation-only selection, metrics, bad input."""
+import json
+import pickle
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from classify import ensembles
+from classify.__main__ import main
+from classify.ensembles import BlockScaler
+from classify.heads import ENSEMBLES, HEADS
+from classify.metrics import ece, most_confused, top_losses
+from classify.mlp import TorchMLP
+from classify.select import sweep
+from features import write_store
+from features.cli import run_cli
+
+CLASSES = ["ant", "bee", "cat"]
+N = 300
+
+
+def synthetic(seed=0, n=N, k=3):
+    """Latent class clusters, split 60/20/20; every 'backbone' sees them through its own noisy map."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    latent = rng.normal(size=(k, 6))[y] * 1.2 + rng.normal(size=(n, 6))
+    splits = rng.permutation(np.repeat([0, 1, 2], [n * 6 // 10, n * 2 // 10, n - n * 8 // 10]))
+    return latent, y, splits
+
+
+def view(latent, dim, seed, noise=1.0):
+    rng = np.random.default_rng(seed)
+    return latent @ rng.normal(size=(latent.shape[1], dim)) + noise * rng.normal(size=(len(latent), dim))
+
+
+def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None):
+    n = len(y)
+    paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
+    meta = {"backbone": backbone, "weights_fingerprint": "0123456789abcdef",
+            "preprocess": {"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
+            "weights": {"source": "random-init (tests only)", "fingerprint": "0123456789abcdef", "random_init": True},
+            "dataset": {"root": f"/data/{dataset}", "format": "imagefolder", "name": dataset, "target": "",
+                        "classes": len(class_names), "files": n},
+            "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "versions": {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_store(path, dim=X.shape[1], chunks=[X] if n else [], labels=y, paths=paths, splits=splits,
+                hashes=[""] * n, stamps=[""] * n, skipped=[], class_names=class_names, meta=meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores") / "synth"
+    latent, y, splits = synthetic()
+    return (make_store(root / "alpha.h5", view(latent, 24, 1, 1.5), y, splits, "alpha"),
+            make_store(root / "beta.h5", view(latent, 40, 2, 2.5), y, splits, "beta"))
+
+
+@pytest.fixture(scope="module")
+def all_results(two_stores, tmp_path_factory):
+    from classify.train import run
+    return run(two_stores, [*HEADS, *ENSEMBLES])
+
+
+def cli(capsys, *argv):
+    rc = run_cli(main, list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---- heads and ensembles ------------------------------------------------------------------------------
+
+def test_every_head_and_ensemble_beats_chance(all_results):
+    acc = {(r["backbone"], r["head"]): r["accuracy"] for r in all_results}
+    assert len(acc) == 2 * len(HEADS) + len(ENSEMBLES)
+    assert all(a > 0.75 for a in acc.values()), acc  # chance is 1/3
+    singles = [a for (b, h), a in acc.items() if h in HEADS]
+    for r in all_results:
+        if r["head"] in ("avg", "stack"):
+            members = [acc[b, h] for b, h in r["members"].items()]
+            assert r["accuracy"] >= min(members) and set(r["members"]) == {"alpha", "beta"}
+        if r["head"] in ENSEMBLES:
+            assert r["accuracy"] >= min(singles), (r["head"], r["accuracy"], singles)
+
+
+def test_outputs_and_metric_keys(all_results, two_stores):
+    folder = two_stores[0].parent / "models"
+    names = sorted(p.name for p in folder.iterdir())
+    assert "alpha-logreg.joblib" in names and "alpha+beta-stack.metrics.json" in names
+    assert len(names) == 2 * len(all_results) and not any(n.endswith(".tmp") for n in names)
+    m = json.loads((folder / "alpha-logreg.metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "log_loss", "ece", "precision/ant", "recall/cat", "confusion",
+                "most_confused", "top_losses", "fit_seconds", "predict_seconds", "params", "sweep", "features",
+                "backbone", "head", "dataset", "refit", "n_train", "n_val", "n_test", "val_log_loss"):
+        assert key in m, key
+    assert m["n_train"] + m["n_val"] + m["n_test"] == N and m["refit"] is False and m["dataset"] == "synth"
+    assert np.array(m["confusion"]).sum() == m["n_test"] and len(m["sweep"]) == len(HEADS["logreg"].grid(N))
+    assert set(m["top_losses"][0]) == {"path", "true", "predicted", "probability", "p_true", "loss"}
+    assert m["params"]["C"] in [row["C"] for row in m["sweep"]]
+    assert min(row["val_log_loss"] for row in m["sweep"]) == pytest.approx(m["val_log_loss"], abs=1e-6)
+    model = joblib.load(folder / "alpha+beta-avg.joblib")
+    assert model["class_names"] == CLASSES and [b["name"] for b in model["backbones"]] == ["alpha", "beta"]
+    assert model["backbones"][0]["weights_fingerprint"] == "0123456789abcdef" and model["featbench_version"]
+
+
+def test_refit_on_train_and_val(two_stores, tmp_path):
+    from classify.train import run
+    stores = [make_store(tmp_path / "synth" / p.name, *_arrays(p), p.stem) for p in two_stores]
+    r = {x["head"]: x for x in run(stores, ["mlp", "concat"], refit=True)}
+    assert r["mlp"]["refit"] and r["mlp"]["n_train"] == N * 8 // 10 and r["mlp"]["accuracy"] > 0.75
+    assert r["mlp"]["params"]["epochs"] >= 1 and r["concat"]["accuracy"] > 0.75 and r["concat"]["refit"]
+    assert (tmp_path / "synth" / "models" / "alpha-mlp-refit.joblib").is_file()
+    assert (tmp_path / "synth" / "models" / "alpha+beta-concat-refit.metrics.json").is_file()
+
+
+def _arrays(path):
+    with h5py.File(path) as f:
+        return f["embeddings"][:], f["labels"][:], f["splits"][:]
+
+
+# ---- selection sees train and val only ------------------------------------------------------------------
+
+def test_test_split_never_influences_selection(two_stores, tmp_path):
+    """Replace the test split by noise with shuffled labels: every choice and val score stays identical."""
+    from classify.train import run
+    rng = np.random.default_rng(7)
+    swapped = []
+    for p in two_stores:
+        X, y, splits = _arrays(p)
+        test = splits == 2
+        X[test] = rng.normal(size=(test.sum(), X.shape[1])) * 50
+        y[test] = np.random.default_rng(8).permutation(y[test])
+        swapped.append(make_store(tmp_path / "synth" / p.name, X, y, splits, p.stem))
+    heads = ["logreg", "mlp", "knn", "avg", "concat"]
+    clean = {(r["backbone"], r["head"]): r for r in run(two_stores, heads)}
+    noisy = {(r["backbone"], r["head"]): r for r in run(swapped, heads)}
+    assert clean.keys() == noisy.keys()
+    for key in clean:
+        a, b = clean[key], noisy[key]
+        assert (a["params"], a["sweep"], a["members"]) == (b["params"], b["sweep"], b["members"]), key
+        assert a["val_log_loss"] == b["val_log_loss"] and a["val_accuracy"] == b["val_accuracy"]
+        assert a["accuracy"] > 0.75 > b["accuracy"]
+
+
+def test_sweep_picks_lowest_validation_loss_and_records_curve():
+    latent, y, splits = synthetic(3)
+    X = view(latent, 16, 4)
+    tr, va = splits == 0, splits == 1
+    head = HEADS["logreg"]
+    sel = sweep(head.make(), head.grid(tr.sum()), X[tr], y[tr], X[va], y[va], 3)
+    losses = [row["val_log_loss"] for row in sel.sweep]
+    assert len(losses) == len(head.grid(tr.sum())) and sel.val_log_loss == pytest.approx(min(losses), abs=1e-6)
+    assert sel.params == {"C": sel.sweep[int(np.argmin(losses))]["C"]}
+
+
+# ---- estimator conformance --------------------------------------------------------------------------------
+
+def _estimators():
+    members = {"a": HEADS["logreg"].make(), "b": HEADS["knn"].make()}
+    return {**{h: HEADS[h].make() for h in HEADS}, "avg": ensembles.average(members, [12, 12]),
+            "stack": ensembles.stack(members, [12, 12]), "concat": ensembles.concat([12, 12])}
+
+
+@pytest.mark.parametrize("name", [*HEADS, *ENSEMBLES])
+def test_clone_get_params_and_pickle(name):
+    est = _estimators()[name]
+    params = est.get_params(deep=False)
+    twin = clone(est)
+    assert twin is not est and twin.get_params(deep=False).keys() == params.keys()
+    latent, y, splits = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    fitted = clone(est).fit(X[splits == 0], y[splits == 0])
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_allclose(again.predict_proba(X[splits == 2]), fitted.predict_proba(X[splits == 2]))
+    assert list(fitted.classes_) == [0, 1, 2] and fitted.score(X[splits == 2], y[splits == 2]) > 0.6
+
+
+@parametrize_with_checks([TorchMLP(max_epochs=5), BlockScaler()])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_mlp_early_stops_and_refits_with_fixed_epochs():
+    latent, y, splits = synthetic(8)
+    X = view(latent, 20, 9)
+    tr, va = splits == 0, splits == 1
+    m = TorchMLP(max_epochs=40, patience=3).fit(X[tr], y[tr], eval_set=(X[va], y[va]))
+    assert 1 <= m.best_epoch_ <= len(m.val_losses_) <= 40
+    assert m.val_losses_[m.best_epoch_ - 1] == min(m.val_losses_)
+    fixed = TorchMLP(max_epochs=m.best_epoch_).fit(X[tr], y[tr])
+    assert fixed.best_epoch_ == m.best_epoch_ and fixed.score(X[va], y[va]) > 0.75
+
+
+def test_block_scaler_gives_each_backbone_equal_weight():
+    rng = np.random.default_rng(0)
+    X = np.hstack([rng.normal(5, 3, size=(200, 8)), rng.normal(-1, 0.1, size=(200, 32))])
+    Z = BlockScaler((8, 32)).fit_transform(X)
+    assert Z[:, :8].var(axis=0).sum() == pytest.approx(Z[:, 8:].var(axis=0).sum())
+    assert Z.var(axis=0).sum() == pytest.approx(40)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+
+def test_metric_helpers():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7]])
+    assert ece(y, p) == pytest.approx((abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.6) + abs(1 - 0.7)) / 4)
+    assert ece(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0
+    cm = np.array([[5, 1, 0], [3, 4, 2], [0, 0, 6]])
+    assert most_confused(cm, CLASSES) == [["bee", "ant", 3], ["bee", "cat", 2], ["ant", "bee", 1]]
+    worst = top_losses(y, p, ["a", "b", "c", "d"], ["cat", "dog"], k=2)
+    assert [w["path"] for w in worst] == ["b", "c"] and worst[0]["predicted"] == "dog"
+    assert worst[0]["p_true"] == pytest.approx(0.2) and worst[0]["probability"] == pytest.approx(0.8)
+
+
+# ---- command line and bad input -----------------------------------------------------------------------------
+
+def test_cli_trains_the_configured_dataset(two_stores, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "synth"
+    for c in CLASSES:  # an imagefolder listing named like the stores' dataset; no image is opened
+        (data / c).mkdir(parents=True)
+        (data / c / "0.jpg").write_bytes(b"")
+    out = two_stores[0].parent.parent
+    (tmp_path / "featbench.toml").write_text(f'[dataset]\npath = "{data}"\nout = "{out}"\n')
+    monkeypatch.chdir(tmp_path)
+    rc, stdout, err = cli(capsys, "--head", "logreg", "--backbone", "beta", "--quiet")
+    assert rc == 0 and "beta-logreg" in stdout and "alpha" not in stdout and err == ""
+
+
+def one_line_error(rc, out, err, *words):
+    assert rc == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def nothing_written(folder):
+    assert not (folder / "models").exists()
+
+
+@pytest.fixture
+def good(tmp_path):
+    latent, y, splits = synthetic(11, n=120)
+    return tmp_path / "ds", view(latent, 12, 12), y, splits
+
+
+def test_unknown_head(good, capsys):
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    one_line_error(*cli(capsys, "--head", "logreg,forest", "--features", store), "unknown head 'forest'")
+    nothing_written(folder)
+
+
+def test_missing_and_empty_stores(tmp_path, capsys):
+    one_line_error(*cli(capsys, "--features", tmp_path / "nope.h5"), "nope.h5", "python -m extract")
+    (tmp_path / "zero.h5").write_bytes(b"")
+    one_line_error(*cli(capsys, "--features", tmp_path / "zero.h5"), "zero.h5")
+    empty = make_store(tmp_path / "empty.h5", np.zeros((0, 4), np.float32), [], [], "e")
+    one_line_error(*cli(capsys, "--features", empty), "empty feature store")
+    data = tmp_path / "imgs"
+    (data / "a").mkdir(parents=True)
+    (data / "a" / "1.jpg").write_bytes(b"")
+    one_line_error(*cli(capsys, "--data", data, "--out", tmp_path / "runs"), "no feature stores")
+    nothing_written(tmp_path)
+
+
+def test_one_class(good, capsys):
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, np.zeros_like(y), splits, "a")
+    one_line_error(*cli(capsys, "--features", store), "only one class")
+    nothing_written(folder)
+
+
+def test_labels_missing_in_train(good, capsys):
+    folder, X, y, splits = good
+    y = y.copy()
+    y[np.flatnonzero(splits == 0)[:4]] = -1
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    one_line_error(*cli(capsys, "--features", store), "4 train images have no label")
+    nothing_written(folder)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_features(good, capsys, value):
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    with h5py.File(store, "r+") as f:
+        f["embeddings"][int(np.flatnonzero(splits == 2)[0]), 3] = value
+    one_line_error(*cli(capsys, "--features", store, "--head", "all"), "NaN/inf", "test")
+    nothing_written(folder)
+
+
+def test_ensemble_of_different_datasets(good, capsys):
+    folder, X, y, splits = good
+    a = make_store(folder / "a.h5", X, y, splits, "a")
+    b = make_store(folder / "b.h5", X, y, splits, "b", dataset="other",
+                   paths=[f"other/{i}.jpg" for i in range(len(y))])
+    assert run_cli(main, ["--features", str(a), str(b), "--head", "logreg", "--quiet"]) == 0  # singles are fine
+    capsys.readouterr()
+    for sub in (folder / "models").iterdir():
+        sub.unlink()
+    (folder / "models").rmdir()
+    one_line_error(*cli(capsys, "--features", a, b, "--head", "all"), "do not share a dataset and split")
+    nothing_written(folder)
+    one_line_error(*cli(capsys, "--features", a, "--head", "stack"), "at least two feature stores")
+
+
+def test_all_with_one_store_skips_ensembles(good, capsys):
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    rc, out, err = cli(capsys, "--features", store, "--head", "knn", "all")
+    assert rc == 0 and "ensembles skipped" in err and "a-svm" in out and "avg" not in out

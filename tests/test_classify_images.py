@@ -1,0 +1,106 @@
+"""classify on real photos: save → load → predict round trip, the weights check, a Kaggle submission."""
+import csv
+import io
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from conftest import DOGS_VS_CATS, needs
+
+from classify.__main__ import main
+from classify.metrics import proba
+from classify.train import load_store, run
+from extract.backbones import create_backbone
+from extract.datasets import load_dataset
+from extract.pipeline import Options, extract
+from features.cli import run_cli
+
+pytestmark = [needs(DOGS_VS_CATS), pytest.mark.slow]
+BACKBONES = ("resnet10t", "resnet18")  # random init: no download, the round trip is what is tested
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """24 real photos (symlinked), two random-init stores, a logreg model per store and their avg."""
+    root = tmp_path_factory.mktemp("real")
+    data = root / "photos"
+    data.mkdir()
+    for i in range(12):
+        for animal in ("cat", "dog"):
+            (data / f"{animal}.{i}.jpg").symlink_to(DOGS_VS_CATS / f"{animal}.{i}.jpg")
+    stores = [extract(load_dataset(data), create_backbone(b, random_init=True), root / "runs",
+                      options=Options(progress=False, batch_size=8, workers=0)).path for b in BACKBONES]
+    results = run(stores, ["logreg", "avg"])
+    return data, stores, {r["backbone"] if r["head"] == "logreg" else "avg": r["path"] for r in results}
+
+
+def cli(capsys, *argv):
+    rc = run_cli(main, list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def expected(model_path, stores) -> dict:
+    """What the saved model says about every stored image, from the stores' own features."""
+    model = joblib.load(model_path)
+    by_name = {s.stem: s for s in stores}
+    parts = [load_store(by_name[b["store"]]) for b in model["backbones"]]
+    out = {}
+    for split in ("train", "val", "test"):
+        X = np.hstack([getattr(p, split).X for p in parts])
+        for path, row in zip(getattr(parts[0], split).paths, proba(model["estimator"], X, 2)):
+            out[path] = (model["class_names"][int(row.argmax())], float(row.max()))
+    return out
+
+
+@pytest.mark.parametrize("head", ["resnet18-random-init", "avg"])
+def test_predict_matches_the_stored_features(trained, tmp_path, capsys, head):
+    data, stores, models = trained
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    rc, out, err = cli(capsys, "predict", "--model", models[head], "--csv", data, broken)
+    assert rc == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 25 and rows[-1]["label"] == "" and rows[-1]["error"]
+    want = expected(models[head], stores)
+    for r in rows[:-1]:
+        label, p = want[r["path"].rsplit("/", 1)[-1]]
+        assert r["label"] == label and float(r["probability"]) == pytest.approx(p, abs=1e-3), r
+    rc, table, _ = cli(capsys, "predict", "--model", models[head], data / "cat.0.jpg")
+    assert rc == 0 and "cat.0.jpg" in table and "probability" in table.splitlines()[0]
+
+
+def test_model_with_other_weights_is_refused(trained, tmp_path, capsys):
+    _, _, models = trained
+    model = joblib.load(models["resnet10t-random-init"])
+    model["backbones"][0]["weights_fingerprint"] = "feedfeedfeedfeed"
+    joblib.dump(model, tmp_path / "other.joblib")
+    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "other.joblib", trained[0])
+    assert rc == 2 and err.count("\n") == 1 and "weights feedfeedfeedfeed" in err and "resnet10t" in err
+    (tmp_path / "junk.joblib").write_bytes(b"junk")
+    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "junk.joblib", trained[0])
+    assert rc == 2 and "not a readable featbench model" in err and err.count("\n") == 1
+
+
+def test_kaggle_submission(trained, tmp_path, capsys):
+    data, _, models = trained
+    test = tmp_path / "test1"
+    test.mkdir()
+    for kaggle_id, name in [(10, "cat.1.jpg"), (2, "dog.0.jpg"), (1, "cat.0.jpg")]:
+        (test / f"{kaggle_id}.jpg").symlink_to(data / name)
+    (test / "3.jpg").write_bytes(b"broken")
+    out = tmp_path / "sub.csv"
+    done = subprocess.run([sys.executable, "-m", "classify", "submit", "--model", models["avg"], "--data", test,
+                           "--clip", "0.005", "--output", out], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "4 rows (1 unreadable images set to 0.5)" in done.stdout
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,label" and [int(x.split(",")[0]) for x in lines[1:]] == [1, 2, 3, 10]
+    p = {int(i): float(v) for i, v in (x.split(",") for x in lines[1:])}
+    assert p[3] == 0.5 and all(0.005 <= v <= 0.995 for v in p.values())
+    label, prob = expected(models["avg"], trained[1])["dog.0.jpg"]
+    assert p[2] == pytest.approx(np.clip(prob if label == "dog" else 1 - prob, 0.005, 0.995), abs=1e-3)
+    rc, _, err = cli(capsys, "submit", "--model", models["avg"], "--data", data, "--output", tmp_path / "no.csv")
+    assert rc == 2 and err.startswith("error: ") and "N.jpg" in err and not (tmp_path / "no.csv").exists()
