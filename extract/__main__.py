@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: auto)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataset_args(p)
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     backbone = create_backbone(args.backbone, args.weights, args.random_init)
     options = Options(device=args.device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                      amp=not args.no_amp, overwrite=args.overwrite, progress=False if args.quiet else None)
+                      amp=not args.no_amp, optimize=not args.no_optimize, overwrite=args.overwrite, progress=False if args.quiet else None)
     summary = extract(dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
                       weights_file=args.weights, options=options)
     print(summary.line())

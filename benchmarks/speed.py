@@ -1,0 +1,181 @@
+"""`python -m benchmarks speed`: extraction images/second, side by side in one process run.
+
+Three pipelines on the same images, backbone, device and batch size:
+  seed-style   the classic notebooks: PIL open, Resize((224, 224)), ToTensor, Normalize, DataLoader, fp32
+  featbench    `extract()` end to end, files to HDF5 store
+  model-only   the forward pass on tensors already in memory (the ceiling on this device)
+plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
+against an fp32, full-decode reference of the same preprocessing.
+"""
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from extract.backbones import create_backbone
+from extract.datasets import load_dataset
+from extract.images import load
+from extract.pipeline import Options, default_workers, extract, inference_model, pick_device
+from features import FeatureStore
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
+
+
+class _SeedStyle(torch.utils.data.Dataset):
+    """What the seed notebooks did, per image: PIL → Resize((s, s)) → ToTensor → Normalize."""
+
+    def __init__(self, files, pre):
+        from torchvision import transforms
+        self.files = files
+        self.tf = transforms.Compose([transforms.Resize((pre.size, pre.size)), transforms.ToTensor(),
+                                      transforms.Normalize(pre.mean, pre.std)])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.files[i]) as img:
+            return self.tf(img.convert("RGB"))
+
+
+def seed_style(backbone, files, device, batch_size, workers) -> float:
+    loader = torch.utils.data.DataLoader(_SeedStyle(files, backbone.preprocess), batch_size=batch_size,
+                                         num_workers=workers)
+    trunk = backbone.model.trunk.to(device)  # the seeds normalised in the transform: skip the wrapper's
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x in loader:
+            trunk(x.to(device))
+    return len(files) / (time.perf_counter() - start)
+
+
+def featbench(backbone, folder, device, batch_size, workers) -> tuple[float, Path, str]:
+    out = Path(tempfile.mkdtemp(prefix="featbench-speed-"))
+    ds = load_dataset(folder)
+    opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False)
+    start = time.perf_counter()
+    summary = extract(ds, backbone, out, options=opts)
+    return summary.rows / (time.perf_counter() - start), summary.path, str(ds.root)
+
+
+def model_only(backbone, device, batch_size, n_images, optimize: bool = True) -> float:
+    """Forward passes on one in-memory batch, in the form featbench runs the model (or eager)."""
+    size = backbone.preprocess.size
+    x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    model = inference_model(backbone.model, device, x[:2], optimize)
+    cuda = device.type == "cuda"
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), amp:
+        model(x)  # warm-up
+        batches = max(2, n_images // batch_size)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(x)
+        if cuda:
+            torch.cuda.synchronize()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def flops_per_image(backbone) -> float:
+    size = backbone.preprocess.size
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        backbone.model.cpu()(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device, n: int = 2048, seconds: float = 1.0) -> float:
+    """Measured fp32 (or fp16 on CUDA) matrix-multiply FLOP/s: the roofline's compute ceiling."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarray:
+    """Per-image cosine between the store's rows and an fp32 CPU full-decode (no draft) reference."""
+    with FeatureStore(store_path) as store:
+        rows = np.linspace(0, len(store.paths) - 1, min(n, len(store.paths))).astype(int)
+        stored = store.embeddings(rows)
+        files = [Path(root) / store.paths[i] for i in rows]
+    model = backbone.model.cpu().float()
+    with torch.inference_mode():
+        ref = torch.cat([model(torch.stack([load(f.read_bytes(), backbone.preprocess, draft=False)
+                                            for f in files[i:i + 16]])) for i in range(0, len(files), 16)])
+    ref = ref.numpy()
+    return (stored * ref).sum(1) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+
+
+def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, limit: int) -> dict:
+    backbone = create_backbone(name)
+    files = sorted(p for p in folder.iterdir() if p.is_file())[:limit] if limit else None
+    if files is not None and len(files) < len(list(folder.iterdir())):  # a subset: link it into a temp folder
+        sub = Path(tempfile.mkdtemp(prefix="featbench-speed-data-"))
+        for f in files:
+            os.symlink(f, sub / f.name)
+        folder = sub
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    out = {"backbone": name, "images": len(files), "device": str(device), "batch_size": batch_size,
+           "workers": workers, "torch_threads": torch.get_num_threads()}
+    out["seed_style_img_s"] = seed_style(backbone, files, device, batch_size, workers)
+    out["featbench_img_s"], store, root = featbench(backbone, folder, device, batch_size, workers)
+    out["model_only_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512))
+    out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512), optimize=False)
+    out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
+    out["featbench_vs_model_only"] = out["featbench_img_s"] / out["model_only_img_s"]
+    out["gflops_per_image"] = flops_per_image(backbone) / 1e9
+    out["peak_gflop_s"] = matmul_peak(device) / 1e9
+    out["roofline_share"] = out["gflops_per_image"] * out["model_only_img_s"] / out["peak_gflop_s"]
+    cos = reference_cosines(backbone, store, root, 64)
+    out["min_cosine_vs_fp32_reference"] = float(cos.min())
+    return out
+
+
+def print_row(r: dict) -> None:
+    ok = "OK" if r["min_cosine_vs_fp32_reference"] >= 0.999 else "BELOW 0.999"
+    print(f"{r['backbone']}: {r['images']} images, {r['device']}, batch {r['batch_size']}, "
+          f"{r['workers']} decode workers, {r['torch_threads']} torch threads")
+    print(f"  seed-style  {r['seed_style_img_s']:8.1f} img/s")
+    print(f"  featbench   {r['featbench_img_s']:8.1f} img/s   {r['featbench_vs_seed']:.2f}x seed-style, "
+          f"{r['featbench_vs_model_only']:.2f}x model-only")
+    print(f"  model-only  {r['model_only_img_s']:8.1f} img/s   (eager fp32: {r['model_only_eager_img_s']:.1f} img/s)")
+    print(f"  compute     {r['gflops_per_image']:.2f} GFLOP/image, "
+          f"peak {r['peak_gflop_s']:.0f} GFLOP/s, roofline share {r['roofline_share']:.0%}")
+    print(f"  embeddings vs fp32 full-decode reference: min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok})")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"image folder (default {DEFAULT_DATA})")
+    p.add_argument("--backbone", nargs="+", default=["mobilenet_v2", "efficientnet_lite0"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=-1, help="decode workers for both pipelines (default: auto)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    workers = args.workers if args.workers >= 0 else default_workers(device)
+    results = []
+    for name in args.backbone:
+        results.append(bench(name, args.data, device, args.batch_size, workers, args.limit))
+        print_row(results[-1])
+    if args.json:
+        import json
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
