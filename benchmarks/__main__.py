@@ -1,0 +1,29 @@
+"""`python -m benchmarks COMMAND`: featbench's runs turned into the reports users come for.
+
+  run CONFIG.toml        backbones × heads on one dataset (+ fine-tunes), then the report
+  finetune --backbone N  a fine-tuned baseline on the heads' split (--mode full|bn-head|head)
+  report FOLDER          rebuild a report from existing metrics files
+  speed                  extraction images/second against the seed notebooks' pipeline
+  scale                  how extraction and heads scale with dataset size
+
+`python -m benchmarks COMMAND --help` for each command's options.
+"""
+import importlib
+import sys
+
+from features.cli import run_cli
+
+COMMANDS = {"run": "benchmarks.grid", "finetune": "benchmarks.finetune", "report": "benchmarks.report",
+            "speed": "benchmarks.speed", "scale": "benchmarks.scale"}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,165 @@
+"""`python -m benchmarks run CONFIG.toml`: backbones × heads on one dataset, fine-tunes, one report.
+
+For each backbone: extract (cached rows are reused; a backbone without weights here is skipped and
+the report says why), then every head on every store, then the configured fine-tunes on the same
+split (a fine-tune whose metrics already exist for this split, weights and settings is reused),
+then the report in OUT/DATASET/report/. The config:
+
+    [dataset]                  # as featbench.toml; a relative path is relative to the config file
+    path = "../../../shared/data/dogs-vs-cats/train"
+    splits = [0.7, 0.15, 0.15]
+    seed = 0
+
+    [benchmark]
+    backbones = ["mobilenet_v2", "resnet152v2"]
+    heads = ["all"]            # logreg, mlp, svm, knn, avg, stack, concat, or all
+    refit = false              # refit each chosen head on train+val before its test score
+
+    [benchmark.weights]        # weights files for backbones that need one (relative to the config)
+    resnet152v2 = "weights/resnet152v2.pth"
+
+    [[finetune]]               # any number; keys as `python -m benchmarks finetune`
+    backbone = "mobilenet_v2"
+    mode = "full"              # full | bn-head | head
+    epochs = 2                 # also: epoch_images, batch_size, lr, weight_decay, patience, seed
+"""
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.finetune import DEFAULT_LR, MODES, finetune, model_name, same_split
+from benchmarks.report import build, markdown_table
+from classify.heads import ENSEMBLES
+from classify.train import parse_heads, run as classify
+from extract.backbones import create_backbone
+from extract.config import add_dataset_args, resolve, tomllib
+from extract.datasets import load_dataset
+from extract.pipeline import Options, extract
+from features.errors import FeatbenchError
+
+BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights"}
+FINETUNE_KEYS = {"epochs", "epoch_images", "batch_size", "lr", "weight_decay", "patience", "seed"}
+
+
+def read_config(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            cfg = tomllib.load(fh)
+    except FileNotFoundError:
+        raise FeatbenchError(f"{path}: config file not found (shipped ones: benchmarks/configs/*.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
+    bench = cfg.get("benchmark", {})
+    unknown = set(bench) - BENCHMARK_KEYS
+    if unknown:
+        raise FeatbenchError(f"{path}: unknown [benchmark] keys {sorted(unknown)}; known: {', '.join(sorted(BENCHMARK_KEYS))}")
+    if not bench.get("backbones"):
+        raise FeatbenchError(f"{path}: [benchmark] needs backbones = [\"NAME\", …]")
+    for entry in cfg.get("finetune", []):
+        bad = set(entry) - FINETUNE_KEYS - {"backbone", "mode"}
+        if bad or entry.get("mode", "full") not in MODES or "backbone" not in entry:
+            raise FeatbenchError(f"{path}: [[finetune]] {entry} needs backbone and mode ({'|'.join(MODES)}); "
+                                 f"other keys: {', '.join(sorted(FINETUNE_KEYS))}")
+    return cfg
+
+
+def _settings(entry: dict, n_train: int) -> dict:
+    """A fine-tune's settings with defaults filled in, as its metrics record them."""
+    defaults = {k: p.default for k, p in inspect.signature(finetune).parameters.items() if k in FINETUNE_KEYS}
+    s = {**defaults, **{k: v for k, v in entry.items() if k in FINETUNE_KEYS}}
+    s["lr"] = s["lr"] or DEFAULT_LR[entry.get("mode", "full")]
+    s["epoch_images"] = min(s["epoch_images"] or n_train, n_train)
+    return s
+
+
+def _reusable(path: Path, split: str, weights_fp: str, settings: dict) -> dict | None:
+    """Earlier metrics of this fine-tune when split, weights and settings all match."""
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    same = (m.get("split_fingerprint") == split and m.get("weights", {}).get("fingerprint") == weights_fp
+            and all(m["params"].get(k) == v for k, v in settings.items()))
+    return m if same else None
+
+
+def run(config: Path, args) -> tuple:
+    cfg = read_config(config)
+    bench = cfg["benchmark"]
+    args.config = config
+    settings = resolve(args)
+    dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
+    names = args.backbone or bench["backbones"]
+    weight_files = {k: str(config.parent / v) for k, v in bench.get("weights", {}).items()}
+    notes, stores, built = [], [], {}
+    options = Options(device=args.device, progress=False if args.quiet else None)
+    for name in names:
+        weights = weight_files.get(name)
+        if weights and not Path(weights).is_file() and not args.random_init:
+            notes.append(f"{name}: skipped, weights file {weights} not found")
+            print(f"note: {notes[-1]}", file=sys.stderr)
+            continue
+        try:
+            backbone = create_backbone(name, weights, args.random_init)
+        except FeatbenchError as e:
+            notes.append(f"{name}: skipped ({e})")
+            print(f"note: {name}: skipped, no weights here", file=sys.stderr)
+            continue
+        summary = extract(dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
+                          weights_file=weights, options=options)
+        print(summary.line(), file=sys.stderr)
+        stores.append(summary.path)
+        built[name] = (backbone.weights["fingerprint"], weights, summary.path.stem)
+    if not stores:
+        raise FeatbenchError(f"none of the backbones {', '.join(names)} has weights here; see "
+                             "`python -m extract --list-backbones` and `--fetch-weights`")
+    heads = parse_heads(args.head or bench.get("heads", ["all"]))
+    if len(stores) < 2 and any(h in ENSEMBLES for h in heads):
+        heads = [h for h in heads if h not in ENSEMBLES]
+        notes.append("ensembles skipped: they need two feature stores or more")
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    metrics = classify(stores, heads, bench.get("refit", False), log)
+
+    entries = [] if args.no_finetune else cfg.get("finetune", [])
+    for entry in entries:
+        name, mode = entry["backbone"], entry.get("mode", "full")
+        if name not in built:
+            notes.append(f"{name} finetune-{mode}: skipped, {name} is not in this run or has no weights here")
+            continue
+        data = same_split(settings, name)
+        s = _settings(entry, len(data.paths["train"]))
+        fp, weights, store_stem = built[name]
+        stem = model_name(store_stem, mode)
+        done = _reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
+                         {"mode": mode, **s})
+        if done:
+            log(f"{stem}: reused (same split, weights and settings); delete its metrics file to retrain")
+            metrics.append(done)
+            continue
+        metrics.append(finetune(data, name, mode, settings.out, device=args.device, weights=weights,
+                                random_init=args.random_init, log=log, **s))
+    folder = args.report or settings.out / dataset.name / "report"
+    return build(metrics, folder, args.title, notes)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("benchmark", type=Path, metavar="CONFIG.toml", help="e.g. benchmarks/configs/dogs-vs-cats.toml")
+    p.add_argument("--backbone", nargs="+", metavar="NAME", help="only these backbones (default: the config's)")
+    p.add_argument("--head", nargs="+", metavar="H", help="only these heads (default: the config's)")
+    p.add_argument("--no-finetune", action="store_true", help="skip the config's fine-tunes")
+    p.add_argument("--random-init", action="store_true", help="random backbone weights (tests only)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--report", type=Path, help="report folder (default OUT/DATASET/report)")
+    p.add_argument("--title", default="", help="report title")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_dataset_args(p)
+    args = p.parse_args(argv)
+    if args.config is not None:
+        raise FeatbenchError("`run` takes its [dataset] table from CONFIG.toml; drop --config")
+    c, written = run(args.benchmark, args)
+    print(markdown_table(c))
+    print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")
+    return 0

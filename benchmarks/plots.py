@@ -1,0 +1,161 @@
+"""The report's figures (matplotlib, Agg), each returned as PNG bytes."""
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from extract.images import BadImage, decode  # noqa: E402
+
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+MARKERS = {"logreg": "o", "mlp": "s", "svm": "D", "knn": "v", "avg": "P", "stack": "X", "concat": "*"}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion(metrics: dict, title: str) -> bytes:
+    """The confusion matrix (counts, rows = true class) of one model."""
+    cm = np.asarray(metrics["confusion"])
+    names = metrics["classes"]
+    k = len(names)
+    size = min(14, 2.5 + 0.32 * k)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), names, rotation=90, fontsize=max(5, 10 - k // 8))
+    ax.set_yticks(range(k), names, fontsize=max(5, 10 - k // 8))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 40:
+        for t in range(k):
+            for q in range(k):
+                if cm[t, q]:
+                    ax.text(q, t, str(cm[t, q]), ha="center", va="center", fontsize=max(5, 11 - k // 5),
+                            color="white" if cm[t, q] > cm.max() / 2 else "black")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def accuracy_vs_compute(rows: list[dict]) -> bytes:
+    """Test accuracy against compute seconds: frozen heads (extraction + fit) and fine-tunes (training)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    backbones = sorted({r["backbone"] for r in rows})
+    colours = {b: plt.cm.tab10(i % 10) for i, b in enumerate(backbones)}
+    for r in rows:
+        if r.get("compute_seconds") is None:
+            continue
+        frozen = r["kind"] == "frozen"
+        ax.scatter(r["compute_seconds"], 100 * r["accuracy"], s=60 if frozen else 110,
+                   marker=MARKERS.get(r["head"], "o") if frozen else "^", color=colours[r["backbone"]],
+                   edgecolors="black" if not frozen else "none", linewidths=1.2, alpha=0.85)
+        if not frozen:
+            ax.annotate(f"{r['backbone']} {r['head'].removeprefix('finetune-')} ({r['device']})",
+                        (r["compute_seconds"], 100 * r["accuracy"]), textcoords="offset points", xytext=(7, -3),
+                        fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_minor_formatter(PLAIN)
+    ax.set_xlabel("compute, seconds (frozen: extraction + head fit; fine-tuned: training)")
+    ax.set_ylabel("test accuracy, %")
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    ax.set_title(f"Accuracy vs compute (device: {', '.join(devices)})", fontsize=10)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[b], label=b) for b in backbones]
+    handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=h) for h, m in MARKERS.items()
+                if any(r["head"] == h for r in rows)]
+    if any(r["kind"] == "fine-tuned" for r in rows):
+        handles.append(plt.Line2D([], [], ls="", marker="^", color="grey", markeredgecolor="black",
+                                  label="fine-tuned"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3, which="both")
+    return _png(fig)
+
+
+def _sweep_axis(rows: list[dict]) -> str | None:
+    """The parameter a sweep varies (the one numeric key with more than one value)."""
+    keys = [k for k in rows[0] if not k.startswith("val_") and k not in ("epochs", "train_loss", "seconds")
+            and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    varying = [k for k in keys if len({r[k] for r in rows}) > 1]
+    return varying[0] if varying else None
+
+
+def sweeps(metrics: list[dict]) -> bytes | None:
+    """Validation log-loss along each head's regularisation sweep (and each fine-tune's epochs)."""
+    panels: dict[str, list] = {}
+    for m in metrics:
+        rows = m.get("sweep") or []
+        if len(rows) < 2:
+            continue
+        for kernel in sorted({r.get("kernel") for r in rows}, key=str):
+            part = [r for r in rows if r.get("kernel") == kernel]
+            axis = _sweep_axis(part) if len(part) > 1 else None
+            if axis:
+                title = m["head"] + (f" ({kernel})" if kernel else "")
+                panels.setdefault(f"{title}: {axis}", []).append((m["backbone"], [r[axis] for r in part],
+                                                                  [r["val_log_loss"] for r in part]))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.4 * rows_n), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        axis = title.rsplit(": ", 1)[1]
+        for backbone, x, y in lines:
+            ax.plot(x, y, marker=".", label=backbone)
+        if axis in ("C", "lr") and min(min(x) for _, x, _ in lines) > 0:
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(PLAIN)
+        ax.yaxis.set_minor_formatter(PLAIN)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(axis, fontsize=8)
+        ax.set_ylabel("val log-loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        if len(lines) > 1:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _thumbnail(path: Path, side: int = 224) -> np.ndarray | None:
+    try:
+        img = decode(path.read_bytes())
+    except (OSError, BadImage):
+        return None
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def top_losses(metrics: dict, root: Path, title: str, k: int = 9) -> bytes | None:
+    """The highest-loss test images with predicted / true labels, loss and probability (fastai style)."""
+    items = metrics.get("top_losses", [])[:k]
+    if not items:
+        return None
+    cols = min(3, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.5 * rows), squeeze=False)
+    for ax, t in zip(axes.flat, items):
+        pixels = _thumbnail(Path(root) / t["path"])
+        if pixels is None:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center")
+        else:
+            ax.imshow(pixels)
+        ax.set_title(f"{t['predicted']} / {t['true']}\nloss {t['loss']:.2f}, p {t['probability']:.2f}\n"
+                     f"{Path(t['path']).name}", fontsize=8)
+        ax.axis("off")
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: predicted / true, loss, probability of the prediction", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+

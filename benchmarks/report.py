@@ -1,0 +1,402 @@
+"""Reports from metrics files: markdown, one self-contained HTML file, and CSV/JSON of every number.
+
+`python -m benchmarks report OUT/DATASET` (or metrics files) rebuilds the report of a dataset from
+its `models/*.metrics.json` and the feature stores beside them, without training anything.
+
+Every measured model becomes one flat row (CLIP_benchmark style): `kind` (frozen | fine-tuned),
+backbone, head, the test metrics, `fit_seconds`, `extract_seconds` and `images_per_second` (from
+the stores), `compute_seconds` (frozen: extraction + head fit; fine-tuned: training) and `device`.
+Published rows (`benchmarks.published`) follow with their sources, never mixed into the measured ones.
+"""
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+import sklearn
+
+from benchmarks import plots
+from benchmarks.finetune import MODES
+from benchmarks.published import published_for, task_of
+from classify.heads import ENSEMBLES, HEADS
+from classify.models import atomic_write
+from features.errors import FeatbenchError
+from features.reader import FeatureStore
+
+HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
+SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_accuracy", "fit_seconds",
+           "predict_seconds", "n_train", "n_val", "n_test", "refit", "split_fingerprint")
+FILES = ("report.md", "report.html", "results.csv", "results.json")
+
+
+# ---- collecting -------------------------------------------------------------------------------------
+
+def load_metrics(inputs) -> list[dict]:
+    """Metrics dicts from `*.metrics.json` files or folders (a dataset folder OUT/DATASET or its models/)."""
+    files = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted((p / "models" if (p / "models").is_dir() else p).glob("*.metrics.json"))
+            if not found:
+                raise FeatbenchError(f"{p}: no *.metrics.json here or in {p / 'models'}; run `python -m classify` "
+                                     "or `python -m benchmarks run` first")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FeatbenchError(f"{p}: no such metrics file or folder")
+    out = []
+    for f in files:
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise FeatbenchError(f"{f}: not a readable metrics JSON ({e})") from None
+        if not isinstance(m, dict) or not {"accuracy", "head", "backbone", "model"} <= set(m):
+            raise FeatbenchError(f"{f}: not a featbench metrics file (no accuracy/head/backbone/model keys)")
+        m["path"] = str(f.parent / m["model"])
+        out.append(m)
+    return out
+
+
+def one_split(metrics: list[dict]) -> tuple[list[dict], list[str]]:
+    """Keep the models scored on the most common split assignment; name the others."""
+    counts = Counter(m["split_fingerprint"] for m in metrics)
+    keep = counts.most_common(1)[0][0]
+    dropped = [f"{m['model']}: scored on another split ({m['split_fingerprint']}, not {keep}); left out"
+               for m in metrics if m["split_fingerprint"] != keep]
+    return [m for m in metrics if m["split_fingerprint"] == keep], dropped
+
+
+def store_metas(metrics: list[dict]) -> dict[str, dict]:
+    """Metadata of every feature store the frozen models were trained on, by store name."""
+    metas = {}
+    for m in metrics:
+        for stem in m.get("features", {}):
+            path = Path(m["path"]).parent.parent / f"{stem}.h5"
+            if stem not in metas and path.is_file():
+                with FeatureStore(path) as fs:
+                    metas[stem] = dict(fs.meta, rows=len(fs.paths))
+    return metas
+
+
+def _extract_seconds(meta: dict | None) -> float | None:
+    """Time to embed every image of a store at its measured rate (None when it has no timing)."""
+    if not meta or not meta.get("images_per_second"):
+        return None
+    return round(meta["rows"] / meta["images_per_second"], 3)
+
+
+def measured_row(m: dict, metas: dict) -> dict:
+    """One model's flat row: test metrics, timing, compute and device."""
+    finetuned = m["head"].startswith("finetune-")
+    row = {"kind": "fine-tuned" if finetuned else "frozen", "dataset": m["dataset"], "backbone": m["backbone"],
+           "head": m["head"], "model": m["model"].rsplit(".", 1)[0]}
+    row.update({k: m[k] for k in SCALARS if k in m})
+    row.update({k: v for k, v in m.items() if k.startswith(("precision/", "recall/"))})
+    row["params"] = json.dumps(m.get("params", {}), sort_keys=True)
+    if finetuned:
+        c = m.get("compute", {})
+        row.update(extract_seconds=None, images_per_second=None, compute_seconds=m["fit_seconds"],
+                   device=c.get("device", ""), device_name=c.get("device_name", ""))
+    else:
+        stores = [metas.get(s) for s in m.get("features", {})]
+        parts = [_extract_seconds(s) for s in stores]
+        extract = round(sum(parts), 3) if parts and None not in parts else None
+        row.update(extract_seconds=extract,
+                   images_per_second=stores[0].get("images_per_second") if len(stores) == 1 and stores[0] else None,
+                   compute_seconds=round(extract + m["fit_seconds"], 3) if extract is not None else None,
+                   device="+".join(sorted({s["device"] for s in stores if s})) or "",
+                   device_name="")
+    return row
+
+
+def _order(row: dict) -> tuple:
+    head = row["head"]
+    return (row["kind"] != "frozen", head in ENSEMBLES, row["backbone"],
+            HEAD_ORDER.index(head) if head in HEAD_ORDER else len(HEAD_ORDER), row.get("refit", False))
+
+
+@dataclass
+class Collected:
+    """Everything a report shows, before formatting."""
+    metrics: list
+    rows: list
+    published: list
+    metas: dict
+    notes: list = field(default_factory=list)
+
+    def best(self, kind: str) -> dict | None:
+        """The `kind` row chosen by validation log-loss (the test split never picks a winner)."""
+        rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None]
+        return min(rows, key=lambda r: (r["val_log_loss"], -r["accuracy"])) if rows else None
+
+    def metrics_of(self, row: dict) -> dict:
+        return next(m for m in self.metrics if m["model"].rsplit(".", 1)[0] == row["model"])
+
+
+def collect(metrics: list[dict], notes: list | None = None) -> Collected:
+    if not metrics:
+        raise FeatbenchError("no models to report on")
+    metrics, dropped = one_split(metrics)
+    metas = store_metas(metrics)
+    rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
+    dataset_meta = next(iter(metas.values()), {}).get("dataset", {})
+    published = [p.as_row() for p in published_for(task_of(dataset_meta))]
+    return Collected(metrics, rows, published, metas, list(notes or []) + dropped)
+
+
+# ---- formatting -------------------------------------------------------------------------------------
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def num(x, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def secs(x) -> str:
+    return "—" if x is None else f"{x:.1f}" if x < 1000 else f"{x:.0f}"
+
+
+def main_table(c: Collected) -> tuple[list, list, list]:
+    """(header, rows, sources): measured rows (★ = best of its kind by val log-loss), then published ones."""
+    best = {id(c.best("frozen")), id(c.best("fine-tuned"))}
+    header = ["result", "backbone", "head", "test accuracy", "log-loss", "fit s", "extraction s", "images/s",
+              "compute s", "device"]
+    rows = []
+    for r in c.rows:
+        head = r["head"] + (", refit" if r.get("refit") else "")
+        rows.append([f"{'★ ' if id(r) in best else ''}measured, {r['kind']}", r["backbone"], head, pct(r["accuracy"]),
+                     num(r["log_loss"]), secs(r["fit_seconds"]), secs(r["extract_seconds"]),
+                     num(r["images_per_second"], 1), secs(r["compute_seconds"]), r["device"] or "—"])
+    sources = []
+    for p in c.published:
+        sources.append(f"{p['source']} — measured on: {p['split']}")
+        rows.append([f"published [{len(sources)}]", p["backbone"], p["method"], pct(p["accuracy"]),
+                     num(p["log_loss"]), "—", "—", "—", "—", "—"])
+    return header, rows, sources
+
+
+def _compute_words(r: dict) -> str:
+    if r["kind"] == "fine-tuned":
+        return f"{secs(r['compute_seconds'])} s of training on {r['device_name'] or r['device']}"
+    if r["compute_seconds"] is None:
+        return f"{secs(r['fit_seconds'])} s of head fitting (extraction time not recorded)"
+    return (f"{secs(r['compute_seconds'])} s: {secs(r['extract_seconds'])} s extraction on {r['device']} "
+            f"+ {secs(r['fit_seconds'])} s head fit on cpu")
+
+
+def verdict(c: Collected) -> str:
+    """The best frozen-feature model against the best fine-tuned one, with the compute each needed."""
+    frozen, tuned = c.best("frozen"), c.best("fine-tuned")
+    lines = []
+    for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
+        if r is not None:
+            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']} — test accuracy "
+                         f"{pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
+    if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
+        ratio = tuned["compute_seconds"] / frozen["compute_seconds"]
+        gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
+        lines.append(f"Frozen features: {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the fine-tune in "
+                     f"test accuracy, with {max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
+                     f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s).")
+    if not tuned:
+        lines.append("No fine-tuned baseline was measured on this split (`python -m benchmarks finetune`).")
+    return "\n\n".join(lines)
+
+
+def extraction_table(c: Collected) -> tuple[list, list]:
+    header = ["backbone", "store", "dim", "images", "extraction s", "images/s", "device", "weights"]
+    rows = [[m["backbone"], stem, str(m["dim"]), str(m["rows"]), secs(_extract_seconds(m)),
+             num(m.get("images_per_second"), 1), m["device"], m["weights"].get("source", "?")]
+            for stem, m in sorted(c.metas.items())]
+    return header, rows
+
+
+def environment(c: Collected) -> list[str]:
+    """Devices, library versions, weights sha256, dataset and split identity."""
+    items = []
+    metas = list(c.metas.values())
+    ds = metas[0]["dataset"] if metas else {}
+    first = c.metrics[0]
+    if ds:
+        items.append(f"dataset: {ds.get('name')} ({ds.get('format')}{', ' + ds['target'] if ds.get('target') else ''}) "
+                     f"at {ds.get('root')}, {ds.get('classes')} classes")
+    fractions = f", fractions {metas[0]['split_fractions']}, seed {metas[0]['split_seed']}" if metas else ""
+    items.append(f"split fingerprint {first['split_fingerprint']}{fractions}: {first['n_train']} train / "
+                 f"{first['n_val']} val / {first['n_test']} test labelled images")
+    for stem, m in sorted(c.metas.items()):
+        w = m["weights"]
+        items.append(f"{stem}: store fingerprint {m['fingerprint']}, weights sha256 {w.get('file_sha256', '—')} "
+                     f"(fingerprint {w.get('fingerprint')}, {w.get('source')}), extracted on {m['device']} "
+                     f"{m.get('created', '')}")
+    for m in c.metrics:
+        if m["head"].startswith("finetune-"):
+            cmp = m.get("compute", {})
+            items.append(f"{m['model']}: trained on {cmp.get('device_name', '?')} (amp {cmp.get('amp')}), "
+                         f"{cmp.get('epochs_run')} epochs, {cmp.get('images_seen')} images seen, "
+                         f"{cmp.get('trainable_params')} of {cmp.get('total_params')} parameters trained, "
+                         f"weights sha256 {m.get('weights', {}).get('file_sha256', '—')}, split from "
+                         f"{m.get('split_source', '?')}")
+    if metas:
+        items.append("extraction versions: " + ", ".join(f"{k} {v}" for k, v in metas[0]["versions"].items()))
+    items.append(f"heads: scikit-learn {sklearn.__version__} on cpu; report: matplotlib {matplotlib.__version__}")
+    return items
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    png: bytes
+
+
+def figures(c: Collected) -> list[Figure]:
+    out = [Figure("accuracy_vs_compute.png", "Accuracy vs compute", plots.accuracy_vs_compute(c.rows))]
+    measured = [r for r in (c.best("frozen"), c.best("fine-tuned")) if r]
+    if measured:
+        best = min(measured, key=lambda r: r["val_log_loss"])
+        m = c.metrics_of(best)
+        label = f"{best['backbone']} + {best['head']}"
+        out.append(Figure("confusion.png", f"Confusion matrix of the best model ({label})",
+                          plots.confusion(m, f"{label}: test confusion")))
+        root = m.get("dataset_root") or next(iter(c.metas.values()), {}).get("dataset", {}).get("root", ".")
+        png = plots.top_losses(m, Path(root), label)
+        if png:
+            out.append(Figure("top_losses.png", f"Top losses of the best model ({label})", png))
+    png = plots.sweeps(c.metrics)
+    if png:
+        out.append(Figure("sweeps.png", "Regularisation sweeps (validation log-loss; fine-tunes: per epoch)", png))
+    return out
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+
+def _md_table(header, rows) -> str:
+    cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return "\n".join(["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
+
+
+def _inline(text: str) -> str:
+    """Escape, then the two markdown inline forms the report uses: **bold** and `code`."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _html_table(header, rows, cls: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
+th{background:#f3f3f3}td:nth-child(n+4){text-align:right}tr:nth-child(even){background:#fafafa}
+img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}figcaption{font-weight:600}
+li{margin:.2em 0}code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
+    """(markdown, self-contained HTML) of the same report."""
+    header, rows, sources = main_table(c)
+    eheader, erows = extraction_table(c)
+    env = environment(c)
+    first = c.metrics[0]
+    intro = (f"{first['n_train'] + first['n_val'] + first['n_test']} labelled images "
+             f"({first['n_train']} train / {first['n_val']} val / {first['n_test']} test), "
+             f"{len(first['classes'])} classes. Every head and fine-tune is chosen on val and scored once on "
+             f"the same test split. Compute: frozen = extraction + head fit; fine-tuned = training. "
+             f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.")
+    note = ("Published rows were measured on other splits (listed below) and are shown for orientation, "
+            "not as like-for-like comparisons.") if sources else ""
+    md = [f"# {title}", intro, "## Results", _md_table(header, rows)]
+    md += [note, "\n".join(f"{i}. {s}" for i, s in enumerate(sources, 1))] if sources else []
+    md += [verdict(c), "## Extraction", _md_table(eheader, erows), "## Plots"]
+    md += [f"### {f.title}\n\n![{f.title}]({f.name})" for f in figs]
+    md += ["## Environment", "\n".join(f"- {e}" for e in env)]
+    if c.notes:
+        md += ["## Notes", "\n".join(f"- {n}" for n in c.notes)]
+    markdown = "\n\n".join(p for p in md if p) + "\n"
+
+    h = [f"<h1>{html.escape(title)}</h1>", f"<p>{_inline(intro)}</p>", "<h2>Results</h2>",
+         _html_table(header, rows, "results")]
+    if sources:
+        h += [f"<p>{_inline(note)}</p>", "<ol>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ol>"]
+    h += [f"<p>{_inline(p)}</p>" for p in verdict(c).split("\n\n")]
+    h += ["<h2>Extraction</h2>", _html_table(eheader, erows, "extraction"), "<h2>Plots</h2>"]
+    h += [f'<figure><figcaption>{html.escape(f.title)}</figcaption><img alt="{html.escape(f.title)}" '
+          f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}"></figure>' for f in figs]
+    h += ["<h2>Environment</h2>", "<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in env) + "</ul>"]
+    if c.notes:
+        h += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in c.notes) + "</ul>"]
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(h) + "\n</body></html>\n")
+    return markdown, page
+
+
+def _csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
+    return buf.getvalue()
+
+
+def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
+    """Write report.md, report.html, results.csv, results.json and the figures' PNGs into `folder`."""
+    folder = Path(folder)
+    figs = figures(c)
+    markdown, page = render(c, figs, title)
+    frozen, tuned = c.best("frozen"), c.best("fine-tuned")
+    data = {"title": title, "rows": c.rows, "published": c.published, "best": {"frozen": frozen, "fine-tuned": tuned},
+            "environment": environment(c), "notes": c.notes, "metrics": c.metrics}
+    texts = {"report.md": markdown, "report.html": page, "results.csv": _csv(c.rows + c.published),
+             "results.json": json.dumps(data, indent=1, default=str) + "\n"}
+    written = {}
+    for name, text in texts.items():
+        atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))
+        written[name] = folder / name
+    for f in figs:
+        atomic_write(folder / f.name, lambda tmp, png=f.png: tmp.write_bytes(png))
+        written[f.name] = folder / f.name
+    return written
+
+
+def build(metrics: list[dict], folder: Path, title: str = "", notes: list | None = None) -> tuple[Collected, dict]:
+    """Collect and write a report; returns what it collected and the files it wrote."""
+    c = collect(metrics, notes)
+    return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
+
+
+def markdown_table(c: Collected) -> str:
+    """The main table alone, as markdown (for a README or a pull request)."""
+    return _md_table(*main_table(c)[:2])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="FOLDER_OR_METRICS",
+                   help="a dataset folder (OUT/DATASET), its models/ folder, or *.metrics.json files")
+    p.add_argument("--report", type=Path, help="output folder (default: the dataset folder's report/)")
+    p.add_argument("--title", default="", help="report title (default: featbench report: DATASET)")
+    args = p.parse_args(argv)
+    metrics = load_metrics(args.inputs)
+    folder = args.report or Path(metrics[0]["path"]).parent.parent / "report"
+    c, written = build(metrics, folder, args.title)
+    print(markdown_table(c))
+    print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")
+    return 0
