@@ -19,9 +19,12 @@ COMMANDS = {"run": "benchmarks.grid", "finetune": "benchmarks.finetune", "report
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        print((f"unknown command {argv[0]!r}\n" if argv else "") + __doc__, file=sys.stderr)
+        return 2
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 

