@@ -15,6 +15,7 @@ from extract.config import CONFIG_NAME, add_dataset_args, resolve
 from extract.datasets import load_dataset
 from features.cli import run_cli
 from features.errors import FeatbenchError
+from features.reader import FeatureStore
 
 EPILOG = f"""
 heads:
@@ -41,7 +42,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", nargs="+", default=["logreg"], metavar="H",
                    help=f"{'|'.join([*HEADS, *ENSEMBLES])}|all (default logreg)")
     p.add_argument("--features", nargs="+", type=Path, metavar="FILE", help="feature stores to train on")
-    p.add_argument("--backbone", nargs="+", metavar="NAME", help="the dataset's stores of these backbones")
+    p.add_argument("--backbone", nargs="+", metavar="NAME", help="the dataset's stores OUT/DATASET/NAME.h5 (e.g. mobilenet_v2)")
     p.add_argument("--refit", action="store_true",
                    help="refit the chosen configuration on train+val before the test score")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -77,7 +78,14 @@ def stores(args) -> list[Path]:
         return args.features
     settings = resolve(args)
     name = load_dataset(settings.path, settings.format, settings.target, settings.name).name
-    return find_stores(settings.out / name, args.backbone)
+    paths = find_stores(settings.out / name, args.backbone)
+    for path in paths:
+        with FeatureStore(path) as fs:
+            made = (list(fs.meta["split_fractions"]), fs.meta["split_seed"])
+        if made != (list(settings.splits), settings.seed):
+            print(f"note: {path} was split with fractions {made[0]} and seed {made[1]}, not the configured "
+                  f"{list(settings.splits)} and {settings.seed}; its own splits are used", file=sys.stderr)
+    return paths
 
 
 def main(argv=None) -> int:

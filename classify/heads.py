@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -18,7 +19,6 @@ from sklearn.svm import SVC
 from classify.mlp import TorchMLP
 
 C_GRID = [float(c) for c in np.logspace(-4, 2, 13)]  # half-decade steps
-MIN_PER_CLASS = 3  # the SVM's Platt calibration uses 3-fold cross-validation
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,38 @@ def logreg(scaler=None) -> Pipeline:
                      ("logreg", LogisticRegression(max_iter=1000, warm_start=True))])
 
 
+class CoveringFolds:
+    """Stratified k-fold whose training side always holds every class (a scikit-learn CV splitter).
+
+    Classes with fewer than k images stay on the training side of every fold and are never held
+    out, so each fold's model knows every class even on long-tailed datasets. It has no
+    `n_splits` attribute on purpose: CalibratedClassifierCV would then demand k images per class.
+    """
+
+    def __init__(self, k=3, random_state=0):
+        self.k = k
+        self.random_state = random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return self.k
+
+    def split(self, X, y, groups=None):
+        y = np.asarray(y)
+        values, counts = np.unique(y, return_counts=True)
+        small = np.isin(y, values[counts < self.k])
+        big = np.flatnonzero(~small)
+        if len(big) < self.k:  # every class is tiny: plain folds
+            yield from KFold(self.k, shuffle=True, random_state=self.random_state).split(y)
+            return
+        folds = StratifiedKFold(self.k, shuffle=True, random_state=self.random_state)
+        for train, held in folds.split(big, y[big]):
+            yield np.concatenate([big[train], np.flatnonzero(small)]), big[held]
+
+
 def _svm() -> CalibratedClassifierCV:
+    """Standardise, SVC; Platt-scaled on held-out folds, one (SVC, calibrator) pair per fold."""
     svc = Pipeline([("scale", StandardScaler()), ("svc", SVC())])
-    return CalibratedClassifierCV(svc, method="sigmoid", cv=MIN_PER_CLASS, ensemble=False)
+    return CalibratedClassifierCV(svc, method="sigmoid", cv=CoveringFolds())
 
 
 HEADS = {h.name: h for h in [

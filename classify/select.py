@@ -10,6 +10,7 @@ import copy
 import inspect
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sklearn.base import clone
@@ -31,6 +32,17 @@ class Selection:
     seconds: float
 
 
+@contextmanager
+def quiet():
+    """Silence what is expected and not actionable: unconverged weak-regularisation fits, and classes
+    too small for every cross-validation fold (long-tailed datasets) inside calibration and stacking."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", "The least populated class")
+        warnings.filterwarnings("ignore", "Number of classes in training fold")
+        yield
+
+
 def short(params: dict) -> dict:
     """`estimator__svc__C` → `C`: the names a report shows."""
     return {k.rsplit("__", 1)[-1]: v for k, v in params.items()}
@@ -50,8 +62,7 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Se
     best, curve = None, []
     for point in grid:
         est.set_params(**point)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with quiet():
             est.fit(X, y, **({"eval_set": (X_val, y_val)} if early_stops else {}))
         loss, acc = score(est, X_val, y_val, n_classes)
         row = {**short(point), "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)}
@@ -69,7 +80,6 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Se
 
 def fit_fixed(estimator, fixed: dict, X, y):
     """A fresh copy of `estimator` with `fixed` parameters, fitted on (X, y) without validation."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with quiet():
         return clone(estimator).set_params(**fixed).fit(X, y)
 

@@ -12,10 +12,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from classify import ensembles
 from classify.__main__ import main
 from classify.ensembles import BlockScaler
-from classify.heads import ENSEMBLES, HEADS
+from classify.heads import ENSEMBLES, HEADS, CoveringFolds
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
-from classify.select import sweep
+from classify.select import quiet, sweep
 from features import write_store
 from features.cli import run_cli
 
@@ -179,6 +179,21 @@ def test_clone_get_params_and_pickle(name):
     assert list(fitted.classes_) == [0, 1, 2] and fitted.score(X[splits == 2], y[splits == 2]) > 0.6
 
 
+def test_long_tailed_classes_train_every_head_and_ensemble():
+    """Classes with one or two training images (Oxford Pets subsets) must not break SVM calibration
+    or stacking folds."""
+    y = np.array([0] * 40 + [1] * 40 + [2] * 2 + [3])
+    X = view(np.eye(4)[y] * 4 + np.random.default_rng(0).normal(size=(len(y), 4)), 24, 13, 0.5)
+    folds = list(CoveringFolds(3).split(X, y))
+    held = np.sort(np.concatenate([h for _, h in folds]))
+    assert len(folds) == 3 and np.array_equal(held, np.arange(80))  # big classes held out once each
+    assert all(set(y[train]) == {0, 1, 2, 3} for train, _ in folds)
+    for name, est in _estimators().items():
+        with quiet():  # sklearn warns that class 3 cannot be in every stacking fold
+            p = clone(est).fit(X, y).predict_proba(X)
+        assert p.shape == (len(y), 4) and np.allclose(p.sum(axis=1), 1), name
+
+
 @parametrize_with_checks([TorchMLP(max_epochs=5), BlockScaler()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
@@ -225,10 +240,14 @@ def test_cli_trains_the_configured_dataset(two_stores, tmp_path, capsys, monkeyp
         (data / c).mkdir(parents=True)
         (data / c / "0.jpg").write_bytes(b"")
     out = two_stores[0].parent.parent
-    (tmp_path / "featbench.toml").write_text(f'[dataset]\npath = "{data}"\nout = "{out}"\n')
+    (tmp_path / "featbench.toml").write_text(f'[dataset]\npath = "{data}"\nout = "{out}"\nsplits = [0.6, 0.2, 0.2]\n')
     monkeypatch.chdir(tmp_path)
     rc, stdout, err = cli(capsys, "--head", "logreg", "--backbone", "beta", "--quiet")
     assert rc == 0 and "beta-logreg" in stdout and "alpha" not in stdout and err == ""
+    rc, stdout, err = cli(capsys, "--head", "knn", "--seed", "3", "--quiet")
+    assert rc == 0 and "alpha-knn" in stdout and "beta-knn" in stdout
+    assert "was split with fractions [0.6, 0.2, 0.2] and seed 0, not the configured" in err
+    one_line_error(*cli(capsys, "--features", two_stores[0], "--backbone", "beta"), "not both")
 
 
 def one_line_error(rc, out, err, *words):
