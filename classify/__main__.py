@@ -42,7 +42,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", nargs="+", default=["logreg"], metavar="H",
                    help=f"{'|'.join([*HEADS, *ENSEMBLES])}|all (default logreg)")
     p.add_argument("--features", nargs="+", type=Path, metavar="FILE", help="feature stores to train on")
-    p.add_argument("--backbone", nargs="+", metavar="NAME", help="the dataset's stores OUT/DATASET/NAME.h5 (e.g. mobilenet_v2)")
+    p.add_argument("--backbone", nargs="+", metavar="NAME",
+                   help="the dataset's stores OUT/DATASET/NAME.h5 (e.g. mobilenet_v2)")
     p.add_argument("--refit", action="store_true",
                    help="refit the chosen configuration on train+val before the test score")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

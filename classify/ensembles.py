@@ -50,7 +50,8 @@ class BlockScaler(TransformerMixin, BaseEstimator):
     """Standardise every column, then weight each block so every backbone carries equal total variance.
 
     Block b (width d_b of D columns in k blocks) is multiplied by sqrt(D / (k·d_b)): a 2048-d backbone
-    does not drown a 512-d one under a shared L2 penalty. Equal widths: plain standardisation.
+    does not drown a 512-d one under a shared L2 penalty. Equal widths (or `dims=None`, one block):
+    plain standardisation.
     """
 
     def __init__(self, dims=None):

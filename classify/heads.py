@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.mlp import TorchMLP
 
@@ -42,6 +44,7 @@ class CoveringFolds:
     Classes with fewer than k images stay on the training side of every fold and are never held
     out, so each fold's model knows every class even on long-tailed datasets. It has no
     `n_splits` attribute on purpose: CalibratedClassifierCV would then demand k images per class.
+    Not a partition, so only for calibration with one model per fold (ensemble=True).
     """
 
     def __init__(self, k=3, random_state=0):
@@ -56,18 +59,49 @@ class CoveringFolds:
         values, counts = np.unique(y, return_counts=True)
         small = np.isin(y, values[counts < self.k])
         big = np.flatnonzero(~small)
-        if len(big) < self.k:  # every class is tiny: plain folds
-            yield from KFold(self.k, shuffle=True, random_state=self.random_state).split(y)
+        if len(big) < self.k:  # every class is that small: nothing to hold out, calibrate in-sample
+            yield np.arange(len(y)), np.arange(len(y))
             return
         folds = StratifiedKFold(self.k, shuffle=True, random_state=self.random_state)
         for train, held in folds.split(big, y[big]):
             yield np.concatenate([big[train], np.flatnonzero(small)]), big[held]
 
 
-def _svm() -> CalibratedClassifierCV:
-    """Standardise, SVC; Platt-scaled on held-out folds, one (SVC, calibrator) pair per fold."""
-    svc = Pipeline([("scale", StandardScaler()), ("svc", SVC())])
-    return CalibratedClassifierCV(svc, method="sigmoid", cv=CoveringFolds())
+class PlattSVM(ClassifierMixin, BaseEstimator):
+    """Standardise → SVC, with Platt-scaled probabilities from `folds`-fold cross-validation.
+
+    Normally the calibration is fitted on held-out decision values and the SVC refit on all of
+    train (what SVC(probability=True), deprecated in scikit-learn 1.9, did). When a class has fewer
+    than `folds` training images, CoveringFolds keeps it in every fold's training side and the
+    folds' (SVC, calibrator) pairs are averaged instead. The first is preferred because it is
+    better: validation log-loss 0.0495 vs 0.0547 (mobilenet_v2), 0.0189 vs 0.0260
+    (efficientnet_lite0) on dogs-vs-cats, at the same cost.
+    """
+
+    def __init__(self, kernel="rbf", C=1.0, folds=3, random_state=0):
+        self.kernel = kernel
+        self.C = C
+        self.folds = folds
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        svc = Pipeline([("scale", StandardScaler()), ("svc", SVC(kernel=self.kernel, C=self.C))])
+        tail = np.unique(y, return_counts=True)[1].min() < self.folds
+        cv = (CoveringFolds(self.folds, self.random_state) if tail
+              else StratifiedKFold(self.folds, shuffle=True, random_state=self.random_state))
+        self.calibrated_ = CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=tail).fit(X, y)
+        self.classes_ = self.calibrated_.classes_
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        return self.calibrated_.predict_proba(validate_data(self, X, reset=False))
+
+    def predict(self, X):
+        p = self.predict_proba(X)
+        return self.classes_[np.argmax(p, axis=1)]
 
 
 HEADS = {h.name: h for h in [
@@ -75,8 +109,8 @@ HEADS = {h.name: h for h in [
          "logistic regression on standardised features, C swept on val"),
     Head("mlp", TorchMLP, lambda n: [{"lr": lr} for lr in (1e-3, 3e-4, 1e-4)],
          "Linear→512→ReLU→Dropout→Linear (torch, CPU), learning rate swept, early-stopped on val"),
-    Head("svm", _svm, lambda n: [{"estimator__svc__kernel": "linear", "estimator__svc__C": c} for c in (1e-3, 1e-2, 1e-1)]
-         + [{"estimator__svc__kernel": "rbf", "estimator__svc__C": c} for c in (0.3, 1.0, 3.0, 10.0)],
+    Head("svm", PlattSVM, lambda n: [{"kernel": "linear", "C": c} for c in (1e-3, 1e-2, 1e-1)]
+         + [{"kernel": "rbf", "C": c} for c in (0.3, 1.0, 3.0, 10.0)],
          "SVM, linear and RBF kernels, C swept on val, Platt-calibrated probabilities"),
     Head("knn", lambda: KNeighborsClassifier(metric="cosine", algorithm="brute"),
          lambda n: [{"n_neighbors": k} for k in (1, 3, 5, 9, 15, 25, 45, 75) if k <= n],

@@ -2,7 +2,8 @@
 
 Keys (stable; benchmarks read them):
 
-- `dataset`, `backbone` (`a+b` for ensembles), `backbones` (list), `head`, `model` (file name),
+- `dataset`, `backbone` (the store name, e.g. `mobilenet_v2`; `a+b` for ensembles), `backbones`
+  (the backbone of each store), `head`, `model` (file name),
   `refit` (true: fitted on train+val after selection), `classes`, `featbench_version`, `created`
 - `n_train`, `n_val`, `n_test`: labelled images used to fit (train, or train+val when refit),
   select, and score
@@ -14,8 +15,9 @@ Keys (stable; benchmarks read them):
 - `top_losses`: the highest-loss test images, `{path, true, predicted, probability (of the
   predicted class), p_true, loss}`, worst first
 - `val_log_loss`, `val_accuracy`: the chosen configuration on val (fitted on train)
-- `params`: the chosen hyper-parameters; `sweep`: the validation curve (one row per grid point);
-  for `avg`/`stack`, `members` maps each backbone to its chosen head and params
+- `params`: the chosen hyper-parameters (`avg`/`stack`: `{store: {head, ...its params}}`);
+  `sweep`: the validation curve, one row per grid point (its params, `val_log_loss`,
+  `val_accuracy`, `epochs` for the MLP); `members`: `{store: head}` of `avg`/`stack`, else `{}`
 - `fit_seconds`: wall time from features to the final model, selection included (ensembles:
   member selection included); `predict_seconds`: wall time to predict the test split
 - `features`: `{store name: fingerprint}`; `split_fingerprint`: the shared split assignment

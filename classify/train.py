@@ -10,6 +10,7 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
 """
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,16 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
                      members={n: h for n, (h, _) in best.items()})
 
 
+@contextmanager
+def refusal(where, head: str):
+    """scikit-learn refusing the data (e.g. too few images for the folds) → one line, not a traceback."""
+    try:
+        yield
+    except ValueError as e:
+        raise FeatbenchError(f"{where}: the {head} head cannot be trained on these features "
+                             f"({str(e).splitlines()[0]})") from None
+
+
 def choose(stores: list[Store], heads: list[str], log=lambda msg: None) -> list[Candidate]:
     """Step 2: every requested head (and ensemble) chosen on train → val; test is not touched."""
     singles = [h for h in heads if h in HEADS]
@@ -187,12 +198,14 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None) -> list[
     selections = {}
     for s in stores:
         for h in need:
-            sel = selections[s.name, h] = sweep(HEADS[h].make(), HEADS[h].grid(len(s.train)), s.train.X,
-                                                s.train.y, s.val.X, s.val.y, n_classes)
+            with refusal(s.path, h):
+                sel = selections[s.name, h] = sweep(HEADS[h].make(), HEADS[h].grid(len(s.train)), s.train.X,
+                                                    s.train.y, s.val.X, s.val.y, n_classes)
             log(f"{s.name}-{h}: {short_params(sel.params)} val log-loss {sel.val_log_loss:.4f} ({sel.seconds:.1f}s)")
     out = [_single(s, h, selections[s.name, h]) for s in stores for h in singles]
     for h in wanted:
-        out.append(_ensemble(h, stores, selections, n_classes))
+        with refusal(stores[0].path.parent, h):
+            out.append(_ensemble(h, stores, selections, n_classes))
         log(f"{out[-1].name}: val log-loss {out[-1].val_log_loss:.4f} ({out[-1].seconds:.1f}s)")
     return out
 
@@ -264,12 +277,13 @@ def short_params(params: dict) -> str:
 
 def table(results: list[dict]) -> str:
     """One line per model: chosen params, validation and test scores, time."""
-    head = f"{'model':<44}{'params':<26}{'val loss':>9}{'val acc':>8}{'test acc':>9}{'bal acc':>8}" \
+    width = max(len(r["model"]) for r in results) - len(".joblib") + 2
+    head = f"{'model':<{width}}{'params':<26}{'val loss':>9}{'val acc':>8}{'test acc':>9}{'bal acc':>8}" \
            f"{'log-loss':>9}{'ECE':>7}{'fit s':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
         name = r["model"].removesuffix(".joblib")
-        lines.append(f"{name:<44}{short_params(r['params'])[:25]:<26}{r['val_log_loss']:>9.4f}"
+        lines.append(f"{name:<{width}}{short_params(r['params'])[:25]:<26}{r['val_log_loss']:>9.4f}"
                      f"{r['val_accuracy']:>8.4f}{r['accuracy']:>9.4f}{r['balanced_accuracy']:>8.4f}"
                      f"{r['log_loss']:>9.4f}{r['ece']:>7.4f}{r['fit_seconds']:>7.1f}")
     return "\n".join(lines)

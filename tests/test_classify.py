@@ -12,7 +12,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from classify import ensembles
 from classify.__main__ import main
 from classify.ensembles import BlockScaler
-from classify.heads import ENSEMBLES, HEADS, CoveringFolds
+from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
 from classify.select import quiet, sweep
@@ -41,7 +41,8 @@ def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSE
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
     meta = {"backbone": backbone, "weights_fingerprint": "0123456789abcdef",
-            "preprocess": {"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
+            "preprocess": {"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3,
+                           "std": [0.5] * 3},
             "weights": {"source": "random-init (tests only)", "fingerprint": "0123456789abcdef", "random_init": True},
             "dataset": {"root": f"/data/{dataset}", "format": "imagefolder", "name": dataset, "target": "",
                         "classes": len(class_names), "files": n},
@@ -194,7 +195,7 @@ def test_long_tailed_classes_train_every_head_and_ensemble():
         assert p.shape == (len(y), 4) and np.allclose(p.sum(axis=1), 1), name
 
 
-@parametrize_with_checks([TorchMLP(max_epochs=5), BlockScaler()])
+@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -332,3 +333,14 @@ def test_all_with_one_store_skips_ensembles(good, capsys):
     store = make_store(folder / "a.h5", X, y, splits, "a")
     rc, out, err = cli(capsys, "--features", store, "--head", "knn", "all")
     assert rc == 0 and "ensembles skipped" in err and "a-svm" in out and "avg" not in out
+
+
+def test_too_few_images_for_stacking_folds(tmp_path, capsys):
+    y = np.repeat([0, 1], 7)
+    splits = np.tile([0, 0, 0, 0, 1, 1, 2], 2)  # 4 training images per class, fewer than 5 folds
+    X = view(np.eye(2)[y] * 3, 8, 14, 0.3)
+    a, b = (make_store(tmp_path / f"{n}.h5", X, y, splits, n) for n in ("a", "b"))
+    rc_out_err = cli(capsys, "--features", a, b, "--head", "logreg", "stack", "--quiet")
+    one_line_error(*rc_out_err, "stack head cannot be trained")
+    nothing_written(tmp_path)
+    assert run_cli(main, ["--features", str(a), str(b), "--head", "svm", "avg", "--quiet"]) == 0
