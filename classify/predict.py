@@ -70,7 +70,7 @@ def predict(model_path, inputs, device: str = "auto", as_csv: bool = False) -> s
         writer.writerows(rows)
         return buf.getvalue().rstrip("\n")
     width = max(len(r[0]) for r in rows) + 2
-    label_w = max(len(n) for n in names) + 2
+    label_w = max(len(n) for n in ["label", *names]) + 2
     lines = [f"{'image':<{width}}{'label':<{label_w}}probability"]
     lines += [f"{f:<{width}}{'(skipped: ' + why + ')' if why else f'{lab:<{label_w}}{prob}'}"
               for f, lab, prob, why in rows]

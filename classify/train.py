@@ -254,8 +254,10 @@ def write(c: Candidate, metrics: dict, folder: Path) -> Path:
 
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None) -> list[dict]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added)."""
-    unique = list(dict.fromkeys(Path(p).resolve() for p in paths))
-    stores = [load_store(p) for p in unique]
+    unique = {}  # one per file, under the path first given (models go beside it)
+    for p in paths:
+        unique.setdefault(Path(p).resolve(), Path(p))
+    stores = [load_store(p) for p in unique.values()]
     names = [s.name for s in stores]
     if len(set(names)) < len(names):
         raise FeatbenchError(f"two feature stores share a name ({names}); pass stores of one dataset folder")
