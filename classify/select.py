@@ -44,7 +44,7 @@ def quiet():
 
 
 def short(params: dict) -> dict:
-    """`estimator__svc__C` → `C`: the names a report shows."""
+    """`logreg__C` → `C`: the names a report shows."""
     return {k.rsplit("__", 1)[-1]: v for k, v in params.items()}
 
 
