@@ -145,6 +145,59 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     return out
 
 
+PROBE = """import resource, sys
+from extract.__main__ import main
+main(sys.argv[1:])
+usage = resource.getrusage
+print("PEAK_RSS_KB", usage(resource.RUSAGE_SELF).ru_maxrss, usage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def synthetic_folder(n: int, root: Path) -> Path:
+    """An imagefolder of n small random JPEGs in two classes (reused when already there)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    for i in range(n):
+        f = root / f"c{i % 2}" / f"{i:07d}.jpg"
+        if not f.exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.roll(tile, i, axis=1)).save(f, quality=80)
+    return root
+
+
+def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet") -> list[dict]:
+    """Peak RSS of `python -m extract` (main process and decode workers) as the dataset grows."""
+    import subprocess
+    import sys
+    base = Path(tempfile.mkdtemp(prefix="featbench-mem-"))
+    rows = []
+    for n in sizes:
+        folder = synthetic_folder(n, base / f"data{n}")
+        args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet"]
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True)
+        main_kb, child_kb = map(int, run.stdout.split("PEAK_RSS_KB")[1].split())
+        rows.append({"images": n, "seconds": time.perf_counter() - start, "peak_rss_mib": main_kb / 1024,
+                     "worker_peak_rss_mib": child_kb / 1024})
+    return rows
+
+
+def logreg_sweep_seconds(n: int = 25000, dim: int = 1280, classes: int = 2) -> dict:
+    """The classify logreg sweep (fit on train, score on val) on synthetic features of this shape."""
+    from classify.heads import HEADS
+    from classify.select import sweep
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32) * 0.05
+    y = rng.integers(0, classes, n + n // 5)
+    X = (rng.normal(size=(len(y), dim)).astype(np.float32) + centres[y])
+    head = HEADS["logreg"]
+    start = time.perf_counter()
+    sel = sweep(head.make(), head.grid(n), X[:n], y[:n], X[n:], y[n:], classes)
+    return {"rows": n, "dim": dim, "grid_points": len(sel.sweep), "seconds": time.perf_counter() - start,
+            "val_accuracy": sel.val_accuracy}
+
+
 def print_row(r: dict) -> None:
     ok = "OK" if r["min_cosine_vs_fp32_reference"] >= 0.999 else "BELOW 0.999"
     print(f"{r['backbone']}: {r['images']} images, {r['device']}, batch {r['batch_size']}, "
@@ -167,14 +220,28 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=-1, help="decode workers for both pipelines (default: auto)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
+    p.add_argument("--sections", default="throughput,memory,heads",
+                   help="comma-separated: throughput, memory, heads (default: all)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    sections = set(args.sections.split(","))
     device = pick_device(args.device)
     workers = args.workers if args.workers >= 0 else default_workers(device)
-    results = []
-    for name in args.backbone:
-        results.append(bench(name, args.data, device, args.batch_size, workers, args.limit))
-        print_row(results[-1])
+    results = {"throughput": [], "memory": [], "heads": None}
+    if "throughput" in sections:
+        for name in args.backbone:
+            results["throughput"].append(bench(name, args.data, device, args.batch_size, workers, args.limit))
+            print_row(results["throughput"][-1])
+    if "memory" in sections:
+        print("extraction peak RSS (synthetic 64x48 JPEGs, test_resnet random-init):")
+        for r in extraction_memory():
+            results["memory"].append(r)
+            print(f"  {r['images']:>6} images: main process {r['peak_rss_mib']:.0f} MiB, decode worker "
+                  f"{r['worker_peak_rss_mib']:.0f} MiB ({r['seconds']:.0f}s)")
+    if "heads" in sections:
+        r = results["heads"] = logreg_sweep_seconds()
+        print(f"logreg sweep: {r['rows']} x {r['dim']} synthetic features, {r['grid_points']} values of C, "
+              f"{r['seconds']:.1f}s (target < 60s)")
     if args.json:
         import json
         args.json.write_text(json.dumps(results, indent=2))
