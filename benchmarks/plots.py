@@ -7,11 +7,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from extract.images import BadImage, decode  # noqa: E402
 
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+COLOURS = [plt.cm.tab10(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no grey: grey marks the head legend
 MARKERS = {"logreg": "o", "mlp": "s", "svm": "D", "knn": "v", "avg": "P", "stack": "X", "concat": "*"}
 
 
@@ -48,7 +49,7 @@ def accuracy_vs_compute(rows: list[dict]) -> bytes:
     """Test accuracy against compute seconds: frozen heads (extraction + fit) and fine-tunes (training)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     backbones = sorted({r["backbone"] for r in rows})
-    colours = {b: plt.cm.tab10(i % 10) for i, b in enumerate(backbones)}
+    colours = {b: COLOURS[i % len(COLOURS)] for i, b in enumerate(backbones)}
     for r in rows:
         if r.get("compute_seconds") is None:
             continue
@@ -61,8 +62,7 @@ def accuracy_vs_compute(rows: list[dict]) -> bytes:
                         (r["compute_seconds"], 100 * r["accuracy"]), textcoords="offset points", xytext=(7, -3),
                         fontsize=8)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(PLAIN)
-    ax.xaxis.set_minor_formatter(PLAIN)
+    _log_ticks(ax.xaxis)
     ax.set_xlabel("compute, seconds (frozen: extraction + head fit; fine-tuned: training)")
     ax.set_ylabel("test accuracy, %")
     devices = sorted({r["device"] for r in rows if r.get("device")})
@@ -76,6 +76,13 @@ def accuracy_vs_compute(rows: list[dict]) -> bytes:
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3, which="both")
     return _png(fig)
+
+
+def _log_ticks(axis) -> None:
+    """Plain numbers on a log axis, labelled at 1, 2 and 5 × each power of ten."""
+    axis.set_major_formatter(PLAIN)
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(PLAIN)
 
 
 def _sweep_axis(rows: list[dict]) -> str | None:
@@ -102,6 +109,7 @@ def sweeps(metrics: list[dict]) -> bytes | None:
                                                                   [r["val_log_loss"] for r in part]))
     if not panels:
         return None
+    panels = dict(sorted(panels.items(), key=lambda kv: kv[0].startswith("finetune-")))  # heads first
     cols = min(3, len(panels))
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.4 * rows_n), squeeze=False)
@@ -112,8 +120,7 @@ def sweeps(metrics: list[dict]) -> bytes | None:
         if axis in ("C", "lr") and min(min(x) for _, x, _ in lines) > 0:
             ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(PLAIN)
-        ax.yaxis.set_minor_formatter(PLAIN)
+        _log_ticks(ax.yaxis)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(axis, fontsize=8)
         ax.set_ylabel("val log-loss", fontsize=8)
@@ -138,7 +145,7 @@ def _thumbnail(path: Path, side: int = 224) -> np.ndarray | None:
 
 def top_losses(metrics: dict, root: Path, title: str, k: int = 9) -> bytes | None:
     """The highest-loss test images with predicted / true labels, loss and probability (fastai style)."""
-    items = metrics.get("top_losses", [])[:k]
+    items = [t for t in metrics.get("top_losses", []) if t["loss"] > 1e-6][:k]  # zero-loss images say nothing
     if not items:
         return None
     cols = min(3, len(items))

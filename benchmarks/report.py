@@ -134,9 +134,10 @@ class Collected:
     metas: dict
     notes: list = field(default_factory=list)
 
-    def best(self, kind: str) -> dict | None:
-        """The `kind` row chosen by validation log-loss (the test split never picks a winner)."""
-        rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None]
+    def best(self, kind: str, backbone: str | None = None) -> dict | None:
+        """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test."""
+        rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None
+                and backbone in (None, r["backbone"])]
         return min(rows, key=lambda r: (r["val_log_loss"], -r["accuracy"])) if rows else None
 
     def metrics_of(self, row: dict) -> dict:
@@ -196,8 +197,18 @@ def _compute_words(r: dict) -> str:
             f"+ {secs(r['fit_seconds'])} s head fit on cpu")
 
 
+def _versus(frozen: dict, tuned: dict) -> str:
+    ratio = tuned["compute_seconds"] / frozen["compute_seconds"]
+    gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
+    return (f"{abs(gap):.2f} points {'above' if gap >= 0 else 'below'} in test accuracy "
+            f"(log-loss {num(frozen['log_loss'])} against {num(tuned['log_loss'])}), with "
+            f"{max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
+            f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
+
+
 def verdict(c: Collected) -> str:
-    """The best frozen-feature model against the best fine-tuned one, with the compute each needed."""
+    """The best frozen-feature model against the best fine-tuned one, with the compute each needed;
+    then each fine-tune against the best frozen head on its own backbone."""
     frozen, tuned = c.best("frozen"), c.best("fine-tuned")
     lines = []
     for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
@@ -205,11 +216,12 @@ def verdict(c: Collected) -> str:
             lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']} — test accuracy "
                          f"{pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
-        ratio = tuned["compute_seconds"] / frozen["compute_seconds"]
-        gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
-        lines.append(f"Frozen features: {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the fine-tune in "
-                     f"test accuracy, with {max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
-                     f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s).")
+        lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}.")
+    for t in (r for r in c.rows if r["kind"] == "fine-tuned"):
+        f = c.best("frozen", t["backbone"])
+        if f and f["compute_seconds"] and t["compute_seconds"]:
+            lines.append(f"Same backbone, {t['backbone']}: frozen + {f['head']} (its best head by validation "
+                         f"log-loss) against {t['head']}: {_versus(f, t)}.")
     if not tuned:
         lines.append("No fine-tuned baseline was measured on this split (`python -m benchmarks finetune`).")
     return "\n\n".join(lines)
@@ -319,7 +331,8 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     intro = (f"{first['n_train'] + first['n_val'] + first['n_test']} labelled images "
              f"({first['n_train']} train / {first['n_val']} val / {first['n_test']} test), "
              f"{len(first['classes'])} classes. Every head and fine-tune is chosen on val and scored once on "
-             f"the same test split. Compute: frozen = extraction + head fit; fine-tuned = training. "
+             f"the same test split. Compute: frozen = extraction of every image + head fit (selection "
+             f"included); fine-tuned = training (its validation passes included). "
              f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.")
     note = ("Published rows were measured on other splits (listed below) and are shown for orientation, "
             "not as like-for-like comparisons.") if sources else ""

@@ -191,12 +191,12 @@ def test_run_on_real_photos(tmp_path, capsys):
     for kind in ("cat", "dog"):
         for i in range(20):
             (data / f"{kind}.{i}.jpg").symlink_to(DOGS_VS_CATS / f"{kind}.{i}.jpg")
-    config = write_config(tmp_path / "real.toml", data, ["mobilenet_v2"], ["logreg", "knn"])
+    config = write_config(tmp_path / "real.toml", data, ["mobilenet_v2"], ["logreg", "svm"])
     rc, out, err = cli(capsys, "run", config, "--out", tmp_path / "runs", "--quiet")
     assert rc == 0, err
     folder = tmp_path / "runs" / "dvc40"
     results = metrics_files(folder)
-    assert {m["head"] for m in results} == {"logreg", "knn"}
+    assert {m["head"] for m in results} == {"logreg", "svm"}
     assert max(m["accuracy"] for m in results) >= 0.8  # real ImageNet features separate cats from dogs
     md = (folder / "report" / "report.md").read_text()
     for m in results:
