@@ -103,7 +103,7 @@ def run(config: Path, args) -> tuple:
         try:
             backbone = create_backbone(name, weights, args.random_init)
         except FeatbenchError as e:
-            notes.append(f"{name}: skipped ({e})")
+            notes.append(f"{name}: skipped ({str(e).split('. ')[0]})")  # the first sentence says why
             print(f"note: {name}: skipped, no weights here", file=sys.stderr)
             continue
         summary = extract(dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
