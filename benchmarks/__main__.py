@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from features.cli import run_cli
+from features.errors import FeatbenchError
 
 COMMANDS = {"run": "benchmarks.grid", "finetune": "benchmarks.finetune", "report": "benchmarks.report",
             "speed": "benchmarks.speed", "scale": "benchmarks.scale"}
@@ -25,7 +26,13 @@ def main(argv=None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print((f"unknown command {argv[0]!r}\n" if argv else "") + __doc__, file=sys.stderr)
         return 2
-    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]])
+    except ModuleNotFoundError as e:
+        if e.name != COMMANDS[argv[0]]:
+            raise
+        raise FeatbenchError(f"`{argv[0]}` is not in this featbench yet ({e.name} is missing)") from None
+    return module.main(argv[1:])
 
 
 if __name__ == "__main__":
