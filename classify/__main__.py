@@ -10,7 +10,7 @@ from pathlib import Path
 
 from classify.heads import ENSEMBLES, HEADS
 from classify.predict import predict, submit
-from classify.train import find_stores, parse_heads, run, table
+from classify.train import asked_heads, find_stores, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, resolve
 from extract.datasets import load_dataset
 from features.cli import run_cli
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     args = train_parser().parse_args(argv[1:] if argv[:1] == ["train"] else argv)
     heads = parse_heads(args.head)
     paths = stores(args)
-    skip = "all" in args.head and len({Path(p).resolve() for p in paths}) < 2
+    skip = "all" in asked_heads(args.head) and len({Path(p).resolve() for p in paths}) < 2
     if skip:
         heads = [h for h in heads if h not in ENSEMBLES]
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -95,6 +95,12 @@ def load_store(path) -> Store:
     if (counts > 0).sum() < 2:
         raise StoreError(f"{where}: the train split has only one class ({names[int(counts.argmax())]}); "
                          "a classifier needs at least two")
+    for split in ("val", "test"):
+        unseen = sorted(set(parts[split].y.tolist()) - set(np.flatnonzero(counts).tolist()))
+        if unseen:
+            raise StoreError(f"{where}: class {names[unseen[0]]!r} has {split} images but none in train "
+                             f"({len(unseen)} such classes); give every class train images (--splits, or the "
+                             "CSV split column)")
     return Store(Path(path), Path(path).stem, meta, parts["train"], parts["val"], parts["test"])
 
 
@@ -111,14 +117,19 @@ def check_matching(stores: list[Store]) -> None:
                 "the same --splits and --seed")
 
 
-def parse_heads(values: list[str]) -> list[str]:
-    """`logreg mlp`, `logreg,mlp` or `all` → head names in canonical order; unknown names refused."""
-    known = [*HEADS, *ENSEMBLES]
+def asked_heads(values: list[str]) -> set[str]:
+    """The names in `logreg mlp`, `logreg,mlp`, `all`…; unknown names refused."""
     asked = {h.strip() for v in values for h in v.split(",") if h.strip()}
-    unknown = sorted(asked - {*known, "all"})
+    unknown = sorted(asked - {*HEADS, *ENSEMBLES, "all"})
     if unknown:
-        raise FeatbenchError(f"unknown head {unknown[0]!r}; choose from {', '.join(known)} or all")
-    return known if "all" in asked else [h for h in known if h in asked]
+        raise FeatbenchError(f"unknown head {unknown[0]!r}; choose from {', '.join([*HEADS, *ENSEMBLES])} or all")
+    return asked
+
+
+def parse_heads(values: list[str]) -> list[str]:
+    """Head names in canonical order (`all`: every head and ensemble)."""
+    asked = asked_heads(values)
+    return [h for h in [*HEADS, *ENSEMBLES] if h in asked or "all" in asked]
 
 
 @dataclass
@@ -193,19 +204,18 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None) -> list[
                              f"{stores[0].path}; extract another backbone or drop them")
     if wanted:
         check_matching(stores)
-    n_classes = len(stores[0].class_names)
     need = list(HEADS) if {"avg", "stack"} & set(wanted) else singles
     selections = {}
     for s in stores:
         for h in need:
             with refusal(s.path, h):
                 sel = selections[s.name, h] = sweep(HEADS[h].make(), HEADS[h].grid(len(s.train)), s.train.X,
-                                                    s.train.y, s.val.X, s.val.y, n_classes)
+                                                    s.train.y, s.val.X, s.val.y, len(s.class_names))
             log(f"{s.name}-{h}: {short_params(sel.params)} val log-loss {sel.val_log_loss:.4f} ({sel.seconds:.1f}s)")
     out = [_single(s, h, selections[s.name, h]) for s in stores for h in singles]
     for h in wanted:
         with refusal(stores[0].path.parent, h):
-            out.append(_ensemble(h, stores, selections, n_classes))
+            out.append(_ensemble(h, stores, selections, len(stores[0].class_names)))
         log(f"{out[-1].name}: val log-loss {out[-1].val_log_loss:.4f} ({out[-1].seconds:.1f}s)")
     return out
 

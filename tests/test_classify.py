@@ -303,6 +303,24 @@ def test_labels_missing_in_train(good, capsys):
     nothing_written(folder)
 
 
+def test_class_missing_in_train(good, capsys):
+    folder, X, y, splits = good
+    y = y.copy()
+    y[(y == 2) & (splits == 0)] = 1  # 'cat' only in val and test
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    one_line_error(*cli(capsys, "--features", store, "--head", "mlp"), "'cat' has val images but none in train")
+    nothing_written(folder)
+
+
+def test_single_heads_on_stores_with_different_classes(good, capsys):
+    folder, X, y, splits = good
+    a = make_store(folder / "a.h5", X, y, splits, "a")
+    b = make_store(folder / "b.h5", X, y % 2, splits, "b", class_names=["x", "y"])
+    rc, out, err = cli(capsys, "--features", b, a, "--head", "logreg,mlp", "--quiet")
+    assert rc == 0, err
+    assert "a-logreg" in out and "b-mlp" in out
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_features(good, capsys, value):
     folder, X, y, splits = good
@@ -333,6 +351,8 @@ def test_all_with_one_store_skips_ensembles(good, capsys):
     store = make_store(folder / "a.h5", X, y, splits, "a")
     rc, out, err = cli(capsys, "--features", store, "--head", "knn", "all")
     assert rc == 0 and "ensembles skipped" in err and "a-svm" in out and "avg" not in out
+    rc, out, err = cli(capsys, "--features", store, "--head", "logreg,all")
+    assert rc == 0 and "ensembles skipped" in err
 
 
 def test_too_few_images_for_stacking_folds(tmp_path, capsys):
