@@ -1,12 +1,17 @@
 """`python -m classify`: heads and ensembles on cached features, honest metrics, saved models.
 
-  python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [dataset flags]
+  python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [--max-memory SIZE]
+                     [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
   python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
   python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
 """
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+from joblib import parallel_config
+from joblib.parallel import BACKENDS
 
 from classify.heads import ENSEMBLES, HEADS
 from classify.predict import predict, submit
@@ -46,9 +51,53 @@ def train_parser() -> argparse.ArgumentParser:
                    help="the dataset's stores OUT/DATASET/NAME.h5 (e.g. mobilenet_v2)")
     p.add_argument("--refit", action="store_true",
                    help="refit the chosen configuration on train+val before the test score")
+    p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                   help="stream features from disk into incremental heads (logreg, mlp) when the stores' "
+                        "float32 features exceed this, e.g. 8G or 512M (default: an eighth of RAM)")
+    p.add_argument("--n-jobs", type=int, default=None,
+                   help="parallel hyper-parameter sweep runs (joblib; default 1, or every worker of --backend)")
+    p.add_argument("--backend", default=None,
+                   help="joblib backend for the sweeps: loky (default), threading, dask or ray "
+                        "(dask: connects to DASK_SCHEDULER_ADDRESS, else a local cluster; ray: ray.init())")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataset_args(p)
     return p
+
+
+def parse_size(text: str) -> int:
+    """`8G`, `512M`, `1.5GiB`, `100000` (bytes) → bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        return int(float(t[:-1] if t[-1:] in units else t) * units[t[-1] if t[-1:] in units else ""])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 8G, 512M, 1000000)") from None
+
+
+@contextmanager
+def sweep_backend(name: str | None, n_jobs: int | None):
+    """joblib's parallel configuration for the sweeps; dask and ray are set up when asked for."""
+    if name == "dask":
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise FeatbenchError("--backend dask needs `pip install dask distributed`") from None
+        client = Client()  # DASK_SCHEDULER_ADDRESS (dask config scheduler-address), else a local cluster
+    elif name == "ray":
+        try:
+            from ray.util.joblib import register_ray
+        except ImportError:
+            raise FeatbenchError("--backend ray needs `pip install ray`") from None
+        register_ray()
+    elif name not in (None, *BACKENDS):
+        raise FeatbenchError(f"unknown --backend {name!r}; choose from {', '.join(sorted({*BACKENDS, 'dask', 'ray'}))}")
+    try:
+        with parallel_config(**({"backend": name} if name else {}),
+                             n_jobs=n_jobs if n_jobs is not None else (-1 if name else 1)):
+            yield
+    finally:
+        if name == "dask":
+            client.close()
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -107,7 +156,8 @@ def main(argv=None) -> int:
     if skip:
         heads = [h for h in heads if h not in ENSEMBLES]
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    results = run(paths, heads, args.refit, log)
+    with sweep_backend(args.backend, args.n_jobs):
+        results = run(paths, heads, args.refit, log, args.max_memory)
     if skip:
         print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
     print(table(results))

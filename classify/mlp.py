@@ -53,33 +53,60 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         with self._threads():
             return self._fit(X, y, eval_set)
 
-    def _fit(self, X, y, eval_set):
-        X, y = validate_data(self, X, y, dtype=np.float32)
-        check_classification_targets(y)
-        self.classes_, yi = np.unique(y, return_inverse=True)
+    def _start(self, X, classes) -> None:
+        """Classes, standardisation (from X), a fresh module and optimiser."""
+        self.classes_ = np.asarray(classes)
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0)
         self.scale_[self.scale_ == 0] = 1.0
         torch.manual_seed(self.random_state)
-        gen = torch.Generator().manual_seed(self.random_state)
-        module = self._module(X.shape[1], len(self.classes_))
-        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.generator_ = torch.Generator().manual_seed(self.random_state)
+        self.module_ = self._module(X.shape[1], len(self.classes_))
+        self.optimizer_ = torch.optim.AdamW(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _targets(self, y) -> torch.Tensor:
+        yi = np.searchsorted(self.classes_, np.asarray(y))
+        if (yi >= len(self.classes_)).any() or (self.classes_[np.minimum(yi, len(self.classes_) - 1)] != y).any():
+            raise ValueError(f"labels {sorted(set(np.asarray(y).tolist()) - set(self.classes_.tolist()))} "
+                             "are not among the classes seen in training")
+        return torch.from_numpy(yi.astype(np.int64))
+
+    def _epoch(self, xt: torch.Tensor, yt: torch.Tensor) -> None:
+        self.module_.train()
         loss_fn = nn.CrossEntropyLoss()
-        xt, yt = self._tensor(X), torch.from_numpy(yi.astype(np.int64))
+        for idx in torch.randperm(len(xt), generator=self.generator_).split(self.batch_size):
+            self.optimizer_.zero_grad()
+            loss_fn(self.module_(xt[idx]), yt[idx]).backward()
+            self.optimizer_.step()
+        self.module_.eval()
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y), e.g. a chunk streamed from disk. The first call fixes the classes
+        (`classes`, else those in y) and the standardisation (from this first chunk)."""
+        with self._threads():
+            first = not hasattr(self, "module_")
+            X, y = validate_data(self, X, y, dtype=np.float32, reset=first)
+            check_classification_targets(y)
+            if first:
+                self._start(X, np.unique(y) if classes is None else classes)
+            self._epoch(self._tensor(X), self._targets(y))
+        return self
+
+    def _fit(self, X, y, eval_set):
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self._start(X, np.unique(y))
+        module, loss_fn = self.module_, nn.CrossEntropyLoss()
+        xt, yt = self._tensor(X), self._targets(y)
         if eval_set is not None:
             xv = self._tensor(validate_data(self, eval_set[0], dtype=np.float32, reset=False))
-            yv = torch.from_numpy(np.searchsorted(self.classes_, np.asarray(eval_set[1])).astype(np.int64))
+            yv = self._targets(eval_set[1])
         best, best_state, waited = np.inf, None, 0
         self.val_losses_ = []
         for epoch in range(1, self.max_epochs + 1):
-            module.train()
-            for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
-                opt.zero_grad()
-                loss_fn(module(xt[idx]), yt[idx]).backward()
-                opt.step()
+            self._epoch(xt, yt)
             if eval_set is None:
                 continue
-            module.eval()
             with torch.no_grad():
                 val = float(loss_fn(module(xv), yv))
             self.val_losses_.append(val)
@@ -94,7 +121,6 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             module.load_state_dict(best_state)
         else:
             self.best_epoch_ = self.max_epochs
-        self.module_ = module.eval()
         return self
 
     def predict_proba(self, X):

@@ -13,6 +13,8 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, log_loss
@@ -55,8 +57,24 @@ def score(model, X, y, n_classes: int) -> tuple[float, float]:
 
 
 def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Selection:
-    """Fit every grid point on (X, y), score on (X_val, y_val), keep the lowest log-loss."""
+    """Fit every grid point on (X, y), score on (X_val, y_val), keep the lowest log-loss.
+
+    The grid runs through joblib: cut into as many contiguous, warm-started runs as the active
+    joblib configuration has workers (`joblib.parallel_config`: one run, in process, by default;
+    `--n-jobs`/`--backend` spread the runs over cores or a dask/ray cluster).
+    """
     started = time.perf_counter()
+    runs = [list(r) for r in np.array_split(np.arange(len(grid)), min(len(grid), effective_n_jobs(None))) if len(r)]
+    parts = Parallel()(delayed(_sweep_run)(estimator, [grid[i] for i in r], X, y, X_val, y_val, n_classes)
+                       for r in runs)
+    curve = [row for _, rows in parts for row in rows]
+    loss, acc, model, fixed, row = min((best for best, _ in parts), key=lambda b: b[0])
+    params = {k: v for k, v in row.items() if not k.startswith("val_")}
+    return Selection(model, params, fixed, curve, loss, acc, time.perf_counter() - started)
+
+
+def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> tuple:
+    """One warm-started run through consecutive grid points: (best, its curve rows)."""
     est = clone(estimator)
     early_stops = "eval_set" in inspect.signature(est.fit).parameters
     best, curve = None, []
@@ -73,9 +91,7 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Se
         curve.append(row)
         if best is None or loss < best[0]:
             best = (loss, acc, copy.deepcopy(est), fixed, row)
-    loss, acc, model, fixed, row = best
-    params = {k: v for k, v in row.items() if not k.startswith("val_")}
-    return Selection(model, params, fixed, curve, loss, acc, time.perf_counter() - started)
+    return best, curve
 
 
 def fit_fixed(estimator, fixed: dict, X, y):

@@ -9,6 +9,7 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
 5. write `{stores}/models/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
 """
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from classify import ensembles
+from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import evaluate, proba
 from classify.models import atomic_write, backbone_record, bundle, save_model
@@ -68,8 +69,10 @@ def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
     return found
 
 
-def load_store(path) -> Store:
-    """Read a store's splits, refusing what no head can train on or be honestly scored with."""
+def load_store(path, features: bool = True) -> Store:
+    """Read a store's splits, refusing what no head can train on or be honestly scored with.
+
+    `features=False` reads labels, paths and rows only (X is None): for heads that stream features."""
     with FeatureStore(path) as fs:
         where = fs.path
         if not len(fs.paths):
@@ -80,14 +83,14 @@ def load_store(path) -> Store:
             if len(unlabelled):
                 raise StoreError(f"{where}: {len(unlabelled)} {split} images have no label (first: "
                                  f"{fs.paths[unlabelled[0]]}); label them or put them in the test split")
-        parts = {s: fs.split(s) for s in ("train", "val", "test")}
+        parts = {s: fs.split(s, features=features) for s in ("train", "val", "test")}
         names = fs.class_names
         meta = fs.meta
     for split, data in parts.items():
         if not len(data):
             raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
                              f"{split} a share")
-        bad = ~np.isfinite(data.X).all(axis=1)
+        bad = np.zeros(0, bool) if data.X is None else ~np.isfinite(data.X).all(axis=1)
         if bad.any():
             raise StoreError(f"{where}: {int(bad.sum())} {split} rows have NaN/inf features (first: "
                              f"{data.paths[int(np.flatnonzero(bad)[0])]}); re-extract with --overwrite")
@@ -231,10 +234,15 @@ def finish(c: Candidate, refit: bool) -> dict:
         c.seconds += time.perf_counter() - started
         n_train += len(c.stores[0].val)
     X, y = c.features("test")
-    store = c.stores[0]
     started = time.perf_counter()
-    p = proba(c.model, X, len(store.class_names))
-    predict_seconds = time.perf_counter() - started
+    p = proba(c.model, X, len(c.stores[0].class_names))
+    return report(c, p, time.perf_counter() - started, n_train, refit)
+
+
+def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, refit: bool) -> dict:
+    """The flat metrics dict of a model from its test-split probabilities `p`."""
+    store = c.stores[0]
+    y = store.test.y
     return {"dataset": store.dataset, "backbone": "+".join(s.name for s in c.stores),
             "backbones": [s.meta["backbone"] for s in c.stores], "head": c.head,
             "model": f"{c.name}{'-refit' if refit else ''}.joblib", "refit": refit,
@@ -262,11 +270,31 @@ def write(c: Candidate, metrics: dict, folder: Path) -> Path:
     return path
 
 
-def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None) -> list[dict]:
-    """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added)."""
+def default_max_memory() -> int:
+    """An eighth of this machine's RAM: in-memory heads copy the features a few times over
+    (standardised, float64), so their peak is several times the float32 matrix."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+
+
+def feature_bytes(path) -> int:
+    """The size of a store's feature matrix once read into memory (float32)."""
+    with FeatureStore(path) as fs:
+        return len(fs.paths) * fs.dim * 4
+
+
+def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
+        max_memory: int | None = None) -> list[dict]:
+    """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
+
+    When the feature matrices exceed `max_memory` bytes (default: an eighth of RAM), the heads that
+    learn incrementally stream them from disk instead (`classify.stream`)."""
     unique = {}  # one per file, under the path first given (models go beside it)
     for p in paths:
         unique.setdefault(Path(p).resolve(), Path(p))
+    limit = default_max_memory() if max_memory is None else max_memory
+    need = sum(feature_bytes(p) for p in unique.values())
+    if need > limit:
+        return run_streamed(list(unique.values()), heads, refit, log, limit, need)
     stores = [load_store(p) for p in unique.values()]
     names = [s.name for s in stores]
     if len(set(names)) < len(names):
@@ -300,3 +328,45 @@ def table(results: list[dict]) -> str:
                      f"{r['log_loss']:>9.4f}{r['ece']:>7.4f}{r['fit_seconds']:>7.1f}")
     return "\n".join(lines)
 
+
+
+def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int) -> list[dict]:
+    """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5."""
+    gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
+    wanted = [h for h in heads if h in stream.STREAM_HEADS]
+    if not wanted:
+        raise FeatbenchError(f"{gib}: out of core only the {', '.join(stream.STREAM_HEADS)} heads learn "
+                             "incrementally; pass --head logreg or mlp, or raise --max-memory")
+    dropped = [h for h in heads if h not in wanted]
+    log(f"{gib}: streaming features from disk" + (f"; skipping {', '.join(dropped)} (not incremental)"
+                                                   if dropped else ""))
+    stores = [load_store(p, features=False) for p in paths]
+    out = []
+    with threadpool_limits(limits=BLAS_THREADS):
+        for store in stores:
+            with FeatureStore(store.path) as fs:
+                chunk = stream.chunk_rows_for(fs.dim, max_memory)
+                train, val, test = (stream.StreamedSplit(fs, getattr(store, s).rows, chunk)
+                                    for s in ("train", "val", "test"))
+                scaler = stream.fit_scaler(train)
+                for head in wanted:
+                    best = stream.select(head, fs, train, val, scaler, log)
+                    params = {**best["point"], "epochs": best["epochs"]}
+                    c = Candidate(f"{store.name}-{head}", head, [store], None, params, best["model"], params,
+                                  best["val_log_loss"], best["val_accuracy"], best["seconds"], best["sweep"])
+                    n_train = len(train)
+                    if refit:
+                        started = time.perf_counter()
+                        both = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk)
+                        c.model = stream.refit(head, best, fs, both)
+                        c.seconds += time.perf_counter() - started
+                        n_train = len(both)
+                    started = time.perf_counter()
+                    p = stream.predict(c.model, test, len(store.class_names))
+                    metrics = report(c, p, time.perf_counter() - started, n_train, refit)
+                    metrics["out_of_core"] = True
+                    out.append((c, metrics))
+    folder = stores[0].path.parent / "models"
+    for c, metrics in out:
+        metrics["path"] = str(write(c, metrics, folder))
+    return [m for _, m in out]

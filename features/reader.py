@@ -13,8 +13,9 @@ from features.schema import FORMAT, NO_LABEL, SPLITS
 
 @dataclass
 class SplitData:
-    """One split of a store: features, integer labels (-1 = unlabelled), relative paths, store rows."""
-    X: np.ndarray
+    """One split of a store: features (None when streamed), integer labels (-1 = unlabelled), relative
+    paths, store rows."""
+    X: np.ndarray | None
     y: np.ndarray
     paths: list
     rows: np.ndarray
@@ -105,9 +106,10 @@ class FeatureStore:
             mask &= self.labels != NO_LABEL
         return np.flatnonzero(mask)
 
-    def split(self, split: str, labelled_only: bool = True) -> SplitData:
+    def split(self, split: str, labelled_only: bool = True, features: bool = True) -> SplitData:
+        """One split; `features=False` leaves X as None (labels, paths and rows only, for streaming)."""
         rows = self.rows(split, labelled_only)
-        X = self.embeddings(rows)
+        X = self.embeddings(rows) if features else None
         return SplitData(X, self.labels[rows], [self.paths[i] for i in rows], rows)
 
     def embeddings(self, rows: np.ndarray) -> np.ndarray:

@@ -1,0 +1,88 @@
+"""`python -m benchmarks scale`: a logistic-regression head trained out of core on a store too big for memory.
+
+Writes a synthetic feature store (default 1,000,000 rows × 1,280 float32 features, two classes, the
+default 70/15/15 split), then runs `python -m classify --head logreg --max-memory 1G` on it in a
+child process and prints the child's wall time, peak RSS (target: under 2 GiB, against a 4.8 GiB
+feature matrix) and test accuracy. The store is kept (`--keep`) or deleted afterwards.
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from features import write_store
+from features.schema import SPLITS
+
+
+def synthetic_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, chunk: int = 65536) -> Path:
+    """Class clusters in `dim` dimensions plus unit noise, written chunk by chunk (never whole in memory)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32) * (2.0 / np.sqrt(dim))
+    labels = np.arange(rows) % classes
+    splits = rng.choice(len(SPLITS), size=rows, p=[0.7, 0.15, 0.15]).astype(np.int8)
+
+    def chunks():
+        for start in range(0, rows, chunk):
+            y = labels[start:start + chunk]
+            yield rng.normal(size=(len(y), dim)).astype(np.float32) + centres[y]
+
+    meta = {"backbone": "synthetic", "weights_fingerprint": "synthetic", "preprocess": {},
+            "weights": {"source": "synthetic", "fingerprint": "synthetic"},
+            "dataset": {"root": "", "format": "synthetic", "name": path.parent.name, "target": "", "classes": classes,
+                        "files": rows},
+            "split_fractions": [0.7, 0.15, 0.15], "split_seed": seed, "versions": {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_store(path, dim=dim, chunks=chunks(), labels=labels, paths=[f"synthetic/{i:07d}.jpg" for i in range(rows)],
+                splits=splits, hashes=[""] * rows, stamps=[""] * rows, skipped=[],
+                class_names=[f"class{c}" for c in range(classes)], meta=meta)
+    return path
+
+
+def out_of_core(store: Path, max_memory: str) -> dict:
+    """`python -m classify --head logreg` on `store` in a child process: wall time and peak RSS."""
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "classify", "--features", str(store), "--head", "logreg",
+                          "--max-memory", max_memory], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if run.returncode:
+        raise SystemExit(f"classify failed:\n{run.stderr}")
+    metrics = json.loads((store.parent / "models" / f"{store.stem}-logreg.metrics.json").read_text())
+    return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+            "accuracy": metrics["accuracy"], "params": metrics["params"], "out_of_core": metrics.get("out_of_core", False),
+            "log": run.stderr.strip().splitlines()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--max-memory", default="1G", help="classify's --max-memory (default 1G)")
+    p.add_argument("--keep", type=Path, help="write the store here and keep it (default: a temporary folder)")
+    args = p.parse_args(argv)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="featbench-scale-"))
+    store = folder / "synthetic" / "features.h5"
+    start = time.perf_counter()
+    if not store.is_file():
+        synthetic_store(store, args.rows, args.dim, args.classes)
+    gib = args.rows * args.dim * 4 / 2**30
+    print(f"store: {args.rows:,} rows x {args.dim} float32 = {gib:.1f} GiB of features, "
+          f"{store.stat().st_size / 2**30:.1f} GiB on disk ({time.perf_counter() - start:.0f}s to write)")
+    try:
+        r = out_of_core(store, args.max_memory)
+    finally:
+        if args.keep is None:
+            store.unlink(missing_ok=True)
+    for line in r["log"]:
+        print(f"  {line}")
+    print(f"classify --head logreg --max-memory {args.max_memory}: {r['seconds']:.0f}s, peak RSS {r['peak_rss_gib']:.2f} GiB "
+          f"({'under' if r['peak_rss_gib'] < 2 else 'OVER'} the 2 GiB target), out of core: {r['out_of_core']}, "
+          f"test accuracy {r['accuracy']:.4f}, chosen {r['params']}")
+    return 0

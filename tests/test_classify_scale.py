@@ -1,0 +1,89 @@
+"""classify at scale: out-of-core heads streamed from HDF5, sweeps through joblib's parallel backends."""
+import json
+
+import joblib
+import numpy as np
+import pytest
+from joblib import register_parallel_backend
+from joblib._parallel_backends import SequentialBackend
+
+from classify import stream
+from classify.__main__ import main, parse_size
+from classify.train import run
+from features import FeatureStore
+from features.cli import run_cli
+from tests.test_classify import CLASSES, cli, make_store, one_line_error, synthetic, view
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A store of ~3 × BLOCK_ROWS rows: several chunks of the smallest size."""
+    n = 12000
+    latent, y, splits = synthetic(5, n=n)
+    order = np.argsort(y, kind="stable")  # sorted by class, as a path-sorted store often is
+    return make_store(tmp_path_factory.mktemp("big") / "synth" / "alpha.h5", view(latent, 16, 6)[order], y[order],
+                      splits[order], "alpha")
+
+
+def test_out_of_core_streams_chunks_and_learns(big, monkeypatch):
+    read = []
+    real = FeatureStore.embeddings
+    monkeypatch.setattr(FeatureStore, "embeddings", lambda self, rows: read.append(len(rows)) or real(self, rows))
+    results = run([big], ["logreg", "mlp", "svm"], max_memory=1, log=print)
+    assert {r["head"] for r in results} == {"logreg", "mlp"}  # svm does not learn incrementally
+    assert max(read) <= stream.BLOCK_ROWS  # never more than one block of rows in one read
+    for r in results:
+        assert r["out_of_core"] and r["accuracy"] > 0.85, (r["head"], r["accuracy"])  # chance is 1/3
+        assert r["n_train"] + r["n_val"] + r["n_test"] == 12000
+        assert r["params"]["epochs"] >= 1 and len(r["sweep"]) >= len(stream.STREAM_HEADS[r["head"]](16))
+    m = json.loads((big.parent / "models" / "alpha-logreg.metrics.json").read_text())
+    assert m["val_log_loss"] == pytest.approx(min(row["val_log_loss"] for row in m["sweep"]), abs=1e-6)
+    saved = joblib.load(big.parent / "models" / "alpha-logreg.joblib")
+    with FeatureStore(big) as fs:
+        test = fs.split("test")
+    assert (saved["estimator"].predict(test.X) == test.y).mean() == pytest.approx(m["accuracy"])
+
+
+def test_out_of_core_matches_in_memory_logreg(big):
+    """SGD out of core reaches the accuracy of lbfgs in memory on the same split (within 2 points)."""
+    memory = run([big], ["logreg"])[0]
+    streamed = run([big], ["logreg"], refit=True, max_memory=1)[0]
+    assert streamed["refit"] and streamed["n_train"] == memory["n_train"] + memory["n_val"]
+    assert streamed["accuracy"] >= memory["accuracy"] - 0.02, (streamed["accuracy"], memory["accuracy"])
+
+
+def test_out_of_core_refuses_heads_that_cannot_stream(big, capsys):
+    one_line_error(*cli(capsys, "--features", big, "--head", "knn", "--max-memory", "1K"),
+                   "--max-memory", "logreg, mlp")
+
+
+def test_max_memory_sizes():
+    assert parse_size("8G") == 8 * 2**30 and parse_size("512m") == 512 * 2**20 and parse_size("1.5GiB") == 3 * 2**29
+    assert parse_size("1000") == 1000
+
+
+def test_sweep_runs_through_the_configured_joblib_backend(tmp_path, capsys):
+    calls = []
+
+    class Recording(SequentialBackend):
+        def apply_async(self, func, callback=None):
+            calls.append(func)
+            return super().apply_async(func, callback)
+
+    register_parallel_backend("recording", Recording)
+    latent, y, splits = synthetic(3, n=150)
+    store = make_store(tmp_path / "synth" / "a.h5", view(latent, 8, 4), y, splits, "a")
+    rc, out, err = cli(capsys, "--features", store, "--head", "knn", "--backend", "recording", "--quiet")
+    assert rc == 0, err and calls
+    one_line_error(*cli(capsys, "--features", store, "--backend", "nope"), "unknown --backend 'nope'")
+
+
+def test_parallel_sweep_on_loky_equals_the_sequential_one(tmp_path):
+    """Grid points without warm starts (kNN) give the same curve whether split over 2 processes or not."""
+    latent, y, splits = synthetic(4, n=150)
+    store = make_store(tmp_path / "synth" / "a.h5", view(latent, 8, 4), y, splits, "a", class_names=CLASSES)
+    one = run([store], ["knn"])[0]
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        two = run([store], ["knn"])[0]
+    assert one["sweep"] == two["sweep"] and one["params"] == two["params"] and one["accuracy"] == two["accuracy"]
+    assert run_cli(main, ["--features", str(store), "--head", "logreg", "--n-jobs", "2", "--quiet"]) == 0
