@@ -1,9 +1,11 @@
-"""`python -m features info FILE…`: what a feature store holds and how it was made."""
+"""`python -m features info FILE…`: what a feature store holds and how it was made.
+`python -m features merge SHARD…`: one store from the shard stores of a distributed extraction."""
 import argparse
 import sys
 from collections import Counter
 
 from features.cli import run_cli
+from features.merge import merge
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS
 
@@ -40,8 +42,14 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("info", help="summarise stores")
     i.add_argument("files", nargs="+")
+    m = sub.add_parser("merge", help="merge shards 0..N-1 of a distributed extraction into one store")
+    m.add_argument("files", nargs="+", metavar="SHARD", help="DATASET/shards/NAME.shard-R-of-N.h5 files")
+    m.add_argument("--out", help="merged store (default: DATASET/NAME.h5, beside the shards/ folder)")
     args = p.parse_args(argv)
-    print("\n".join(info(f) for f in args.files))
+    if args.command == "merge":
+        print(info(merge(args.files, args.out)))
+    else:
+        print("\n".join(info(f) for f in args.files))
     return 0
 
 

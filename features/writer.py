@@ -9,13 +9,16 @@ import json
 import os
 import shutil
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
+from filelock import FileLock, Timeout
 
+from features.errors import FeatbenchError
 from features.schema import FORMAT, FORMAT_VERSION, SPLITS, split_fingerprint
 
 CHUNK_BYTES = 1 << 20
@@ -28,6 +31,21 @@ class Record:
     hash: str
     reason: str  # "" when embedded
     source: tuple  # (part file, row) or ("store", row); () when skipped
+
+
+@contextmanager
+def store_lock(path: Path):
+    """Hold `NAME.h5.lock` while writing a store; a second writer gets a one-line error instead of waiting."""
+    lock = FileLock(str(path) + ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FeatbenchError(f"{path}: another extraction is writing this store right now; wait for it "
+                             f"to finish (or remove {path}.lock if no featbench process is running)") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Journal:

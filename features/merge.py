@@ -1,0 +1,109 @@
+"""Merging the shard stores of a distributed extraction into the store a single process would write.
+
+Rank R of N embeds a contiguous block of the sorted listing into `DATASET/shards/NAME.shard-R-of-N.h5`;
+concatenating the shards in rank order gives the single-process rows, in the same order.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+
+from features.errors import FeatbenchError, StoreError
+from features.reader import FeatureStore
+from features.writer import store_lock, write_store
+
+SAME = ("backbone", "weights_fingerprint", "preprocess", "dtype", "split_fractions", "split_seed", "class_names")
+SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+\.h5$")
+
+
+def shard_path(store: Path, rank: int, world: int) -> Path:
+    """`FOLDER/shards/NAME.shard-R-of-N.h5` for the store `FOLDER/NAME.h5` (a sub-folder: classify globs FOLDER/*.h5)."""
+    if not 0 <= rank < world:
+        raise FeatbenchError(f"shard {rank}/{world}: need 0 <= RANK < WORLD (--shard RANK/WORLD)")
+    return store.parent / "shards" / f"{store.stem}.shard-{rank}-of-{world}.h5"
+
+
+def merged_path(shard: Path) -> Path:
+    """The store that `shard_path` made `shard` for."""
+    m = SHARD_NAME.match(shard.name)
+    if m is None or shard.parent.name != "shards":
+        raise StoreError(f"{shard}: not at DATASET/shards/NAME.shard-R-of-N.h5; pass --out FILE for the merged store")
+    return shard.parent.parent / f"{m['stem']}.h5"
+
+
+def _provenance(store: FeatureStore) -> dict:
+    dataset = {k: v for k, v in store.meta["dataset"].items() if k != "root"}  # nodes may mount it elsewhere
+    return {**{k: store.meta.get(k) for k in SAME}, "dataset": dataset}
+
+
+def _in_rank_order(stores: list[FeatureStore]) -> list[FeatureStore]:
+    """The shards sorted by rank, after checking they are ranks 0..N-1 of one extraction, each once."""
+    for s in stores:
+        if "shard" not in s.meta:
+            raise StoreError(f"{s.path}: not a shard store (no shard in its metadata); merge only NAME.shard-R-of-N.h5 files")
+    first = stores[0]
+    world = first.meta["shard"][1]
+    want = _provenance(first)
+    by_rank: dict[int, FeatureStore] = {}
+    for s in stores:
+        rank, n = s.meta["shard"]
+        if n != world:
+            raise StoreError(f"{s.path}: shard {rank} of {n}, but {first.path} is of {world}; merge shards of one run")
+        have = _provenance(s)
+        for key in want:
+            if have[key] != want[key]:
+                raise StoreError(f"{s.path}: {key} differs from {first.path} ({str(have[key])[:60]} vs "
+                                 f"{str(want[key])[:60]}); re-run that rank with the same command")
+        if rank in by_rank:
+            raise StoreError(f"shard {rank} of {world} given twice ({by_rank[rank].path} and {s.path})")
+        by_rank[rank] = s
+    missing = [r for r in range(world) if r not in by_rank]
+    if missing:
+        raise StoreError(f"shard {missing[0]} of {world} missing ({len(missing)} missing in all); run "
+                         f"`python -m extract … --shard {missing[0]}/{world}` and merge again")
+    return [by_rank[r] for r in range(world)]
+
+
+def _embeddings(stores: list[FeatureStore], rows: int = 4096):
+    """Each shard's embedding rows in order, a block at a time (never the whole matrix)."""
+    for s in stores:
+        emb = s.h5["embeddings"]
+        for start in range(0, len(s.paths), rows):
+            yield emb[start:start + rows]
+
+
+def merge(shard_paths: list, out_path=None) -> Path:
+    """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path."""
+    stores: list[FeatureStore] = []
+    try:
+        for p in shard_paths:
+            stores.append(FeatureStore(p))
+        if not stores:
+            raise StoreError("no shard stores to merge")
+        stores = _in_rank_order(stores)
+        paths = [p for s in stores for p in s.paths]
+        if any(a >= b for a, b in zip(paths, paths[1:])):
+            raise StoreError(f"{stores[0].path.name} and its other shards overlap: the dataset changed between "
+                             "ranks; re-run every rank on the same listing")
+        if not paths:
+            why = next((why for s in stores for _, why, *_ in s.skipped), "none")
+            raise StoreError(f"none of the shards' images could be embedded (first reason: {why})")
+        out = Path(out_path) if out_path else merged_path(stores[0].path)
+        metas = [s.meta for s in stores]
+        embedded = sum(m["images_embedded"] for m in metas)
+        seconds = max(m["extraction_seconds"] for m in metas)
+        meta = {k: v for k, v in metas[0].items() if k != "shard"}
+        meta.update(images_embedded=embedded, extraction_seconds=seconds, merged_from=len(stores),
+                    images_per_second=round(embedded / seconds, 2) if embedded and seconds else None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with store_lock(out):
+            write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,
+                        labels=np.concatenate([s.labels for s in stores]),
+                        splits=np.concatenate([s.splits for s in stores]),
+                        hashes=[h for s in stores for h in s.hashes], stamps=[t for s in stores for t in s.stamps],
+                        skipped=[k for s in stores for k in s.skipped], class_names=meta["class_names"],
+                        meta=meta, dtype=meta["dtype"])
+    finally:
+        for s in stores:
+            s.close()
+    return out
