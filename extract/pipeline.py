@@ -4,6 +4,9 @@ Crash safety: every finished batch is committed to the store's journal (`NAME.h5
 re-run reuses journal rows and rows of an existing store whose file stamp (size, mtime) or content
 hash is unchanged. Batches are fixed blocks of the full sorted listing, so an interrupted and resumed
 run feeds the model exactly the batches an uninterrupted run would, and writes an identical store.
+
+Sharding (`torchrun`, `--shard R/N`): rank R embeds a contiguous block of the sorted listing into its
+own shard store (same lock, journal and reuse); `features.merge` concatenates them in rank order.
 """
 import json
 import os
@@ -15,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from extract.backbones import Backbone
 from extract.datasets import Dataset, assign_splits
 from extract.images import BadImage, content_hash, load
 from features.errors import FeatbenchError, StoreError
+from features.merge import shard_path
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, library_versions
-from features.writer import Journal, Record, RowSource, write_store
+from features.writer import Journal, Record, RowSource, store_lock, write_store
 
 
 @dataclass
@@ -84,8 +87,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def default_workers(device: torch.device) -> int:
-    """Decoding processes: all cores feed a GPU; on CPU they share the cores with the model."""
+    """Decoding processes: all cores feed a GPU; on CPU they share the cores with the model.
+
+    The ranks of a `torchrun` on one machine (LOCAL_WORLD_SIZE) share its cores.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return min(8, cpus) if device.type != "cpu" else max(1, cpus // 2)
 
 
@@ -205,27 +212,30 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
 
 
 def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 0.15, 0.15), seed: int = 0,
-            weights_file: str | None = None, options: Options = Options()) -> Summary:
-    """Embed every image of `dataset` with `backbone` into its store, reusing all earlier work."""
+            weights_file: str | None = None, options: Options = Options(),
+            shard: tuple[int, int] | None = None) -> Summary:
+    """Embed every image of `dataset` with `backbone` into its store, reusing all earlier work.
+
+    With `shard=(rank, world)`, embed only that rank's block of the listing into its shard store.
+    """
     device = pick_device(options.device)
     path = store_path(out, dataset.name, backbone, weights_file, options.dtype)
+    if shard:
+        path = shard_path(path, *shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise FeatbenchError(f"{path}: another extraction is writing this store right now; wait for it "
-                             f"to finish (or remove {path}.lock if no featbench process is running)") from None
-    try:
-        return _extract_locked(dataset, backbone, path, device, fractions, seed, options)
-    finally:
-        lock.release()
+    with store_lock(path):
+        return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard)
 
 
-def _extract_locked(dataset, backbone, path, device, fractions, seed, options) -> Summary:
+def _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard) -> Summary:
     started = time.perf_counter()
-    items = dataset.items
-    codes = assign_splits(items, fractions, seed)
+    items, unlisted = dataset.items, dataset.unlisted
+    codes = assign_splits(items, fractions, seed)  # stratified over the whole listing, shard or not
+    if shard:
+        rank, world = shard
+        lo, hi = rank * len(items) // world, (rank + 1) * len(items) // world
+        items, codes = items[lo:hi], codes[lo:hi]
+        unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
     prov = _provenance(backbone)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
@@ -249,8 +259,8 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options) -
     rows = [i for i, r in enumerate(records) if not r.reason]
     skipped = [(items[i].rel, records[i].reason, stamps[i], records[i].hash) for i in range(len(items))
                if records[i].reason]
-    skipped += [(rel, why, "", "") for rel, why in dataset.unlisted]
-    if not rows:
+    skipped += [(rel, why, "", "") for rel, why in unlisted]
+    if not rows and not shard:
         raise FeatbenchError(f"{dataset.root}: none of the {len(items)} images could be embedded "
                              f"(first reason: {skipped[0][1] if skipped else 'none'})")
     labels, splits = [items[i].label for i in rows], codes[rows]
@@ -264,7 +274,8 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options) -
                 "optimized": options.optimize and device.type == "cpu",
                 "batch_size": options.batch_size, "extraction_seconds": round(seconds, 3),
                 "images_embedded": embedded,
-                "images_per_second": round(embedded / seconds, 2) if embedded else None}
+                "images_per_second": round(embedded / seconds, 2) if embedded else None,
+                **({"shard": list(shard)} if shard else {})}
         source = RowSource(old_store.h5 if old_store else None)
         write_store(path, dim=backbone.dim, chunks=source.chunks([records[i].source for i in rows], 4096),
                     labels=labels, paths=[items[i].rel for i in rows], splits=splits,
