@@ -22,6 +22,9 @@ class BadImage(Exception):
     """The file cannot be embedded; the message is the reason recorded in the store."""
 
 
+OUT_OF_MEMORY = "out of memory decoding or resizing the image"
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -62,12 +65,18 @@ def decode(data: bytes, min_side: int = 0) -> Image.Image:
             raise BadImage(f"decompression bomb refused ({e})".split(" could be")[0] + ")") from None
         except UnidentifiedImageError:
             raise BadImage("not an image PIL can read") from None
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise BadImage(f"corrupt or truncated image ({str(e) or type(e).__name__})") from None
+        except MemoryError:
+            raise BadImage(OUT_OF_MEMORY) from None
 
 
 def resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
-    """Shorter side to `pre.resize`, centre crop `pre.size`, as torchvision does (resize=0: squash)."""
+    """Shorter side to `pre.resize`, centre crop `pre.size`, as torchvision does (resize=0: squash).
+
+    A very long, thin image (a 1×20000 strip) is not scaled whole: only the source region under the
+    crop is resampled (PIL passes that box as float32, so pixels may differ by one level).
+    """
     resample = RESAMPLE[pre.interpolation]
     if pre.resize == 0:
         return img.resize((pre.size, pre.size), resample)
@@ -76,9 +85,14 @@ def resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
         nw, nh = pre.resize, max(1, int(h * pre.resize / w))
     else:
         nw, nh = max(1, int(w * pre.resize / h)), pre.resize
-    img = img.resize((nw, nh), resample)
     left, top = int(round((nw - pre.size) / 2)), int(round((nh - pre.size) / 2))
-    return img.crop((left, top, left + pre.size, top + pre.size))
+    crop = (left, top, left + pre.size, top + pre.size)
+    if max(nw, nh) <= 8 * pre.resize:  # usual shapes: exactly torchvision's resize, then crop
+        return img.resize((nw, nh), resample).crop(crop)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(crop[2], nw), min(crop[3], nh)  # crop ∩ resized image
+    sx, sy = w / nw, h / nh
+    region = img.resize((x1 - x0, y1 - y0), resample, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+    return region.crop((left - x0, top - y0, crop[2] - x0, crop[3] - y0))  # pads as crop() would
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -91,5 +105,8 @@ def min_decode_side(pre: Preprocess) -> int:
 
 
 def load(data: bytes, pre: Preprocess, draft: bool = True) -> torch.Tensor:
-    """Bytes → uint8 CHW tensor ready for the backbone (raises BadImage)."""
-    return to_tensor(resize_crop(decode(data, min_decode_side(pre) if draft else 0), pre))
+    """Bytes → uint8 CHW tensor ready for the backbone (raises BadImage, also when memory runs out)."""
+    try:
+        return to_tensor(resize_crop(decode(data, min_decode_side(pre) if draft else 0), pre))
+    except MemoryError:
+        raise BadImage(OUT_OF_MEMORY) from None

@@ -3,7 +3,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from extract.backbones import Preprocess
 from extract.images import BadImage, decode, load, resize_crop
@@ -41,6 +41,7 @@ def hostile_files() -> dict[str, bytes | None]:
         "palette.png": _png(RGB.convert("P", palette=Image.ADAPTIVE)),
         "alpha.png": _png(RGB.convert("RGBA")),
         "exif-rotated.jpg": _jpeg(RGB, exif=exif),
+        "thin-1x20000.png": _png(Image.new("RGB", (1, 20000), (200, 10, 10))),
     }
 
 
@@ -91,6 +92,26 @@ def test_resize_crop_matches_torchvision():
         img = RGB.resize(size)
         ref = CenterCrop(224)(Resize(256, InterpolationMode.BILINEAR, antialias=True)(img))
         assert np.array_equal(np.asarray(resize_crop(img, pre)), np.asarray(ref)), size
+
+
+def test_thin_image_resized_within_memory():
+    """A 1×20000 PNG: only the crop region is resized (the whole image scaled first took gigabytes)."""
+    import resource
+    thin = hostile_files()["thin-1x20000.png"]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    x = load(thin, Preprocess(224, 256))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+    assert x.shape == (3, 224, 224) and x[:, 100, 100].tolist() == [200, 10, 10]
+
+
+@pytest.mark.parametrize("owner,step", [(ImageFile.ImageFile, "load"), (Image.Image, "resize")])
+def test_out_of_memory_is_a_skip_reason(monkeypatch, owner, step):
+    def no_memory(*a, **kw):
+        raise MemoryError
+    data = _png(RGB)
+    monkeypatch.setattr(owner, step, no_memory)
+    with pytest.raises(BadImage, match="out of memory"):
+        load(data, PRE)
 
 
 def test_draft_decoding_stays_close_to_full_decode():
