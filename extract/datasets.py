@@ -52,7 +52,8 @@ def _image_names(folder: Path) -> list[str]:
 
 
 def detect_format(path: Path) -> str:
-    """Guess the format; raise with the choices when it is ambiguous."""
+    """Guess the format from mostly cat.N/dog.N names, two or more Breed_N breeds, or class folders;
+    raise with the choices when it is ambiguous (numbered N.jpg files alone carry no label)."""
     if path.is_file():
         if path.suffix.lower() == ".csv":
             return "csv"
@@ -64,11 +65,10 @@ def detect_format(path: Path) -> str:
         if not names and (path / sub).is_dir():
             names = _image_names(path / sub)
     if names:
-        dvc = sum(bool(DVC_LABELLED.match(n) or DVC_UNLABELLED.match(n)) for n in names)
-        pets = sum(bool(PETS.match(n)) for n in names)
-        if dvc >= 0.9 * len(names):
+        if sum(bool(DVC_LABELLED.match(n)) for n in names) >= 0.9 * len(names):
             return "dogs-vs-cats"
-        if pets >= 0.9 * len(names):
+        breeds = [m["breed"] for m in map(PETS.match, names) if m]
+        if len(breeds) >= 0.9 * len(names) and len(set(breeds)) >= 2:
             return "oxford-pets"
     if any(d.is_dir() and _image_names(d) for d in path.iterdir()):
         return "imagefolder"
@@ -87,7 +87,8 @@ def _slug(path: Path) -> str:
 
 
 def _dogs_vs_cats(root: Path):
-    folders = [root] if _image_names(root) else [d for d in (root / "train", root / "test") if d.is_dir()]
+    folders = [root] if _image_names(root) else [d for d in (root / "train", root / "test", root / "test1")
+                                                  if d.is_dir()]
     items, unlisted = [], []
     for folder in folders:
         for p in _files(folder):

@@ -29,6 +29,36 @@ def test_dogs_vs_cats_unlabelled_test_folder(tmp_path):
     assert all(codes[i] == SPLITS.index("test") for i, it in enumerate(ds.items) if it.label == NO_LABEL)
 
 
+@pytest.mark.parametrize("test_folder", ["test", "test1"])
+def test_kaggle_layout_detected_with_unlabelled_test_folder(tmp_path, test_folder):
+    """The Kaggle zip unpacks to train/ (cat.N.jpg, dog.N.jpg) and test1/ (N.jpg)."""
+    for i in range(3):
+        write_image(tmp_path / "train" / f"cat.{i}.jpg", i)
+        write_image(tmp_path / "train" / f"dog.{i}.jpg", 10 + i)
+        write_image(tmp_path / test_folder / f"{i + 1}.jpg", 20 + i)
+    ds = load_dataset(tmp_path, "auto")
+    assert ds.format == "dogs-vs-cats" and len(ds.items) == 9
+    test = [it for it in ds.items if it.rel.startswith(f"{test_folder}/")]
+    assert len(test) == 3 and all(it.label == NO_LABEL and it.split == "test" for it in test)
+
+
+@pytest.mark.parametrize("names", [[f"{i:04d}.jpg" for i in range(1, 7)], ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]])
+def test_numbered_or_camera_names_are_not_guessed(tmp_path, names):
+    """0001.jpg… is not dogs-vs-cats (no label anywhere), IMG_N.jpg not a one-breed oxford-pets."""
+    for i, n in enumerate(names):
+        write_image(tmp_path / n, i)
+    with pytest.raises(FeatbenchError, match="cannot tell the dataset format; pass --format") as err:
+        load_dataset(tmp_path, "auto")
+    assert "\n" not in str(err.value)
+
+
+def test_unlabelled_numbered_folder_when_format_given(tmp_path):
+    for i in range(1, 4):
+        write_image(tmp_path / f"{i}.jpg", i)
+    ds = load_dataset(tmp_path, "dogs-vs-cats")
+    assert len(ds.items) == 3 and all(it.label == NO_LABEL and it.split == "test" for it in ds.items)
+
+
 def test_oxford_pets_breed_and_species(tmp_path):
     names = ["Abyssinian_1.jpg", "Abyssinian_2.jpg", "great_pyrenees_10.jpg", "Bengal_3.jpg",
              "american_pit_bull_terrier_4.jpg"]
