@@ -175,9 +175,10 @@ def inference_model(model: torch.nn.Module, device: torch.device, example: torch
         return model
 
 
-def _provenance(backbone: Backbone) -> dict:
+def _provenance(backbone: Backbone, amp: bool) -> dict:
+    """What decides whether stored rows can be reused: backbone, weights, preprocessing and effective AMP."""
     prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
-            "preprocess": backbone.preprocess.as_dict()}
+            "preprocess": backbone.preprocess.as_dict(), "amp": amp}
     return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
 
 
@@ -194,7 +195,7 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         except StoreError as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
         if store is not None and {k: store.meta.get(k) for k in prov} != prov:
-            print(f"note: {path} was made with other weights or preprocessing; recomputing", file=sys.stderr)
+            print(f"note: {path} was made with other weights, preprocessing or AMP; recomputing", file=sys.stderr)
             store.close()
             store = None
         if store is not None:
@@ -202,9 +203,8 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
                 known[p] = Record(st, h, "", ("store", row))
             for p, why, st, h in store.skipped:
                 known[p] = Record(st, h, why, ())
-    prov_file = journal.dir / "provenance.json"
     if journal.parts():
-        if prov_file.is_file() and json.loads(prov_file.read_text()) == prov:
+        if journal.made_with(prov):
             known.update(journal.records())
         else:
             journal.clear()
@@ -237,7 +237,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    prov = _provenance(backbone)
+    prov = _provenance(backbone, options.amp and device.type == "cuda")
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
     by_hash = {r.hash: r for r in known.values() if r.hash and (r.source or r.reason)}
     stamps = [file_stamp(it.path) for it in items]
@@ -252,8 +252,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
 
     embedded = 0
     if todo:
-        journal.dir.mkdir(parents=True, exist_ok=True)
-        (journal.dir / "provenance.json").write_text(json.dumps(prov))
+        journal.start(prov)
         embedded = _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options)
 
     rows = [i for i, r in enumerate(records) if not r.reason]
@@ -270,7 +269,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         meta = {**prov, "weights": backbone.weights, "dataset": dataset.describe(),
                 "split_fractions": list(fractions), "split_seed": seed, "versions": library_versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "device": str(device), "amp": options.amp and device.type == "cuda",
+                "device": str(device),
                 "optimized": options.optimize and device.type == "cpu",
                 "batch_size": options.batch_size, "extraction_seconds": round(seconds, 3),
                 "images_embedded": embedded,

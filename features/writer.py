@@ -57,6 +57,20 @@ class Journal:
     def parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.json")) if self.dir.is_dir() else []
 
+    def start(self, provenance: dict) -> None:
+        """Record (atomically) what the parts are embeddings of: backbone, weights, preprocessing, AMP."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "provenance.json.tmp"
+        tmp.write_text(json.dumps(provenance))
+        os.replace(tmp, self.dir / "provenance.json")
+
+    def made_with(self, provenance: dict) -> bool:
+        """True when the parts were made with `provenance`; a missing or unreadable record is False."""
+        try:
+            return json.loads((self.dir / "provenance.json").read_text()) == provenance
+        except (OSError, ValueError):
+            return False
+
     def records(self) -> dict[str, Record]:
         out = {}
         for meta_file in self.parts():

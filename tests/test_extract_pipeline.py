@@ -15,8 +15,8 @@ from test_images import BAD, hostile_files
 
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
-from extract.pipeline import Options, extract
-from features import FeatureStore
+from extract.pipeline import Options, _known_rows, _provenance, extract
+from features import FeatureStore, Journal
 from features.errors import FeatbenchError
 
 QUIET = Options(progress=False, batch_size=8, workers=0)
@@ -94,6 +94,32 @@ def test_hostile_files_on_disk_are_embedded_or_skipped(dvc_folder, tmp_path, tin
     with FeatureStore(summary.path) as s:
         assert {p for p, *_ in s.skipped} == set(skipped)
         assert np.isfinite(s.embeddings(np.arange(summary.rows))).all()
+
+
+def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, tiny):
+    path = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
+    journal = Journal(path)
+    journal.append(["cat.0.jpg"], ["0:0"], ["h"], [""], np.full((1, tiny.dim), 7, np.float32))  # stale part
+    (journal.dir / "provenance.json").write_text('{"backbone": "resn')  # cut short by a crash
+    summary = run(dvc_folder, tmp_path / "out", tiny)
+    assert summary.embedded == 24 and not journal.dir.exists()
+    assert_same(contents(summary.path), contents(run(dvc_folder, tmp_path / "fresh", tiny).path))
+
+
+def test_effective_amp_decides_reuse(dvc_folder, tmp_path, tiny):
+    """Rows embedded on CPU in fp32 are reused on CPU, never under CUDA autocast (fp16)."""
+    summary = run(dvc_folder, tmp_path / "out", tiny)
+    journal = Journal(summary.path)
+    fp32, fp16 = _provenance(tiny, amp=False), _provenance(tiny, amp=True)
+    known, store = _known_rows(summary.path, journal, fp32, overwrite=False)
+    assert store is not None and len(known) == 24
+    store.close()
+    known, store = _known_rows(summary.path, journal, fp16, overwrite=False)
+    assert store is None and not known
+    journal.start(fp32)
+    journal.append(["cat.0.jpg"], ["0:0"], ["h"], [""], np.zeros((1, tiny.dim), np.float32))
+    assert _known_rows(tmp_path / "none.h5", journal, fp16, overwrite=False) == ({}, None)
+    assert not journal.dir.exists()  # parts of another precision are dropped
 
 
 def test_file_vanishing_mid_run_is_skipped(dvc_folder, tmp_path, tiny, monkeypatch):
