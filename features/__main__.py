@@ -11,29 +11,32 @@ from features.schema import NO_LABEL, SPLITS
 
 
 def info(path) -> str:
+    """A summary of one store; metadata a minimal store lacks shows as '?'."""
     with FeatureStore(path) as store:
         m = store.meta
+        ds = m.get("dataset") or {}
         lines = [f"{store.path}",
-                 f"  backbone     {store.backbone} ({m['weights'].get('source', '?')}, "
-                 f"weights fingerprint {m['weights_fingerprint']})",
-                 f"  preprocess   {m['preprocess']}",
-                 f"  dataset      {m['dataset']['name']} ({m['dataset']['format']}) at {m['dataset']['root']}",
-                 f"  embeddings   {m['rows']} x {store.dim} {m['dtype']}, fingerprint {store.fingerprint}",
+                 f"  backbone     {m.get('backbone', '?')} ({(m.get('weights') or {}).get('source', '?')}, "
+                 f"weights fingerprint {m.get('weights_fingerprint', '?')})",
+                 f"  preprocess   {m.get('preprocess', '?')}",
+                 f"  dataset      {ds.get('name', '?')} ({ds.get('format', '?')}) at {ds.get('root', '?')}",
+                 f"  embeddings   {len(store.paths)} x {store.dim} {m.get('dtype', '?')}, "
+                 f"fingerprint {m.get('fingerprint', '?')}",
                  f"  classes      {len(store.class_names)}: {', '.join(store.class_names[:8])}"
                  f"{' …' if len(store.class_names) > 8 else ''}"]
         for code, name in enumerate(SPLITS):
             mask = store.splits == code
             unlabelled = int((store.labels[mask] == NO_LABEL).sum())
             lines.append(f"  {name:<12} {int(mask.sum())} images" + (f" ({unlabelled} unlabelled)" if unlabelled else ""))
-        lines.append(f"  splits       fingerprint {store.split_fingerprint}, fractions {m['split_fractions']}, "
-                     f"seed {m['split_seed']}")
+        lines.append(f"  splits       fingerprint {m.get('split_fingerprint', '?')}, fractions "
+                     f"{m.get('split_fractions', '?')}, seed {m.get('split_seed', '?')}")
         skipped = store.skipped
         reasons = Counter(why.split(" (")[0] for _, why, *_ in skipped)
         lines.append(f"  skipped      {len(skipped)}" + (f": {dict(reasons)}" if skipped else ""))
         rate = m.get("images_per_second")
-        lines.append(f"  made         {m['created']} on {m['device']}, {m['extraction_seconds']}s"
-                     + (f", {rate} img/s" if rate else ""))
-        lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+        lines.append(f"  made         {m.get('created', '?')} on {m.get('device', '?')}, "
+                     f"{m.get('extraction_seconds', '?')}s" + (f", {rate} img/s" if rate else ""))
+        lines.append("  versions     " + (", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()) or "?"))
     return "\n".join(lines)
 
 

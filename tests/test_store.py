@@ -1,4 +1,7 @@
 """The feature store: round trip, split access, streaming, and clear errors for foreign or broken files."""
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -93,3 +96,20 @@ def test_write_is_atomic_and_refuses_nan(tmp_path):
         write_store(path, dim=2, chunks=[X], labels=[0] * 4, paths=list("abcd"), splits=[0] * 4,
                     hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta={})
     assert not path.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("case", ["minimal", "truncated", "text"])
+def test_info_cli_summary_or_one_line_error(tmp_path, case):
+    path = tmp_path / "x.h5"
+    if case == "text":
+        path.write_text("hello")
+    else:
+        make_store(path, n=2000, dim=64)  # metadata: only what write_store itself records
+    if case == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    r = subprocess.run([sys.executable, "-m", "features", "info", str(path)], capture_output=True, text=True)
+    assert "Traceback" not in r.stderr
+    if case == "minimal":
+        assert r.returncode == 0 and "2000 x 64 float32" in r.stdout and "toy" in r.stdout, r.stdout
+    else:
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
