@@ -128,21 +128,26 @@ def _imagefolder(root: Path):
 
 
 def _csv(path: Path):
+    """Rows of path,label[,split]; an unlabelled row without a split is a test image; each path once."""
     root = path.parent
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise FeatbenchError(f"{path}: needs a header with columns path,label[,split]")
         rows = list(reader)
     labels = sorted({r["label"] for r in rows if r["label"]})
     index = {c: i for i, c in enumerate(labels)}
-    items = []
+    items, first_line = [], {}
     for line, r in enumerate(rows, start=2):
-        split = (r.get("split") or "").strip()
+        split = (r.get("split") or "").strip() or ("" if r["label"] else "test")
         if split and split not in SPLITS:
             raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
         p = Path(r["path"])
         p = p if p.is_absolute() else root / p
+        if p in first_line:
+            raise FeatbenchError(f"{path}:{line}: {r['path']} is listed twice (first on line {first_line[p]}); "
+                                 "list each image once")
+        first_line[p] = line
         items.append(Item(p, r["path"], index[r["label"]] if r["label"] else NO_LABEL, split))
     return labels, items, []
 

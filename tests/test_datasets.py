@@ -111,6 +111,30 @@ def test_csv_with_and_without_split(tmp_path):
         load_dataset(tmp_path / "bad2.csv")
 
 
+def test_csv_from_excel_with_bom(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / f"{i}.jpg", i)
+    (tmp_path / "list.csv").write_text("path,label\r\n0.jpg,a\r\n1.jpg,b\r\n", encoding="utf-8-sig")
+    ds = load_dataset(tmp_path / "list.csv", "auto")
+    assert ds.class_names == ["a", "b"] and [it.rel for it in ds.items] == ["0.jpg", "1.jpg"]
+
+
+def test_csv_duplicate_path_refused_with_its_line(tmp_path):
+    (tmp_path / "list.csv").write_text("path,label\nimg/0.jpg,a\nimg/1.jpg,b\n./img/0.jpg,b\n")
+    with pytest.raises(FeatbenchError, match=r"list.csv:4: .*listed twice \(first on line 2\)") as err:
+        load_dataset(tmp_path / "list.csv", "auto")
+    assert "\n" not in str(err.value)
+
+
+def test_csv_unlabelled_rows_without_split_go_to_test(tmp_path):
+    rows = "".join(f"{i}.jpg,{'ab'[i % 2]}\n" for i in range(20)) + "u1.jpg,\nu2.jpg,\n"
+    (tmp_path / "list.csv").write_text("path,label\n" + rows)
+    ds = load_dataset(tmp_path / "list.csv", "auto")
+    codes = assign_splits(ds.items)
+    unlabelled = [i for i, it in enumerate(ds.items) if it.label == NO_LABEL]
+    assert len(unlabelled) == 2 and all(SPLITS[codes[i]] == "test" for i in unlabelled)
+
+
 def test_ambiguous_or_missing(tmp_path):
     with pytest.raises(FeatbenchError, match="no such dataset folder"):
         load_dataset(tmp_path / "nope")
