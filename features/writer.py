@@ -154,9 +154,14 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
                                    chunks=(rows_per_chunk, dim) if n else True)
             at = 0
             for block in chunks:
-                block = np.asarray(block, dtype=dtype)
-                if not np.isfinite(block).all():
+                with np.errstate(over="ignore"):
+                    stored = np.asarray(block, dtype=dtype)
+                if not np.isfinite(stored).all():
+                    if np.isfinite(block).all():
+                        raise FeatbenchError(f"{path}: embedding values up to {np.abs(block).max():.3g} overflow "
+                                             f"{dtype}; store them as float32 (--dtype float32)")
                     raise ValueError("non-finite embeddings")
+                block = stored
                 emb[at:at + len(block)] = block
                 content.update(block.tobytes())
                 at += len(block)

@@ -9,13 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import DOGS_VS_CATS, needs, write_image
 from filelock import FileLock
 from test_images import BAD, hostile_files
 
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
-from extract.pipeline import Options, _known_rows, _provenance, extract
+from extract.pipeline import Options, _known_rows, _provenance, extract, pick_device
 from features import FeatureStore, Journal
 from features.errors import FeatbenchError
 
@@ -127,6 +128,15 @@ def test_file_vanishing_mid_run_is_skipped(dvc_folder, tmp_path, tiny, monkeypat
     (dvc_folder / "cat.0.jpg").unlink()  # listed, then gone before it is read
     s = extract(ds, tiny, tmp_path / "out", options=QUIET)
     assert dict(s.skipped)["cat.0.jpg"].startswith("unreadable file")
+
+
+def test_device_index_beyond_visible_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(FeatbenchError, match=r"--device cuda:7: only 2 CUDA GPUs visible \(cuda:0\.\.cuda:1\)") as err:
+        pick_device("cuda:7")
+    assert "\n" not in str(err.value)
 
 
 def test_second_writer_refused_by_lock(dvc_folder, tmp_path, tiny):

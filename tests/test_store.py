@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from features import FeatureStore, StoreError, write_store
+from features import FeatbenchError, FeatureStore, StoreError, write_store
 from features.schema import NO_LABEL
 
 
@@ -86,6 +86,16 @@ def test_bad_files_give_one_line_errors(tmp_path, case, expected):
     with pytest.raises(StoreError, match=expected) as err:
         FeatureStore(path)
     assert "\n" not in str(err.value)
+
+
+def test_float16_overflow_is_one_line_error_with_hint(tmp_path):
+    path = tmp_path / "f16.h5"
+    X = np.ones((4, 2), np.float32)
+    X[2, 0] = 1e6  # beyond float16's 65504
+    with pytest.raises(FeatbenchError, match="overflow float16.*--dtype float32") as err:
+        write_store(path, dim=2, chunks=[X], labels=[0] * 4, paths=list("abcd"), splits=[0] * 4,
+                    hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta={}, dtype="float16")
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
 
 
 def test_write_is_atomic_and_refuses_nan(tmp_path):
