@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import DOGS_VS_CATS, needs, write_image
-from filelock import FileLock
 from test_images import BAD, hostile_files
 
 from extract.backbones import create_backbone
@@ -139,16 +138,6 @@ def test_device_index_beyond_visible_gpus(monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def test_second_writer_refused_by_lock(dvc_folder, tmp_path, tiny):
-    path = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
-    path.parent.mkdir(parents=True)
-    with FileLock(str(path) + ".lock"):
-        with pytest.raises(FeatbenchError, match="another extraction is writing"):
-            run(dvc_folder, tmp_path / "out", tiny)
-    assert not path.exists()
-    run(dvc_folder, tmp_path / "out", tiny)  # lock released: works
-
-
 CLI = [sys.executable, "-m", "extract", "--backbone", "resnet18", "--random-init", "--batch-size", "4",
        "--workers", "0", "--quiet"]
 
@@ -177,6 +166,42 @@ def test_kill_9_mid_run_then_resume_gives_identical_store(tmp_path):
     assert not journal.exists()
     assert_same(contents(tmp_path / "ref" / "pics" / "resnet18-random-init.h5"),
                 contents(out / "pics" / "resnet18-random-init.h5"))
+
+
+def test_second_extraction_process_refused_by_lock(tmp_path):
+    """Two real `python -m extract` runs on one store: the second exits 2 with the lock message.
+
+    The first is held inside its lock by a FIFO listed in the CSV: reading it blocks until the test
+    writes the JPEG, so the overlap does not depend on timing.
+    """
+    for i in range(6):
+        write_image(tmp_path / f"{i}.jpg", i)
+    fifo = tmp_path / "held.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "list.csv").write_text("path,label\nheld.jpg,a\n" + "".join(f"{i}.jpg,{'ab'[i % 2]}\n" for i in range(6)))
+    cmd = CLI + ["--data", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out")]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # opening the FIFO for writing succeeds once the first process reads it, inside the lock
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert first.poll() is None and time.time() < deadline, "the first run never read the FIFO"
+                time.sleep(0.05)
+        second = subprocess.run(cmd, capture_output=True, text=True)
+        os.set_blocking(fd, True)
+        os.write(fd, (tmp_path / "0.jpg").read_bytes())
+        os.close(fd)
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert "another extraction is writing this store right now" in second.stderr
+    assert first.returncode == 0, err
+    with FeatureStore(tmp_path / "out" / "list" / "resnet18-random-init.h5") as s:
+        assert len(s.paths) == 7 and np.isfinite(s.embeddings(np.arange(7))).all()
 
 
 def test_cli_errors_are_one_line(tmp_path, dvc_folder):
