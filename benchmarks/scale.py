@@ -3,11 +3,12 @@
 Writes a synthetic feature store (default 1,000,000 rows × 1,280 float32 features, two classes, the
 default 70/15/15 split), then runs `python -m classify --head logreg --max-memory 1G` on it in a
 child process and prints the child's wall time, peak RSS (target: under 2 GiB, against a 4.8 GiB
-feature matrix) and test accuracy. The store is kept (`--keep`) or deleted afterwards.
+feature matrix) and test accuracy. The store is kept (`--keep FOLDER`) or deleted afterwards.
 """
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         r = out_of_core(store, args.max_memory)
     finally:
         if args.keep is None:
-            store.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
     for line in r["log"]:
         print(f"  {line}")
     print(f"classify --head logreg --max-memory {args.max_memory}: {r['seconds']:.0f}s, peak RSS {r['peak_rss_gib']:.2f} GiB "
