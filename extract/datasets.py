@@ -130,11 +130,14 @@ def _imagefolder(root: Path):
 def _csv(path: Path):
     """Rows of path,label[,split]; an unlabelled row without a split is a test image; each path once."""
     root = path.parent
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise FeatbenchError(f"{path}: needs a header with columns path,label[,split]")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise FeatbenchError(f"{path}: needs a header with columns path,label[,split]")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise FeatbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
     labels = sorted({r["label"] for r in rows if r["label"]})
     index = {c: i for i, c in enumerate(labels)}
     items, first_line = [], {}

@@ -119,6 +119,12 @@ def test_csv_from_excel_with_bom(tmp_path):
     assert ds.class_names == ["a", "b"] and [it.rel for it in ds.items] == ["0.jpg", "1.jpg"]
 
 
+def test_csv_not_utf8_is_a_one_line_error(tmp_path):
+    (tmp_path / "list.csv").write_bytes("path,label\n0.jpg,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(FeatbenchError, match="list.csv: not UTF-8 text"):
+        load_dataset(tmp_path / "list.csv", "csv")
+
+
 def test_csv_duplicate_path_refused_with_its_line(tmp_path):
     (tmp_path / "list.csv").write_text("path,label\nimg/0.jpg,a\nimg/1.jpg,b\n./img/0.jpg,b\n")
     with pytest.raises(FeatbenchError, match=r"list.csv:4: .*listed twice \(first on line 2\)") as err:
