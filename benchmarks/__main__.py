@@ -4,7 +4,7 @@
   finetune --backbone N  a fine-tuned baseline on the heads' split (--mode full|bn-head|head)
   report FOLDER          rebuild a report from existing metrics files
   speed                  extraction images/second against the seed notebooks' pipeline
-  scale                  how extraction and heads scale with dataset size
+  scale                  logreg out of core on a 1,000,000 × 1,280 synthetic store: time and peak RSS
 
 `python -m benchmarks COMMAND --help` for each command's options.
 """

@@ -54,8 +54,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="stream features from disk into incremental heads (logreg, mlp) when the stores' "
                         "float32 features exceed this, e.g. 8G or 512M (default: an eighth of RAM)")
-    p.add_argument("--n-jobs", type=int, default=None,
-                   help="parallel hyper-parameter sweep runs (joblib; default 1, or every worker of --backend)")
+    p.add_argument("--n-jobs", type=n_jobs, default=None,
+                   help="parallel hyper-parameter sweep runs (joblib; default 1, or every worker of --backend); "
+                        "the grid is cut into N warm-started runs, so a warm-started head's curve can differ "
+                        "slightly with N. Out of core, heads train in one shared pass instead")
     p.add_argument("--backend", default=None,
                    help="joblib backend for the sweeps: loky (default), threading, dask or ray "
                         "(dask: connects to DASK_SCHEDULER_ADDRESS, else a local cluster; ray: ray.init())")
@@ -69,9 +71,23 @@ def parse_size(text: str) -> int:
     units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     try:
-        return int(float(t[:-1] if t[-1:] in units else t) * units[t[-1] if t[-1:] in units else ""])
+        size = int(float(t[:-1] if t[-1:] in units else t) * units[t[-1] if t[-1:] in units else ""])
+    except (ValueError, OverflowError):
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size (e.g. 8G, 512M, 1000000)")
+    return size
+
+
+def n_jobs(text: str) -> int:
+    """joblib's n_jobs: N workers, or -1 for all (-2 all but one, …); never 0."""
+    try:
+        n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 8G, 512M, 1000000)") from None
+        n = 0
+    if n == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of workers (1, 2, …) or -1 for all")
+    return n
 
 
 @contextmanager

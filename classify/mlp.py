@@ -55,14 +55,13 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
 
     def _start(self, X, classes) -> None:
         """Classes, standardisation (from X), a fresh module and optimiser."""
-        self.classes_ = np.asarray(classes)
+        self.classes_ = np.unique(classes)
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0)
         self.scale_[self.scale_ == 0] = 1.0
         torch.manual_seed(self.random_state)
-        self.generator_ = torch.Generator().manual_seed(self.random_state)
         self.module_ = self._module(X.shape[1], len(self.classes_))
-        self.optimizer_ = torch.optim.AdamW(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.optimizer_ = self.generator_ = None
 
     def _targets(self, y) -> torch.Tensor:
         yi = np.searchsorted(self.classes_, np.asarray(y))
@@ -72,6 +71,10 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         return torch.from_numpy(yi.astype(np.int64))
 
     def _epoch(self, xt: torch.Tensor, yt: torch.Tensor) -> None:
+        """One pass over (xt, yt); the optimiser state lives until `fit` ends (kept by `partial_fit`)."""
+        if self.optimizer_ is None:
+            self.generator_ = torch.Generator().manual_seed(self.random_state)
+            self.optimizer_ = torch.optim.AdamW(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         self.module_.train()
         loss_fn = nn.CrossEntropyLoss()
         for idx in torch.randperm(len(xt), generator=self.generator_).split(self.batch_size):
@@ -121,6 +124,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             module.load_state_dict(best_state)
         else:
             self.best_epoch_ = self.max_epochs
+        self.optimizer_ = self.generator_ = None  # the saved model needs neither; partial_fit starts afresh
         return self
 
     def predict_proba(self, X):

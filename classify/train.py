@@ -10,6 +10,7 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
 """
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,14 +87,12 @@ def load_store(path, features: bool = True) -> Store:
         parts = {s: fs.split(s, features=features) for s in ("train", "val", "test")}
         names = fs.class_names
         meta = fs.meta
-    for split, data in parts.items():
-        if not len(data):
-            raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
-                             f"{split} a share")
-        bad = np.zeros(0, bool) if data.X is None else ~np.isfinite(data.X).all(axis=1)
-        if bad.any():
-            raise StoreError(f"{where}: {int(bad.sum())} {split} rows have NaN/inf features (first: "
-                             f"{data.paths[int(np.flatnonzero(bad)[0])]}); re-extract with --overwrite")
+        for split, data in parts.items():
+            if not len(data):
+                raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
+                                 f"{split} a share")
+            if data.X is not None:
+                fs.check_finite(data.X, data.rows, split)
     counts = np.bincount(parts["train"].y, minlength=len(names))
     if (counts > 0).sum() < 2:
         raise StoreError(f"{where}: the train split has only one class ({names[int(counts.argmax())]}); "
@@ -291,14 +290,14 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     unique = {}  # one per file, under the path first given (models go beside it)
     for p in paths:
         unique.setdefault(Path(p).resolve(), Path(p))
+    names = [p.stem for p in unique.values()]
+    if len(set(names)) < len(names):
+        raise FeatbenchError(f"two feature stores share a name ({names}); pass stores of one dataset folder")
     limit = default_max_memory() if max_memory is None else max_memory
     need = sum(feature_bytes(p) for p in unique.values())
     if need > limit:
         return run_streamed(list(unique.values()), heads, refit, log, limit, need)
     stores = [load_store(p) for p in unique.values()]
-    names = [s.name for s in stores]
-    if len(set(names)) < len(names):
-        raise FeatbenchError(f"two feature stores share a name ({names}); pass stores of one dataset folder")
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log)
         results = [finish(c, refit) for c in candidates]
@@ -338,31 +337,31 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
         raise FeatbenchError(f"{gib}: out of core only the {', '.join(stream.STREAM_HEADS)} heads learn "
                              "incrementally; pass --head logreg or mlp, or raise --max-memory")
     dropped = [h for h in heads if h not in wanted]
-    log(f"{gib}: streaming features from disk" + (f"; skipping {', '.join(dropped)} (not incremental)"
-                                                   if dropped else ""))
+    print(f"note: {gib}: streaming features from disk"
+          + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)
     stores = [load_store(p, features=False) for p in paths]
     out = []
     with threadpool_limits(limits=BLAS_THREADS):
         for store in stores:
             with FeatureStore(store.path) as fs:
                 chunk = stream.chunk_rows_for(fs.dim, max_memory)
-                train, val, test = (stream.StreamedSplit(fs, getattr(store, s).rows, chunk)
+                train, val, test = (stream.StreamedSplit(fs, getattr(store, s).rows, chunk, s)
                                     for s in ("train", "val", "test"))
                 scaler = stream.fit_scaler(train)
-                for head in wanted:
-                    best = stream.select(head, fs, train, val, scaler, log)
+                chosen = stream.select(wanted, fs, train, val, scaler, log)
+                for head, best in chosen.items():
                     params = {**best["point"], "epochs": best["epochs"]}
                     c = Candidate(f"{store.name}-{head}", head, [store], None, params, best["model"], params,
                                   best["val_log_loss"], best["val_accuracy"], best["seconds"], best["sweep"])
                     n_train = len(train)
                     if refit:
                         started = time.perf_counter()
-                        both = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk)
+                        both = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk, "train+val")
                         c.model = stream.refit(head, best, fs, both)
                         c.seconds += time.perf_counter() - started
                         n_train = len(both)
                     started = time.perf_counter()
-                    p = stream.predict(c.model, test, len(store.class_names))
+                    p = stream.predict([c.model], test, len(store.class_names))[0]
                     metrics = report(c, p, time.perf_counter() - started, n_train, refit)
                     metrics["out_of_core"] = True
                     out.append((c, metrics))

@@ -147,10 +147,11 @@ def _csv(path: Path):
             raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
         p = Path(r["path"])
         p = p if p.is_absolute() else root / p
-        if p in first_line:
-            raise FeatbenchError(f"{path}:{line}: {r['path']} is listed twice (first on line {first_line[p]}); "
+        key = p.resolve()
+        if key in first_line:
+            raise FeatbenchError(f"{path}:{line}: {r['path']} is listed twice (first on line {first_line[key]}); "
                                  "list each image once")
-        first_line[p] = line
+        first_line[key] = line
         items.append(Item(p, r["path"], index[r["label"]] if r["label"] else NO_LABEL, split))
     return labels, items, []
 

@@ -12,7 +12,8 @@ from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
 from features.writer import store_lock, write_store
 
-SAME = ("backbone", "weights_fingerprint", "preprocess", "dtype", "split_fractions", "split_seed", "class_names")
+SAME = ("backbone", "weights_fingerprint", "preprocess", "amp", "dtype", "split_fractions", "split_seed",
+        "class_names")
 SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+\.h5$")
 
 
@@ -67,9 +68,7 @@ def _in_rank_order(stores: list[FeatureStore]) -> list[FeatureStore]:
 def _embeddings(stores: list[FeatureStore], rows: int = 4096):
     """Each shard's embedding rows in order, a block at a time (never the whole matrix)."""
     for s in stores:
-        emb = s.h5["embeddings"]
-        for start in range(0, len(s.paths), rows):
-            yield emb[start:start + rows]
+        yield from (X for X, _ in s.iter_chunks(np.arange(len(s.paths)), rows))
 
 
 def merge(shard_paths: list, out_path=None) -> Path:

@@ -122,12 +122,18 @@ class FeatureStore:
             return np.asarray(emb[lo:hi], dtype=np.float32)[rows - lo]
         return np.asarray(emb[rows], dtype=np.float32)
 
-    def iter_chunks(self, split: str, chunk_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Stream (X, y) of a split in chunks, never holding more than `chunk_rows` rows."""
-        rows = self.rows(split)
+    def iter_chunks(self, rows: np.ndarray, chunk_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream (X, y) of sorted `rows` (e.g. `rows("train")`) in order, `chunk_rows` at a time."""
         for start in range(0, len(rows), chunk_rows):
             r = rows[start:start + chunk_rows]
             yield self.embeddings(r), self.labels[r]
+
+    def check_finite(self, X: np.ndarray, rows: np.ndarray, what: str) -> None:
+        """Refuse NaN/inf feature rows (`rows`: their store rows) with a one-line StoreError."""
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            raise StoreError(f"{self.path}: {int(bad.sum())} {what} rows have NaN/inf features (first: "
+                             f"{self.paths[int(rows[np.flatnonzero(bad)[0]])]}); re-extract with --overwrite")
 
 
 def open_store(path) -> FeatureStore:

@@ -1,5 +1,6 @@
 """classify at scale: out-of-core heads streamed from HDF5, sweeps through joblib's parallel backends."""
 import json
+from argparse import ArgumentTypeError
 
 import joblib
 import numpy as np
@@ -31,7 +32,7 @@ def test_out_of_core_streams_chunks_and_learns(big, monkeypatch):
     monkeypatch.setattr(FeatureStore, "embeddings", lambda self, rows: read.append(len(rows)) or real(self, rows))
     results = run([big], ["logreg", "mlp", "svm"], max_memory=1, log=print)
     assert {r["head"] for r in results} == {"logreg", "mlp"}  # svm does not learn incrementally
-    assert max(read) <= stream.BLOCK_ROWS  # never more than one block of rows in one read
+    assert max(read) <= stream.chunk_rows_for(16, 1) < 12000 * 0.6  # never a whole split in one read
     for r in results:
         assert r["out_of_core"] and r["accuracy"] > 0.85, (r["head"], r["accuracy"])  # chance is 1/3
         assert r["n_train"] + r["n_val"] + r["n_test"] == 12000
@@ -60,6 +61,14 @@ def test_out_of_core_refuses_heads_that_cannot_stream(big, capsys):
 def test_max_memory_sizes():
     assert parse_size("8G") == 8 * 2**30 and parse_size("512m") == 512 * 2**20 and parse_size("1.5GiB") == 3 * 2**29
     assert parse_size("1000") == 1000
+    for bad in ("inf", "-1G", "0", "lots"):
+        with pytest.raises(ArgumentTypeError):
+            parse_size(bad)
+
+
+def test_bad_n_jobs_is_a_usage_error(big, capsys):
+    assert run_cli(main, ["--features", str(big), "--n-jobs", "0"]) == 2
+    assert "number of workers" in capsys.readouterr().err
 
 
 def test_sweep_runs_through_the_configured_joblib_backend(tmp_path, capsys):

@@ -1,9 +1,11 @@
 """Sharded extraction: torchrun with two gloo ranks on CPU, a rank re-run alone, `features merge`."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import DOGS_VS_CATS, needs, write_image
@@ -108,8 +110,12 @@ def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone)
     ds = load_dataset(pics)
     s0 = extract(ds, backbone, tmp_path / "a", options=OPTIONS, shard=(0, 2)).path
     s1 = extract(ds, backbone, tmp_path / "b", options=OPTIONS, shard=(1, 2), seed=1).path
+    amp = extract(ds, backbone, tmp_path / "c", options=OPTIONS, shard=(1, 2)).path
+    with h5py.File(amp, "r+") as f:  # as if re-run on a GPU with fp16 autocast
+        f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "amp": True})
     for files, expected in [([s0], "shard 1 of 2 missing"),
                             ([s0, s1], "split_seed differs"),
+                            ([s0, amp], "amp differs"),
                             ([s0, s0], "shard 0 of 2 given twice"),
                             ([s0.parent / "nothing.shard-1-of-2.h5"], "no feature store here")]:
         r = subprocess.run([sys.executable, "-m", "features", "merge", *map(str, files)], capture_output=True, text=True)

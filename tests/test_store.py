@@ -36,7 +36,7 @@ def test_round_trip(tmp_path):
             np.testing.assert_array_equal(d.y, labels[want])
             assert d.paths == [p for p, w in zip(paths, want) if w]
         assert len(s.split("train", labelled_only=False)) == (splits == 0).sum()
-        streamed = np.concatenate([x for x, _ in s.iter_chunks("train", chunk_rows=4)])
+        streamed = np.concatenate([x for x, _ in s.iter_chunks(s.rows("train"), chunk_rows=4)])
         np.testing.assert_array_equal(streamed, s.split("train").X)
         assert len(s.fingerprint) == 16 and len(s.split_fingerprint) == 16
         with pytest.raises(StoreError, match="unknown split"):
