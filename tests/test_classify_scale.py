@@ -67,8 +67,9 @@ def test_max_memory_sizes():
 
 
 def test_bad_n_jobs_is_a_usage_error(big, capsys):
-    assert run_cli(main, ["--features", str(big), "--n-jobs", "0"]) == 2
-    assert "number of workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--features", str(big), "--n-jobs", "0"])
+    assert exit_.value.code == 2 and "number of workers" in capsys.readouterr().err
 
 
 def test_sweep_runs_through_the_configured_joblib_backend(tmp_path, capsys):
