@@ -104,6 +104,35 @@ class PlattSVM(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(p, axis=1)]
 
 
+class SmoothedKNN(ClassifierMixin, BaseEstimator):
+    """Cosine k-nearest neighbours whose probabilities are the vote shares plus one pseudo-vote
+    spread evenly over the classes: p = (votes + 1/C) / (k + 1). Predictions are the plain kNN's.
+
+    Raw vote shares are exactly 0 or 1 whenever the k neighbours agree: a validation split without
+    errors then scores log-loss 0 at k = 1 and wins the sweep, and one test error costs 34.5 nats
+    (dogs-vs-cats, inception_v3_fid: k = 1 chosen, test log-loss 0.24 at 99.3% accuracy).
+    """
+
+    def __init__(self, n_neighbors=5):
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        self.knn_ = KNeighborsClassifier(n_neighbors=self.n_neighbors, metric="cosine", algorithm="brute").fit(X, y)
+        self.classes_ = self.knn_.classes_
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        votes = self.knn_.predict_proba(validate_data(self, X, reset=False)) * self.n_neighbors
+        return (votes + 1 / len(self.classes_)) / (self.n_neighbors + 1)
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.knn_.predict(validate_data(self, X, reset=False))
+
+
 HEADS = {h.name: h for h in [
     Head("logreg", logreg, lambda n: [{"logreg__C": c} for c in C_GRID],
          "logistic regression on standardised features, C swept on val"),
@@ -112,8 +141,7 @@ HEADS = {h.name: h for h in [
     Head("svm", PlattSVM, lambda n: [{"kernel": "linear", "C": c} for c in (1e-3, 1e-2, 1e-1)]
          + [{"kernel": "rbf", "C": c} for c in (0.3, 1.0, 3.0, 10.0)],
          "SVM, linear and RBF kernels, C swept on val, Platt-calibrated probabilities"),
-    Head("knn", lambda: KNeighborsClassifier(metric="cosine", algorithm="brute"),
-         lambda n: [{"n_neighbors": k} for k in (1, 3, 5, 9, 15, 25, 45, 75) if k <= n],
-         "k-nearest neighbours, cosine distance, k swept on val"),
+    Head("knn", SmoothedKNN, lambda n: [{"n_neighbors": k} for k in (1, 3, 5, 9, 15, 25, 45, 75) if k <= n],
+         "k-nearest neighbours, cosine distance, k swept on val, vote shares smoothed by one pseudo-vote"),
 ]}
 ENSEMBLES = ("avg", "stack", "concat")

@@ -12,7 +12,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from classify import ensembles
 from classify.__main__ import main
 from classify.ensembles import BlockScaler
-from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM
+from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKNN
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
 from classify.select import quiet, sweep
@@ -195,7 +195,17 @@ def test_long_tailed_classes_train_every_head_and_ensemble():
         assert p.shape == (len(y), 4) and np.allclose(p.sum(axis=1), 1), name
 
 
-@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler()])
+def test_knn_probabilities_are_smoothed_vote_shares():
+    X = np.array([[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]])
+    y = np.array([0, 0, 1, 1])
+    knn = SmoothedKNN(n_neighbors=1).fit(X, y)
+    np.testing.assert_allclose(knn.predict_proba(X), [[0.75, 0.25]] * 2 + [[0.25, 0.75]] * 2)  # (1 + 1/2) / 2
+    assert (knn.predict(X) == y).all()
+    p = SmoothedKNN(n_neighbors=3).fit(X, y).predict_proba(X[:1])
+    np.testing.assert_allclose(p, [[(2 + 0.5) / 4, (1 + 0.5) / 4]])
+
+
+@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler(), SmoothedKNN()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
