@@ -4,6 +4,7 @@ Three pipelines on the same images, backbone, device and batch size:
   seed-style   the classic notebooks: PIL open, Resize((224, 224)), ToTensor, Normalize, DataLoader, fp32
   featbench    `extract()` end to end, files to HDF5 store
   model-only   the forward pass on tensors already in memory (the ceiling on this device)
+and the same featbench and model-only rows with `--compile` (torch.compile), compile time included
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32, full-decode reference of the same preprocessing.
 """
@@ -55,20 +56,20 @@ def seed_style(backbone, files, device, batch_size, workers) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def featbench(backbone, folder, device, batch_size, workers) -> tuple[float, Path, str]:
+def featbench(backbone, folder, device, batch_size, workers, compile: bool = False) -> tuple[float, Path, str]:
     out = Path(tempfile.mkdtemp(prefix="featbench-speed-"))
     ds = load_dataset(folder)
-    opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False)
+    opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False, compile=compile)
     start = time.perf_counter()
     summary = extract(ds, backbone, out, options=opts)
     return summary.rows / (time.perf_counter() - start), summary.path, str(ds.root)
 
 
-def model_only(backbone, device, batch_size, n_images, optimize: bool = True) -> float:
+def model_only(backbone, device, batch_size, n_images, optimize: bool = True, compile: bool = False) -> float:
     """Forward passes on one in-memory batch, in the form featbench runs the model (or eager)."""
     size = backbone.preprocess.size
     x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
-    model = inference_model(backbone.model, device, x[:2], optimize)
+    model = inference_model(backbone.model, device, x if compile else x[:2], optimize, compile)
     cuda = device.type == "cuda"
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -120,7 +121,8 @@ def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarr
     return (stored * ref).sum(1) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
 
 
-def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, limit: int) -> dict:
+def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, limit: int,
+          compile: bool = True) -> dict:
     backbone = create_backbone(name)
     files = sorted(p for p in folder.iterdir() if p.is_file())[:limit] if limit else None
     if files is not None and len(files) < len(list(folder.iterdir())):  # a subset: link it into a temp folder
@@ -137,11 +139,19 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512), optimize=False)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
     out["featbench_vs_model_only"] = out["featbench_img_s"] / out["model_only_img_s"]
+    if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
+        out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512), compile=True)
+        out["featbench_compiled_img_s"], compiled_store, _ = featbench(backbone, folder, device, batch_size, workers,
+                                                                       compile=True)
+        out["featbench_compiled_vs_seed"] = out["featbench_compiled_img_s"] / out["seed_style_img_s"]
+        out["featbench_compiled_vs_model_only"] = out["featbench_compiled_img_s"] / out["model_only_compiled_img_s"]
     out["gflops_per_image"] = flops_per_image(backbone) / 1e9
     out["peak_gflop_s"] = matmul_peak(device) / 1e9
     out["roofline_share"] = out["gflops_per_image"] * out["model_only_img_s"] / out["peak_gflop_s"]
     cos = reference_cosines(backbone, store, root, 64)
     out["min_cosine_vs_fp32_reference"] = float(cos.min())
+    if compile:
+        out["min_cosine_compiled"] = float(reference_cosines(backbone, compiled_store, root, 64).min())
     return out
 
 
@@ -206,9 +216,15 @@ def print_row(r: dict) -> None:
     print(f"  featbench   {r['featbench_img_s']:8.1f} img/s   {r['featbench_vs_seed']:.2f}x seed-style, "
           f"{r['featbench_vs_model_only']:.2f}x model-only")
     print(f"  model-only  {r['model_only_img_s']:8.1f} img/s   (eager fp32: {r['model_only_eager_img_s']:.1f} img/s)")
+    if "featbench_compiled_img_s" in r:
+        print(f"  --compile   {r['featbench_compiled_img_s']:8.1f} img/s   {r['featbench_compiled_vs_seed']:.2f}x seed-style, "
+              f"{r['featbench_compiled_vs_model_only']:.2f}x model-only compiled ({r['model_only_compiled_img_s']:.1f} img/s; "
+              "end to end includes the compile, inductor cache warm)")
     print(f"  compute     {r['gflops_per_image']:.2f} GFLOP/image, "
           f"peak {r['peak_gflop_s']:.0f} GFLOP/s, roofline share {r['roofline_share']:.0%}")
-    print(f"  embeddings vs fp32 full-decode reference: min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok})")
+    compiled = (f"; --compile {r['min_cosine_compiled']:.5f} ({'OK' if r['min_cosine_compiled'] >= 0.999 else 'BELOW 0.999'})"
+                if "min_cosine_compiled" in r else "")
+    print(f"  embeddings vs fp32 full-decode reference: min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok}){compiled}")
 
 
 def main(argv=None) -> int:
@@ -222,6 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
     p.add_argument("--sections", default="throughput,memory,heads",
                    help="comma-separated: throughput, memory, heads (default: all)")
+    p.add_argument("--no-compile", action="store_true", help="skip the --compile (torch.compile) rows")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -230,7 +247,8 @@ def main(argv=None) -> int:
     results = {"throughput": [], "memory": [], "heads": None}
     if "throughput" in sections:
         for name in args.backbone:
-            results["throughput"].append(bench(name, args.data, device, args.batch_size, workers, args.limit))
+            results["throughput"].append(bench(name, args.data, device, args.batch_size, workers, args.limit,
+                                               not args.no_compile))
             print_row(results["throughput"][-1])
     if "memory" in sections:
         print("extraction peak RSS (synthetic 64x48 JPEGs, test_resnet random-init):")

@@ -40,6 +40,7 @@ class Options:
     amp: bool = True
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
+    compile: bool = False  # torch.compile (inductor): pays off on long runs of some backbones (benchmarks speed)
     progress: bool | None = None  # None: only on a terminal
 
 
@@ -160,12 +161,25 @@ def _collate(batch):
     return meta, torch.stack(tensors).numpy() if tensors else None
 
 
-def inference_model(model: torch.nn.Module, device: torch.device, example: torch.Tensor, optimize: bool = True):
+def inference_model(model: torch.nn.Module, device: torch.device, example: torch.Tensor, optimize: bool = True,
+                    compile: bool = False):
     """The fastest exact form of `model` here: channels-last on GPU; on CPU a frozen TorchScript graph
-    with BatchNorm folded into convolutions (`optimize_for_inference`), eager if tracing fails."""
+    with BatchNorm folded into convolutions (`optimize_for_inference`), eager if tracing fails.
+
+    `compile`: `torch.compile` instead, compiled now on `example` (every later call must have its
+    shape: pad short batches); the usual form if compiling fails (e.g. no C++ compiler)."""
     model = model.to(device)
     if device.type == "cuda":
-        return model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        compiled = torch.compile(model)
+        try:
+            with torch.inference_mode():
+                compiled(example.to(device))
+            return compiled
+        except Exception as e:  # noqa: BLE001 - any compile failure falls back to the exact model
+            print(f"note: not compiled ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                  "running the usual form", file=sys.stderr)
     if not optimize or device.type != "cpu":
         return model
     import warnings
@@ -273,7 +287,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
                 "split_fractions": list(fractions), "split_seed": seed, "versions": library_versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "device": str(device),
-                "optimized": options.optimize and device.type == "cpu",
+                "optimized": options.optimize and device.type == "cpu", "compiled": options.compile,
                 "batch_size": options.batch_size, "extraction_seconds": round(seconds, 3),
                 "images_embedded": embedded,
                 "images_per_second": round(embedded / seconds, 2) if embedded else None,
@@ -314,7 +328,8 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
         _Images([items[i] for i in todo], backbone.preprocess, frozenset(by_hash)),
         batch_sampler=_blocks(todo, options.batch_size), num_workers=workers, collate_fn=_collate)
     size = backbone.preprocess.size
-    model = inference_model(backbone.model, device, torch.zeros(2, 3, size, size, dtype=torch.uint8), options.optimize)
+    example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
+    model = inference_model(backbone.model, device, example, options.optimize, options.compile)
     amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
     computed = 0
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", file=sys.stderr, dynamic_ncols=True,
@@ -324,10 +339,13 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
                 x = torch.from_numpy(x).to(device)
+                n = len(x)
+                if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
+                    x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with amp:
-                    feats = model(x).float().cpu().numpy()
+                    feats = model(x)[:n].float().cpu().numpy()
             fresh = [todo[pos] for pos, _, _, decoded in meta if decoded]
             if not np.isfinite(feats).all():
                 bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]

@@ -245,3 +245,25 @@ def test_real_photos_with_real_weights(tmp_path):
     # ImageNet classes 151-268 are dogs, 281-285 domestic cats: the real weights see the right animal
     dogish = logits[:, 151:269].max(1) > logits[:, 281:286].max(1)
     assert (dogish == (y == 1)).mean() >= 0.9
+
+
+def test_compiled_model_gives_the_same_store(dvc_folder, tmp_path, tiny, capsys):
+    """--compile: torch.compile on batches padded to one shape (24 images, batch 8, one bad file → a short batch)."""
+    (dvc_folder / "cat.99.jpg").write_bytes(b"not a jpeg")
+    plain = run(dvc_folder, tmp_path / "a", tiny).path
+    compiled = run(dvc_folder, tmp_path / "b", tiny, compile=True).path
+    a, b = contents(plain), contents(compiled)
+    np.testing.assert_allclose(a.pop("X"), b.pop("X"), atol=1e-4)
+    assert a == b
+    with FeatureStore(compiled) as s:
+        assert s.meta["compiled"] is True
+
+
+def test_compile_failure_falls_back_to_the_usual_model(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    def broken(model, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler here")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken)
+    summary = run(dvc_folder, tmp_path / "c", tiny, compile=True)
+    assert summary.rows == 24 and "not compiled (RuntimeError: no C++ compiler here)" in capsys.readouterr().err
