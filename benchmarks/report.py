@@ -311,7 +311,8 @@ def _html_table(header, rows, cls: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     published = '<tr class="published">'
     body = "".join((published if str(r[0]).startswith("published") else "<tr>")
-                   + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+                   + "".join(f"<td>{html.escape(str(v)).replace('+', '+<wbr>')}</td>" for v in r) + "</tr>"
+                   for r in rows)  # <wbr>: an ensemble's long a+b+c… name may wrap after each +
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
