@@ -7,6 +7,9 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
 3. with `refit`, refit each chosen configuration on train+val;
 4. predict the test split, once per model;
 5. write `{stores}/models/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
+
+Stores whose features exceed `max_memory` go through `run_streamed` instead: the same steps, with
+the incremental heads of `classify.stream` fed from disk.
 """
 import json
 import os
