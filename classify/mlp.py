@@ -54,7 +54,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             return self._fit(X, y, eval_set)
 
     def _start(self, X, classes) -> None:
-        """Classes, standardisation (from X), a fresh module and optimiser."""
+        """Classes, standardisation (from X) and a fresh module; `_epoch` makes the optimiser."""
         self.classes_ = np.unique(classes)
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0)

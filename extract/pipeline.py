@@ -26,7 +26,7 @@ from extract.images import BadImage, content_hash, load
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore
-from features.schema import NO_LABEL, library_versions
+from features.schema import library_versions
 from features.writer import Journal, Record, RowSource, store_lock, write_store
 
 
