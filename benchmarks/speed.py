@@ -1,9 +1,11 @@
-"""`python -m benchmarks speed`: extraction images/second, side by side in one process run.
+"""`python -m benchmarks speed`: extraction images/second, side by side in one run.
 
 Three pipelines on the same images, backbone, device and batch size:
   seed-style   the classic notebooks: PIL open, Resize((224, 224)), ToTensor, Normalize, DataLoader, fp32
+               (in a fresh child process: featbench's malloc setting must not speed it up)
   featbench    `extract()` end to end, files to HDF5 store
-  model-only   the forward pass on tensors already in memory (the ceiling on this device)
+  model-only   the forward pass on tensors already in memory (the ceiling on this device), measured just
+               before and just after featbench (mean)
 and the same featbench and model-only rows with `--compile` (torch.compile), compile time included
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32, full-decode reference of the same preprocessing.
@@ -21,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.images import load
-from extract.pipeline import Options, default_workers, extract, inference_model, pick_device
+from extract.inference import inference_model
+from extract.pipeline import Options, default_workers, extract, pick_device
 from features import FeatureStore
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -45,7 +48,9 @@ class _SeedStyle(torch.utils.data.Dataset):
             return self.tf(img.convert("RGB"))
 
 
-def seed_style(backbone, files, device, batch_size, workers) -> float:
+def seed_style(name: str, files, device: str, batch_size, workers) -> float:
+    """Run in a fresh process (`in_fresh_process`): no allocator setting of featbench's leaks into it."""
+    backbone = create_backbone(name)
     loader = torch.utils.data.DataLoader(_SeedStyle(files, backbone.preprocess), batch_size=batch_size,
                                          num_workers=workers)
     trunk = backbone.model.trunk.to(device)  # the seeds normalised in the transform: skip the wrapper's
@@ -54,6 +59,13 @@ def seed_style(backbone, files, device, batch_size, workers) -> float:
         for x in loader:
             trunk(x.to(device))
     return len(files) / (time.perf_counter() - start)
+
+
+def in_fresh_process(fn, *args):
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def featbench(backbone, folder, device, batch_size, workers, compile: bool = False) -> tuple[float, Path, str]:
@@ -92,19 +104,23 @@ def flops_per_image(backbone) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_peak(device, n: int = 2048, seconds: float = 1.0) -> float:
-    """Measured fp32 (or fp16 on CUDA) matrix-multiply FLOP/s: the roofline's compute ceiling."""
+def matmul_peak(device, n: int = 2048, seconds: float = 0.5, tries: int = 4) -> float:
+    """Measured fp32 (or fp16 on CUDA) matrix-multiply FLOP/s, the best of a few tries: the roofline's
+    compute ceiling (one try on a shared machine can land in a slow moment)."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(tries):
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start))
+    return best
 
 
 def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarray:
@@ -133,14 +149,16 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     files = sorted(p for p in folder.iterdir() if p.is_file())
     out = {"backbone": name, "images": len(files), "device": str(device), "batch_size": batch_size,
            "workers": workers, "torch_threads": torch.get_num_threads()}
-    out["seed_style_img_s"] = seed_style(backbone, files, device, batch_size, workers)
+    out["seed_style_img_s"] = in_fresh_process(seed_style, name, files, str(device), batch_size, workers)
+    n_model = min(len(files), 640)
+    before = model_only(backbone, device, batch_size, n_model)  # either side of featbench: shared machines drift
     out["featbench_img_s"], store, root = featbench(backbone, folder, device, batch_size, workers)
-    out["model_only_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512))
-    out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512), optimize=False)
+    out["model_only_img_s"] = (before + model_only(backbone, device, batch_size, n_model)) / 2
+    out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, n_model, optimize=False)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
     out["featbench_vs_model_only"] = out["featbench_img_s"] / out["model_only_img_s"]
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
-        out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, min(len(files), 512), compile=True)
+        out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)
         out["featbench_compiled_img_s"], compiled_store, _ = featbench(backbone, folder, device, batch_size, workers,
                                                                        compile=True)
         out["featbench_compiled_vs_seed"] = out["featbench_compiled_img_s"] / out["seed_style_img_s"]

@@ -50,8 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true",
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (a one-time compile of 5-40 s; 1.6x faster for efficientnet_lite0 "
-                        "on CPU, slower for mobilenet_v2: see python -m benchmarks speed)")
+                   help="torch.compile the model (a one-time compile of 5-40 s; slower than the default frozen graph "
+                        "for mobilenet_v2 and efficientnet_lite0 on CPU: see python -m benchmarks speed)")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard", metavar="RANK/WORLD",

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from extract.backbones import Backbone
 from extract.datasets import Dataset, assign_splits
 from extract.images import BadImage, content_hash, load
+from extract.inference import inference_model
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore
@@ -159,37 +160,6 @@ def _collate(batch):
     tensors = [t for _, _, t, _ in batch if t is not None]
     meta = [(i, h, why, t is not None) for i, h, t, why in batch]
     return meta, torch.stack(tensors).numpy() if tensors else None
-
-
-def inference_model(model: torch.nn.Module, device: torch.device, example: torch.Tensor, optimize: bool = True,
-                    compile: bool = False):
-    """The fastest exact form of `model` here: channels-last on GPU; on CPU a frozen TorchScript graph
-    with BatchNorm folded into convolutions (`optimize_for_inference`), eager if tracing fails.
-
-    `compile`: `torch.compile` instead, compiled now on `example` (every later call must have its
-    shape: pad short batches); the usual form if compiling fails (e.g. no C++ compiler)."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        compiled = torch.compile(model)
-        try:
-            with torch.inference_mode():
-                compiled(example.to(device))
-            return compiled
-        except Exception as e:  # noqa: BLE001 - any compile failure falls back to the exact model
-            print(f"note: not compiled ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                  "running the usual form", file=sys.stderr)
-    if not optimize or device.type != "cpu":
-        return model
-    import warnings
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
-    except Exception as e:  # noqa: BLE001 - any tracing failure falls back to the exact eager model
-        print(f"note: running eager ({type(e).__name__} while optimising the model)", file=sys.stderr)
-        return model
 
 
 def _provenance(backbone: Backbone, amp: bool) -> dict:
