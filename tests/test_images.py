@@ -85,13 +85,16 @@ def test_decompression_bomb_refused(monkeypatch):
         decode(_png(RGB))
 
 
-def test_resize_crop_matches_torchvision():
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_resize_crop_matches_torchvision_to_one_level(interpolation):
+    """Only the crop region is resampled; PIL's float32 box moves a few pixels by one level at most."""
     from torchvision.transforms import CenterCrop, InterpolationMode, Resize
-    pre = Preprocess(224, 256)
-    for size in [(500, 375), (375, 500), (333, 333), (1000, 301)]:
-        img = RGB.resize(size)
-        ref = CenterCrop(224)(Resize(256, InterpolationMode.BILINEAR, antialias=True)(img))
-        assert np.array_equal(np.asarray(resize_crop(img, pre)), np.asarray(ref)), size
+    pre = Preprocess(224, 256, interpolation)
+    for size in [(500, 375), (375, 500), (333, 333), (1000, 301), (256, 256), (230, 240)]:
+        img = RGB.resize(size, Image.BICUBIC)
+        ref = CenterCrop(224)(Resize(256, InterpolationMode(interpolation), antialias=True)(img))
+        diff = np.abs(np.asarray(resize_crop(img, pre), dtype=int) - np.asarray(ref, dtype=int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.98, (size, diff.max(), (diff == 0).mean())
 
 
 def test_thin_image_resized_within_memory():
