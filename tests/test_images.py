@@ -86,15 +86,18 @@ def test_decompression_bomb_refused(monkeypatch):
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_resize_crop_matches_torchvision_to_one_level(interpolation):
-    """Only the crop region is resampled; PIL's float32 box moves a few pixels by one level at most."""
+def test_resize_crop_matches_torchvision(interpolation):
+    """Downscales resample only the crop region (PIL's float32 box moves ~1% of pixels by a level or two);
+    upscales are exactly torchvision's."""
     from torchvision.transforms import CenterCrop, InterpolationMode, Resize
     pre = Preprocess(224, 256, interpolation)
-    for size in [(500, 375), (375, 500), (333, 333), (1000, 301), (256, 256), (230, 240)]:
+    for size in [(500, 375), (375, 500), (333, 333), (1000, 301), (256, 256), (230, 240), (100, 60)]:
         img = RGB.resize(size, Image.BICUBIC)
         ref = CenterCrop(224)(Resize(256, InterpolationMode(interpolation), antialias=True)(img))
         diff = np.abs(np.asarray(resize_crop(img, pre), dtype=int) - np.asarray(ref, dtype=int))
-        assert diff.max() <= 1 and (diff == 0).mean() > 0.98, (size, diff.max(), (diff == 0).mean())
+        if min(size) < 256:
+            assert diff.max() == 0, size
+        assert diff.max() <= 2 and (diff == 0).mean() > 0.98, (size, diff.max(), (diff == 0).mean())
 
 
 def test_thin_image_resized_within_memory():
