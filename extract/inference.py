@@ -1,7 +1,6 @@
 """The fastest exact form of a backbone on this device (same embeddings to float rounding)."""
 import copy
 import ctypes
-import ctypes.util
 import sys
 import warnings
 
@@ -61,9 +60,8 @@ def keep_freed_memory() -> bool:
     efficientnet_lite0 ran ~1.7x slower. Raising the mmap and trim thresholds keeps the peak batch's
     memory mapped (flat across batches). Process-wide; False where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded in this process
     except (OSError, AttributeError, TypeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3

@@ -297,6 +297,7 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
     loader = torch.utils.data.DataLoader(
         _Images([items[i] for i in todo], backbone.preprocess, frozenset(by_hash)),
         batch_sampler=_blocks(todo, options.batch_size), num_workers=workers, collate_fn=_collate)
+    batches = iter(loader)  # the workers start decoding while the model is prepared
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
     model = inference_model(backbone.model, device, example, options.optimize, options.compile)
@@ -305,7 +306,7 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
     with bar, torch.inference_mode():
-        for meta, x in loader:
+        for meta, x in batches:
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
                 x = torch.from_numpy(x).to(device)
