@@ -12,7 +12,7 @@ paths are held in memory; embeddings are read a chunk at a time:
    epoch) with the lowest validation log-loss wins, and a head stops training once none of its
    grid points has improved that by MIN_GAIN for PATIENCE epochs;
 4. with refit, the winner's configuration is retrained on train+val for its number of epochs;
-5. test is read once per model, at the end.
+5. test is read once, at the end, for every chosen model at once.
 """
 import copy
 import time
@@ -109,13 +109,16 @@ def _epoch(models: list, scaler: StandardScaler, data: StreamedSplit, classes, r
                 m.partial_fit(X if isinstance(m, TorchMLP) else Xs, y, classes=classes)
 
 
-def predict(models: list, data: StreamedSplit, n_classes: int) -> list[np.ndarray]:
-    """Probabilities of each fitted model over `data` (in row order), reading `data` once."""
-    out = [[] for _ in models]
+def predict(models: list, data: StreamedSplit, n_classes: int) -> tuple[list[np.ndarray], list[float]]:
+    """Probabilities of each fitted model over `data` (in row order), reading `data` once; and each
+    model's seconds spent predicting (reading excluded)."""
+    out, seconds = [[] for _ in models], [0.0] * len(models)
     for X, _ in data.chunks():
-        for o, m in zip(out, models):
-            o.append(proba(m, X, n_classes))
-    return [np.concatenate(o) if o else np.zeros((0, n_classes)) for o in out]
+        for i, m in enumerate(models):
+            started = time.perf_counter()
+            out[i].append(proba(m, X, n_classes))
+            seconds[i] += time.perf_counter() - started
+    return [np.concatenate(o) if o else np.zeros((0, n_classes)) for o in out], seconds
 
 
 def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: StreamedSplit,
@@ -132,7 +135,7 @@ def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: Str
             break
         _epoch([m for h in active for _, m in grids[h]], scaler, train, classes, rng)
         points = [(h, point, m) for h in active for point, m in grids[h]]
-        probs = predict([usable(m, scaler) for _, _, m in points], val, len(classes))
+        probs, _ = predict([usable(m, scaler) for _, _, m in points], val, len(classes))
         gained = set()
         for (h, point, m), p in zip(points, probs):
             loss, acc = float(log_loss(val.y, p, labels=classes)), float(accuracy_score(val.y, p.argmax(axis=1)))

@@ -331,7 +331,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-
 def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int) -> list[dict]:
     """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5."""
     gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
@@ -352,20 +351,22 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                                     for s in ("train", "val", "test"))
                 scaler = stream.fit_scaler(train)
                 chosen = stream.select(wanted, fs, train, val, scaler, log)
+                fitted = train  # what the saved models were fitted on
+                if refit:
+                    fitted = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk, "train+val")
+                candidates = []
                 for head, best in chosen.items():
                     params = {**best["point"], "epochs": best["epochs"]}
                     c = Candidate(f"{store.name}-{head}", head, [store], None, params, best["model"], params,
                                   best["val_log_loss"], best["val_accuracy"], best["seconds"], best["sweep"])
-                    n_train = len(train)
                     if refit:
                         started = time.perf_counter()
-                        both = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk, "train+val")
-                        c.model = stream.refit(head, best, fs, both)
+                        c.model = stream.refit(head, best, fs, fitted)
                         c.seconds += time.perf_counter() - started
-                        n_train = len(both)
-                    started = time.perf_counter()
-                    p = stream.predict([c.model], test, len(store.class_names))[0]
-                    metrics = report(c, p, time.perf_counter() - started, n_train, refit)
+                    candidates.append(c)
+                probs, seconds = stream.predict([c.model for c in candidates], test, len(store.class_names))
+                for c, p, predict_seconds in zip(candidates, probs, seconds):
+                    metrics = report(c, p, predict_seconds, len(fitted), refit)
                     metrics["out_of_core"] = True
                     out.append((c, metrics))
     folder = stores[0].path.parent / "models"

@@ -29,10 +29,13 @@ def big(tmp_path_factory):
 def test_out_of_core_streams_chunks_and_learns(big, monkeypatch):
     read = []
     real = FeatureStore.embeddings
-    monkeypatch.setattr(FeatureStore, "embeddings", lambda self, rows: read.append(len(rows)) or real(self, rows))
+    monkeypatch.setattr(FeatureStore, "embeddings", lambda self, rows: read.append(rows) or real(self, rows))
     results = run([big], ["logreg", "mlp", "svm"], max_memory=1, log=print)
     assert {r["head"] for r in results} == {"logreg", "mlp"}  # svm does not learn incrementally
-    assert max(read) <= stream.chunk_rows_for(16, 1) < 12000 * 0.6  # never a whole split in one read
+    assert max(map(len, read)) <= stream.chunk_rows_for(16, 1) < 12000 * 0.6  # never a whole split in one read
+    with FeatureStore(big) as fs:
+        test_rows = fs.rows("test")
+    assert sum(np.isin(r, test_rows).sum() for r in read) == len(test_rows)  # test read once, for both heads
     for r in results:
         assert r["out_of_core"] and r["accuracy"] > 0.85, (r["head"], r["accuracy"])  # chance is 1/3
         assert r["n_train"] + r["n_val"] + r["n_test"] == 12000
