@@ -7,16 +7,14 @@ feature matrix) and test accuracy. The store is kept (`--keep FOLDER`) or delete
 """
 import argparse
 import json
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.peak_rss import run_measured
 from features import write_store
 from features.schema import SPLITS
 
@@ -48,13 +46,10 @@ def synthetic_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0
 def out_of_core(store: Path, max_memory: str) -> dict:
     """`python -m classify --head logreg` on `store` in a child process: wall time and peak RSS."""
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "classify", "--features", str(store), "--head", "logreg",
-                          "--max-memory", max_memory], capture_output=True, text=True)
+    run, peak_mib, _ = run_measured("classify", ["--features", store, "--head", "logreg", "--max-memory", max_memory])
     seconds = time.perf_counter() - start
-    if run.returncode:
-        raise SystemExit(f"classify failed:\n{run.stderr}")
     metrics = json.loads((store.parent / "models" / f"{store.stem}-logreg.metrics.json").read_text())
-    return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+    return {"seconds": seconds, "peak_rss_gib": peak_mib / 1024,
             "accuracy": metrics["accuracy"], "params": metrics["params"], "out_of_core": metrics.get("out_of_core", False),
             "log": run.stderr.strip().splitlines()}
 

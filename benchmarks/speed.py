@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.peak_rss import run_measured
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.images import decode
@@ -178,17 +179,6 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     return out
 
 
-PROBE = """import resource, sys
-from extract.__main__ import main
-main(sys.argv[1:])
-try:  # this process's own high-water mark: ru_maxrss also counts the parent's pages from before exec
-    main_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-except OSError:
-    main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("PEAK_RSS_KB", main_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
-
-
 def synthetic_folder(n: int, root: Path) -> Path:
     """An imagefolder of n small random JPEGs in two classes (reused when already there)."""
     from PIL import Image
@@ -204,18 +194,15 @@ def synthetic_folder(n: int, root: Path) -> Path:
 
 def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet") -> list[dict]:
     """Peak RSS of `python -m extract` (main process and decode workers) as the dataset grows."""
-    import subprocess
-    import sys
     base = Path(tempfile.mkdtemp(prefix="featbench-mem-"))
     rows = []
     for n in sizes:
         folder = synthetic_folder(n, base / f"data{n}")
         args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet"]
         start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True)
-        main_kb, child_kb = map(int, run.stdout.split("PEAK_RSS_KB")[1].split())
-        rows.append({"images": n, "seconds": time.perf_counter() - start, "peak_rss_mib": main_kb / 1024,
-                     "worker_peak_rss_mib": child_kb / 1024})
+        _, main_mib, worker_mib = run_measured("extract", args)
+        rows.append({"images": n, "seconds": time.perf_counter() - start, "peak_rss_mib": main_mib,
+                     "worker_peak_rss_mib": worker_mib})
     return rows
 
 

@@ -41,7 +41,7 @@ class Options:
     amp: bool = True
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
-    compile: bool = False  # torch.compile (inductor): pays off on long runs of some backbones (benchmarks speed)
+    compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
     progress: bool | None = None  # None: only on a terminal
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from benchmarks.__main__ import main
 from benchmarks.finetune import Finetuned, SplitImages, same_split
 from benchmarks.grid import read_config
+from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
 from benchmarks.report import num, pct, secs
 from extract.backbones import create_backbone, weights_here
@@ -346,3 +347,14 @@ def test_published_rows_name_their_source_and_split():
     for p in PUBLISHED:
         assert p.source and p.split and p.task in ("dogs-vs-cats", "oxford-pets-breed")
         assert p.accuracy is not None or p.log_loss is not None
+
+
+def test_peak_rss_of_a_child_command_is_its_own(tmp_path):
+    """The probe reports the child's own high-water mark, not the (larger) parent's pages from before exec."""
+    ballast = bytearray(b"x") * (300 * 2**20)  # the parent holds 300 MiB more, every page touched
+    (tmp_path / "a.json").write_text('{"a": 1}')
+    run, own_mib, _ = run_measured("json.tool", [tmp_path / "a.json"])
+    assert '"a": 1' in run.stdout and "PEAK_RSS_KB" not in run.stderr
+    assert 0 < own_mib < 200 < len(ballast) / 2**20
+    with pytest.raises(SystemExit, match="python -m json.tool failed"):
+        run_measured("json.tool", [tmp_path / "missing.json"])
