@@ -6,11 +6,10 @@ import pytest
 import torch
 import torchvision
 from conftest import skip_without_weights
-from PIL import Image
 
 from extract import weights as pypi
 from extract.backbones import REGISTRY, create_backbone, list_backbones
-from extract.images import resize_crop, to_tensor
+from extract.images import resize_crop
 from features.errors import FeatbenchError
 
 CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
@@ -28,7 +27,7 @@ def real(name: str):
 
 
 def _features(bb, img: np.ndarray) -> torch.Tensor:
-    x = to_tensor(resize_crop(Image.fromarray(img), bb.preprocess))[None]
+    x = resize_crop(np.ascontiguousarray(img), bb.preprocess)[None]
     with torch.inference_mode():
         return bb.model(x)
 
