@@ -4,8 +4,9 @@ Three pipelines on the same images, backbone, device and batch size:
   seed-style   the classic notebooks: PIL open, Resize((224, 224)), ToTensor, Normalize, DataLoader, fp32
                (in a fresh child process: featbench's malloc setting must not speed it up)
   featbench    `extract()` end to end, files to HDF5 store
-  model-only   the forward pass on tensors already in memory (the ceiling on this device), measured just
-               before and just after featbench (mean)
+  model-only   the forward pass on tensors already in memory, in one process with all torch threads and
+               (on CPU) in one single-threaded process per core as featbench's workers run it; the
+               faster is the ceiling on this device; each measured just before and just after featbench
 and the same featbench and model-only rows with `--compile` (torch.compile), compile time included
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32 reference of the same preprocessing (full decode, torchvision's Resize + CenterCrop).
@@ -25,7 +26,7 @@ from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.images import decode
 from extract.inference import inference_model
-from extract.pipeline import Options, default_workers, extract, pick_device
+from extract.pipeline import Options, cores, default_workers, embeds_in_workers, extract, pick_device
 from features import FeatureStore
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -78,24 +79,46 @@ def featbench(backbone, folder, device, batch_size, workers, compile: bool = Fal
     return summary.rows / (time.perf_counter() - start), summary.path, str(ds.root)
 
 
-def model_only(backbone, device, batch_size, n_images, optimize: bool = True, compile: bool = False) -> float:
-    """Forward passes on one in-memory batch, in the form featbench runs the model (or eager)."""
+def model_only(backbone, device, batch_size, n_images, optimize: bool = True, compile: bool = False,
+               processes: int = 1) -> float:
+    """Forward passes on one in-memory batch, in the form featbench runs the model (or eager); with
+    `processes` > 1, in that many forked processes of one torch thread each, all at once."""
     size = backbone.preprocess.size
     x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     model = inference_model(backbone.model, device, x if compile else x[:2], optimize, compile)
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
+    batches = max(2, n_images // batch_size)
+    if processes == 1:
+        start, end, n = _timed_forwards(model, x, batches)
+        return n / (end - start)
+    from multiprocessing import get_context
+    ctx = get_context("fork")  # as featbench's workers: they share the prepared model
+    results = ctx.SimpleQueue()
+    procs = [ctx.Process(target=lambda: results.put(_timed_forwards(model, x, batches, threads=1)))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    runs = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(n for *_, n in runs) / (max(end for _, end, _ in runs) - min(start for start, _, _ in runs))
+
+
+def _timed_forwards(model, x, batches: int, threads: int = 0) -> tuple[float, float, int]:
+    """(start, end, images) of `batches` forward passes after one warm-up (perf_counter: comparable across processes)."""
+    if threads:
+        torch.set_num_threads(threads)
+    cuda = x.device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), amp:
         model(x)  # warm-up
-        batches = max(2, n_images // batch_size)
         start = time.perf_counter()
         for _ in range(batches):
             model(x)
         if cuda:
             torch.cuda.synchronize()
-    return batches * batch_size / (time.perf_counter() - start)
+    return start, time.perf_counter(), batches * len(x)
 
 
 def flops_per_image(backbone) -> float:
@@ -143,8 +166,9 @@ def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarr
     return (stored * ref).sum(1) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
 
 
-def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, limit: int,
-          peak_flop_s: float, compile: bool = True) -> dict:
+def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, seed_workers: int,
+          limit: int, peak_flop_s: float, compile: bool = True) -> dict:
+    """`workers`: featbench's `--workers` (-1: its default); `seed_workers`: the seed-style DataLoader's."""
     backbone = create_backbone(name)
     files = sorted(p for p in folder.iterdir() if p.is_file())[:limit] if limit else None
     if files is not None and len(files) < len(list(folder.iterdir())):  # a subset: link it into a temp folder
@@ -153,13 +177,26 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
             os.symlink(f, sub / f.name)
         folder = sub
     files = sorted(p for p in folder.iterdir() if p.is_file())
+    parallel = embeds_in_workers(device, Options(workers=workers))
+    procs = (workers if workers > 0 else cores()) if parallel else 1
     out = {"backbone": name, "images": len(files), "device": str(device), "batch_size": batch_size,
-           "workers": workers, "torch_threads": torch.get_num_threads()}
-    out["seed_style_img_s"] = in_fresh_process(seed_style, name, files, str(device), batch_size, workers)
+           "decode_workers": seed_workers, "featbench_workers": procs if parallel else workers if workers >= 0 else default_workers(device),
+           "featbench_embeds_in_workers": parallel, "torch_threads": torch.get_num_threads()}
+    out["seed_style_img_s"] = in_fresh_process(seed_style, name, files, str(device), batch_size, seed_workers)
     n_model = min(len(files), 640)
-    before = model_only(backbone, device, batch_size, n_model)  # either side of featbench: shared machines drift
+
+    def ceiling() -> dict:
+        rates = {"threads": model_only(backbone, device, batch_size, n_model)}
+        if procs > 1:
+            rates["processes"] = model_only(backbone, device, batch_size, n_model, processes=procs)
+        return rates
+    before = ceiling()  # either side of featbench: shared machines drift
     out["featbench_img_s"], store, root = featbench(backbone, folder, device, batch_size, workers)
-    out["model_only_img_s"] = (before + model_only(backbone, device, batch_size, n_model)) / 2
+    after = ceiling()
+    out["model_only_threads_img_s"] = (before["threads"] + after["threads"]) / 2
+    if procs > 1:
+        out["model_only_processes_img_s"] = (before["processes"] + after["processes"]) / 2
+    out["model_only_img_s"] = max(out["model_only_threads_img_s"], out.get("model_only_processes_img_s", 0))
     out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, n_model, optimize=False)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
     out["featbench_vs_model_only"] = out["featbench_img_s"] / out["model_only_img_s"]
@@ -193,7 +230,7 @@ def synthetic_folder(n: int, root: Path) -> Path:
 
 
 def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet") -> list[dict]:
-    """Peak RSS of `python -m extract` (main process and decode workers) as the dataset grows."""
+    """Peak RSS of `python -m extract` (main process and its largest worker) as the dataset grows."""
     base = Path(tempfile.mkdtemp(prefix="featbench-mem-"))
     rows = []
     for n in sizes:
@@ -223,12 +260,19 @@ def logreg_sweep_seconds(n: int = 25000, dim: int = 1280, classes: int = 2) -> d
 
 def print_row(r: dict) -> None:
     ok = "OK" if r["min_cosine_vs_fp32_reference"] >= 0.999 else "BELOW 0.999"
-    print(f"{r['backbone']}: {r['images']} images, {r['device']}, batch {r['batch_size']}, "
-          f"{r['workers']} decode workers, {r['torch_threads']} torch threads")
-    print(f"  seed-style  {r['seed_style_img_s']:8.1f} img/s")
+    n = r["featbench_workers"]
+    how = (f"{n} workers decoding and embedding, 1 torch thread each" if r["featbench_embeds_in_workers"] else
+           f"{n} decode workers, {r['torch_threads']} torch threads")
+    print(f"{r['backbone']}: {r['images']} images, {r['device']}, batch {r['batch_size']}")
+    print(f"  seed-style  {r['seed_style_img_s']:8.1f} img/s   ({r['decode_workers']} decode workers, "
+          f"{r['torch_threads']} torch threads)")
     print(f"  featbench   {r['featbench_img_s']:8.1f} img/s   {r['featbench_vs_seed']:.2f}x seed-style, "
-          f"{r['featbench_vs_model_only']:.2f}x model-only")
-    print(f"  model-only  {r['model_only_img_s']:8.1f} img/s   (eager fp32: {r['model_only_eager_img_s']:.1f} img/s)")
+          f"{r['featbench_vs_model_only']:.2f}x model-only ({how})")
+    parts = [f"{r['model_only_threads_img_s']:.1f} in 1 process x {r['torch_threads']} threads"]
+    if "model_only_processes_img_s" in r:
+        parts.append(f"{r['model_only_processes_img_s']:.1f} in {n} processes x 1 thread")
+    print(f"  model-only  {r['model_only_img_s']:8.1f} img/s   (the faster of {' and '.join(parts)}; "
+          f"eager fp32: {r['model_only_eager_img_s']:.1f})")
     if "featbench_compiled_img_s" in r:
         print(f"  --compile   {r['featbench_compiled_img_s']:8.1f} img/s   {r['featbench_compiled_vs_seed']:.2f}x seed-style, "
               f"{r['featbench_compiled_vs_model_only']:.2f}x model-only compiled ({r['model_only_compiled_img_s']:.1f} img/s; "
@@ -247,7 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", nargs="+", default=["mobilenet_v2", "efficientnet_lite0"])
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=-1, help="decode workers for both pipelines (default: auto)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="featbench's --workers, also the seed-style DataLoader's (default: each one's auto)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
     p.add_argument("--sections", default="throughput,memory,heads",
                    help="comma-separated: throughput, memory, heads (default: all)")
@@ -256,19 +301,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
     device = pick_device(args.device)
-    workers = args.workers if args.workers >= 0 else default_workers(device)
+    seed_workers = args.workers if args.workers >= 0 else default_workers(device)
     results = {"throughput": [], "memory": [], "heads": None}
     if "throughput" in sections:
         peak = matmul_peak(device)  # once, before any pipeline runs: a property of the machine
         for name in args.backbone:
-            results["throughput"].append(bench(name, args.data, device, args.batch_size, workers, args.limit,
-                                               peak, not args.no_compile))
+            results["throughput"].append(bench(name, args.data, device, args.batch_size, args.workers, seed_workers,
+                                               args.limit, peak, not args.no_compile))
             print_row(results["throughput"][-1])
     if "memory" in sections:
         print("extraction peak RSS (synthetic 64x48 JPEGs, test_resnet random-init):")
         for r in extraction_memory():
             results["memory"].append(r)
-            print(f"  {r['images']:>6} images: main process {r['peak_rss_mib']:.0f} MiB, decode worker "
+            print(f"  {r['images']:>6} images: main process {r['peak_rss_mib']:.0f} MiB, largest worker "
                   f"{r['worker_peak_rss_mib']:.0f} MiB ({r['seconds']:.0f}s)")
     if "heads" in sections:
         r = results["heads"] = logreg_sweep_seconds()

@@ -44,7 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true", help="random weights (tests only; stamped in the store)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: auto)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="CPU: processes that decode and embed, one thread each (default: one per core; with "
+                        "--compile they only decode); GPU: decoding processes (default: cores, up to 8); "
+                        "0: all in this process")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
     p.add_argument("--no-optimize", action="store_true",

@@ -36,7 +36,7 @@ class Options:
     """How to run an extraction (none of these change the embeddings, except `dtype` and `amp`)."""
     device: str = "auto"
     batch_size: int = 32
-    workers: int = -1  # -1: auto
+    workers: int = -1  # -1: auto (CPU: one embedding worker per core; GPU: `default_workers` decoders)
     dtype: str = "float32"
     amp: bool = True
     overwrite: bool = False
@@ -91,14 +91,25 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def default_workers(device: torch.device) -> int:
-    """Decoding processes: all cores feed a GPU; on CPU they share the cores with the model.
-
-    The ranks of a `torchrun` on one machine (LOCAL_WORLD_SIZE) share its cores.
-    """
+def cores() -> int:
+    """CPU cores for this process (its affinity), shared among the ranks of a `torchrun` on this machine."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cpus = max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    return min(8, cpus) if device.type != "cpu" else max(1, cpus // 2)
+    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes: all cores (up to 8) feed a GPU; on CPU they share the cores with the model."""
+    return min(8, cores()) if device.type != "cpu" else max(1, cores() // 2)
+
+
+def embeds_in_workers(device: torch.device, options: Options) -> bool:
+    """On CPU the workers both decode and embed, one torch thread each (`_EmbedBatch`).
+
+    Each core runs its own batches start to end instead of two threads meeting at every layer while a
+    decoder takes one of their cores. Needs `fork` (the workers share the prepared model's weights;
+    OpenMP is only fork-safe with one thread per worker); not with `torch.compile`.
+    """
+    return device.type == "cpu" and options.workers != 0 and not options.compile and sys.platform == "linux"
 
 
 def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str) -> Path:
@@ -160,6 +171,20 @@ def _collate(batch):
     tensors = [t for _, _, t, _ in batch if t is not None]
     meta = [(i, h, why, t is not None) for i, h, t, why in batch]
     return meta, torch.stack(tensors).numpy() if tensors else None
+
+
+class _EmbedBatch:
+    """`collate_fn` of a CPU embedding worker: decode the batch (`_collate`), then embed it in the worker."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, batch):
+        meta, x = _collate(batch)
+        if x is None:
+            return meta, None
+        with torch.inference_mode():
+            return meta, self.model(torch.from_numpy(x)).float().numpy()
 
 
 def _provenance(backbone: Backbone, amp: bool) -> dict:
@@ -292,16 +317,33 @@ def _blocks(todo: list[int], size: int) -> list[list[int]]:
 
 def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options) -> int:
     """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
-    workers = options.workers if options.workers >= 0 else default_workers(device)
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        _Images([items[i] for i in todo], backbone.preprocess, frozenset(by_hash)),
-        batch_sampler=_blocks(todo, options.batch_size), num_workers=workers, collate_fn=_collate)
-    batches = iter(loader)  # the workers start decoding while the model is prepared
+    images = _Images([items[i] for i in todo], backbone.preprocess, frozenset(by_hash))
+    blocks = _blocks(todo, options.batch_size)
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
-    model = inference_model(backbone.model, device, example, options.optimize, options.compile)
-    amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
+    if embeds_in_workers(device, options):  # the model first: the forked workers share it
+        model = inference_model(backbone.model, device, example, options.optimize)
+        batches = iter(torch.utils.data.DataLoader(
+            images, batch_sampler=blocks, num_workers=options.workers if options.workers > 0 else cores(),
+            collate_fn=_EmbedBatch(model), multiprocessing_context="fork"))
+        forward = None
+    else:
+        workers = options.workers if options.workers >= 0 else default_workers(device)
+        batches = iter(torch.utils.data.DataLoader(images, batch_sampler=blocks, num_workers=workers,
+                                                   collate_fn=_collate))  # decoding starts while the model is prepared
+        model = inference_model(backbone.model, device, example, options.optimize, options.compile)
+        amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(x).to(device)
+            n = len(x)
+            if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
+                x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp:
+                return model(x)[:n].float().cpu().numpy()
     computed = 0
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
@@ -309,14 +351,7 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
         for meta, x in batches:
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
-                x = torch.from_numpy(x).to(device)
-                n = len(x)
-                if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
-                    x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with amp:
-                    feats = model(x)[:n].float().cpu().numpy()
+                feats = forward(x) if forward else x
             fresh = [todo[pos] for pos, _, _, decoded in meta if decoded]
             if not np.isfinite(feats).all():
                 bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]

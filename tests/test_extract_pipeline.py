@@ -247,6 +247,29 @@ def test_real_photos_with_real_weights(tmp_path):
     assert (dogish == (y == 1)).mean() >= 0.9
 
 
+def test_cpu_embedding_workers_give_the_same_store(dvc_folder, tmp_path, tiny, monkeypatch):
+    """Default CPU extraction: forked workers decode and embed (one thread each); the store matches a serial
+    run's, short batch, skip reason and duplicate file included, and no batch was embedded in this process."""
+    import extract.pipeline as pipeline
+    (dvc_folder / "cat.99.jpg").write_bytes(b"not a jpeg")
+    (dvc_folder / "dog.98.jpg").write_bytes((dvc_folder / "dog.1.jpg").read_bytes())
+    serial = contents(run(dvc_folder, tmp_path / "a", tiny).path)
+    pids = tmp_path / "pids"
+    call = pipeline._EmbedBatch.__call__
+
+    def recorded(self, batch):
+        with pids.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return call(self, batch)
+    monkeypatch.setattr(pipeline._EmbedBatch, "__call__", recorded)
+    assert pipeline.embeds_in_workers(torch.device("cpu"), Options(workers=2))
+    parallel = contents(run(dvc_folder, tmp_path / "b", tiny, workers=2).path)
+    workers = set(pids.read_text().split())
+    assert len(pids.read_text().split()) == 4 and str(os.getpid()) not in workers and 1 <= len(workers) <= 2
+    np.testing.assert_allclose(serial.pop("X"), parallel.pop("X"), atol=1e-4)
+    assert serial == parallel and serial["skipped"] and "dog.98.jpg" in serial["paths"]
+
+
 def test_compiled_model_gives_the_same_store(dvc_folder, tmp_path, tiny, capsys):
     """--compile: torch.compile on batches padded to one shape (24 images, batch 8, one bad file → a short batch)."""
     (dvc_folder / "cat.99.jpg").write_bytes(b"not a jpeg")
