@@ -20,7 +20,7 @@ sys.exit(code)
 
 def run_measured(module: str, args: list) -> tuple[subprocess.CompletedProcess, float, float]:
     """`python -m MODULE ARGS` in a child: (the finished run, its peak RSS in MiB, its own children's,
-    e.g. decode workers). A failed run ends the benchmark with the command's error output."""
+    e.g. extraction workers). A failed run ends the benchmark with the command's error output."""
     run = subprocess.run([sys.executable, "-c", PROBE, module, *map(str, args)], capture_output=True, text=True)
     stderr, _, peaks = run.stderr.rpartition("PEAK_RSS_KB")
     if run.returncode or not peaks:
