@@ -26,7 +26,7 @@ from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.images import decode
 from extract.inference import inference_model
-from extract.pipeline import Options, cores, default_workers, embeds_in_workers, extract, pick_device
+from extract.pipeline import Options, default_workers, embeds_in_workers, extract, pick_device, worker_count
 from features import FeatureStore
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -178,9 +178,10 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
         folder = sub
     files = sorted(p for p in folder.iterdir() if p.is_file())
     parallel = embeds_in_workers(device, Options(workers=workers))
-    procs = (workers if workers > 0 else cores()) if parallel else 1
+    featbench_workers = worker_count(device, Options(workers=workers))
+    procs = featbench_workers if parallel else 1
     out = {"backbone": name, "images": len(files), "device": str(device), "batch_size": batch_size,
-           "decode_workers": seed_workers, "featbench_workers": procs if parallel else workers if workers >= 0 else default_workers(device),
+           "decode_workers": seed_workers, "featbench_workers": featbench_workers,
            "featbench_embeds_in_workers": parallel, "torch_threads": torch.get_num_threads()}
     out["seed_style_img_s"] = in_fresh_process(seed_style, name, files, str(device), batch_size, seed_workers)
     n_model = min(len(files), 640)

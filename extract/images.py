@@ -79,12 +79,16 @@ def _open(data: bytes, min_side: int) -> Image.Image:
     return img
 
 
+def _upright_rgb(img: Image.Image) -> Image.Image:
+    """PIL decodes the opened image, turns it upright (EXIF) and converts it to RGB."""
+    img.load()
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
 def decode(data: bytes, min_side: int = 0) -> Image.Image:
     """Bytes → upright RGB image by PIL, or BadImage with the reason (`min_side`: see `_open`)."""
     with _reasons():
-        img = _open(data, min_side)
-        img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
+        return _upright_rgb(_open(data, min_side))
 
 
 def decode_array(data: bytes, min_side: int = 0) -> np.ndarray:
@@ -101,7 +105,7 @@ def decode_array(data: bytes, min_side: int = 0) -> np.ndarray:
             if arr is not None and arr.shape[:2] == (h, w):
                 turn = ORIENT.get(img.getexif().get(0x0112))
                 return np.ascontiguousarray(turn(arr)) if turn else arr
-    return np.array(decode(data, min_side))
+        return np.array(_upright_rgb(img))
 
 
 def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
@@ -121,7 +125,8 @@ def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
     else:
         nw, nh = max(1, int(w * pre.resize / h)), pre.resize
     left, top = int(round((nw - pre.size) / 2)), int(round((nh - pre.size) / 2))
-    if pre.interpolation in ("bilinear", "bicubic") and min(left, top) >= 0 and max(nw, nh) <= 8 * max(pre.resize, pre.size):
+    if (pre.interpolation in ("bilinear", "bicubic") and min(left, top) >= 0
+            and max(nw, nh) <= 8 * max(pre.resize, pre.size)):
         x = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], (nh, nw), mode=pre.interpolation,
                           antialias=True)[0]
         return x[:, top:top + pre.size, left:left + pre.size].contiguous()

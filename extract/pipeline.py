@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -110,6 +111,13 @@ def embeds_in_workers(device: torch.device, options: Options) -> bool:
     OpenMP is only fork-safe with one thread per worker); not with `torch.compile`.
     """
     return device.type == "cpu" and options.workers != 0 and not options.compile and sys.platform == "linux"
+
+
+def worker_count(device: torch.device, options: Options) -> int:
+    """`options.workers`, or by default one embedding worker per core, or `default_workers` decoders."""
+    if options.workers >= 0:
+        return options.workers
+    return cores() if embeds_in_workers(device, options) else default_workers(device)
 
 
 def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str) -> Path:
@@ -322,28 +330,25 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
     blocks = _blocks(todo, options.batch_size)
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
-    if embeds_in_workers(device, options):  # the model first: the forked workers share it
-        model = inference_model(backbone.model, device, example, options.optimize)
-        batches = iter(torch.utils.data.DataLoader(
-            images, batch_sampler=blocks, num_workers=options.workers if options.workers > 0 else cores(),
-            collate_fn=_EmbedBatch(model), multiprocessing_context="fork"))
-        forward = None
-    else:
-        workers = options.workers if options.workers >= 0 else default_workers(device)
-        batches = iter(torch.utils.data.DataLoader(images, batch_sampler=blocks, num_workers=workers,
-                                                   collate_fn=_collate))  # decoding starts while the model is prepared
-        model = inference_model(backbone.model, device, example, options.optimize, options.compile)
-        amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
+    in_workers = embeds_in_workers(device, options)
+    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
+    model = prepare() if in_workers else None  # before the fork: the workers share it
+    batches = iter(torch.utils.data.DataLoader(
+        images, batch_sampler=blocks, num_workers=worker_count(device, options),
+        collate_fn=_EmbedBatch(model) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None))
+    if not in_workers:
+        model = prepare()  # the decoding workers have started meanwhile
+    amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
 
-        def forward(x: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(x).to(device)
-            n = len(x)
-            if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
-                x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp:
-                return model(x)[:n].float().cpu().numpy()
+    def forward(x: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(x).to(device)
+        n = len(x)
+        if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
+            x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp:
+            return model(x)[:n].float().cpu().numpy()
     computed = 0
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
@@ -351,7 +356,7 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
         for meta, x in batches:
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
-                feats = forward(x) if forward else x
+                feats = x if in_workers else forward(x)  # workers send embeddings
             fresh = [todo[pos] for pos, _, _, decoded in meta if decoded]
             if not np.isfinite(feats).all():
                 bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
