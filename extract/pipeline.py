@@ -335,7 +335,8 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
         images, batch_sampler=blocks, num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(model) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None))
+        collate_fn=_EmbedBatch(model) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
+        in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
     if not in_workers:
         model = prepare()  # the decoding workers have started meanwhile
     amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)

@@ -270,6 +270,32 @@ def test_cpu_embedding_workers_give_the_same_store(dvc_folder, tmp_path, tiny, m
     assert serial == parallel and serial["skipped"] and "dog.98.jpg" in serial["paths"]
 
 
+def test_a_slow_batch_does_not_hold_up_the_other_worker(dvc_folder, tmp_path, tiny, monkeypatch):
+    """Batches are committed as they finish: while one worker is stuck on the first batch, the other's
+    batches reach the journal (in listing order they would wait behind it); the store is unchanged."""
+    import time
+    import extract.pipeline as pipeline
+    from features.writer import Journal
+    serial = contents(run(dvc_folder, tmp_path / "a", tiny, batch_size=4).path)
+    get, append, committed = pipeline._Images.__getitem__, Journal.append, []
+
+    def slow_first(self, i):
+        if i == 0:
+            time.sleep(3)
+        return get(self, i)
+
+    def recorded(self, paths, *a):
+        committed.append(paths[0])
+        return append(self, paths, *a)
+    monkeypatch.setattr(pipeline._Images, "__getitem__", slow_first)
+    monkeypatch.setattr(Journal, "append", recorded)
+    parallel = contents(run(dvc_folder, tmp_path / "b", tiny, batch_size=4, workers=2).path)
+    first = sorted(p.name for p in dvc_folder.iterdir())[0]
+    assert len(committed) == 6 and committed[0] != first and first in committed[1:]
+    np.testing.assert_allclose(serial.pop("X"), parallel.pop("X"), atol=1e-4)
+    assert serial == parallel
+
+
 def test_compiled_model_gives_the_same_store(dvc_folder, tmp_path, tiny, capsys):
     """--compile: torch.compile on batches padded to one shape (24 images, batch 8, one bad file → a short batch)."""
     (dvc_folder / "cat.99.jpg").write_bytes(b"not a jpeg")
