@@ -9,7 +9,7 @@ import torch
 from timm.layers import Conv2dSame
 
 from extract.backbones import create_backbone
-from extract.inference import inference_model, static_same_padding
+from extract.inference import _Flat, inference_model, static_same_padding
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
@@ -40,6 +40,30 @@ def test_frozen_cpu_graph_has_no_padding_copies_and_same_embeddings():
     assert "pad" not in graph.replace("padding", "")
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), bb.model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_tracing_builds_one_module_and_records_the_same_ops():
+    """The CPU graph is traced through `_Flat`: one ScriptModule instead of one per submodule (the set-up
+    cost), and after freezing the same ops, with the same embeddings, as tracing the module tree."""
+    bb = create_backbone("mobilenet_v2", random_init=True)
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        flat = torch.jit.trace(_Flat(bb.model), x, check_trace=False)
+        nested = torch.jit.trace(bb.model, x, check_trace=False)
+        assert len(list(flat.modules())) == 1 < len(list(nested.modules()))
+        flat, nested = torch.jit.freeze(flat), torch.jit.freeze(nested)
+        assert [n.kind() for n in flat.graph.nodes()] == [n.kind() for n in nested.graph.nodes()]
+        torch.testing.assert_close(flat(x), bb.model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_models_holding_torchscript_are_frozen_too(capsys):
+    """TorchScript parts (inception_v3_fid's network) must stay registered submodules to be traced."""
+    model = torch.nn.Sequential(torch.jit.script(torch.nn.Conv2d(3, 4, 3)), torch.nn.Flatten()).eval()
+    x = torch.rand(2, 3, 8, 8)
+    fast = inference_model(model, torch.device("cpu"), x)
+    assert isinstance(fast, torch.jit.ScriptModule) and "running eager" not in capsys.readouterr().err
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x))
 
 
 FAULTS = """import resource, sys, torch
