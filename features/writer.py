@@ -53,6 +53,7 @@ class Journal:
 
     def __init__(self, store_path: Path):
         self.dir = Path(str(store_path) + ".partial")
+        self._next = -1  # number of the next part: counted once (one writer holds the store's lock)
 
     def parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.json")) if self.dir.is_dir() else []
@@ -88,11 +89,13 @@ class Journal:
 
         Returns the part's `.npy` file, the source of those rows.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
-        n = len(self.parts())
-        while (self.dir / f"part-{n:07d}.json").exists():
-            n += 1
-        stem = self.dir / f"part-{n:07d}"
+        if self._next < 0:  # not per batch: listing the folder each time made long runs quadratic
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._next = len(self.parts())
+        while (self.dir / f"part-{self._next:07d}.json").exists():
+            self._next += 1
+        stem = self.dir / f"part-{self._next:07d}"
+        self._next += 1
         tmp = stem.with_suffix(".npy.tmp")
         with open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(embeddings))
@@ -105,6 +108,7 @@ class Journal:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._next = -1
 
 
 class RowSource:

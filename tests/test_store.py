@@ -123,3 +123,21 @@ def test_info_cli_summary_or_one_line_error(tmp_path, case):
         assert r.returncode == 0 and "2000 x 64 float32" in r.stdout and "toy" in r.stdout, r.stdout
     else:
         assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_journal_lists_its_folder_once_not_per_batch(tmp_path, monkeypatch):
+    """Appending is constant time (listing the parts per batch made long extractions quadratic); a new
+    Journal on an interrupted run's folder numbers after its parts; after clear() numbering restarts."""
+    from features.writer import Journal
+    rows = np.zeros((1, 4), np.float32)
+    Journal(tmp_path / "s.h5").append(["a"], ["1:1"], ["h0"], [""], rows)  # an earlier, interrupted run
+    journal = Journal(tmp_path / "s.h5")
+    listings, parts = [], Journal.parts
+    monkeypatch.setattr(Journal, "parts", lambda self: listings.append(1) or parts(self))
+    for i in range(1, 6):
+        journal.append([f"f{i}"], ["1:1"], [f"h{i}"], [""], rows)
+    assert len(listings) == 1
+    assert [p.name for p in journal.parts()] == [f"part-{i:07d}.json" for i in range(6)]
+    assert sorted(journal.records()) == ["a"] + [f"f{i}" for i in range(1, 6)]
+    journal.clear()
+    assert journal.append(["b"], ["1:1"], ["h"], [""], rows).name == "part-0000000.npy"
