@@ -6,7 +6,8 @@ Three pipelines on the same images, backbone, device and batch size:
   featbench    `extract()` end to end, files to HDF5 store
   model-only   the forward pass on tensors already in memory, in one process with all torch threads and
                (on CPU) in one single-threaded process per core as featbench's workers run it; the
-               faster is the ceiling on this device; each measured just before and just after featbench
+               faster is the ceiling on this device; measured before and after each featbench run
+               (`--repeats`, default 3; medians printed: this machine's speed drifts between minutes)
 and the same featbench and model-only rows with `--compile` (torch.compile), compile time included
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32 reference of the same preprocessing (full decode, torchvision's Resize + CenterCrop).
@@ -167,8 +168,12 @@ def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarr
 
 
 def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, seed_workers: int,
-          limit: int, peak_flop_s: float, compile: bool = True) -> dict:
-    """`workers`: featbench's `--workers` (-1: its default); `seed_workers`: the seed-style DataLoader's."""
+          limit: int, peak_flop_s: float, compile: bool = True, repeats: int = 3) -> dict:
+    """`workers`: featbench's `--workers` (-1: its default); `seed_workers`: the seed-style DataLoader's.
+
+    featbench runs `repeats` times, each between two model-only measurements; its ratio to model-only
+    is taken per run (against the ceiling either side of it), and every figure is the median of the runs.
+    """
     backbone = create_backbone(name)
     files = sorted(p for p in folder.iterdir() if p.is_file())[:limit] if limit else None
     if files is not None and len(files) < len(list(folder.iterdir())):  # a subset: link it into a temp folder
@@ -191,16 +196,18 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
         if procs > 1:
             rates["processes"] = model_only(backbone, device, batch_size, n_model, processes=procs)
         return rates
-    before = ceiling()  # either side of featbench: shared machines drift
-    out["featbench_img_s"], store, root = featbench(backbone, folder, device, batch_size, workers)
-    after = ceiling()
-    out["model_only_threads_img_s"] = (before["threads"] + after["threads"]) / 2
-    if procs > 1:
-        out["model_only_processes_img_s"] = (before["processes"] + after["processes"]) / 2
-    out["model_only_img_s"] = max(out["model_only_threads_img_s"], out.get("model_only_processes_img_s", 0))
+    ceilings, runs = [ceiling()], []  # featbench runs between model-only measurements: shared machines drift
+    for _ in range(repeats):
+        rate, store, root = featbench(backbone, folder, device, batch_size, workers)
+        ceilings.append(ceiling())
+        around = {k: (ceilings[-2][k] + ceilings[-1][k]) / 2 for k in ceilings[-1]}
+        runs.append({"featbench_img_s": rate, **{f"model_only_{k}_img_s": v for k, v in around.items()},
+                     "model_only_img_s": max(around.values()), "featbench_vs_model_only": rate / max(around.values())})
+    out["runs"] = runs
+    for key in runs[0]:  # each figure: the median over the runs
+        out[key] = float(np.median([r[key] for r in runs]))
     out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, n_model, optimize=False)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
-    out["featbench_vs_model_only"] = out["featbench_img_s"] / out["model_only_img_s"]
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
         out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)
         out["featbench_compiled_img_s"], compiled_store, _ = featbench(backbone, folder, device, batch_size, workers,
@@ -269,6 +276,9 @@ def print_row(r: dict) -> None:
           f"{r['torch_threads']} torch threads)")
     print(f"  featbench   {r['featbench_img_s']:8.1f} img/s   {r['featbench_vs_seed']:.2f}x seed-style, "
           f"{r['featbench_vs_model_only']:.2f}x model-only ({how})")
+    if len(r["runs"]) > 1:
+        print(f"              medians of {len(r['runs'])} runs; each run's img/s and ratio to the model-only either side: "
+              + ", ".join(f"{x['featbench_img_s']:.1f} ({x['featbench_vs_model_only']:.2f}x)" for x in r["runs"]))
     parts = [f"{r['model_only_threads_img_s']:.1f} in 1 process x {r['torch_threads']} threads"]
     if "model_only_processes_img_s" in r:
         parts.append(f"{r['model_only_processes_img_s']:.1f} in {n} processes x 1 thread")
@@ -298,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default="throughput,memory,heads",
                    help="comma-separated: throughput, memory, heads (default: all)")
     p.add_argument("--no-compile", action="store_true", help="skip the --compile (torch.compile) rows")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="featbench runs per backbone, each between model-only measurements; medians are printed (default 3)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -308,7 +320,7 @@ def main(argv=None) -> int:
         peak = matmul_peak(device)  # once, before any pipeline runs: a property of the machine
         for name in args.backbone:
             results["throughput"].append(bench(name, args.data, device, args.batch_size, args.workers, seed_workers,
-                                               args.limit, peak, not args.no_compile))
+                                               args.limit, peak, not args.no_compile, args.repeats))
             print_row(results["throughput"][-1])
     if "memory" in sections:
         print("extraction peak RSS (synthetic 64x48 JPEGs, test_resnet random-init):")
