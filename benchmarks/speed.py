@@ -182,8 +182,8 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
             os.symlink(f, sub / f.name)
         folder = sub
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    parallel = embeds_in_workers(device, Options(workers=workers))
-    featbench_workers = worker_count(device, Options(workers=workers))
+    opts = Options(workers=workers)
+    parallel, featbench_workers = embeds_in_workers(device, opts), worker_count(device, opts)
     procs = featbench_workers if parallel else 1
     out = {"backbone": name, "images": len(files), "device": str(device), "batch_size": batch_size,
            "decode_workers": seed_workers, "featbench_workers": featbench_workers,

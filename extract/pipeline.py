@@ -184,15 +184,13 @@ def _collate(batch):
 class _EmbedBatch:
     """`collate_fn` of a CPU embedding worker: decode the batch (`_collate`), then embed it in the worker."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, embed):
+        self.embed = embed  # uint8 array -> embeddings array: `_embed`'s forward pass
 
     def __call__(self, batch):
         meta, x = _collate(batch)
-        if x is None:
-            return meta, None
         with torch.inference_mode():
-            return meta, self.model(torch.from_numpy(x)).float().numpy()
+            return meta, None if x is None else self.embed(x)
 
 
 def _provenance(backbone: Backbone, amp: bool) -> dict:
@@ -330,15 +328,6 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
     blocks = _blocks(todo, options.batch_size)
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
-    in_workers = embeds_in_workers(device, options)
-    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
-    model = prepare() if in_workers else None  # before the fork: the workers share it
-    batches = iter(torch.utils.data.DataLoader(
-        images, batch_sampler=blocks, num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(model) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
-        in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
-    if not in_workers:
-        model = prepare()  # the decoding workers have started meanwhile
     amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
 
     def forward(x: np.ndarray) -> np.ndarray:
@@ -350,6 +339,15 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
             x = x.contiguous(memory_format=torch.channels_last)
         with amp:
             return model(x)[:n].float().cpu().numpy()
+    in_workers = embeds_in_workers(device, options)
+    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
+    model = prepare() if in_workers else None  # before the fork: the workers share it
+    batches = iter(torch.utils.data.DataLoader(
+        images, batch_sampler=blocks, num_workers=worker_count(device, options),
+        collate_fn=_EmbedBatch(forward) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
+        in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
+    if not in_workers:
+        model = prepare()  # the decoding workers have started meanwhile
     computed = 0
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
