@@ -1,20 +1,24 @@
 """`python -m benchmarks finetune`: the fine-tuned baseline, trained and scored on the heads' split.
 
 Modes: `full` trains every layer; `bn-head` trains only the BatchNorm layers and a new linear head
-(the seeds' ResNet recipe); `head` trains only a new linear head on the frozen trunk. All three use
-the backbone's own preprocessing (as in extraction), random horizontal flips, AdamW with a one-cycle
-schedule, and early stopping on validation log-loss (the best epoch's weights are kept). CUDA runs
-with fp16 autocast; CPU works too, slowly (`--epochs 1 --epoch-images N` for a quick look).
+(the seeds' ResNet recipe); `head` trains only a new linear head on the frozen trunk. How they
+train is a recipe (`benchmarks.recipes`): `full` defaults to `lp-ft` (a linear probe's head, then
+layer-wise learning rates, one-cycle AdamW, RandomResizedCrop + flip, label smoothing, a swept peak
+rate and a temperature fitted on val), `bn-head` and `head` to the seeds' `seed` recipe. Every
+setting is a flag here and a key of a benchmark config's [[finetune]] table.
 
-The split is the one the heads were scored on: read from a feature store of the dataset (the same
-backbone's if there is one), or, without a store, recomputed from the listing with the same
-fractions and seed. Writes `OUT/DATASET/models/BACKBONE-finetune-MODE.metrics.json` (classify's
-keys, head `finetune-MODE`, plus `compute`) and the weights as `.pt`.
+Each run keeps its best epoch by validation log-loss; the run with the lowest one wins, and the
+test split is scored once, with that model. `--seeds N` then repeats the winning configuration
+with N-1 further seeds and records each seed's test scores and their mean ± std. Evaluation reads
+images exactly as extraction does. The budget (runs, epochs, images seen, seconds, device) is
+recorded for the report's verdicts.
+
+Writes `OUT/DATASET/models/BACKBONE-finetune-MODE[-RECIPE].metrics.json` (classify's keys, head
+`finetune-MODE`, plus `compute` and `seeds`) and the weights as `.pt`.
 """
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
@@ -26,87 +30,59 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, log_loss
 from torch import nn
+from torchvision.transforms import InterpolationMode, v2
 
-from classify.metrics import evaluate
+from benchmarks.recipes import (DEFAULT_RECIPE, MODES, RECIPES, Recipe, fit_temperature, log_loss_at,
+                                param_groups, recipe_for, softmax)
+from benchmarks.splits import SplitImages, same_split
+from classify.heads import HEADS
+from classify.metrics import evaluate, over_seeds
 from classify.models import atomic_write
-from extract.backbones import create_backbone
+from classify.select import sweep
+from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, resolve
-from extract.datasets import assign_splits, load_dataset
-from extract.images import BadImage, load
+from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
 from extract.pipeline import default_workers, pick_device, store_path
 from features.errors import FeatbenchError
-from features.reader import FeatureStore
-from features.schema import NO_LABEL, SPLITS, featbench_version, split_fingerprint
+from features.schema import SPLITS, featbench_version
 
-MODES = {"full": "every layer trained",
-         "bn-head": "BatchNorm layers and a new linear head trained (the seeds' ResNet recipe)",
-         "head": "a new linear head trained on the frozen trunk"}
-DEFAULT_LR = {"full": 5e-4, "bn-head": 2e-3, "head": 2e-3}
+DEFAULT_EPOCHS = {"cuda": 10, "cpu": 5, "mps": 5}  # per run; a GPU affords more
 
 
-@dataclass
-class SplitImages:
-    """The labelled images of each split, as relative paths under `root`, and where the split came from."""
-    root: Path
-    dataset: dict
-    class_names: list
-    paths: dict  # split → [rel path]
-    labels: dict  # split → np.ndarray
-    fingerprint: str
-    source: str
-
-
-def _from_store(path: Path) -> SplitImages:
-    with FeatureStore(path) as fs:
-        labels, splits, paths, meta = fs.labels, fs.splits, fs.paths, fs.meta
-    keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
-    return SplitImages(Path(meta["dataset"]["root"]), meta["dataset"], meta["class_names"],
-                       {s: [paths[i] for i in rows] for s, rows in keep.items()},
-                       {s: labels[rows] for s, rows in keep.items()}, meta["split_fingerprint"], f"store {path}")
-
-
-def same_split(settings, backbone: str, features: Path | None = None) -> SplitImages:
-    """The heads' split: `features`, else this backbone's store, else any store made with these
-    fractions and seed, else the listing split afresh (identical when no image was skipped)."""
-    if features is not None:
-        return _from_store(features)
-    dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
-    folder = settings.out / dataset.name
-    candidates = [folder / f"{backbone}.h5"] + sorted(folder.glob("*.h5"))
-    for path in dict.fromkeys(candidates):
-        if not path.is_file():
-            continue
-        with FeatureStore(path) as fs:
-            same = (fs.meta["split_fractions"] == list(settings.splits) and fs.meta["split_seed"] == settings.seed
-                    and fs.meta["dataset"]["root"] == str(dataset.root))
-        if same:
-            return _from_store(path)
-    codes = assign_splits(dataset.items, settings.splits, settings.seed)
-    labels = np.array([it.label for it in dataset.items])
-    rels = [it.rel for it in dataset.items]
-    keep = {s: np.flatnonzero((codes == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
-    return SplitImages(dataset.root, dataset.describe(), dataset.class_names,
-                       {s: [rels[i] for i in rows] for s, rows in keep.items()},
-                       {s: labels[rows] for s, rows in keep.items()},
-                       split_fingerprint(rels, labels, codes), "dataset listing (no feature store yet)")
+def default_epochs(device: torch.device) -> int:
+    return DEFAULT_EPOCHS.get(device.type, DEFAULT_EPOCHS["cpu"])
 
 
 class _Images(torch.utils.data.Dataset):
-    """(uint8 CHW image, label, index); None for a file that cannot be read."""
+    """(uint8 CHW image, label, index) of one split; None for a file that cannot be read.
 
-    def __init__(self, root: Path, paths: list, labels: np.ndarray, preprocess):
-        self.root, self.paths, self.labels, self.preprocess = root, paths, labels, preprocess
+    Without `recipe` an image is read exactly as extraction reads it (resize, centre crop); with it,
+    it is augmented: RandomResizedCrop of the upright decoded image (`rrc`) or the extraction crop
+    (`flip`), then a random horizontal flip."""
+
+    def __init__(self, data: SplitImages, split: str, pre, recipe: Recipe | None = None):
+        self.root, self.paths, self.labels, self.pre = data.root, data.paths[split], data.labels[split], pre
+        self.augment = recipe.augment if recipe else None
+        if self.augment == "rrc":
+            self.crop = v2.RandomResizedCrop(pre.size, scale=(recipe.crop_scale, 1.0),
+                                             interpolation=InterpolationMode(pre.interpolation), antialias=True)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            x = load((self.root / self.paths[i]).read_bytes(), self.preprocess)
-        except (OSError, BadImage):
-            x = None
-        return x, int(self.labels[i]), i
+            data = (self.root / self.paths[i]).read_bytes()
+            if self.augment == "rrc":
+                x = self.crop(torch.from_numpy(decode_array(data, min_decode_side(self.pre))).permute(2, 0, 1))
+            else:
+                x = load(data, self.pre)
+        except (OSError, BadImage, MemoryError):
+            return None, int(self.labels[i]), i
+        if self.augment and torch.rand(()) < 0.5:
+            x = x.flip(2)
+        return x.contiguous(), int(self.labels[i]), i
 
 
 def _collate(batch):
@@ -122,11 +98,12 @@ def _is_batchnorm(m: nn.Module) -> bool:
 
 
 class Finetuned(nn.Module):
-    """The backbone (uint8 images in, normalisation inside) and a new linear head."""
+    """The backbone (uint8 images in, normalisation inside) and a new linear head. With
+    `freeze_bn_stats`, BatchNorm layers stay in inference mode while training (their weights still learn)."""
 
-    def __init__(self, backbone, n_classes: int, mode: str):
+    def __init__(self, backbone: Backbone, n_classes: int, mode: str, freeze_bn_stats: bool = False):
         super().__init__()
-        self.trunk, self.mode = backbone.model, mode
+        self.trunk, self.mode, self.freeze_bn_stats = backbone.model, mode, freeze_bn_stats
         self.head = nn.Linear(backbone.dim, n_classes)
         self.trunk.requires_grad_(mode == "full")
         if mode == "bn-head":
@@ -138,167 +115,327 @@ class Finetuned(nn.Module):
         super().train(mode)
         if self.mode == "head":  # a frozen trunk keeps its BatchNorm statistics and no dropout
             self.trunk.eval()
+        elif self.freeze_bn_stats:
+            for m in self.trunk.modules():
+                if _is_batchnorm(m):
+                    m.eval()
         return self
 
     def forward(self, x):
         return self.head(self.trunk(x))
 
 
-def _loader(data: SplitImages, split: str, preprocess, batch_size: int, workers: int, cuda: bool,
-            sampler=None) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(_Images(data.root, data.paths[split], data.labels[split], preprocess),
-                                       batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       collate_fn=_collate, pin_memory=cuda)
+@dataclass
+class Device:
+    """Where and how a fine-tune computes."""
+    device: torch.device
+    amp: bool  # fp16 autocast (CUDA only)
+    workers: int
+    batch_size: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp) if self.cuda \
+            else torch.autocast("cpu", enabled=False)
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch on the device, channels-last (1.5x faster training on CPU, faster convs on GPU)."""
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def name(self) -> str:
+        if self.cuda:
+            return torch.cuda.get_device_name(self.device)
+        return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.float16, enabled=amp) if device.type == "cuda" \
-        else torch.autocast("cpu", enabled=False)
+def _loader(dataset, dev: Device, sampler=None, generator=None, drop_last=False):
+    return torch.utils.data.DataLoader(dataset, batch_size=dev.batch_size, sampler=sampler, num_workers=dev.workers,
+                                       collate_fn=_collate, pin_memory=dev.cuda, generator=generator,
+                                       drop_last=drop_last)
 
 
-def predict(model: nn.Module, loader, device, amp: bool, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, which rows were read) for every image of the loader's split."""
-    model.eval()
-    p = np.zeros((n, n_classes))
-    seen = np.zeros(n, bool)
-    with torch.inference_mode(), _autocast(device, amp):
+def outputs(module: nn.Module, loader, dev: Device, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 outputs of `module` for every row of the loader's split, which rows could be read)."""
+    module.eval()
+    out, seen = None, np.zeros(n, bool)
+    with torch.inference_mode(), dev.autocast():
         for batch in loader:
             if batch is None:
                 continue
             x, _, idx = batch
-            p[idx.numpy()] = torch.softmax(model(x.to(device, non_blocking=True)).double(), 1).cpu().numpy()
-            seen[idx.numpy()] = True
-    return p, seen
+            y = module(dev.batch(x)).float().cpu().numpy()  # float32 on the device: MPS has no float64
+            if out is None:
+                out = np.zeros((n, y.shape[1]), np.float32)
+            out[idx.numpy()], seen[idx.numpy()] = y, True
+    if out is None:
+        raise FeatbenchError(f"none of the {n} images of a split could be read")
+    return out, seen
 
 
-def _val_scores(p, seen, y, n_classes) -> tuple[float, float]:
-    return (float(log_loss(y[seen], p[seen], labels=range(n_classes))),
-            float(accuracy_score(y[seen], p[seen].argmax(1))))
+@dataclass
+class Probe:
+    """The linear probe a `head_init = probe` fine-tune starts from: classify's logreg on trunk features."""
+    weight: np.ndarray  # (classes, dim), standardisation folded in
+    bias: np.ndarray
+    C: float
+    configurations: int
+    val_log_loss: float
+    images: int
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+def linear_head(pipeline, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted StandardScaler → LogisticRegression pipeline as the (weight, bias) of one Linear layer
+    with a logit per class (binary: ±z/2, the same softmax); classes absent from train get no chance."""
+    scale, lr = pipeline.named_steps["scale"], pipeline.named_steps["logreg"]
+    coef = lr.coef_ / scale.scale_
+    intercept = lr.intercept_ - coef @ scale.mean_
+    if len(coef) == 1:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((n_classes, coef.shape[1]))
+    bias = np.full(n_classes, intercept.min() - 30.0)
+    weight[lr.classes_], bias[lr.classes_] = coef, intercept
+    return weight, bias
 
 
-def model_name(store_stem: str, mode: str) -> str:
-    """`BACKBONE[-random-init|-w<sha8>]-finetune-MODE`: named after the backbone's feature store."""
-    return f"{store_stem}-finetune-{mode}"
+def linear_probe(model: Finetuned, data: SplitImages, pre, dev: Device, n_classes: int) -> Probe:
+    """LP of LP-FT: the trunk's features of train and val (read as extraction reads them), classify's
+    logreg head swept over C on val."""
+    feats = {}
+    for split in ("train", "val"):
+        X, seen = outputs(model.trunk, _loader(_Images(data, split, pre), dev), dev, len(data.paths[split]))
+        feats[split] = (X[seen].astype(np.float64), data.labels[split][seen])
+    head = HEADS["logreg"]
+    sel = sweep(head.make(), head.grid(len(feats["train"][1])), *feats["train"], *feats["val"], n_classes)
+    weight, bias = linear_head(sel.model, n_classes)
+    return Probe(weight, bias, sel.params["C"], len(sel.sweep), sel.val_log_loss,
+                 len(feats["train"][1]) + len(feats["val"][1]))
 
 
-def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, epochs: int = 3,
-             epoch_images: int = 0, batch_size: int = 32, lr: float | None = None, weight_decay: float = 0.01,
-             patience: int = 2, device: str = "auto", workers: int = -1, amp: bool = True,
-             weights: str | None = None, random_init: bool = False, seed: int = 0,
-             log=lambda msg: None) -> dict:
-    """Fine-tune on `data`'s train split, early-stop on val, score test once; returns the metrics."""
-    if mode not in MODES:
-        raise FeatbenchError(f"unknown --mode {mode!r}; choose {', '.join(MODES)}")
-    if epochs < 1 or batch_size < 1:
-        raise FeatbenchError("--epochs and --batch-size must be at least 1")
-    for split in SPLITS:
-        if not len(data.paths[split]):
-            raise FeatbenchError(f"{data.source}: no labelled {split} images to fine-tune with")
-    dev = pick_device(device)
-    cuda = dev.type == "cuda"
-    amp = amp and cuda
-    if dev.type == "cpu":
-        keep_freed_memory()  # as extraction does: a fair baseline (1.6x faster on CPU, same weights)
-    workers = workers if workers >= 0 else default_workers(dev)
-    lr = lr or DEFAULT_LR[mode]
-    backbone = create_backbone(backbone_name, weights, random_init)
-    n_classes = len(data.class_names)
+@dataclass
+class Run:
+    """One training run (one peak learning rate, one seed): its curve and its best epoch's weights."""
+    lr: float
+    seed: int
+    curve: list  # a row per epoch, from epoch 0 (before training)
+    best: dict  # the row of the epoch with the lowest validation log-loss
+    state: dict  # that epoch's weights
+    images_seen: int
+    seconds: float
+
+
+def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Recipe, lr: float, seed: int,
+              epochs: int, per_epoch: int, dev: Device, log) -> Run:
+    """Train from `start` (pretrained trunk, initial head) for `epochs`, scoring val before and after each;
+    the best trained epoch by validation log-loss is kept."""
+    model.load_state_dict(start)
     torch.manual_seed(seed)
-    model = Finetuned(backbone, n_classes, mode).to(dev)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    if recipe.head_init == "random":
+        model.head.reset_parameters()
+    groups = param_groups(model, recipe)
+    for g in groups:
+        g["lr"] = lr * g.pop("lr_scale")
+    opt = torch.optim.AdamW(groups, lr=lr)
     n_train = len(data.paths["train"])
-    per_epoch = min(epoch_images or n_train, n_train)
-    gen = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.RandomSampler(range(n_train), num_samples=per_epoch, generator=gen)
-    train = _loader(data, "train", backbone.preprocess, batch_size, workers, cuda, sampler)
-    val = _loader(data, "val", backbone.preprocess, batch_size, workers, cuda)
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(per_epoch / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = nn.CrossEntropyLoss()
+    sampler = torch.utils.data.RandomSampler(range(n_train), num_samples=per_epoch,
+                                             generator=torch.Generator().manual_seed(seed))
+    drop = per_epoch > dev.batch_size  # a batch of one breaks BatchNorm in training mode
+    train = _loader(_Images(data, "train", pre, recipe), dev, sampler, torch.Generator().manual_seed(seed + 1), drop)
+    val = _loader(_Images(data, "val", pre), dev)
+    steps = epochs * len(train)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=recipe.pct_start)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.amp)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     y_val = data.labels["val"]
-    curve, best, waited, images_seen = [], None, 0, 0
+    curve, best, state, images_seen = [], None, None, 0
     started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
+    for epoch in range(epochs + 1):  # epoch 0 scores the starting point (the probe's head), for the curve only
         total, count = 0.0, 0
-        for batch in train:
-            if batch is None:
+        model.train()
+        for batch in train if epoch else ():
+            if batch is None or len(batch[0]) < 2:
                 continue
             x, y, _ = batch
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            flip = torch.rand(len(x), device=dev) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
             opt.zero_grad(set_to_none=True)
-            with _autocast(dev, amp):
-                loss = loss_fn(model(x), y)
+            with dev.autocast():
+                loss = loss_fn(model(dev.batch(x)), y.to(dev.device, non_blocking=True))
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            sched.step()
+            if sched.last_epoch + 1 < steps:
+                sched.step()
             total += float(loss.detach()) * len(x)
             count += len(x)
         images_seen += count
-        p, seen = predict(model, val, dev, amp, len(y_val), n_classes)
-        loss_val, acc_val = _val_scores(p, seen, y_val, n_classes)
-        curve.append({"epoch": epoch, "train_loss": round(total / max(count, 1), 6),
-                      "val_log_loss": round(loss_val, 6), "val_accuracy": round(acc_val, 6),
-                      "seconds": round(time.perf_counter() - started, 3)})
-        log(f"{backbone.name} finetune-{mode} epoch {epoch}/{epochs}: train loss {curve[-1]['train_loss']:.4f}, "
-            f"val log-loss {loss_val:.4f}, val acc {acc_val:.4f} ({curve[-1]['seconds']:.0f}s)")
-        if best is None or loss_val < best[0] - 1e-6:
-            best, waited = (loss_val, acc_val, epoch, copy.deepcopy(model.state_dict())), 0
-        else:
-            waited += 1
-            if waited >= patience:
-                break
-    fit_seconds = time.perf_counter() - started
-    model.load_state_dict(best[3])
-    test = _loader(data, "test", backbone.preprocess, batch_size, workers, cuda)
-    y_test = data.labels["test"]
+        logits, seen = outputs(model, val, dev, len(y_val))
+        logits, yv = logits[seen].astype(np.float64), y_val[seen]
+        temperature = fit_temperature(logits, yv) if recipe.calibrate else 1.0
+        row = {"lr": lr, "seed": seed, "epoch": epoch, "train_loss": round(total / count, 6) if count else None,
+               "val_log_loss": round(log_loss_at(logits, yv, temperature), 6),
+               "val_log_loss_raw": round(log_loss_at(logits, yv, 1.0), 6),
+               "val_accuracy": round(float(accuracy_score(yv, logits.argmax(1))), 6),
+               "temperature": round(temperature, 4), "seconds": round(time.perf_counter() - started, 3)}
+        curve.append(row)
+        log(f"lr {lr:g} seed {seed} epoch {epoch}/{epochs}: train loss {row['train_loss'] or 0:.4f}, val log-loss "
+            f"{row['val_log_loss']:.4f} (T {temperature:.2f}; raw {row['val_log_loss_raw']:.4f}), val acc "
+            f"{row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
+        if epoch and (best is None or row["val_log_loss"] < best["val_log_loss"]):
+            best, state = row, copy.deepcopy(model.state_dict())
+    return Run(lr, seed, curve, best, state, images_seen, time.perf_counter() - started)
+
+
+def model_name(store_stem: str, mode: str, recipe: str | None = None) -> str:
+    """`BACKBONE[-random-init|-w<sha8>]-finetune-MODE[-RECIPE]`, named after the backbone's feature store;
+    the recipe is named when it is not the mode's default."""
+    return f"{store_stem}-finetune-{mode}" + (f"-{recipe}" if recipe and recipe != DEFAULT_RECIPE[mode] else "")
+
+
+def budget_params(mode: str, recipe: Recipe, epochs: int, epoch_images: int, batch_size: int, seeds: int,
+                  train_seed: int) -> dict:
+    """The settings a fine-tune's metrics record (`params`), which decide whether it can be reused."""
+    return {"mode": mode, "recipe": recipe.as_dict(), "epochs": epochs, "epoch_images": epoch_images,
+            "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed}
+
+
+def _test_scores(model: Finetuned, run: Run, test, dev: Device, data: SplitImages) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, readable rows) of the test split under `run`'s best weights and temperature."""
+    model.load_state_dict(run.state)
+    logits, seen = outputs(model, test, dev, len(data.paths["test"]))
+    return softmax(logits, run.best["temperature"]), seen
+
+
+def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, recipe: Recipe | None = None,
+             epochs: int | None = None, epoch_images: int = 0, batch_size: int = 32, seeds: int = 1,
+             train_seed: int = 0, device: str = "auto", workers: int = -1, amp: bool = True,
+             weights: str | None = None, random_init: bool = False, log=lambda msg: None) -> dict:
+    """Fine-tune on `data`'s train split, choose on val, score test once; returns the metrics."""
+    if mode not in MODES:
+        raise FeatbenchError(f"unknown --mode {mode!r}; choose {', '.join(MODES)}")
+    recipe = recipe or recipe_for(mode)
+    if (epochs is not None and epochs < 1) or batch_size < 2 or seeds < 1 or epoch_images < 0:
+        raise FeatbenchError("--epochs and --seeds must be at least 1, --batch-size at least 2")
+    for split in SPLITS:
+        if not len(data.paths[split]):
+            raise FeatbenchError(f"{data.source}: no labelled {split} images to fine-tune with")
+    torch_device = pick_device(device)
+    dev = Device(torch_device, amp and torch_device.type == "cuda", workers if workers >= 0 else
+                 (0 if torch_device.type == "cpu" else default_workers(torch_device)), batch_size)
+    if not dev.cuda:
+        keep_freed_memory()  # as extraction does: a fair baseline (1.6x faster on CPU, same weights)
+    epochs = epochs or default_epochs(torch_device)
+    n_train, n_classes = len(data.paths["train"]), len(data.class_names)
+    per_epoch = min(epoch_images or n_train, n_train)
+    backbone = create_backbone(backbone_name, weights, random_init)
+    pre = backbone.preprocess
+    torch.manual_seed(train_seed)
+    model = Finetuned(backbone, n_classes, mode, recipe.freeze_bn_stats).to(torch_device)
+    model = model.to(memory_format=torch.channels_last)
+
     started = time.perf_counter()
-    p, seen = predict(model, test, dev, amp, len(y_test), n_classes)
-    predict_seconds = time.perf_counter() - started
+    probe = None
+    if recipe.head_init == "probe":
+        probe = linear_probe(model, data, pre, dev, n_classes)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(probe.weight))
+            model.head.bias.copy_(torch.from_numpy(probe.bias))
+        log(f"{backbone.name} linear probe: C={probe.C:.3g}, val log-loss {probe.val_log_loss:.4f} "
+            f"({time.perf_counter() - started:.0f}s)")
+    start = copy.deepcopy(model.state_dict())
+    runs = [train_run(model, start, data, pre, recipe, lr, train_seed, epochs, per_epoch, dev, log)
+            for lr in recipe.lrs]
+    chosen = min(runs, key=lambda r: r.best["val_log_loss"])
+    fit_seconds = time.perf_counter() - started
+
+    test = _loader(_Images(data, "test", pre), dev)
+    y_test = data.labels["test"]
+    t0 = time.perf_counter()
+    p, seen = _test_scores(model, chosen, test, dev, data)
+    predict_seconds = time.perf_counter() - t0
     if not seen.any():
         raise FeatbenchError(f"{data.root}: none of the test images could be read")
+    final = copy.deepcopy(model.state_dict())
+    scores = evaluate(y_test[seen], p[seen], [q for q, s in zip(data.paths["test"], seen) if s], data.class_names)
+
+    replicas, t0 = [], time.perf_counter()
+    for seed in range(train_seed + 1, train_seed + seeds):  # the chosen configuration, other seeds
+        run = train_run(model, start, data, pre, recipe, chosen.lr, seed, epochs, per_epoch, dev, log)
+        q, ok = _test_scores(model, run, test, dev, data)
+        replicas.append((run, {"accuracy": float(accuracy_score(y_test[ok], q[ok].argmax(1))),
+                               "log_loss": float(log_loss(y_test[ok], q[ok], labels=range(n_classes)))}))
+    seeds_seconds = time.perf_counter() - t0
 
     stem = store_path(out, data.dataset["name"], backbone, weights, "float32").stem  # as classify names it
-    name = model_name(stem, mode)
+    name = model_name(stem, mode, recipe.name)
+    all_runs = runs + [r for r, _ in replicas]
     metrics = {
         "dataset": data.dataset["name"], "backbone": stem, "backbones": [backbone.name],
         "head": f"finetune-{mode}", "model": f"{name}.pt", "refit": False, "classes": data.class_names,
-        "n_train": n_train, "n_val": int(len(y_val)), "n_test": int(seen.sum()),
-        **evaluate(y_test[seen], p[seen], [q for q, s in zip(data.paths["test"], seen) if s], data.class_names),
-        "val_log_loss": best[0], "val_accuracy": best[1],
-        "params": {"mode": mode, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                   "epochs": epochs, "epoch_images": per_epoch, "patience": patience, "seed": seed,
-                   "best_epoch": best[2], "optimizer": "AdamW", "schedule": "one-cycle", "augment": "hflip"},
-        "sweep": curve, "members": {}, "fit_seconds": round(fit_seconds, 3),
-        "predict_seconds": round(predict_seconds, 4), "features": {},
+        "n_train": n_train, "n_val": len(data.paths["val"]), "n_test": int(seen.sum()), **scores,
+        "val_log_loss": chosen.best["val_log_loss"], "val_accuracy": chosen.best["val_accuracy"],
+        "params": {**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
+                   "lr": chosen.lr, "best_epoch": chosen.best["epoch"], "temperature": chosen.best["temperature"],
+                   **({"probe_C": probe.C} if probe else {})},
+        "sweep": [row for r in all_runs for row in r.curve], "members": {},
+        "fit_seconds": round(fit_seconds, 3), "predict_seconds": round(predict_seconds, 4), "features": {},
         "split_fingerprint": data.fingerprint, "split_source": data.source, "dataset_root": str(data.root),
         "weights": backbone.weights,
-        "compute": {"device": dev.type, "device_name": _device_name(dev), "amp": amp,
-                    "epochs_run": len(curve), "images_seen": images_seen,
-                    "trainable_params": sum(p.numel() for p in trainable),
-                    "total_params": sum(p.numel() for p in model.parameters()),
-                    "torch": torch.__version__},
+        "compute": {"device": torch_device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
+                    "runs": len(runs), "epochs": epochs, "epochs_run": sum(len(r.curve) - 1 for r in runs),
+                    "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
+                    "configurations": sum(len(r.curve) - 1 for r in runs) + (probe.configurations if probe else 0),
+                    "augment": recipe.describe(), "seeds_seconds": round(seeds_seconds, 3),
+                    "seeds_images_seen": sum(r.images_seen for r, _ in replicas),
+                    "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
+                    "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__},
         "featbench_version": featbench_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if seeds > 1:
+        rows = [{"seed": r.seed, "best_epoch": r.best["epoch"], "val_log_loss": r.best["val_log_loss"],
+                 "val_accuracy": r.best["val_accuracy"], "accuracy": s["accuracy"], "log_loss": s["log_loss"]}
+                for r, s in [(chosen, scores)] + replicas]
+        metrics["seeds"] = over_seeds(rows)
     folder = Path(out) / data.dataset["name"] / "models"
     model_path = folder / metrics["model"]
-    atomic_write(model_path, lambda tmp: torch.save({"state_dict": model.state_dict(), "class_names": data.class_names,
+    atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
                                                      "backbone": backbone.name, "mode": mode,
+                                                     "temperature": chosen.best["temperature"],
                                                      "weights": backbone.weights}, tmp))
     metrics["path"] = str(model_path)
     atomic_write(model_path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
     return metrics
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (default: the mode's recipe; each flag overrides one setting)")
+    g.add_argument("--recipe", choices=list(RECIPES),
+                   help=f"lp-ft or seed (default: {', '.join(f'{m}: {r}' for m, r in DEFAULT_RECIPE.items())})")
+    g.add_argument("--lr", type=float, nargs="+", metavar="LR",
+                   help=f"peak learning rate(s) of the head, each a run chosen on val log-loss "
+                        f"(default lp-ft: {' '.join(f'{x:g}' for x in RECIPES['lp-ft'].lrs)}; seed: 5e-4 full, 2e-3 else)")
+    g.add_argument("--head-init", choices=["probe", "random"], help="probe: LP-FT; random: a fresh head")
+    g.add_argument("--layer-ratio", type=float, help="head lr / stem lr (lp-ft: 100; 1 = one rate)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    g.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="also decay norm weights and biases (lp-ft: no; seed: yes)")
+    g.add_argument("--augment", choices=["rrc", "flip"], help="rrc: RandomResizedCrop + flip; flip: flip only")
+    g.add_argument("--crop-scale", type=float, help="smallest RandomResizedCrop area fraction (default 0.35)")
+    g.add_argument("--label-smoothing", type=float, help="lp-ft: 0.1; seed: 0")
+    g.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm layers keep their pretrained statistics while training (lp-ft: yes; seed: no)")
+    g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="temperature fitted on val (lp-ft: yes; seed: no)")
+    g.add_argument("--pct-start", type=float, help="warm-up share of the one-cycle schedule (lp-ft: 0.3)")
+
+
+def recipe_from_args(args, mode: str) -> Recipe:
+    return recipe_for(mode, args.recipe, lrs=args.lr, head_init=args.head_init, layer_ratio=args.layer_ratio,
+                      weight_decay=args.weight_decay, decay_norm_bias=args.decay_norm_bias, augment=args.augment,
+                      crop_scale=args.crop_scale, label_smoothing=args.label_smoothing,
+                      freeze_bn_stats=args.freeze_bn_stats, calibrate=args.calibrate,
+                      pct_start=args.pct_start)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -306,19 +443,23 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="registered backbone or timm model name")
     p.add_argument("--mode", choices=list(MODES), default="full", help="; ".join(f"{k}: {v}" for k, v in MODES.items()))
-    p.add_argument("--epochs", type=int, default=3, help="maximum epochs (default 3; early stopping may end sooner)")
+    p.add_argument("--epochs", type=int,
+                   help="epochs of each run (default: " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_EPOCHS.items()) + ")")
     p.add_argument("--epoch-images", type=int, default=0,
                    help="train on a random N of the train images per epoch (default: all of them)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, help="peak one-cycle learning rate (default: " + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--patience", type=int, default=2, help="epochs without a better val log-loss before stopping")
-    p.add_argument("--train-seed", type=int, default=0, help="head initialisation, order and flips")
-    p.add_argument("--features", type=Path, metavar="STORE", help="take the split from this feature store")
+    p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat the chosen configuration with N seeds in all; mean ± std of test scores (default 1)")
+    p.add_argument("--train-seed", type=int, default=0, help="first training seed: head, order, augmentation (default 0)")
+    add_recipe_args(p)
+    p.add_argument("--features", type=Path, metavar="STORE",
+                   help="take the split from this feature store (models go beside it unless --out is given)")
     p.add_argument("--weights", metavar="FILE", help="backbone weights file (as in extract)")
     p.add_argument("--random-init", action="store_true", help="random backbone weights (tests only)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: auto)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="decoding processes (default: none on CPU, where a decoder would take a core from the "
+                        "model's threads; as extraction's on a GPU)")
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     add_dataset_args(p)
@@ -329,14 +470,19 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     settings = resolve(args, need_data=args.features is None)
     data = same_split(settings, args.backbone, args.features)
-    out = settings.out if args.features is None else args.features.parent.parent
+    out = settings.out if args.out or args.features is None else args.features.parent.parent
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"split from {data.source}: {', '.join(f'{len(data.paths[s])} {s}' for s in SPLITS)}")
-    m = finetune(data, args.backbone, args.mode, out, epochs=args.epochs, epoch_images=args.epoch_images,
-                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-                 device=args.device, workers=args.workers, amp=not args.no_amp, weights=args.weights,
-                 random_init=args.random_init, seed=args.train_seed, log=log)
+    m = finetune(data, args.backbone, args.mode, out, recipe=recipe_from_args(args, args.mode), epochs=args.epochs,
+                 epoch_images=args.epoch_images, batch_size=args.batch_size, seeds=args.seeds,
+                 train_seed=args.train_seed, device=args.device, workers=args.workers, amp=not args.no_amp,
+                 weights=args.weights, random_init=args.random_init, log=log)
+    c, prm = m["compute"], m["params"]
+    spread = (f"; over {m['seeds']['n']} seeds {100 * m['seeds']['accuracy_mean']:.2f} ± "
+              f"{100 * m['seeds']['accuracy_std']:.2f}%, log-loss {m['seeds']['log_loss_mean']:.4f} ± "
+              f"{m['seeds']['log_loss_std']:.4f}") if "seeds" in m else ""
     print(f"{m['model'].removesuffix('.pt')}: test accuracy {m['accuracy']:.4f}, log-loss {m['log_loss']:.4f} "
-          f"(best epoch {m['params']['best_epoch']}/{m['compute']['epochs_run']}, {m['fit_seconds']:.0f}s on "
-          f"{m['compute']['device_name']}); {Path(m['path']).with_suffix('.metrics.json')}")
+          f"(lr {prm['lr']:g}, epoch {prm['best_epoch']}/{prm['epochs']}; val {m['val_accuracy']:.4f}, "
+          f"{m['val_log_loss']:.4f}; {c['runs']} runs, {c['images_seen']} images seen, {m['fit_seconds']:.0f}s on "
+          f"{c['device_name']}){spread}; {Path(m['path']).with_suffix('.metrics.json')}")
     return 0

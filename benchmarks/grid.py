@@ -21,26 +21,33 @@ then the report in OUT/DATASET/report/. The config:
     [[finetune]]               # any number; keys as `python -m benchmarks finetune`
     backbone = "mobilenet_v2"
     mode = "full"              # full | bn-head | head
-    epochs = 2                 # also: epoch_images, batch_size, lr, weight_decay, patience, seed
+    # budget: epochs (default per device), epoch_images, batch_size, seeds, train_seed;
+    # recipe = "lp-ft" | "seed" (default: the mode's), and any of its settings: lr (one or a list),
+    # head_init, layer_ratio, weight_decay, decay_norm_bias, augment, crop_scale, label_smoothing,
+    # calibrate, pct_start
 """
 import argparse
-import inspect
 import json
 import sys
+import time
 from pathlib import Path
 
-from benchmarks.finetune import DEFAULT_LR, MODES, finetune, model_name, same_split
+from benchmarks.finetune import budget_params, default_epochs, finetune, model_name
+from benchmarks.recipes import MODES, OVERRIDES, recipe_for
+from benchmarks.splits import same_split
 from benchmarks.report import build, markdown_table
 from classify.heads import ENSEMBLES
 from classify.train import parse_heads, run as classify
 from extract.backbones import create_backbone
 from extract.config import add_dataset_args, resolve, tomllib
 from extract.datasets import load_dataset
-from extract.pipeline import Options, extract
+from extract.pipeline import Options, extract, pick_device
 from features.errors import FeatbenchError
 
-BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights"}
-FINETUNE_KEYS = {"epochs", "epoch_images", "batch_size", "lr", "weight_decay", "patience", "seed"}
+BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds"}
+BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
+RECIPE_KEYS = {"recipe", "lr", *(k for k in OVERRIDES if k != "lrs")}
+FINETUNE_KEYS = BUDGET_KEYS | RECIPE_KEYS
 
 
 def read_config(path: Path) -> dict:
@@ -62,29 +69,41 @@ def read_config(path: Path) -> dict:
         if bad or entry.get("mode", "full") not in MODES or "backbone" not in entry:
             raise FeatbenchError(f"{path}: [[finetune]] {entry} needs backbone and mode ({'|'.join(MODES)}); "
                                  f"other keys: {', '.join(sorted(FINETUNE_KEYS))}")
+        try:
+            _recipe(entry)
+        except FeatbenchError as e:
+            raise FeatbenchError(f"{path}: [[finetune]] {entry}: {e}") from None
     return cfg
 
 
-def _settings(entry: dict, n_train: int) -> dict:
-    """A fine-tune's settings with defaults filled in, as its metrics record them."""
-    defaults = {k: p.default for k, p in inspect.signature(finetune).parameters.items() if k in FINETUNE_KEYS}
-    s = {**defaults, **{k: v for k, v in entry.items() if k in FINETUNE_KEYS}}
-    s["lr"] = s["lr"] or DEFAULT_LR[entry.get("mode", "full")]
-    s["epoch_images"] = min(s["epoch_images"] or n_train, n_train)
-    return s
+def _recipe(entry: dict):
+    return recipe_for(entry.get("mode", "full"), entry.get("recipe"), lrs=entry.get("lr"),
+                      **{k: entry.get(k) for k in RECIPE_KEYS - {"recipe", "lr"}})
 
 
-def _reusable(path: Path, split: str, weights_fp: str, settings: dict) -> dict | None:
-    """Earlier metrics of this fine-tune when split, weights and settings all match."""
+def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
+    """A [[finetune]] entry as (recipe, finetune() keyword budget, the params its metrics would record)."""
+    mode = entry.get("mode", "full")
+    recipe = _recipe(entry)
+    budget = {"epochs": entry.get("epochs") or default_epochs(pick_device(device)),
+              "epoch_images": entry.get("epoch_images", 0), "batch_size": entry.get("batch_size", 32),
+              "seeds": entry.get("seeds", 1), "train_seed": entry.get("train_seed", 0)}
+    recorded = budget_params(mode, recipe, **{**budget, "epoch_images": min(budget["epoch_images"] or n_train, n_train)})
+    return recipe, budget, recorded
+
+
+def _reusable(path: Path, split: str, weights_fp: str, params: dict) -> dict | None:
+    """Earlier metrics of this fine-tune when split, weights and every setting match."""
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
     same = (m.get("split_fingerprint") == split and m.get("weights", {}).get("fingerprint") == weights_fp
-            and all(m["params"].get(k) == v for k, v in settings.items()))
+            and all(m["params"].get(k) == v for k, v in params.items()))
     return m if same else None
 
 
 def run(config: Path, args) -> tuple:
+    started = time.perf_counter()
     cfg = read_config(config)
     bench = cfg["benchmark"]
     args.config = config
@@ -119,7 +138,9 @@ def run(config: Path, args) -> tuple:
         heads = [h for h in heads if h not in ENSEMBLES]
         notes.append("ensembles skipped: they need two feature stores or more")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    metrics = classify(stores, heads, bench.get("refit", False), log)
+    extracted = time.perf_counter()
+    metrics = classify(stores, heads, bench.get("refit", False), log, seeds=args.seeds or bench.get("seeds", 1))
+    classified = time.perf_counter()
 
     entries = [] if args.no_finetune else cfg.get("finetune", [])
     for entry in entries:
@@ -128,17 +149,25 @@ def run(config: Path, args) -> tuple:
             notes.append(f"{name} finetune-{mode}: skipped, {name} is not in this run or has no weights here")
             continue
         data = same_split(settings, name)
-        s = _settings(entry, len(data.paths["train"]))
+        entry = {**entry, **({"seeds": args.seeds} if args.seeds else {})}
+        recipe, budget, recorded = finetune_settings(entry, len(data.paths["train"]), args.device)
         fp, weights, store_stem = built[name]
-        stem = model_name(store_stem, mode)
+        stem = model_name(store_stem, mode, recipe.name)
         done = _reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
-                         {"mode": mode, **s})
+                         recorded)
         if done:
             log(f"{stem}: reused (same split, weights and settings); delete its metrics file to retrain")
             metrics.append(done)
             continue
-        metrics.append(finetune(data, name, mode, settings.out, device=args.device, weights=weights,
-                                random_init=args.random_init, log=log, **s))
+        log(f"{stem}: fine-tuning ({recipe.name} recipe; peak lr {', '.join(f'{x:g}' for x in recipe.lrs)}; "
+            f"epochs per run: {budget['epochs']}; seeds: {budget['seeds']})")
+        metrics.append(finetune(data, name, mode, settings.out, recipe=recipe, device=args.device, weights=weights,
+                                random_init=args.random_init, log=log, **budget))
+    done = time.perf_counter()
+    notes.append(f"this run: {done - started:.0f} s wall; extraction {extracted - started:.0f} s, frozen heads "
+                 f"{classified - extracted:.0f} s, fine-tunes {done - classified:.0f} s "
+                 f"({(done - classified) / (done - started):.0%} of the run; reused fine-tunes cost nothing here)")
+    print(f"note: {notes[-1]}", file=sys.stderr)
     folder = args.report or settings.out / dataset.name / "report"
     return build(metrics, folder, args.title, notes)
 
@@ -150,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", nargs="+", metavar="NAME", help="only these backbones (default: the config's)")
     p.add_argument("--head", nargs="+", metavar="H", help="only these heads (default: the config's)")
     p.add_argument("--no-finetune", action="store_true", help="skip the config's fine-tunes")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds for the frozen heads that have a random state and for every fine-tune (default: the "
+                        "config's [benchmark] seeds and [[finetune]] seeds, else 1)")
     p.add_argument("--random-init", action="store_true", help="random backbone weights (tests only)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--report", type=Path, help="report folder (default OUT/DATASET/report)")

@@ -97,7 +97,7 @@ def sweeps(metrics: list[dict]) -> bytes | None:
     """Validation log-loss along each head's regularisation sweep (and each fine-tune's epochs)."""
     panels: dict[str, list] = {}
     for m in metrics:
-        rows = m.get("sweep") or []
+        rows = [] if m["head"].startswith("finetune-") else m.get("sweep") or []
         if len(rows) < 2:
             continue
         for kernel in sorted({r.get("kernel") for r in rows}, key=str):
@@ -109,7 +109,6 @@ def sweeps(metrics: list[dict]) -> bytes | None:
                                                                   [r["val_log_loss"] for r in part]))
     if not panels:
         return None
-    panels = dict(sorted(panels.items(), key=lambda kv: kv[0].startswith("finetune-")))  # heads first
     cols = min(3, len(panels))
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.4 * rows_n), squeeze=False)
@@ -130,6 +129,40 @@ def sweeps(metrics: list[dict]) -> bytes | None:
             ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def finetune_curves(metrics: list[dict]) -> bytes | None:
+    """Each fine-tune's validation log-loss and accuracy per epoch, a line per run (learning rate, seed)."""
+    tuned = [m for m in metrics if m["head"].startswith("finetune-") and m.get("sweep")]
+    if not tuned:
+        return None
+    fig, axes = plt.subplots(2, len(tuned), figsize=(4.6 * len(tuned), 6.4), squeeze=False)
+    for col, m in enumerate(tuned):
+        p = m.get("params", {})
+        runs: dict[tuple, list] = {}
+        for row in m["sweep"]:
+            runs.setdefault((row.get("lr", p.get("lr")), row.get("seed", 0)), []).append(row)
+        for (lr, seed), rows in runs.items():
+            label = f"lr {lr:g}" + (f", seed {seed}" if seed != p.get("train_seed", 0) else "")
+            style = "-" if seed == p.get("train_seed", 0) else ":"
+            for ax, key in zip(axes[:, col], ("val_log_loss", "val_accuracy")):
+                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], style, marker=".", label=label)
+        best = next((r for r in m["sweep"] if r.get("lr", p.get("lr")) == p.get("lr")
+                     and r.get("seed", 0) == p.get("train_seed", 0) and r["epoch"] == p.get("best_epoch")), None)
+        for ax, key in zip(axes[:, col], ("val_log_loss", "val_accuracy")):
+            if best:
+                ax.plot(best["epoch"], best[key], "*", color="black", markersize=12)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.set_ylabel(key.replace("_", " ").replace("val", "val."), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        recipe = p.get("recipe", {}).get("name", "")
+        axes[0, col].set_title(f"{m['backbone']} {m['head']}{f' ({recipe})' if recipe else ''}", fontsize=9)
+        axes[0, col].set_yscale("log")
+        _log_ticks(axes[0, col].yaxis)
+        axes[0, col].legend(fontsize=6)
     fig.tight_layout()
     return _png(fig)
 

@@ -24,16 +24,18 @@ import matplotlib
 import sklearn
 
 from benchmarks import plots
-from benchmarks.finetune import MODES
+from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from benchmarks.published import published_for, task_of
 from classify.heads import ENSEMBLES, HEADS
+from classify.train import short_params
 from classify.models import atomic_write
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 
 HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
 SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_accuracy", "fit_seconds",
-           "predict_seconds", "n_train", "n_val", "n_test", "refit", "split_fingerprint")
+           "predict_seconds", "n_train", "n_val", "n_test", "refit", "configurations", "split_fingerprint")
+SEED_KEYS = ("accuracy_mean", "accuracy_std", "log_loss_mean", "log_loss_std")
 FILES = ("report.md", "report.html", "results.csv", "results.json")
 
 
@@ -103,9 +105,13 @@ def measured_row(m: dict, metas: dict) -> dict:
     row.update({k: m[k] for k in SCALARS if k in m})
     row.update({k: v for k, v in m.items() if k.startswith(("precision/", "recall/"))})
     row["params"] = json.dumps(m.get("params", {}), sort_keys=True)
+    seeds = m.get("seeds") or {}
+    row.update(seeds=seeds.get("n"), **{k: seeds.get(k) for k in SEED_KEYS})
     if finetuned:
         c = m.get("compute", {})
-        row.update(extract_seconds=None, images_per_second=None, compute_seconds=m["fit_seconds"],
+        recipe = m["params"].get("recipe", {}).get("name")
+        row.update(recipe=recipe, configurations=c.get("configurations"), images_seen=c.get("images_seen"),
+                   extract_seconds=None, images_per_second=None, compute_seconds=m["fit_seconds"],
                    device=c.get("device", ""), device_name=c.get("device_name", ""))
     else:
         stores = [metas.get(s) for s in m.get("features", {})]
@@ -157,6 +163,10 @@ def collect(metrics: list[dict], notes: list | None = None) -> Collected:
 
 # ---- formatting -------------------------------------------------------------------------------------
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
@@ -173,19 +183,32 @@ def main_table(c: Collected) -> tuple[list, list, list]:
     """(header, rows, sources): measured rows (★ = best of its kind by val log-loss), then published ones."""
     best = {id(c.best("frozen")), id(c.best("fine-tuned"))}
     header = ["result", "backbone", "head", "test accuracy", "log-loss", "fit s", "extraction s", "images/s",
-              "compute s", "device"]
+              "compute s", "device", "configs", "over seeds"]
     rows = []
     for r in c.rows:
-        head = r["head"] + (", refit" if r.get("refit") else "")
+        head = r["head"] + (", refit" if r.get("refit") else "") + (f", {r['recipe']} recipe" if not _default_recipe(r) else "")
         rows.append([f"{'★ ' if id(r) in best else ''}measured, {r['kind']}", r["backbone"], head, pct(r["accuracy"]),
                      num(r["log_loss"]), secs(r["fit_seconds"]), secs(r["extract_seconds"]),
-                     num(r["images_per_second"], 1), secs(r["compute_seconds"]), r["device"] or "—"])
+                     num(r["images_per_second"], 1), secs(r["compute_seconds"]), r["device"] or "—",
+                     str(r["configurations"]) if r.get("configurations") is not None else "—", spread(r)])
     sources = []
     for p in c.published:
         sources.append(f"{p['source']} — measured on: {p['split']}")
         rows.append([f"published [{len(sources)}]", p["backbone"], p["method"], pct(p["accuracy"]),
-                     num(p["log_loss"]), "—", "—", "—", "—", "—"])
+                     num(p["log_loss"]), "—", "—", "—", "—", "—", "—", "—"])
     return header, rows, sources
+
+
+def _default_recipe(r: dict) -> bool:
+    return r["kind"] == "frozen" or not r.get("recipe") or r["recipe"] == DEFAULT_RECIPE.get(r["head"][len("finetune-"):])
+
+
+def spread(r: dict) -> str:
+    """`98.70 ± 0.21% / 0.0412 ± 0.0031 (3 seeds)`: test accuracy and log-loss over seeds, or —."""
+    if not r.get("seeds"):
+        return "—"
+    return (f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}% / {r['log_loss_mean']:.4f} ± "
+            f"{r['log_loss_std']:.4f} ({r['seeds']} seeds)")
 
 
 def _compute_words(r: dict) -> str:
@@ -206,22 +229,75 @@ def _versus(frozen: dict, tuned: dict) -> str:
             f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
 
 
+def _gap(r: dict) -> str:
+    """The chosen configuration's validation scores next to its test scores."""
+    if r.get("val_accuracy") is None:
+        return ""
+    return (f"val {pct(r['val_accuracy'])} / log-loss {num(r['val_log_loss'])} → test {pct(r['accuracy'])} / "
+            f"{num(r['log_loss'])}" + (f"; test over seeds {spread(r)}" if r.get("seeds") else ""))
+
+
+def _pool(rows: list[dict]) -> str:
+    configs = sum(r.get("configurations") or 0 for r in rows)
+    return f"best by val log-loss of {len(rows)} models, {configs} configurations scored on val in all"
+
+
+def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
+    """What the frozen side was given: configurations, images and their treatment, seconds, device."""
+    m = c.metrics_of(r)
+    images = max((c.metas[s]["rows"] for s in m.get("features", {}) if s in c.metas), default=None)
+    stores = len(m.get("features", {})) or 1
+    embedded = (f"each of {images} images embedded once{f' by each of {stores} backbones' if stores > 1 else ''}"
+                if images else "every image embedded once")
+    tried = _pool(pool) if len(pool) > 1 else f"{r.get('configurations') or 0} configurations scored on val"
+    chosen = f"{r['head']} {short_params(m.get('params', {}))}".rstrip()
+    return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} "
+            f"(resize + centre crop, no augmentation), the head fitted on {r['n_train']} train images; "
+            f"{_compute_words(r)}")
+
+
+def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
+    """What the fine-tuned side was given: recipe, runs × epochs, images seen, chosen point, seconds, device."""
+    m = c.metrics_of(r)
+    p, cp = m.get("params", {}), m.get("compute", {})
+    recipe = p.get("recipe", {})
+    lrs = ", ".join(f"{x:g}" for x in recipe.get("lrs", [p.get("lr", 0)]))
+    probe = f" + {cp['probe_images']} images embedded for the linear probe" if cp.get("probe_images") else ""
+    seeds = (f"; {plural(p.get('seeds', 1) - 1, 'more seed')} of the chosen configuration: "
+             f"{secs(cp.get('seeds_seconds'))} s more" if p.get("seeds", 1) > 1 else "")
+    return (f"fine-tuned — {_pool(pool) + '; ' if len(pool) > 1 else ''}{r['head']}, {recipe.get('name', '?')} recipe "
+            f"({cp.get('augment', '?')}): {plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, "
+            f"{plural(p.get('epochs', 0), 'epoch')} each, {cp.get('configurations', '?')} configurations (run × epoch{', + probe C values' if probe else ''}) "
+            f"scored on val; {cp.get('images_seen', '?')} training images seen{probe}; chosen lr {p.get('lr', 0):g}, "
+            f"epoch {p.get('best_epoch', '?')} ({_gap(r)}); {secs(r['compute_seconds'])} s of training on "
+            f"{r['device_name'] or r['device']}{seeds}")
+
+
+def _budgets(c: Collected, frozen: dict, tuned: dict, frozen_pool: list, tuned_pool: list) -> str:
+    return f"Budgets: {frozen_budget(c, frozen, frozen_pool)}. {finetune_budget(c, tuned, tuned_pool)}."
+
+
 def verdict(c: Collected) -> str:
-    """The best frozen-feature model against the best fine-tuned one, with the compute each needed;
-    then each fine-tune against the best frozen head on its own backbone."""
+    """The best frozen-feature model against the best fine-tuned one, then each fine-tune against the best
+    frozen head on its own backbone: scores, compute, and each side's budget."""
     frozen, tuned = c.best("frozen"), c.best("fine-tuned")
+    frozen_rows = [r for r in c.rows if r["kind"] == "frozen"]
+    tuned_rows = [r for r in c.rows if r["kind"] == "fine-tuned"]
     lines = []
     for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
         if r is not None:
             lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']} — test accuracy "
                          f"{pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
-        lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}.")
-    for t in (r for r in c.rows if r["kind"] == "fine-tuned"):
+        lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}. "
+                     + _budgets(c, frozen, tuned, frozen_rows, tuned_rows))
+    for t in tuned_rows:
         f = c.best("frozen", t["backbone"])
         if f and f["compute_seconds"] and t["compute_seconds"]:
+            mine = [r for r in frozen_rows if r["backbone"] == t["backbone"]]
+            recipe = "" if _default_recipe(t) else f" ({t['recipe']} recipe)"
             lines.append(f"Same backbone, {t['backbone']}: frozen + {f['head']} (its best head by validation "
-                         f"log-loss) against {t['head']}: {_versus(f, t)}.")
+                         f"log-loss) against {t['head']}{recipe}: {_versus(f, t)}. " + _budgets(c, f, t, mine, [t]))
     if not tuned:
         lines.append("No fine-tuned baseline was measured on this split (`python -m benchmarks finetune`).")
     return "\n\n".join(lines)
@@ -288,7 +364,11 @@ def figures(c: Collected) -> list[Figure]:
             out.append(Figure("top_losses.png", f"Top losses of the best model ({label})", png))
     png = plots.sweeps(c.metrics)
     if png:
-        out.append(Figure("sweeps.png", "Regularisation sweeps (validation log-loss; fine-tunes: per epoch)", png))
+        out.append(Figure("sweeps.png", "Regularisation sweeps of the frozen heads (validation log-loss)", png))
+    png = plots.finetune_curves(c.metrics)
+    if png:
+        out.append(Figure("finetune_curves.png", "Fine-tunes per epoch (validation log-loss and accuracy; "
+                                                 "★ the chosen run and epoch)", png))
     return out
 
 

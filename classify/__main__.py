@@ -1,6 +1,6 @@
 """`python -m classify`: heads and ensembles on cached features, honest metrics, saved models.
 
-  python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [--max-memory SIZE]
+  python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [--seeds N] [--max-memory SIZE]
                      [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
   python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
   python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
@@ -51,6 +51,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="the dataset's stores OUT/DATASET/NAME.h5 (e.g. mobilenet_v2)")
     p.add_argument("--refit", action="store_true",
                    help="refit the chosen configuration on train+val before the test score")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="also choose each head that has a random state (mlp, svm) with N-1 more seeds and report "
+                        "the test scores' mean ± std over the N (default 1)")
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="stream features from disk into incremental heads (logreg, mlp) when the stores' "
                         "float32 features exceed this, e.g. 8G or 512M (default: an eighth of RAM)")
@@ -173,10 +176,15 @@ def main(argv=None) -> int:
         heads = [h for h in heads if h not in ENSEMBLES]
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with sweep_backend(args.backend, args.n_jobs):
-        results = run(paths, heads, args.refit, log, args.max_memory)
+        results = run(paths, heads, args.refit, log, args.max_memory, args.seeds)
     if skip:
         print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
     print(table(results))
+    for r in (r for r in results if "seeds" in r):
+        sd = r["seeds"]
+        print(f"{r['model'].removesuffix('.joblib')}: over {sd['n']} seeds test accuracy "
+              f"{sd['accuracy_mean']:.4f} ± {sd['accuracy_std']:.4f}, log-loss {sd['log_loss_mean']:.4f} ± "
+              f"{sd['log_loss_std']:.4f}")
     refit = " (refit on train+val)" if args.refit else ""
     print(f"\ntest split scored once per model{refit}; models and metrics in {Path(results[0]['path']).parent}")
     return 0

@@ -20,7 +20,12 @@ Keys (stable; benchmarks read them):
   `val_accuracy`, `epochs` for the MLP); `members`: `{store: head}` of `avg`/`stack`, else `{}`
 - `fit_seconds`: wall time from features to the final model, selection included (ensembles:
   member selection included); `predict_seconds`: wall time to predict the test split
+- `configurations`: hyper-parameter points fitted on train and scored on val to choose this model
+  (ensembles: their members' too)
 - `features`: `{store name: fingerprint}`; `split_fingerprint`: the shared split assignment
+- `seeds` (only with `--seeds N`, N > 1, for heads with a random state): `n`, `accuracy_mean`,
+  `accuracy_std`, `log_loss_mean`, `log_loss_std` and `runs`, one `{seed, accuracy, log_loss,
+  val_log_loss, ...}` per seed (the saved model's first); `seeds_seconds`: the extra seeds' time
 """
 import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, log_loss,
@@ -77,3 +82,11 @@ def evaluate(y, p, paths, class_names) -> dict:
     out.update(confusion=cm.tolist(), most_confused=most_confused(cm, class_names),
                top_losses=top_losses(y, p, paths, class_names))
     return out
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation of test accuracy and log-loss over runs with different seeds."""
+    acc, ll = np.array([r["accuracy"] for r in runs]), np.array([r["log_loss"] for r in runs])
+    ddof = 1 if len(runs) > 1 else 0
+    return {"n": len(runs), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=ddof)),
+            "log_loss_mean": float(ll.mean()), "log_loss_std": float(ll.std(ddof=ddof)), "runs": runs}

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
-from classify.metrics import evaluate, proba
+from classify.metrics import evaluate, over_seeds, proba
 from classify.models import atomic_write, backbone_record, bundle, save_model
 from classify.select import fit_fixed, score, sweep
 from features.errors import FeatbenchError, StoreError
@@ -152,6 +152,8 @@ class Candidate:
     seconds: float
     sweep: list = field(default_factory=list)
     members: dict = field(default_factory=dict)
+    configurations: int = 0  # grid points scored on val to choose this model
+    replicas: dict = field(default_factory=dict)  # seed → Selection of the same head with that random state
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return side_by_side(self.stores, split)
@@ -163,9 +165,15 @@ def side_by_side(stores: list[Store], split: str) -> tuple[np.ndarray, np.ndarra
     return (parts[0].X if len(parts) == 1 else np.hstack([p.X for p in parts])), parts[0].y
 
 
-def _single(store: Store, head: str, sel) -> Candidate:
+def _single(store: Store, head: str, sel, replicas: dict) -> Candidate:
     return Candidate(f"{store.name}-{head}", head, [store], HEADS[head].make(), sel.fixed, sel.model,
-                     sel.params, sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep)
+                     sel.params, sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep,
+                     configurations=len(sel.sweep), replicas=replicas)
+
+
+def seeded(head: str) -> bool:
+    """Whether a head's fit depends on a random state (initialisation, order, folds)."""
+    return "random_state" in HEADS[head].make().get_params()
 
 
 def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) -> Candidate:
@@ -176,7 +184,7 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     if head == "concat":
         sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes)
         return Candidate(name, head, stores, ensembles.concat(dims), sel.fixed, sel.model, sel.params,
-                         sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep)
+                         sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep, configurations=len(sel.sweep))
     best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
             for s in stores}
     members = {n: HEADS[h].make().set_params(**sel.fixed) for n, (h, sel) in best.items()}
@@ -187,7 +195,8 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     loss, acc = score(model, Xv, yv, n_classes)
     return Candidate(name, head, stores, template, {}, model,
                      {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, loss, acc, seconds,
-                     members={n: h for n, (h, _) in best.items()})
+                     members={n: h for n, (h, _) in best.items()},
+                     configurations=sum(len(selections[s.name, h].sweep) for s in stores for h in HEADS))
 
 
 @contextmanager
@@ -200,8 +209,11 @@ def refusal(where, head: str):
                              f"({str(e).splitlines()[0]})") from None
 
 
-def choose(stores: list[Store], heads: list[str], log=lambda msg: None) -> list[Candidate]:
-    """Step 2: every requested head (and ensemble) chosen on train → val; test is not touched."""
+def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: int = 1) -> list[Candidate]:
+    """Step 2: every requested head (and ensemble) chosen on train → val; test is not touched.
+
+    With `seeds` > 1, each head with a random state is also chosen with random states 1..seeds-1
+    (each seed its own sweep), to measure how much its test score depends on the seed."""
     singles = [h for h in heads if h in HEADS]
     wanted = [h for h in heads if h in ENSEMBLES]
     if wanted and len(stores) < 2:
@@ -217,7 +229,16 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None) -> list[
                 sel = selections[s.name, h] = sweep(HEADS[h].make(), HEADS[h].grid(len(s.train)), s.train.X,
                                                     s.train.y, s.val.X, s.val.y, len(s.class_names))
             log(f"{s.name}-{h}: {short_params(sel.params)} val log-loss {sel.val_log_loss:.4f} ({sel.seconds:.1f}s)")
-    out = [_single(s, h, selections[s.name, h]) for s in stores for h in singles]
+    replicas = {}
+    for s in stores:
+        for h in (h for h in singles if seeds > 1 and seeded(h)):
+            with refusal(s.path, h):
+                replicas[s.name, h] = {seed: sweep(HEADS[h].make().set_params(random_state=seed),
+                                                   HEADS[h].grid(len(s.train)), s.train.X, s.train.y, s.val.X,
+                                                   s.val.y, len(s.class_names)) for seed in range(1, seeds)}
+            log(f"{s.name}-{h}: {seeds - 1} more seeds chosen "
+                f"({sum(r.seconds for r in replicas[s.name, h].values()):.1f}s)")
+    out = [_single(s, h, selections[s.name, h], replicas.get((s.name, h), {})) for s in stores for h in singles]
     for h in wanted:
         with refusal(stores[0].path.parent, h):
             out.append(_ensemble(h, stores, selections, len(stores[0].class_names)))
@@ -236,9 +257,34 @@ def finish(c: Candidate, refit: bool) -> dict:
         c.seconds += time.perf_counter() - started
         n_train += len(c.stores[0].val)
     X, y = c.features("test")
+    n_classes = len(c.stores[0].class_names)
     started = time.perf_counter()
-    p = proba(c.model, X, len(c.stores[0].class_names))
-    return report(c, p, time.perf_counter() - started, n_train, refit)
+    p = proba(c.model, X, n_classes)
+    metrics = report(c, p, time.perf_counter() - started, n_train, refit)
+    if c.replicas:
+        metrics.update(_seed_scores(c, metrics, refit))
+    return metrics
+
+
+def _seed_scores(c: Candidate, metrics: dict, refit: bool) -> dict:
+    """`seeds` and `seeds_seconds` of a head chosen once per random state (see `choose`)."""
+    X, y = c.features("test")
+    n_classes = len(c.stores[0].class_names)
+    started = time.perf_counter()
+    runs = [{"seed": c.template.get_params()["random_state"], "accuracy": metrics["accuracy"],
+             "log_loss": metrics["log_loss"], "val_log_loss": c.val_log_loss, "params": c.params}]
+    for seed, sel in c.replicas.items():
+        model = sel.model
+        if refit:
+            Xt, yt = c.features("train")
+            Xv, yv = c.features("val")
+            model = fit_fixed(c.template, {**sel.fixed, "random_state": seed}, np.vstack([Xt, Xv]),
+                              np.concatenate([yt, yv]))
+        loss, acc = score(model, X, y, n_classes)
+        runs.append({"seed": seed, "accuracy": acc, "log_loss": loss, "val_log_loss": sel.val_log_loss,
+                     "params": sel.params})
+    seconds = sum(sel.seconds for sel in c.replicas.values()) + time.perf_counter() - started
+    return {"seeds": over_seeds(runs), "seeds_seconds": round(seconds, 3)}
 
 
 def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, refit: bool) -> dict:
@@ -251,7 +297,8 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
             "classes": store.class_names, "n_train": n_train, "n_val": len(store.val), "n_test": len(y),
             **evaluate(y, p, store.test.paths, store.class_names),
             "val_log_loss": c.val_log_loss, "val_accuracy": c.val_accuracy, "params": c.params,
-            "sweep": c.sweep, "members": c.members, "fit_seconds": round(c.seconds, 3),
+            "sweep": c.sweep, "members": c.members, "configurations": c.configurations,
+            "fit_seconds": round(c.seconds, 3),
             "predict_seconds": round(predict_seconds, 4),
             "features": {s.name: s.meta["fingerprint"] for s in c.stores},
             "split_fingerprint": store.meta["split_fingerprint"], "featbench_version": featbench_version()}
@@ -285,8 +332,11 @@ def feature_bytes(path) -> int:
 
 
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
-        max_memory: int | None = None) -> list[dict]:
+        max_memory: int | None = None, seeds: int = 1) -> list[dict]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
+
+    `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
+    their test scores (`seeds` in the metrics); the saved model is the default seed's.
 
     When the feature matrices exceed `max_memory` bytes (default: an eighth of RAM), the heads that
     learn incrementally stream them from disk instead (`classify.stream`)."""
@@ -298,11 +348,15 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
         raise FeatbenchError(f"two feature stores share a name ({names}); pass stores of one dataset folder")
     limit = default_max_memory() if max_memory is None else max_memory
     need = sum(feature_bytes(p) for p in unique.values())
+    if seeds < 1:
+        raise FeatbenchError(f"--seeds must be at least 1 (got {seeds})")
     if need > limit:
+        if seeds > 1:
+            print("note: out of core, each head is trained with its default seed only", file=sys.stderr)
         return run_streamed(list(unique.values()), heads, refit, log, limit, need)
     stores = [load_store(p) for p in unique.values()]
     with threadpool_limits(limits=BLAS_THREADS):
-        candidates = choose(stores, heads, log)
+        candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
     folder = stores[0].path.parent / "models"
     for c, metrics in zip(candidates, results):
@@ -358,7 +412,8 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                 for head, best in chosen.items():
                     params = {**best["point"], "epochs": best["epochs"]}
                     c = Candidate(f"{store.name}-{head}", head, [store], None, params, best["model"], params,
-                                  best["val_log_loss"], best["val_accuracy"], best["seconds"], best["sweep"])
+                                  best["val_log_loss"], best["val_accuracy"], best["seconds"], best["sweep"],
+                                  configurations=len(best["sweep"]))
                     if refit:
                         started = time.perf_counter()
                         c.model = stream.refit(head, best, fs, fitted)

@@ -14,7 +14,8 @@ from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 from PIL import Image
 
 from benchmarks.__main__ import main
-from benchmarks.finetune import Finetuned, SplitImages, same_split
+from benchmarks.finetune import Finetuned
+from benchmarks.splits import SplitImages, same_split
 from benchmarks.grid import read_config
 from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
@@ -27,7 +28,7 @@ from features.errors import FeatbenchError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 HEADS = ["logreg", "mlp", "svm", "knn", "avg", "concat"]
-FIGURES = ("accuracy_vs_compute.png", "confusion.png", "top_losses.png", "sweeps.png")
+FIGURES = ("accuracy_vs_compute.png", "confusion.png", "top_losses.png", "sweeps.png", "finetune_curves.png")
 METRIC_KEYS = {"dataset", "backbone", "backbones", "head", "model", "refit", "classes", "n_train", "n_val", "n_test",
                "accuracy", "balanced_accuracy", "log_loss", "ece", "confusion", "most_confused", "top_losses",
                "val_log_loss", "val_accuracy", "params", "sweep", "fit_seconds", "predict_seconds", "features",
@@ -110,6 +111,23 @@ def test_report_sections_carry_the_metrics_numbers(synthetic):
     assert "16 train / 4 val / 4 test" in env and "torch " in env
     assert "no_such_backbone: skipped" in md.split("## Notes")[1]
     assert "**Best frozen-feature model**" in md and "**Best fine-tuned model**" in md
+    verdicts = [p for p in md.split("\n\n") if "against" in p and "Budgets:" in p]
+    assert len(verdicts) == 2  # best against best, and the same-backbone line
+    tuned = next(m for m in metrics_files(synthetic) if m["head"] == "finetune-bn-head")
+    frozen = [m for m in metrics_files(synthetic) if not m["head"].startswith("finetune-")]
+    for text in verdicts:
+        frozen_side, tuned_side = text.split("Budgets: ")[1].split(". fine-tuned — ")
+        assert frozen_side.startswith("frozen — best by val log-loss of ")
+        assert "configurations scored on val" in frozen_side and "no augmentation" in frozen_side
+        assert "each of 24 images embedded once" in frozen_side and "s head fit on cpu" in frozen_side
+        c, prm = tuned["compute"], tuned["params"]
+        for words in (f"seed recipe ({c['augment']})", f"1 run at peak lr {prm['lr']:g}, 1 epoch each",
+                      f"{c['configurations']} configurations (run × epoch)", f"{c['images_seen']} training images seen",
+                      f"chosen lr {prm['lr']:g}, epoch 1", f"{secs(tuned['fit_seconds'])} s of training on ",
+                      c["device_name"], f"val {pct(tuned['val_accuracy'])}", f"test {pct(tuned['accuracy'])}"):
+            assert words in tuned_side, words
+    total = sum(m["configurations"] for m in frozen)
+    assert f"of {len(frozen)} models, {total} configurations scored on val in all" in verdicts[0]
     for p in (p for p in PUBLISHED if p.task == "dogs-vs-cats"):  # Kaggle-style names: dogs-vs-cats format
         assert p.source in md
     assert md.count("| published [") == sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
@@ -146,6 +164,22 @@ def test_report_command_rebuilds_the_same_table(synthetic, tmp_path, capsys):
     md = (synthetic / "report" / "report.md").read_text()
     assert table and all(ln in md for ln in table)
     assert (tmp_path / "again" / "report.html").is_file()
+
+
+def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic.parent.parent, root)  # images, config and runs of the module's `run`
+    config = root / "grid.toml"
+    args = ["run", config, "--random-init", "--out", root / "runs", "--backbone", "resnet10t", "--head", "logreg"]
+    metrics = root / "runs" / "dvc" / "models" / "resnet10t-random-init-finetune-bn-head.metrics.json"
+    before = metrics.read_text()
+    rc, _, err = cli(capsys, *args)
+    assert rc == 0 and "resnet10t-random-init-finetune-bn-head: reused" in err and metrics.read_text() == before
+    assert re.search(r"this run: \d+ s wall; extraction \d+ s, frozen heads \d+ s, fine-tunes \d+ s \(\d+%", err)
+    config.write_text(config.read_text() + "lr = 0.01\n")  # one recipe setting changed: trained again
+    rc, _, err = cli(capsys, *args)
+    assert rc == 0 and "finetune-bn-head: fine-tuning (seed recipe; peak lr 0.01; epochs per run: 1; seeds: 1)" in err
+    assert json.loads(metrics.read_text())["params"]["recipe"]["lrs"] == [0.01]
 
 
 # ---- the HTML in a real browser ----------------------------------------------------------------------
@@ -216,7 +250,7 @@ def test_finetune_one_epoch_on_the_stores_split(synthetic, tmp_path, capsys):
     shutil.copy(synthetic / store.name, store)
     rc, stdout, err = cli(capsys, "finetune", "--backbone", "resnet10t", "--random-init", "--mode", "full",
                           "--epochs", "1", "--epoch-images", "8", "--batch-size", "4", "--workers", "0",
-                          "--features", store, "--quiet")
+                          "--lr", "1e-3", "--features", store, "--quiet")
     assert rc == 0, err
     m = json.loads((store.parent / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())
     assert METRIC_KEYS <= set(m) and {"precision/cat", "recall/dog", "compute"} <= set(m)
@@ -228,7 +262,7 @@ def test_finetune_one_epoch_on_the_stores_split(synthetic, tmp_path, capsys):
     assert (m["n_train"], m["n_val"], m["n_test"]) == (16, 4, 4)
     assert m["compute"]["images_seen"] == 8 and m["compute"]["epochs_run"] == 1
     assert m["compute"]["trainable_params"] == m["compute"]["total_params"]
-    assert len(m["sweep"]) == 1 and m["params"]["best_epoch"] == 1 and m["fit_seconds"] > 0
+    assert [r["epoch"] for r in m["sweep"]] == [0, 1] and m["params"]["best_epoch"] == 1 and m["fit_seconds"] > 0
     assert np.sum(m["confusion"]) == 4 and 0 <= m["accuracy"] <= 1
     assert (store.parent / "models" / "resnet10t-random-init-finetune-full.pt").is_file()
     assert "resnet10t-random-init-finetune-full: test accuracy" in stdout
@@ -312,7 +346,9 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
 def test_shipped_configs(name):
     cfg = read_config(CONFIGS / f"{name}.toml")
     assert "mobilenet_v2" in cfg["benchmark"]["backbones"] and "resnet152v2" in cfg["benchmark"]["backbones"]
-    assert {(f["backbone"], f["mode"]) for f in cfg["finetune"]} == {("mobilenet_v2", "full"), ("mobilenet_v2", "bn-head")}
+    tunes = [(f["backbone"], f["mode"], f.get("recipe")) for f in cfg["finetune"]]
+    assert tunes == [("mobilenet_v2", "full", None), ("mobilenet_v2", "full", "seed"), ("mobilenet_v2", "bn-head", None)]
+    assert "epochs" not in cfg["finetune"][0] and "epochs" not in cfg["finetune"][1]  # old and new: the same epochs
     shared = (CONFIGS / cfg["dataset"]["path"]).resolve()
     assert shared.parts[-3:-1] == ("data", "dogs-vs-cats" if name == "dogs-vs-cats" else "oxford-pets-subset")
     assert cfg["dataset"].get("target", "breed") == ("species" if name.endswith("species") else "breed")

@@ -374,3 +374,33 @@ def test_too_few_images_for_stacking_folds(tmp_path, capsys):
     one_line_error(*rc_out_err, "stack head cannot be trained")
     nothing_written(tmp_path)
     assert run_cli(main, ["--features", str(a), str(b), "--head", "svm", "avg", "--quiet"]) == 0
+
+
+# ---- seeds ------------------------------------------------------------------------------------------
+
+def test_seeds_repeat_the_heads_with_a_random_state(tmp_path, capsys):
+    latent, y, splits = synthetic(3)
+    store = make_store(tmp_path / "synth" / "gamma.h5", view(latent, 16, 3, 2.0), y, splits, "gamma")
+    from classify.train import run
+    results = {r["head"]: r for r in run([store], ["logreg", "mlp", "svm"], seeds=3)}
+    assert "seeds" not in results["logreg"]  # deterministic: nothing to repeat
+    for head in ("mlp", "svm"):
+        s = results[head]["seeds"]
+        assert s["n"] == 3 and [r["seed"] for r in s["runs"]] == [0, 1, 2]
+        assert (s["runs"][0]["accuracy"], s["runs"][0]["log_loss"]) == (results[head]["accuracy"], results[head]["log_loss"])
+        acc = [r["accuracy"] for r in s["runs"]]
+        assert s["accuracy_mean"] == pytest.approx(np.mean(acc)) and s["accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
+        assert results[head]["seeds_seconds"] > 0
+    mlp = results["mlp"]["seeds"]["runs"]
+    assert len({r["log_loss"] for r in mlp}) == 3  # other initialisations, other models
+    seed1 = sweep(TorchMLP(random_state=1), HEADS["mlp"].grid(0), *_split(store, "train"), *_split(store, "val"), 3)
+    assert mlp[1]["val_log_loss"] == pytest.approx(seed1.val_log_loss)  # each seed chose on val on its own
+    rc, out, _ = cli(capsys, "--features", store, "--head", "mlp", "--seeds", "2", "--quiet")
+    assert rc == 0 and "gamma-mlp: over 2 seeds test accuracy" in out
+
+
+def _split(store, name):
+    from features.reader import FeatureStore
+    with FeatureStore(store) as fs:
+        part = fs.split(name)
+    return part.X, part.y

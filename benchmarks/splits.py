@@ -1,0 +1,60 @@
+"""The heads' split as image paths: what a fine-tune trains, selects and is scored on.
+
+Read from a feature store of the dataset (the same backbone's if there is one), or, without a store,
+recomputed from the listing with the same fractions and seed.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from extract.datasets import assign_splits, load_dataset
+from features.reader import FeatureStore
+from features.schema import NO_LABEL, SPLITS, split_fingerprint
+
+
+@dataclass
+class SplitImages:
+    """The labelled images of each split, as relative paths under `root`, and where the split came from."""
+    root: Path
+    dataset: dict
+    class_names: list
+    paths: dict  # split → [rel path]
+    labels: dict  # split → np.ndarray
+    fingerprint: str
+    source: str
+
+
+def _from_store(path: Path) -> SplitImages:
+    with FeatureStore(path) as fs:
+        labels, splits, paths, meta = fs.labels, fs.splits, fs.paths, fs.meta
+    keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
+    return SplitImages(Path(meta["dataset"]["root"]), meta["dataset"], meta["class_names"],
+                       {s: [paths[i] for i in rows] for s, rows in keep.items()},
+                       {s: labels[rows] for s, rows in keep.items()}, meta["split_fingerprint"], f"store {path}")
+
+
+def same_split(settings, backbone: str, features: Path | None = None) -> SplitImages:
+    """The heads' split: `features`, else this backbone's store, else any store made with these
+    fractions and seed, else the listing split afresh (identical when no image was skipped)."""
+    if features is not None:
+        return _from_store(features)
+    dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
+    folder = settings.out / dataset.name
+    candidates = [folder / f"{backbone}.h5"] + sorted(folder.glob("*.h5"))
+    for path in dict.fromkeys(candidates):
+        if not path.is_file():
+            continue
+        with FeatureStore(path) as fs:
+            same = (fs.meta["split_fractions"] == list(settings.splits) and fs.meta["split_seed"] == settings.seed
+                    and fs.meta["dataset"]["root"] == str(dataset.root))
+        if same:
+            return _from_store(path)
+    codes = assign_splits(dataset.items, settings.splits, settings.seed)
+    labels = np.array([it.label for it in dataset.items])
+    rels = [it.rel for it in dataset.items]
+    keep = {s: np.flatnonzero((codes == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
+    return SplitImages(dataset.root, dataset.describe(), dataset.class_names,
+                       {s: [rels[i] for i in rows] for s, rows in keep.items()},
+                       {s: labels[rows] for s, rows in keep.items()},
+                       split_fingerprint(rels, labels, codes), "dataset listing (no feature store yet)")

@@ -1,0 +1,208 @@
+"""The fine-tuned baseline's recipe: parameter groups, layer-wise rates, the probe head, temperature,
+selection on val, seeds, and a tiny run that learns."""
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+import benchmarks.finetune as ft
+from benchmarks.recipes import (LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for,
+                                softmax)
+from benchmarks.splits import same_split
+from classify.heads import logreg
+from extract.backbones import create_backbone
+from extract.config import DatasetSettings
+from features.errors import FeatbenchError
+
+
+def model(mode="full", classes=2):
+    return ft.Finetuned(create_backbone("resnet10t", random_init=True), classes, mode)
+
+
+def lr_by_param(m, recipe, peak=1.0) -> dict:
+    groups = param_groups(m, recipe)
+    names = {id(p): n for n, p in m.named_parameters()}
+    return {names[id(p)]: (peak * g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+
+def test_lp_ft_groups_exclude_norm_and_bias_from_decay():
+    m = model()
+    groups = lr_by_param(m, LP_FT)
+    assert set(groups) == {n for n, _ in m.named_parameters()}  # every trainable tensor, once
+    params = dict(m.named_parameters())
+    for name, (_, decay) in groups.items():
+        one_d = params[name].ndim <= 1  # BatchNorm weights and biases, every bias
+        assert decay == (0.0 if one_d else LP_FT.weight_decay), name
+    assert any(n.endswith("bn1.weight") for n in groups) and groups["head.bias"][1] == 0.0
+    assert groups["head.weight"][1] == LP_FT.weight_decay
+    seed = lr_by_param(m, SEED)  # the seeds' recipe decays everything, as it always did
+    assert {d for _, d in seed.values()} == {SEED.weight_decay}
+
+
+def test_layer_wise_rates_rise_from_stem_to_head():
+    m = model()
+    groups = lr_by_param(m, LP_FT, peak=1e-3)
+    in_order = [groups[n][0] for n, _ in m.named_parameters()]  # parameters in depth order
+    assert all(a <= b + 1e-15 for a, b in zip(in_order, in_order[1:]))
+    assert in_order[0] == pytest.approx(1e-3 / LP_FT.layer_ratio) and groups["head.weight"][0] == pytest.approx(1e-3)
+    assert len(set(np.round(in_order, 12))) >= 4  # steps by depth, not one rate for the trunk
+    flat = lr_by_param(m, SEED, peak=1e-3)
+    assert {lr for lr, _ in flat.values()} == {1e-3}
+
+
+@pytest.mark.parametrize("mode", ["bn-head", "head"])
+def test_groups_hold_only_what_the_mode_trains(mode):
+    m = model(mode)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert set(lr_by_param(m, recipe_for(mode))) == trainable
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_probe_head_reproduces_the_logistic_regression(classes):
+    rng = np.random.default_rng(classes)
+    y = np.arange(120) % classes
+    X = rng.normal(size=(classes, 16))[y] * 3 + rng.normal(size=(120, 16)) * [1 + i for i in range(16)] + 5
+    pipe = logreg().set_params(logreg__C=0.3).fit(X, y)
+    weight, bias = ft.linear_head(pipe, classes + 1)  # one more class than train has: it gets no chance
+    p = softmax(X @ weight.T + bias)
+    assert np.allclose(p[:, :classes], pipe.predict_proba(X), atol=1e-6)
+    assert p[:, classes].max() < 1e-9
+
+
+def test_temperature_recovers_the_one_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20000, 3)) * 4
+    y = np.array([rng.choice(3, p=q) for q in softmax(logits, 2.0)])
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(2.0, rel=0.05)
+    assert log_loss_at(logits, y, t) < log_loss_at(logits, y, 1.0)
+
+
+def test_recipe_overrides_and_refusals():
+    assert recipe_for("full") == LP_FT and recipe_for("bn-head").lrs == (2e-3,) and recipe_for("full", "seed").lrs == (5e-4,)
+    r = recipe_for("full", lrs=1e-3, label_smoothing=0.0, augment="flip")
+    assert (r.lrs, r.label_smoothing, r.augment, r.name) == ((1e-3,), 0.0, "flip", "lp-ft")
+    assert recipe_for("full", lrs=[1e-4, 1e-3]).lrs == (1e-4, 1e-3)
+    for bad in ({"lrs": -1.0}, {"augment": "mixup"}, {"layer_ratio": 0.5}, {"label_smoothing": 1.0}, {"colour": 1}):
+        with pytest.raises(FeatbenchError):
+            recipe_for("full", **bad)
+    with pytest.raises(FeatbenchError, match="unknown recipe"):
+        recipe_for("full", "fancy")
+    assert set(RECIPES) == {"lp-ft", "seed"}
+
+
+# ---- runs on images -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tinted(tmp_path_factory):
+    """Dogs vs. Cats of 40 synthetic images a colour tint apart: something a tiny model can learn."""
+    root = tmp_path_factory.mktemp("tinted") / "dvc"
+    for i in range(20):
+        for kind, tint in (("cat", (60, 0, 0)), ("dog", (0, 0, 60))):
+            path = write_image(root / f"{kind}.{i}.jpg", i + (0 if kind == "cat" else 100), size=(40, 32))
+            px = np.asarray(Image.open(path)).astype(int) // 2 + tint
+            Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(path, quality=90)
+    settings = DatasetSettings(root, "auto", "breed", "", (0.6, 0.2, 0.2), 0, root.parent / "runs")
+    return same_split(settings, "resnet10t"), root.parent / "runs"
+
+
+def small(data, out, **kw):
+    kw = {"epochs": 2, "batch_size": 8, "workers": 0, "random_init": True, **kw}
+    return ft.finetune(data, "resnet10t", kw.pop("mode", "full"), out, **kw)
+
+
+def test_a_tiny_random_init_run_learns(tinted):
+    data, out = tinted
+    m = small(data, out, recipe=recipe_for("full", "seed", lrs=3e-3), epochs=3)
+    curve = m["sweep"]
+    assert [r["epoch"] for r in curve] == [0, 1, 2, 3] and curve[0]["train_loss"] is None
+    best = min(curve[1:], key=lambda r: r["val_log_loss"])
+    assert best["val_log_loss"] < curve[0]["val_log_loss"]  # training improved on the untrained model
+    assert curve[-1]["train_loss"] < curve[1]["train_loss"]
+    assert m["params"]["best_epoch"] == best["epoch"] and m["val_log_loss"] == best["val_log_loss"]
+    c = m["compute"]
+    assert (c["runs"], c["epochs"], c["epochs_run"], c["configurations"]) == (1, 3, 3, 3)
+    assert c["images_seen"] == 3 * 3 * 8  # 24 train images, three full batches of 8 an epoch
+    assert m["model"] == "resnet10t-random-init-finetune-full-seed.pt"
+
+
+def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatch):
+    """Three fake runs: the one with the lowest val log-loss has the worst val accuracy and train loss;
+    it must still be chosen, and the test split scored with its weights and temperature."""
+    data, out = tinted
+    fake = {1e-4: (0.50, 1.00, 0.1), 1e-3: (0.20, 0.50, 0.9), 1e-2: (0.40, 0.75, 0.2)}  # loss, acc, train
+    used = []
+
+    def train_run(model, start, data, pre, recipe, lr, seed, epochs, per_epoch, dev, log):
+        loss, acc, train = fake[lr]
+        state = copy.deepcopy(start)
+        state["head.bias"] = torch.tensor([lr, -lr])  # marks the run
+        row = {"lr": lr, "seed": seed, "epoch": 1, "train_loss": train, "val_log_loss": loss,
+               "val_accuracy": acc, "temperature": 1.5}
+        return ft.Run(lr, seed, [dict(row, epoch=0, train_loss=None), row], row, state, 24, 0.1)
+
+    def scores(model, run, test, dev, data):
+        used.append(float(run.state["head.bias"][0]))
+        n = len(data.paths["test"])
+        return np.tile([0.6, 0.4], (n, 1)), np.ones(n, bool)
+
+    monkeypatch.setattr(ft, "train_run", train_run)
+    monkeypatch.setattr(ft, "_test_scores", scores)
+    m = small(data, out, recipe=recipe_for("full", head_init="random", lrs=list(fake)), seeds=3)
+    assert m["params"]["lr"] == 1e-3 and m["val_log_loss"] == 0.20 and m["params"]["temperature"] == 1.5
+    assert used[0] == pytest.approx(1e-3)  # test scored with the chosen run's weights
+    assert [r["seed"] for r in m["seeds"]["runs"]] == [0, 1, 2] and m["seeds"]["n"] == 3
+    assert m["compute"]["configurations"] == 3 and m["compute"]["runs"] == 3
+
+
+def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
+    data, out = tinted
+    m = small(data, out, recipe=recipe_for("full", lrs=[1e-4, 1e-3]), epochs=1, seeds=2)
+    c, p = m["compute"], m["params"]
+    probe_rows = [r for r in m["sweep"] if r["epoch"] == 0]
+    assert len(probe_rows) == 3  # two learning rates, then one more seed: each starts from the same probe
+    assert len({r["val_log_loss"] for r in probe_rows if r["seed"] == 0}) == 1
+    assert probe_rows[0]["val_accuracy"] >= 0.75  # the probe alone already separates the tints
+    assert c["probe_images"] == 24 + 8 and c["configurations"] == 2 + 13 and c["images_seen"] == 2 * 24
+    assert p["recipe"]["name"] == "lp-ft" and p["lr"] in (1e-4, 1e-3) and "probe_C" in p
+    assert m["seeds"]["n"] == 2 and c["seeds_images_seen"] == 24 and c["seeds_seconds"] > 0
+    assert "RandomResizedCrop" in c["augment"] and "label smoothing 0.1" in c["augment"]
+    saved = torch.load(out / "dvc" / "models" / m["model"], weights_only=True)
+    assert saved["temperature"] == p["temperature"] and json.loads(
+        (out / "dvc" / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())["params"] == p
+
+
+def test_augmented_images_vary_and_evaluation_reads_as_extraction(tinted):
+    data, _ = tinted
+    pre = create_backbone("resnet10t", random_init=True).preprocess
+    plain = ft._Images(data, "train", pre)
+    augmented = ft._Images(data, "train", pre, LP_FT)
+    torch.manual_seed(0)
+    a, b = augmented[0][0], augmented[0][0]
+    assert a.shape == b.shape == (3, pre.size, pre.size) and a.dtype == torch.uint8 and not torch.equal(a, b)
+    from extract.images import load
+    assert torch.equal(plain[0][0], load((data.root / data.paths["train"][0]).read_bytes(), pre))
+
+
+def test_cli_flags_reach_the_recipe(tinted, tmp_path, capsys):
+    data, out = tinted
+    shutil.copytree(data.root, tmp_path / "dvc")
+    from benchmarks.__main__ import main
+    rc = main(["finetune", "--backbone", "resnet10t", "--random-init", "--data", str(tmp_path / "dvc"),
+               "--splits", "0.6,0.2,0.2", "--out", str(tmp_path / "runs"), "--epochs", "1", "--batch-size", "8",
+               "--workers", "0", "--lr", "2e-3", "--no-calibrate", "--augment", "flip", "--label-smoothing", "0",
+               "--head-init", "random", "--quiet"])
+    assert rc == 0
+    out_line = capsys.readouterr().out
+    assert "resnet10t-random-init-finetune-full: test accuracy" in out_line and "1 runs" in out_line
+    m = json.loads((tmp_path / "runs" / "dvc" / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())
+    r = m["params"]["recipe"]
+    assert (r["lrs"], r["calibrate"], r["augment"], r["label_smoothing"], r["head_init"]) == ([2e-3], False, "flip", 0.0,
+                                                                                              "random")
+    assert m["params"]["temperature"] == 1.0
