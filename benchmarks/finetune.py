@@ -379,14 +379,15 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
                    "lr": chosen.lr, "best_epoch": chosen.best["epoch"], "temperature": chosen.best["temperature"],
                    **({"probe_C": probe.C} if probe else {})},
         "sweep": [row for r in all_runs for row in r.curve], "members": {},
-        "fit_seconds": round(fit_seconds, 3), "predict_seconds": round(predict_seconds, 4), "features": {},
+        "fit_seconds": round(fit_seconds, 3), "predict_seconds": round(predict_seconds, 4),
+        "seeds_seconds": round(seeds_seconds, 3), "features": {},
         "split_fingerprint": data.fingerprint, "split_source": data.source, "dataset_root": str(data.root),
         "weights": backbone.weights,
         "compute": {"device": torch_device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
                     "runs": len(runs), "epochs": epochs, "epochs_run": sum(len(r.curve) - 1 for r in runs),
                     "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
                     "configurations": sum(len(r.curve) - 1 for r in runs) + (probe.configurations if probe else 0),
-                    "augment": recipe.describe(), "seeds_seconds": round(seeds_seconds, 3),
+                    "augment": recipe.describe(),
                     "seeds_images_seen": sum(r.images_seen for r, _ in replicas),
                     "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
                     "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__},
@@ -413,8 +414,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=list(RECIPES),
                    help=f"lp-ft or seed (default: {', '.join(f'{m}: {r}' for m, r in DEFAULT_RECIPE.items())})")
     g.add_argument("--lr", type=float, nargs="+", metavar="LR",
-                   help=f"peak learning rate(s) of the head, each a run chosen on val log-loss "
-                        f"(default lp-ft: {' '.join(f'{x:g}' for x in RECIPES['lp-ft'].lrs)}; seed: 5e-4 full, 2e-3 else)")
+                   help="peak learning rate(s) of the head, each a run, chosen on val log-loss (default lp-ft: "
+                        + " ".join(f"{x:g}" for x in RECIPES["lp-ft"].lrs) + "; seed: 5e-4 full, 2e-3 else)")
     g.add_argument("--head-init", choices=["probe", "random"], help="probe: LP-FT; random: a fresh head")
     g.add_argument("--layer-ratio", type=float, help="head lr / stem lr (lp-ft: 100; 1 = one rate)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
@@ -444,13 +445,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="registered backbone or timm model name")
     p.add_argument("--mode", choices=list(MODES), default="full", help="; ".join(f"{k}: {v}" for k, v in MODES.items()))
     p.add_argument("--epochs", type=int,
-                   help="epochs of each run (default: " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+                   help="epochs of each run (default: " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_EPOCHS.items())
+                        + ")")
     p.add_argument("--epoch-images", type=int, default=0,
                    help="train on a random N of the train images per epoch (default: all of them)")
     p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     p.add_argument("--seeds", type=int, default=1,
                    help="repeat the chosen configuration with N seeds in all; mean ± std of test scores (default 1)")
-    p.add_argument("--train-seed", type=int, default=0, help="first training seed: head, order, augmentation (default 0)")
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="first training seed: head, order, augmentation (default 0)")
     add_recipe_args(p)
     p.add_argument("--features", type=Path, metavar="STORE",
                    help="take the split from this feature store (models go beside it unless --out is given)")

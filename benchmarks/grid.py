@@ -24,7 +24,7 @@ then the report in OUT/DATASET/report/. The config:
     # budget: epochs (default per device), epoch_images, batch_size, seeds, train_seed;
     # recipe = "lp-ft" | "seed" (default: the mode's), and any of its settings: lr (one or a list),
     # head_init, layer_ratio, weight_decay, decay_norm_bias, augment, crop_scale, label_smoothing,
-    # calibrate, pct_start
+    # freeze_bn_stats, calibrate, pct_start
 """
 import argparse
 import json
@@ -88,7 +88,8 @@ def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
     budget = {"epochs": entry.get("epochs") or default_epochs(pick_device(device)),
               "epoch_images": entry.get("epoch_images", 0), "batch_size": entry.get("batch_size", 32),
               "seeds": entry.get("seeds", 1), "train_seed": entry.get("train_seed", 0)}
-    recorded = budget_params(mode, recipe, **{**budget, "epoch_images": min(budget["epoch_images"] or n_train, n_train)})
+    per_epoch = min(budget["epoch_images"] or n_train, n_train)
+    recorded = budget_params(mode, recipe, **{**budget, "epoch_images": per_epoch})
     return recipe, budget, recorded
 
 

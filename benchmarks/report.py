@@ -186,7 +186,8 @@ def main_table(c: Collected) -> tuple[list, list, list]:
               "compute s", "device", "configs", "over seeds"]
     rows = []
     for r in c.rows:
-        head = r["head"] + (", refit" if r.get("refit") else "") + (f", {r['recipe']} recipe" if not _default_recipe(r) else "")
+        head = r["head"] + (", refit" if r.get("refit") else "")
+        head += "" if _default_recipe(r) else f", {r['recipe']} recipe"
         rows.append([f"{'★ ' if id(r) in best else ''}measured, {r['kind']}", r["backbone"], head, pct(r["accuracy"]),
                      num(r["log_loss"]), secs(r["fit_seconds"]), secs(r["extract_seconds"]),
                      num(r["images_per_second"], 1), secs(r["compute_seconds"]), r["device"] or "—",
@@ -200,7 +201,9 @@ def main_table(c: Collected) -> tuple[list, list, list]:
 
 
 def _default_recipe(r: dict) -> bool:
-    return r["kind"] == "frozen" or not r.get("recipe") or r["recipe"] == DEFAULT_RECIPE.get(r["head"][len("finetune-"):])
+    """Whether a row is a frozen head or a fine-tune trained with its mode's default recipe."""
+    mode = r["head"].removeprefix("finetune-")
+    return r["kind"] == "frozen" or not r.get("recipe") or r["recipe"] == DEFAULT_RECIPE.get(mode)
 
 
 def spread(r: dict) -> str:
@@ -253,7 +256,7 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     chosen = f"{r['head']} {short_params(m.get('params', {}))}".rstrip()
     return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} "
             f"(resize + centre crop, no augmentation), the head fitted on {r['n_train']} train images; "
-            f"{_compute_words(r)}")
+            f"{_compute_words(r)}{_more_seeds(m)}")
 
 
 def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
@@ -263,14 +266,20 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     recipe = p.get("recipe", {})
     lrs = ", ".join(f"{x:g}" for x in recipe.get("lrs", [p.get("lr", 0)]))
     probe = f" + {cp['probe_images']} images embedded for the linear probe" if cp.get("probe_images") else ""
-    seeds = (f"; {plural(p.get('seeds', 1) - 1, 'more seed')} of the chosen configuration: "
-             f"{secs(cp.get('seeds_seconds'))} s more" if p.get("seeds", 1) > 1 else "")
-    return (f"fine-tuned — {_pool(pool) + '; ' if len(pool) > 1 else ''}{r['head']}, {recipe.get('name', '?')} recipe "
-            f"({cp.get('augment', '?')}): {plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, "
-            f"{plural(p.get('epochs', 0), 'epoch')} each, {cp.get('configurations', '?')} configurations (run × epoch{', + probe C values' if probe else ''}) "
-            f"scored on val; {cp.get('images_seen', '?')} training images seen{probe}; chosen lr {p.get('lr', 0):g}, "
+    pooled = _pool(pool) + "; " if len(pool) > 1 else ""
+    counted = "run × epoch, + probe C values" if probe else "run × epoch"
+    return (f"fine-tuned — {pooled}{r['head']}, {recipe.get('name', '?')} recipe ({cp.get('augment', '?')}): "
+            f"{plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, {plural(p.get('epochs', 0), 'epoch')} each, "
+            f"{cp.get('configurations', '?')} configurations ({counted}) scored on val; "
+            f"{cp.get('images_seen', '?')} training images seen{probe}; chosen lr {p.get('lr', 0):g}, "
             f"epoch {p.get('best_epoch', '?')} ({_gap(r)}); {secs(r['compute_seconds'])} s of training on "
-            f"{r['device_name'] or r['device']}{seeds}")
+            f"{r['device_name'] or r['device']}{_more_seeds(m)}")
+
+
+def _more_seeds(m: dict) -> str:
+    """The extra seeds' cost, which the compute figures leave out."""
+    n = (m.get("seeds") or {}).get("n", 1)
+    return f"; {plural(n - 1, 'more seed')}: {secs(m.get('seeds_seconds'))} s more" if n > 1 else ""
 
 
 def _budgets(c: Collected, frozen: dict, tuned: dict, frozen_pool: list, tuned_pool: list) -> str:

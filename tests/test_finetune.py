@@ -171,7 +171,7 @@ def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
     assert probe_rows[0]["val_accuracy"] >= 0.75  # the probe alone already separates the tints
     assert c["probe_images"] == 24 + 8 and c["configurations"] == 2 + 13 and c["images_seen"] == 2 * 24
     assert p["recipe"]["name"] == "lp-ft" and p["lr"] in (1e-4, 1e-3) and "probe_C" in p
-    assert m["seeds"]["n"] == 2 and c["seeds_images_seen"] == 24 and c["seeds_seconds"] > 0
+    assert m["seeds"]["n"] == 2 and c["seeds_images_seen"] == 24 and m["seeds_seconds"] > 0
     assert "RandomResizedCrop" in c["augment"] and "label smoothing 0.1" in c["augment"]
     saved = torch.load(out / "dvc" / "models" / m["model"], weights_only=True)
     assert saved["temperature"] == p["temperature"] and json.loads(
