@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, log_loss
 from torch import nn
+from timm.utils import ModelEmaV3
 from torchvision.transforms import InterpolationMode, v2
 
 from benchmarks.recipes import (DEFAULT_RECIPE, MODES, RECIPES, Recipe, fit_temperature, log_loss_at,
@@ -228,8 +229,8 @@ class Run:
 
 def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Recipe, lr: float, seed: int,
               epochs: int, per_epoch: int, dev: Device, log) -> Run:
-    """Train from `start` (pretrained trunk, initial head) for `epochs`, scoring val before and after each;
-    the best trained epoch by validation log-loss is kept."""
+    """Train from `start` (pretrained trunk, initial head) for `epochs`, scoring val before and after each
+    (the weights' moving average with `recipe.ema`); the best trained epoch by validation log-loss is kept."""
     model.load_state_dict(start)
     torch.manual_seed(seed)
     if recipe.head_init == "random":
@@ -245,12 +246,14 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
     train = _loader(_Images(data, "train", pre, recipe), dev, sampler, torch.Generator().manual_seed(seed + 1), drop)
     val = _loader(_Images(data, "val", pre), dev)
     steps = epochs * len(train)
+    ema = ModelEmaV3(model, decay=1 - 1 / max(len(train), 2), use_warmup=True) if recipe.ema else None
+    scored = ema.module if ema else model
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
                                                 pct_start=recipe.pct_start)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.amp)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     y_val = data.labels["val"]
-    curve, best, state, images_seen = [], None, None, 0
+    curve, best, state, images_seen, step = [], None, None, 0, 0
     started = time.perf_counter()
     for epoch in range(epochs + 1):  # epoch 0 scores the starting point (the probe's head), for the curve only
         total, count = 0.0, 0
@@ -267,10 +270,13 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
             scaler.update()
             if sched.last_epoch + 1 < steps:
                 sched.step()
+            step += 1
+            if ema:
+                ema.update(model, step=step)
             total += float(loss.detach()) * len(x)
             count += len(x)
         images_seen += count
-        logits, seen = outputs(model, val, dev, len(y_val))
+        logits, seen = outputs(scored, val, dev, len(y_val))
         logits, yv = logits[seen].astype(np.float64), y_val[seen]
         temperature = fit_temperature(logits, yv) if recipe.calibrate else 1.0
         row = {"lr": lr, "seed": seed, "epoch": epoch, "train_loss": round(total / count, 6) if count else None,
@@ -283,7 +289,7 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
             f"{row['val_log_loss']:.4f} (T {temperature:.2f}; raw {row['val_log_loss_raw']:.4f}), val acc "
             f"{row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
         if epoch and (best is None or row["val_log_loss"] < best["val_log_loss"]):
-            best, state = row, copy.deepcopy(model.state_dict())
+            best, state = row, copy.deepcopy(scored.state_dict())
     return Run(lr, seed, curve, best, state, images_seen, time.perf_counter() - started)
 
 
@@ -426,6 +432,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-smoothing", type=float, help="lp-ft: 0.1; seed: 0")
     g.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm layers keep their pretrained statistics while training (lp-ft: yes; seed: no)")
+    g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="score and keep a moving average of the weights (lp-ft: yes; seed: no)")
     g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="temperature fitted on val (lp-ft: yes; seed: no)")
     g.add_argument("--pct-start", type=float, help="warm-up share of the one-cycle schedule (lp-ft: 0.3)")
@@ -435,7 +443,7 @@ def recipe_from_args(args, mode: str) -> Recipe:
     return recipe_for(mode, args.recipe, lrs=args.lr, head_init=args.head_init, layer_ratio=args.layer_ratio,
                       weight_decay=args.weight_decay, decay_norm_bias=args.decay_norm_bias, augment=args.augment,
                       crop_scale=args.crop_scale, label_smoothing=args.label_smoothing,
-                      freeze_bn_stats=args.freeze_bn_stats, calibrate=args.calibrate,
+                      freeze_bn_stats=args.freeze_bn_stats, ema=args.ema, calibrate=args.calibrate,
                       pct_start=args.pct_start)
 
 

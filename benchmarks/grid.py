@@ -24,7 +24,7 @@ then the report in OUT/DATASET/report/. The config:
     # budget: epochs (default per device), epoch_images, batch_size, seeds, train_seed;
     # recipe = "lp-ft" | "seed" (default: the mode's), and any of its settings: lr (one or a list),
     # head_init, layer_ratio, weight_decay, decay_norm_bias, augment, crop_scale, label_smoothing,
-    # freeze_bn_stats, calibrate, pct_start
+    # freeze_bn_stats, ema, calibrate, pct_start
 """
 import argparse
 import json

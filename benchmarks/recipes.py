@@ -13,7 +13,10 @@
    and BatchNorm layers kept in inference mode (their affine weights train, their statistics stay the
    pretrained ones: Keras' transfer-learning guide; measured, updating only the statistics on a new
    dataset moves the probe's features enough to cost it several points before any gradient step);
-3. the peak rate is swept (`lrs`), and the run, epoch and temperature (Guo et al. 2017, fitted on
+3. the weights scored after each epoch are an exponential moving average over about the last epoch's
+   steps (timm's `ModelEmaV3`, as timm's fine-tuning recipes use `--model-ema`): the one-cycle peak
+   makes single epochs' weights noisy on a small dataset;
+4. the peak rate is swept (`lrs`), and the run, epoch and temperature (Guo et al. 2017, fitted on
    val so that label smoothing does not cost log-loss) with the lowest validation log-loss win.
 
 `seed` is the seed notebooks' recipe (`bn-head`, `head`, and the old `full`): a random head, one
@@ -50,6 +53,7 @@ class Recipe:
     crop_scale: float = 0.35  # smallest area fraction of RandomResizedCrop
     label_smoothing: float = 0.1
     freeze_bn_stats: bool = True  # BatchNorm layers normalise with their pretrained statistics while training
+    ema: bool = True  # score and keep an exponential moving average of the weights (about an epoch's horizon)
     calibrate: bool = True  # fit a temperature on val logits (selection and test use it)
     pct_start: float = 0.3  # share of the one-cycle schedule spent warming up
 
@@ -64,6 +68,8 @@ class Recipe:
             parts.append("head from a linear probe")
         if self.freeze_bn_stats:
             parts.append("BatchNorm statistics frozen")
+        if self.ema:
+            parts.append("EMA of weights")
         if self.layer_ratio != 1:
             parts.append(f"layer-wise lr (stem = head / {self.layer_ratio:g})")
         if self.calibrate:
@@ -73,7 +79,7 @@ class Recipe:
 
 LP_FT = Recipe("lp-ft", (1e-4, 3e-4, 1e-3))
 SEED = Recipe("seed", (5e-4,), head_init="random", layer_ratio=1.0, decay_norm_bias=True, augment="flip",
-              label_smoothing=0.0, freeze_bn_stats=False, calibrate=False, pct_start=0.25)
+              label_smoothing=0.0, freeze_bn_stats=False, ema=False, calibrate=False, pct_start=0.25)
 RECIPES = {"lp-ft": LP_FT, "seed": SEED}
 DEFAULT_RECIPE = {"full": "lp-ft", "bn-head": "seed", "head": "seed"}
 SEED_LR = {"full": 5e-4, "bn-head": 2e-3, "head": 2e-3}  # the seed notebooks' rates
