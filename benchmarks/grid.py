@@ -100,7 +100,7 @@ def _reusable(path: Path, split: str, weights_fp: str, params: dict) -> dict | N
     m = json.loads(path.read_text())
     same = (m.get("split_fingerprint") == split and m.get("weights", {}).get("fingerprint") == weights_fp
             and all(m["params"].get(k) == v for k, v in params.items()))
-    return m if same else None
+    return {**m, "path": str(path.with_name(m["model"]))} if same else None
 
 
 def run(config: Path, args) -> tuple:

@@ -137,10 +137,22 @@ def log_loss_at(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature that minimises the log-loss of (logits, y): one scalar, so it cannot overfit."""
-    res = minimize_scalar(lambda t: log_loss_at(logits, y, float(np.exp(t))), bounds=(-3.0, 3.0), method="bounded",
-                          options={"xatol": 1e-4})
-    return float(np.exp(res.x))
+    """The temperature that minimises the cross-entropy of softmax(logits / T) against the labels of
+    `y`, smoothed by Laplace's rule of succession: each image's label keeps 1 - 1/(n + 2) of the mass.
+
+    Plain log-loss has no minimum when every val image is classified correctly: T shrinks to 0 and
+    every prediction becomes certain (an Oxford-IIIT Pets species fine-tune: val accuracy 100%, T at
+    the search bound), so one test error costs tens of nats. n images all right support a
+    confidence of (n + 1)/(n + 2), no more; with errors in val the smoothing barely moves T."""
+    n, k = logits.shape
+    alpha = 1 / (n + 2)
+    target = np.full((n, k), alpha / max(k - 1, 1))
+    target[np.arange(n), y] = 1 - alpha
+
+    def loss(t: float) -> float:
+        return float(-(target * log_softmax(logits / np.exp(t), axis=1)).sum(1).mean())
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-4}).x))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

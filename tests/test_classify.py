@@ -158,6 +158,43 @@ def test_sweep_picks_lowest_validation_loss_and_records_curve():
     assert sel.params == {"C": sel.sweep[int(np.argmin(losses))]["C"]}
 
 
+def test_sweep_scores_val_not_train():
+    """Many noisy dimensions, few train rows: train loss keeps falling as C grows, val loss turns up. The
+    chosen C, and every point of the curve, are what a fresh fit on train scores on val."""
+    from sklearn.metrics import log_loss
+    latent, y, splits = synthetic(11, n=240)
+    X = view(latent, 120, 12, noise=3.0)
+    tr, va = splits == 0, splits == 1
+    head = HEADS["logreg"]
+    grid = head.grid(tr.sum())
+    sel = sweep(head.make(), grid, X[tr], y[tr], X[va], y[va], 3)
+    fresh = [head.make().set_params(**g).fit(X[tr], y[tr]) for g in grid]
+    val = [log_loss(y[va], m.predict_proba(X[va]), labels=range(3)) for m in fresh]
+    train = [log_loss(y[tr], m.predict_proba(X[tr]), labels=range(3)) for m in fresh]
+    assert [row["val_log_loss"] for row in sel.sweep] == pytest.approx(val, rel=0.1)  # weak C: warm start, not converged
+    assert sel.params["C"] == grid[int(np.argmin(val))]["logreg__C"] != grid[int(np.argmin(train))]["logreg__C"]
+
+
+def test_avg_is_the_plain_mean_and_stack_a_logreg_on_out_of_fold_probabilities():
+    """Both ensembles, recomputed by hand from their members on a small problem."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    latent, y, _ = synthetic(5, n=120)
+    A, B = view(latent, 6, 1, 1.5), view(latent, 9, 2, 2.5)
+    X = np.hstack([A, B])
+    members = {"a": HEADS["logreg"].make(), "b": HEADS["knn"].make().set_params(n_neighbors=7)}
+    pa = clone(members["a"]).fit(A, y).predict_proba(A)
+    pb = clone(members["b"]).fit(B, y).predict_proba(B)
+    avg = ensembles.average(members, [6, 9]).fit(X, y)
+    np.testing.assert_allclose(avg.predict_proba(X), (pa + pb) / 2, atol=1e-9)
+    folds = ensembles.stack(members, [6, 9]).cv
+    oof = np.hstack([cross_val_predict(clone(m), part, y, cv=folds, method="predict_proba")
+                     for m, part in ((members["a"], A), (members["b"], B))])
+    meta = LogisticRegression(max_iter=1000).fit(oof, y)
+    stacked = ensembles.stack(members, [6, 9]).fit(X, y)
+    np.testing.assert_allclose(stacked.predict_proba(X), meta.predict_proba(np.hstack([pa, pb])), atol=1e-6)
+
+
 # ---- estimator conformance --------------------------------------------------------------------------------
 
 def _estimators():

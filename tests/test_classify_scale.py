@@ -48,6 +48,28 @@ def test_out_of_core_streams_chunks_and_learns(big, monkeypatch):
     assert (saved["estimator"].predict(test.X) == test.y).mean() == pytest.approx(m["accuracy"])
 
 
+def test_streamed_chunks_stay_within_their_size(big, monkeypatch):
+    """Every chunk a head sees holds at most chunk_rows rows, so a split is never in memory whole."""
+    seen = []
+    real = stream.StreamedSplit.chunks
+
+    def recording(self, rng=None):
+        for X, y in real(self, rng):
+            seen.append((self.what, len(X)))
+            yield X, y
+
+    monkeypatch.setattr(stream.StreamedSplit, "chunks", recording)
+    run([big], ["logreg"], max_memory=1)
+    chunk = stream.chunk_rows_for(16, 1)
+    with FeatureStore(big) as fs:
+        sizes = {s: len(fs.rows(s)) for s in ("train", "val", "test")}
+    assert chunk < sizes["train"]
+    for split, n in sizes.items():
+        got = [k for what, k in seen if what == split]
+        assert got and max(got) <= chunk, split
+        assert sum(got) % n == 0  # whole passes over the split, chunk by chunk
+
+
 def test_out_of_core_matches_in_memory_logreg(big):
     """SGD out of core reaches the accuracy of lbfgs in memory on the same split (within 2 points)."""
     memory = run([big], ["logreg"])[0]

@@ -1,5 +1,6 @@
 """End-to-end extraction: the store's contents, resume after kill -9, reuse, hostile files, lock, CLI."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,12 +89,31 @@ def test_hostile_files_on_disk_are_embedded_or_skipped(dvc_folder, tmp_path, tin
     summary = run(dvc_folder, tmp_path / "out", tiny)
     skipped = dict(summary.skipped)
     assert {names[p] for p in skipped if p in names} == set(BAD)
+    for path, why in skipped.items():  # each kind of bad file keeps its own reason
+        if path in names:
+            assert re.fullmatch(f".*({BAD[names[path]][1]}).*", why), (names[path], why)
     assert "notes.txt" in skipped and "no label" in skipped["notes.txt"]
     assert summary.rows == 24 + len(hostile_files())
     assert f"{len(skipped)} skipped" in summary.line()
     with FeatureStore(summary.path) as s:
         assert {p for p, *_ in s.skipped} == set(skipped)
         assert np.isfinite(s.embeddings(np.arange(summary.rows))).all()
+
+
+def test_skip_reasons_say_why(dvc_folder, tmp_path, tiny, monkeypatch):
+    """Too large, unreadable and vanished files are skipped, each with its own reason in the store."""
+    from PIL import Image
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(dvc_folder / "cat.90.jpg")
+    write_image(dvc_folder / "dog.91.jpg", 91)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15000)  # 200×200 is over twice that: refused as a bomb
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if self.name == "dog.91.jpg" else real(self))
+    summary = run(dvc_folder, tmp_path / "out", tiny)
+    with FeatureStore(summary.path) as s:
+        why = {p: reason for p, reason, *_ in s.skipped}
+    assert why.keys() == {"cat.90.jpg", "dog.91.jpg"}
+    assert "decompression bomb" in why["cat.90.jpg"] and "Permission denied" in why["dog.91.jpg"]
 
 
 def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, tiny):

@@ -84,6 +84,14 @@ def test_temperature_recovers_the_one_that_made_the_labels():
     assert log_loss_at(logits, y, t) < log_loss_at(logits, y, 1.0)
 
 
+def test_temperature_stays_finite_when_val_has_no_error():
+    logits = np.array([[-2.0, 2.0], [3.0, -1.0], [0.5, -0.5]] * 10)
+    y = logits.argmax(1)  # every val image right: plain log-loss would push T to 0
+    t = fit_temperature(logits, y)
+    p = softmax(logits, t)[np.arange(len(y)), y]
+    assert 0.3 < t < 1 and p.mean() <= 1 - 1 / (len(y) + 2)  # no more confident than 30 right of 30 supports
+
+
 def test_recipe_overrides_and_refusals():
     assert recipe_for("full") == LP_FT and recipe_for("bn-head").lrs == (2e-3,) and recipe_for("full", "seed").lrs == (5e-4,)
     r = recipe_for("full", lrs=1e-3, label_smoothing=0.0, augment="flip")
