@@ -12,6 +12,10 @@ PETS = SHARED_DATA / "oxford-pets-subset" / "images"
 
 
 def needs(path: Path):
+    """Skip where the real photos are absent (a user's checkout); fail under FEATBENCH_REQUIRE_DATA=1 (CI, where
+    a missing folder is a broken set-up, not a reason to pass)."""
+    if not path.is_dir() and os.environ.get("FEATBENCH_REQUIRE_DATA") == "1":
+        pytest.fail(f"{path} not present (FEATBENCH_REQUIRE_DATA=1)", pytrace=False)
     return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not present")
 
 

@@ -1,14 +1,19 @@
 """classify at scale: out-of-core heads streamed from HDF5, sweeps through joblib's parallel backends."""
 import json
+import os
 from argparse import ArgumentTypeError
 
 import joblib
 import numpy as np
 import pytest
 from joblib import register_parallel_backend
-from joblib._parallel_backends import SequentialBackend
+from joblib._parallel_backends import ThreadingBackend
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.neighbors import KNeighborsClassifier
 
 from classify import stream
+from classify.heads import HEADS
+from classify.select import sweep
 from classify.__main__ import main, parse_size
 from classify.train import run
 from features import FeatureStore
@@ -98,27 +103,62 @@ def test_bad_n_jobs_is_a_usage_error(big, capsys):
 
 
 def test_sweep_runs_through_the_configured_joblib_backend(tmp_path, capsys):
-    calls = []
+    """--backend NAME hands the sweep's runs to that registered joblib backend: at --n-jobs 3 it receives
+    three runs of consecutive grid points, which together cover the whole grid once."""
+    runs = []
 
-    class Recording(SequentialBackend):
-        def apply_async(self, func, callback=None):
-            calls.append(func)
-            return super().apply_async(func, callback)
+    class Recording(ThreadingBackend):
+        def submit(self, func, callback=None):
+            runs.extend([p["n_neighbors"] for p in args[1]] for _, args, _ in func.items)
+            return super().submit(func, callback)
 
     register_parallel_backend("recording", Recording)
     latent, y, splits = synthetic(3, n=150)
     store = make_store(tmp_path / "synth" / "a.h5", view(latent, 8, 4), y, splits, "a")
-    rc, out, err = cli(capsys, "--features", store, "--head", "knn", "--backend", "recording", "--quiet")
-    assert rc == 0, err and calls
+    rc, out, err = cli(capsys, "--features", store, "--head", "knn", "--backend", "recording", "--n-jobs", "3",
+                       "--quiet")
+    assert rc == 0, err
+    grid = [p["n_neighbors"] for p in HEADS["knn"].grid(int((splits == 0).sum()))]
+    assert len(runs) == 3 and sorted(runs) == sorted(map(list, np.array_split(grid, 3)))
     one_line_error(*cli(capsys, "--features", store, "--backend", "nope"), "unknown --backend 'nope'")
 
 
-def test_parallel_sweep_on_loky_equals_the_sequential_one(tmp_path):
-    """Grid points without warm starts (kNN) give the same curve whether split over 2 processes or not."""
+class PidKNN(ClassifierMixin, BaseEstimator):
+    """kNN that appends `pid k` to `log` on every fit: which process fitted which grid point."""
+    def __init__(self, k=1, log=None):
+        self.k, self.log = k, log
+
+    def fit(self, X, y):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()} {self.k}\n")
+        self.knn_ = KNeighborsClassifier(self.k).fit(X, y)
+        self.classes_ = self.knn_.classes_
+        return self
+
+    def predict_proba(self, X):
+        return self.knn_.predict_proba(X)
+
+
+def test_loky_splits_the_grid_over_worker_processes(tmp_path):
+    """Two loky workers each fit one half of the grid (not the parent, not one worker for all), and the
+    curve and the winner are those of the sequential sweep."""
+    latent, y, splits = synthetic(4, n=150)
+    X = view(latent, 8, 4)
+    tr, va = splits == 0, splits == 1
+    grid = [{"k": k} for k in (1, 3, 5, 9, 15, 25)]
+    one = sweep(PidKNN(log=str(tmp_path / "one.log")), grid, X[tr], y[tr], X[va], y[va], 3)
+    log = tmp_path / "two.log"
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        two = sweep(PidKNN(log=str(log)), grid, X[tr], y[tr], X[va], y[va], 3)
+    by_pid = {}
+    for line in log.read_text().split("\n")[:-1]:
+        pid, k = map(int, line.split())
+        by_pid.setdefault(pid, []).append(k)
+    assert os.getpid() not in by_pid and sorted(by_pid.values()) == [[1, 3, 5], [9, 15, 25]]
+    assert one.sweep == two.sweep and one.params == two.params == {"k": one.params["k"]}
+
+
+def test_n_jobs_flag_runs_a_sweep_in_parallel(tmp_path):
     latent, y, splits = synthetic(4, n=150)
     store = make_store(tmp_path / "synth" / "a.h5", view(latent, 8, 4), y, splits, "a", class_names=CLASSES)
-    one = run([store], ["knn"])[0]
-    with joblib.parallel_config(backend="loky", n_jobs=2):
-        two = run([store], ["knn"])[0]
-    assert one["sweep"] == two["sweep"] and one["params"] == two["params"] and one["accuracy"] == two["accuracy"]
     assert run_cli(main, ["--features", str(store), "--head", "logreg", "--n-jobs", "2", "--quiet"]) == 0

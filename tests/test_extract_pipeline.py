@@ -291,23 +291,26 @@ def test_cpu_embedding_workers_give_the_same_store(dvc_folder, tmp_path, tiny, m
 
 
 def test_a_slow_batch_does_not_hold_up_the_other_worker(dvc_folder, tmp_path, tiny, monkeypatch):
-    """Batches are committed as they finish: while one worker is stuck on the first batch, the other's
-    batches reach the journal (in listing order they would wait behind it); the store is unchanged."""
-    import time
+    """Batches are committed as they finish: the worker on the first batch waits until another batch has
+    reached the journal (in listing order that never happens, and it gives up after a minute); the store is
+    unchanged. An event shared with the forked workers, not a sleep, so a loaded machine cannot reorder it."""
+    import multiprocessing
     import extract.pipeline as pipeline
     from features.writer import Journal
     serial = contents(run(dvc_folder, tmp_path / "a", tiny, batch_size=4).path)
     get, append, committed = pipeline._Images.__getitem__, Journal.append, []
+    other_batch_committed = multiprocessing.get_context("fork").Event()
 
-    def slow_first(self, i):
+    def first_waits(self, i):
         if i == 0:
-            time.sleep(3)
+            other_batch_committed.wait(60)
         return get(self, i)
 
     def recorded(self, paths, *a):
         committed.append(paths[0])
+        other_batch_committed.set()
         return append(self, paths, *a)
-    monkeypatch.setattr(pipeline._Images, "__getitem__", slow_first)
+    monkeypatch.setattr(pipeline._Images, "__getitem__", first_waits)
     monkeypatch.setattr(Journal, "append", recorded)
     parallel = contents(run(dvc_folder, tmp_path / "b", tiny, batch_size=4, workers=2).path)
     first = sorted(p.name for p in dvc_folder.iterdir())[0]

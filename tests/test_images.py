@@ -1,5 +1,8 @@
 """Hostile inputs: every kind of bad or unusual file is embedded after conversion or refused with a reason."""
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,14 +116,27 @@ def test_resize_crop_matches_torchvision(interpolation):
         assert diff.max() <= 2 and (diff == 0).mean() > 0.98, (size, diff.max(), (diff == 0).mean())
 
 
-def test_thin_image_resized_within_memory():
-    """A 1×20000 PNG: only the crop region is resized (the whole image scaled first took gigabytes)."""
-    import resource
-    thin = hostile_files()["thin-1x20000.png"]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    x = load(thin, Preprocess(224, 256))
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
-    assert x.shape == (3, 224, 224) and x[:, 100, 100].tolist() == [200, 10, 10]
+def test_thin_image_resized_within_memory(tmp_path):
+    """A 1×20000 PNG: only the crop region is resized (the whole image scaled first took gigabytes).
+    Measured in a fresh process: ru_maxrss is a process-wide high-water mark, so in this one it would
+    depend on whichever test ran before."""
+    thin = tmp_path / "thin.png"
+    thin.write_bytes(hostile_files()["thin-1x20000.png"])
+    probe = (
+        "import resource, sys\n"
+        "from extract.backbones import Preprocess\n"
+        "from extract.images import load\n"
+        f"load({_png(RGB)!r}, Preprocess(224, 256))\n"  # warm: the first resize's own buffers are not the image's
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "x = load(open(sys.argv[1], 'rb').read(), Preprocess(224, 256))\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(grown, x.shape[0], x.shape[1], x.shape[2], *x[:, 100, 100].tolist())\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(thin)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    grown, *shape_and_pixel = map(int, done.stdout.split())
+    assert shape_and_pixel == [3, 224, 224, 200, 10, 10]
+    assert grown < 200_000, f"{grown} KiB"  # the whole 256×5,120,000 RGB image would be 3.7 GiB
 
 
 @pytest.mark.parametrize("owner,step,data", [(ImageFile.ImageFile, "load", _png(RGB)), (simplejpeg, "decode_jpeg", _jpeg(RGB)),
