@@ -226,7 +226,9 @@ def _compute_words(r: dict) -> str:
 def _versus(frozen: dict, tuned: dict) -> str:
     ratio = tuned["compute_seconds"] / frozen["compute_seconds"]
     gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
-    return (f"{abs(gap):.2f} points {'above' if gap >= 0 else 'below'} in test accuracy "
+    where = "equal in test accuracy" if round(gap, 2) == 0 else \
+        f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'} in test accuracy"
+    return (f"{where} "
             f"(log-loss {num(frozen['log_loss'])} against {num(tuned['log_loss'])}), with "
             f"{max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
             f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
@@ -295,7 +297,8 @@ def verdict(c: Collected) -> str:
     lines = []
     for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
         if r is not None:
-            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']} — test accuracy "
+            recipe = "" if _default_recipe(r) else f" ({r['recipe']} recipe)"
+            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}{recipe} — test accuracy "
                          f"{pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
         lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}. "

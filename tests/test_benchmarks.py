@@ -394,3 +394,17 @@ def test_peak_rss_of_a_child_command_is_its_own(tmp_path):
     assert 0 < own_mib < 200 < len(ballast) / 2**20
     with pytest.raises(SystemExit, match="python -m json.tool failed"):
         run_measured("json.tool", [tmp_path / "missing.json"])
+
+
+def test_verdict_words_a_tie_and_names_a_non_default_recipe():
+    from benchmarks.report import Collected, _versus, verdict
+    f = {"accuracy": 0.99, "log_loss": 0.05, "compute_seconds": 10.0}
+    assert _versus(f, dict(f, compute_seconds=100.0)).startswith("equal in test accuracy (log-loss")
+    assert _versus(f, dict(f, accuracy=0.98)).startswith("1.00 points above in test accuracy")
+    assert _versus(f, dict(f, accuracy=1.0)).startswith("1.00 points below in test accuracy")
+    row = {"kind": "fine-tuned", "backbone": "mobilenet_v2", "head": "finetune-full", "val_log_loss": 0.1,
+           "accuracy": 0.9, "log_loss": 0.2, "compute_seconds": 5.0, "device_name": "cpu", "device": "cpu"}
+    seed = verdict(Collected(metrics=[], rows=[dict(row, recipe="seed")], published=[], metas={}))
+    assert "mobilenet_v2 + finetune-full (seed recipe) — test accuracy" in seed
+    lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft")], published=[], metas={}))
+    assert "mobilenet_v2 + finetune-full — test accuracy" in lpft
