@@ -198,7 +198,7 @@ def assign_splits(items: list, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> np
     """
     fractions = np.asarray(fractions, dtype=float)
     if len(fractions) != 3 or (fractions < 0).any() or fractions.sum() <= 0:
-        raise FeatbenchError(f"split fractions must be three non-negative numbers, got {list(fractions)}")
+        raise FeatbenchError(f"split fractions must be three non-negative numbers, got {fractions.tolist()}")
     cuts = np.cumsum(fractions / fractions.sum())
     codes = np.full(len(items), -1, dtype=np.int8)
     by_class: dict[int, list[int]] = {}

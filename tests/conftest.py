@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# FEATBENCH_DATA: the photos' folder, for a copy of the checkout that has no ../shared beside it (mutmut's mutants/)
+SHARED_DATA = Path(os.environ.get("FEATBENCH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 DOGS_VS_CATS = SHARED_DATA / "dogs-vs-cats" / "train"
 PETS = SHARED_DATA / "oxford-pets-subset" / "images"
 

@@ -170,3 +170,94 @@ def test_splits_deterministic_stratified_and_order_free():
     assert np.bincount(assign_splits(items, (0.8, 0.2, 0)), minlength=3)[2] == 0
     with pytest.raises(FeatbenchError):
         assign_splits(items, (0.5, -0.1, 0.6))
+
+
+def test_oxford_pets_from_its_root_lists_what_it_cannot_label(tmp_path):
+    root = tmp_path / "My Pets!"
+    names = [f"{breed}_{i}.jpg" for breed in ("Bengal", "pug") for i in range(5)] + ["README.jpg"]
+    for i, n in enumerate(names):
+        write_image(root / "images" / n, i)
+    ds = load_dataset(root, target="species")  # 10 of 11 names are Breed_N: detected as oxford-pets
+    assert ds.format == "oxford-pets" and ds.name == "my-pets-species" and ds.root == root.resolve()
+    assert [it.rel for it in ds.items] == [f"images/{n}" for n in sorted(names[:-1])]
+    assert [it.label for it in ds.items] == [0] * 5 + [1] * 5 and ds.class_names == ["cat", "dog"]
+    assert ds.unlisted == [("images/README.jpg", "no breed in file name (expected Breed_N.jpg)")]
+    assert ds.describe() == {"root": str(root.resolve()), "format": "oxford-pets", "name": "my-pets-species",
+                             "target": "species", "classes": 2, "files": 11}
+    assert load_dataset(root / "images").name == "my-pets-breed"  # images/ is named after its parent
+
+
+def test_dogs_vs_cats_lists_unlabelled_names_with_the_reason(dvc_folder):
+    write_image(dvc_folder / "horse.1.jpg", 1)
+    ds = load_dataset(dvc_folder, "dogs-vs-cats", name="mine")
+    assert ds.unlisted == [("horse.1.jpg", "no label in file name (expected cat.N.jpg, dog.N.jpg or N.jpg)")]
+    assert ds.name == "mine" and ds.target == "" and ds.describe()["files"] == 25
+    assert [it.rel for it in ds.items] == sorted(it.rel for it in ds.items)
+
+
+def test_imagefolder_skips_hidden_folders_and_loose_files(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / "train" / "b" / f"{i}.jpg", i)
+        write_image(tmp_path / "train" / "a" / f"{i}.jpg", 10 + i)
+    write_image(tmp_path / "train" / ".thumbs" / "0.jpg", 20)
+    write_image(tmp_path / "train" / "a" / ".hidden.jpg", 21)
+    write_image(tmp_path / "train" / "loose.jpg", 22)
+    ds = load_dataset(tmp_path / "train", "imagefolder")
+    assert ds.class_names == ["a", "b"] and ds.name == f"{tmp_path.name.lower()}-train"
+    assert [(it.rel, it.label) for it in ds.items] == [("a/0.jpg", 0), ("a/1.jpg", 0), ("b/0.jpg", 1), ("b/1.jpg", 1)]
+    (tmp_path / "flat").mkdir()
+    write_image(tmp_path / "flat" / "x.jpg", 0)
+    with pytest.raises(FeatbenchError, match="flat: no class sub-folders; an imagefolder dataset has one folder"):
+        load_dataset(tmp_path / "flat", "imagefolder")
+
+
+def test_csv_paths_quoting_and_names(tmp_path):
+    elsewhere = write_image(tmp_path / "far" / "x.jpg", 0)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "My List.csv").write_text(
+        f'path,label,split\r\n{elsewhere},"b, with comma",val\r\n"new\r\nline.jpg",a, train \r\n', newline="")
+    ds = load_dataset(tmp_path / "lists" / "My List.csv", "csv")
+    assert ds.root == (tmp_path / "lists").resolve() and ds.name == "my-list" and ds.class_names == ["a", "b, with comma"]
+    by_rel = {it.rel: it for it in ds.items}
+    assert by_rel[str(elsewhere)].path == elsewhere and by_rel[str(elsewhere)].label == 1
+    quoted = by_rel["new\r\nline.jpg"]
+    assert quoted.path == tmp_path / "lists" / "new\r\nline.jpg" and (quoted.label, quoted.split) == (0, "train")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", r"needs a header with columns path,label\[,split\]"),
+    ("path,split\nx.jpg,train\n", r"needs a header with columns path,label\[,split\]"),
+    ("path,label,split\nx.jpg,a,dev\n", r"list.csv:2: split 'dev' is not one of train, val, test"),
+])
+def test_csv_errors_name_the_file_and_line(tmp_path, text, message):
+    (tmp_path / "list.csv").write_text(text)
+    with pytest.raises(FeatbenchError, match=message):
+        load_dataset(tmp_path / "list.csv")
+
+
+def test_load_dataset_argument_errors(tmp_path, dvc_folder):
+    with pytest.raises(FeatbenchError, match="unknown dataset format 'coco'; choose one of "):
+        load_dataset(dvc_folder, "coco")
+    with pytest.raises(FeatbenchError, match="unknown --target 'colour'; choose breed or species"):
+        load_dataset(dvc_folder, target="colour")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FeatbenchError, match="notes.txt: a file, but not a .csv list"):
+        load_dataset(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FeatbenchError, match="empty: no images found for format dogs-vs-cats"):
+        load_dataset(tmp_path / "empty", "dogs-vs-cats")
+    with pytest.raises(FeatbenchError, match="nope: no such dataset folder; check --data or featbench.toml"):
+        load_dataset(tmp_path / "nope", "imagefolder")
+    with pytest.raises(FeatbenchError, match=r"three non-negative numbers, got \[0.5, 0.5\]"):
+        assign_splits(_items(), (0.5, 0.5))
+    with pytest.raises(FeatbenchError, match="three non-negative numbers"):
+        assign_splits(_items(), (0, 0, 0))
+
+
+def test_splits_exact_cuts_and_kept_splits():
+    """Per class, ranks are cut at round(cumulative fraction × n); a listed split is kept as given."""
+    from extract.datasets import Item
+    items = _items((10,)) + [Item(None, "x/held.jpg", 0, "val"), Item(None, "x/u.jpg", NO_LABEL, "test")]
+    codes = assign_splits(items, (0.5, 0.3, 0.2))
+    assert np.bincount(codes[:10], minlength=3).tolist() == [5, 3, 2] and codes[10:].tolist() == [1, 2]
+    assert np.bincount(assign_splits(_items((7,)), (1, 1, 1)), minlength=3).tolist() == [2, 3, 2]  # 2.33, 4.67

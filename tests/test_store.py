@@ -1,4 +1,5 @@
 """The feature store: round trip, split access, streaming, and clear errors for foreign or broken files."""
+import json
 import subprocess
 import sys
 
@@ -141,3 +142,58 @@ def test_journal_lists_its_folder_once_not_per_batch(tmp_path, monkeypatch):
     assert sorted(journal.records()) == ["a"] + [f"f{i}" for i in range(1, 6)]
     journal.clear()
     assert journal.append(["b"], ["1:1"], ["h"], [""], rows).name == "part-0000000.npy"
+
+
+def test_journal_records_number_embedded_rows_and_keep_provenance(tmp_path):
+    """Each record points at its part's row, counting embedded images only; skipped ones keep their reason;
+    a later part's record of the same path wins; provenance matches only itself."""
+    from features.writer import Journal, RowSource
+    journal = Journal(tmp_path / "s.h5")
+    assert journal.records() == {} and not journal.made_with({"backbone": "a"})
+    journal.start({"backbone": "a", "weights": "w"})
+    assert journal.made_with({"backbone": "a", "weights": "w"}) and not journal.made_with({"backbone": "a"})
+    first = journal.append(["x", "bad", "y"], ["1:1", "2:2", "3:3"], ["hx", "", "hy"], ["", "truncated", ""],
+                           np.array([[1, 1], [2, 2]], np.float32))
+    second = journal.append(["z", "x"], ["4:4", "5:5"], ["hz", "hx2"], ["", ""], np.array([[3, 3], [4, 4]], np.float32))
+    got = journal.records()
+    assert got["y"].source == (first, 1) and got["z"].source == (second, 0) and got["x"].source == (second, 1)
+    assert (got["bad"].reason, got["bad"].source, got["bad"].stamp) == ("truncated", (), "2:2")
+    assert (got["x"].stamp, got["x"].hash, got["x"].reason) == ("5:5", "hx2", "")
+    rows = RowSource(max_open=1)
+    assert rows.row(got["y"].source).tolist() == [2, 2] and rows.row(got["x"].source).tolist() == [4, 4]
+    assert list(rows.open) == [second]  # one part open at most
+    chunks = list(rows.chunks([got[p].source for p in ("y", "z", "x")], 2))
+    assert [c.tolist() for c in chunks] == [[[2, 2], [3, 3]], [[4, 4]]] and chunks[0].dtype == np.float32
+    (journal.dir / "provenance.json").write_text("{not json")
+    assert not journal.made_with({"backbone": "a", "weights": "w"})
+    journal.clear()
+    assert not journal.dir.exists() and journal.records() == {}
+
+
+def test_second_writer_is_refused_with_one_line(tmp_path):
+    from features.writer import store_lock
+    with store_lock(tmp_path / "s.h5"):
+        with pytest.raises(FeatbenchError, match="another extraction is writing this store") as err:
+            with store_lock(tmp_path / "s.h5"):
+                pass
+    assert "\n" not in str(err.value)
+    with store_lock(tmp_path / "s.h5"):  # released: the next writer gets it
+        pass
+
+
+def test_store_chunks_rows_and_metadata(tmp_path):
+    """Rows are chunked by bytes (about 1 MiB), the metadata records what was written, and a writer that
+    yields too few rows leaves nothing behind."""
+    from features.writer import CHUNK_BYTES
+    X, labels, splits, paths = make_store(tmp_path / "s.h5", n=600, dim=512)
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["embeddings"].chunks == (CHUNK_BYTES // (512 * 4), 512) and f["embeddings"].dtype == np.float32
+        assert f["splits"].dtype == np.int8 and f["labels"].dtype == np.int64
+        meta = json.loads(f.attrs["meta"])
+        assert f.attrs["backbone"] == "toy" and f.attrs["complete"]
+    assert {k: meta[k] for k in ("dim", "rows", "dtype", "skipped", "split_names")} == \
+        {"dim": 512, "rows": 600, "dtype": "float32", "skipped": 1, "split_names": ["train", "val", "test"]}
+    with pytest.raises(ValueError, match="wrote 2 embedding rows for 3 images"):
+        write_store(tmp_path / "short.h5", dim=2, chunks=[np.ones((2, 2))], labels=[0] * 3, paths=list("abc"),
+                    splits=[0] * 3, hashes=[""] * 3, stamps=[""] * 3, skipped=[], class_names=["x"], meta={})
+    assert not (tmp_path / "short.h5").exists() and not (tmp_path / "short.h5.tmp").exists()
