@@ -261,3 +261,59 @@ def test_splits_exact_cuts_and_kept_splits():
     codes = assign_splits(items, (0.5, 0.3, 0.2))
     assert np.bincount(codes[:10], minlength=3).tolist() == [5, 3, 2] and codes[10:].tolist() == [1, 2]
     assert np.bincount(assign_splits(_items((7,)), (1, 1, 1)), minlength=3).tolist() == [2, 3, 2]  # 2.33, 4.67
+
+
+def test_split_assignment_is_pinned_across_versions():
+    """A path's split is a contract: stores made by earlier versions must keep their splits, so the seeded
+    hash behind the order is pinned (and the codes are int8, as stores hold them)."""
+    codes = assign_splits(_items((10,)))
+    assert codes.dtype == np.int8 and codes.tolist() == [0, 0, 0, 0, 2, 2, 0, 0, 0, 1]
+
+
+def test_format_detection_thresholds(tmp_path):
+    """90% of names decide the format, no fewer."""
+    dvc, few = tmp_path / "dvc", tmp_path / "few"
+    for i in range(9):
+        write_image(dvc / f"cat.{i}.jpg", i)
+        write_image(few / f"{i}.jpg", i)
+    write_image(dvc / "9.jpg", 9)
+    write_image(few / "cat.9.jpg", 9)
+    assert detect_format(dvc) == "dogs-vs-cats"
+    with pytest.raises(FeatbenchError, match=r"pass --format dogs-vs-cats\|oxford-pets\|imagefolder\|csv$"):
+        detect_format(few)
+    pets, odd = tmp_path / "pets", tmp_path / "odd"
+    for i in range(9):
+        write_image(pets / f"{'Bengal' if i % 2 else 'pug'}_{i}.jpg", i)
+        write_image(odd / f"{i}.jpg", i)
+    write_image(pets / "9.jpg", 9)
+    write_image(odd / "Bengal_9.jpg", 9)
+    write_image(odd / "pug_10.jpg", 10)
+    assert detect_format(pets) == "oxford-pets"
+    with pytest.raises(FeatbenchError, match="cannot tell the dataset format"):
+        detect_format(odd)
+
+
+def test_items_point_at_their_files_and_names_keep_dots(tmp_path, dvc_folder):
+    write_image(dvc_folder / "test1" / "1.jpg", 1)
+    pets = tmp_path / "(pets) v2.1"
+    for i in range(4):
+        write_image(pets / f"Bengal_{i}.jpg", i)
+        write_image(pets / f"pug_{i}.jpg", 10 + i)
+    write_image(pets / "images" / "stray.jpg", 0)  # images/ beside Breed_N files at the root: the root is listed
+    folders = tmp_path / "folders"
+    write_image(folders / "a" / "x.jpg", 0)
+    for ds in (load_dataset(dvc_folder, ""), load_dataset(pets), load_dataset(folders)):
+        assert all(it.path == ds.root / it.rel and it.path.is_file() for it in ds.items), ds.format
+    assert load_dataset(pets).name == "pets-v2.1-breed" and len(load_dataset(pets).items) == 8
+    assert load_dataset(dvc_folder, "").format == "dogs-vs-cats"  # "" means auto
+
+
+def test_csv_labelled_rows_without_split_are_assigned_later(tmp_path):
+    (tmp_path / "list.csv").write_text("path,label\na.jpg,x\nb.jpg,\n")
+    ds = load_dataset(tmp_path / "list.csv")
+    assert [(it.rel, it.split) for it in ds.items] == [("a.jpg", ""), ("b.jpg", "test")]
+    (tmp_path / "twice.csv").write_text("path,label\na.jpg,x\na.jpg,y\n")
+    with pytest.raises(FeatbenchError, match=r"twice.csv:3: a.jpg is listed twice \(first on line 2\); list each image once$"):
+        load_dataset(tmp_path / "twice.csv")
+    with pytest.raises(FeatbenchError, match="choose one of dogs-vs-cats, oxford-pets, imagefolder, csv$"):
+        load_dataset(tmp_path / "list.csv", "tfrecord")

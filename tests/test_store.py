@@ -197,3 +197,63 @@ def test_store_chunks_rows_and_metadata(tmp_path):
         write_store(tmp_path / "short.h5", dim=2, chunks=[np.ones((2, 2))], labels=[0] * 3, paths=list("abc"),
                     splits=[0] * 3, hashes=[""] * 3, stamps=[""] * 3, skipped=[], class_names=["x"], meta={})
     assert not (tmp_path / "short.h5").exists() and not (tmp_path / "short.h5.tmp").exists()
+
+
+def test_journal_folder_numbering_and_clearing(tmp_path):
+    """`NAME.h5.partial/` is where a resumed run looks; its parent is made if missing; a new part sorts after
+    every existing one even past a gap (a later part's records win); start and clear are idempotent."""
+    from features.writer import Journal
+    rows = np.zeros((1, 2), np.float32)
+    journal = Journal(tmp_path / "new" / "s.h5")
+    assert journal.dir == tmp_path / "new" / "s.h5.partial"
+    journal.clear()  # nothing there yet: no error
+    journal.start({"v": 1})
+    journal.start({"v": 2})
+    assert journal.made_with({"v": 2})
+    Journal(tmp_path / "other" / "s.h5").append(["a"], ["1:1"], ["h"], [""], rows)  # append makes the folder too
+    for n in (0, 2):
+        Journal(tmp_path / "new" / "s.h5").append(["a"], ["1:1"], [f"h{n}"], [""], rows)
+    (journal.dir / "part-0000001.json").rename(journal.dir / "part-0000002.json")  # a gap: parts 0 and 2
+    (journal.dir / "part-0000001.npy").rename(journal.dir / "part-0000002.npy")
+    later = Journal(tmp_path / "new" / "s.h5")
+    assert later.append(["a"], ["1:1"], ["h3"], [""], rows).name == "part-0000003.npy"
+    assert later.records()["a"].hash == "h3"
+    later.clear()
+    later.clear()
+    assert not later.dir.exists()
+
+
+def test_row_source_reads_stores_and_keeps_the_most_recent_parts_open(tmp_path):
+    from features.writer import RowSource
+    X, *_ = make_store(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5") as f:
+        np.testing.assert_array_equal(RowSource(f).row(("store", 7)), X[7])
+    parts = []
+    for k in range(3):
+        np.save(tmp_path / f"{k}.npy", np.full((2, 3), k, np.float32))
+        parts.append(tmp_path / f"{k}.npy")
+    rows = RowSource(max_open=2)
+    rows.row((parts[0], 1))
+    first = rows.open[parts[0]]
+    assert isinstance(first, np.memmap)
+    rows.row((parts[1], 0))
+    assert rows.row((parts[0], 0)).tolist() == [0, 0, 0] and rows.open[parts[0]] is first  # not read again
+    assert list(rows.open) == [parts[1], parts[0]]  # most recently used last
+    rows.row((parts[2], 0))
+    assert list(rows.open) == [parts[0], parts[2]]  # the least recently used part was closed
+
+
+def test_store_records_hashes_stamps_and_format(tmp_path):
+    """What reuse and resume read back: hashes and stamps per row, the format version, int64 labels, a
+    resizable embeddings dataset (a store grows when images are added); an empty store is valid too."""
+    from features.schema import FORMAT_VERSION
+    make_store(tmp_path / "s.h5")
+    with FeatureStore(tmp_path / "s.h5") as s:
+        assert s.hashes[:2] == ["h0", "h1"] and s.stamps[:2] == ["0:1", "1:1"]
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f.attrs["format_version"] == FORMAT_VERSION and f["labels"].dtype == np.int64
+        assert f["embeddings"].maxshape == (None, 8)
+    write_store(tmp_path / "e.h5", dim=4, chunks=[], labels=[], paths=[], splits=[], hashes=[], stamps=[],
+                skipped=[("x.jpg", "empty file", "", "")], class_names=[], meta={})
+    with h5py.File(tmp_path / "e.h5") as f:
+        assert f["embeddings"].shape == (0, 4) and f.attrs["backbone"] == "" and f["embeddings"].dtype == np.float32
