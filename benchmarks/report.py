@@ -298,8 +298,8 @@ def verdict(c: Collected) -> str:
     for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
         if r is not None:
             recipe = "" if _default_recipe(r) else f" ({r['recipe']} recipe)"
-            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}{recipe} — test accuracy "
-                         f"{pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
+            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}{recipe} — "
+                         f"test accuracy {pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
         lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}. "
                      + _budgets(c, frozen, tuned, frozen_rows, tuned_rows))
