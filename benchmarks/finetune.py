@@ -38,13 +38,14 @@ from benchmarks.recipes import (DEFAULT_RECIPE, MODES, RECIPES, Recipe, fit_temp
 from benchmarks.splits import SplitImages, same_split
 from classify.heads import HEADS
 from classify.metrics import evaluate, over_seeds
-from classify.models import atomic_write
 from classify.select import sweep
 from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, resolve
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
-from extract.pipeline import default_workers, pick_device, store_path
+from extract.device import autocast, default_workers, pick_device, uses_amp
+from extract.pipeline import store_path
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.schema import SPLITS, featbench_version
 
@@ -139,8 +140,7 @@ class Device:
         return self.device.type == "cuda"
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp) if self.cuda \
-            else torch.autocast("cpu", enabled=False)
+        return autocast(self.device, self.amp)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 batch on the device, channels-last (1.5x faster training on CPU, faster convs on GPU)."""
@@ -327,7 +327,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         if not len(data.paths[split]):
             raise FeatbenchError(f"{data.source}: no labelled {split} images to fine-tune with")
     torch_device = pick_device(device)
-    dev = Device(torch_device, amp and torch_device.type == "cuda", workers if workers >= 0 else
+    dev = Device(torch_device, uses_amp(torch_device, amp), workers if workers >= 0 else
                  (0 if torch_device.type == "cpu" else default_workers(torch_device)), batch_size)
     if not dev.cuda:
         keep_freed_memory()  # as extraction does: a fair baseline (1.6x faster on CPU, same weights)

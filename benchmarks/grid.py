@@ -41,7 +41,8 @@ from classify.train import parse_heads, run as classify
 from extract.backbones import create_backbone
 from extract.config import add_dataset_args, resolve, tomllib
 from extract.datasets import load_dataset
-from extract.pipeline import Options, extract, pick_device
+from extract.device import pick_device
+from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
 
 BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds"}

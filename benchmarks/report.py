@@ -28,7 +28,7 @@ from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from benchmarks.published import published_for, task_of
 from classify.heads import ENSEMBLES, HEADS
 from classify.train import short_params
-from classify.models import atomic_write
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 

@@ -27,7 +27,8 @@ from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.images import decode
 from extract.inference import inference_model
-from extract.pipeline import Options, default_workers, embeds_in_workers, extract, pick_device, worker_count
+from extract.device import autocast, default_workers, pick_device
+from extract.pipeline import Options, embeds_in_workers, extract, worker_count
 from features import FeatureStore
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -111,8 +112,7 @@ def _timed_forwards(model, x, batches: int, threads: int = 0) -> tuple[float, fl
     if threads:
         torch.set_num_threads(threads)
     cuda = x.device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)
-    with torch.inference_mode(), amp:
+    with torch.inference_mode(), autocast(x.device):
         model(x)  # warm-up
         start = time.perf_counter()
         for _ in range(batches):

@@ -7,7 +7,6 @@ store fingerprint), `split_fingerprint`, `dataset`, `refit`, `params`, `featbenc
 and preprocessing, and refuses otherwise. Like any pickle, only load models you trust.
 """
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import joblib
 import sklearn
 
 from extract.backbones import Backbone, create_backbone
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.schema import featbench_version, library_versions
 
@@ -28,18 +28,6 @@ def backbone_record(stem: str, meta: dict) -> dict:
     return {"name": meta["backbone"], "store": stem, "dim": meta["dim"], "preprocess": meta["preprocess"],
             "weights": meta["weights"], "weights_fingerprint": meta["weights_fingerprint"],
             "store_fingerprint": meta["fingerprint"]}
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename over `path`: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], split_fingerprint: str,

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from classify.metrics import proba
-from classify.models import atomic_write, build_backbones, load_model
+from classify.models import build_backbones, load_model
 from extract.datasets import IMAGE_EXT
-from extract.pipeline import default_workers, embed_files, pick_device
+from extract.pipeline import Options, embed_files
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 
 KAGGLE_ID = re.compile(r"^(\d+)\.[^.]+$")
@@ -37,13 +38,14 @@ def image_files(inputs) -> list[Path]:
 
 
 def probabilities(model: dict, model_path, files: list[Path], device: str = "auto") -> tuple[np.ndarray, list]:
-    """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok))."""
+    """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok)).
+
+    The images are embedded exactly as extraction embedded the model's training images."""
     backbones = build_backbones(model, model_path)
-    workers = default_workers(pick_device(device))
     reasons = [""] * len(files)
     blocks = []
     for bb in backbones:
-        X, why = embed_files(bb, files, device, workers=workers)
+        X, why = embed_files(bb, files, Options(device=device, progress=False))
         full = np.full((len(files), bb.dim), np.nan, np.float32)
         full[[i for i, w in enumerate(why) if not w]] = X
         blocks.append(full)

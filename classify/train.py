@@ -25,8 +25,9 @@ from threadpoolctl import threadpool_limits
 from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import evaluate, over_seeds, proba
-from classify.models import atomic_write, backbone_record, bundle, save_model
+from classify.models import backbone_record, bundle, save_model
 from classify.select import fit_fixed, score, sweep
+from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
 from features.schema import NO_LABEL, featbench_version

@@ -9,27 +9,28 @@ Sharding (`torchrun`, `--shard R/N`): rank R embeds a contiguous block of the so
 own shard store (same lock, journal and reuse); `features.merge` concatenates them in rank order.
 """
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from extract.backbones import Backbone
-from extract.datasets import Dataset, assign_splits
+from extract.datasets import Dataset, Item, assign_splits
+from extract.device import autocast, cores, default_workers, pick_device, uses_amp
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore
 from features.schema import library_versions
-from features.writer import Journal, Record, RowSource, store_lock, write_store
+from features.writer import Journal, Record, Row, RowSource, store_lock, write_store
 
 
 @dataclass
@@ -71,38 +72,6 @@ class Summary:
                 f"{self.rate:.1f} img/s on {self.device}")
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise FeatbenchError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise FeatbenchError("--device cuda: no CUDA GPU visible to torch; use --device cpu")
-        if dev.type == "cuda" and (dev.index or 0) >= (n := torch.cuda.device_count()):
-            raise FeatbenchError(f"--device {name}: only {n} CUDA GPU{'s' if n != 1 else ''} visible "
-                                 f"(cuda:0..cuda:{n - 1}); check CUDA_VISIBLE_DEVICES")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise FeatbenchError("--device mps: Apple MPS is not available; use --device cpu")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cores() -> int:
-    """CPU cores for this process (its affinity), shared among the ranks of a `torchrun` on this machine."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-
-
-def default_workers(device: torch.device) -> int:
-    """Decoding processes: all cores (up to 8) feed a GPU; on CPU they share the cores with the model."""
-    return min(8, cores()) if device.type != "cpu" else max(1, cores() // 2)
-
-
 def embeds_in_workers(device: torch.device, options: Options) -> bool:
     """On CPU the workers both decode and embed, one torch thread each (`_EmbedBatch`).
 
@@ -140,6 +109,14 @@ def file_stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+class Read(NamedTuple):
+    """One listed file as a worker left it."""
+    pos: int  # its position in the list being embedded
+    hash: str  # content hash; "" when the file could not be read
+    reason: str  # why it is skipped; "" when fine
+    decoded: bool  # decoded in this batch, so one of the batch's embedding rows is its
+
+
 class _Images(torch.utils.data.Dataset):
     """Reads, hashes and preprocesses one listed file; never raises for a bad file.
 
@@ -152,45 +129,44 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.items)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i) -> tuple[Read, torch.Tensor | None]:
         path = self.items[i].path
         try:
             data = path.read_bytes()
         except IsADirectoryError:
-            return i, "", None, "a folder, not an image file"
+            return Read(i, "", "a folder, not an image file", False), None
         except OSError as e:
-            return i, "", None, f"unreadable file ({e.strerror or type(e).__name__})"
+            return Read(i, "", f"unreadable file ({e.strerror or type(e).__name__})", False), None
         digest = content_hash(data)
         if digest in self.known:
-            return i, digest, None, ""
+            return Read(i, digest, "", False), None
         try:
-            return i, digest, load(data, self.preprocess), ""
+            return Read(i, digest, "", True), load(data, self.preprocess)
         except BadImage as e:
-            return i, digest, None, str(e)
+            return Read(i, digest, str(e), False), None
 
 
-def _collate(batch):
-    """In the worker: [(position, hash, reason, decoded?)] and one uint8 array of the decoded images.
+def _collate(batch) -> tuple[list[Read], np.ndarray | None]:
+    """In the worker: the batch's reads and one uint8 array of the decoded images.
 
     A numpy array, not a tensor: tensors arriving through torch's shared memory made the CPU graph of
-    `optimize_for_inference` grow the main process ~9 MB per batch (2 GB at 6,000 images); arrays
-    sent through the pipe keep it flat.
+    `optimize_for_inference` grow the main process with every batch; arrays sent through the pipe
+    keep it flat.
     """
-    tensors = [t for _, _, t, _ in batch if t is not None]
-    meta = [(i, h, why, t is not None) for i, h, t, why in batch]
-    return meta, torch.stack(tensors).numpy() if tensors else None
+    tensors = [t for _, t in batch if t is not None]
+    return [r for r, _ in batch], torch.stack(tensors).numpy() if tensors else None
 
 
 class _EmbedBatch:
     """`collate_fn` of a CPU embedding worker: decode the batch (`_collate`), then embed it in the worker."""
 
     def __init__(self, embed):
-        self.embed = embed  # uint8 array -> embeddings array: `_embed`'s forward pass
+        self.embed = embed  # uint8 array -> embeddings array: `embed_batches`' forward pass
 
     def __call__(self, batch):
-        meta, x = _collate(batch)
+        reads, x = _collate(batch)
         with torch.inference_mode():
-            return meta, None if x is None else self.embed(x)
+            return reads, None if x is None else self.embed(x)
 
 
 def _provenance(backbone: Backbone, amp: bool) -> dict:
@@ -218,9 +194,9 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
             store = None
         if store is not None:
             for row, (p, st, h) in enumerate(zip(store.paths, store.stamps, store.hashes)):
-                known[p] = Record(st, h, "", ("store", row))
+                known[p] = Record(st, h, "", Row(None, row))
             for p, why, st, h in store.skipped:
-                known[p] = Record(st, h, why, ())
+                known[p] = Record(st, h, why, None)
     if journal.parts():
         if journal.made_with(prov):
             known.update(journal.records())
@@ -255,7 +231,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    prov = _provenance(backbone, options.amp and device.type == "cuda")
+    prov = _provenance(backbone, uses_amp(device, options.amp))
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
     by_hash = {r.hash: r for r in known.values() if r.hash and (r.source or r.reason)}
     stamps = [file_stamp(it.path) for it in items]
@@ -307,7 +283,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
 
 def _store_is_current(store, sources, labels, splits, skipped, class_names, dtype) -> bool:
     """True when the existing store already holds exactly these rows, labels, splits and skips."""
-    return (store is not None and sources == [("store", k) for k in range(len(store.paths))]
+    return (store is not None and sources == [Row(None, k) for k in range(len(store.paths))]
             and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
             and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
             and store.meta.get("dtype") == dtype)
@@ -321,14 +297,18 @@ def _blocks(todo: list[int], size: int) -> list[list[int]]:
     return list(out.values())
 
 
-def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options) -> int:
-    """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
+def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, options: Options,
+                  blocks: list[list[int]], known: frozenset = frozenset(),
+                  desc: str = "extract") -> Iterator[tuple[list[Read], np.ndarray]]:
+    """The one embedding path: each batch of `blocks` (positions in `items`), as it is ready, as its reads
+    and the embeddings of its decoded images, in order. Files whose hash is in `known` are not decoded.
+
+    The model is the fastest exact form for the device (`inference_model`) under the one autocast
+    decision; on CPU the forked workers both decode and embed (`embeds_in_workers`).
+    """
     cuda = device.type == "cuda"
-    images = _Images([items[i] for i in todo], backbone.preprocess, frozenset(by_hash))
-    blocks = _blocks(todo, options.batch_size)
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
-    amp = torch.autocast("cuda", dtype=torch.float16) if cuda and options.amp else torch.autocast("cpu", enabled=False)
 
     def forward(x: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(x).to(device)
@@ -337,62 +317,64 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
             x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with amp:
+        with autocast(device, options.amp):
             return model(x)[:n].float().cpu().numpy()
     in_workers = embeds_in_workers(device, options)
     prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
-        images, batch_sampler=blocks, num_workers=worker_count(device, options),
+        _Images(items, backbone.preprocess, known), batch_sampler=blocks, num_workers=worker_count(device, options),
         collate_fn=_EmbedBatch(forward) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
     if not in_workers:
         model = prepare()  # the decoding workers have started meanwhile
-    computed = 0
-    bar = tqdm(total=len(todo), unit="img", desc=f"extract {backbone.name}", file=sys.stderr, dynamic_ncols=True,
+    bar = tqdm(total=len(items), unit="img", desc=f"{desc} {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
     with bar, torch.inference_mode():
-        for meta, x in batches:
+        for reads, x in batches:
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
                 feats = x if in_workers else forward(x)  # workers send embeddings
-            fresh = [todo[pos] for pos, _, _, decoded in meta if decoded]
             if not np.isfinite(feats).all():
+                fresh = [r.pos for r in reads if r.decoded]
                 bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
                 raise FeatbenchError(f"{bad[0]}: the backbone produced non-finite features "
                                      f"({len(bad)} images); try --no-amp or --device cpu")
-            new = [(todo[pos], digest, why) for pos, digest, why, decoded in meta if decoded or why]
-            npy = journal.append([items[i].rel for i, _, _ in new], [stamps[i] for i, _, _ in new],
-                                 [d for _, d, _ in new], [why for _, _, why in new], feats)
-            row = 0
-            for i, digest, why in new:
-                records[i] = Record(stamps[i], digest, why, () if why else (npy, row))
-                row += not why
-            for pos, digest, why, decoded in meta:
-                if not (decoded or why):  # same content as a known row: reuse its embedding or skip reason
-                    hit = by_hash[digest]
-                    records[todo[pos]] = Record(stamps[todo[pos]], digest, hit.reason, hit.source)
-            computed += len(fresh)
-            bar.update(len(meta))
+            yield reads, feats
+            bar.update(len(reads))
+
+
+def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options) -> int:
+    """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
+    computed = 0
+    for reads, feats in embed_batches([items[i] for i in todo], backbone, device, options,
+                                      _blocks(todo, options.batch_size), frozenset(by_hash)):
+        new = [r for r in reads if r.decoded or r.reason]
+        npy = journal.append([items[todo[r.pos]].rel for r in new], [stamps[todo[r.pos]] for r in new],
+                             [r.hash for r in new], [r.reason for r in new], feats)
+        row = 0
+        for r in new:
+            i = todo[r.pos]
+            records[i] = Record(stamps[i], r.hash, r.reason, None if r.reason else Row(npy, row))
+            row += not r.reason
+        for r in reads:
+            if not (r.decoded or r.reason):  # same content as a known row: reuse its embedding or skip reason
+                hit = by_hash[r.hash]
+                records[todo[r.pos]] = Record(stamps[todo[r.pos]], r.hash, hit.reason, hit.source)
+        computed += len(feats)
     return computed
 
 
-def embed_files(backbone: Backbone, files: list, device: str = "auto", batch_size: int = 32,
-                workers: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Embed loose image files (no store): returns (features of the good files in order, reason per file).
-
-    A file's reason is "" when it was embedded; the feature rows follow the files whose reason is "".
-    """
-    from extract.datasets import Item
-    dev = pick_device(device)
-    images = _Images([Item(Path(f), str(f)) for f in files], backbone.preprocess)
-    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    model = backbone.model.to(dev)
-    feats, reasons = [], [""] * len(files)
-    with torch.inference_mode():
-        for meta, x in loader:
-            for i, _, why, _ in meta:
-                reasons[i] = why
-            if x is not None:
-                feats.append(model(torch.from_numpy(x).to(dev)).float().cpu().numpy())
-    return (np.concatenate(feats) if feats else np.zeros((0, backbone.dim), np.float32)), reasons
+def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.ndarray, list[str]]:
+    """Embed loose image files (no store) exactly as extraction does: returns (features of the good files
+    in order, reason per file). A file's reason is "" when it was embedded."""
+    items = [Item(Path(f), str(f)) for f in files]
+    device = pick_device(options.device)
+    blocks = [list(range(k, min(k + options.batch_size, len(items)))) for k in range(0, len(items), options.batch_size)]
+    feats = np.full((len(items), backbone.dim), np.nan, np.float32)
+    reasons = [""] * len(items)
+    for reads, x in embed_batches(items, backbone, device, options, blocks, desc="embed"):
+        feats[[r.pos for r in reads if r.decoded]] = x
+        for r in reads:
+            reasons[r.pos] = r.reason
+    return feats[[not why for why in reasons]], reasons

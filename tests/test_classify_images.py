@@ -14,11 +14,13 @@ from conftest import write_image
 
 from classify.__main__ import main
 from classify.metrics import proba
+from classify.models import build_backbones, load_model
 from classify.train import load_store, run
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
-from extract.pipeline import Options, extract
+from extract.pipeline import Options, embed_files, extract
 from features.cli import run_cli
+from features.reader import FeatureStore
 
 pytestmark = pytest.mark.slow
 BACKBONES = ("resnet10t", "resnet18")  # random init: no download, the round trip is what is tested
@@ -73,6 +75,20 @@ def test_predict_matches_the_stored_features(trained, tmp_path, capsys, head):
         assert r["label"] == label and float(r["probability"]) == pytest.approx(p, abs=1e-3), r
     rc, table, _ = cli(capsys, "predict", "--model", models[head], data / "cat.0.jpg")
     assert rc == 0 and "cat.0.jpg" in table and "probability" in table.splitlines()[0]
+
+
+def test_predict_embeds_a_stored_image_as_extraction_stored_it(trained):
+    """predict's embedding path is extraction's: the model's rebuilt backbone, on every stored image,
+    gives back the stored rows (CPU, to 1e-5), whatever the batch size and worker layout."""
+    data, stores, models = trained
+    model = load_model(models["avg"])
+    for backbone, store in zip(build_backbones(model, models["avg"]), stores):
+        with FeatureStore(store) as fs:
+            files = [data / p for p in fs.paths]
+            X, reasons = embed_files(backbone, files, Options(batch_size=5, progress=False))
+            stored = fs.embeddings(np.arange(len(files)))
+            assert not any(reasons) and X.shape == stored.shape
+            np.testing.assert_allclose(X, stored, atol=1e-5, rtol=0)
 
 
 def test_model_with_other_weights_is_refused(trained, tmp_path, capsys):

@@ -16,7 +16,8 @@ from test_images import BAD, hostile_files
 
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
-from extract.pipeline import Options, _known_rows, _provenance, extract, pick_device
+from extract.device import pick_device
+from extract.pipeline import Options, _known_rows, _provenance, extract
 from features import FeatureStore, Journal
 from features.errors import FeatbenchError
 

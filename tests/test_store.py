@@ -157,7 +157,7 @@ def test_journal_records_number_embedded_rows_and_keep_provenance(tmp_path):
     second = journal.append(["z", "x"], ["4:4", "5:5"], ["hz", "hx2"], ["", ""], np.array([[3, 3], [4, 4]], np.float32))
     got = journal.records()
     assert got["y"].source == (first, 1) and got["z"].source == (second, 0) and got["x"].source == (second, 1)
-    assert (got["bad"].reason, got["bad"].source, got["bad"].stamp) == ("truncated", (), "2:2")
+    assert (got["bad"].reason, got["bad"].source, got["bad"].stamp) == ("truncated", None, "2:2")
     assert (got["x"].stamp, got["x"].hash, got["x"].reason) == ("5:5", "hx2", "")
     rows = RowSource(max_open=1)
     assert rows.row(got["y"].source).tolist() == [2, 2] and rows.row(got["x"].source).tolist() == [4, 4]
@@ -224,22 +224,22 @@ def test_journal_folder_numbering_and_clearing(tmp_path):
 
 
 def test_row_source_reads_stores_and_keeps_the_most_recent_parts_open(tmp_path):
-    from features.writer import RowSource
+    from features.writer import Row, RowSource
     X, *_ = make_store(tmp_path / "s.h5")
     with h5py.File(tmp_path / "s.h5") as f:
-        np.testing.assert_array_equal(RowSource(f).row(("store", 7)), X[7])
+        np.testing.assert_array_equal(RowSource(f).row(Row(None, 7)), X[7])
     parts = []
     for k in range(3):
         np.save(tmp_path / f"{k}.npy", np.full((2, 3), k, np.float32))
         parts.append(tmp_path / f"{k}.npy")
     rows = RowSource(max_open=2)
-    rows.row((parts[0], 1))
+    rows.row(Row(parts[0], 1))
     first = rows.open[parts[0]]
     assert isinstance(first, np.memmap)
-    rows.row((parts[1], 0))
-    assert rows.row((parts[0], 0)).tolist() == [0, 0, 0] and rows.open[parts[0]] is first  # not read again
+    rows.row(Row(parts[1], 0))
+    assert rows.row(Row(parts[0], 0)).tolist() == [0, 0, 0] and rows.open[parts[0]] is first  # not read again
     assert list(rows.open) == [parts[1], parts[0]]  # most recently used last
-    rows.row((parts[2], 0))
+    rows.row(Row(parts[2], 0))
     assert list(rows.open) == [parts[0], parts[2]]  # the least recently used part was closed
 
 
