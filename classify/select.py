@@ -11,7 +11,7 @@ import inspect
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
@@ -67,14 +67,12 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Se
     runs = [list(r) for r in np.array_split(np.arange(len(grid)), min(len(grid), effective_n_jobs(None))) if len(r)]
     parts = Parallel()(delayed(_sweep_run)(estimator, [grid[i] for i in r], X, y, X_val, y_val, n_classes)
                        for r in runs)
-    curve = [row for _, rows in parts for row in rows]
-    loss, acc, model, fixed, row = min((best for best, _ in parts), key=lambda b: b[0])
-    params = {k: v for k, v in row.items() if not k.startswith("val_")}
-    return Selection(model, params, fixed, curve, loss, acc, time.perf_counter() - started)
+    best = min((best for best, _ in parts), key=lambda b: b.val_log_loss)
+    return replace(best, sweep=[row for _, rows in parts for row in rows], seconds=time.perf_counter() - started)
 
 
-def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> tuple:
-    """One warm-started run through consecutive grid points: (best, its curve rows)."""
+def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> tuple[Selection, list[dict]]:
+    """One warm-started run through consecutive grid points: (its best point, its curve rows)."""
     est = clone(estimator)
     early_stops = "eval_set" in inspect.signature(est.fit).parameters
     best, curve = None, []
@@ -89,8 +87,9 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) 
             row["epochs"] = int(est.best_epoch_)
             fixed["max_epochs"] = int(est.best_epoch_)
         curve.append(row)
-        if best is None or loss < best[0]:
-            best = (loss, acc, copy.deepcopy(est), fixed, row)
+        if best is None or loss < best.val_log_loss:
+            params = {k: v for k, v in row.items() if not k.startswith("val_")}
+            best = Selection(copy.deepcopy(est), params, fixed, [], loss, acc, 0.0)
     return best, curve
 
 
