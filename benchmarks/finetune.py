@@ -13,16 +13,15 @@ with N-1 further seeds and records each seed's test scores and their mean ± std
 images exactly as extraction does. The budget (runs, epochs, images seen, seconds, device) is
 recorded for the report's verdicts.
 
-Writes `OUT/DATASET/models/BACKBONE-finetune-MODE[-RECIPE].metrics.json` (classify's keys, head
-`finetune-MODE`, plus `compute` and `seeds`) and the weights as `.pt`.
+Writes `OUT/DATASET/models/BACKBONE-finetune-MODE[-RECIPE].metrics.json` (a `ModelMetrics`
+like classify's, with head `finetune-MODE`, `compute` and `seeds`) and the weights as `.pt`.
 """
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from extract.device import autocast, default_workers, pick_device, uses_amp
 from extract.pipeline import store_path
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
+from features.records import ModelMetrics
 from features.schema import SPLITS, featbench_version
 
 DEFAULT_EPOCHS = {"cuda": 10, "cpu": 5, "mps": 5}  # per run; a GPU affords more
@@ -316,7 +316,7 @@ def _test_scores(model: Finetuned, run: Run, test, dev: Device, data: SplitImage
 def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, recipe: Recipe | None = None,
              epochs: int | None = None, epoch_images: int = 0, batch_size: int = 32, seeds: int = 1,
              train_seed: int = 0, device: str = "auto", workers: int = -1, amp: bool = True,
-             weights: str | None = None, random_init: bool = False, log=lambda msg: None) -> dict:
+             weights: str | None = None, random_init: bool = False, log=lambda msg: None) -> ModelMetrics:
     """Fine-tune on `data`'s train split, choose on val, score test once; returns the metrics."""
     if mode not in MODES:
         raise FeatbenchError(f"unknown --mode {mode!r}; choose {', '.join(MODES)}")
@@ -376,42 +376,42 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     stem = store_path(out, data.dataset["name"], backbone, weights, "float32").stem  # as classify names it
     name = model_name(stem, mode, recipe.name)
     all_runs = runs + [r for r, _ in replicas]
-    metrics = {
-        "dataset": data.dataset["name"], "backbone": stem, "backbones": [backbone.name],
-        "head": f"finetune-{mode}", "model": f"{name}.pt", "refit": False, "classes": data.class_names,
-        "n_train": n_train, "n_val": len(data.paths["val"]), "n_test": int(seen.sum()), **scores,
-        "val_log_loss": chosen.best["val_log_loss"], "val_accuracy": chosen.best["val_accuracy"],
-        "params": {**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
-                   "lr": chosen.lr, "best_epoch": chosen.best["epoch"], "temperature": chosen.best["temperature"],
-                   **({"probe_C": probe.C} if probe else {})},
-        "sweep": [row for r in all_runs for row in r.curve], "members": {},
-        "fit_seconds": round(fit_seconds, 3), "predict_seconds": round(predict_seconds, 4),
-        "seeds_seconds": round(seeds_seconds, 3), "features": {},
-        "split_fingerprint": data.fingerprint, "split_source": data.source, "dataset_root": str(data.root),
-        "weights": backbone.weights,
-        "compute": {"device": torch_device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
-                    "runs": len(runs), "epochs": epochs, "epochs_run": sum(len(r.curve) - 1 for r in runs),
-                    "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
-                    "configurations": sum(len(r.curve) - 1 for r in runs) + (probe.configurations if probe else 0),
-                    "augment": recipe.describe(),
-                    "seeds_images_seen": sum(r.images_seen for r, _ in replicas),
-                    "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
-                    "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__},
-        "featbench_version": featbench_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    metrics = ModelMetrics(
+        dataset=data.dataset["name"], backbone=stem, backbones=[backbone.name],
+        head=f"finetune-{mode}", model=f"{name}.pt", refit=False, classes=data.class_names,
+        n_train=n_train, n_val=len(data.paths["val"]), n_test=int(seen.sum()), **scores,
+        val_log_loss=chosen.best["val_log_loss"], val_accuracy=chosen.best["val_accuracy"],
+        params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
+                "lr": chosen.lr, "best_epoch": chosen.best["epoch"], "temperature": chosen.best["temperature"],
+                **({"probe_C": probe.C} if probe else {})},
+        sweep=[row for r in all_runs for row in r.curve], members={},
+        fit_seconds=round(fit_seconds, 3), predict_seconds=round(predict_seconds, 4),
+        seeds_seconds=round(seeds_seconds, 3), features={},
+        split_fingerprint=data.fingerprint, split_source=data.source, dataset_root=str(data.root),
+        weights=backbone.weights,
+        compute={"device": torch_device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
+                 "runs": len(runs), "epochs": epochs, "epochs_run": sum(len(r.curve) - 1 for r in runs),
+                 "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
+                 "configurations": sum(len(r.curve) - 1 for r in runs) + (probe.configurations if probe else 0),
+                 "augment": recipe.describe(),
+                 "seeds_images_seen": sum(r.images_seen for r, _ in replicas),
+                 "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
+                 "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__},
+        featbench_version=featbench_version(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if seeds > 1:
         rows = [{"seed": r.seed, "best_epoch": r.best["epoch"], "val_log_loss": r.best["val_log_loss"],
                  "val_accuracy": r.best["val_accuracy"], "accuracy": s["accuracy"], "log_loss": s["log_loss"]}
                 for r, s in [(chosen, scores)] + replicas]
-        metrics["seeds"] = over_seeds(rows)
+        metrics = replace(metrics, seeds=over_seeds(rows))
     folder = Path(out) / data.dataset["name"] / "models"
-    model_path = folder / metrics["model"]
+    model_path = folder / metrics.model
     atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
                                                      "backbone": backbone.name, "mode": mode,
                                                      "temperature": chosen.best["temperature"],
                                                      "weights": backbone.weights}, tmp))
-    metrics["path"] = str(model_path)
-    atomic_write(model_path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
+    metrics = replace(metrics, path=str(model_path))
+    atomic_write(model_path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
     return metrics
 
 
@@ -488,12 +488,12 @@ def main(argv=None) -> int:
                  epoch_images=args.epoch_images, batch_size=args.batch_size, seeds=args.seeds,
                  train_seed=args.train_seed, device=args.device, workers=args.workers, amp=not args.no_amp,
                  weights=args.weights, random_init=args.random_init, log=log)
-    c, prm = m["compute"], m["params"]
-    spread = (f"; over {m['seeds']['n']} seeds {100 * m['seeds']['accuracy_mean']:.2f} ± "
-              f"{100 * m['seeds']['accuracy_std']:.2f}%, log-loss {m['seeds']['log_loss_mean']:.4f} ± "
-              f"{m['seeds']['log_loss_std']:.4f}") if "seeds" in m else ""
-    print(f"{m['model'].removesuffix('.pt')}: test accuracy {m['accuracy']:.4f}, log-loss {m['log_loss']:.4f} "
-          f"(lr {prm['lr']:g}, epoch {prm['best_epoch']}/{prm['epochs']}; val {m['val_accuracy']:.4f}, "
-          f"{m['val_log_loss']:.4f}; {c['runs']} runs, {c['images_seen']} images seen, {m['fit_seconds']:.0f}s on "
-          f"{c['device_name']}){spread}; {Path(m['path']).with_suffix('.metrics.json')}")
+    c, prm = m.compute, m.params
+    spread = (f"; over {m.seeds['n']} seeds {100 * m.seeds['accuracy_mean']:.2f} ± "
+              f"{100 * m.seeds['accuracy_std']:.2f}%, log-loss {m.seeds['log_loss_mean']:.4f} ± "
+              f"{m.seeds['log_loss_std']:.4f}") if m.seeds else ""
+    print(f"{m.model.removesuffix('.pt')}: test accuracy {m.accuracy:.4f}, log-loss {m.log_loss:.4f} "
+          f"(lr {prm['lr']:g}, epoch {prm['best_epoch']}/{prm['epochs']}; val {m.val_accuracy:.4f}, "
+          f"{m.val_log_loss:.4f}; {c['runs']} runs, {c['images_seen']} images seen, {m.fit_seconds:.0f}s on "
+          f"{c['device_name']}){spread}; {Path(m.path).with_suffix('.metrics.json')}")
     return 0

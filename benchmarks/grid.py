@@ -27,9 +27,9 @@ then the report in OUT/DATASET/report/. The config:
     # freeze_bn_stats, ema, calibrate, pct_start
 """
 import argparse
-import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.finetune import budget_params, default_epochs, finetune, model_name
@@ -44,6 +44,7 @@ from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
+from features.records import ModelMetrics
 
 BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds"}
 BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
@@ -94,14 +95,14 @@ def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
     return recipe, budget, recorded
 
 
-def _reusable(path: Path, split: str, weights_fp: str, params: dict) -> dict | None:
+def _reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMetrics | None:
     """Earlier metrics of this fine-tune when split, weights and every setting match."""
     if not path.is_file():
         return None
-    m = json.loads(path.read_text())
-    same = (m.get("split_fingerprint") == split and m.get("weights", {}).get("fingerprint") == weights_fp
-            and all(m["params"].get(k) == v for k, v in params.items()))
-    return {**m, "path": str(path.with_name(m["model"]))} if same else None
+    m = ModelMetrics.read(path)
+    same = (m.split_fingerprint == split and (m.weights or {}).get("fingerprint") == weights_fp
+            and all(m.params.get(k) == v for k, v in params.items()))
+    return replace(m, path=str(path.with_name(m.model))) if same else None
 
 
 def run(config: Path, args) -> tuple:

@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from extract.images import BadImage, decode  # noqa: E402
+from features.records import ModelMetrics  # noqa: E402
 
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 COLOURS = [plt.cm.tab10(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no grey: grey marks the head legend
@@ -23,10 +24,10 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def confusion(metrics: dict, title: str) -> bytes:
+def confusion(metrics: ModelMetrics, title: str) -> bytes:
     """The confusion matrix (counts, rows = true class) of one model."""
-    cm = np.asarray(metrics["confusion"])
-    names = metrics["classes"]
+    cm = np.asarray(metrics.confusion)
+    names = metrics.classes
     k = len(names)
     size = min(14, 2.5 + 0.32 * k)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -93,19 +94,19 @@ def _sweep_axis(rows: list[dict]) -> str | None:
     return varying[0] if varying else None
 
 
-def sweeps(metrics: list[dict]) -> bytes | None:
+def sweeps(metrics: list[ModelMetrics]) -> bytes | None:
     """Validation log-loss along each head's regularisation sweep (and each fine-tune's epochs)."""
     panels: dict[str, list] = {}
     for m in metrics:
-        rows = [] if m["head"].startswith("finetune-") else m.get("sweep") or []
+        rows = [] if m.head.startswith("finetune-") else m.sweep
         if len(rows) < 2:
             continue
         for kernel in sorted({r.get("kernel") for r in rows}, key=str):
             part = [r for r in rows if r.get("kernel") == kernel]
             axis = _sweep_axis(part) if len(part) > 1 else None
             if axis:
-                title = m["head"] + (f" ({kernel})" if kernel else "")
-                panels.setdefault(f"{title}: {axis}", []).append((m["backbone"], [r[axis] for r in part],
+                title = m.head + (f" ({kernel})" if kernel else "")
+                panels.setdefault(f"{title}: {axis}", []).append((m.backbone, [r[axis] for r in part],
                                                                   [r["val_log_loss"] for r in part]))
     if not panels:
         return None
@@ -133,23 +134,23 @@ def sweeps(metrics: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def finetune_curves(metrics: list[dict]) -> bytes | None:
+def finetune_curves(metrics: list[ModelMetrics]) -> bytes | None:
     """Each fine-tune's validation log-loss and accuracy per epoch, a line per run (learning rate, seed)."""
-    tuned = [m for m in metrics if m["head"].startswith("finetune-") and m.get("sweep")]
+    tuned = [m for m in metrics if m.head.startswith("finetune-") and m.sweep]
     if not tuned:
         return None
     fig, axes = plt.subplots(2, len(tuned), figsize=(4.6 * len(tuned), 6.4), squeeze=False)
     for col, m in enumerate(tuned):
-        p = m.get("params", {})
+        p = m.params
         runs: dict[tuple, list] = {}
-        for row in m["sweep"]:
+        for row in m.sweep:
             runs.setdefault((row.get("lr", p.get("lr")), row.get("seed", 0)), []).append(row)
         for (lr, seed), rows in runs.items():
             label = f"lr {lr:g}" + (f", seed {seed}" if seed != p.get("train_seed", 0) else "")
             style = "-" if seed == p.get("train_seed", 0) else ":"
             for ax, key in zip(axes[:, col], ("val_log_loss", "val_accuracy")):
                 ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], style, marker=".", label=label)
-        best = next((r for r in m["sweep"] if r.get("lr", p.get("lr")) == p.get("lr")
+        best = next((r for r in m.sweep if r.get("lr", p.get("lr")) == p.get("lr")
                      and r.get("seed", 0) == p.get("train_seed", 0) and r["epoch"] == p.get("best_epoch")), None)
         for ax, key in zip(axes[:, col], ("val_log_loss", "val_accuracy")):
             if best:
@@ -159,7 +160,7 @@ def finetune_curves(metrics: list[dict]) -> bytes | None:
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         recipe = p.get("recipe", {}).get("name", "")
-        axes[0, col].set_title(f"{m['backbone']} {m['head']}{f' ({recipe})' if recipe else ''}", fontsize=9)
+        axes[0, col].set_title(f"{m.backbone} {m.head}{f' ({recipe})' if recipe else ''}", fontsize=9)
         axes[0, col].set_yscale("log")
         _log_ticks(axes[0, col].yaxis)
         axes[0, col].legend(fontsize=6)
@@ -176,9 +177,9 @@ def _thumbnail(path: Path, side: int = 224) -> np.ndarray | None:
     return np.asarray(img)
 
 
-def top_losses(metrics: dict, root: Path, title: str, k: int = 9) -> bytes | None:
+def top_losses(metrics: ModelMetrics, root: Path, title: str, k: int = 9) -> bytes | None:
     """The highest-loss test images with predicted / true labels, loss and probability (fastai style)."""
-    items = [t for t in metrics.get("top_losses", []) if t["loss"] > 1e-6][:k]  # zero-loss images say nothing
+    items = [t for t in metrics.top_losses if t["loss"] > 1e-6][:k]  # zero-loss images say nothing
     if not items:
         return None
     cols = min(3, len(items))

@@ -16,7 +16,7 @@ import io
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from classify.train import short_params
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
+from features.records import ModelMetrics, StoreMeta
 
 HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
 SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_accuracy", "fit_seconds",
@@ -41,8 +42,8 @@ FILES = ("report.md", "report.html", "results.csv", "results.json")
 
 # ---- collecting -------------------------------------------------------------------------------------
 
-def load_metrics(inputs) -> list[dict]:
-    """Metrics dicts from `*.metrics.json` files or folders (a dataset folder OUT/DATASET or its models/)."""
+def load_metrics(inputs) -> list[ModelMetrics]:
+    """Metrics from `*.metrics.json` files or folders (a dataset folder OUT/DATASET or its models/)."""
     files = []
     for raw in inputs:
         p = Path(raw)
@@ -58,69 +59,63 @@ def load_metrics(inputs) -> list[dict]:
             raise FeatbenchError(f"{p}: no such metrics file or folder")
     out = []
     for f in files:
-        try:
-            m = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            raise FeatbenchError(f"{f}: not a readable metrics JSON ({e})") from None
-        if not isinstance(m, dict) or not {"accuracy", "head", "backbone", "model"} <= set(m):
-            raise FeatbenchError(f"{f}: not a featbench metrics file (no accuracy/head/backbone/model keys)")
-        m["path"] = str(f.parent / m["model"])
-        out.append(m)
+        m = ModelMetrics.read(f)
+        out.append(replace(m, path=str(f.parent / m.model)))
     return out
 
 
-def one_split(metrics: list[dict]) -> tuple[list[dict], list[str]]:
+def one_split(metrics: list[ModelMetrics]) -> tuple[list[ModelMetrics], list[str]]:
     """Keep the models scored on the most common split assignment; name the others."""
-    counts = Counter(m["split_fingerprint"] for m in metrics)
+    counts = Counter(m.split_fingerprint for m in metrics)
     keep = counts.most_common(1)[0][0]
-    dropped = [f"{m['model']}: scored on another split ({m['split_fingerprint']}, not {keep}); left out"
-               for m in metrics if m["split_fingerprint"] != keep]
-    return [m for m in metrics if m["split_fingerprint"] == keep], dropped
+    dropped = [f"{m.model}: scored on another split ({m.split_fingerprint}, not {keep}); left out"
+               for m in metrics if m.split_fingerprint != keep]
+    return [m for m in metrics if m.split_fingerprint == keep], dropped
 
 
-def store_metas(metrics: list[dict]) -> dict[str, dict]:
+def store_metas(metrics: list[ModelMetrics]) -> dict[str, StoreMeta]:
     """Metadata of every feature store the frozen models were trained on, by store name."""
     metas = {}
     for m in metrics:
-        for stem in m.get("features", {}):
-            path = Path(m["path"]).parent.parent / f"{stem}.h5"
+        for stem in m.features:
+            path = Path(m.path).parent.parent / f"{stem}.h5"
             if stem not in metas and path.is_file():
                 with FeatureStore(path) as fs:
-                    metas[stem] = dict(fs.meta, rows=len(fs.paths))
+                    metas[stem] = fs.meta
     return metas
 
 
-def _extract_seconds(meta: dict | None) -> float | None:
+def _extract_seconds(meta: StoreMeta | None) -> float | None:
     """Time to embed every image of a store at its measured rate (None when it has no timing)."""
-    if not meta or not meta.get("images_per_second"):
+    if not meta or not meta.images_per_second:
         return None
-    return round(meta["rows"] / meta["images_per_second"], 3)
+    return round(meta.rows / meta.images_per_second, 3)
 
 
-def measured_row(m: dict, metas: dict) -> dict:
+def measured_row(m: ModelMetrics, metas: dict) -> dict:
     """One model's flat row: test metrics, timing, compute and device."""
-    finetuned = m["head"].startswith("finetune-")
-    row = {"kind": "fine-tuned" if finetuned else "frozen", "dataset": m["dataset"], "backbone": m["backbone"],
-           "head": m["head"], "model": m["model"].rsplit(".", 1)[0]}
-    row.update({k: m[k] for k in SCALARS if k in m})
-    row.update({k: v for k, v in m.items() if k.startswith(("precision/", "recall/"))})
-    row["params"] = json.dumps(m.get("params", {}), sort_keys=True)
-    seeds = m.get("seeds") or {}
+    finetuned = m.head.startswith("finetune-")
+    row = {"kind": "fine-tuned" if finetuned else "frozen", "dataset": m.dataset, "backbone": m.backbone,
+           "head": m.head, "model": m.model.rsplit(".", 1)[0]}
+    row.update({k: getattr(m, k) for k in SCALARS})
+    row.update(m.per_class())
+    row["params"] = json.dumps(m.params, sort_keys=True)
+    seeds = m.seeds or {}
     row.update(seeds=seeds.get("n"), **{k: seeds.get(k) for k in SEED_KEYS})
     if finetuned:
-        c = m.get("compute", {})
-        recipe = m["params"].get("recipe", {}).get("name")
+        c = m.compute or {}
+        recipe = m.params.get("recipe", {}).get("name")
         row.update(recipe=recipe, configurations=c.get("configurations"), images_seen=c.get("images_seen"),
-                   extract_seconds=None, images_per_second=None, compute_seconds=m["fit_seconds"],
+                   extract_seconds=None, images_per_second=None, compute_seconds=m.fit_seconds,
                    device=c.get("device", ""), device_name=c.get("device_name", ""))
     else:
-        stores = [metas.get(s) for s in m.get("features", {})]
+        stores = [metas.get(s) for s in m.features]
         parts = [_extract_seconds(s) for s in stores]
         extract = round(sum(parts), 3) if parts and None not in parts else None
         row.update(extract_seconds=extract,
-                   images_per_second=stores[0].get("images_per_second") if len(stores) == 1 and stores[0] else None,
-                   compute_seconds=round(extract + m["fit_seconds"], 3) if extract is not None else None,
-                   device="+".join(sorted({s["device"] for s in stores if s})) or "",
+                   images_per_second=stores[0].images_per_second if len(stores) == 1 and stores[0] else None,
+                   compute_seconds=round(extract + m.fit_seconds, 3) if extract is not None else None,
+                   device="+".join(sorted({s.device for s in stores if s})) or "",
                    device_name="")
     return row
 
@@ -146,17 +141,17 @@ class Collected:
                 and backbone in (None, r["backbone"])]
         return min(rows, key=lambda r: (r["val_log_loss"], -r["accuracy"])) if rows else None
 
-    def metrics_of(self, row: dict) -> dict:
-        return next(m for m in self.metrics if m["model"].rsplit(".", 1)[0] == row["model"])
+    def metrics_of(self, row: dict) -> ModelMetrics:
+        return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])
 
 
-def collect(metrics: list[dict], notes: list | None = None) -> Collected:
+def collect(metrics: list[ModelMetrics], notes: list | None = None) -> Collected:
     if not metrics:
         raise FeatbenchError("no models to report on")
     metrics, dropped = one_split(metrics)
     metas = store_metas(metrics)
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
-    dataset_meta = next(iter(metas.values()), {}).get("dataset", {})
+    dataset_meta = next((s.dataset for s in metas.values()), None) or {}
     published = [p.as_row() for p in published_for(task_of(dataset_meta))]
     return Collected(metrics, rows, published, metas, list(notes or []) + dropped)
 
@@ -250,12 +245,12 @@ def _pool(rows: list[dict]) -> str:
 def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     """What the frozen side was given: configurations, images and their treatment, seconds, device."""
     m = c.metrics_of(r)
-    images = max((c.metas[s]["rows"] for s in m.get("features", {}) if s in c.metas), default=None)
-    stores = len(m.get("features", {})) or 1
+    images = max((c.metas[s].rows for s in m.features if s in c.metas), default=None)
+    stores = len(m.features) or 1
     embedded = (f"each of {images} images embedded once{f' by each of {stores} backbones' if stores > 1 else ''}"
                 if images else "every image embedded once")
     tried = _pool(pool) if len(pool) > 1 else f"{r.get('configurations') or 0} configurations scored on val"
-    chosen = f"{r['head']} {short_params(m.get('params', {}))}".rstrip()
+    chosen = f"{r['head']} {short_params(m.params)}".rstrip()
     return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} "
             f"(resize + centre crop, no augmentation), the head fitted on {r['n_train']} train images; "
             f"{_compute_words(r)}{_more_seeds(m)}")
@@ -264,7 +259,7 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
 def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     """What the fine-tuned side was given: recipe, runs × epochs, images seen, chosen point, seconds, device."""
     m = c.metrics_of(r)
-    p, cp = m.get("params", {}), m.get("compute", {})
+    p, cp = m.params, m.compute or {}
     recipe = p.get("recipe", {})
     lrs = ", ".join(f"{x:g}" for x in recipe.get("lrs", [p.get("lr", 0)]))
     probe = f" + {cp['probe_images']} images embedded for the linear probe" if cp.get("probe_images") else ""
@@ -278,10 +273,10 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
             f"{r['device_name'] or r['device']}{_more_seeds(m)}")
 
 
-def _more_seeds(m: dict) -> str:
+def _more_seeds(m: ModelMetrics) -> str:
     """The extra seeds' cost, which the compute figures leave out."""
-    n = (m.get("seeds") or {}).get("n", 1)
-    return f"; {plural(n - 1, 'more seed')}: {secs(m.get('seeds_seconds'))} s more" if n > 1 else ""
+    n = (m.seeds or {}).get("n", 1)
+    return f"; {plural(n - 1, 'more seed')}: {secs(m.seeds_seconds)} s more" if n > 1 else ""
 
 
 def _budgets(c: Collected, frozen: dict, tuned: dict, frozen_pool: list, tuned_pool: list) -> str:
@@ -317,8 +312,8 @@ def verdict(c: Collected) -> str:
 
 def extraction_table(c: Collected) -> tuple[list, list]:
     header = ["backbone", "store", "dim", "images", "extraction s", "images/s", "device", "weights"]
-    rows = [[m["backbone"], stem, str(m["dim"]), str(m["rows"]), secs(_extract_seconds(m)),
-             num(m.get("images_per_second"), 1), m["device"], m["weights"].get("source", "?")]
+    rows = [[m.backbone, stem, str(m.dim), str(m.rows), secs(_extract_seconds(m)),
+             num(m.images_per_second, 1), m.device, m.weights.get("source", "?")]
             for stem, m in sorted(c.metas.items())]
     return header, rows
 
@@ -327,29 +322,29 @@ def environment(c: Collected) -> list[str]:
     """Devices, library versions, weights sha256, dataset and split identity."""
     items = []
     metas = list(c.metas.values())
-    ds = metas[0]["dataset"] if metas else {}
+    ds = metas[0].dataset if metas else {}
     first = c.metrics[0]
     if ds:
         items.append(f"dataset: {ds.get('name')} ({ds.get('format')}{', ' + ds['target'] if ds.get('target') else ''}) "
                      f"at {ds.get('root')}, {ds.get('classes')} classes")
-    fractions = f", fractions {metas[0]['split_fractions']}, seed {metas[0]['split_seed']}" if metas else ""
-    items.append(f"split fingerprint {first['split_fingerprint']}{fractions}: {first['n_train']} train / "
-                 f"{first['n_val']} val / {first['n_test']} test labelled images")
+    fractions = f", fractions {metas[0].split_fractions}, seed {metas[0].split_seed}" if metas else ""
+    items.append(f"split fingerprint {first.split_fingerprint}{fractions}: {first.n_train} train / "
+                 f"{first.n_val} val / {first.n_test} test labelled images")
     for stem, m in sorted(c.metas.items()):
-        w = m["weights"]
-        items.append(f"{stem}: store fingerprint {m['fingerprint']}, weights sha256 {w.get('file_sha256', '—')} "
-                     f"(fingerprint {w.get('fingerprint')}, {w.get('source')}), extracted on {m['device']} "
-                     f"{m.get('created', '')}")
+        w = m.weights
+        items.append(f"{stem}: store fingerprint {m.fingerprint}, weights sha256 {w.get('file_sha256', '—')} "
+                     f"(fingerprint {w.get('fingerprint')}, {w.get('source')}), extracted on {m.device} "
+                     f"{m.created or ''}")
     for m in c.metrics:
-        if m["head"].startswith("finetune-"):
-            cmp = m.get("compute", {})
-            items.append(f"{m['model']}: trained on {cmp.get('device_name', '?')} (amp {cmp.get('amp')}), "
+        if m.head.startswith("finetune-"):
+            cmp = m.compute or {}
+            items.append(f"{m.model}: trained on {cmp.get('device_name', '?')} (amp {cmp.get('amp')}), "
                          f"{cmp.get('epochs_run')} epochs, {cmp.get('images_seen')} images seen, "
                          f"{cmp.get('trainable_params')} of {cmp.get('total_params')} parameters trained, "
-                         f"weights sha256 {m.get('weights', {}).get('file_sha256', '—')}, split from "
-                         f"{m.get('split_source', '?')}")
+                         f"weights sha256 {(m.weights or {}).get('file_sha256', '—')}, split from "
+                         f"{m.split_source or '?'}")
     if metas:
-        items.append("extraction versions: " + ", ".join(f"{k} {v}" for k, v in metas[0]["versions"].items()))
+        items.append("extraction versions: " + ", ".join(f"{k} {v}" for k, v in metas[0].versions.items()))
     items.append(f"heads: scikit-learn {sklearn.__version__} on cpu; report: matplotlib {matplotlib.__version__}")
     return items
 
@@ -370,7 +365,7 @@ def figures(c: Collected) -> list[Figure]:
         label = f"{best['backbone']} + {best['head']}"
         out.append(Figure("confusion.png", f"Confusion matrix of the best model ({label})",
                           plots.confusion(m, f"{label}: test confusion")))
-        root = m.get("dataset_root") or next(iter(c.metas.values()), {}).get("dataset", {}).get("root", ".")
+        root = m.dataset_root or (next((s.dataset for s in c.metas.values()), None) or {}).get("root", ".")
         png = plots.top_losses(m, Path(root), label)
         if png:
             out.append(Figure("top_losses.png", f"Top losses of the best model ({label})", png))
@@ -421,9 +416,9 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     eheader, erows = extraction_table(c)
     env = environment(c)
     first = c.metrics[0]
-    intro = (f"{first['n_train'] + first['n_val'] + first['n_test']} labelled images "
-             f"({first['n_train']} train / {first['n_val']} val / {first['n_test']} test), "
-             f"{len(first['classes'])} classes. Every head and fine-tune is chosen on val and scored once on "
+    intro = (f"{first.n_train + first.n_val + first.n_test} labelled images "
+             f"({first.n_train} train / {first.n_val} val / {first.n_test} test), "
+             f"{len(first.classes)} classes. Every head and fine-tune is chosen on val and scored once on "
              f"the same test split. Compute: frozen = extraction of every image + head fit (selection "
              f"included); fine-tuned = training (its validation passes included). "
              f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.")
@@ -470,7 +465,7 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     markdown, page = render(c, figs, title)
     frozen, tuned = c.best("frozen"), c.best("fine-tuned")
     data = {"title": title, "rows": c.rows, "published": c.published, "best": {"frozen": frozen, "fine-tuned": tuned},
-            "environment": environment(c), "notes": c.notes, "metrics": c.metrics}
+            "environment": environment(c), "notes": c.notes, "metrics": [m.to_json() for m in c.metrics]}
     texts = {"report.md": markdown, "report.html": page, "results.csv": _csv(c.rows + c.published),
              "results.json": json.dumps(data, indent=1, default=str) + "\n"}
     written = {}
@@ -483,7 +478,8 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     return written
 
 
-def build(metrics: list[dict], folder: Path, title: str = "", notes: list | None = None) -> tuple[Collected, dict]:
+def build(metrics: list[ModelMetrics], folder: Path, title: str = "",
+          notes: list | None = None) -> tuple[Collected, dict]:
     """Collect and write a report; returns what it collected and the files it wrote."""
     c = collect(metrics, notes)
     return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
@@ -503,7 +499,7 @@ def main(argv=None) -> int:
     p.add_argument("--title", default="", help="report title (default: featbench report: DATASET)")
     args = p.parse_args(argv)
     metrics = load_metrics(args.inputs)
-    folder = args.report or Path(metrics[0]["path"]).parent.parent / "report"
+    folder = args.report or Path(metrics[0].path).parent.parent / "report"
     c, written = build(metrics, folder, args.title)
     print(markdown_table(c))
     print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")

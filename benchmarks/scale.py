@@ -6,7 +6,6 @@ child process and prints the child's wall time, peak RSS (target: under 2 GiB, a
 feature matrix) and test accuracy. The store is kept (`--keep FOLDER`) or deleted afterwards.
 """
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.peak_rss import run_measured
-from features import write_store
+from features import Extraction, ModelMetrics, write_store
 from features.schema import SPLITS
 
 
@@ -31,11 +30,11 @@ def synthetic_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0
             y = labels[start:start + chunk]
             yield rng.normal(size=(len(y), dim)).astype(np.float32) + centres[y]
 
-    meta = {"backbone": "synthetic", "weights_fingerprint": "synthetic", "preprocess": {},
-            "weights": {"source": "synthetic", "fingerprint": "synthetic"},
-            "dataset": {"root": "", "format": "synthetic", "name": path.parent.name, "target": "", "classes": classes,
-                        "files": rows},
-            "split_fractions": [0.7, 0.15, 0.15], "split_seed": seed, "versions": {}}
+    meta = Extraction(backbone="synthetic", weights_fingerprint="synthetic", preprocess={},
+                      weights={"source": "synthetic", "fingerprint": "synthetic"},
+                      dataset={"root": "", "format": "synthetic", "name": path.parent.name, "target": "",
+                               "classes": classes, "files": rows},
+                      split_fractions=[0.7, 0.15, 0.15], split_seed=seed, versions={})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=dim, chunks=chunks(), labels=labels, paths=[f"synthetic/{i:07d}.jpg" for i in range(rows)],
                 splits=splits, hashes=[""] * rows, stamps=[""] * rows, skipped=[],
@@ -48,9 +47,9 @@ def out_of_core(store: Path, max_memory: str) -> dict:
     start = time.perf_counter()
     run, peak_mib, _ = run_measured("classify", ["--features", store, "--head", "logreg", "--max-memory", max_memory])
     seconds = time.perf_counter() - start
-    metrics = json.loads((store.parent / "models" / f"{store.stem}-logreg.metrics.json").read_text())
+    metrics = ModelMetrics.read(store.parent / "models" / f"{store.stem}-logreg.metrics.json")
     return {"seconds": seconds, "peak_rss_gib": peak_mib / 1024,
-            "accuracy": metrics["accuracy"], "params": metrics["params"], "out_of_core": metrics.get("out_of_core", False),
+            "accuracy": metrics.accuracy, "params": metrics.params, "out_of_core": metrics.out_of_core,
             "log": run.stderr.strip().splitlines()}
 
 

@@ -29,9 +29,9 @@ def _from_store(path: Path) -> SplitImages:
     with FeatureStore(path) as fs:
         labels, splits, paths, meta = fs.labels, fs.splits, fs.paths, fs.meta
     keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
-    return SplitImages(Path(meta["dataset"]["root"]), meta["dataset"], meta["class_names"],
+    return SplitImages(Path(meta.dataset["root"]), meta.dataset, meta.class_names,
                        {s: [paths[i] for i in rows] for s, rows in keep.items()},
-                       {s: labels[rows] for s, rows in keep.items()}, meta["split_fingerprint"], f"store {path}")
+                       {s: labels[rows] for s, rows in keep.items()}, meta.split_fingerprint, f"store {path}")
 
 
 def same_split(settings, backbone: str, features: Path | None = None) -> SplitImages:
@@ -46,8 +46,8 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
         if not path.is_file():
             continue
         with FeatureStore(path) as fs:
-            same = (fs.meta["split_fractions"] == list(settings.splits) and fs.meta["split_seed"] == settings.seed
-                    and fs.meta["dataset"]["root"] == str(dataset.root))
+            same = (fs.meta.split_fractions == list(settings.splits) and fs.meta.split_seed == settings.seed
+                    and fs.meta.dataset["root"] == str(dataset.root))
         if same:
             return _from_store(path)
     codes = assign_splits(dataset.items, settings.splits, settings.seed)

@@ -150,7 +150,7 @@ def stores(args) -> list[Path]:
     paths = find_stores(settings.out / name, args.backbone)
     for path in paths:
         with FeatureStore(path) as fs:
-            made = (list(fs.meta["split_fractions"]), fs.meta["split_seed"])
+            made = (list(fs.meta.split_fractions), fs.meta.split_seed)
         if made != (list(settings.splits), settings.seed):
             print(f"note: {path} was split with fractions {made[0]} and seed {made[1]}, not the configured "
                   f"{list(settings.splits)} and {settings.seed}; its own splits are used", file=sys.stderr)
@@ -180,13 +180,13 @@ def main(argv=None) -> int:
     if skip:
         print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
     print(table(results))
-    for r in (r for r in results if "seeds" in r):
-        sd = r["seeds"]
-        print(f"{r['model'].removesuffix('.joblib')}: over {sd['n']} seeds test accuracy "
+    for r in (r for r in results if r.seeds):
+        sd = r.seeds
+        print(f"{r.model.removesuffix('.joblib')}: over {sd['n']} seeds test accuracy "
               f"{sd['accuracy_mean']:.4f} ± {sd['accuracy_std']:.4f}, log-loss {sd['log_loss_mean']:.4f} ± "
               f"{sd['log_loss_std']:.4f}")
     refit = " (refit on train+val)" if args.refit else ""
-    print(f"\ntest split scored once per model{refit}; models and metrics in {Path(results[0]['path']).parent}")
+    print(f"\ntest split scored once per model{refit}; models and metrics in {Path(results[0].path).parent}")
     return 0
 
 

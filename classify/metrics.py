@@ -1,32 +1,5 @@
-"""Test-split metrics: one flat dict per run, saved as `{model}.metrics.json` next to the model.
-
-Keys (stable; benchmarks read them):
-
-- `dataset`, `backbone` (the store name, e.g. `mobilenet_v2`; `a+b` for ensembles), `backbones`
-  (the backbone of each store), `head`, `model` (file name),
-  `refit` (true: fitted on train+val after selection), `classes`, `featbench_version`, `created`
-- `n_train`, `n_val`, `n_test`: labelled images used to fit (train, or train+val when refit),
-  select, and score
-- `accuracy`, `balanced_accuracy`, `log_loss`, `ece` (expected calibration error, 15 equal-width
-  bins of top-label confidence): on the test split, scored once
-- `precision/<class>`, `recall/<class>` for every class
-- `confusion`: list of rows, `confusion[true][predicted]` counts, in `classes` order
-- `most_confused`: `[true, predicted, count]` off-diagonal pairs, most frequent first (fastai)
-- `top_losses`: the highest-loss test images, `{path, true, predicted, probability (of the
-  predicted class), p_true, loss}`, worst first
-- `val_log_loss`, `val_accuracy`: the chosen configuration on val (fitted on train)
-- `params`: the chosen hyper-parameters (`avg`/`stack`: `{store: {head, ...its params}}`);
-  `sweep`: the validation curve, one row per grid point (its params, `val_log_loss`,
-  `val_accuracy`, `epochs` for the MLP); `members`: `{store: head}` of `avg`/`stack`, else `{}`
-- `fit_seconds`: wall time from features to the final model, selection included (ensembles:
-  member selection included); `predict_seconds`: wall time to predict the test split
-- `configurations`: hyper-parameter points fitted on train and scored on val to choose this model
-  (ensembles: their members' too)
-- `features`: `{store name: fingerprint}`; `split_fingerprint`: the shared split assignment
-- `seeds` (only with `--seeds N`, N > 1, for heads with a random state): `n`, `accuracy_mean`,
-  `accuracy_std`, `log_loss_mean`, `log_loss_std` and `runs`, one `{seed, accuracy, log_loss,
-  val_log_loss, ...}` per seed (the saved model's first); `seeds_seconds`: the extra seeds' time
-"""
+"""Test-split metrics of a model, the fields of its `features.records.ModelMetrics`
+(`{model}.metrics.json` next to the model)."""
 import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, log_loss,
                              precision_recall_fscore_support)
@@ -70,18 +43,16 @@ def top_losses(y, p, paths, class_names, k: int = TOP_LOSSES) -> list:
 
 
 def evaluate(y, p, paths, class_names) -> dict:
-    """The test-split part of the flat metrics dict."""
+    """The test-split fields of a `ModelMetrics`, by name."""
     labels = list(range(len(class_names)))
     pred = p.argmax(axis=1)
     cm = confusion_matrix(y, pred, labels=labels)
     prec, rec, _, _ = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     out = {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
            "log_loss": float(log_loss(y, p, labels=labels)), "ece": ece(y, p)}
-    out.update({f"precision/{c}": float(v) for c, v in zip(class_names, prec)})
-    out.update({f"recall/{c}": float(v) for c, v in zip(class_names, rec)})
-    out.update(confusion=cm.tolist(), most_confused=most_confused(cm, class_names),
-               top_losses=top_losses(y, p, paths, class_names))
-    return out
+    return {**out, "precision": {c: float(v) for c, v in zip(class_names, prec)},
+            "recall": {c: float(v) for c, v in zip(class_names, rec)}, "confusion": cm.tolist(),
+            "most_confused": most_confused(cm, class_names), "top_losses": top_losses(y, p, paths, class_names)}
 
 
 def over_seeds(runs: list[dict]) -> dict:

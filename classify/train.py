@@ -11,12 +11,11 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
 Stores whose features exceed `max_memory` go through `run_streamed` instead: the same steps, with
 the incremental heads of `classify.stream` fed from disk.
 """
-import json
 import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from classify.select import fit_fixed, score, sweep
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
+from features.records import ModelMetrics, StoreMeta
 from features.schema import NO_LABEL, featbench_version
 
 
@@ -44,18 +44,18 @@ class Store:
     """One feature store's checked splits; `name` (the file stem) names the outputs."""
     path: Path
     name: str
-    meta: dict
+    meta: StoreMeta
     train: SplitData
     val: SplitData
     test: SplitData
 
     @property
     def class_names(self) -> list:
-        return self.meta["class_names"]
+        return self.meta.class_names
 
     @property
     def dataset(self) -> str:
-        return self.meta["dataset"]["name"]
+        return self.meta.dataset["name"]
 
 
 def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
@@ -114,11 +114,11 @@ def check_matching(stores: list[Store]) -> None:
     """Ensembles need stores of one dataset with one split assignment (same images, labels, splits)."""
     first = stores[0]
     for other in stores[1:]:
-        if (other.meta["split_fingerprint"] != first.meta["split_fingerprint"]
+        if (other.meta.split_fingerprint != first.meta.split_fingerprint
                 or other.class_names != first.class_names):
             raise StoreError(
-                f"{other.path} (dataset {other.dataset}, splits {other.meta['split_fingerprint']}) and "
-                f"{first.path} (dataset {first.dataset}, splits {first.meta['split_fingerprint']}) do not share "
+                f"{other.path} (dataset {other.dataset}, splits {other.meta.split_fingerprint}) and "
+                f"{first.path} (dataset {first.dataset}, splits {first.meta.split_fingerprint}) do not share "
                 "a dataset and split assignment; ensemble only stores extracted from the same dataset with "
                 "the same --splits and --seed")
 
@@ -247,7 +247,7 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: i
     return out
 
 
-def finish(c: Candidate, refit: bool) -> dict:
+def finish(c: Candidate, refit: bool) -> ModelMetrics:
     """Steps 3-4 for one model: refit on train+val if asked, then score the test split once."""
     n_train = len(c.stores[0].train)
     if refit:
@@ -263,17 +263,17 @@ def finish(c: Candidate, refit: bool) -> dict:
     p = proba(c.model, X, n_classes)
     metrics = report(c, p, time.perf_counter() - started, n_train, refit)
     if c.replicas:
-        metrics.update(_seed_scores(c, metrics, refit))
+        metrics = replace(metrics, **_seed_scores(c, metrics, refit))
     return metrics
 
 
-def _seed_scores(c: Candidate, metrics: dict, refit: bool) -> dict:
+def _seed_scores(c: Candidate, metrics: ModelMetrics, refit: bool) -> dict:
     """`seeds` and `seeds_seconds` of a head chosen once per random state (see `choose`)."""
     X, y = c.features("test")
     n_classes = len(c.stores[0].class_names)
     started = time.perf_counter()
-    runs = [{"seed": c.template.get_params()["random_state"], "accuracy": metrics["accuracy"],
-             "log_loss": metrics["log_loss"], "val_log_loss": c.val_log_loss, "params": c.params}]
+    runs = [{"seed": c.template.get_params()["random_state"], "accuracy": metrics.accuracy,
+             "log_loss": metrics.log_loss, "val_log_loss": c.val_log_loss, "params": c.params}]
     for seed, sel in c.replicas.items():
         model = sel.model
         if refit:
@@ -288,36 +288,36 @@ def _seed_scores(c: Candidate, metrics: dict, refit: bool) -> dict:
     return {"seeds": over_seeds(runs), "seeds_seconds": round(seconds, 3)}
 
 
-def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, refit: bool) -> dict:
-    """The flat metrics dict of a model from its test-split probabilities `p`."""
+def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, refit: bool) -> ModelMetrics:
+    """The metrics of a model from its test-split probabilities `p`."""
     store = c.stores[0]
     y = store.test.y
-    return {"dataset": store.dataset, "backbone": "+".join(s.name for s in c.stores),
-            "backbones": [s.meta["backbone"] for s in c.stores], "head": c.head,
-            "model": f"{c.name}{'-refit' if refit else ''}.joblib", "refit": refit,
-            "classes": store.class_names, "n_train": n_train, "n_val": len(store.val), "n_test": len(y),
-            **evaluate(y, p, store.test.paths, store.class_names),
-            "val_log_loss": c.val_log_loss, "val_accuracy": c.val_accuracy, "params": c.params,
-            "sweep": c.sweep, "members": c.members, "configurations": c.configurations,
-            "fit_seconds": round(c.seconds, 3),
-            "predict_seconds": round(predict_seconds, 4),
-            "features": {s.name: s.meta["fingerprint"] for s in c.stores},
-            "split_fingerprint": store.meta["split_fingerprint"], "featbench_version": featbench_version()}
+    return ModelMetrics(dataset=store.dataset, backbone="+".join(s.name for s in c.stores),
+                        backbones=[s.meta.backbone for s in c.stores], head=c.head,
+                        model=f"{c.name}{'-refit' if refit else ''}.joblib", refit=refit,
+                        classes=store.class_names, n_train=n_train, n_val=len(store.val), n_test=len(y),
+                        **evaluate(y, p, store.test.paths, store.class_names),
+                        val_log_loss=c.val_log_loss, val_accuracy=c.val_accuracy, params=c.params,
+                        sweep=c.sweep, members=c.members, configurations=c.configurations,
+                        fit_seconds=round(c.seconds, 3),
+                        predict_seconds=round(predict_seconds, 4),
+                        features={s.name: s.meta.fingerprint for s in c.stores},
+                        split_fingerprint=store.meta.split_fingerprint, featbench_version=featbench_version())
 
 
-def write(c: Candidate, metrics: dict, folder: Path) -> Path:
-    """Step 5: the model bundle and its metrics JSON, each written atomically."""
-    path = folder / metrics["model"]
+def write(c: Candidate, metrics: ModelMetrics, folder: Path) -> ModelMetrics:
+    """Step 5: the model bundle and its metrics JSON, each written atomically; returns the metrics
+    with `created` and `path` set."""
+    path = folder / metrics.model
     store = c.stores[0]
     model = bundle(c.model, head=c.head, class_names=store.class_names,
                    backbones=[backbone_record(s.name, s.meta) for s in c.stores],
-                   split_fingerprint=store.meta["split_fingerprint"], dataset=store.dataset,
-                   refit=metrics["refit"], params=c.params)
-    metrics["created"] = model["created"]
+                   split_fingerprint=store.meta.split_fingerprint, dataset=store.dataset,
+                   refit=metrics.refit, params=c.params)
+    metrics = replace(metrics, created=model["created"])
     save_model(path, model)
-    atomic_write(path.with_suffix(".metrics.json"),
-                 lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
-    return path
+    atomic_write(path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
+    return replace(metrics, path=str(path))
 
 
 def default_max_memory() -> int:
@@ -333,7 +333,7 @@ def feature_bytes(path) -> int:
 
 
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
-        max_memory: int | None = None, seeds: int = 1) -> list[dict]:
+        max_memory: int | None = None, seeds: int = 1) -> list[ModelMetrics]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
 
     `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
@@ -360,9 +360,7 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
     folder = stores[0].path.parent / "models"
-    for c, metrics in zip(candidates, results):
-        metrics["path"] = str(write(c, metrics, folder))
-    return results
+    return [write(c, metrics, folder) for c, metrics in zip(candidates, results)]
 
 
 def short_params(params: dict) -> str:
@@ -372,21 +370,21 @@ def short_params(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[ModelMetrics]) -> str:
     """One line per model: chosen params, validation and test scores, time."""
-    width = max(len(r["model"]) for r in results) - len(".joblib") + 2
+    width = max(len(r.model) for r in results) - len(".joblib") + 2
     head = f"{'model':<{width}}{'params':<26}{'val loss':>9}{'val acc':>8}{'test acc':>9}{'bal acc':>8}" \
            f"{'log-loss':>9}{'ECE':>7}{'fit s':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
-        name = r["model"].removesuffix(".joblib")
-        lines.append(f"{name:<{width}}{short_params(r['params'])[:25]:<26}{r['val_log_loss']:>9.4f}"
-                     f"{r['val_accuracy']:>8.4f}{r['accuracy']:>9.4f}{r['balanced_accuracy']:>8.4f}"
-                     f"{r['log_loss']:>9.4f}{r['ece']:>7.4f}{r['fit_seconds']:>7.1f}")
+        name = r.model.removesuffix(".joblib")
+        lines.append(f"{name:<{width}}{short_params(r.params)[:25]:<26}{r.val_log_loss:>9.4f}"
+                     f"{r.val_accuracy:>8.4f}{r.accuracy:>9.4f}{r.balanced_accuracy:>8.4f}"
+                     f"{r.log_loss:>9.4f}{r.ece:>7.4f}{r.fit_seconds:>7.1f}")
     return "\n".join(lines)
 
 
-def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int) -> list[dict]:
+def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int) -> list[ModelMetrics]:
     """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5."""
     gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
     wanted = [h for h in heads if h in stream.STREAM_HEADS]
@@ -422,10 +420,6 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                     candidates.append(c)
                 probs, seconds = stream.predict([c.model for c in candidates], test, len(store.class_names))
                 for c, p, predict_seconds in zip(candidates, probs, seconds):
-                    metrics = report(c, p, predict_seconds, len(fitted), refit)
-                    metrics["out_of_core"] = True
-                    out.append((c, metrics))
+                    out.append((c, replace(report(c, p, predict_seconds, len(fitted), refit), out_of_core=True)))
     folder = stores[0].path.parent / "models"
-    for c, metrics in out:
-        metrics["path"] = str(write(c, metrics, folder))
-    return [m for _, m in out]
+    return [write(c, metrics, folder) for c, metrics in out]

@@ -29,6 +29,7 @@ from extract.inference import inference_model
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore
+from features.records import Extraction
 from features.schema import library_versions
 from features.writer import Journal, Record, Row, RowSource, store_lock, write_store
 
@@ -188,7 +189,7 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
             store = FeatureStore(path)
         except StoreError as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
-        if store is not None and {k: store.meta.get(k) for k in prov} != prov:
+        if store is not None and {k: getattr(store.meta, k) for k in prov} != prov:
             print(f"note: {path} was made with other weights, preprocessing or AMP; recomputing", file=sys.stderr)
             store.close()
             store = None
@@ -260,15 +261,15 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     if not _store_is_current(old_store, [records[i].source for i in rows], labels, splits, skipped,
                              dataset.class_names, options.dtype):
         seconds = time.perf_counter() - started
-        meta = {**prov, "weights": backbone.weights, "dataset": dataset.describe(),
-                "split_fractions": list(fractions), "split_seed": seed, "versions": library_versions(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "device": str(device),
-                "optimized": options.optimize and device.type == "cpu", "compiled": options.compile,
-                "batch_size": options.batch_size, "extraction_seconds": round(seconds, 3),
-                "images_embedded": embedded,
-                "images_per_second": round(embedded / seconds, 2) if embedded else None,
-                **({"shard": list(shard)} if shard else {})}
+        meta = Extraction(**prov, weights=backbone.weights, dataset=dataset.describe(),
+                          split_fractions=list(fractions), split_seed=seed, versions=library_versions(),
+                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          device=str(device),
+                          optimized=options.optimize and device.type == "cpu", compiled=options.compile,
+                          batch_size=options.batch_size, extraction_seconds=round(seconds, 3),
+                          images_embedded=embedded,
+                          images_per_second=round(embedded / seconds, 2) if embedded else None,
+                          shard=list(shard) if shard else None)
         source = RowSource(old_store.h5 if old_store else None)
         write_store(path, dim=backbone.dim, chunks=source.chunks([records[i].source for i in rows], 4096),
                     labels=labels, paths=[items[i].rel for i in rows], splits=splits,
@@ -286,7 +287,7 @@ def _store_is_current(store, sources, labels, splits, skipped, class_names, dtyp
     return (store is not None and sources == [Row(None, k) for k in range(len(store.paths))]
             and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
             and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
-            and store.meta.get("dtype") == dtype)
+            and store.meta.dtype == dtype)
 
 
 def _blocks(todo: list[int], size: int) -> list[list[int]]:

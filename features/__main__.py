@@ -10,33 +10,36 @@ from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS
 
 
+def _known(value):
+    return "?" if value is None else value
+
+
 def info(path) -> str:
     """A summary of one store; metadata a minimal store lacks shows as '?'."""
     with FeatureStore(path) as store:
         m = store.meta
-        ds = m.get("dataset") or {}
+        ds = m.dataset or {}
         lines = [f"{store.path}",
-                 f"  backbone     {m.get('backbone', '?')} ({(m.get('weights') or {}).get('source', '?')}, "
-                 f"weights fingerprint {m.get('weights_fingerprint', '?')})",
-                 f"  preprocess   {m.get('preprocess', '?')}",
+                 f"  backbone     {_known(m.backbone)} ({(m.weights or {}).get('source', '?')}, "
+                 f"weights fingerprint {_known(m.weights_fingerprint)})",
+                 f"  preprocess   {_known(m.preprocess)}",
                  f"  dataset      {ds.get('name', '?')} ({ds.get('format', '?')}) at {ds.get('root', '?')}",
-                 f"  embeddings   {len(store.paths)} x {store.dim} {m.get('dtype', '?')}, "
-                 f"fingerprint {m.get('fingerprint', '?')}",
+                 f"  embeddings   {len(store.paths)} x {store.dim} {m.dtype}, fingerprint {m.fingerprint}",
                  f"  classes      {len(store.class_names)}: {', '.join(store.class_names[:8])}"
                  f"{' …' if len(store.class_names) > 8 else ''}"]
         for code, name in enumerate(SPLITS):
             mask = store.splits == code
             unlabelled = int((store.labels[mask] == NO_LABEL).sum())
             lines.append(f"  {name:<12} {int(mask.sum())} images" + (f" ({unlabelled} unlabelled)" if unlabelled else ""))
-        lines.append(f"  splits       fingerprint {m.get('split_fingerprint', '?')}, fractions "
-                     f"{m.get('split_fractions', '?')}, seed {m.get('split_seed', '?')}")
+        lines.append(f"  splits       fingerprint {m.split_fingerprint}, fractions "
+                     f"{_known(m.split_fractions)}, seed {_known(m.split_seed)}")
         skipped = store.skipped
         reasons = Counter(why.split(" (")[0] for _, why, *_ in skipped)
         lines.append(f"  skipped      {len(skipped)}" + (f": {dict(reasons)}" if skipped else ""))
-        rate = m.get("images_per_second")
-        lines.append(f"  made         {m.get('created', '?')} on {m.get('device', '?')}, "
-                     f"{m.get('extraction_seconds', '?')}s" + (f", {rate} img/s" if rate else ""))
-        lines.append("  versions     " + (", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()) or "?"))
+        rate = m.images_per_second
+        lines.append(f"  made         {_known(m.created)} on {_known(m.device)}, "
+                     f"{_known(m.extraction_seconds)}s" + (f", {rate} img/s" if rate else ""))
+        lines.append("  versions     " + (", ".join(f"{k} {v}" for k, v in (m.versions or {}).items()) or "?"))
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ Rank R of N embeds a contiguous block of the sorted listing into `DATASET/shards
 concatenating the shards in rank order gives the single-process rows, in the same order.
 """
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +34,21 @@ def merged_path(shard: Path) -> Path:
 
 
 def _provenance(store: FeatureStore) -> dict:
-    dataset = {k: v for k, v in store.meta["dataset"].items() if k != "root"}  # nodes may mount it elsewhere
-    return {**{k: store.meta.get(k) for k in SAME}, "dataset": dataset}
+    dataset = {k: v for k, v in store.meta.dataset.items() if k != "root"}  # nodes may mount it elsewhere
+    return {**{k: getattr(store.meta, k) for k in SAME}, "dataset": dataset}
 
 
 def _in_rank_order(stores: list[FeatureStore]) -> list[FeatureStore]:
     """The shards sorted by rank, after checking they are ranks 0..N-1 of one extraction, each once."""
     for s in stores:
-        if "shard" not in s.meta:
+        if s.meta.shard is None:
             raise StoreError(f"{s.path}: not a shard store (no shard in its metadata); merge only NAME.shard-R-of-N.h5 files")
     first = stores[0]
-    world = first.meta["shard"][1]
+    world = first.meta.shard[1]
     want = _provenance(first)
     by_rank: dict[int, FeatureStore] = {}
     for s in stores:
-        rank, n = s.meta["shard"]
+        rank, n = s.meta.shard
         if n != world:
             raise StoreError(f"{s.path}: shard {rank} of {n}, but {first.path} is of {world}; merge shards of one run")
         have = _provenance(s)
@@ -89,19 +90,19 @@ def merge(shard_paths: list, out_path=None) -> Path:
             raise StoreError(f"none of the shards' images could be embedded (first reason: {why})")
         out = Path(out_path) if out_path else merged_path(stores[0].path)
         metas = [s.meta for s in stores]
-        embedded = sum(m["images_embedded"] for m in metas)
-        seconds = max(m["extraction_seconds"] for m in metas)
-        meta = {k: v for k, v in metas[0].items() if k != "shard"}
-        meta.update(images_embedded=embedded, extraction_seconds=seconds, merged_from=len(stores),
-                    images_per_second=round(embedded / seconds, 2) if embedded and seconds else None)
+        embedded = sum(m.images_embedded for m in metas)
+        seconds = max(m.extraction_seconds for m in metas)
+        meta = replace(metas[0], shard=None, images_embedded=embedded, extraction_seconds=seconds,
+                       merged_from=len(stores),
+                       images_per_second=round(embedded / seconds, 2) if embedded and seconds else None)
         out.parent.mkdir(parents=True, exist_ok=True)
         with store_lock(out):
             write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,
                         labels=np.concatenate([s.labels for s in stores]),
                         splits=np.concatenate([s.splits for s in stores]),
                         hashes=[h for s in stores for h in s.hashes], stamps=[t for s in stores for t in s.stamps],
-                        skipped=[k for s in stores for k in s.skipped], class_names=meta["class_names"],
-                        meta=meta, dtype=meta["dtype"])
+                        skipped=[k for s in stores for k in s.skipped], class_names=meta.class_names,
+                        meta=meta, dtype=meta.dtype)
     finally:
         for s in stores:
             s.close()

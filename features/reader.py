@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 
 from features.errors import StoreError
+from features.records import StoreMeta
 from features.schema import FORMAT, NO_LABEL, SPLITS
 
 
@@ -25,7 +26,8 @@ class SplitData:
 
 
 class FeatureStore:
-    """A read-only view of one store; small arrays are loaded at open, embeddings on demand."""
+    """A read-only view of one store; small arrays and `meta` (its `StoreMeta`) are loaded at open,
+    embeddings on demand."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -42,7 +44,7 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: an HDF5 file but not a featbench feature store")
             if not attrs.get("complete", False):
                 raise StoreError(f"{self.path}: incomplete store; re-run `python -m extract` to finish it")
-            self.meta = json.loads(attrs["meta"])
+            self.meta = StoreMeta.from_json(json.loads(attrs["meta"]), self.path)
             self.labels = self.h5["labels"][:]
             self.splits = self.h5["splits"][:]
             self.paths = self.h5["paths"].asstr()[:].tolist()
@@ -64,24 +66,24 @@ class FeatureStore:
         self.h5.close()
 
     @property
-    def backbone(self) -> str:
-        return self.meta["backbone"]
+    def backbone(self) -> str | None:
+        return self.meta.backbone
 
     @property
     def class_names(self) -> list:
-        return self.meta["class_names"]
+        return self.meta.class_names
 
     @property
     def dim(self) -> int:
-        return int(self.meta["dim"])
+        return int(self.meta.dim)
 
     @property
     def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
+        return self.meta.fingerprint
 
     @property
     def split_fingerprint(self) -> str:
-        return self.meta["split_fingerprint"]
+        return self.meta.split_fingerprint
 
     @property
     def hashes(self) -> list:

@@ -10,7 +10,7 @@ import os
 import shutil
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
+from features.records import Extraction, StoreMeta
 from features.schema import FORMAT, FORMAT_VERSION, SPLITS, split_fingerprint
 
 CHUNK_BYTES = 1 << 20
@@ -143,7 +144,7 @@ def _str_dataset(f, name, values):
 
 
 def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, paths, splits,
-                hashes, stamps, skipped: list[tuple[str, str, str, str]], class_names: list[str], meta: dict,
+                hashes, stamps, skipped: list[tuple[str, str, str, str]], class_names: list[str], meta: Extraction,
                 dtype: str = "float32") -> dict:
     """Write a complete store atomically; returns the fingerprints that were stored in its metadata.
 
@@ -183,12 +184,13 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
                 _str_dataset(g, key, [s[i] for s in skipped])
             prints = {"fingerprint": content.hexdigest()[:16],
                       "split_fingerprint": split_fingerprint(paths, labels, splits)}
-            meta = dict(meta, class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=n,
-                        dtype=dtype, skipped=len(skipped), **prints)
+            meta = StoreMeta(**{k.name: getattr(meta, k.name) for k in fields(Extraction)},
+                             class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=n,
+                             dtype=dtype, skipped=len(skipped), **prints)
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["backbone"] = meta.get("backbone", "")
-            f.attrs["meta"] = json.dumps(meta)
+            f.attrs["backbone"] = meta.backbone or ""
+            f.attrs["meta"] = json.dumps(meta.to_json())
             f.attrs["complete"] = True
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from benchmarks.published import PUBLISHED
 from benchmarks.report import num, pct, secs
 from extract.backbones import create_backbone, weights_here
 from extract.config import DatasetSettings
-from features import FeatureStore, write_store
+from features import Extraction, FeatureStore, write_store
 from features.cli import run_cli
 from features.errors import FeatbenchError
 
@@ -105,9 +105,9 @@ def test_report_sections_carry_the_metrics_numbers(synthetic):
     with FeatureStore(synthetic / "resnet10t-random-init.h5") as fs:
         meta, rows = fs.meta, len(fs.paths)
     extraction = [ln for ln in lines if ln.startswith("| resnet10t | resnet10t-random-init |")]
-    assert extraction and f"| {secs(rows / meta['images_per_second'])} | {meta['images_per_second']:.1f} |" in extraction[0]
+    assert extraction and f"| {secs(rows / meta.images_per_second)} | {meta.images_per_second:.1f} |" in extraction[0]
     env = md.split("## Environment")[1]
-    assert meta["split_fingerprint"] in env and meta["fingerprint"] in env and meta["weights"]["fingerprint"] in env
+    assert meta.split_fingerprint in env and meta.fingerprint in env and meta.weights["fingerprint"] in env
     assert "16 train / 4 val / 4 test" in env and "torch " in env
     assert "no_such_backbone: skipped" in md.split("## Notes")[1]
     assert "**Best frozen-feature model**" in md and "**Best fine-tuned model**" in md
@@ -258,7 +258,7 @@ def test_finetune_one_epoch_on_the_stores_split(synthetic, tmp_path, capsys):
     with FeatureStore(store) as fs:
         assert m["split_fingerprint"] == fs.split_fingerprint
         assert m["split_source"] == f"store {store}"
-        assert m["dataset_root"] == fs.meta["dataset"]["root"]
+        assert m["dataset_root"] == fs.meta.dataset["root"]
     assert (m["n_train"], m["n_val"], m["n_test"]) == (16, 4, 4)
     assert m["compute"]["images_seen"] == 8 and m["compute"]["epochs_run"] == 1
     assert m["compute"]["trainable_params"] == m["compute"]["total_params"]
@@ -310,13 +310,14 @@ def pets_store(path: Path, seed: int, split_seed: int = 0):
     X = rng.normal(size=(3, 8))[y] * 2 + rng.normal(size=(60, 8))
     splits = np.random.default_rng(split_seed).permutation(np.repeat([0, 1, 2], [36, 12, 12]))
     paths = [f"images/{names[c]}_{i}.jpg" for i, c in enumerate(y)]
-    meta = {"backbone": path.stem, "weights_fingerprint": "f" * 16,
-            "preprocess": {"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
-            "weights": {"source": "test", "fingerprint": "f" * 16, "file_sha256": "ab" * 32},
-            "dataset": {"root": str(path.parent), "format": "oxford-pets", "name": path.parent.name,
-                        "target": "breed", "classes": 3, "files": 60},
-            "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "versions": {"torch": "x"}, "device": "cuda",
-            "images_per_second": 120.0, "extraction_seconds": 0.5, "created": "today"}
+    meta = Extraction(backbone=path.stem, weights_fingerprint="f" * 16,
+                      preprocess={"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3,
+                                  "std": [0.5] * 3},
+                      weights={"source": "test", "fingerprint": "f" * 16, "file_sha256": "ab" * 32},
+                      dataset={"root": str(path.parent), "format": "oxford-pets", "name": path.parent.name,
+                               "target": "breed", "classes": 3, "files": 60},
+                      split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={"torch": "x"}, device="cuda",
+                      images_per_second=120.0, extraction_seconds=0.5, created="today")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=8, chunks=[X], labels=y, paths=paths, splits=splits, hashes=[""] * 60,
                 stamps=[""] * 60, skipped=[], class_names=names, meta=meta)
@@ -338,6 +339,25 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     assert "59.21%" in md and "96.70%" in md and "98.60%" not in md  # Pets numbers only
     assert "| 0.5 | 120.0 |" in md and "cuda" in md  # extraction time from the store: 60 / 120 img/s
     assert "confusion.png" in md and "top_losses.png" in md
+
+
+def test_report_reads_metrics_and_stores_written_before_their_records_had_versions(tmp_path, capsys):
+    import h5py
+    from classify.train import run
+    folder = tmp_path / "pets"
+    pets_store(folder / "alpha.h5", 1)
+    fresh = run([folder / "alpha.h5"], ["logreg"])[0]
+    metrics = folder / "models" / "alpha-logreg.metrics.json"
+    old = {k: v for k, v in json.loads(metrics.read_text()).items() if k not in ("version", "configurations")}
+    metrics.write_text(json.dumps({**old, "note": "hand-added"}))
+    with h5py.File(folder / "alpha.h5", "r+") as f:
+        f.attrs["meta"] = json.dumps({k: v for k, v in json.loads(f.attrs["meta"]).items() if k != "version"})
+    rc, out, err = cli(capsys, "report", folder)
+    assert rc == 0, err
+    assert f"| {pct(fresh.accuracy)} | {num(fresh.log_loss)} |" in out and "| 0.5 | 120.0 |" in \
+        (folder / "report" / "report.md").read_text()
+    read = json.loads((folder / "report" / "results.json").read_text())["metrics"][0]
+    assert read["version"] == 0 and read["note"] == "hand-added" and "configurations" not in read
 
 
 # ---- configs and command line ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKN
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
 from classify.select import quiet, sweep
-from features import write_store
+from features import Extraction, write_store
 from features.cli import run_cli
 
 CLASSES = ["ant", "bee", "cat"]
@@ -40,13 +40,14 @@ def view(latent, dim, seed, noise=1.0):
 def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None):
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
-    meta = {"backbone": backbone, "weights_fingerprint": "0123456789abcdef",
-            "preprocess": {"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3,
-                           "std": [0.5] * 3},
-            "weights": {"source": "random-init (tests only)", "fingerprint": "0123456789abcdef", "random_init": True},
-            "dataset": {"root": f"/data/{dataset}", "format": "imagefolder", "name": dataset, "target": "",
-                        "classes": len(class_names), "files": n},
-            "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "versions": {}}
+    meta = Extraction(backbone=backbone, weights_fingerprint="0123456789abcdef",
+                      preprocess={"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3,
+                                  "std": [0.5] * 3},
+                      weights={"source": "random-init (tests only)", "fingerprint": "0123456789abcdef",
+                               "random_init": True},
+                      dataset={"root": f"/data/{dataset}", "format": "imagefolder", "name": dataset, "target": "",
+                               "classes": len(class_names), "files": n},
+                      split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=X.shape[1], chunks=[X] if n else [], labels=y, paths=paths, splits=splits,
                 hashes=[""] * n, stamps=[""] * n, skipped=[], class_names=class_names, meta=meta)
@@ -76,16 +77,16 @@ def cli(capsys, *argv):
 # ---- heads and ensembles ------------------------------------------------------------------------------
 
 def test_every_head_and_ensemble_beats_chance(all_results):
-    acc = {(r["backbone"], r["head"]): r["accuracy"] for r in all_results}
+    acc = {(r.backbone, r.head): r.accuracy for r in all_results}
     assert len(acc) == 2 * len(HEADS) + len(ENSEMBLES)
     assert all(a > 0.75 for a in acc.values()), acc  # chance is 1/3
     singles = [a for (b, h), a in acc.items() if h in HEADS]
     for r in all_results:
-        if r["head"] in ("avg", "stack"):
-            members = [acc[b, h] for b, h in r["members"].items()]
-            assert r["accuracy"] >= min(members) and set(r["members"]) == {"alpha", "beta"}
-        if r["head"] in ENSEMBLES:
-            assert r["accuracy"] >= min(singles), (r["head"], r["accuracy"], singles)
+        if r.head in ("avg", "stack"):
+            members = [acc[b, h] for b, h in r.members.items()]
+            assert r.accuracy >= min(members) and set(r.members) == {"alpha", "beta"}
+        if r.head in ENSEMBLES:
+            assert r.accuracy >= min(singles), (r.head, r.accuracy, singles)
 
 
 def test_outputs_and_metric_keys(all_results, two_stores):
@@ -111,9 +112,9 @@ def test_outputs_and_metric_keys(all_results, two_stores):
 def test_refit_on_train_and_val(two_stores, tmp_path):
     from classify.train import run
     stores = [make_store(tmp_path / "synth" / p.name, *_arrays(p), p.stem) for p in two_stores]
-    r = {x["head"]: x for x in run(stores, ["mlp", "concat"], refit=True)}
-    assert r["mlp"]["refit"] and r["mlp"]["n_train"] == N * 8 // 10 and r["mlp"]["accuracy"] > 0.75
-    assert r["mlp"]["params"]["epochs"] >= 1 and r["concat"]["accuracy"] > 0.75 and r["concat"]["refit"]
+    r = {x.head: x for x in run(stores, ["mlp", "concat"], refit=True)}
+    assert r["mlp"].refit and r["mlp"].n_train == N * 8 // 10 and r["mlp"].accuracy > 0.75
+    assert r["mlp"].params["epochs"] >= 1 and r["concat"].accuracy > 0.75 and r["concat"].refit
     assert (tmp_path / "synth" / "models" / "alpha-mlp-refit.joblib").is_file()
     assert (tmp_path / "synth" / "models" / "alpha+beta-concat-refit.metrics.json").is_file()
 
@@ -137,14 +138,14 @@ def test_test_split_never_influences_selection(two_stores, tmp_path):
         y[test] = np.random.default_rng(8).permutation(y[test])
         swapped.append(make_store(tmp_path / "synth" / p.name, X, y, splits, p.stem))
     heads = ["logreg", "mlp", "knn", "avg", "concat"]
-    clean = {(r["backbone"], r["head"]): r for r in run(two_stores, heads)}
-    noisy = {(r["backbone"], r["head"]): r for r in run(swapped, heads)}
+    clean = {(r.backbone, r.head): r for r in run(two_stores, heads)}
+    noisy = {(r.backbone, r.head): r for r in run(swapped, heads)}
     assert clean.keys() == noisy.keys()
     for key in clean:
         a, b = clean[key], noisy[key]
-        assert (a["params"], a["sweep"], a["members"]) == (b["params"], b["sweep"], b["members"]), key
-        assert a["val_log_loss"] == b["val_log_loss"] and a["val_accuracy"] == b["val_accuracy"]
-        assert a["accuracy"] > 0.75 > b["accuracy"]
+        assert (a.params, a.sweep, a.members) == (b.params, b.sweep, b.members), key
+        assert a.val_log_loss == b.val_log_loss and a.val_accuracy == b.val_accuracy
+        assert a.accuracy > 0.75 > b.accuracy
 
 
 def test_sweep_picks_lowest_validation_loss_and_records_curve():
@@ -419,16 +420,16 @@ def test_seeds_repeat_the_heads_with_a_random_state(tmp_path, capsys):
     latent, y, splits = synthetic(3)
     store = make_store(tmp_path / "synth" / "gamma.h5", view(latent, 16, 3, 2.0), y, splits, "gamma")
     from classify.train import run
-    results = {r["head"]: r for r in run([store], ["logreg", "mlp", "svm"], seeds=3)}
-    assert "seeds" not in results["logreg"]  # deterministic: nothing to repeat
+    results = {r.head: r for r in run([store], ["logreg", "mlp", "svm"], seeds=3)}
+    assert results["logreg"].seeds is None  # deterministic: nothing to repeat
     for head in ("mlp", "svm"):
-        s = results[head]["seeds"]
+        s = results[head].seeds
         assert s["n"] == 3 and [r["seed"] for r in s["runs"]] == [0, 1, 2]
-        assert (s["runs"][0]["accuracy"], s["runs"][0]["log_loss"]) == (results[head]["accuracy"], results[head]["log_loss"])
+        assert (s["runs"][0]["accuracy"], s["runs"][0]["log_loss"]) == (results[head].accuracy, results[head].log_loss)
         acc = [r["accuracy"] for r in s["runs"]]
         assert s["accuracy_mean"] == pytest.approx(np.mean(acc)) and s["accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
-        assert results[head]["seeds_seconds"] > 0
-    mlp = results["mlp"]["seeds"]["runs"]
+        assert results[head].seeds_seconds > 0
+    mlp = results["mlp"].seeds["runs"]
     assert len({r["log_loss"] for r in mlp}) == 3  # other initialisations, other models
     seed1 = sweep(TorchMLP(random_state=1), HEADS["mlp"].grid(0), *_split(store, "train"), *_split(store, "val"), 3)
     assert mlp[1]["val_log_loss"] == pytest.approx(seed1.val_log_loss)  # each seed chose on val on its own

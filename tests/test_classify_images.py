@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     stores = [extract(load_dataset(data), create_backbone(b, random_init=True), root / "runs",
                       options=Options(progress=False, batch_size=8, workers=0)).path for b in BACKBONES]
     results = run(stores, ["logreg", "avg"])
-    return data, stores, {r["backbone"] if r["head"] == "logreg" else "avg": r["path"] for r in results}
+    return data, stores, {r.backbone if r.head == "logreg" else "avg": r.path for r in results}
 
 
 def cli(capsys, *argv):

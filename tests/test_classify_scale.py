@@ -36,15 +36,15 @@ def test_out_of_core_streams_chunks_and_learns(big, monkeypatch):
     real = FeatureStore.embeddings
     monkeypatch.setattr(FeatureStore, "embeddings", lambda self, rows: read.append(rows) or real(self, rows))
     results = run([big], ["logreg", "mlp", "svm"], max_memory=1, log=print)
-    assert {r["head"] for r in results} == {"logreg", "mlp"}  # svm does not learn incrementally
+    assert {r.head for r in results} == {"logreg", "mlp"}  # svm does not learn incrementally
     assert max(map(len, read)) <= stream.chunk_rows_for(16, 1) < 12000 * 0.6  # never a whole split in one read
     with FeatureStore(big) as fs:
         test_rows = fs.rows("test")
     assert sum(np.isin(r, test_rows).sum() for r in read) == len(test_rows)  # test read once, for both heads
     for r in results:
-        assert r["out_of_core"] and r["accuracy"] > 0.85, (r["head"], r["accuracy"])  # chance is 1/3
-        assert r["n_train"] + r["n_val"] + r["n_test"] == 12000
-        assert r["params"]["epochs"] >= 1 and len(r["sweep"]) >= len(stream.STREAM_HEADS[r["head"]](16))
+        assert r.out_of_core and r.accuracy > 0.85, (r.head, r.accuracy)  # chance is 1/3
+        assert r.n_train + r.n_val + r.n_test == 12000
+        assert r.params["epochs"] >= 1 and len(r.sweep) >= len(stream.STREAM_HEADS[r.head](16))
     m = json.loads((big.parent / "models" / "alpha-logreg.metrics.json").read_text())
     assert m["val_log_loss"] == pytest.approx(min(row["val_log_loss"] for row in m["sweep"]), abs=1e-6)
     saved = joblib.load(big.parent / "models" / "alpha-logreg.joblib")
@@ -79,8 +79,8 @@ def test_out_of_core_matches_in_memory_logreg(big):
     """SGD out of core reaches the accuracy of lbfgs in memory on the same split (within 2 points)."""
     memory = run([big], ["logreg"])[0]
     streamed = run([big], ["logreg"], refit=True, max_memory=1)[0]
-    assert streamed["refit"] and streamed["n_train"] == memory["n_train"] + memory["n_val"]
-    assert streamed["accuracy"] >= memory["accuracy"] - 0.02, (streamed["accuracy"], memory["accuracy"])
+    assert streamed.refit and streamed.n_train == memory.n_train + memory.n_val
+    assert streamed.accuracy >= memory.accuracy - 0.02, (streamed.accuracy, memory.accuracy)
 
 
 def test_out_of_core_refuses_heads_that_cannot_stream(big, capsys):

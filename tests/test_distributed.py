@@ -72,7 +72,7 @@ def test_torchrun_two_ranks_equals_one_process(pics, tmp_path, backbone):
     assert lines[2].startswith(f"{merged}: 10 images stored (10 embedded, 0 reused), 2 skipped"), lines[2]
     assert_equal_stores(merged, ref)
     with FeatureStore(merged) as s:
-        assert s.meta["merged_from"] == 2 and "shard" not in s.meta and s.meta["images_embedded"] == 10
+        assert s.meta.merged_from == 2 and s.meta.shard is None and s.meta.images_embedded == 10
     assert find_stores(tmp_path / "out" / "pics") == [merged]  # shard stores stay out of classify's way
     again = extract(load_dataset(pics), backbone, tmp_path / "out", options=OPTIONS)
     assert (again.embedded, again.reused, again.path) == (0, 10, merged)  # the merged store is current

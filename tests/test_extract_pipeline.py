@@ -49,8 +49,8 @@ def test_store_holds_everything(dvc_folder, tmp_path, tiny):
     assert summary.embedded == 24 and summary.path == tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
     with FeatureStore(summary.path) as s:
         assert s.backbone == "resnet10t" and s.class_names == ["cat", "dog"] and s.dim == tiny.dim
-        assert s.meta["weights"]["random_init"] is True and s.meta["preprocess"]["size"] == tiny.preprocess.size
-        assert s.meta["versions"]["torch"] and s.meta["images_per_second"] > 0
+        assert s.meta.weights["random_init"] is True and s.meta.preprocess["size"] == tiny.preprocess.size
+        assert s.meta.versions["torch"] and s.meta.images_per_second > 0
         train, val, test = s.split("train"), s.split("val"), s.split("test")
         assert len(train) + len(val) + len(test) == 24 and train.X.dtype == np.float32
         assert sorted(train.paths + val.paths + test.paths) == sorted(p.name for p in dvc_folder.iterdir())
@@ -329,7 +329,7 @@ def test_compiled_model_gives_the_same_store(dvc_folder, tmp_path, tiny, capsys)
     np.testing.assert_allclose(a.pop("X"), b.pop("X"), atol=1e-4)
     assert a == b
     with FeatureStore(compiled) as s:
-        assert s.meta["compiled"] is True
+        assert s.meta.compiled is True
 
 
 def test_compile_failure_falls_back_to_the_usual_model(dvc_folder, tmp_path, tiny, monkeypatch, capsys):

@@ -128,16 +128,16 @@ def small(data, out, **kw):
 def test_a_tiny_random_init_run_learns(tinted):
     data, out = tinted
     m = small(data, out, recipe=recipe_for("full", "seed", lrs=3e-3), epochs=3)
-    curve = m["sweep"]
+    curve = m.sweep
     assert [r["epoch"] for r in curve] == [0, 1, 2, 3] and curve[0]["train_loss"] is None
     best = min(curve[1:], key=lambda r: r["val_log_loss"])
     assert best["val_log_loss"] < curve[0]["val_log_loss"]  # training improved on the untrained model
     assert curve[-1]["train_loss"] < curve[1]["train_loss"]
-    assert m["params"]["best_epoch"] == best["epoch"] and m["val_log_loss"] == best["val_log_loss"]
-    c = m["compute"]
+    assert m.params["best_epoch"] == best["epoch"] and m.val_log_loss == best["val_log_loss"]
+    c = m.compute
     assert (c["runs"], c["epochs"], c["epochs_run"], c["configurations"]) == (1, 3, 3, 3)
     assert c["images_seen"] == 3 * 3 * 8  # 24 train images, three full batches of 8 an epoch
-    assert m["model"] == "resnet10t-random-init-finetune-full-seed.pt"
+    assert m.model == "resnet10t-random-init-finetune-full-seed.pt"
 
 
 def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatch):
@@ -163,25 +163,25 @@ def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatc
     monkeypatch.setattr(ft, "train_run", train_run)
     monkeypatch.setattr(ft, "_test_scores", scores)
     m = small(data, out, recipe=recipe_for("full", head_init="random", lrs=list(fake)), seeds=3)
-    assert m["params"]["lr"] == 1e-3 and m["val_log_loss"] == 0.20 and m["params"]["temperature"] == 1.5
+    assert m.params["lr"] == 1e-3 and m.val_log_loss == 0.20 and m.params["temperature"] == 1.5
     assert used[0] == pytest.approx(1e-3)  # test scored with the chosen run's weights
-    assert [r["seed"] for r in m["seeds"]["runs"]] == [0, 1, 2] and m["seeds"]["n"] == 3
-    assert m["compute"]["configurations"] == 3 and m["compute"]["runs"] == 3
+    assert [r["seed"] for r in m.seeds["runs"]] == [0, 1, 2] and m.seeds["n"] == 3
+    assert m.compute["configurations"] == 3 and m.compute["runs"] == 3
 
 
 def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
     data, out = tinted
     m = small(data, out, recipe=recipe_for("full", lrs=[1e-4, 1e-3]), epochs=1, seeds=2)
-    c, p = m["compute"], m["params"]
-    probe_rows = [r for r in m["sweep"] if r["epoch"] == 0]
+    c, p = m.compute, m.params
+    probe_rows = [r for r in m.sweep if r["epoch"] == 0]
     assert len(probe_rows) == 3  # two learning rates, then one more seed: each starts from the same probe
     assert len({r["val_log_loss"] for r in probe_rows if r["seed"] == 0}) == 1
     assert probe_rows[0]["val_accuracy"] >= 0.75  # the probe alone already separates the tints
     assert c["probe_images"] == 24 + 8 and c["configurations"] == 2 + 13 and c["images_seen"] == 2 * 24
     assert p["recipe"]["name"] == "lp-ft" and p["lr"] in (1e-4, 1e-3) and "probe_C" in p
-    assert m["seeds"]["n"] == 2 and c["seeds_images_seen"] == 24 and m["seeds_seconds"] > 0
+    assert m.seeds["n"] == 2 and c["seeds_images_seen"] == 24 and m.seeds_seconds > 0
     assert "RandomResizedCrop" in c["augment"] and "label smoothing 0.1" in c["augment"]
-    saved = torch.load(out / "dvc" / "models" / m["model"], weights_only=True)
+    saved = torch.load(out / "dvc" / "models" / m.model, weights_only=True)
     assert saved["temperature"] == p["temperature"] and json.loads(
         (out / "dvc" / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())["params"] == p
 

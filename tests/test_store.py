@@ -1,4 +1,5 @@
-"""The feature store: round trip, split access, streaming, and clear errors for foreign or broken files."""
+"""The feature store: round trip, split access, streaming, and clear errors for foreign or broken files;
+the versioned records of a store's metadata and a model's metrics."""
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from features import FeatbenchError, FeatureStore, StoreError, write_store
+from features import Extraction, FeatbenchError, FeatureStore, StoreError, write_store
 from features.schema import NO_LABEL
 
 
@@ -21,7 +22,7 @@ def make_store(path, n=50, dim=8, dtype="float32", seed=0):
     write_store(path, dim=dim, chunks=[X[:20], X[20:]], labels=labels, paths=paths, splits=splits,
                 hashes=[f"h{i}" for i in range(n)], stamps=[f"{i}:1" for i in range(n)],
                 skipped=[("bad.jpg", "empty file", "0:1", "")], class_names=["a", "b", "c"],
-                meta={"backbone": "toy"}, dtype=dtype)
+                meta=Extraction(backbone="toy"), dtype=dtype)
     return X, labels, splits, paths
 
 
@@ -51,7 +52,7 @@ def test_split_fingerprint_ignores_embeddings(tmp_path):
         assert a.split_fingerprint == b.split_fingerprint
     X, labels, splits, paths = write
     write_store(tmp_path / "c.h5", dim=8, chunks=[X + 1], labels=labels, paths=paths, splits=splits,
-                hashes=[""] * 50, stamps=[""] * 50, skipped=[], class_names=["a", "b", "c"], meta={})
+                hashes=[""] * 50, stamps=[""] * 50, skipped=[], class_names=["a", "b", "c"], meta=Extraction())
     with FeatureStore(tmp_path / "a.h5") as a, FeatureStore(tmp_path / "c.h5") as c:
         assert a.split_fingerprint == c.split_fingerprint and a.fingerprint != c.fingerprint
 
@@ -95,7 +96,7 @@ def test_float16_overflow_is_one_line_error_with_hint(tmp_path):
     X[2, 0] = 1e6  # beyond float16's 65504
     with pytest.raises(FeatbenchError, match="overflow float16.*--dtype float32") as err:
         write_store(path, dim=2, chunks=[X], labels=[0] * 4, paths=list("abcd"), splits=[0] * 4,
-                    hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta={}, dtype="float16")
+                    hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta=Extraction(), dtype="float16")
     assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
 
 
@@ -105,7 +106,7 @@ def test_write_is_atomic_and_refuses_nan(tmp_path):
     X[1, 1] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         write_store(path, dim=2, chunks=[X], labels=[0] * 4, paths=list("abcd"), splits=[0] * 4,
-                    hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta={})
+                    hashes=[""] * 4, stamps=[""] * 4, skipped=[], class_names=["x"], meta=Extraction())
     assert not path.exists() and not list(tmp_path.iterdir())
 
 
@@ -195,7 +196,7 @@ def test_store_chunks_rows_and_metadata(tmp_path):
         {"dim": 512, "rows": 600, "dtype": "float32", "skipped": 1, "split_names": ["train", "val", "test"]}
     with pytest.raises(ValueError, match="wrote 2 embedding rows for 3 images"):
         write_store(tmp_path / "short.h5", dim=2, chunks=[np.ones((2, 2))], labels=[0] * 3, paths=list("abc"),
-                    splits=[0] * 3, hashes=[""] * 3, stamps=[""] * 3, skipped=[], class_names=["x"], meta={})
+                    splits=[0] * 3, hashes=[""] * 3, stamps=[""] * 3, skipped=[], class_names=["x"], meta=Extraction())
     assert not (tmp_path / "short.h5").exists() and not (tmp_path / "short.h5.tmp").exists()
 
 
@@ -254,6 +255,106 @@ def test_store_records_hashes_stamps_and_format(tmp_path):
         assert f.attrs["format_version"] == FORMAT_VERSION and f["labels"].dtype == np.int64
         assert f["embeddings"].maxshape == (None, 8)
     write_store(tmp_path / "e.h5", dim=4, chunks=[], labels=[], paths=[], splits=[], hashes=[], stamps=[],
-                skipped=[("x.jpg", "empty file", "", "")], class_names=[], meta={})
+                skipped=[("x.jpg", "empty file", "", "")], class_names=[], meta=Extraction())
     with h5py.File(tmp_path / "e.h5") as f:
         assert f["embeddings"].shape == (0, 4) and f.attrs["backbone"] == "" and f["embeddings"].dtype == np.float32
+
+
+# ---- the records: store metadata and model metrics -------------------------------------------------------
+
+def set_meta(path, meta: dict):
+    with h5py.File(path, "r+") as f:
+        f.attrs["meta"] = json.dumps(meta)
+
+
+def test_a_store_written_before_the_metadata_had_a_version_still_reads(tmp_path):
+    """The metadata as the first featbench wrote it (no version, no optimized/compiled/shard) reads as version 0."""
+    from features.__main__ import info
+    make_store(tmp_path / "old.h5")
+    with h5py.File(tmp_path / "old.h5") as f:
+        written = json.loads(f.attrs["meta"])
+    assert written["version"] == 1 and written["backbone"] == "toy" and not {"shard", "extra"} & set(written)
+    set_meta(tmp_path / "old.h5", {
+        "backbone": "toy", "weights_fingerprint": "0123456789abcdef", "preprocess": {"size": 224},
+        "amp": False, "weights": {"source": "pypi:toy", "fingerprint": "0123456789abcdef"},
+        "dataset": {"name": "pics", "root": "/data/pics", "format": "imagefolder"},
+        "split_fractions": [0.7, 0.15, 0.15], "split_seed": 0, "versions": {"torch": "2.0"},
+        "created": "2026-11-22T08:00:00+00:00", "device": "cpu", "batch_size": 32, "extraction_seconds": 1.5,
+        "images_embedded": 50, "images_per_second": None,
+        **{k: written[k] for k in ("class_names", "split_names", "dim", "rows", "dtype", "skipped", "fingerprint",
+                                   "split_fingerprint")}})
+    with FeatureStore(tmp_path / "old.h5") as s:
+        m = s.meta
+        assert m.version == 0 and m.backbone == "toy" and m.dataset["name"] == "pics" and m.amp is False
+        assert m.optimized is None and m.shard is None and m.images_per_second is None and m.extra == {}
+        assert s.dim == 8 and s.class_names == ["a", "b", "c"] and len(s.split("train")) > 0
+    text = info(tmp_path / "old.h5")
+    assert "backbone     toy (pypi:toy, weights fingerprint 0123456789abcdef)" in text and "made         2026" in text
+
+
+def test_store_metadata_keeps_unknown_keys_and_refuses_a_newer_version(tmp_path):
+    """Keys this featbench does not know survive a rewrite (as a merge does); a newer version is one line."""
+    make_store(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5") as f:
+        meta = json.loads(f.attrs["meta"])
+    set_meta(tmp_path / "s.h5", {**meta, "hand_note": "from a notebook"})
+    with FeatureStore(tmp_path / "s.h5") as s:
+        assert s.meta.extra == {"hand_note": "from a notebook"} and s.meta.backbone == "toy"
+        write_store(tmp_path / "copy.h5", dim=8, chunks=[s.embeddings(np.arange(len(s.paths)))], labels=s.labels,
+                    paths=s.paths, splits=s.splits, hashes=s.hashes, stamps=s.stamps, skipped=s.skipped,
+                    class_names=s.class_names, meta=s.meta)
+    with FeatureStore(tmp_path / "copy.h5") as c:
+        assert c.meta.extra == {"hand_note": "from a notebook"} and c.meta.version == 1
+    set_meta(tmp_path / "s.h5", {**meta, "version": 99})
+    with pytest.raises(StoreError, match=r"s\.h5: feature store version 99, newer than this featbench reads \(1\)"):
+        FeatureStore(tmp_path / "s.h5")
+    set_meta(tmp_path / "s.h5", {k: v for k, v in meta.items() if k != "dim"})
+    with pytest.raises(StoreError, match=r"s\.h5: not a featbench feature store \(no dim\)"):
+        FeatureStore(tmp_path / "s.h5")
+
+
+def metrics_record(**changes):
+    from features.records import ModelMetrics
+    fields = dict(dataset="pics", backbone="toy", backbones=["toy"], head="logreg", model="toy-logreg.joblib",
+                  refit=False, classes=["cat", "dog"], n_train=6, n_val=2, n_test=2, accuracy=1.0,
+                  balanced_accuracy=1.0, log_loss=0.1, ece=0.05, precision={"cat": 1.0, "dog": 1.0},
+                  recall={"cat": 1.0, "dog": 0.5}, confusion=[[1, 0], [0, 1]], most_confused=[], top_losses=[],
+                  val_log_loss=0.2, val_accuracy=1.0, params={"C": 1.0}, sweep=[], members={}, configurations=3,
+                  fit_seconds=0.1, predict_seconds=0.01, features={"toy": "f" * 16}, split_fingerprint="s" * 16,
+                  featbench_version="0.1", created="today")
+    return ModelMetrics(**{**fields, **changes})
+
+
+def test_metrics_json_is_flat_and_round_trips(tmp_path):
+    from features.records import ModelMetrics
+    m = metrics_record()
+    flat = m.to_json()
+    assert flat["version"] == 1 and flat["precision/cat"] == 1.0 and flat["recall/dog"] == 0.5
+    assert "precision" not in flat and not any(isinstance(v, dict) for k, v in flat.items() if "/" in k)
+    assert not {"seeds", "seeds_seconds", "out_of_core", "compute", "path", "extra"} & set(flat)  # unset: not written
+    (tmp_path / "m.metrics.json").write_text(m.dumps())
+    assert ModelMetrics.read(tmp_path / "m.metrics.json") == m
+    assert ModelMetrics.from_json(metrics_record(out_of_core=True, seeds={"n": 2}).to_json(), "x") == \
+        metrics_record(out_of_core=True, seeds={"n": 2})
+
+
+def test_old_and_foreign_metrics_files(tmp_path):
+    """A metrics file from before the version (and `configurations`) reads as version 0; unknown keys are kept
+    and written back; a newer version, a missing key or broken JSON is a one-line error naming the file."""
+    from features.records import ModelMetrics
+    old = {k: v for k, v in metrics_record().to_json().items() if k not in ("version", "configurations")}
+    path = tmp_path / "old.metrics.json"
+    path.write_text(json.dumps({**old, "notebook": [1, 2]}))
+    m = ModelMetrics.read(path)
+    assert m.version == 0 and m.configurations is None and m.precision == {"cat": 1.0, "dog": 1.0}
+    assert m.extra == {"notebook": [1, 2]} and m.to_json()["notebook"] == [1, 2] and m.accuracy == 1.0
+    no_head = {k: v for k, v in old.items() if k != "head"}
+    for text, message in [(json.dumps({**old, "version": 2}), "metrics file version 2, newer than this featbench"),
+                          (json.dumps(no_head), "not a featbench metrics file (no head)"),
+                          (json.dumps({**old, "version": "2"}), "not a featbench metrics file (version '2')"),
+                          (json.dumps([1]), "not a featbench metrics file"),
+                          ("{", "not a readable metrics JSON")]:
+        path.write_text(text)
+        with pytest.raises(FeatbenchError) as e:
+            ModelMetrics.read(path)
+        assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)

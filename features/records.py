@@ -1,0 +1,179 @@
+"""The records featbench writes for later stages: a store's metadata and a model's test metrics.
+
+Each is a frozen dataclass written as one flat JSON object with a `version`. A file without one
+(written before the records existed) reads as version 0; a newer version than this featbench knows
+is refused. Keys this featbench does not know are kept in `extra` and written back unchanged.
+"""
+import json
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+from features.errors import FeatbenchError, StoreError
+
+STORE_META_VERSION = 1
+METRICS_VERSION = 1
+PER_CLASS = ("precision", "recall")  # metrics written as one flat `KIND/<class>` key per class
+
+
+class _Json:
+    """A record as a flat JSON object: required fields always, optional ones only when set."""
+    VERSION: ClassVar[int]
+    WHAT: ClassVar[str]  # what the JSON is, for error messages
+    ERROR: ClassVar[type] = FeatbenchError
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and (f.name == "version" or f.default is MISSING or value != f.default):
+                out[f.name] = value
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, data, where):
+        """The record of `data` as read from `where` (named in the one-line error when it is not one)."""
+        if not isinstance(data, dict):
+            raise cls.ERROR(f"{where}: not a featbench {cls.WHAT} (a JSON object expected)")
+        version = data.get("version", 0)
+        if not isinstance(version, int):
+            raise cls.ERROR(f"{where}: not a featbench {cls.WHAT} (version {version!r})")
+        if version > cls.VERSION:
+            raise cls.ERROR(f"{where}: {cls.WHAT} version {version}, newer than this featbench reads "
+                            f"({cls.VERSION}); upgrade featbench")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                   and f.name not in data]
+        if missing:
+            raise cls.ERROR(f"{where}: not a featbench {cls.WHAT} (no {', '.join(missing[:4])}"
+                            f"{' …' if len(missing) > 4 else ''})")
+        names = {f.name for f in fields(cls)} - {"extra", "version"}
+        return cls(**{k: v for k, v in data.items() if k in names}, version=version,
+                   extra={k: v for k, v in data.items() if k not in names and k != "version"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Extraction:
+    """How a store's embeddings were made, as `extract` records it; None where a store does not say
+    (minimal or older stores)."""
+    backbone: str | None = None
+    weights_fingerprint: str | None = None
+    preprocess: dict | None = None  # `Preprocess.as_dict()`
+    amp: bool | None = None  # fp16 autocast was in effect
+    weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
+    dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files
+    split_fractions: list | None = None
+    split_seed: int | None = None
+    versions: dict | None = None  # `library_versions()`
+    created: str | None = None  # ISO time, UTC
+    device: str | None = None
+    optimized: bool | None = None
+    compiled: bool | None = None
+    batch_size: int | None = None
+    extraction_seconds: float | None = None
+    images_embedded: int | None = None  # computed in this run (not reused)
+    images_per_second: float | None = None
+    shard: list | None = None  # [rank, world] of a shard store
+    merged_from: int | None = None  # number of shards merged into this store
+    extra: dict = field(default_factory=dict)  # keys this featbench does not know, as read
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreMeta(_Json, Extraction):
+    """A store's metadata: its `Extraction` and what `write_store` records (HDF5 attribute `meta`)."""
+    VERSION: ClassVar[int] = STORE_META_VERSION
+    WHAT: ClassVar[str] = "feature store"
+    ERROR: ClassVar[type] = StoreError
+    version: int = STORE_META_VERSION
+    class_names: list
+    split_names: list
+    dim: int
+    rows: int
+    dtype: str
+    skipped: int  # images not embedded
+    fingerprint: str  # of the embeddings' bytes
+    split_fingerprint: str  # of which image is in which split with which label
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelMetrics(_Json):
+    """One model's metrics, `{model}.metrics.json` beside it (`classify` and fine-tunes).
+
+    The test split is scored once; `val_*` are the chosen configuration's scores on val (fitted on
+    train). `precision`/`recall` (class → value) are written as flat `precision/<class>` keys.
+    """
+    VERSION: ClassVar[int] = METRICS_VERSION
+    WHAT: ClassVar[str] = "metrics file"
+    version: int = METRICS_VERSION
+    dataset: str
+    backbone: str  # the store name (`a+b` for ensembles)
+    backbones: list  # the backbone of each store
+    head: str  # a head, an ensemble or `finetune-MODE`
+    model: str  # file name
+    refit: bool  # fitted on train+val after selection
+    classes: list
+    n_train: int  # labelled images used to fit (train, or train+val when refit)
+    n_val: int
+    n_test: int
+    accuracy: float
+    balanced_accuracy: float
+    log_loss: float
+    ece: float  # expected calibration error of the top-label confidence, 15 equal-width bins
+    precision: dict
+    recall: dict
+    confusion: list  # confusion[true][predicted], in `classes` order
+    most_confused: list  # [true, predicted, count], most frequent first
+    top_losses: list  # {path, true, predicted, probability (of the prediction), p_true, loss}, worst first
+    val_log_loss: float
+    val_accuracy: float
+    params: dict  # chosen hyper-parameters (`avg`/`stack`: {store: {head, ...}})
+    sweep: list  # the validation curve: a row per grid point (fine-tunes: per run and epoch)
+    members: dict  # {store: head} of `avg`/`stack`, else {}
+    configurations: int | None = None  # points scored on val to choose it, members' too (fine-tunes: `compute`)
+    fit_seconds: float  # features to final model, selection (ensembles: members' too) included
+    predict_seconds: float
+    seeds_seconds: float | None = None  # the extra seeds' time
+    features: dict  # {store name: store fingerprint}
+    split_fingerprint: str
+    split_source: str | None = None  # fine-tunes: where the split came from
+    dataset_root: str | None = None  # fine-tunes
+    weights: dict | None = None  # fine-tunes: the backbone's weights
+    compute: dict | None = None  # fine-tunes: device, runs, epochs, images seen, parameters
+    featbench_version: str
+    seeds: dict | None = None  # with --seeds N > 1: `over_seeds` of a run per seed, the saved model's first
+    out_of_core: bool = False  # trained on features streamed from disk
+    created: str | None = None  # when saved
+    path: str | None = None  # the model file
+    extra: dict = field(default_factory=dict)  # keys this featbench does not know, as read
+
+    def per_class(self) -> dict:
+        """`precision/<class>` and `recall/<class>`, as written."""
+        return {f"{kind}/{c}": v for kind in PER_CLASS for c, v in getattr(self, kind).items()}
+
+    def to_json(self) -> dict:
+        out = {}
+        for k, v in super().to_json().items():
+            if k == PER_CLASS[0]:  # the per-class fields are adjacent: written where they stand
+                out.update(self.per_class())
+            elif k not in PER_CLASS:
+                out[k] = v
+        return out
+
+    @classmethod
+    def from_json(cls, data, where):
+        if isinstance(data, dict):
+            flat = {k: v for k, v in data.items() if k.split("/", 1)[0] not in PER_CLASS}
+            for kind in PER_CLASS:
+                flat[kind] = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(f"{kind}/")}
+            data = flat
+        return super().from_json(data, where)
+
+    @classmethod
+    def read(cls, path) -> "ModelMetrics":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise FeatbenchError(f"{path}: not a readable metrics JSON ({e})") from None
+        return cls.from_json(data, path)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1) + "\n"
