@@ -6,7 +6,6 @@ is written to `NAME.h5.tmp` and renamed over `NAME.h5` once complete.
 """
 import hashlib
 import json
-import os
 import shutil
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -151,29 +150,11 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
     `chunks` yields the embedding rows in order; `skipped` holds (path, reason, stamp, hash) tuples.
     """
     path = Path(path)
-    n = len(paths)
-    tmp = path.with_name(path.name + ".tmp")
-    rows_per_chunk = max(1, min(n, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
-    content = hashlib.sha256()
-    try:
+    prints = {}
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
-            emb = f.create_dataset("embeddings", shape=(n, dim), dtype=dtype, maxshape=(None, dim),
-                                   chunks=(rows_per_chunk, dim) if n else True)
-            at = 0
-            for block in chunks:
-                with np.errstate(over="ignore"):
-                    stored = np.asarray(block, dtype=dtype)
-                if not np.isfinite(stored).all():
-                    if np.isfinite(block).all():
-                        raise FeatbenchError(f"{path}: embedding values up to {np.abs(block).max():.3g} overflow "
-                                             f"{dtype}; store them as float32 (--dtype float32)")
-                    raise ValueError("non-finite embeddings")
-                block = stored
-                emb[at:at + len(block)] = block
-                content.update(block.tobytes())
-                at += len(block)
-            if at != n:
-                raise ValueError(f"wrote {at} embedding rows for {n} images")
+            digest = _write_embeddings(f, chunks, len(paths), dim, dtype, path)
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
             f.create_dataset("splits", data=np.asarray(splits, dtype=np.int8))
             _str_dataset(f, "paths", paths)
@@ -182,18 +163,37 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
             g = f.create_group("skipped")
             for i, key in enumerate(("paths", "reasons", "stamps", "hashes")):
                 _str_dataset(g, key, [s[i] for s in skipped])
-            prints = {"fingerprint": content.hexdigest()[:16],
-                      "split_fingerprint": split_fingerprint(paths, labels, splits)}
-            meta = StoreMeta(**{k.name: getattr(meta, k.name) for k in fields(Extraction)},
-                             class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=n,
-                             dtype=dtype, skipped=len(skipped), **prints)
+            prints.update(fingerprint=digest[:16], split_fingerprint=split_fingerprint(paths, labels, splits))
+            record = StoreMeta(**{k.name: getattr(meta, k.name) for k in fields(Extraction)},
+                               class_names=list(class_names), split_names=list(SPLITS), dim=dim, rows=len(paths),
+                               dtype=dtype, skipped=len(skipped), **prints)
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["backbone"] = meta.backbone or ""
-            f.attrs["meta"] = json.dumps(meta.to_json())
+            f.attrs["backbone"] = record.backbone or ""
+            f.attrs["meta"] = json.dumps(record.to_json())
             f.attrs["complete"] = True
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    atomic_write(path, write)
     return prints
+
+
+def _write_embeddings(f: h5py.File, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str, path: Path) -> str:
+    """The `embeddings` dataset of `n` rows from `chunks`, checked finite in `dtype`; returns their sha256."""
+    rows_per_chunk = max(1, min(n, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+    emb = f.create_dataset("embeddings", shape=(n, dim), dtype=dtype, maxshape=(None, dim),
+                           chunks=(rows_per_chunk, dim) if n else True)
+    content = hashlib.sha256()
+    at = 0
+    for block in chunks:
+        with np.errstate(over="ignore"):
+            stored = np.asarray(block, dtype=dtype)
+        if not np.isfinite(stored).all():
+            if np.isfinite(block).all():
+                raise FeatbenchError(f"{path}: embedding values up to {np.abs(block).max():.3g} overflow "
+                                     f"{dtype}; store them as float32 (--dtype float32)")
+            raise ValueError("non-finite embeddings")
+        emb[at:at + len(stored)] = stored
+        content.update(stored.tobytes())
+        at += len(stored)
+    if at != n:
+        raise ValueError(f"wrote {at} embedding rows for {n} images")
+    return content.hexdigest()
