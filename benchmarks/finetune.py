@@ -21,7 +21,7 @@ import copy
 import platform
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -146,6 +146,16 @@ class Device:
         """A uint8 batch on the device, channels-last (1.5x faster training on CPU, faster convs on GPU)."""
         return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
+    @classmethod
+    def choose(cls, device: str, amp: bool, workers: int, batch_size: int) -> "Device":
+        """`device` (auto: CUDA, MPS, CPU); decoding workers by default only on a GPU, where they do not take
+        cores from the model's threads; malloc keeps freed memory on CPU, as extraction's does."""
+        dev = pick_device(device)
+        if dev.type == "cpu":
+            keep_freed_memory()
+        return cls(dev, uses_amp(dev, amp), workers if workers >= 0 else 0 if dev.type == "cpu" else
+                   default_workers(dev), batch_size)
+
     def name(self) -> str:
         if self.cuda:
             return torch.cuda.get_device_name(self.device)
@@ -215,13 +225,27 @@ def linear_probe(model: Finetuned, data: SplitImages, pre, dev: Device, n_classe
                  len(feats["train"][1]) + len(feats["val"][1]))
 
 
+@dataclass(frozen=True)
+class Epoch:
+    """One point of a run's curve: the weights scored on val after an epoch (epoch 0: before training)."""
+    lr: float
+    seed: int
+    epoch: int
+    train_loss: float | None  # None at epoch 0
+    val_log_loss: float  # at `temperature`
+    val_log_loss_raw: float  # at temperature 1
+    val_accuracy: float
+    temperature: float
+    seconds: float
+
+
 @dataclass
 class Run:
     """One training run (one peak learning rate, one seed): its curve and its best epoch's weights."""
     lr: float
     seed: int
-    curve: list  # a row per epoch, from epoch 0 (before training)
-    best: dict  # the row of the epoch with the lowest validation log-loss
+    curve: list[Epoch]  # from epoch 0 (before training)
+    best: Epoch  # the trained epoch with the lowest validation log-loss
     state: dict  # that epoch's weights
     images_seen: int
     seconds: float
@@ -279,16 +303,15 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
         logits, seen = outputs(scored, val, dev, len(y_val))
         logits, yv = logits[seen].astype(np.float64), y_val[seen]
         temperature = fit_temperature(logits, yv) if recipe.calibrate else 1.0
-        row = {"lr": lr, "seed": seed, "epoch": epoch, "train_loss": round(total / count, 6) if count else None,
-               "val_log_loss": round(log_loss_at(logits, yv, temperature), 6),
-               "val_log_loss_raw": round(log_loss_at(logits, yv, 1.0), 6),
-               "val_accuracy": round(float(accuracy_score(yv, logits.argmax(1))), 6),
-               "temperature": round(temperature, 4), "seconds": round(time.perf_counter() - started, 3)}
+        row = Epoch(lr, seed, epoch, round(total / count, 6) if count else None,
+                    round(log_loss_at(logits, yv, temperature), 6), round(log_loss_at(logits, yv, 1.0), 6),
+                    round(float(accuracy_score(yv, logits.argmax(1))), 6), round(temperature, 4),
+                    round(time.perf_counter() - started, 3))
         curve.append(row)
-        log(f"lr {lr:g} seed {seed} epoch {epoch}/{epochs}: train loss {row['train_loss'] or 0:.4f}, val log-loss "
-            f"{row['val_log_loss']:.4f} (T {temperature:.2f}; raw {row['val_log_loss_raw']:.4f}), val acc "
-            f"{row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
-        if epoch and (best is None or row["val_log_loss"] < best["val_log_loss"]):
+        log(f"lr {lr:g} seed {seed} epoch {epoch}/{epochs}: train loss {row.train_loss or 0:.4f}, val log-loss "
+            f"{row.val_log_loss:.4f} (T {temperature:.2f}; raw {row.val_log_loss_raw:.4f}), val acc "
+            f"{row.val_accuracy:.4f} ({row.seconds:.0f}s)")
+        if epoch and (best is None or row.val_log_loss < best.val_log_loss):
             best, state = row, copy.deepcopy(scored.state_dict())
     return Run(lr, seed, curve, best, state, images_seen, time.perf_counter() - started)
 
@@ -310,7 +333,59 @@ def _test_scores(model: Finetuned, run: Run, test, dev: Device, data: SplitImage
     """(probabilities, readable rows) of the test split under `run`'s best weights and temperature."""
     model.load_state_dict(run.state)
     logits, seen = outputs(model, test, dev, len(data.paths["test"]))
-    return softmax(logits, run.best["temperature"]), seen
+    return softmax(logits, run.best.temperature), seen
+
+
+def _check(data: SplitImages, mode: str, epochs: int | None, batch_size: int, seeds: int, epoch_images: int):
+    """Refuse, in one line, a fine-tune that cannot run."""
+    if mode not in MODES:
+        raise FeatbenchError(f"unknown --mode {mode!r}; choose {', '.join(MODES)}")
+    if (epochs is not None and epochs < 1) or batch_size < 2 or seeds < 1 or epoch_images < 0:
+        raise FeatbenchError("--epochs and --seeds must be at least 1, --batch-size at least 2")
+    for split in SPLITS:
+        if not len(data.paths[split]):
+            raise FeatbenchError(f"{data.source}: no labelled {split} images to fine-tune with")
+
+
+def starting_model(backbone: Backbone, data: SplitImages, mode: str, recipe: Recipe, dev: Device, seed: int,
+                   log) -> tuple[Finetuned, Probe | None]:
+    """What every run starts from: the pretrained trunk and a new head, the linear probe's when
+    `recipe.head_init` is `probe`."""
+    torch.manual_seed(seed)
+    n_classes = len(data.class_names)
+    model = Finetuned(backbone, n_classes, mode, recipe.freeze_bn_stats).to(dev.device)
+    model = model.to(memory_format=torch.channels_last)
+    if recipe.head_init != "probe":
+        return model, None
+    started = time.perf_counter()
+    probe = linear_probe(model, data, backbone.preprocess, dev, n_classes)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(probe.weight))
+        model.head.bias.copy_(torch.from_numpy(probe.bias))
+    log(f"{backbone.name} linear probe: C={probe.C:.3g}, val log-loss {probe.val_log_loss:.4f} "
+        f"({time.perf_counter() - started:.0f}s)")
+    return model, probe
+
+
+def _seed_scores(run: Run, p: np.ndarray, seen: np.ndarray, data: SplitImages) -> dict:
+    """One seed's row of `over_seeds`: its chosen epoch on val and its test scores."""
+    y = data.labels["test"][seen]
+    return {"seed": run.seed, "best_epoch": run.best.epoch, "val_log_loss": run.best.val_log_loss,
+            "val_accuracy": run.best.val_accuracy, "accuracy": float(accuracy_score(y, p[seen].argmax(1))),
+            "log_loss": float(log_loss(y, p[seen], labels=range(len(data.class_names))))}
+
+
+def _compute(model: Finetuned, runs: list[Run], replicas: list[Run], probe: Probe | None, recipe: Recipe,
+             epochs: int, dev: Device) -> dict:
+    """The budget a fine-tune was given, as the report states it beside the frozen heads'."""
+    epochs_run = sum(len(r.curve) - 1 for r in runs)
+    return {"device": dev.device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
+            "runs": len(runs), "epochs": epochs, "epochs_run": epochs_run,
+            "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
+            "configurations": epochs_run + (probe.configurations if probe else 0), "augment": recipe.describe(),
+            "seeds_images_seen": sum(r.images_seen for r in replicas),
+            "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
+            "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__}
 
 
 def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, recipe: Recipe | None = None,
@@ -318,99 +393,59 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
              train_seed: int = 0, device: str = "auto", workers: int = -1, amp: bool = True,
              weights: str | None = None, random_init: bool = False, log=lambda msg: None) -> ModelMetrics:
     """Fine-tune on `data`'s train split, choose on val, score test once; returns the metrics."""
-    if mode not in MODES:
-        raise FeatbenchError(f"unknown --mode {mode!r}; choose {', '.join(MODES)}")
+    _check(data, mode, epochs, batch_size, seeds, epoch_images)
     recipe = recipe or recipe_for(mode)
-    if (epochs is not None and epochs < 1) or batch_size < 2 or seeds < 1 or epoch_images < 0:
-        raise FeatbenchError("--epochs and --seeds must be at least 1, --batch-size at least 2")
-    for split in SPLITS:
-        if not len(data.paths[split]):
-            raise FeatbenchError(f"{data.source}: no labelled {split} images to fine-tune with")
-    torch_device = pick_device(device)
-    dev = Device(torch_device, uses_amp(torch_device, amp), workers if workers >= 0 else
-                 (0 if torch_device.type == "cpu" else default_workers(torch_device)), batch_size)
-    if not dev.cuda:
-        keep_freed_memory()  # as extraction does: a fair baseline (1.6x faster on CPU, same weights)
-    epochs = epochs or default_epochs(torch_device)
-    n_train, n_classes = len(data.paths["train"]), len(data.class_names)
+    dev = Device.choose(device, amp, workers, batch_size)
+    epochs = epochs or default_epochs(dev.device)
+    n_train = len(data.paths["train"])
     per_epoch = min(epoch_images or n_train, n_train)
     backbone = create_backbone(backbone_name, weights, random_init)
-    pre = backbone.preprocess
-    torch.manual_seed(train_seed)
-    model = Finetuned(backbone, n_classes, mode, recipe.freeze_bn_stats).to(torch_device)
-    model = model.to(memory_format=torch.channels_last)
-
     started = time.perf_counter()
-    probe = None
-    if recipe.head_init == "probe":
-        probe = linear_probe(model, data, pre, dev, n_classes)
-        with torch.no_grad():
-            model.head.weight.copy_(torch.from_numpy(probe.weight))
-            model.head.bias.copy_(torch.from_numpy(probe.bias))
-        log(f"{backbone.name} linear probe: C={probe.C:.3g}, val log-loss {probe.val_log_loss:.4f} "
-            f"({time.perf_counter() - started:.0f}s)")
+    model, probe = starting_model(backbone, data, mode, recipe, dev, train_seed, log)
     start = copy.deepcopy(model.state_dict())
-    runs = [train_run(model, start, data, pre, recipe, lr, train_seed, epochs, per_epoch, dev, log)
-            for lr in recipe.lrs]
-    chosen = min(runs, key=lambda r: r.best["val_log_loss"])
+
+    def train(lr: float, seed: int) -> Run:
+        return train_run(model, start, data, backbone.preprocess, recipe, lr, seed, epochs, per_epoch, dev, log)
+    runs = [train(lr, train_seed) for lr in recipe.lrs]
+    chosen = min(runs, key=lambda r: r.best.val_log_loss)
     fit_seconds = time.perf_counter() - started
 
-    test = _loader(_Images(data, "test", pre), dev)
-    y_test = data.labels["test"]
+    test = _loader(_Images(data, "test", backbone.preprocess), dev)
     t0 = time.perf_counter()
     p, seen = _test_scores(model, chosen, test, dev, data)
     predict_seconds = time.perf_counter() - t0
     if not seen.any():
         raise FeatbenchError(f"{data.root}: none of the test images could be read")
     final = copy.deepcopy(model.state_dict())
-    scores = evaluate(y_test[seen], p[seen], [q for q, s in zip(data.paths["test"], seen) if s], data.class_names)
-
-    replicas, t0 = [], time.perf_counter()
-    for seed in range(train_seed + 1, train_seed + seeds):  # the chosen configuration, other seeds
-        run = train_run(model, start, data, pre, recipe, chosen.lr, seed, epochs, per_epoch, dev, log)
-        q, ok = _test_scores(model, run, test, dev, data)
-        replicas.append((run, {"accuracy": float(accuracy_score(y_test[ok], q[ok].argmax(1))),
-                               "log_loss": float(log_loss(y_test[ok], q[ok], labels=range(n_classes)))}))
+    scores = evaluate(data.labels["test"][seen], p[seen], [q for q, s in zip(data.paths["test"], seen) if s],
+                      data.class_names)
+    t0 = time.perf_counter()
+    replicas = [train(chosen.lr, seed) for seed in range(train_seed + 1, train_seed + seeds)]  # other seeds
+    seed_rows = [_seed_scores(chosen, p, seen, data)] + [_seed_scores(r, *_test_scores(model, r, test, dev, data),
+                                                                      data) for r in replicas]
     seeds_seconds = time.perf_counter() - t0
 
     stem = store_path(out, data.dataset["name"], backbone, weights, "float32").stem  # as classify names it
-    name = model_name(stem, mode, recipe.name)
-    all_runs = runs + [r for r, _ in replicas]
+    model_path = Path(out) / data.dataset["name"] / "models" / f"{model_name(stem, mode, recipe.name)}.pt"
     metrics = ModelMetrics(
         dataset=data.dataset["name"], backbone=stem, backbones=[backbone.name],
-        head=f"finetune-{mode}", model=f"{name}.pt", refit=False, classes=data.class_names,
+        head=f"finetune-{mode}", model=model_path.name, refit=False, classes=data.class_names,
         n_train=n_train, n_val=len(data.paths["val"]), n_test=int(seen.sum()), **scores,
-        val_log_loss=chosen.best["val_log_loss"], val_accuracy=chosen.best["val_accuracy"],
+        val_log_loss=chosen.best.val_log_loss, val_accuracy=chosen.best.val_accuracy,
         params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
-                "lr": chosen.lr, "best_epoch": chosen.best["epoch"], "temperature": chosen.best["temperature"],
+                "lr": chosen.lr, "best_epoch": chosen.best.epoch, "temperature": chosen.best.temperature,
                 **({"probe_C": probe.C} if probe else {})},
-        sweep=[row for r in all_runs for row in r.curve], members={},
+        sweep=[asdict(row) for r in runs + replicas for row in r.curve], members={},
         fit_seconds=round(fit_seconds, 3), predict_seconds=round(predict_seconds, 4),
         seeds_seconds=round(seeds_seconds, 3), features={},
         split_fingerprint=data.fingerprint, split_source=data.source, dataset_root=str(data.root),
-        weights=backbone.weights,
-        compute={"device": torch_device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
-                 "runs": len(runs), "epochs": epochs, "epochs_run": sum(len(r.curve) - 1 for r in runs),
-                 "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
-                 "configurations": sum(len(r.curve) - 1 for r in runs) + (probe.configurations if probe else 0),
-                 "augment": recipe.describe(),
-                 "seeds_images_seen": sum(r.images_seen for r, _ in replicas),
-                 "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
-                 "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__},
-        featbench_version=featbench_version(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if seeds > 1:
-        rows = [{"seed": r.seed, "best_epoch": r.best["epoch"], "val_log_loss": r.best["val_log_loss"],
-                 "val_accuracy": r.best["val_accuracy"], "accuracy": s["accuracy"], "log_loss": s["log_loss"]}
-                for r, s in [(chosen, scores)] + replicas]
-        metrics = replace(metrics, seeds=over_seeds(rows))
-    folder = Path(out) / data.dataset["name"] / "models"
-    model_path = folder / metrics.model
+        weights=backbone.weights, compute=_compute(model, runs, replicas, probe, recipe, epochs, dev),
+        seeds=over_seeds(seed_rows) if seeds > 1 else None, path=str(model_path),
+        featbench_version=featbench_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
                                                      "backbone": backbone.name, "mode": mode,
-                                                     "temperature": chosen.best["temperature"],
+                                                     "temperature": chosen.best.temperature,
                                                      "weights": backbone.weights}, tmp))
-    metrics = replace(metrics, path=str(model_path))
     atomic_write(model_path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
     return metrics
 

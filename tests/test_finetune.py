@@ -3,13 +3,13 @@ selection on val, seeds, and a tiny run that learns."""
 import copy
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from conftest import write_image
 from PIL import Image
-from sklearn.linear_model import LogisticRegression
 
 import benchmarks.finetune as ft
 from benchmarks.recipes import (LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for,
@@ -151,9 +151,8 @@ def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatc
         loss, acc, train = fake[lr]
         state = copy.deepcopy(start)
         state["head.bias"] = torch.tensor([lr, -lr])  # marks the run
-        row = {"lr": lr, "seed": seed, "epoch": 1, "train_loss": train, "val_log_loss": loss,
-               "val_accuracy": acc, "temperature": 1.5}
-        return ft.Run(lr, seed, [dict(row, epoch=0, train_loss=None), row], row, state, 24, 0.1)
+        row = ft.Epoch(lr, seed, 1, train, loss, loss, acc, 1.5, 0.1)
+        return ft.Run(lr, seed, [replace(row, epoch=0, train_loss=None), row], row, state, 24, 0.1)
 
     def scores(model, run, test, dev, data):
         used.append(float(run.state["head.bias"][0]))
