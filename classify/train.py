@@ -25,7 +25,7 @@ from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import evaluate, over_seeds, proba
 from classify.models import backbone_record, bundle, save_model
-from classify.select import fit_fixed, score, sweep
+from classify.select import Selection, fit_fixed, score, sweep
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
@@ -144,15 +144,9 @@ class Candidate:
     name: str
     head: str
     stores: list
-    template: object  # unfitted estimator; `fixed` params rebuild the chosen model without val
-    fixed: dict
-    model: object
-    params: dict
-    val_log_loss: float
-    val_accuracy: float
-    seconds: float
-    sweep: list = field(default_factory=list)
-    members: dict = field(default_factory=dict)
+    template: object  # unfitted estimator; `chosen.fixed` params rebuild the chosen model without val
+    chosen: Selection  # the chosen model, fitted on train, and the sweep that chose it
+    members: dict = field(default_factory=dict)  # ensembles: each store's head
     configurations: int = 0  # grid points scored on val to choose this model
     replicas: dict = field(default_factory=dict)  # seed → Selection of the same head with that random state
 
@@ -167,8 +161,7 @@ def side_by_side(stores: list[Store], split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _single(store: Store, head: str, sel, replicas: dict) -> Candidate:
-    return Candidate(f"{store.name}-{head}", head, [store], HEADS[head].make(), sel.fixed, sel.model,
-                     sel.params, sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep,
+    return Candidate(f"{store.name}-{head}", head, [store], HEADS[head].make(), sel,
                      configurations=len(sel.sweep), replicas=replicas)
 
 
@@ -184,8 +177,7 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     Xv, yv = side_by_side(stores, "val")
     if head == "concat":
         sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes)
-        return Candidate(name, head, stores, ensembles.concat(dims), sel.fixed, sel.model, sel.params,
-                         sel.val_log_loss, sel.val_accuracy, sel.seconds, sel.sweep, configurations=len(sel.sweep))
+        return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=len(sel.sweep))
     best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
             for s in stores}
     members = {n: HEADS[h].make().set_params(**sel.fixed) for n, (h, sel) in best.items()}
@@ -194,9 +186,9 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     model = fit_fixed(template, {}, X, y)
     seconds = time.perf_counter() - started + sum(selections[s.name, h].seconds for s in stores for h in HEADS)
     loss, acc = score(model, Xv, yv, n_classes)
-    return Candidate(name, head, stores, template, {}, model,
-                     {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, loss, acc, seconds,
-                     members={n: h for n, (h, _) in best.items()},
+    chosen = Selection(model, {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, {}, [], loss, acc,
+                       seconds)
+    return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
                      configurations=sum(len(selections[s.name, h].sweep) for s in stores for h in HEADS))
 
 
@@ -243,7 +235,7 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: i
     for h in wanted:
         with refusal(stores[0].path.parent, h):
             out.append(_ensemble(h, stores, selections, len(stores[0].class_names)))
-        log(f"{out[-1].name}: val log-loss {out[-1].val_log_loss:.4f} ({out[-1].seconds:.1f}s)")
+        log(f"{out[-1].name}: val log-loss {out[-1].chosen.val_log_loss:.4f} ({out[-1].chosen.seconds:.1f}s)")
     return out
 
 
@@ -254,13 +246,14 @@ def finish(c: Candidate, refit: bool) -> ModelMetrics:
         X, y = c.features("train")
         Xv, yv = c.features("val")
         started = time.perf_counter()
-        c.model = fit_fixed(c.template, c.fixed, np.vstack([X, Xv]), np.concatenate([y, yv]))
-        c.seconds += time.perf_counter() - started
+        c.chosen = replace(c.chosen, model=fit_fixed(c.template, c.chosen.fixed, np.vstack([X, Xv]),
+                                                     np.concatenate([y, yv])),
+                           seconds=c.chosen.seconds + time.perf_counter() - started)
         n_train += len(c.stores[0].val)
     X, y = c.features("test")
     n_classes = len(c.stores[0].class_names)
     started = time.perf_counter()
-    p = proba(c.model, X, n_classes)
+    p = proba(c.chosen.model, X, n_classes)
     metrics = report(c, p, time.perf_counter() - started, n_train, refit)
     if c.replicas:
         metrics = replace(metrics, **_seed_scores(c, metrics, refit))
@@ -273,7 +266,7 @@ def _seed_scores(c: Candidate, metrics: ModelMetrics, refit: bool) -> dict:
     n_classes = len(c.stores[0].class_names)
     started = time.perf_counter()
     runs = [{"seed": c.template.get_params()["random_state"], "accuracy": metrics.accuracy,
-             "log_loss": metrics.log_loss, "val_log_loss": c.val_log_loss, "params": c.params}]
+             "log_loss": metrics.log_loss, "val_log_loss": c.chosen.val_log_loss, "params": c.chosen.params}]
     for seed, sel in c.replicas.items():
         model = sel.model
         if refit:
@@ -297,9 +290,9 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
                         model=f"{c.name}{'-refit' if refit else ''}.joblib", refit=refit,
                         classes=store.class_names, n_train=n_train, n_val=len(store.val), n_test=len(y),
                         **evaluate(y, p, store.test.paths, store.class_names),
-                        val_log_loss=c.val_log_loss, val_accuracy=c.val_accuracy, params=c.params,
-                        sweep=c.sweep, members=c.members, configurations=c.configurations,
-                        fit_seconds=round(c.seconds, 3),
+                        val_log_loss=c.chosen.val_log_loss, val_accuracy=c.chosen.val_accuracy,
+                        params=c.chosen.params, sweep=c.chosen.sweep, members=c.members,
+                        configurations=c.configurations, fit_seconds=round(c.chosen.seconds, 3),
                         predict_seconds=round(predict_seconds, 4),
                         features={s.name: s.meta.fingerprint for s in c.stores},
                         split_fingerprint=store.meta.split_fingerprint, featbench_version=featbench_version())
@@ -310,10 +303,10 @@ def write(c: Candidate, metrics: ModelMetrics, folder: Path) -> ModelMetrics:
     with `created` and `path` set."""
     path = folder / metrics.model
     store = c.stores[0]
-    model = bundle(c.model, head=c.head, class_names=store.class_names,
+    model = bundle(c.chosen.model, head=c.head, class_names=store.class_names,
                    backbones=[backbone_record(s.name, s.meta) for s in c.stores],
                    split_fingerprint=store.meta.split_fingerprint, dataset=store.dataset,
-                   refit=metrics.refit, params=c.params)
+                   refit=metrics.refit, params=c.chosen.params)
     metrics = replace(metrics, created=model["created"])
     save_model(path, model)
     atomic_write(path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
@@ -410,15 +403,15 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                 candidates = []
                 for head, best in chosen.items():
                     params = {**best["point"], "epochs": best["epochs"]}
-                    c = Candidate(f"{store.name}-{head}", head, [store], None, params, best["model"], params,
-                                  best["val_log_loss"], best["val_accuracy"], best["seconds"], best["sweep"],
-                                  configurations=len(best["sweep"]))
+                    sel = Selection(best["model"], params, params, best["sweep"], best["val_log_loss"],
+                                    best["val_accuracy"], best["seconds"])
+                    c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=len(sel.sweep))
                     if refit:
                         started = time.perf_counter()
-                        c.model = stream.refit(head, best, fs, fitted)
-                        c.seconds += time.perf_counter() - started
+                        c.chosen = replace(c.chosen, model=stream.refit(head, best, fs, fitted),
+                                           seconds=c.chosen.seconds + time.perf_counter() - started)
                     candidates.append(c)
-                probs, seconds = stream.predict([c.model for c in candidates], test, len(store.class_names))
+                probs, seconds = stream.predict([c.chosen.model for c in candidates], test, len(store.class_names))
                 for c, p, predict_seconds in zip(candidates, probs, seconds):
                     out.append((c, replace(report(c, p, predict_seconds, len(fitted), refit), out_of_core=True)))
     folder = stores[0].path.parent / "models"
