@@ -6,7 +6,7 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
    best head by validation log-loss;
 3. with `refit`, refit each chosen configuration on train+val;
 4. predict the test split, once per model;
-5. write `{stores}/models/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
+5. write `{models folder}/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
 
 Stores whose features exceed `max_memory` go through `run_streamed` instead: the same steps, with
 the incremental heads of `classify.stream` fed from disk.
@@ -331,9 +331,15 @@ def feature_bytes(path) -> int:
         return len(fs.paths) * fs.dim * 4
 
 
+def models_folder(store: Store, out: Path | None) -> Path:
+    """Where models go: OUT/DATASET/models, or without `out` the models/ folder beside the store."""
+    return Path(out) / store.dataset / "models" if out is not None else store.path.parent / "models"
+
+
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
-        max_memory: int | None = None, seeds: int = 1) -> list[dict]:
+        max_memory: int | None = None, seeds: int = 1, out: Path | None = None) -> list[dict]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
+    Models are written to `models_folder(first store, out)`.
 
     `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
     their test scores (`seeds` in the metrics); the saved model is the default seed's.
@@ -353,12 +359,12 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     if need > limit:
         if seeds > 1:
             print("note: out of core, each head is trained with its default seed only", file=sys.stderr)
-        return run_streamed(list(unique.values()), heads, refit, log, limit, need)
+        return run_streamed(list(unique.values()), heads, refit, log, limit, need, out)
     stores = [load_store(p) for p in unique.values()]
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
-    folder = stores[0].path.parent / "models"
+    folder = models_folder(stores[0], out)
     for c, metrics in zip(candidates, results):
         metrics["path"] = str(write(c, metrics, folder))
     return results
@@ -385,7 +391,8 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int) -> list[dict]:
+def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int,
+                 out: Path | None = None) -> list[dict]:
     """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5."""
     gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
     wanted = [h for h in heads if h in stream.STREAM_HEADS]
@@ -396,7 +403,7 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
     print(f"note: {gib}: streaming features from disk"
           + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)
     stores = [load_store(p, features=False) for p in paths]
-    out = []
+    written = []
     with threadpool_limits(limits=BLAS_THREADS):
         for store in stores:
             with FeatureStore(store.path) as fs:
@@ -423,8 +430,8 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                 for c, p, predict_seconds in zip(candidates, probs, seconds):
                     metrics = report(c, p, predict_seconds, len(fitted), refit)
                     metrics["out_of_core"] = True
-                    out.append((c, metrics))
-    folder = stores[0].path.parent / "models"
-    for c, metrics in out:
+                    written.append((c, metrics))
+    folder = models_folder(stores[0], out)
+    for c, metrics in written:
         metrics["path"] = str(write(c, metrics, folder))
-    return [m for _, m in out]
+    return [m for _, m in written]
