@@ -143,7 +143,7 @@ class Device:
             else torch.autocast("cpu", enabled=False)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch on the device, channels-last (1.5x faster training on CPU, faster convs on GPU)."""
+        """A uint8 batch on the device, channels-last (faster convolutions on CPU and GPU)."""
         return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def name(self) -> str:
@@ -330,7 +330,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     dev = Device(torch_device, amp and torch_device.type == "cuda", workers if workers >= 0 else
                  (0 if torch_device.type == "cpu" else default_workers(torch_device)), batch_size)
     if not dev.cuda:
-        keep_freed_memory()  # as extraction does: a fair baseline (1.6x faster on CPU, same weights)
+        keep_freed_memory()  # as extraction does: a fair baseline (faster on CPU, same weights)
     epochs = epochs or default_epochs(torch_device)
     n_train, n_classes = len(data.paths["train"]), len(data.class_names)
     per_epoch = min(epoch_images or n_train, n_train)

@@ -33,8 +33,8 @@ from features.schema import NO_LABEL, featbench_version
 
 
 # BLAS runs single-threaded while heads train: these dense problems are small, and a second
-# OpenBLAS thread only spins when cores are shared (lbfgs on a 485×1280, 32-class store took 21 s
-# of CPU with two threads on a busy 2-core machine, 0.6 s with one).
+# OpenBLAS thread only spins when cores are shared (lbfgs on a small many-class store took many
+# times the CPU with two threads on a busy 2-core machine as with one).
 BLAS_THREADS = 1
 
 

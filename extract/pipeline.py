@@ -173,8 +173,8 @@ def _collate(batch):
     """In the worker: [(position, hash, reason, decoded?)] and one uint8 array of the decoded images.
 
     A numpy array, not a tensor: tensors arriving through torch's shared memory made the CPU graph of
-    `optimize_for_inference` grow the main process ~9 MB per batch (2 GB at 6,000 images); arrays
-    sent through the pipe keep it flat.
+    `optimize_for_inference` grow the main process with every batch; arrays sent through the pipe
+    keep it flat.
     """
     tensors = [t for _, _, t, _ in batch if t is not None]
     meta = [(i, h, why, t is not None) for i, h, t, why in batch]
