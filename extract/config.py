@@ -8,8 +8,10 @@ The config file is `featbench.toml` in the working directory (or `--config FILE`
     target = "breed"         # oxford-pets only: breed (37-way) or species (cat/dog)
     name = ""                # store folder name; default from the path
     splits = [0.7, 0.15, 0.15]
-    seed = 0
-    out = "runs"             # where feature stores and models go
+    seed = 0                 # the split seed (--seed)
+    out = "runs"             # the output folder (--out): OUT/DATASET/ holds stores, models and reports
+
+Each key has the flag of the same name (`path`: --data); `resolve` merges them, flags first.
 """
 import argparse
 import sys
@@ -52,7 +54,7 @@ def fractions(text: str) -> list[float]:
 
 def add_dataset_args(parser: argparse.ArgumentParser, config: bool = True) -> None:
     """The dataset flags; `config=False` leaves out --config (for a command that reads its own config)."""
-    g = parser.add_argument_group("dataset (flags override featbench.toml's [dataset] table)")
+    g = parser.add_argument_group("dataset (flags override the config's [dataset] table)")
     if config:
         g.add_argument("--config", type=Path, help=f"config file (default: ./{CONFIG_NAME} if present)")
     g.add_argument("--data", help="dataset folder or CSV file")
