@@ -1,38 +1,25 @@
-"""`python -m benchmarks COMMAND`: featbench's runs turned into the reports users come for.
-
-  run CONFIG.toml        backbones × heads on one dataset (+ fine-tunes), then the report
-  finetune --backbone N  a fine-tuned baseline on the heads' split (--mode full|bn-head|head)
-  report FOLDER          rebuild a report from existing metrics files
-  speed                  extraction images/second against the seed notebooks' pipeline
-  scale                  logreg out of core on a 1,000,000 × 1,280 synthetic store: time and peak RSS
-
-`python -m benchmarks COMMAND --help` for each command's options.
-"""
-import importlib
+"""`python -m benchmarks`: featbench's runs turned into the reports users come for."""
 import sys
+from importlib import import_module
 
-from features.cli import run_cli
-from features.errors import FeatbenchError
-
-COMMANDS = {"run": "benchmarks.grid", "finetune": "benchmarks.finetune", "report": "benchmarks.report",
-            "speed": "benchmarks.speed", "scale": "benchmarks.scale"}
+from features.cli import Command, CommandLine, run_cli
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print(__doc__)
-        return 0
-    if not argv or argv[0] not in COMMANDS:
-        print((f"unknown command {argv[0]!r}\n" if argv else "") + __doc__, file=sys.stderr)
-        return 2
-    try:
-        module = importlib.import_module(COMMANDS[argv[0]])
-    except ModuleNotFoundError as e:
-        if e.name != COMMANDS[argv[0]]:
-            raise
-        raise FeatbenchError(f"`{argv[0]}` is not in this featbench yet ({e.name} is missing)") from None
-    return module.main(argv[1:])
+def lazy(help: str, module: str) -> Command:
+    """A command whose module (its `add_arguments(parser)` and `main(args)`) is imported only when it runs:
+    `--help` imports none of them."""
+    return Command(help, lambda p: import_module(module).add_arguments(p),
+                   lambda args: import_module(module).main(args))
+
+
+CLI = CommandLine("python -m benchmarks", __doc__, {
+    "run": lazy("backbones × heads on one dataset (+ fine-tunes), then the report", "benchmarks.grid"),
+    "finetune": lazy("a fine-tuned baseline on the heads' split", "benchmarks.finetune"),
+    "report": lazy("rebuild a report from existing metrics files", "benchmarks.report"),
+    "speed": lazy("extraction images/second against the seed notebooks' pipeline", "benchmarks.speed"),
+    "scale": lazy("logreg out of core on a large synthetic store: time and peak RSS", "benchmarks.scale"),
+})
+main = CLI.main
 
 
 if __name__ == "__main__":

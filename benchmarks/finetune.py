@@ -39,7 +39,7 @@ from classify.heads import HEADS
 from classify.metrics import evaluate, over_seeds
 from classify.select import sweep
 from extract.backbones import Backbone, create_backbone
-from extract.config import add_dataset_args, resolve
+from extract.config import add_dataset_args, dataset_flags, resolve
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
 from extract.device import autocast, default_workers, pick_device, uses_amp
@@ -143,7 +143,7 @@ class Device:
         return autocast(self.device, self.amp)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch on the device, channels-last (1.5x faster training on CPU, faster convs on GPU)."""
+        """A uint8 batch on the device, channels-last (faster convolutions on CPU and GPU)."""
         return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     @classmethod
@@ -482,9 +482,8 @@ def recipe_from_args(args, mode: str) -> Recipe:
                       pct_start=args.pct_start)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
     p.add_argument("--backbone", required=True, help="registered backbone or timm model name")
     p.add_argument("--mode", choices=list(MODES), default="full", help="; ".join(f"{k}: {v}" for k, v in MODES.items()))
     p.add_argument("--epochs", type=int,
@@ -493,8 +492,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-images", type=int, default=0,
                    help="train on a random N of the train images per epoch (default: all of them)")
     p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="repeat the chosen configuration with N seeds in all; mean ± std of test scores (default 1)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="N seeds in all (default 1): the chosen configuration is repeated with N-1 more seeds, and "
+                        "the test scores' mean ± std over the N are recorded")
     p.add_argument("--train-seed", type=int, default=0,
                    help="first training seed: head, order, augmentation (default 0)")
     add_recipe_args(p)
@@ -509,12 +509,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     add_dataset_args(p)
-    return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    settings = resolve(args, need_data=args.features is None)
+def main(args: argparse.Namespace) -> int:
+    settings = resolve(**dataset_flags(args), need_data=args.features is None)
     data = same_split(settings, args.backbone, args.features)
     out = settings.out if args.out or args.features is None else args.features.parent.parent
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -3,9 +3,10 @@
 For each backbone: extract (cached rows are reused; a backbone without weights here is skipped and
 the report says why), then every head on every store, then the configured fine-tunes on the same
 split (a fine-tune whose metrics already exist for this split, weights and settings is reused),
-then the report in OUT/DATASET/report/. The config:
+then the report in OUT/DATASET/report/. The config (its [dataset] table as featbench.toml's; the
+dataset flags override it):
 
-    [dataset]                  # as featbench.toml; a relative path is relative to the config file
+    [dataset]                  # a relative path is relative to the config file
     path = "../../../shared/data/dogs-vs-cats/train"
     splits = [0.7, 0.15, 0.15]
     seed = 0
@@ -39,7 +40,7 @@ from benchmarks.report import build, markdown_table
 from classify.heads import ENSEMBLES
 from classify.train import parse_heads, run as classify
 from extract.backbones import create_backbone
-from extract.config import add_dataset_args, resolve, tomllib
+from extract.config import add_dataset_args, dataset_flags, resolve, tomllib
 from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
@@ -105,25 +106,28 @@ def _reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMet
     return replace(m, path=str(path.with_name(m.model))) if same else None
 
 
-def run(config: Path, args) -> tuple:
+def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | None = None, finetunes: bool = True,
+        seeds: int | None = None, random_init: bool = False, device: str = "auto", title: str = "",
+        quiet: bool = False, **overrides) -> tuple:
+    """The benchmark of `config`; `backbones`, `heads` and `seeds` override its own, `overrides` (keywords of
+    `extract.config.resolve`: data, splits, seed, out…) its [dataset] table. Returns the report's (Collected, files)."""
     started = time.perf_counter()
     cfg = read_config(config)
     bench = cfg["benchmark"]
-    args.config = config
-    settings = resolve(args)
+    settings = resolve(config, **overrides)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
-    names = args.backbone or bench["backbones"]
+    names = backbones or bench["backbones"]
     weight_files = {k: str(config.parent / v) for k, v in bench.get("weights", {}).items()}
     notes, stores, built = [], [], {}
-    options = Options(device=args.device, progress=False if args.quiet else None)
+    options = Options(device=device, progress=False if quiet else None)
     for name in names:
         weights = weight_files.get(name)
-        if weights and not Path(weights).is_file() and not args.random_init:
+        if weights and not Path(weights).is_file() and not random_init:
             notes.append(f"{name}: skipped, weights file {weights} not found")
             print(f"note: {notes[-1]}", file=sys.stderr)
             continue
         try:
-            backbone = create_backbone(name, weights, args.random_init)
+            backbone = create_backbone(name, weights, random_init)
         except FeatbenchError as e:
             notes.append(f"{name}: skipped ({str(e).split('. ')[0]})")  # the first sentence says why
             print(f"note: {name}: skipped, no weights here", file=sys.stderr)
@@ -136,24 +140,24 @@ def run(config: Path, args) -> tuple:
     if not stores:
         raise FeatbenchError(f"none of the backbones {', '.join(names)} has weights here; see "
                              "`python -m extract --list-backbones` and `--fetch-weights`")
-    heads = parse_heads(args.head or bench.get("heads", ["all"]))
+    heads = parse_heads(heads or bench.get("heads", ["all"]))
     if len(stores) < 2 and any(h in ENSEMBLES for h in heads):
         heads = [h for h in heads if h not in ENSEMBLES]
         notes.append("ensembles skipped: they need two feature stores or more")
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     extracted = time.perf_counter()
-    metrics = classify(stores, heads, bench.get("refit", False), log, seeds=args.seeds or bench.get("seeds", 1))
+    metrics = classify(stores, heads, bench.get("refit", False), log, seeds=seeds or bench.get("seeds", 1))
     classified = time.perf_counter()
 
-    entries = [] if args.no_finetune else cfg.get("finetune", [])
+    entries = cfg.get("finetune", []) if finetunes else []
     for entry in entries:
         name, mode = entry["backbone"], entry.get("mode", "full")
         if name not in built:
             notes.append(f"{name} finetune-{mode}: skipped, {name} is not in this run or has no weights here")
             continue
         data = same_split(settings, name)
-        entry = {**entry, **({"seeds": args.seeds} if args.seeds else {})}
-        recipe, budget, recorded = finetune_settings(entry, len(data.paths["train"]), args.device)
+        entry = {**entry, **({"seeds": seeds} if seeds else {})}
+        recipe, budget, recorded = finetune_settings(entry, len(data.paths["train"]), device)
         fp, weights, store_stem = built[name]
         stem = model_name(store_stem, mode, recipe.name)
         done = _reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
@@ -164,37 +168,37 @@ def run(config: Path, args) -> tuple:
             continue
         log(f"{stem}: fine-tuning ({recipe.name} recipe; peak lr {', '.join(f'{x:g}' for x in recipe.lrs)}; "
             f"epochs per run: {budget['epochs']}; seeds: {budget['seeds']})")
-        metrics.append(finetune(data, name, mode, settings.out, recipe=recipe, device=args.device, weights=weights,
-                                random_init=args.random_init, log=log, **budget))
+        metrics.append(finetune(data, name, mode, settings.out, recipe=recipe, device=device, weights=weights,
+                                random_init=random_init, log=log, **budget))
     done = time.perf_counter()
     notes.append(f"this run: {done - started:.0f} s wall; extraction {extracted - started:.0f} s, frozen heads "
                  f"{classified - extracted:.0f} s, fine-tunes {done - classified:.0f} s "
                  f"({(done - classified) / (done - started):.0%} of the run; reused fine-tunes cost nothing here)")
     print(f"note: {notes[-1]}", file=sys.stderr)
-    folder = args.report or settings.out / dataset.name / "report"
-    return build(metrics, folder, args.title, notes)
+    return build(metrics, settings.out / dataset.name / "report", title, notes)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
     p.add_argument("benchmark", type=Path, metavar="CONFIG.toml", help="e.g. benchmarks/configs/dogs-vs-cats.toml")
     p.add_argument("--backbone", nargs="+", metavar="NAME", help="only these backbones (default: the config's)")
     p.add_argument("--head", nargs="+", metavar="H", help="only these heads (default: the config's)")
     p.add_argument("--no-finetune", action="store_true", help="skip the config's fine-tunes")
     p.add_argument("--seeds", type=int, metavar="N",
-                   help="seeds for the frozen heads that have a random state and for every fine-tune (default: the "
-                        "config's [benchmark] seeds and [[finetune]] seeds, else 1)")
+                   help="N seeds in all for the frozen heads that have a random state and for every fine-tune, as "
+                        "in classify and finetune (default: the config's [benchmark] seeds and [[finetune]] seeds, "
+                        "else 1)")
     p.add_argument("--random-init", action="store_true", help="random backbone weights (tests only)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--report", type=Path, help="report folder (default OUT/DATASET/report)")
     p.add_argument("--title", default="", help="report title")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    add_dataset_args(p)
-    args = p.parse_args(argv)
-    if args.config is not None:
-        raise FeatbenchError("`run` takes its [dataset] table from CONFIG.toml; drop --config")
-    c, written = run(args.benchmark, args)
+    add_dataset_args(p, config=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    c, written = run(args.benchmark, backbones=args.backbone, heads=args.head, finetunes=not args.no_finetune,
+                     seeds=args.seeds, random_init=args.random_init, device=args.device, title=args.title,
+                     quiet=args.quiet, **dataset_flags(args))
     print(markdown_table(c))
     print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")
     return 0

@@ -490,16 +490,19 @@ def markdown_table(c: Collected) -> str:
     return _md_table(*main_table(c)[:2])
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
     p.add_argument("inputs", nargs="+", metavar="FOLDER_OR_METRICS",
                    help="a dataset folder (OUT/DATASET), its models/ folder, or *.metrics.json files")
-    p.add_argument("--report", type=Path, help="output folder (default: the dataset folder's report/)")
+    p.add_argument("--out", type=Path,
+                   help="output folder: the report goes to OUT/DATASET/report/ (default: the OUT the metrics are in)")
     p.add_argument("--title", default="", help="report title (default: featbench report: DATASET)")
-    args = p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     metrics = load_metrics(args.inputs)
-    folder = args.report or Path(metrics[0].path).parent.parent / "report"
+    here = Path(metrics[0].path).parent.parent  # OUT/DATASET/models/MODEL → OUT/DATASET
+    folder = (args.out / metrics[0].dataset if args.out else here) / "report"
     c, written = build(metrics, folder, args.title)
     print(markdown_table(c))
     print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")

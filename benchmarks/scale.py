@@ -3,7 +3,8 @@
 Writes a synthetic feature store (default 1,000,000 rows × 1,280 float32 features, two classes, the
 default 70/15/15 split), then runs `python -m classify --head logreg --max-memory 1G` on it in a
 child process and prints the child's wall time, peak RSS (target: under 2 GiB, against a 4.8 GiB
-feature matrix) and test accuracy. The store is kept (`--keep FOLDER`) or deleted afterwards.
+feature matrix) and test accuracy. The store and models are kept under `--out OUT` (OUT/synthetic/), or
+written to a temporary folder and deleted afterwards.
 """
 import argparse
 import shutil
@@ -53,16 +54,19 @@ def out_of_core(store: Path, max_memory: str) -> dict:
             "log": run.stderr.strip().splitlines()}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks scale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--max-memory", default="1G", help="classify's --max-memory (default 1G)")
-    p.add_argument("--keep", type=Path, help="write the store here and keep it (default: a temporary folder)")
-    args = p.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="featbench-scale-"))
+    p.add_argument("--out", type=Path,
+                   help="output folder: the store and models go to OUT/synthetic/ and are kept (default: a "
+                        "temporary folder, deleted afterwards)")
+
+
+def main(args: argparse.Namespace) -> int:
+    folder = args.out or Path(tempfile.mkdtemp(prefix="featbench-scale-"))
     store = folder / "synthetic" / "features.h5"
     start = time.perf_counter()
     if not store.is_file():
@@ -73,7 +77,7 @@ def main(argv=None) -> int:
     try:
         r = out_of_core(store, args.max_memory)
     finally:
-        if args.keep is None:
+        if args.out is None:
             shutil.rmtree(folder, ignore_errors=True)
     for line in r["log"]:
         print(f"  {line}")

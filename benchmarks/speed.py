@@ -31,7 +31,7 @@ from extract.device import autocast, default_workers, pick_device
 from extract.pipeline import Options, embeds_in_workers, extract, worker_count
 from features import FeatureStore
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
 
 
 class _SeedStyle(torch.utils.data.Dataset):
@@ -295,10 +295,10 @@ def print_row(r: dict) -> None:
     print(f"  embeddings vs fp32 reference (full decode, torchvision resize + crop, eager): min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok}){compiled}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks speed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"image folder (default {DEFAULT_DATA})")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, metavar="FOLDER",
+                   help=f"a folder of images (default {DEFAULT_IMAGES})")
     p.add_argument("--backbone", nargs="+", default=["mobilenet_v2", "efficientnet_lite0"])
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
@@ -311,7 +311,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3,
                    help="featbench runs per backbone, each between model-only measurements; medians are printed (default 3)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     sections = set(args.sections.split(","))
     device = pick_device(args.device)
     seed_workers = args.workers if args.workers >= 0 else default_workers(device)
@@ -319,7 +321,7 @@ def main(argv=None) -> int:
     if "throughput" in sections:
         peak = matmul_peak(device)  # once, before any pipeline runs: a property of the machine
         for name in args.backbone:
-            results["throughput"].append(bench(name, args.data, device, args.batch_size, args.workers, seed_workers,
+            results["throughput"].append(bench(name, args.images, device, args.batch_size, args.workers, seed_workers,
                                                args.limit, peak, not args.no_compile, args.repeats))
             print_row(results["throughput"][-1])
     if "memory" in sections:

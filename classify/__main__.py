@@ -1,9 +1,9 @@
 """`python -m classify`: heads and ensembles on cached features, honest metrics, saved models.
 
-  python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [--seeds N] [--max-memory SIZE]
-                     [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
+  python -m classify [train] [--head H…] [--features FILE…|--backbone NAME…] [--out OUT] [--refit] [--seeds N]
+                     [--max-memory SIZE] [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
   python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
-  python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
+  python -m classify submit --model M.joblib TEST_FOLDER [--clip 0.005] [--out FOLDER]
 """
 import argparse
 import sys
@@ -16,9 +16,9 @@ from joblib.parallel import BACKENDS
 from classify.heads import ENSEMBLES, HEADS
 from classify.predict import predict, submit
 from classify.train import asked_heads, find_stores, parse_heads, run, table
-from extract.config import CONFIG_NAME, add_dataset_args, resolve
+from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
-from features.cli import run_cli
+from features.cli import Command, CommandLine, run_cli
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 
@@ -32,18 +32,14 @@ heads:
 
 Stores come from --features, or OUT/DATASET/*.h5 for the dataset of --data or ./{CONFIG_NAME}
 (--backbone NAME… picks OUT/DATASET/NAME.h5). Hyper-parameters are chosen on the val split; the
-test split is scored once, at the end. Models and metrics go to the stores' folder:
-models/BACKBONES-HEAD[-refit].joblib and .metrics.json.
-
-other commands:
-  python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
-  python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
+test split is scored once, at the end. Models and metrics go to OUT/DATASET/models/ (DATASET: the
+stores' dataset; with --features and no --out, the models/ folder beside the first store):
+BACKBONES-HEAD[-refit].joblib and .metrics.json.
 """
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m classify", description=__doc__.splitlines()[0], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.epilog = __doc__.splitlines()[0], EPILOG
     p.add_argument("--head", nargs="+", default=["logreg"], metavar="H",
                    help=f"{'|'.join([*HEADS, *ENSEMBLES])}|all (default logreg)")
     p.add_argument("--features", nargs="+", type=Path, metavar="FILE", help="feature stores to train on")
@@ -52,8 +48,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true",
                    help="refit the chosen configuration on train+val before the test score")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="also choose each head that has a random state (mlp, svm) with N-1 more seeds and report "
-                        "the test scores' mean ± std over the N (default 1)")
+                   help="N seeds in all (default 1): each head that has a random state (mlp, svm) is also chosen "
+                        "with N-1 more seeds, and the test scores' mean ± std over the N are reported")
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="stream features from disk into incremental heads (logreg, mlp) when the stores' "
                         "float32 features exceed this, e.g. 8G or 512M (default: an eighth of RAM)")
@@ -66,7 +62,6 @@ def train_parser() -> argparse.ArgumentParser:
                         "(dask: connects to DASK_SCHEDULER_ADDRESS, else a local cluster; ray: ray.init())")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataset_args(p)
-    return p
 
 
 def parse_size(text: str) -> int:
@@ -119,25 +114,31 @@ def sweep_backend(name: str | None, n_jobs: int | None):
             client.close()
 
 
-def predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m classify predict",
-                                description="Label new images with a saved model.")
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--csv", action="store_true", help="CSV (path,label,probability,error) instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    return p
 
 
-def submit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m classify submit",
-                                description="Write a Kaggle Dogs vs. Cats submission: id,label with label = P(dog).")
+def predict_command(args) -> int:
+    print(predict(args.model, args.images, args.device, args.csv))
+    return 0
+
+
+def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
-    p.add_argument("--data", required=True, type=Path, help="folder of N.jpg test images")
+    p.add_argument("folder", type=Path, metavar="TEST_FOLDER", help="the Kaggle test folder of N.jpg images")
     p.add_argument("--clip", type=float, default=0.0, help="clip P(dog) to [c, 1-c] (e.g. 0.005)")
-    p.add_argument("--output", type=Path, default=Path("submission.csv"), help="default submission.csv")
+    p.add_argument("--out", type=Path, default=Path("."),
+                   help="output folder: writes OUT/submission.csv (default: the current folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    return p
+
+
+def submit_command(args) -> int:
+    path, n, failed = submit(args.model, args.folder, args.out / "submission.csv", args.clip, args.device)
+    print(f"{path}: {n} rows" + (f" ({failed} unreadable images set to 0.5)" if failed else ""))
+    return 0
 
 
 def stores(args) -> list[Path]:
@@ -145,7 +146,7 @@ def stores(args) -> list[Path]:
         if args.backbone:
             raise FeatbenchError("pass either --features FILE… or --backbone NAME…, not both")
         return args.features
-    settings = resolve(args)
+    settings = resolve(**dataset_flags(args))
     name = load_dataset(settings.path, settings.format, settings.target, settings.name).name
     paths = find_stores(settings.out / name, args.backbone)
     for path in paths:
@@ -157,18 +158,7 @@ def stores(args) -> list[Path]:
     return paths
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["predict"]:
-        args = predict_parser().parse_args(argv[1:])
-        print(predict(args.model, args.images, args.device, args.csv))
-        return 0
-    if argv[:1] == ["submit"]:
-        args = submit_parser().parse_args(argv[1:])
-        path, n, failed = submit(args.model, args.data, args.output, args.clip, args.device)
-        print(f"{path}: {n} rows" + (f" ({failed} unreadable images set to 0.5)" if failed else ""))
-        return 0
-    args = train_parser().parse_args(argv[1:] if argv[:1] == ["train"] else argv)
+def train(args) -> int:
     heads = parse_heads(args.head)
     paths = stores(args)
     skip = "all" in asked_heads(args.head) and len({Path(p).resolve() for p in paths}) < 2
@@ -176,7 +166,8 @@ def main(argv=None) -> int:
         heads = [h for h in heads if h not in ENSEMBLES]
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with sweep_backend(args.backend, args.n_jobs):
-        results = run(paths, heads, args.refit, log, args.max_memory, args.seeds)
+        results = run(paths, heads, args.refit, log, args.max_memory, args.seeds,
+                      out=args.out if args.features else None)  # else the stores are in OUT/DATASET already
     if skip:
         print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
     print(table(results))
@@ -188,6 +179,15 @@ def main(argv=None) -> int:
     refit = " (refit on train+val)" if args.refit else ""
     print(f"\ntest split scored once per model{refit}; models and metrics in {Path(results[0].path).parent}")
     return 0
+
+
+CLI = CommandLine("python -m classify", __doc__.splitlines()[0], {
+    "train": Command("choose heads on val, score test once, save models", add_train_arguments, train),
+    "predict": Command("label new images with a saved model", add_predict_arguments, predict_command),
+    "submit": Command("write a Kaggle Dogs vs. Cats submission: id,label with label = P(dog)", add_submit_arguments,
+                      submit_command),
+}, default="train")
+main = CLI.main
 
 
 if __name__ == "__main__":

@@ -63,8 +63,7 @@ class StreamedSplit:
         """(X, y) chunks: in row order, or with `rng` random blocks and rows shuffled within a chunk.
 
         Rows are read a block at a time: a split's rows are interleaved with the others', and one
-        read of a whole chunk's span would hold several times the chunk (1.79 → 1.44 GiB peak RSS
-        at 1,000,000 rows)."""
+        read of a whole chunk's span would hold several times the chunk."""
         blocks = [self.rows[i:i + BLOCK_ROWS] for i in range(0, len(self.rows), BLOCK_ROWS)]
         order = rng.permutation(len(blocks)) if rng is not None else np.arange(len(blocks))
         per = max(1, self.chunk_rows // BLOCK_ROWS)

@@ -6,7 +6,7 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
    best head by validation log-loss;
 3. with `refit`, refit each chosen configuration on train+val;
 4. predict the test split, once per model;
-5. write `{stores}/models/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
+5. write `{models folder}/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
 
 Stores whose features exceed `max_memory` go through `run_streamed` instead: the same steps, with
 the incremental heads of `classify.stream` fed from disk.
@@ -34,8 +34,8 @@ from features.schema import NO_LABEL, featbench_version
 
 
 # BLAS runs single-threaded while heads train: these dense problems are small, and a second
-# OpenBLAS thread only spins when cores are shared (lbfgs on a 485×1280, 32-class store took 21 s
-# of CPU with two threads on a busy 2-core machine, 0.6 s with one).
+# OpenBLAS thread only spins when cores are shared (lbfgs on a small many-class store took many
+# times the CPU with two threads on a busy 2-core machine as with one).
 BLAS_THREADS = 1
 
 
@@ -325,9 +325,15 @@ def feature_bytes(path) -> int:
         return len(fs.paths) * fs.dim * 4
 
 
+def models_folder(store: Store, out: Path | None) -> Path:
+    """Where models go: OUT/DATASET/models, or without `out` the models/ folder beside the store."""
+    return Path(out) / store.dataset / "models" if out is not None else store.path.parent / "models"
+
+
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
-        max_memory: int | None = None, seeds: int = 1) -> list[ModelMetrics]:
+        max_memory: int | None = None, seeds: int = 1, out: Path | None = None) -> list[ModelMetrics]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
+    Models are written to `models_folder(first store, out)`.
 
     `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
     their test scores (`seeds` in the metrics); the saved model is the default seed's.
@@ -347,12 +353,12 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     if need > limit:
         if seeds > 1:
             print("note: out of core, each head is trained with its default seed only", file=sys.stderr)
-        return run_streamed(list(unique.values()), heads, refit, log, limit, need)
+        return run_streamed(list(unique.values()), heads, refit, log, limit, need, out)
     stores = [load_store(p) for p in unique.values()]
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
-    folder = stores[0].path.parent / "models"
+    folder = models_folder(stores[0], out)
     return [write(c, metrics, folder) for c, metrics in zip(candidates, results)]
 
 
@@ -377,7 +383,8 @@ def table(results: list[ModelMetrics]) -> str:
     return "\n".join(lines)
 
 
-def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int) -> list[ModelMetrics]:
+def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int,
+                 out: Path | None = None) -> list[ModelMetrics]:
     """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5."""
     gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
     wanted = [h for h in heads if h in stream.STREAM_HEADS]
@@ -388,7 +395,7 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
     print(f"note: {gib}: streaming features from disk"
           + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)
     stores = [load_store(p, features=False) for p in paths]
-    out = []
+    written = []
     with threadpool_limits(limits=BLAS_THREADS):
         for store in stores:
             with FeatureStore(store.path) as fs:
@@ -413,6 +420,7 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                     candidates.append(c)
                 probs, seconds = stream.predict([c.chosen.model for c in candidates], test, len(store.class_names))
                 for c, p, predict_seconds in zip(candidates, probs, seconds):
-                    out.append((c, replace(report(c, p, predict_seconds, len(fitted), refit), out_of_core=True)))
-    folder = stores[0].path.parent / "models"
-    return [write(c, metrics, folder) for c, metrics in out]
+                    written.append((c, replace(report(c, p, predict_seconds, len(fitted), refit),
+                                               out_of_core=True)))
+    folder = models_folder(stores[0], out)
+    return [write(c, metrics, folder) for c, metrics in written]

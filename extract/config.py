@@ -8,8 +8,10 @@ The config file is `featbench.toml` in the working directory (or `--config FILE`
     target = "breed"         # oxford-pets only: breed (37-way) or species (cat/dog)
     name = ""                # store folder name; default from the path
     splits = [0.7, 0.15, 0.15]
-    seed = 0
-    out = "runs"             # where feature stores and models go
+    seed = 0                 # the split seed (--seed)
+    out = "runs"             # the output folder (--out): OUT/DATASET/ holds stores, models and reports
+
+Each key has the flag of the same name (`path`: --data); `resolve` merges them, flags first.
 """
 import argparse
 import sys
@@ -39,16 +41,35 @@ class DatasetSettings:
     out: Path
 
 
-def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("dataset (flags override featbench.toml's [dataset] table)")
-    g.add_argument("--config", type=Path, help=f"config file (default: ./{CONFIG_NAME} if present)")
+DATASET_FLAGS = ("config", "data", "format", "target", "name", "splits", "seed", "out")
+
+
+def fractions(text: str) -> list[float]:
+    """`0.7,0.15,0.15` → [0.7, 0.15, 0.15] (argparse type of --splits)."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected train,val,test fractions, e.g. 0.7,0.15,0.15") from None
+
+
+def add_dataset_args(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    """The dataset flags; `config=False` leaves out --config (for a command that reads its own config)."""
+    g = parser.add_argument_group("dataset (flags override the config's [dataset] table)")
+    if config:
+        g.add_argument("--config", type=Path, help=f"config file (default: ./{CONFIG_NAME} if present)")
     g.add_argument("--data", help="dataset folder or CSV file")
     g.add_argument("--format", help="dogs-vs-cats | oxford-pets | imagefolder | csv (default: auto-detect)")
     g.add_argument("--target", help="oxford-pets: breed (37 classes, default) or species (cat/dog)")
     g.add_argument("--name", help="dataset name used for the output folder (default: from the path)")
-    g.add_argument("--splits", help="train,val,test fractions when the dataset has none (default 0.7,0.15,0.15)")
-    g.add_argument("--seed", type=int, help="split seed (default 0)")
-    g.add_argument("--out", help="output folder for stores and models (default: runs)")
+    g.add_argument("--splits", type=fractions,
+                   help="train,val,test fractions when the dataset has none (default 0.7,0.15,0.15)")
+    g.add_argument("--seed", type=int, help="split seed: which images go to train, val and test (default 0)")
+    g.add_argument("--out", type=Path, help="output folder: stores, models and reports go to OUT/DATASET/ (default: runs)")
+
+
+def dataset_flags(args: argparse.Namespace) -> dict:
+    """The dataset flags of parsed arguments, as `resolve`'s keyword arguments."""
+    return {k: getattr(args, k) for k in DATASET_FLAGS if hasattr(args, k)}
 
 
 def read_config(path: Path | None) -> dict:
@@ -65,22 +86,24 @@ def read_config(path: Path | None) -> dict:
         raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
 
 
-def resolve(args: argparse.Namespace, need_data: bool = True) -> DatasetSettings:
-    cfg = read_config(args.config)
+def resolve(config: Path | None = None, data=None, format: str | None = None, target: str | None = None,
+            name: str | None = None, splits=None, seed: int | None = None, out=None,
+            need_data: bool = True) -> DatasetSettings:
+    """The dataset settings: these values where given (not None), else the config's [dataset] table
+    (`config`, default ./featbench.toml if present), else the defaults."""
+    cfg = read_config(config)
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
-        raise FeatbenchError(f"{args.config or CONFIG_NAME}: unknown [dataset] keys {sorted(unknown)}; "
+        raise FeatbenchError(f"{config or CONFIG_NAME}: unknown [dataset] keys {sorted(unknown)}; "
                              f"known: {', '.join(DEFAULTS)}")
     merged = {**DEFAULTS, **cfg}
-    flags = {"path": args.data, "format": args.format, "target": args.target, "name": args.name,
-             "seed": args.seed, "out": args.out,
-             "splits": [float(x) for x in args.splits.split(",")] if args.splits else None}
-    merged.update({k: v for k, v in flags.items() if v is not None})
+    given = {"path": data, "format": format, "target": target, "name": name, "seed": seed, "out": out,
+             "splits": splits}
+    merged.update({k: v for k, v in given.items() if v is not None})
     if need_data and not merged["path"]:
         raise FeatbenchError(f"no dataset configured: pass --data PATH or write a [dataset] path in ./{CONFIG_NAME}")
-    base = args.config.parent if args.config and not args.data else Path(".")
     path = Path(merged["path"]) if merged["path"] else None
-    if path is not None and not path.is_absolute() and args.data is None:
-        path = base / path
+    if path is not None and not path.is_absolute() and data is None and config:
+        path = config.parent / path  # a config's path is relative to the config file
     return DatasetSettings(path, merged["format"], merged["target"], merged["name"],
                            tuple(merged["splits"]), int(merged["seed"]), Path(merged["out"]))

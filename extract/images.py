@@ -112,10 +112,10 @@ def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
     """HWC uint8 RGB → CHW uint8: shorter side to `pre.resize`, centre crop `pre.size`, as torchvision does
     (resize=0: squash).
 
-    Bilinear and bicubic use torch's antialiased uint8 resize (a port of PIL's: ~0.2-0.5% of pixels a
-    level or two off torchvision's PIL-based Resize, in half PIL's time). Other filters, and strips so
-    thin that the whole resized image would take gigabytes, use PIL: downscales resample only the source
-    region under the crop (`box`, float32: ~1% of pixels a level off).
+    Bilinear and bicubic use torch's antialiased uint8 resize (a port of PIL's, faster: a small share of
+    pixels a level or two off torchvision's PIL-based Resize). Other filters, and strips so thin that
+    the whole resized image would take gigabytes, use PIL: downscales resample only the source region
+    under the crop (`box`, float32: a small share of pixels a level off).
     """
     h, w = img.shape[:2]
     if pre.resize == 0:

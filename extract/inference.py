@@ -16,7 +16,7 @@ def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
     `Conv2dSame` pads asymmetrically (one more on the right/bottom) before each strided convolution.
     For the fixed input size of `example`, that equals a symmetric padding of a kernel one tap larger
     whose leading tap is zero: a plain convolution, which the CPU graph keeps in oneDNN's layout
-    instead of converting every tensor to pad it (efficientnet_lite0 model-only ~1.8x faster).
+    instead of converting every tensor to pad it.
     """
     from timm.layers import Conv2dSame
 
@@ -56,9 +56,9 @@ def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
 class _Flat(nn.Module):
     """`model` behind one module that owns all its parameters and buffers (as buffers).
 
-    Tracing builds a ScriptModule per registered submodule (timm's backbones have ~200): 0.4-0.7 s of
-    each run's set-up. Traced through this wrapper, the same ops are recorded into one module, and
-    freezing inlines the weights just the same.
+    Tracing builds a ScriptModule per registered submodule (timm's backbones have hundreds), which
+    lengthens each run's set-up. Traced through this wrapper, the same ops are recorded into one module,
+    and freezing inlines the weights just the same.
     """
 
     def __init__(self, model: nn.Module):
@@ -76,9 +76,9 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc reuse freed activation memory instead of returning it to the kernel.
 
     By default every block over 32 MiB (a batch's activations) is mmapped and unmapped each time, so
-    every forward pass page-faults its memory back in: a third of the CPU time went to the kernel and
-    efficientnet_lite0 ran ~1.7x slower. Raising the mmap and trim thresholds keeps the peak batch's
-    memory mapped (flat across batches). Process-wide; False where the C library is not glibc.
+    every forward pass page-faults its memory back in, and much of the CPU time goes to the kernel.
+    Raising the mmap and trim thresholds keeps the peak batch's memory mapped (flat across batches).
+    Process-wide; False where the C library is not glibc.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded in this process

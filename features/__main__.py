@@ -1,10 +1,10 @@
-"""`python -m features info FILE…`: what a feature store holds and how it was made.
-`python -m features merge SHARD…`: one store from the shard stores of a distributed extraction."""
+"""`python -m features`: what feature stores hold, and one store from the shards of a distributed extraction."""
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
 
-from features.cli import run_cli
+from features.cli import Command, CommandLine, run_cli
 from features.merge import merge
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS
@@ -43,20 +43,32 @@ def info(path) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m features", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("info", help="summarise stores")
-    i.add_argument("files", nargs="+")
-    m = sub.add_parser("merge", help="merge shards 0..N-1 of a distributed extraction into one store")
-    m.add_argument("files", nargs="+", metavar="SHARD", help="DATASET/shards/NAME.shard-R-of-N.h5 files")
-    m.add_argument("--out", help="merged store (default: DATASET/NAME.h5, beside the shards/ folder)")
-    args = p.parse_args(argv)
-    if args.command == "merge":
-        print(info(merge(args.files, args.out)))
-    else:
-        print("\n".join(info(f) for f in args.files))
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="STORE")
+
+
+def info_command(args) -> int:
+    print("\n".join(info(f) for f in args.files))
     return 0
+
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="SHARD", help="DATASET/shards/NAME.shard-R-of-N.h5 files")
+    p.add_argument("--out", type=Path,
+                   help="output folder: the store goes to OUT/DATASET/NAME.h5 (default: beside the shards/ folder)")
+
+
+def merge_command(args) -> int:
+    print(info(merge(args.files, args.out)))
+    return 0
+
+
+CLI = CommandLine("python -m features", __doc__, {
+    "info": Command("summarise stores: what they hold and how they were made", add_info_arguments, info_command),
+    "merge": Command("merge shards 0..N-1 of a distributed extraction into one store", add_merge_arguments,
+                     merge_command),
+})
+main = CLI.main
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""The one way featbench's commands end: an error is one line on stderr, never a traceback."""
+"""featbench's command lines: one grammar, `python -m PACKAGE [COMMAND] [OPTIONS]`, and one way to end:
+an error is one line on stderr, never a traceback."""
+import argparse
 import sys
+from dataclasses import dataclass, field
+from typing import Callable
 
 from features.errors import FeatbenchError
 
@@ -14,3 +18,74 @@ def run_cli(main_fn, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its line in `--help`, what adds its arguments, and what runs it (returns the exit status)."""
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """`prog COMMAND [OPTIONS]` as argparse subcommands; the chosen one is `args.which`.
+
+    With a `default`, a command line that starts with an option runs it (`python -m extract --backbone X`
+    is `python -m extract embed --backbone X`); `aliases` spell a command as a leading flag. Only the
+    chosen command's arguments are added, so a command can import its module when it runs."""
+    prog: str
+    description: str
+    commands: dict[str, Command]
+    default: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def parser(self, command: str | None = None) -> argparse.ArgumentParser:
+        """The parser of every command line; `command`'s subparser gets that command's arguments."""
+        p = argparse.ArgumentParser(prog=self.prog, description=self.description, epilog=self._epilog(),
+                                    usage=f"%(prog)s {'[COMMAND]' if self.default else 'COMMAND'} [OPTIONS]",
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = p.add_subparsers(prog=self.prog, help=argparse.SUPPRESS)  # listed by _epilog, one line each
+        for name, c in self.commands.items():
+            s = sub.add_parser(name, description=c.help, formatter_class=argparse.RawDescriptionHelpFormatter)
+            s.set_defaults(which=name)
+            if name == command:
+                c.add_arguments(s)
+        return p
+
+    def _epilog(self) -> str:
+        width = max(map(len, self.commands))
+        lines = ["commands:"] + [f"  {n:<{width}}  {c.help}" + (" (the default)" if n == self.default else "")
+                                 for n, c in self.commands.items()]
+        lines += ["", f"`{self.prog} COMMAND --help` shows a command's options."]
+        if self.default:
+            lines.append(f"Without a COMMAND, `{self.default}` runs: `{self.prog} --OPTION …` is "
+                         f"`{self.prog} {self.default} --OPTION …`.")
+        lines += [f"`{self.prog} {flag}` is `{self.prog} {name}`." for flag, name in self.aliases.items()]
+        return "\n".join(lines)
+
+    def command(self, argv: list[str]) -> tuple[str | None, list[str]]:
+        """(the command `argv` runs, None for the top-level help; `argv` with that command named first)."""
+        first = argv[0] if argv else None
+        flag, eq, value = (first or "").partition("=")
+        if flag in self.aliases:
+            return self.aliases[flag], [self.aliases[flag], *([value] if eq else []), *argv[1:]]
+        if first in self.commands:
+            return first, argv
+        if first in ("-h", "--help"):
+            return None, argv
+        if self.default and (first is None or first.startswith("-")):
+            return self.default, [self.default, *argv]
+        choices = ", ".join(self.commands)
+        if first is None or first.startswith("-"):
+            raise FeatbenchError(f"no command: {self.prog} COMMAND, with COMMAND one of {choices} (see --help)")
+        raise FeatbenchError(f"unknown command {first!r}: {self.prog} COMMAND, with COMMAND one of {choices}")
+
+    def parse(self, argv=None) -> argparse.Namespace:
+        command, argv = self.command(list(sys.argv[1:] if argv is None else argv))
+        return self.parser(command).parse_args(argv)
+
+    def main(self, argv=None) -> int:
+        args = self.parse(argv)
+        return self.commands[args.which].run(args)

@@ -25,12 +25,14 @@ def shard_path(store: Path, rank: int, world: int) -> Path:
     return store.parent / "shards" / f"{store.stem}.shard-{rank}-of-{world}.h5"
 
 
-def merged_path(shard: Path) -> Path:
-    """The store that `shard_path` made `shard` for."""
+def merged_path(shard: Path, folder: Path | None = None) -> Path:
+    """The store that `shard_path` made `shard` for, or the store of that name in `folder`."""
     m = SHARD_NAME.match(shard.name)
-    if m is None or shard.parent.name != "shards":
-        raise StoreError(f"{shard}: not at DATASET/shards/NAME.shard-R-of-N.h5; pass --out FILE for the merged store")
-    return shard.parent.parent / f"{m['stem']}.h5"
+    if m is None:
+        raise StoreError(f"{shard}: not named NAME.shard-R-of-N.h5, as extract names its shards")
+    if folder is None and shard.parent.name != "shards":
+        raise StoreError(f"{shard}: not in a DATASET/shards/ folder; pass --out OUT for OUT/DATASET/NAME.h5")
+    return (folder or shard.parent.parent) / f"{m['stem']}.h5"
 
 
 def _provenance(store: FeatureStore) -> dict:
@@ -72,8 +74,9 @@ def _embeddings(stores: list[FeatureStore], rows: int = 4096):
         yield from (X for X, _ in s.iter_chunks(np.arange(len(s.paths)), rows))
 
 
-def merge(shard_paths: list, out_path=None) -> Path:
-    """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path."""
+def merge(shard_paths: list, out=None) -> Path:
+    """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path:
+    OUT/DATASET/NAME.h5 with an `out` folder, else DATASET/NAME.h5 beside the shards/ folder."""
     stores: list[FeatureStore] = []
     try:
         for p in shard_paths:
@@ -88,8 +91,8 @@ def merge(shard_paths: list, out_path=None) -> Path:
         if not paths:
             why = next((why for s in stores for _, why, *_ in s.skipped), "none")
             raise StoreError(f"none of the shards' images could be embedded (first reason: {why})")
-        out = Path(out_path) if out_path else merged_path(stores[0].path)
         metas = [s.meta for s in stores]
+        out = merged_path(stores[0].path, out and Path(out) / metas[0].dataset["name"])
         embedded = sum(m.images_embedded for m in metas)
         seconds = max(m.extraction_seconds for m in metas)
         meta = replace(metas[0], shard=None, images_embedded=embedded, extraction_seconds=seconds,

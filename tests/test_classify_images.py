@@ -110,9 +110,9 @@ def test_kaggle_submission(trained, tmp_path, capsys):
     for kaggle_id, name in [(10, "cat.1.jpg"), (2, "dog.0.jpg"), (1, "cat.0.jpg")]:
         (test / f"{kaggle_id}.jpg").symlink_to(data / name)
     (test / "3.jpg").write_bytes(b"broken")
-    out = tmp_path / "sub.csv"
-    done = subprocess.run([sys.executable, "-m", "classify", "submit", "--model", models["avg"], "--data", test,
-                           "--clip", "0.005", "--output", out], capture_output=True, text=True)
+    out = tmp_path / "kaggle" / "submission.csv"
+    done = subprocess.run([sys.executable, "-m", "classify", "submit", "--model", models["avg"], test,
+                           "--clip", "0.005", "--out", out.parent], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "4 rows (1 unreadable images set to 0.5)" in done.stdout
     lines = out.read_text().splitlines()
@@ -121,5 +121,5 @@ def test_kaggle_submission(trained, tmp_path, capsys):
     assert p[3] == 0.5 and all(0.005 <= v <= 0.995 for v in p.values())
     label, prob = expected(models["avg"], trained[1])["dog.0.jpg"]
     assert p[2] == pytest.approx(np.clip(prob if label == "dog" else 1 - prob, 0.005, 0.995), abs=1e-3)
-    rc, _, err = cli(capsys, "submit", "--model", models["avg"], "--data", data, "--output", tmp_path / "no.csv")
-    assert rc == 2 and err.startswith("error: ") and "N.jpg" in err and not (tmp_path / "no.csv").exists()
+    rc, _, err = cli(capsys, "submit", "--model", models["avg"], data, "--out", tmp_path / "no")
+    assert rc == 2 and err.startswith("error: ") and "N.jpg" in err and not (tmp_path / "no").exists()

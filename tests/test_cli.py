@@ -1,0 +1,199 @@
+"""The four command lines: one grammar (subcommands, a default where the README has one), one meaning per
+flag, one-line errors, and every command line of README.md accepted as written."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.__main__ import CLI as BENCHMARKS
+from classify.__main__ import CLI as CLASSIFY
+from extract.__main__ import CLI as EXTRACT
+from features import FeatureStore, write_store
+from features.__main__ import CLI as FEATURES
+from features.cli import run_cli
+from features.records import Extraction
+from test_classify import make_store, synthetic, view
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIS = {"extract": EXTRACT, "classify": CLASSIFY, "benchmarks": BENCHMARKS, "features": FEATURES}
+COMMANDS = {"extract": ["embed", "list-backbones", "fetch-weights"], "classify": ["train", "predict", "submit"],
+            "benchmarks": ["run", "finetune", "report", "speed", "scale"], "features": ["info", "merge"]}
+DEFAULTS = {"extract": "embed", "classify": "train"}
+
+
+def help_text(cli, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("package", CLIS)
+def test_help_lists_the_subcommands_the_same_way(package, capsys):
+    text = help_text(CLIS[package], capsys)
+    usage = "[COMMAND]" if package in DEFAULTS else "COMMAND"
+    assert text.startswith(f"usage: python -m {package} {usage} [OPTIONS]\n")
+    section = text.split("\ncommands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = [re.fullmatch(r"  (\S+)( +)(\S.*)", line) for line in section]
+    assert all(rows) and [r[1] for r in rows] == COMMANDS[package]
+    assert len({len(r[1]) + len(r[2]) for r in rows}) == 1  # one column for the descriptions
+    marked = [r[1] for r in rows if r[3].endswith(" (the default)")]
+    assert marked == ([DEFAULTS[package]] if package in DEFAULTS else [])
+    assert f"`python -m {package} COMMAND --help` shows a command's options." in text
+
+
+def test_benchmarks_imports_only_the_command_it_runs(monkeypatch):
+    import benchmarks.__main__ as bench_main
+    real, imported = bench_main.import_module, []
+    monkeypatch.setattr(bench_main, "import_module", lambda name: imported.append(name) or real(name))
+    BENCHMARKS.parser()  # what --help prints
+    assert imported == []
+    BENCHMARKS.parse(["report", "runs/x"])
+    assert imported == ["benchmarks.report"]
+
+
+def test_bare_options_run_the_default_command():
+    args = EXTRACT.parse(["--backbone", "mobilenet_v2", "--data", "pics", "--out", "elsewhere"])
+    assert (args.which, args.backbone, args.data, args.out) == ("embed", "mobilenet_v2", "pics", Path("elsewhere"))
+    assert EXTRACT.parse([]).which == "embed"
+    args = CLASSIFY.parse(["--head", "logreg"])
+    assert (args.which, args.head) == ("train", ["logreg"])
+    assert CLASSIFY.parse(["train", "--head", "svm"]).head == ["svm"]
+    args = EXTRACT.parse(["--fetch-weights", "all"])
+    assert (args.which, args.names) == ("fetch-weights", ["all"])
+    assert EXTRACT.parse(["--fetch-weights=vgg16,alexnet"]).names == ["vgg16,alexnet"]
+    assert EXTRACT.parse(["--list-backbones"]).which == "list-backbones"
+
+
+def test_list_backbones_both_spellings(capsys):
+    assert EXTRACT.main(["list-backbones"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith("backbone") and "mobilenet_v2" in listed
+    assert EXTRACT.main(["--list-backbones"]) == 0 and capsys.readouterr().out == listed
+
+
+@pytest.mark.parametrize("package", CLIS)
+def test_unknown_command_is_a_one_line_error(package):
+    r = subprocess.run([sys.executable, "-m", package, "fly"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: unknown command 'fly'") and r.stderr.count("\n") == 1
+    assert ", ".join(COMMANDS[package]) in r.stderr
+
+
+def test_no_command_where_there_is_no_default(capsys):
+    for cli in (BENCHMARKS, FEATURES):
+        assert run_cli(cli.main, []) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: no command") and err.count("\n") == 1
+
+
+def test_classify_features_with_out_writes_the_models_under_out(tmp_path, capsys):
+    latent, y, splits = synthetic()
+    store = make_store(tmp_path / "stores" / "synth" / "alpha.h5", view(latent, 12, 1), y, splits, "alpha")
+    out = tmp_path / "elsewhere"
+    assert run_cli(CLASSIFY.main, ["--features", str(store), "--out", str(out), "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    models = out / "synth" / "models"  # OUT/DATASET/models, DATASET from the store
+    assert sorted(p.name for p in models.iterdir()) == ["alpha-logreg.joblib", "alpha-logreg.metrics.json"]
+    assert f"models and metrics in {models}" in stdout
+    assert not (store.parent / "models").exists()
+    assert run_cli(CLASSIFY.main, ["--features", str(store), "--quiet"]) == 0  # without --out: beside the store
+    assert (store.parent / "models" / "alpha-logreg.joblib").is_file()
+
+
+def test_classify_out_of_core_honours_out_too(tmp_path, capsys):
+    latent, y, splits = synthetic()
+    store = make_store(tmp_path / "synth" / "alpha.h5", view(latent, 12, 1), y, splits, "alpha")
+    rc = run_cli(CLASSIFY.main, ["--features", str(store), "--out", str(tmp_path / "o"), "--max-memory", "1K",
+                                 "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "synth" / "models" / "alpha-logreg.joblib").is_file()
+    assert not (tmp_path / "synth" / "models").exists()
+
+
+def shard(path: Path, rank: int, world: int, names: list[str]) -> Path:
+    n = len(names)
+    meta = Extraction(backbone="b", weights_fingerprint="f", preprocess={}, amp=False,
+                      split_fractions=[0.6, 0.2, 0.2], split_seed=0, dataset={"name": "pics", "root": "/pics"},
+                      shard=[rank, world], images_embedded=n, extraction_seconds=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_store(path, dim=4, chunks=[np.full((n, 4), rank, np.float32)], labels=np.arange(n) % 2, paths=names,
+                splits=np.zeros(n, int), hashes=[""] * n, stamps=[""] * n, skipped=[], class_names=["a", "b"],
+                meta=meta)
+    return path
+
+
+def test_merge_out_is_the_output_folder(tmp_path, capsys):
+    files = [shard(tmp_path / "copied" / "b.shard-0-of-2.h5", 0, 2, ["a/0.jpg", "a/1.jpg"]),
+             shard(tmp_path / "copied" / "b.shard-1-of-2.h5", 1, 2, ["b/0.jpg"])]
+    rc = run_cli(FEATURES.main, ["merge", *map(str, files)])  # not in DATASET/shards/: no default place
+    assert rc == 2 and "pass --out OUT for OUT/DATASET/NAME.h5" in capsys.readouterr().err
+    assert run_cli(FEATURES.main, ["merge", *map(str, files), "--out", str(tmp_path / "runs")]) == 0
+    merged = tmp_path / "runs" / "pics" / "b.h5"
+    assert capsys.readouterr().out.startswith(f"{merged}\n")
+    with FeatureStore(merged) as s:
+        assert s.paths == ["a/0.jpg", "a/1.jpg", "b/0.jpg"] and s.meta.merged_from == 2
+
+
+def test_scale_out_keeps_its_store_and_models(tmp_path, capsys):
+    assert BENCHMARKS.main(["scale", "--rows", "3000", "--dim", "8", "--max-memory", "50K",
+                            "--out", str(tmp_path)]) == 0
+    assert "out of core: True" in capsys.readouterr().out
+    assert (tmp_path / "synthetic" / "features.h5").is_file()
+    assert (tmp_path / "synthetic" / "models" / "features-logreg.metrics.json").is_file()
+
+
+def test_renamed_and_removed_flags():
+    assert BENCHMARKS.parse(["speed", "--images", "pics"]).images == Path("pics")
+    assert BENCHMARKS.parse(["report", "runs/x", "--out", "o"]).out == Path("o")
+    args = CLASSIFY.parse(["submit", "--model", "m.joblib", "test1", "--out", "subs"])
+    assert (args.folder, args.out) == (Path("test1"), Path("subs"))
+    assert CLASSIFY.parse(["--splits", "0.6,0.2,0.2"]).splits == [0.6, 0.2, 0.2]
+    args = BENCHMARKS.parse(["finetune", "--backbone", "x", "--seed", "1", "--train-seed", "2", "--seeds", "3"])
+    assert (args.seed, args.train_seed, args.seeds) == (1, 2, 3)  # split seed, first training seed, how many
+    gone = [["speed", "--data", "pics"], ["report", "runs/x", "--report", "o"], ["run", "c.toml", "--report", "o"],
+            ["run", "c.toml", "--config", "featbench.toml"], ["scale", "--keep", "k"]]
+    for argv in gone:
+        with pytest.raises(SystemExit) as e:
+            BENCHMARKS.parse(argv)
+        assert e.value.code == 2, argv
+    for argv in (["submit", "--model", "m", "--data", "t"], ["submit", "--model", "m", "t", "--output", "s.csv"],
+                 ["--splits", "0.7,most"]):
+        with pytest.raises(SystemExit) as e:
+            CLASSIFY.parse(argv)
+        assert e.value.code == 2, argv
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """(package, argv) of every `python -m PACKAGE …` (or `torchrun … -m PACKAGE …`) command line in README.md,
+    in code blocks and inline code; a synopsis's [optional] parts are taken and the first of a|b|c."""
+    code, prose, inside = [], [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        else:
+            (code if inside else prose).append(line)
+    lines = "\n".join(code).replace("\\\n", " ").splitlines() + "\n".join(prose).split("`")[1::2]
+    found = []
+    for line in (ln for ln in lines if "──►" not in ln):  # not the pipeline diagram
+        for part in (p for p in line.split("&&") if " -m " in p):
+            tokens = shlex.split(part.replace("[", "").replace("]", ""), comments=True)
+            at = next((i for i, t in enumerate(tokens[:-1]) if t == "-m" and tokens[i + 1] in CLIS), None)
+            if at is not None:
+                found.append((tokens[at + 1], [t.split("|")[0] for t in tokens[at + 2:]]))
+    return found
+
+
+def test_every_readme_command_line_parses():
+    commands = readme_commands()
+    assert len(commands) > 25 and {p for p, _ in commands} == set(CLIS)
+    assert ("extract", ["--fetch-weights", "all"]) in commands  # the setup line CI runs
+    for package, argv in commands:
+        try:
+            CLIS[package].parse(argv)
+        except SystemExit as e:
+            pytest.fail(f"README: python -m {package} {' '.join(argv)} exits {e.code}")
