@@ -40,7 +40,7 @@ from benchmarks.report import build, markdown_table
 from classify.heads import ENSEMBLES
 from classify.train import parse_heads, run as classify
 from extract.backbones import create_backbone
-from extract.config import add_dataset_args, dataset_flags, resolve, tomllib
+from extract.config import add_dataset_args, dataset_flags, read_toml, resolve
 from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
@@ -54,13 +54,7 @@ FINETUNE_KEYS = BUDGET_KEYS | RECIPE_KEYS
 
 
 def read_config(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            cfg = tomllib.load(fh)
-    except FileNotFoundError:
-        raise FeatbenchError(f"{path}: config file not found (shipped ones: benchmarks/configs/*.toml)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
+    cfg = read_toml(path, " (shipped ones: benchmarks/configs/*.toml)")
     bench = cfg.get("benchmark", {})
     unknown = set(bench) - BENCHMARK_KEYS
     if unknown:

@@ -14,16 +14,11 @@ The config file is `featbench.toml` in the working directory (or `--config FILE`
 Each key has the flag of the same name (`path`: --data); `resolve` merges them, flags first.
 """
 import argparse
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from features.errors import FeatbenchError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CONFIG_NAME = "featbench.toml"
 DEFAULTS = {"path": None, "format": "auto", "target": "breed", "name": "", "splits": [0.7, 0.15, 0.15],
@@ -72,18 +67,26 @@ def dataset_flags(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in DATASET_FLAGS if hasattr(args, k)}
 
 
+def read_toml(path: Path, missing: str = "") -> dict:
+    """A TOML file's tables; a file that is missing (`missing` says where to find one) or invalid is one line."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise FeatbenchError(f"{path}: config file not found{missing}") from None
+    except OSError as e:
+        raise FeatbenchError(f"{path}: cannot read the config file ({e.strerror or type(e).__name__})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
+
+
 def read_config(path: Path | None) -> dict:
+    """The `[dataset]` table of `path`, or of ./featbench.toml when there is one."""
     if path is None:
         path = Path(CONFIG_NAME)
         if not path.is_file():
             return {}
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh).get("dataset", {})
-    except FileNotFoundError:
-        raise FeatbenchError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
+    return read_toml(path).get("dataset", {})
 
 
 def resolve(config: Path | None = None, data=None, format: str | None = None, target: str | None = None,
