@@ -2,8 +2,8 @@
 
   python -m classify [--head H…] [--features FILE…|--backbone NAME…] [--refit] [--seeds N] [--max-memory SIZE]
                      [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
-  python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
-  python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
+  python -m classify predict --model M.skops IMAGE_OR_FOLDER… [--csv]
+  python -m classify submit --model M.skops --data TEST_FOLDER [--clip 0.005] [--output FILE]
 """
 import argparse
 import sys
@@ -14,6 +14,7 @@ from joblib import parallel_config
 from joblib.parallel import BACKENDS
 
 from classify.heads import ENSEMBLES, HEADS
+from classify.models import SUFFIX
 from classify.predict import predict, submit
 from classify.train import asked_heads, find_stores, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, resolve
@@ -33,11 +34,11 @@ heads:
 Stores come from --features, or OUT/DATASET/*.h5 for the dataset of --data or ./{CONFIG_NAME}
 (--backbone NAME… picks OUT/DATASET/NAME.h5). Hyper-parameters are chosen on the val split; the
 test split is scored once, at the end. Models and metrics go to the stores' folder:
-models/BACKBONES-HEAD[-refit].joblib and .metrics.json.
+models/BACKBONES-HEAD[-refit].skops and .metrics.json.
 
 other commands:
-  python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
-  python -m classify submit --model M.joblib --data TEST_FOLDER [--clip 0.005] [--output FILE]
+  python -m classify predict --model M.skops IMAGE_OR_FOLDER… [--csv]
+  python -m classify submit --model M.skops --data TEST_FOLDER [--clip 0.005] [--output FILE]
 """
 
 
@@ -122,21 +123,25 @@ def sweep_backend(name: str | None, n_jobs: int | None):
 def predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m classify predict",
                                 description="Label new images with a saved model.")
-    p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
+    p.add_argument("--model", required=True, type=Path, help="a .skops saved by python -m classify")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--csv", action="store_true", help="CSV (path,label,probability,error) instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load a .joblib model of an older featbench: a pickle, which can run code")
     return p
 
 
 def submit_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m classify submit",
                                 description="Write a Kaggle Dogs vs. Cats submission: id,label with label = P(dog).")
-    p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
+    p.add_argument("--model", required=True, type=Path, help="a .skops saved by python -m classify")
     p.add_argument("--data", required=True, type=Path, help="folder of N.jpg test images")
     p.add_argument("--clip", type=float, default=0.0, help="clip P(dog) to [c, 1-c] (e.g. 0.005)")
     p.add_argument("--output", type=Path, default=Path("submission.csv"), help="default submission.csv")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load a .joblib model of an older featbench: a pickle, which can run code")
     return p
 
 
@@ -161,11 +166,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["predict"]:
         args = predict_parser().parse_args(argv[1:])
-        print(predict(args.model, args.images, args.device, args.csv))
+        print(predict(args.model, args.images, args.device, args.csv, args.trust_pickle))
         return 0
     if argv[:1] == ["submit"]:
         args = submit_parser().parse_args(argv[1:])
-        path, n, failed = submit(args.model, args.data, args.output, args.clip, args.device)
+        path, n, failed = submit(args.model, args.data, args.output, args.clip, args.device, args.trust_pickle)
         print(f"{path}: {n} rows" + (f" ({failed} unreadable images set to 0.5)" if failed else ""))
         return 0
     args = train_parser().parse_args(argv[1:] if argv[:1] == ["train"] else argv)
@@ -182,7 +187,7 @@ def main(argv=None) -> int:
     print(table(results))
     for r in (r for r in results if "seeds" in r):
         sd = r["seeds"]
-        print(f"{r['model'].removesuffix('.joblib')}: over {sd['n']} seeds test accuracy "
+        print(f"{r['model'].removesuffix(SUFFIX)}: over {sd['n']} seeds test accuracy "
               f"{sd['accuracy_mean']:.4f} ± {sd['accuracy_std']:.4f}, log-loss {sd['log_loss_mean']:.4f} ± "
               f"{sd['log_loss_std']:.4f}")
     refit = " (refit on train+val)" if args.refit else ""
