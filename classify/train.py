@@ -110,7 +110,8 @@ def load_store(path, features: bool = True) -> Store:
 
 
 def check_matching(stores: list[Store]) -> None:
-    """Ensembles need stores of one dataset with one split assignment (same images, labels, splits)."""
+    """Ensembles need stores of one dataset with one split assignment (same images, labels, splits),
+    extracted from the same image content (equal content hashes, row by row)."""
     first = stores[0]
     for other in stores[1:]:
         if (other.meta["split_fingerprint"] != first.meta["split_fingerprint"]
@@ -120,6 +121,15 @@ def check_matching(stores: list[Store]) -> None:
                 f"{first.path} (dataset {first.dataset}, splits {first.meta['split_fingerprint']}) do not share "
                 "a dataset and split assignment; ensemble only stores extracted from the same dataset with "
                 "the same --splits and --seed")
+    with FeatureStore(first.path) as fs:
+        paths, ours = fs.paths, fs.hashes
+    for other in stores[1:]:
+        with FeatureStore(other.path) as fs:
+            changed = [p for p, a, b in zip(paths, ours, fs.hashes) if a != b]
+        if changed:
+            raise StoreError(f"{other.path} and {first.path}: {len(changed)} of {len(paths)} images differ in "
+                             f"content hash (first: {changed[0]}), so the files changed between the two "
+                             "extractions; re-run `python -m extract` for both backbones")
 
 
 def asked_heads(values: list[str]) -> set[str]:

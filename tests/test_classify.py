@@ -45,7 +45,7 @@ def view(latent, dim, seed, noise=1.0):
     return latent @ rng.normal(size=(latent.shape[1], dim)) + noise * rng.normal(size=(len(latent), dim))
 
 
-def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None):
+def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None, hashes=None):
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
     meta = {"backbone": backbone, "weights_fingerprint": "0123456789abcdef",
@@ -57,7 +57,7 @@ def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSE
             "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "versions": {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=X.shape[1], chunks=[X] if n else [], labels=y, paths=paths, splits=splits,
-                hashes=[""] * n, stamps=[""] * n, skipped=[], class_names=class_names, meta=meta)
+                hashes=hashes or [""] * n, stamps=[""] * n, skipped=[], class_names=class_names, meta=meta)
     return path
 
 
@@ -486,6 +486,20 @@ def test_ensemble_of_different_datasets(good, capsys):
     one_line_error(*cli(capsys, "--features", a, b, "--head", "all"), "do not share a dataset and split")
     nothing_written(folder)
     one_line_error(*cli(capsys, "--features", a, "--head", "stack"), "at least two feature stores")
+
+
+@pytest.mark.parametrize("head", ENSEMBLES)
+def test_ensemble_of_stores_whose_images_changed(good, capsys, head):
+    """Same paths, labels and splits, but two images had other bytes when the second store was extracted."""
+    folder, X, y, splits = good
+    hashes = [f"{i:064x}" for i in range(len(y))]
+    a = make_store(folder / "a.h5", X, y, splits, "a", hashes=hashes)
+    b = make_store(folder / "b.h5", X, y, splits, "b", hashes=[h if i not in (7, 30) else "f" * 64
+                                                                 for i, h in enumerate(hashes)])
+    one_line_error(*cli(capsys, "--features", a, b, "--head", head), "a.h5", "b.h5", "2 of 120 images differ in content")
+    nothing_written(folder)
+    c = make_store(folder / "c.h5", X, y, splits, "c", hashes=hashes)
+    assert run_cli(main, ["--features", str(a), str(c), "--head", head, "--quiet"]) == 0
 
 
 def test_all_with_one_store_skips_ensembles(good, capsys):
