@@ -2,8 +2,8 @@
 
   python -m classify [train] [--head H…] [--features FILE…|--backbone NAME…] [--out OUT] [--refit] [--seeds N]
                      [--max-memory SIZE] [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
-  python -m classify predict --model M.joblib IMAGE_OR_FOLDER… [--csv]
-  python -m classify submit --model M.joblib TEST_FOLDER [--clip 0.005] [--out FOLDER]
+  python -m classify predict --model M.skops IMAGE_OR_FOLDER… [--csv] [--trust-pickle]
+  python -m classify submit --model M.skops TEST_FOLDER [--clip 0.005] [--out FOLDER] [--trust-pickle]
 """
 import argparse
 import sys
@@ -14,6 +14,7 @@ from joblib import parallel_config
 from joblib.parallel import BACKENDS
 
 from classify.heads import ENSEMBLES, HEADS
+from classify.models import SUFFIX
 from classify.predict import predict, submit
 from classify.train import asked_heads, find_stores, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
@@ -34,7 +35,7 @@ Stores come from --features, or OUT/DATASET/*.h5 for the dataset of --data or ./
 (--backbone NAME… picks OUT/DATASET/NAME.h5). Hyper-parameters are chosen on the val split; the
 test split is scored once, at the end. Models and metrics go to OUT/DATASET/models/ (DATASET: the
 stores' dataset; with --features and no --out, the models/ folder beside the first store):
-BACKBONES-HEAD[-refit].joblib and .metrics.json.
+BACKBONES-HEAD[-refit].skops and .metrics.json.
 """
 
 
@@ -115,28 +116,33 @@ def sweep_backend(name: str | None, n_jobs: int | None):
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
+    p.add_argument("--model", required=True, type=Path, help="a .skops saved by python -m classify")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--csv", action="store_true", help="CSV (path,label,probability,error) instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load a .joblib model of an older featbench: a pickle, which can run code")
 
 
 def predict_command(args) -> int:
-    print(predict(args.model, args.images, args.device, args.csv))
+    print(predict(args.model, args.images, args.device, args.csv, args.trust_pickle))
     return 0
 
 
 def add_submit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="a .joblib saved by python -m classify")
+    p.add_argument("--model", required=True, type=Path, help="a .skops saved by python -m classify")
     p.add_argument("folder", type=Path, metavar="TEST_FOLDER", help="the Kaggle test folder of N.jpg images")
     p.add_argument("--clip", type=float, default=0.0, help="clip P(dog) to [c, 1-c] (e.g. 0.005)")
     p.add_argument("--out", type=Path, default=Path("."),
                    help="output folder: writes OUT/submission.csv (default: the current folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load a .joblib model of an older featbench: a pickle, which can run code")
 
 
 def submit_command(args) -> int:
-    path, n, failed = submit(args.model, args.folder, args.out / "submission.csv", args.clip, args.device)
+    path, n, failed = submit(args.model, args.folder, args.out / "submission.csv", args.clip, args.device,
+                             args.trust_pickle)
     print(f"{path}: {n} rows" + (f" ({failed} unreadable images set to 0.5)" if failed else ""))
     return 0
 
@@ -173,7 +179,7 @@ def train(args) -> int:
     print(table(results))
     for r in (r for r in results if r.seeds):
         sd = r.seeds
-        print(f"{r.model.removesuffix('.joblib')}: over {sd['n']} seeds test accuracy "
+        print(f"{r.model.removesuffix(SUFFIX)}: over {sd['n']} seeds test accuracy "
               f"{sd['accuracy_mean']:.4f} ± {sd['accuracy_std']:.4f}, log-loss {sd['log_loss_mean']:.4f} ± "
               f"{sd['log_loss_std']:.4f}")
     refit = " (refit on train+val)" if args.refit else ""

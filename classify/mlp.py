@@ -5,6 +5,9 @@ features. `fit(X, y, eval_set=(X_val, y_val))` keeps the weights of the epoch wi
 validation log-loss and records it in `best_epoch_`; without `eval_set` it trains exactly
 `max_epochs` epochs, which is how a selected model is refit on train+val.
 
+A fitted model pickles, copies and saves (`classify.models`) its module as numpy weights, without
+the optimiser: no torch object is in its state.
+
 Torch runs on `n_threads` threads (default 1) while fitting and predicting: with batches this
 small, a second thread costs more than it gives, several times more on a busy machine.
 """
@@ -126,6 +129,27 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             self.best_epoch_ = self.max_epochs
         self.optimizer_ = self.generator_ = None  # the saved model needs neither; partial_fit starts afresh
         return self
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("optimizer_", None)
+        state.pop("generator_", None)
+        if "module_" in state:
+            state["module_"] = {k: v.detach().numpy().copy() for k, v in self.module_.state_dict().items()}
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        weights = state.pop("module_", None)
+        super().__setstate__(state)
+        if isinstance(weights, nn.Module):  # pickled by an older featbench, optimiser included
+            self.module_ = weights
+        elif weights is not None:
+            with torch.device("meta"):  # no random initialisation: the weights are assigned next
+                module = self._module(self.n_features_in_, len(self.classes_))
+            module.load_state_dict({k: torch.tensor(v) for k, v in weights.items()}, assign=True)
+            self.module_ = module.eval()
+            self.optimizer_ = self.generator_ = None
 
     def predict_proba(self, X):
         check_is_fitted(self)

@@ -1,18 +1,30 @@
-"""Saved models: a joblib bundle of the fitted head and everything needed to use it on new images.
+"""Saved models: a skops file of the fitted head and everything needed to use it on new images.
+
+skops (`skops.io`) stores the estimators as a zip of JSON and numpy arrays, and loading constructs
+only types it trusts by default or that `TRUSTED` names, so opening a model file cannot run code
+from it (a pickle can). Models pickled by joblib (`.joblib`, older featbench) load only with
+`trust_pickle`.
 
 The bundle is a dict: `estimator`, `head`, `class_names`, `backbones` (per backbone, in feature
 order: name, store, dim, preprocess, weights {fingerprint, file_sha256, source, random_init} and the
 store fingerprint), `split_fingerprint`, `dataset`, `refit`, `params`, `featbench_version`,
 `versions`. Loading a model checks that this featbench builds each backbone with the same weights
-and preprocessing, and refuses otherwise. Like any pickle, only load models you trust.
+and preprocessing, and refuses otherwise.
 """
 import json
+import sys
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import joblib
 import sklearn
+import skops.io
+from skops.io.exceptions import UntrustedTypesFoundException
 
+from classify.ensembles import BlockScaler
+from classify.heads import CoveringFolds, PlattSVM, SmoothedKNN
+from classify.mlp import TorchMLP
 from extract.backbones import Backbone, create_backbone
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
@@ -22,6 +34,11 @@ from features.schema import featbench_version, library_versions
 FORMAT = "featbench-model"
 FORMAT_VERSION = 1
 DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_backbone finds by name
+SUFFIX = ".skops"
+# what heads and ensembles hold beyond the types skops trusts by default
+TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, CoveringFolds, TorchMLP, BlockScaler)]
+TRUSTED += ["sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+            "sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bunch.Bunch"]
 
 
 def backbone_record(stem: str, meta: StoreMeta) -> dict:
@@ -41,17 +58,30 @@ def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], sp
 
 
 def save_model(path: Path, model: dict) -> None:
-    atomic_write(path, lambda tmp: joblib.dump(model, tmp))
+    atomic_write(path, lambda tmp: skops.io.dump(model, tmp))
 
 
-def load_model(path) -> dict:
-    """Read a saved bundle (no backbone is built yet)."""
+def load_model(path, trust_pickle: bool = False) -> dict:
+    """Read a saved bundle (no backbone is built yet); a pickled one only with `trust_pickle`.
+
+    A skops file whose types are not all trusted is refused before anything in it is constructed."""
     path = Path(path)
     if not path.is_file():
         raise FeatbenchError(f"{path}: no model file here; train one with `python -m classify`")
+    pickled = not zipfile.is_zipfile(path)
+    if pickled and not trust_pickle:
+        raise FeatbenchError(f"{path}: not a {SUFFIX} model; a .joblib model of an older featbench is a pickle, "
+                             "which can run code when loaded: re-train it with `python -m classify`, or pass "
+                             "--trust-pickle if you trust the file's source")
+    if pickled:
+        print(f"warning: {path}: unpickling it (--trust-pickle) runs any code it holds", file=sys.stderr)
     try:
-        model = joblib.load(path)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure becomes one line
+        model = joblib.load(path) if pickled else skops.io.load(path, trusted=TRUSTED)
+    except UntrustedTypesFoundException:
+        unknown = sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED))
+        raise FeatbenchError(f"{path}: holds types that no featbench model holds ({', '.join(unknown)}); "
+                             "refusing to load it") from None
+    except Exception as e:  # noqa: BLE001 - any reading failure becomes one line
         raise FeatbenchError(f"{path}: not a readable featbench model ({type(e).__name__}: {e})") from None
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise FeatbenchError(f"{path}: not a featbench model (expected a bundle saved by `python -m classify`)")

@@ -57,10 +57,10 @@ def probabilities(model: dict, model_path, files: list[Path], device: str = "aut
     return P, reasons
 
 
-def predict(model_path, inputs, device: str = "auto", as_csv: bool = False) -> str:
+def predict(model_path, inputs, device: str = "auto", as_csv: bool = False, trust_pickle: bool = False) -> str:
     """A table (or CSV) of path, label, probability of that label; failed images name their reason."""
     files = image_files(inputs)
-    model = load_model(model_path)
+    model = load_model(model_path, trust_pickle)
     P, reasons = probabilities(model, model_path, files, device)
     names = model["class_names"]
     rows = [(str(f), "", "", why) if why else (str(f), names[int(p.argmax())], f"{p.max():.4f}", "")
@@ -79,7 +79,8 @@ def predict(model_path, inputs, device: str = "auto", as_csv: bool = False) -> s
     return "\n".join(lines)
 
 
-def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto") -> tuple[Path, int, int]:
+def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
+           trust_pickle: bool = False) -> tuple[Path, int, int]:
     """Write `id,label` (label = P(dog)) for every N.jpg in `folder`; returns (path, rows, failed).
 
     Images that cannot be read get 0.5 so that the submission still lists every id.
@@ -96,7 +97,7 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto") 
     ids = [int(KAGGLE_ID.match(f.name)[1]) for f in files]
     if len(set(ids)) < len(ids):
         raise FeatbenchError(f"{folder}: two images share a numeric id; Kaggle ids must be unique")
-    model = load_model(model_path)
+    model = load_model(model_path, trust_pickle)
     if "dog" not in model["class_names"]:
         raise FeatbenchError(f"{model_path}: a Dogs vs. Cats submission needs a model with a 'dog' class; "
                              f"this one has {', '.join(model['class_names'][:5])}")

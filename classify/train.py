@@ -6,7 +6,7 @@ Order of work, so the test split cannot leak into any choice and nothing is writ
    best head by validation log-loss;
 3. with `refit`, refit each chosen configuration on train+val;
 4. predict the test split, once per model;
-5. write `{models folder}/{backbones}-{head}[-refit].joblib` and `.metrics.json`, each atomically.
+5. write `{models folder}/{backbones}-{head}[-refit].skops` and `.metrics.json`, each atomically.
 
 Stores whose features exceed `max_memory` go through `run_streamed` instead: the same steps, with
 the incremental heads of `classify.stream` fed from disk.
@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import evaluate, over_seeds, proba
-from classify.models import backbone_record, bundle, save_model
+from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, fit_fixed, score, sweep
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
@@ -111,7 +111,8 @@ def load_store(path, features: bool = True) -> Store:
 
 
 def check_matching(stores: list[Store]) -> None:
-    """Ensembles need stores of one dataset with one split assignment (same images, labels, splits)."""
+    """Ensembles need stores of one dataset with one split assignment (same images, labels, splits),
+    extracted from the same image content (equal content hashes, row by row)."""
     first = stores[0]
     for other in stores[1:]:
         if (other.meta.split_fingerprint != first.meta.split_fingerprint
@@ -121,6 +122,15 @@ def check_matching(stores: list[Store]) -> None:
                 f"{first.path} (dataset {first.dataset}, splits {first.meta.split_fingerprint}) do not share "
                 "a dataset and split assignment; ensemble only stores extracted from the same dataset with "
                 "the same --splits and --seed")
+    with FeatureStore(first.path) as fs:
+        paths, ours = fs.paths, fs.hashes
+    for other in stores[1:]:
+        with FeatureStore(other.path) as fs:
+            changed = [p for p, a, b in zip(paths, ours, fs.hashes) if a != b]
+        if changed:
+            raise StoreError(f"{other.path} and {first.path}: {len(changed)} of {len(paths)} images differ in "
+                             f"content hash (first: {changed[0]}), so the files changed between the two "
+                             "extractions; re-run `python -m extract` for both backbones")
 
 
 def asked_heads(values: list[str]) -> set[str]:
@@ -287,7 +297,7 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
     y = store.test.y
     return ModelMetrics(dataset=store.dataset, backbone="+".join(s.name for s in c.stores),
                         backbones=[s.meta.backbone for s in c.stores], head=c.head,
-                        model=f"{c.name}{'-refit' if refit else ''}.joblib", refit=refit,
+                        model=f"{c.name}{'-refit' if refit else ''}{SUFFIX}", refit=refit,
                         classes=store.class_names, n_train=n_train, n_val=len(store.val), n_test=len(y),
                         **evaluate(y, p, store.test.paths, store.class_names),
                         val_log_loss=c.chosen.val_log_loss, val_accuracy=c.chosen.val_accuracy,
@@ -371,12 +381,12 @@ def short_params(params: dict) -> str:
 
 def table(results: list[ModelMetrics]) -> str:
     """One line per model: chosen params, validation and test scores, time."""
-    width = max(len(r.model) for r in results) - len(".joblib") + 2
+    width = max(len(r.model) for r in results) - len(SUFFIX) + 2
     head = f"{'model':<{width}}{'params':<26}{'val loss':>9}{'val acc':>8}{'test acc':>9}{'bal acc':>8}" \
            f"{'log-loss':>9}{'ECE':>7}{'fit s':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
-        name = r.model.removesuffix(".joblib")
+        name = r.model.removesuffix(SUFFIX)
         lines.append(f"{name:<{width}}{short_params(r.params)[:25]:<26}{r.val_log_loss:>9.4f}"
                      f"{r.val_accuracy:>8.4f}{r.accuracy:>9.4f}{r.balanced_accuracy:>8.4f}"
                      f"{r.log_loss:>9.4f}{r.ece:>7.4f}{r.fit_seconds:>7.1f}")

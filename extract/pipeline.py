@@ -8,7 +8,10 @@ run feeds the model exactly the batches an uninterrupted run would, and writes a
 Sharding (`torchrun`, `--shard R/N`): rank R embeds a contiguous block of the sorted listing into its
 own shard store (same lock, journal and reuse); `features.merge` concatenates them in rank order.
 """
+import ctypes
 import json
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -145,6 +148,31 @@ class _Images(torch.utils.data.Dataset):
             return Read(i, digest, "", True), load(data, self.preprocess)
         except BadImage as e:
             return Read(i, digest, str(e), False), None
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _end_with_parent(main: int, worker_id: int) -> None:
+    """DataLoader `worker_init_fn` (Linux): the kernel kills this worker when its parent dies.
+
+    Without it, a worker whose main process is killed (the OOM killer's SIGKILL, `kill -9`) finishes
+    its batch, then waits for ever to hand it over, holding its memory. `main` (the process iterating
+    the loader) is the worker's parent, or with `forkserver` its grandparent (a forkserver ends with
+    it); if neither, it died before the signal was asked for, and the worker exits now.
+    """
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if main not in (os.getppid(), _parent_of(os.getppid())):
+        os._exit(1)
 
 
 def _collate(batch) -> tuple[list[Read], np.ndarray | None]:
@@ -326,6 +354,7 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     batches = iter(torch.utils.data.DataLoader(
         _Images(items, backbone.preprocess, known), batch_sampler=blocks, num_workers=worker_count(device, options),
         collate_fn=_EmbedBatch(forward) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
+        worker_init_fn=partial(_end_with_parent, os.getpid()),
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
     if not in_workers:
         model = prepare()  # the decoding workers have started meanwhile

@@ -1,6 +1,7 @@
 """featbench's command lines: one grammar, `python -m PACKAGE [COMMAND] [OPTIONS]`, and one way to end:
 an error is one line on stderr, never a traceback."""
 import argparse
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -8,8 +9,15 @@ from typing import Callable
 from features.errors import FeatbenchError
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_cli(main_fn, argv=None) -> int:
-    """Run a CLI entry point: FeatbenchError → one line on stderr, exit 2; Ctrl-C → exit 130."""
+    """Run a CLI entry point: FeatbenchError → one line on stderr, exit 2; Ctrl-C → exit 130.
+
+    SIGTERM (`kill PID`, a scheduler stopping the job) is taken as Ctrl-C: finished work is kept."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return main_fn(argv)
     except FeatbenchError as e:
@@ -18,6 +26,8 @@ def run_cli(main_fn, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)

@@ -335,7 +335,7 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     assert rc == 0, err
     md = (folder / "report" / "report.md").read_text()
     assert "| alpha | logreg |" in md and "| beta | logreg |" not in md
-    assert "beta-logreg.joblib: scored on another split" in md
+    assert "beta-logreg.skops: scored on another split" in md
     assert "59.21%" in md and "96.70%" in md and "98.60%" not in md  # Pets numbers only
     assert "| 0.5 | 120.0 |" in md and "cuda" in md  # extraction time from the store: 60 / 120 img/s
     assert "confusion.png" in md and "top_losses.png" in md

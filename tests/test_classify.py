@@ -1,23 +1,31 @@
 """classify on synthetic feature stores: heads, ensembles, validation-only selection, metrics, bad input."""
+import copyreg
 import json
 import pickle
+import shutil
+import zipfile
+from pathlib import Path
 
 import h5py
 import joblib
 import numpy as np
 import pytest
+import skops.io
+import torch
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classify import ensembles
+from classify import ensembles, stream
 from classify.__main__ import main
 from classify.ensembles import BlockScaler
 from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKNN
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
+from classify.models import SUFFIX, load_model, save_model
 from classify.select import quiet, sweep
 from features import Extraction, write_store
 from features.cli import run_cli
+from features.errors import FeatbenchError
 
 CLASSES = ["ant", "bee", "cat"]
 N = 300
@@ -37,7 +45,7 @@ def view(latent, dim, seed, noise=1.0):
     return latent @ rng.normal(size=(latent.shape[1], dim)) + noise * rng.normal(size=(len(latent), dim))
 
 
-def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None):
+def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None, hashes=None):
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
     meta = Extraction(backbone=backbone, weights_fingerprint="0123456789abcdef",
@@ -50,7 +58,7 @@ def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSE
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=X.shape[1], chunks=[X] if n else [], labels=y, paths=paths, splits=splits,
-                hashes=[""] * n, stamps=[""] * n, skipped=[], class_names=class_names, meta=meta)
+                hashes=hashes or [""] * n, stamps=[""] * n, skipped=[], class_names=class_names, meta=meta)
     return path
 
 
@@ -92,7 +100,7 @@ def test_every_head_and_ensemble_beats_chance(all_results):
 def test_outputs_and_metric_keys(all_results, two_stores):
     folder = two_stores[0].parent / "models"
     names = sorted(p.name for p in folder.iterdir())
-    assert "alpha-logreg.joblib" in names and "alpha+beta-stack.metrics.json" in names
+    assert "alpha-logreg.skops" in names and "alpha+beta-stack.metrics.json" in names
     assert len(names) == 2 * len(all_results) and not any(n.endswith(".tmp") for n in names)
     m = json.loads((folder / "alpha-logreg.metrics.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "log_loss", "ece", "precision/ant", "recall/cat", "confusion",
@@ -104,7 +112,7 @@ def test_outputs_and_metric_keys(all_results, two_stores):
     assert set(m["top_losses"][0]) == {"path", "true", "predicted", "probability", "p_true", "loss"}
     assert m["params"]["C"] in [row["C"] for row in m["sweep"]]
     assert min(row["val_log_loss"] for row in m["sweep"]) == pytest.approx(m["val_log_loss"], abs=1e-6)
-    model = joblib.load(folder / "alpha+beta-avg.joblib")
+    model = load_model(folder / "alpha+beta-avg.skops")
     assert model["class_names"] == CLASSES and [b["name"] for b in model["backbones"]] == ["alpha", "beta"]
     assert model["backbones"][0]["weights_fingerprint"] == "0123456789abcdef" and model["featbench_version"]
 
@@ -115,7 +123,7 @@ def test_refit_on_train_and_val(two_stores, tmp_path):
     r = {x.head: x for x in run(stores, ["mlp", "concat"], refit=True)}
     assert r["mlp"].refit and r["mlp"].n_train == N * 8 // 10 and r["mlp"].accuracy > 0.75
     assert r["mlp"].params["epochs"] >= 1 and r["concat"].accuracy > 0.75 and r["concat"].refit
-    assert (tmp_path / "synth" / "models" / "alpha-mlp-refit.joblib").is_file()
+    assert (tmp_path / "synth" / "models" / "alpha-mlp-refit.skops").is_file()
     assert (tmp_path / "synth" / "models" / "alpha+beta-concat-refit.metrics.json").is_file()
 
 
@@ -216,6 +224,93 @@ def test_clone_get_params_and_pickle(name):
     again = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_allclose(again.predict_proba(X[splits == 2]), fitted.predict_proba(X[splits == 2]))
     assert list(fitted.classes_) == [0, 1, 2] and fitted.score(X[splits == 2], y[splits == 2]) > 0.6
+
+
+def _streamed():
+    """The out-of-core heads as `classify.stream` saves them: scaler + SGD, and an MLP mid-`partial_fit`."""
+    latent, y, _ = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    scaler = stream.fit_scaler(type("Split", (), {"chunks": lambda self: iter([(X, y)])})())
+    sgd = stream.sgd_logreg(24).partial_fit(scaler.transform(X), y, classes=[0, 1, 2])
+    mlp = TorchMLP().partial_fit(X, y, classes=[0, 1, 2])
+    return {"streamed-logreg": stream.usable(sgd, scaler), "streamed-mlp": stream.usable(mlp, scaler)}
+
+
+@pytest.mark.parametrize("name", [*HEADS, *ENSEMBLES, "streamed-logreg", "streamed-mlp"])
+def test_saved_model_predicts_the_same_after_loading(name, tmp_path):
+    latent, y, splits = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    fitted = _streamed()[name] if name.startswith("streamed") else clone(_estimators()[name]).fit(X, y)
+    path = tmp_path / f"m{SUFFIX}"
+    save_model(path, {"format": "featbench-model", "estimator": fitted, "class_names": CLASSES})
+    loaded = load_model(path)
+    assert zipfile.is_zipfile(path) and loaded["class_names"] == CLASSES
+    np.testing.assert_array_equal(loaded["estimator"].predict_proba(X), fitted.predict_proba(X))
+
+
+class Payload:
+    """Unpickling runs `exec` of code that writes `marker`: what a crafted model file can do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"import pathlib; pathlib.Path({self.marker!r}).write_text('ran')",)
+
+
+class Untrusted:
+    """A type no featbench model holds; constructing it from a file would write `marker`."""
+
+    def __setstate__(self, state):
+        Path(state["marker"]).write_text("ran")
+
+
+def test_a_crafted_model_file_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.joblib"
+    joblib.dump(Payload(marker), evil)
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"")
+    (tmp_path / "test1").mkdir()
+    (tmp_path / "test1" / "1.jpg").write_bytes(b"")
+    for argv in (["predict", "--model", evil, image], ["submit", "--model", evil, tmp_path / "test1"]):
+        one_line_error(*cli(capsys, *argv), "evil.joblib", "--trust-pickle", "re-train")
+        assert not marker.exists()
+    shutil.copy(evil, tmp_path / "evil.skops")  # the name does not decide how a file is read
+    one_line_error(*cli(capsys, "predict", "--model", tmp_path / "evil.skops", image), "--trust-pickle")
+    holder = Untrusted()
+    holder.marker = str(marker)
+    skops.io.dump({"format": "featbench-model", "estimator": holder}, tmp_path / "odd.skops")
+    one_line_error(*cli(capsys, "predict", "--model", tmp_path / "odd.skops", image), "odd.skops",
+                   "test_classify.Untrusted", "refusing")
+    assert not marker.exists()
+    rc, out, err = cli(capsys, "predict", "--model", evil, image, "--trust-pickle")  # the payload is real
+    assert rc == 2 and marker.read_text() == "ran" and err.startswith("warning: ") and err.count("\n") == 2, err
+
+
+def test_older_pickled_models_load_with_trust_pickle(tmp_path, capsys):
+    """A .joblib bundle as older featbench wrote it (the MLP's torch module pickled whole) loads with
+    --trust-pickle only, with a one-line warning."""
+    latent, y, _ = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    members = {"a": HEADS["mlp"].make(), "b": HEADS["svm"].make()}
+    fitted = ensembles.average(members, [12, 12]).fit(X, y)
+    mlp = fitted.estimators_[0].named_steps["head"]
+
+    class AsBefore:  # pickles the MLP with its state as it was before TorchMLP.__getstate__
+        def __reduce__(self):
+            return copyreg._reconstructor, (TorchMLP, object, None), dict(vars(mlp))
+
+    fitted.estimators_[0].steps[-1] = ("head", AsBefore())
+    old = tmp_path / "old.joblib"
+    joblib.dump({"format": "featbench-model", "estimator": fitted}, old)
+    fitted.estimators_[0].steps[-1] = ("head", mlp)
+    with pytest.raises(FeatbenchError, match="--trust-pickle"):
+        load_model(old)
+    loaded = load_model(old, trust_pickle=True)
+    assert "warning: " in capsys.readouterr().err
+    assert isinstance(loaded["estimator"].estimators_[0].named_steps["head"].module_, torch.nn.Module)
+    np.testing.assert_array_equal(loaded["estimator"].predict_proba(X), fitted.predict_proba(X))
 
 
 def test_long_tailed_classes_train_every_head_and_ensemble():
@@ -392,6 +487,21 @@ def test_ensemble_of_different_datasets(good, capsys):
     one_line_error(*cli(capsys, "--features", a, b, "--head", "all"), "do not share a dataset and split")
     nothing_written(folder)
     one_line_error(*cli(capsys, "--features", a, "--head", "stack"), "at least two feature stores")
+
+
+@pytest.mark.parametrize("head", ENSEMBLES)
+def test_ensemble_of_stores_whose_images_changed(good, capsys, head):
+    """Same paths, labels and splits, but two images had other bytes when the second store was extracted."""
+    folder, X, y, splits = good
+    hashes = [f"{i:064x}" for i in range(len(y))]
+    a = make_store(folder / "a.h5", X, y, splits, "a", hashes=hashes)
+    b = make_store(folder / "b.h5", X, y, splits, "b", hashes=[h if i not in (7, 30) else "f" * 64
+                                                                 for i, h in enumerate(hashes)])
+    one_line_error(*cli(capsys, "--features", a, b, "--head", head), "a.h5", "b.h5",
+                   "2 of 120 images differ in content")
+    nothing_written(folder)
+    c = make_store(folder / "c.h5", X, y, splits, "c", hashes=hashes)
+    assert run_cli(main, ["--features", str(a), str(c), "--head", head, "--quiet"]) == 0
 
 
 def test_all_with_one_store_skips_ensembles(good, capsys):

@@ -14,7 +14,7 @@ from conftest import write_image
 
 from classify.__main__ import main
 from classify.metrics import proba
-from classify.models import build_backbones, load_model
+from classify.models import build_backbones, load_model, save_model
 from classify.train import load_store, run
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
@@ -49,7 +49,7 @@ def cli(capsys, *argv):
 
 def expected(model_path, stores) -> dict:
     """What the saved model says about every stored image, from the stores' own features."""
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     by_name = {s.stem: s for s in stores}
     parts = [load_store(by_name[b["store"]]) for b in model["backbones"]]
     out = {}
@@ -93,14 +93,27 @@ def test_predict_embeds_a_stored_image_as_extraction_stored_it(trained):
 
 def test_model_with_other_weights_is_refused(trained, tmp_path, capsys):
     _, _, models = trained
-    model = joblib.load(models["resnet10t-random-init"])
+    model = load_model(models["resnet10t-random-init"])
     model["backbones"][0]["weights_fingerprint"] = "feedfeedfeedfeed"
-    joblib.dump(model, tmp_path / "other.joblib")
-    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "other.joblib", trained[0])
+    save_model(tmp_path / "other.skops", model)
+    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "other.skops", trained[0])
     assert rc == 2 and err.count("\n") == 1 and "weights feedfeedfeedfeed" in err and "resnet10t" in err
-    (tmp_path / "junk.joblib").write_bytes(b"junk")
-    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "junk.joblib", trained[0])
-    assert rc == 2 and "not a readable featbench model" in err and err.count("\n") == 1
+    (tmp_path / "junk.skops").write_bytes(b"junk")
+    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "junk.skops", trained[0])
+    assert rc == 2 and "not a .skops model" in err and err.count("\n") == 1
+    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "junk.skops", trained[0], "--trust-pickle")
+    assert rc == 2 and "not a readable featbench model" in err.splitlines()[-1]
+
+
+def test_older_joblib_model_predicts_only_with_trust_pickle(trained, tmp_path, capsys):
+    data, _, models = trained
+    old = tmp_path / "old.joblib"
+    joblib.dump(load_model(models["avg"]), old)
+    rc, out, err = cli(capsys, "predict", "--model", old, "--csv", data)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "--trust-pickle" in err
+    rc, out, err = cli(capsys, "predict", "--model", old, "--csv", data, "--trust-pickle")
+    assert rc == 0 and err.count("\n") == 1 and err.startswith("warning: ") and "old.joblib" in err
+    assert out == cli(capsys, "predict", "--model", models["avg"], "--csv", data)[1]
 
 
 def test_kaggle_submission(trained, tmp_path, capsys):

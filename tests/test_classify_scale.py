@@ -13,6 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from classify import stream
 from classify.heads import HEADS
+from classify.models import load_model
 from classify.select import sweep
 from classify.__main__ import main, parse_size
 from classify.train import run
@@ -47,7 +48,7 @@ def test_out_of_core_streams_chunks_and_learns(big, monkeypatch):
         assert r.params["epochs"] >= 1 and len(r.sweep) >= len(stream.STREAM_HEADS[r.head](16))
     m = json.loads((big.parent / "models" / "alpha-logreg.metrics.json").read_text())
     assert m["val_log_loss"] == pytest.approx(min(row["val_log_loss"] for row in m["sweep"]), abs=1e-6)
-    saved = joblib.load(big.parent / "models" / "alpha-logreg.joblib")
+    saved = load_model(big.parent / "models" / "alpha-logreg.skops")
     with FeatureStore(big) as fs:
         test = fs.split("test")
     assert (saved["estimator"].predict(test.X) == test.y).mean() == pytest.approx(m["accuracy"])

@@ -1,4 +1,5 @@
 """End-to-end extraction: the store's contents, resume after kill -9, reuse, hostile files, lock, CLI."""
+import multiprocessing
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from test_images import BAD, hostile_files
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.device import pick_device
-from extract.pipeline import Options, _known_rows, _provenance, extract
+from extract.pipeline import Options, _end_with_parent, _known_rows, _provenance, extract
 from features import FeatureStore, Journal
 from features.errors import FeatbenchError
 
@@ -187,6 +188,122 @@ def test_kill_9_mid_run_then_resume_gives_identical_store(tmp_path):
     assert not journal.exists()
     assert_same(contents(tmp_path / "ref" / "pics" / "resnet18-random-init.h5"),
                 contents(out / "pics" / "resnet18-random-init.h5"))
+
+
+# two embedding workers, each batch's features (40 × 512 float32) more than a pipe holds
+WORKERS = [sys.executable, "-m", "extract", "--backbone", "resnet10t", "--random-init", "--batch-size", "40",
+           "--workers", "2", "--quiet"]
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="worker processes are watched through /proc")
+
+
+def _pics(folder: Path, n: int) -> Path:
+    for i in range(n):
+        write_image(folder / f"{'cat' if i % 2 else 'dog'}.{i}.jpg", i, size=(120, 90))
+    return folder
+
+
+def _stat(pid) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on: [0] state, [1] parent pid, [19] start time."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes whose parent is `pid`."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = _stat(stat.parent.name)
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append((int(stat.parent.name), fields[19]))
+    return out
+
+
+def _running(procs) -> list[int]:
+    """Those of `procs` (pid, start time) that are still running or sleeping."""
+    alive = []
+    for pid, start in procs:
+        try:
+            fields = _stat(pid)
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] not in "ZX":
+            alive.append(pid)
+    return alive
+
+
+def _workers_once_committed(proc, journal: Path) -> list[tuple[int, str]]:
+    """Wait for the run's first committed batch (the others are in the workers' hands); its workers."""
+    deadline = time.time() + 120
+    while not (journal / "part-0000000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "extraction ended before it could be stopped"
+        time.sleep(0.02)
+    return _children(proc.pid)
+
+
+@linux_only
+def test_workers_die_with_a_killed_main_process(tmp_path):
+    """SIGKILL of the main process (the OOM killer) ends its workers within seconds: before, each
+    finished its batch, then slept for ever waiting to send it."""
+    folder = _pics(tmp_path / "pics", 160)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(WORKERS + ["--data", str(folder), "--out", str(out)], stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        workers = _workers_once_committed(proc, out / "pics" / "resnet10t-random-init.h5.partial")
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 5
+        while _running(workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _running(workers)
+    finally:
+        proc.kill()
+        for pid in _running(workers):
+            os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_sigterm_ends_the_run_as_ctrl_c_does_and_it_resumes(tmp_path):
+    folder = _pics(tmp_path / "pics", 120)
+    out = tmp_path / "out"
+    journal = out / "pics" / "resnet10t-random-init.h5.partial"
+    cmd = WORKERS + ["--data", str(folder), "--out", str(out)]
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(cmd, stderr=err)
+    workers = []
+    try:
+        workers = _workers_once_committed(proc, journal)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        for pid in _running(workers):
+            os.kill(pid, signal.SIGKILL)
+    interrupted = "interrupted: finished work is saved; re-run the same command to resume\n"
+    assert (tmp_path / "stderr").read_text() == interrupted
+    assert len(workers) == 2 and not _running(workers)
+    done = len(list(journal.glob("part-*.json")))
+    assert done >= 1 and not (out / "pics" / "resnet10t-random-init.h5").exists()
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"120 images stored ({120 - 40 * done} embedded, {40 * done} reused)" in resumed.stdout
+    assert not journal.exists()
+
+
+@linux_only
+def test_a_worker_whose_main_process_is_gone_exits_at_start():
+    """`_end_with_parent` in a real child: it stays while the main process is its parent (fork) or
+    grandparent (forkserver), and exits at once when the main process is neither (it died first)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for method, main, code in [("fork", os.getpid(), 0), ("forkserver", os.getpid(), 0), ("fork", dead.pid, 1)]:
+        child = multiprocessing.get_context(method).Process(target=_end_with_parent, args=(main, 0))
+        child.start()
+        child.join(60)
+        assert child.exitcode == code, (method, child.exitcode)
 
 
 def test_second_extraction_process_refused_by_lock(tmp_path):
