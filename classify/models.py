@@ -6,9 +6,9 @@ from it (a pickle can). Models pickled by joblib (`.joblib`, older featbench) lo
 `trust_pickle`.
 
 The bundle is a dict: `estimator`, `head`, `class_names`, `backbones` (per backbone, in feature
-order: name, store, dim, preprocess, weights {fingerprint, file_sha256, source, random_init} and the
-store fingerprint), `split_fingerprint`, `dataset`, `refit`, `params`, `featbench_version`,
-`versions`. Loading a model checks that this featbench builds each backbone with the same weights
+order: name, store, dim, preprocess, weights {fingerprint, file_sha256, source, random_init}, the
+store fingerprint and `amp`, whether the store was embedded under fp16 autocast), `split_fingerprint`,
+`dataset`, `refit`, `params`, `featbench_version`, `versions`. Loading a model checks that this featbench builds each backbone with the same weights
 and preprocessing, and refuses otherwise.
 """
 import json
@@ -45,7 +45,7 @@ def backbone_record(stem: str, meta: StoreMeta) -> dict:
     """What a model keeps about one feature store's backbone (from the store's metadata)."""
     return {"name": meta.backbone, "store": stem, "dim": meta.dim, "preprocess": meta.preprocess,
             "weights": meta.weights, "weights_fingerprint": meta.weights_fingerprint,
-            "store_fingerprint": meta.fingerprint}
+            "store_fingerprint": meta.fingerprint, "amp": meta.amp}
 
 
 def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], split_fingerprint: str,

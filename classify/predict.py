@@ -41,14 +41,12 @@ def probabilities(model: dict, model_path, files: list[Path], device: str = "aut
     """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok)).
 
     The images are embedded exactly as extraction embedded the model's training images."""
-    backbones = build_backbones(model, model_path)
     reasons = [""] * len(files)
     blocks = []
-    for bb in backbones:
-        X, why = embed_files(bb, files, Options(device=device, progress=False))
-        full = np.full((len(files), bb.dim), np.nan, np.float32)
-        full[[i for i, w in enumerate(why) if not w]] = X
-        blocks.append(full)
+    for record, bb in zip(model["backbones"], build_backbones(model, model_path)):
+        # fp16 autocast (CUDA) only where the training store had it; models before `amp` was kept: the default
+        X, why = embed_files(bb, files, Options(device=device, amp=record.get("amp") is not False, progress=False))
+        blocks.append(X)
         reasons = [r or w for r, w in zip(reasons, why)]
     ok = np.array([not r for r in reasons])
     P = np.full((len(files), len(model["class_names"])), np.nan)

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from extract.datasets import split_fractions
 from features.errors import FeatbenchError
 
 CONFIG_NAME = "featbench.toml"
@@ -39,14 +40,6 @@ class DatasetSettings:
 DATASET_FLAGS = ("config", "data", "format", "target", "name", "splits", "seed", "out")
 
 
-def fractions(text: str) -> list[float]:
-    """`0.7,0.15,0.15` → [0.7, 0.15, 0.15] (argparse type of --splits)."""
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected train,val,test fractions, e.g. 0.7,0.15,0.15") from None
-
-
 def add_dataset_args(parser: argparse.ArgumentParser, config: bool = True) -> None:
     """The dataset flags; `config=False` leaves out --config (for a command that reads its own config)."""
     g = parser.add_argument_group("dataset (flags override the config's [dataset] table)")
@@ -56,7 +49,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, config: bool = True) -> No
     g.add_argument("--format", help="dogs-vs-cats | oxford-pets | imagefolder | csv (default: auto-detect)")
     g.add_argument("--target", help="oxford-pets: breed (37 classes, default) or species (cat/dog)")
     g.add_argument("--name", help="dataset name used for the output folder (default: from the path)")
-    g.add_argument("--splits", type=fractions,
+    g.add_argument("--splits", metavar="TRAIN,VAL,TEST",
                    help="train,val,test fractions when the dataset has none (default 0.7,0.15,0.15)")
     g.add_argument("--seed", type=int, help="split seed: which images go to train, val and test (default 0)")
     g.add_argument("--out", type=Path, help="output folder: stores, models and reports go to OUT/DATASET/ (default: runs)")
@@ -109,4 +102,4 @@ def resolve(config: Path | None = None, data=None, format: str | None = None, ta
     if path is not None and not path.is_absolute() and data is None and config:
         path = config.parent / path  # a config's path is relative to the config file
     return DatasetSettings(path, merged["format"], merged["target"], merged["name"],
-                           tuple(merged["splits"]), int(merged["seed"]), Path(merged["out"]))
+                           split_fractions(merged["splits"]), int(merged["seed"]), Path(merged["out"]))

@@ -1,6 +1,7 @@
 """Image datasets: format detection, labels from names/folders/CSV, deterministic stratified splits."""
 import csv
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,20 @@ def _rank_key(seed: int, rel: str) -> bytes:
     return hashlib.blake2b(f"{seed}:{rel}".encode(), digest_size=8).digest()
 
 
+def split_fractions(values) -> tuple[float, float, float]:
+    """Train, val and test fractions from `0.7,0.15,0.15` or a sequence: three finite, non-negative
+    numbers that sum to 1; anything else is one line saying so."""
+    text = values if isinstance(values, str) else ",".join(map(str, values))
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not all(math.isfinite(x) and x >= 0 for x in parts) or not math.isclose(sum(parts), 1):
+        raise FeatbenchError(f"split fractions {text!r}: give three non-negative train,val,test fractions that sum "
+                             "to 1, e.g. --splits 0.7,0.15,0.15")
+    return parts
+
+
 def assign_splits(items: list, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> np.ndarray:
     """Deterministic stratified split codes (index into SPLITS) for items, from their paths alone.
 
@@ -196,10 +211,8 @@ def assign_splits(items: list, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> np
     the images are ordered by a seeded hash of their relative path and cut at the fractions, so the
     assignment is the same for every backbone and every listing order.
     """
-    fractions = np.asarray(fractions, dtype=float)
-    if len(fractions) != 3 or (fractions < 0).any() or fractions.sum() <= 0:
-        raise FeatbenchError(f"split fractions must be three non-negative numbers, got {fractions.tolist()}")
-    cuts = np.cumsum(fractions / fractions.sum())
+    f = np.array(split_fractions(fractions))
+    cuts = np.cumsum(f / f.sum())
     codes = np.full(len(items), -1, dtype=np.int8)
     by_class: dict[int, list[int]] = {}
     for i, it in enumerate(items):

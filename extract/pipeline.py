@@ -396,8 +396,8 @@ def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, opt
 
 
 def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.ndarray, list[str]]:
-    """Embed loose image files (no store) exactly as extraction does: returns (features of the good files
-    in order, reason per file). A file's reason is "" when it was embedded."""
+    """Embed loose image files (no store) exactly as extraction does: returns (a feature row per file, NaN
+    where it could not be embedded; the reason per file, "" when it was embedded)."""
     items = [Item(Path(f), str(f)) for f in files]
     device = pick_device(options.device)
     blocks = [list(range(k, min(k + options.batch_size, len(items)))) for k in range(0, len(items), options.batch_size)]
@@ -407,4 +407,4 @@ def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.n
         feats[[r.pos for r in reads if r.decoded]] = x
         for r in reads:
             reasons[r.pos] = r.reason
-    return feats[[not why for why in reasons]], reasons
+    return feats, reasons

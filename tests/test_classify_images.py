@@ -82,6 +82,7 @@ def test_predict_embeds_a_stored_image_as_extraction_stored_it(trained):
     gives back the stored rows (CPU, to 1e-5), whatever the batch size and worker layout."""
     data, stores, models = trained
     model = load_model(models["avg"])
+    assert [b["amp"] for b in model["backbones"]] == [False, False]  # CPU stores: predict runs without autocast
     for backbone, store in zip(build_backbones(model, models["avg"]), stores):
         with FeatureStore(store) as fs:
             files = [data / p for p in fs.paths]

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_image
 
 from benchmarks.__main__ import CLI as BENCHMARKS
 from classify.__main__ import CLI as CLASSIFY
 from extract.__main__ import CLI as EXTRACT
-from features import FeatureStore, write_store
+from extract.config import resolve
+from features import FeatbenchError, FeatureStore, write_store
 from features.__main__ import CLI as FEATURES
 from features.cli import run_cli
 from features.records import Extraction
@@ -98,11 +100,11 @@ def test_classify_features_with_out_writes_the_models_under_out(tmp_path, capsys
     assert run_cli(CLASSIFY.main, ["--features", str(store), "--out", str(out), "--quiet"]) == 0
     stdout = capsys.readouterr().out
     models = out / "synth" / "models"  # OUT/DATASET/models, DATASET from the store
-    assert sorted(p.name for p in models.iterdir()) == ["alpha-logreg.joblib", "alpha-logreg.metrics.json"]
+    assert sorted(p.name for p in models.iterdir()) == ["alpha-logreg.metrics.json", "alpha-logreg.skops"]
     assert f"models and metrics in {models}" in stdout
     assert not (store.parent / "models").exists()
     assert run_cli(CLASSIFY.main, ["--features", str(store), "--quiet"]) == 0  # without --out: beside the store
-    assert (store.parent / "models" / "alpha-logreg.joblib").is_file()
+    assert (store.parent / "models" / "alpha-logreg.skops").is_file()
 
 
 def test_classify_out_of_core_honours_out_too(tmp_path, capsys):
@@ -111,7 +113,7 @@ def test_classify_out_of_core_honours_out_too(tmp_path, capsys):
     rc = run_cli(CLASSIFY.main, ["--features", str(store), "--out", str(tmp_path / "o"), "--max-memory", "1K",
                                  "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    assert (tmp_path / "o" / "synth" / "models" / "alpha-logreg.joblib").is_file()
+    assert (tmp_path / "o" / "synth" / "models" / "alpha-logreg.skops").is_file()
     assert not (tmp_path / "synth" / "models").exists()
 
 
@@ -150,9 +152,9 @@ def test_scale_out_keeps_its_store_and_models(tmp_path, capsys):
 def test_renamed_and_removed_flags():
     assert BENCHMARKS.parse(["speed", "--images", "pics"]).images == Path("pics")
     assert BENCHMARKS.parse(["report", "runs/x", "--out", "o"]).out == Path("o")
-    args = CLASSIFY.parse(["submit", "--model", "m.joblib", "test1", "--out", "subs"])
+    args = CLASSIFY.parse(["submit", "--model", "m.skops", "test1", "--out", "subs"])
     assert (args.folder, args.out) == (Path("test1"), Path("subs"))
-    assert CLASSIFY.parse(["--splits", "0.6,0.2,0.2"]).splits == [0.6, 0.2, 0.2]
+    assert CLASSIFY.parse(["--splits", "0.6,0.2,0.2"]).splits == "0.6,0.2,0.2"  # checked by resolve, as TOML's
     args = BENCHMARKS.parse(["finetune", "--backbone", "x", "--seed", "1", "--train-seed", "2", "--seeds", "3"])
     assert (args.seed, args.train_seed, args.seeds) == (1, 2, 3)  # split seed, first training seed, how many
     gone = [["speed", "--data", "pics"], ["report", "runs/x", "--report", "o"], ["run", "c.toml", "--report", "o"],
@@ -161,8 +163,7 @@ def test_renamed_and_removed_flags():
         with pytest.raises(SystemExit) as e:
             BENCHMARKS.parse(argv)
         assert e.value.code == 2, argv
-    for argv in (["submit", "--model", "m", "--data", "t"], ["submit", "--model", "m", "t", "--output", "s.csv"],
-                 ["--splits", "0.7,most"]):
+    for argv in (["submit", "--model", "m", "--data", "t"], ["submit", "--model", "m", "t", "--output", "s.csv"]):
         with pytest.raises(SystemExit) as e:
             CLASSIFY.parse(argv)
         assert e.value.code == 2, argv
@@ -197,3 +198,22 @@ def test_every_readme_command_line_parses():
             CLIS[package].parse(argv)
         except SystemExit as e:
             pytest.fail(f"README: python -m {package} {' '.join(argv)} exits {e.code}")
+
+
+@pytest.mark.parametrize("splits", ["nan,0.5,0.5", "inf,0,0", "1e308,0,0", "0.5,0.5,0.5", "a,b,c", "0.5,0.5",
+                                    "-0.2,0.6,0.6"])
+def test_bad_splits_are_one_line_and_write_nothing(tmp_path, capsys, splits):
+    """Non-finite, non-summing, unparsable or negative fractions stop the run before anything is written
+    (they used to write an invalid split code into every row, or be silently rescaled)."""
+    data = tmp_path / "pics"
+    for i in range(3):
+        write_image(data / "a" / f"{i}.jpg", i)
+        write_image(data / "b" / f"{i}.jpg", 10 + i)
+    rc = run_cli(EXTRACT.main, ["--backbone", "resnet10t", "--random-init", "--data", str(data), f"--splits={splits}",
+                                "--out", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "split fractions" in err and "0.7,0.15,0.15" in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(FeatbenchError, match="sum to 1"):
+        resolve(data=str(data), splits=[0.5, 0.5, 0.5])
+    assert resolve(data=str(data), splits="0.6,0.2,0.2").splits == (0.6, 0.2, 0.2)

@@ -248,10 +248,11 @@ def test_load_dataset_argument_errors(tmp_path, dvc_folder):
         load_dataset(tmp_path / "empty", "dogs-vs-cats")
     with pytest.raises(FeatbenchError, match="nope: no such dataset folder; check --data or featbench.toml"):
         load_dataset(tmp_path / "nope", "imagefolder")
-    with pytest.raises(FeatbenchError, match=r"three non-negative numbers, got \[0.5, 0.5\]"):
+    with pytest.raises(FeatbenchError, match=r"split fractions '0.5,0.5': give three non-negative"):
         assign_splits(_items(), (0.5, 0.5))
-    with pytest.raises(FeatbenchError, match="three non-negative numbers"):
-        assign_splits(_items(), (0, 0, 0))
+    for bad in [(0, 0, 0), (0.5, 0.5, 0.5), (float("nan"), 0.5, 0.5), (1e308, 0, 0)]:
+        with pytest.raises(FeatbenchError, match="sum to 1"):
+            assign_splits(_items(), bad)
 
 
 def test_splits_exact_cuts_and_kept_splits():
@@ -260,7 +261,7 @@ def test_splits_exact_cuts_and_kept_splits():
     items = _items((10,)) + [Item(None, "x/held.jpg", 0, "val"), Item(None, "x/u.jpg", NO_LABEL, "test")]
     codes = assign_splits(items, (0.5, 0.3, 0.2))
     assert np.bincount(codes[:10], minlength=3).tolist() == [5, 3, 2] and codes[10:].tolist() == [1, 2]
-    assert np.bincount(assign_splits(_items((7,)), (1, 1, 1)), minlength=3).tolist() == [2, 3, 2]  # 2.33, 4.67
+    assert np.bincount(assign_splits(_items((7,)), (1 / 3, 1 / 3, 1 / 3)), minlength=3).tolist() == [2, 3, 2]  # 2.33, 4.67
 
 
 def test_split_assignment_is_pinned_across_versions():

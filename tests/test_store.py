@@ -315,7 +315,7 @@ def test_store_metadata_keeps_unknown_keys_and_refuses_a_newer_version(tmp_path)
 
 def metrics_record(**changes):
     from features.records import ModelMetrics
-    fields = dict(dataset="pics", backbone="toy", backbones=["toy"], head="logreg", model="toy-logreg.joblib",
+    fields = dict(dataset="pics", backbone="toy", backbones=["toy"], head="logreg", model="toy-logreg.skops",
                   refit=False, classes=["cat", "dog"], n_train=6, n_val=2, n_test=2, accuracy=1.0,
                   balanced_accuracy=1.0, log_loss=0.1, ece=0.05, precision={"cat": 1.0, "dog": 1.0},
                   recall={"cat": 1.0, "dog": 0.5}, confusion=[[1, 0], [0, 1]], most_confused=[], top_losses=[],
