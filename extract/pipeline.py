@@ -301,6 +301,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
             records[i] = r
         else:
             todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
+    todo = _recheck(items, todo, known, by_hash, records, backbone.preprocess, options.max_image_bytes)
 
     embedded = 0
     if todo:
@@ -315,7 +316,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
                              f"(first reason: {skipped[0][1] if skipped else 'none'})")
     labels, splits = [items[i].label for i in rows], codes[rows]
     stamps = [records[i].stamp for i in rows]
-    if not _store_is_current(old_store, [records[i].source for i in rows], labels, splits, skipped,
+    if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype):
         seconds = time.perf_counter() - started
         meta = {**prov, "weights": backbone.weights, "dataset": dataset.describe(),
@@ -339,9 +340,35 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
                    time.perf_counter() - started, str(device))
 
 
-def _store_is_current(store, sources, labels, splits, skipped, class_names, dtype) -> bool:
-    """True when the existing store already holds exactly these rows, labels, splits and skips."""
+def _recheck(items, todo, known, by_hash, records, preprocess, max_bytes: int) -> list[int]:
+    """Settle here, without the model, the pending files the store knows by path; return the rest of `todo`.
+
+    A file whose content is an embedded row's takes that row with its new stamp (so a `touch` costs one
+    read, once); a file skipped before is read and decoded again and, still bad, skipped with a fresh reason.
+    """
+    left = []
+    for i in todo:
+        if items[i].rel not in known:
+            left.append(i)
+            continue
+        try:
+            data, stamp = read_file(items[i].path, max_bytes)
+            digest = content_hash(data)
+            if digest in by_hash:
+                records[i] = Record(stamp, digest, "", by_hash[digest].source)
+                continue
+            if known[items[i].rel].reason:
+                load(data, preprocess)
+            left.append(i)
+        except BadImage as e:
+            records[i] = Record("", "", str(e), None)
+    return left
+
+
+def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype) -> bool:
+    """True when the existing store already holds exactly these rows, stamps, labels, splits and skips."""
     return (store is not None and sources == [Row(None, k) for k in range(len(store.paths))]
+            and store.stamps == stamps
             and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
             and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
             and store.meta.get("dtype") == dtype)

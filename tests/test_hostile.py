@@ -1,5 +1,5 @@
 """Hostile listings end to end: every listed entry is embedded or skipped with its reason, nothing but a regular
-file is opened, and reading is capped."""
+file is opened, reading is capped, and a re-run after `touch` writes the new stamps once."""
 import io
 import os
 import re
@@ -10,12 +10,14 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_image
 from PIL import Image
-from test_extract_pipeline import QUIET, run, tiny  # noqa: F401 (tiny: the fixture)
+from test_extract_pipeline import QUIET, contents, run, tiny  # noqa: F401 (tiny: the fixture)
 from test_images import RGB
 
+from extract import pipeline
 from extract.datasets import load_dataset
 from extract.images import BadImage
 from extract.pipeline import Options, extract, file_stamp, read_file
@@ -106,6 +108,27 @@ def test_bytes_read_are_capped(tmp_path, tiny):  # noqa: F811
     os.truncate(big, 2**21 + 1)  # sparse: refused by its size, unread
     with pytest.raises(BadImage, match=r"^larger than the 2 MiB cap \(--max-image-bytes\)$"):
         read_file(big, 2**21)
+
+
+def test_touch_then_rerun_writes_the_stamps_back_once(dvc_folder, tmp_path, tiny, monkeypatch):  # noqa: F811
+    """After `touch`, a re-run reads each file once, finds its hash and writes the new stamps without starting
+    the model or workers; the run after that opens no file and leaves the store as it is."""
+    first = run(dvc_folder, tmp_path / "out", tiny)
+    before = contents(first.path)
+    for f in dvc_folder.iterdir():
+        later = f.stat().st_mtime_ns + 10**11
+        os.utime(f, ns=(later, later))
+    monkeypatch.setattr(pipeline, "embed_batches", lambda *a, **k: pytest.fail("the model was started"))
+    second = run(dvc_folder, tmp_path / "out", tiny)
+    assert (second.embedded, second.reused) == (0, 24)
+    after = contents(first.path)
+    np.testing.assert_array_equal(before.pop("X"), after.pop("X"))
+    assert after.pop("stamps") == [file_stamp(dvc_folder / p) for p in after["paths"]] != before.pop("stamps")
+    assert after == before
+    written = first.path.stat().st_ino, first.path.stat().st_mtime_ns  # a rewrite renames a new file over it
+    monkeypatch.setattr(pipeline, "read_file", lambda *a: pytest.fail("a file was read"))
+    third = run(dvc_folder, tmp_path / "out", tiny)
+    assert (third.embedded, third.reused) == (0, 24) and (first.path.stat().st_ino, first.path.stat().st_mtime_ns) == written
 
 
 SECRET = "featbench-secret-7c1d"
