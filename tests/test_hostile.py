@@ -15,7 +15,7 @@ import pytest
 from conftest import write_image
 from PIL import Image
 from test_extract_pipeline import QUIET, contents, run, tiny  # noqa: F401 (tiny: the fixture)
-from test_images import RGB
+from test_images import BAD, RGB, hostile_files
 
 from extract import pipeline
 from extract.datasets import load_dataset
@@ -44,6 +44,66 @@ def _image(img: Image.Image, fmt: str) -> bytes:
 def _socket(path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
+
+
+EMBEDDED = None
+
+
+def corpus(folder: Path) -> dict[str, str | None]:
+    """Write every kind of hostile entry into `folder`; name → pattern of its skip reason (None: embedded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {**{n: (d, EMBEDDED) for n, d in hostile_files().items()},  # CMYK, GIF/PNG named .jpg, 16-bit, EXIF…
+             **{f"{n}.jpg": (d, why) for n, (d, why) in BAD.items()},  # zero-byte, truncated, text
+             "random-bytes.jpg": (np.random.default_rng(0).bytes(5000), "not an image"),
+             "1x1.png": (_image(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), EMBEDDED),
+             "bomb-50000x50000.png": (_png_header_only(50000, 50000), "decompression bomb"),
+             "with space.jpg": (_image(RGB, "JPEG"), EMBEDDED),
+             "ünïcödé 猫.jpg": (_image(RGB.rotate(90), "JPEG"), EMBEDDED),
+             "new\nline.jpg": (_image(RGB.rotate(180), "JPEG"), EMBEDDED),
+             "new\nline, not an image.jpg": (b"\0" * 100, "not an image")}
+    expected = {}
+    for name, (data, why) in files.items():
+        (folder / name).write_bytes(data)
+        expected[name] = why
+    (folder / "link-to-image.jpg").symlink_to(folder / "1x1.png")
+    (folder / "broken-link.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "folder.jpg").mkdir()
+    os.mkfifo(folder / "fifo.jpg")
+    _socket(folder / "socket.jpg")
+    expected.update({"link-to-image.jpg": EMBEDDED, "broken-link.jpg": "^broken symbolic link$",
+                     "loop.jpg": "^symbolic link loop$", "folder.jpg": "^a folder, not an image file$",
+                     "fifo.jpg": r"^not a regular file \(FIFO\)$", "socket.jpg": r"^not a regular file \(socket\)$"})
+    return expected
+
+
+def test_hostile_corpus_one_listing_one_store(tmp_path, tiny, monkeypatch):  # noqa: F811
+    """Every entry of a class folder ends embedded or skipped with its reason; skipped ones carry no content
+    hash or stamp; `skipped_lines` lists them; a re-run judges the skipped ones again without the model."""
+    expected = corpus(tmp_path / "data" / "a")
+    write_image(tmp_path / "data" / "b" / "0.jpg", 0)
+    summary = run(tmp_path / "data", tmp_path / "out", tiny)
+    with FeatureStore(summary.path) as s:
+        stored, skipped = set(s.paths), {p: why for p, why, *_ in s.skipped}
+        assert all(st == "" and h == "" for *_, st, h in s.skipped)
+        assert all(s.stamps) and all(s.hashes) and np.isfinite(s.embeddings(np.arange(len(s.paths)))).all()
+    assert stored | set(skipped) == {f"a/{n}" for n in expected} | {"b/0.jpg"} and not stored & set(skipped)
+    for name, why in expected.items():
+        if why is EMBEDDED:
+            assert f"a/{name}" in stored, (name, skipped.get(f"a/{name}"))
+        else:
+            assert re.search(why, skipped.get(f"a/{name}", "")), (name, skipped.get(f"a/{name}"))
+    report = skipped_lines(summary.path).splitlines()
+    assert report[0] == f"{summary.path}: {len(skipped)} skipped" and len(report) == 1 + len(skipped)
+    assert "  a/fifo.jpg: not a regular file (FIFO)" in report
+    assert "  'a/new\\nline, not an image.jpg': not an image PIL can read" in report  # control characters quoted
+    before = contents(summary.path)
+    monkeypatch.setattr(pipeline, "embed_batches", lambda *a, **k: pytest.fail("the model was started"))
+    again = run(tmp_path / "data", tmp_path / "out", tiny)
+    assert again.embedded == 0 and sorted(again.skipped) == sorted(skipped.items())
+    after = contents(summary.path)
+    np.testing.assert_array_equal(before.pop("X"), after.pop("X"))
+    assert before == after
 
 
 def test_links_and_folders_named_like_images_are_listed_and_skipped(tmp_path, tiny):  # noqa: F811
@@ -166,3 +226,40 @@ def test_csv_of_system_paths_finishes_promptly_and_embeds_none_of_them(tmp_path)
     for p, why in want.items():
         assert re.fullmatch(f"({why}).*", skipped[p][0]) and skipped[p][1:] == ("", ""), (p, skipped[p])
     assert SECRET.encode() not in path.read_bytes() and SECRET not in done.stdout + done.stderr
+
+
+def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    """One random corruption: flipped bytes, a cut, a spliced run of noise, a zeroed or repeated span."""
+    b = bytearray(data)
+    op = rng.integers(5)
+    at = int(rng.integers(len(b)))
+    if op == 0:
+        for k in rng.integers(len(b), size=int(rng.integers(1, 9))):
+            b[k] ^= 1 << int(rng.integers(8))
+    elif op == 1:
+        del b[at:]
+    elif op == 2:
+        b[at:at] = rng.bytes(int(rng.integers(1, 64)))
+    elif op == 3:
+        b[at:at + int(rng.integers(1, 64))] = bytes(min(len(b) - at, 64))
+    else:
+        b[at:at] = b[at:at + int(rng.integers(1, 256))]
+    return bytes(b)
+
+
+def test_fuzzed_files_are_embedded_or_skipped(tmp_path, tiny):  # noqa: F811
+    """Seeded mutations of small valid JPEG, PNG, GIF, BMP, WEBP and TIFF files: no exception escapes one
+    extraction, and each file is stored or skipped with a one-line reason."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(np.add.outer(np.arange(40), np.arange(48))[..., None].repeat(3, 2).astype(np.uint8) * 3)
+    seeds = {fmt: _image(img, fmt) for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")}
+    for fmt, data in seeds.items():
+        (tmp_path / "d" / fmt).mkdir(parents=True)
+        for k in range(50):
+            (tmp_path / "d" / fmt / f"{k}.{fmt.lower()}").write_bytes(_mutate(data, rng))
+    (tmp_path / "d" / "JPEG" / "valid.jpeg").write_bytes(seeds["JPEG"])
+    summary = run(tmp_path / "d", tmp_path / "out", tiny, batch_size=32)
+    assert summary.rows + len(summary.skipped) == 6 * 50 + 1 and summary.rows >= 1
+    assert all(why and "\n" not in why for _, why in summary.skipped)
+    with FeatureStore(summary.path) as s:
+        assert np.isfinite(s.embeddings(np.arange(len(s.paths)))).all()
