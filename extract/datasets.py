@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,10 @@ class Dataset:
 
 
 def _files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Every entry but hidden ones and sub-folders: FIFOs, sockets, devices, broken or looping links and folders
+    named like images are listed too, so that extraction skips them with a reason instead of losing them."""
     it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in it if not p.name.startswith(".") and (not p.is_dir() or p.suffix.lower() in IMAGE_EXT))
 
 
 def _image_names(folder: Path) -> list[str]:
@@ -146,9 +149,11 @@ def _csv(path: Path):
         split = (r.get("split") or "").strip() or ("" if r["label"] else "test")
         if split and split not in SPLITS:
             raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if "\0" in r["path"]:
+            raise FeatbenchError(f"{path}:{line}: the path contains a NUL byte")
         p = Path(r["path"])
         p = p if p.is_absolute() else root / p
-        key = p.resolve()
+        key = os.path.realpath(p)  # not Path.resolve, which raises on a symbolic link loop
         if key in first_line:
             raise FeatbenchError(f"{path}:{line}: {r['path']} is listed twice (first on line {first_line[key]}); "
                                  "list each image once")

@@ -2,16 +2,18 @@
 
 Crash safety: every finished batch is committed to the store's journal (`NAME.h5.partial/`); a
 re-run reuses journal rows and rows of an existing store whose file stamp (size, mtime) or content
-hash is unchanged. Batches are fixed blocks of the full sorted listing, so an interrupted and resumed
+hash is unchanged, and judges skipped files again (only embedded files keep a stamp and hash). Batches are fixed blocks of the full sorted listing, so an interrupted and resumed
 run feeds the model exactly the batches an uninterrupted run would, and writes an identical store.
 
 Sharding (`torchrun`, `--shard R/N`): rank R embeds a contiguous block of the sorted listing into its
 own shard store (same lock, journal and reuse); `features.merge` concatenates them in rank order.
 """
 import ctypes
+import errno
 import json
 import os
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ class Options:
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
     progress: bool | None = None  # None: only on a terminal
+    max_image_bytes: int = 256 * 2**20  # larger files are skipped unread
 
 
 @dataclass
@@ -105,49 +108,104 @@ def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | 
     return Path(out) / dataset / f"{stem}.h5"
 
 
+def _stamp(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def file_stamp(path: Path) -> str:
     try:
-        st = path.stat()
+        return _stamp(path.stat())
     except OSError:
         return ""
-    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+NOT_REGULAR = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+               stat.S_IFSOCK: "socket"}
+
+
+def _unreadable(path: Path, e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if e.errno == errno.ENOENT and path.is_symlink():
+        return "broken symbolic link"
+    return f"unreadable file ({e.strerror or type(e).__name__})"
+
+
+def _too_large(max_bytes: int) -> BadImage:
+    cap = f"{max_bytes / 2**20:g} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
+    return BadImage(f"larger than the {cap} cap (--max-image-bytes)")
+
+
+def _refuse(st: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise BadImage("a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage(f"not a regular file ({NOT_REGULAR.get(stat.S_IFMT(st.st_mode), 'unknown type')})")
+    if st.st_size > max_bytes:
+        raise _too_large(max_bytes)
+
+
+def read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
+    """The bytes of a regular file (symbolic links followed) and its stamp, or BadImage with why not.
+
+    Anything else (FIFO, device, socket, folder) is refused by its `stat` without being opened; the open
+    descriptor is checked again (non-blocking, so a FIFO swapped in meanwhile cannot hang the read), and
+    no more than `max_bytes` are read (files whose size says 0, as in /proc, included).
+    """
+    try:
+        _refuse(os.stat(path), max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadImage(_unreadable(path, e)) from None
+    try:
+        st = os.fstat(fd)
+        _refuse(st, max_bytes)
+        parts, total = [], 0
+        while total <= max_bytes:
+            part = os.read(fd, min(max_bytes + 1 - total, max(st.st_size + 1 - total, 1 << 16)))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+        if total > max_bytes:
+            raise _too_large(max_bytes)
+        return b"".join(parts), _stamp(st)
+    except OSError as e:
+        raise BadImage(_unreadable(path, e)) from None
+    finally:
+        os.close(fd)
 
 
 class Read(NamedTuple):
     """One listed file as a worker left it."""
     pos: int  # its position in the list being embedded
-    hash: str  # content hash; "" when the file could not be read
+    hash: str  # content hash; "" unless the file was embedded or its hash is known
+    stamp: str  # the opened file's stamp; "" likewise
     reason: str  # why it is skipped; "" when fine
     decoded: bool  # decoded in this batch, so one of the batch's embedding rows is its
 
 
 class _Images(torch.utils.data.Dataset):
-    """Reads, hashes and preprocesses one listed file; never raises for a bad file.
+    """Reads (`read_file`), hashes and preprocesses one listed file; never raises for a bad file.
 
     Files whose content hash is in `known` are not decoded: their embedding already exists.
     """
 
-    def __init__(self, items, preprocess, known: frozenset = frozenset()):
-        self.items, self.preprocess, self.known = items, preprocess, known
+    def __init__(self, items, preprocess, known: frozenset = frozenset(), max_bytes: int = Options.max_image_bytes):
+        self.items, self.preprocess, self.known, self.max_bytes = items, preprocess, known, max_bytes
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i) -> tuple[Read, torch.Tensor | None]:
-        path = self.items[i].path
         try:
-            data = path.read_bytes()
-        except IsADirectoryError:
-            return Read(i, "", "a folder, not an image file", False), None
-        except OSError as e:
-            return Read(i, "", f"unreadable file ({e.strerror or type(e).__name__})", False), None
-        digest = content_hash(data)
-        if digest in self.known:
-            return Read(i, digest, "", False), None
-        try:
-            return Read(i, digest, "", True), load(data, self.preprocess)
+            data, stamp = read_file(self.items[i].path, self.max_bytes)
+            digest = content_hash(data)
+            if digest in self.known:
+                return Read(i, digest, stamp, "", False), None
+            return Read(i, digest, stamp, "", True), load(data, self.preprocess)
         except BadImage as e:
-            return Read(i, digest, str(e), False), None
+            return Read(i, "", "", str(e), False), None
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -262,31 +320,31 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     journal = Journal(path)
     prov = _provenance(backbone, uses_amp(device, options.amp))
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
-    by_hash = {r.hash: r for r in known.values() if r.hash and (r.source or r.reason)}
-    stamps = [file_stamp(it.path) for it in items]
+    by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
     todo = []
-    for i, (it, st) in enumerate(zip(items, stamps)):
+    for i, it in enumerate(items):
         r = known.get(it.rel)
-        if r is not None and st and r.stamp == st:
+        if r is not None and not r.reason and r.stamp and r.stamp == file_stamp(it.path):
             records[i] = r
         else:
-            todo.append(i)
+            todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
+    todo = _recheck(items, todo, known, by_hash, records, backbone.preprocess, options.max_image_bytes)
 
     embedded = 0
     if todo:
         journal.start(prov)
-        embedded = _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options)
+        embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options)
 
     rows = [i for i, r in enumerate(records) if not r.reason]
-    skipped = [(items[i].rel, records[i].reason, stamps[i], records[i].hash) for i in range(len(items))
-               if records[i].reason]
+    skipped = [(items[i].rel, r.reason, r.stamp, r.hash) for i, r in enumerate(records) if r.reason]
     skipped += [(rel, why, "", "") for rel, why in unlisted]
     if not rows and not shard:
         raise FeatbenchError(f"{dataset.root}: none of the {len(items)} images could be embedded "
                              f"(first reason: {skipped[0][1] if skipped else 'none'})")
     labels, splits = [items[i].label for i in rows], codes[rows]
-    if not _store_is_current(old_store, [records[i].source for i in rows], labels, splits, skipped,
+    stamps = [records[i].stamp for i in rows]
+    if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype):
         seconds = time.perf_counter() - started
         meta = Extraction(**prov, weights=backbone.weights, dataset=dataset.describe(),
@@ -301,7 +359,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         source = RowSource(old_store.h5 if old_store else None)
         write_store(path, dim=backbone.dim, chunks=source.chunks([records[i].source for i in rows], 4096),
                     labels=labels, paths=[items[i].rel for i in rows], splits=splits,
-                    hashes=[records[i].hash for i in rows], stamps=[stamps[i] for i in rows],
+                    hashes=[records[i].hash for i in rows], stamps=stamps,
                     skipped=skipped, class_names=dataset.class_names, meta=meta, dtype=options.dtype)
     if old_store is not None:
         old_store.close()
@@ -310,9 +368,35 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
                    time.perf_counter() - started, str(device))
 
 
-def _store_is_current(store, sources, labels, splits, skipped, class_names, dtype) -> bool:
-    """True when the existing store already holds exactly these rows, labels, splits and skips."""
+def _recheck(items, todo, known, by_hash, records, preprocess, max_bytes: int) -> list[int]:
+    """Settle here, without the model, the pending files the store knows by path; return the rest of `todo`.
+
+    A file whose content is an embedded row's takes that row with its new stamp (so a `touch` costs one
+    read, once); a file skipped before is read and decoded again and, still bad, skipped with a fresh reason.
+    """
+    left = []
+    for i in todo:
+        if items[i].rel not in known:
+            left.append(i)
+            continue
+        try:
+            data, stamp = read_file(items[i].path, max_bytes)
+            digest = content_hash(data)
+            if digest in by_hash:
+                records[i] = Record(stamp, digest, "", by_hash[digest].source)
+                continue
+            if known[items[i].rel].reason:
+                load(data, preprocess)
+            left.append(i)
+        except BadImage as e:
+            records[i] = Record("", "", str(e), None)
+    return left
+
+
+def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype) -> bool:
+    """True when the existing store already holds exactly these rows, stamps, labels, splits and skips."""
     return (store is not None and sources == [Row(None, k) for k in range(len(store.paths))]
+            and store.stamps == stamps
             and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
             and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
             and store.meta.dtype == dtype)
@@ -352,7 +436,8 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
-        _Images(items, backbone.preprocess, known), batch_sampler=blocks, num_workers=worker_count(device, options),
+        _Images(items, backbone.preprocess, known, options.max_image_bytes), batch_sampler=blocks,
+        num_workers=worker_count(device, options),
         collate_fn=_EmbedBatch(forward) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
         worker_init_fn=partial(_end_with_parent, os.getpid()),
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
@@ -374,23 +459,21 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
             bar.update(len(reads))
 
 
-def _embed(items, todo, stamps, records, by_hash, backbone, device, journal, options) -> int:
+def _embed(items, todo, records, by_hash, backbone, device, journal, options) -> int:
     """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
     computed = 0
     for reads, feats in embed_batches([items[i] for i in todo], backbone, device, options,
                                       _blocks(todo, options.batch_size), frozenset(by_hash)):
         new = [r for r in reads if r.decoded or r.reason]
-        npy = journal.append([items[todo[r.pos]].rel for r in new], [stamps[todo[r.pos]] for r in new],
+        npy = journal.append([items[todo[r.pos]].rel for r in new], [r.stamp for r in new],
                              [r.hash for r in new], [r.reason for r in new], feats)
         row = 0
         for r in new:
-            i = todo[r.pos]
-            records[i] = Record(stamps[i], r.hash, r.reason, None if r.reason else Row(npy, row))
+            records[todo[r.pos]] = Record(r.stamp, r.hash, r.reason, None if r.reason else Row(npy, row))
             row += not r.reason
         for r in reads:
-            if not (r.decoded or r.reason):  # same content as a known row: reuse its embedding or skip reason
-                hit = by_hash[r.hash]
-                records[todo[r.pos]] = Record(stamps[todo[r.pos]], r.hash, hit.reason, hit.source)
+            if not (r.decoded or r.reason):  # same content as an embedded row: reuse its embedding
+                records[todo[r.pos]] = Record(r.stamp, r.hash, "", by_hash[r.hash].source)
         computed += len(feats)
     return computed
 

@@ -228,6 +228,7 @@ def test_csv_paths_quoting_and_names(tmp_path):
     ("", r"needs a header with columns path,label\[,split\]"),
     ("path,split\nx.jpg,train\n", r"needs a header with columns path,label\[,split\]"),
     ("path,label,split\nx.jpg,a,dev\n", r"list.csv:2: split 'dev' is not one of train, val, test"),
+    ("path,label\nx.jpg,a\nx\0.jpg,a\n", r"list.csv:3: the path contains a NUL byte$"),
 ])
 def test_csv_errors_name_the_file_and_line(tmp_path, text, message):
     (tmp_path / "list.csv").write_text(text)

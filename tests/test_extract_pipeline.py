@@ -108,9 +108,9 @@ def test_skip_reasons_say_why(dvc_folder, tmp_path, tiny, monkeypatch):
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(dvc_folder / "cat.90.jpg")
     write_image(dvc_folder / "dog.91.jpg", 91)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15000)  # 200×200 is over twice that: refused as a bomb
-    real = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
-                        if self.name == "dog.91.jpg" else real(self))
+    real = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if Path(path).name == "dog.91.jpg" else real(path, *a))
     summary = run(dvc_folder, tmp_path / "out", tiny)
     with FeatureStore(summary.path) as s:
         why = {p: reason for p, reason, *_ in s.skipped}
@@ -306,19 +306,36 @@ def test_a_worker_whose_main_process_is_gone_exits_at_start():
         assert child.exitcode == code, (method, child.exitcode)
 
 
+HELD = """import sys
+import extract.pipeline as pipeline
+from extract.__main__ import main
+from features.cli import run_cli
+fifo, load = sys.argv.pop(1), pipeline.load
+
+def held(data, pre):
+    with open(fifo, "rb") as f:  # blocks until the test opens the FIFO for writing, then until it closes it
+        f.read()
+    pipeline.load = load
+    return load(data, pre)
+pipeline.load = held
+sys.exit(run_cli(main, sys.argv[1:]))
+"""
+
+
 def test_second_extraction_process_refused_by_lock(tmp_path):
     """Two real `python -m extract` runs on one store: the second exits 2 with the lock message.
 
-    The first is held inside its lock by a FIFO listed in the CSV: reading it blocks until the test
-    writes the JPEG, so the overlap does not depend on timing.
+    The first (`HELD`) is held inside its lock by its first decode, which reads a FIFO until the test
+    closes it after the second run, so the overlap does not depend on timing (a listed FIFO is skipped unread).
     """
-    for i in range(6):
+    for i in range(7):
         write_image(tmp_path / f"{i}.jpg", i)
-    fifo = tmp_path / "held.jpg"
+    fifo = tmp_path / "held"
     os.mkfifo(fifo)
-    (tmp_path / "list.csv").write_text("path,label\nheld.jpg,a\n" + "".join(f"{i}.jpg,{'ab'[i % 2]}\n" for i in range(6)))
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{i}.jpg,{'ab'[i % 2]}\n" for i in range(7)))
     cmd = CLI + ["--data", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out")]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, "-c", HELD, str(fifo), *cmd[3:]], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while True:  # opening the FIFO for writing succeeds once the first process reads it, inside the lock
@@ -329,8 +346,6 @@ def test_second_extraction_process_refused_by_lock(tmp_path):
                 assert first.poll() is None and time.time() < deadline, "the first run never read the FIFO"
                 time.sleep(0.05)
         second = subprocess.run(cmd, capture_output=True, text=True)
-        os.set_blocking(fd, True)
-        os.write(fd, (tmp_path / "0.jpg").read_bytes())
         os.close(fd)
         out, err = first.communicate(timeout=120)
     finally:
