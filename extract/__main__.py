@@ -13,7 +13,7 @@ from extract.backbones import create_backbone, list_backbones
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.pipeline import Options, Summary, extract
-from features.cli import Command, CommandLine, run_cli
+from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
 from features.merge import merge, merged_path, shard_path
 
@@ -52,6 +52,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (it compiles before the first batch; on CPU the default frozen "
                         "graph can be faster: compare them with python -m benchmarks speed)")
+    p.add_argument("--max-image-bytes", type=parse_size, default=Options.max_image_bytes, metavar="SIZE",
+                   help="skip, unread, image files larger than this, e.g. 64M or 2G (default 256M)")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard", metavar="RANK/WORLD",
@@ -98,6 +100,7 @@ def embed(args) -> int:
     backbone = create_backbone(args.backbone, args.weights, args.random_init)
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
                       amp=not args.no_amp, optimize=not args.no_optimize, compile=args.compile, overwrite=args.overwrite,
+                      max_image_bytes=args.max_image_bytes,
                       progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
                   weights_file=args.weights, options=options, shard=shard)

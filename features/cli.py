@@ -30,6 +30,19 @@ def run_cli(main_fn, argv=None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def parse_size(text: str) -> int:
+    """`8G`, `512M`, `1.5GiB`, `100000` (bytes) → bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        size = int(float(t[:-1] if t[-1:] in units else t) * units[t[-1] if t[-1:] in units else ""])
+    except (ValueError, OverflowError):
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size (e.g. 8G, 512M, 1000000)")
+    return size
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its line in `--help`, what adds its arguments, and what runs it (returns the exit status)."""

