@@ -28,21 +28,30 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, log_loss
-from torch import nn
 from timm.utils import ModelEmaV3
+from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
-from benchmarks.recipes import (DEFAULT_RECIPE, MODES, RECIPES, Recipe, fit_temperature, log_loss_at,
-                                param_groups, recipe_for, softmax)
+from benchmarks.recipes import (
+    DEFAULT_RECIPE,
+    MODES,
+    RECIPES,
+    Recipe,
+    fit_temperature,
+    log_loss_at,
+    param_groups,
+    recipe_for,
+    softmax,
+)
 from benchmarks.splits import SplitImages, same_split
 from classify.heads import HEADS
 from classify.metrics import evaluate, over_seeds
 from classify.select import sweep
 from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, dataset_flags, resolve
+from extract.device import autocast, default_workers, pick_device, uses_amp
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
-from extract.device import autocast, default_workers, pick_device, uses_amp
 from extract.pipeline import store_path
 from features.atomic import atomic_write
 from features.errors import FeatbenchError

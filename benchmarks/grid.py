@@ -35,10 +35,11 @@ from pathlib import Path
 
 from benchmarks.finetune import budget_params, default_epochs, finetune, model_name
 from benchmarks.recipes import MODES, OVERRIDES, recipe_for
-from benchmarks.splits import same_split
 from benchmarks.report import build, markdown_table
+from benchmarks.splits import same_split
 from classify.heads import ENSEMBLES
-from classify.train import parse_heads, run as classify
+from classify.train import parse_heads
+from classify.train import run as classify
 from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags, read_toml, resolve
 from extract.datasets import load_dataset
@@ -58,7 +59,8 @@ def read_config(path: Path) -> dict:
     bench = cfg.get("benchmark", {})
     unknown = set(bench) - BENCHMARK_KEYS
     if unknown:
-        raise FeatbenchError(f"{path}: unknown [benchmark] keys {sorted(unknown)}; known: {', '.join(sorted(BENCHMARK_KEYS))}")
+        raise FeatbenchError(f"{path}: unknown [benchmark] keys {sorted(unknown)}; "
+                             f"known: {', '.join(sorted(BENCHMARK_KEYS))}")
     if not bench.get("backbones"):
         raise FeatbenchError(f"{path}: [benchmark] needs backbones = [\"NAME\", …]")
     for entry in cfg.get("finetune", []):

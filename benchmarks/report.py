@@ -24,8 +24,8 @@ import matplotlib
 import sklearn
 
 from benchmarks import plots
-from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from benchmarks.published import published_for, task_of
+from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.heads import ENSEMBLES, HEADS
 from classify.train import short_params
 from features.atomic import atomic_write
@@ -294,7 +294,8 @@ def verdict(c: Collected) -> str:
         if r is not None:
             recipe = "" if _default_recipe(r) else f" ({r['recipe']} recipe)"
             lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}{recipe} — "
-                         f"test accuracy {pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; compute {_compute_words(r)}.")
+                         f"test accuracy {pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; "
+                         f"compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
         lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}. "
                      + _budgets(c, frozen, tuned, frozen_rows, tuned_rows))
@@ -407,7 +408,8 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
 th{background:#f3f3f3}td:nth-child(n+4){text-align:right}tr:nth-child(even){background:#fafafa}
 img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}figcaption{font-weight:600}
-tr.published td{color:#555;font-style:italic;background:#f4f6fb}li{margin:.2em 0}code{background:#f3f3f3;padding:0 .2em}"""
+tr.published td{color:#555;font-style:italic;background:#f4f6fb}li{margin:.2em 0}
+code{background:#f3f3f3;padding:0 .2em}"""
 
 
 def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:

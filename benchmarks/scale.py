@@ -81,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     for line in r["log"]:
         print(f"  {line}")
-    print(f"classify --head logreg --max-memory {args.max_memory}: {r['seconds']:.0f}s, peak RSS {r['peak_rss_gib']:.2f} GiB "
+    print(f"classify --head logreg --max-memory {args.max_memory}: {r['seconds']:.0f}s, "
+          f"peak RSS {r['peak_rss_gib']:.2f} GiB "
           f"({'under' if r['peak_rss_gib'] < 2 else 'OVER'} the 2 GiB target), out of core: {r['out_of_core']}, "
           f"test accuracy {r['accuracy']:.4f}, chosen {r['params']}")
     return 0

@@ -19,7 +19,7 @@ from classify.predict import predict, submit
 from classify.train import asked_heads, find_stores, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
-from features.cli import Command, CommandLine, run_cli
+from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 
@@ -63,19 +63,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(dask: connects to DASK_SCHEDULER_ADDRESS, else a local cluster; ray: ray.init())")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataset_args(p)
-
-
-def parse_size(text: str) -> int:
-    """`8G`, `512M`, `1.5GiB`, `100000` (bytes) → bytes."""
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    try:
-        size = int(float(t[:-1] if t[-1:] in units else t) * units[t[-1] if t[-1:] in units else ""])
-    except (ValueError, OverflowError):
-        size = 0
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size (e.g. 8G, 512M, 1000000)")
-    return size
 
 
 def n_jobs(text: str) -> int:

@@ -1,8 +1,13 @@
 """Test-split metrics of a model, the fields of its `features.records.ModelMetrics`
 (`{model}.metrics.json` next to the model)."""
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, log_loss,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
 ECE_BINS = 15
 TOP_LOSSES = 10

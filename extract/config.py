@@ -52,7 +52,8 @@ def add_dataset_args(parser: argparse.ArgumentParser, config: bool = True) -> No
     g.add_argument("--splits", metavar="TRAIN,VAL,TEST",
                    help="train,val,test fractions when the dataset has none (default 0.7,0.15,0.15)")
     g.add_argument("--seed", type=int, help="split seed: which images go to train, val and test (default 0)")
-    g.add_argument("--out", type=Path, help="output folder: stores, models and reports go to OUT/DATASET/ (default: runs)")
+    g.add_argument("--out", type=Path,
+                   help="output folder: stores, models and reports go to OUT/DATASET/ (default: runs)")
 
 
 def dataset_flags(args: argparse.Namespace) -> dict:

@@ -130,7 +130,8 @@ def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
         x = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], (nh, nw), mode=pre.interpolation,
                           antialias=True)[0]
         return x[:, top:top + pre.size, left:left + pre.size].contiguous()
-    crop, resample, pil = (left, top, left + pre.size, top + pre.size), RESAMPLE[pre.interpolation], Image.fromarray(img)
+    crop, resample = (left, top, left + pre.size, top + pre.size), RESAMPLE[pre.interpolation]
+    pil = Image.fromarray(img)
     if nw > w and max(nw, nh) <= 8 * pre.resize:  # upscale: whole (a float32 box moves a fifth of the pixels)
         region = pil.resize((nw, nh), resample).crop(crop)
     else:

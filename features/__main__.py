@@ -30,7 +30,8 @@ def info(path) -> str:
         for code, name in enumerate(SPLITS):
             mask = store.splits == code
             unlabelled = int((store.labels[mask] == NO_LABEL).sum())
-            lines.append(f"  {name:<12} {int(mask.sum())} images" + (f" ({unlabelled} unlabelled)" if unlabelled else ""))
+            lines.append(f"  {name:<12} {int(mask.sum())} images"
+                         + (f" ({unlabelled} unlabelled)" if unlabelled else ""))
         lines.append(f"  splits       fingerprint {m.split_fingerprint}, fractions "
                      f"{_known(m.split_fractions)}, seed {_known(m.split_seed)}")
         skipped = store.skipped

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import skip_without_weights
 
 from extract import weights as pypi
 from extract.backbones import REGISTRY, create_backbone, list_backbones
 from extract.images import resize_crop
 from features.errors import FeatbenchError
+
+from conftest import skip_without_weights
 
 CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

@@ -10,21 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 from PIL import Image
 
 from benchmarks.__main__ import main
 from benchmarks.finetune import Finetuned
-from benchmarks.splits import SplitImages, same_split
 from benchmarks.grid import read_config
 from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
 from benchmarks.report import num, pct, secs
+from benchmarks.splits import SplitImages, same_split
 from extract.backbones import create_backbone, weights_here
 from extract.config import DatasetSettings
 from features import Extraction, FeatureStore, write_store
 from features.cli import run_cli
 from features.errors import FeatbenchError
+
+from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 HEADS = ["logreg", "mlp", "svm", "knn", "avg", "concat"]
@@ -343,6 +344,7 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
 
 def test_report_reads_metrics_and_stores_written_before_their_records_had_versions(tmp_path, capsys):
     import h5py
+
     from classify.train import run
     folder = tmp_path / "pets"
     pets_store(folder / "alpha.h5", 1)

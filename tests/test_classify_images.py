@@ -10,7 +10,6 @@ import sys
 import joblib
 import numpy as np
 import pytest
-from conftest import write_image
 
 from classify.__main__ import main
 from classify.metrics import proba
@@ -21,6 +20,8 @@ from extract.datasets import load_dataset
 from extract.pipeline import Options, embed_files, extract
 from features.cli import run_cli
 from features.reader import FeatureStore
+
+from conftest import write_image
 
 pytestmark = pytest.mark.slow
 BACKBONES = ("resnet10t", "resnet18")  # random init: no download, the round trip is what is tested

@@ -12,14 +12,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
 
 from classify import stream
+from classify.__main__ import main
 from classify.heads import HEADS
 from classify.models import load_model
 from classify.select import sweep
-from classify.__main__ import main
-from features.cli import parse_size
 from classify.train import run
 from features import FeatureStore
-from features.cli import run_cli
+from features.cli import parse_size, run_cli
 from tests.test_classify import CLASSES, cli, make_store, one_line_error, synthetic, view
 
 

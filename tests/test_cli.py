@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
 
 from benchmarks.__main__ import CLI as BENCHMARKS
 from classify.__main__ import CLI as CLASSIFY
@@ -18,6 +17,8 @@ from features import FeatbenchError, FeatureStore, write_store
 from features.__main__ import CLI as FEATURES
 from features.cli import run_cli
 from features.records import Extraction
+
+from conftest import write_image
 from test_classify import make_store, synthetic, view
 
 ROOT = Path(__file__).resolve().parents[1]

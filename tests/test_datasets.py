@@ -3,11 +3,12 @@ import random
 
 import numpy as np
 import pytest
-from conftest import DOGS_VS_CATS, PETS, needs, write_image
 
 from extract.datasets import assign_splits, detect_format, load_dataset
 from features.errors import FeatbenchError
 from features.schema import NO_LABEL, SPLITS
+
+from conftest import DOGS_VS_CATS, PETS, needs, write_image
 
 
 def test_dogs_vs_cats_labels_from_names(dvc_folder):

@@ -8,7 +8,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import DOGS_VS_CATS, needs, write_image
 from test_extract_pipeline import contents
 
 from classify.train import find_stores
@@ -18,6 +17,8 @@ from extract.datasets import load_dataset
 from extract.pipeline import Options, extract
 from features import FeatureStore
 from features.writer import Journal
+
+from conftest import DOGS_VS_CATS, needs, write_image
 
 ARGS = ["--backbone", "test_resnet", "--random-init", "--device", "cpu", "--batch-size", "2", "--workers", "0",
         "--no-optimize", "--quiet"]

@@ -12,7 +12,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import DOGS_VS_CATS, needs, write_image
 from test_images import BAD, hostile_files
 
 from extract.backbones import create_backbone
@@ -21,6 +20,8 @@ from extract.device import pick_device
 from extract.pipeline import Options, _end_with_parent, _known_rows, _provenance, extract
 from features import FeatureStore, Journal
 from features.errors import FeatbenchError
+
+from conftest import DOGS_VS_CATS, needs, write_image
 
 QUIET = Options(progress=False, batch_size=8, workers=0)
 
@@ -428,6 +429,7 @@ def test_a_slow_batch_does_not_hold_up_the_other_worker(dvc_folder, tmp_path, ti
     reached the journal (in listing order that never happens, and it gives up after a minute); the store is
     unchanged. An event shared with the forked workers, not a sleep, so a loaded machine cannot reorder it."""
     import multiprocessing
+
     import extract.pipeline as pipeline
     from features.writer import Journal
     serial = contents(run(dvc_folder, tmp_path / "a", tiny, batch_size=4).path)

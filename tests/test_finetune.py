@@ -8,17 +8,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
 from PIL import Image
 
 import benchmarks.finetune as ft
-from benchmarks.recipes import (LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for,
-                                softmax)
+from benchmarks.recipes import LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for, softmax
 from benchmarks.splits import same_split
 from classify.heads import logreg
 from extract.backbones import create_backbone
 from extract.config import DatasetSettings
 from features.errors import FeatbenchError
+
+from conftest import write_image
 
 
 def model(mode="full", classes=2):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
 from PIL import Image
 from test_extract_pipeline import QUIET, contents, run, tiny  # noqa: F401 (tiny: the fixture)
 from test_images import BAD, RGB, hostile_files
@@ -25,6 +24,8 @@ from features import FeatureStore
 from features.__main__ import main as features_main
 from features.__main__ import skipped_lines
 from features.cli import run_cli
+
+from conftest import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
