@@ -82,6 +82,7 @@ def load_store(path, features: bool = True) -> Store:
         where = fs.path
         if not len(fs.paths):
             raise StoreError(f"{where}: empty feature store (no embedded images); re-run `python -m extract`")
+        fs.check_intact()
         for split in ("train", "val"):
             unlabelled = fs.rows(split, labelled_only=False)
             unlabelled = unlabelled[fs.labels[unlabelled] == NO_LABEL]
@@ -391,10 +392,10 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
     if not wanted:
         raise FeatbenchError(f"{gib}: out of core only the {', '.join(stream.STREAM_HEADS)} heads learn "
                              "incrementally; pass --head logreg or mlp, or raise --max-memory")
+    stores = [load_store(p, features=False) for p in paths]
     dropped = [h for h in heads if h not in wanted]
     print(f"note: {gib}: streaming features from disk"
           + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)
-    stores = [load_store(p, features=False) for p in paths]
     out = []
     with threadpool_limits(limits=BLAS_THREADS):
         for store in stores:

@@ -194,13 +194,23 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
             store.close()
             store = None
         if store is not None:
+            damaged = store.damaged_rows() or []
+            if damaged:
+                print(f"note: {path}: {store.describe_damage(damaged)}; re-embedding them", file=sys.stderr)
+            intact = np.ones(len(store.paths), bool)
+            for lo, hi in damaged:
+                intact[lo:hi] = False
             for row, (p, st, h) in enumerate(zip(store.paths, store.stamps, store.hashes)):
-                known[p] = Record(st, h, "", Row(None, row))
+                if intact[row]:
+                    known[p] = Record(st, h, "", Row(None, row))
             for p, why, st, h in store.skipped:
                 known[p] = Record(st, h, why, None)
     if journal.parts():
         if journal.made_with(prov):
             known.update(journal.records())
+            if journal.damaged:
+                print(f"note: {len(journal.damaged)} parts of {journal.dir} fail their checksum (first "
+                      f"{journal.damaged[0].name}); re-embedding their images", file=sys.stderr)
         else:
             journal.clear()
     return known, store

@@ -81,6 +81,8 @@ def merge(shard_paths: list, out_path=None) -> Path:
         if not stores:
             raise StoreError("no shard stores to merge")
         stores = _in_rank_order(stores)
+        for s in stores:
+            s.check_intact()
         paths = [p for s in stores for p in s.paths]
         if any(a >= b for a, b in zip(paths, paths[1:])):
             raise StoreError(f"{stores[0].path.name} and its other shards overlap: the dataset changed between "

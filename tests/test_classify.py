@@ -371,11 +371,27 @@ def test_single_heads_on_stores_with_different_classes(good, capsys):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_features(good, capsys, value):
+    """In a store without checksums (older featbench), where no checksum tells the damage."""
     folder, X, y, splits = good
     store = make_store(folder / "a.h5", X, y, splits, "a")
     with h5py.File(store, "r+") as f:
         f["embeddings"][int(np.flatnonzero(splits == 2)[0]), 3] = value
+        del f["checksums"]
     one_line_error(*cli(capsys, "--features", store, "--head", "all"), "NaN/inf", "test")
+    nothing_written(folder)
+
+
+@pytest.mark.parametrize("value", [np.nan, 1e30])
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_damaged_store_is_refused_naming_the_rows(good, capsys, value, out_of_core):
+    """Rows written over after extraction (1e30 is finite: only the checksum tells) are never trained on."""
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    with h5py.File(store, "r+") as f:
+        f["embeddings"][70, 3] = value
+    memory = ["--max-memory", "1000"] if out_of_core else []
+    one_line_error(*cli(capsys, "--features", store, "--head", "logreg", "--quiet", *memory),
+                   f"{store}: 120 damaged rows (rows 0-119; first ", "re-run `python -m extract`")
     nothing_written(folder)
 
 

@@ -143,6 +143,53 @@ def test_effective_amp_decides_reuse(dvc_folder, tmp_path, tiny):
     assert not journal.dir.exists()  # parts of another precision are dropped
 
 
+def test_a_damaged_block_alone_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """Values written over a store's rows (NaN, and 1e30, which is finite) fail their block's checksum: a
+    re-run re-embeds that block only, and the store is then bit for bit the one a clean run writes."""
+    import features.writer
+    from features.reader import verify
+    monkeypatch.setattr(features.writer, "CHUNK_BYTES", 8 * tiny.dim * 4)  # blocks of 8 rows: one batch each
+    clean = run(dvc_folder, tmp_path / "clean", tiny).path
+    path = run(dvc_folder, tmp_path / "out", tiny).path
+    with h5py.File(path, "r+") as f:
+        f["embeddings"][9, 0] = np.nan
+        f["embeddings"][12, 5] = 1e30
+    assert verify(path)[0] is False
+    again = run(dvc_folder, tmp_path / "out", tiny)
+    assert (again.embedded, again.reused, again.rows) == (8, 16, 24)
+    assert f"note: {path}: 8 damaged rows (rows 8-15; first cat.6.jpg); re-embedding them" in capsys.readouterr().err
+    assert verify(path) == (True, f"{path}: OK (24 rows)")
+    with FeatureStore(path) as s, FeatureStore(clean) as c:
+        assert s.fingerprint == c.fingerprint and s.meta.split_fingerprint == c.meta.split_fingerprint
+    with h5py.File(path) as f, h5py.File(clean) as g:
+        assert f["embeddings"][:].tobytes() == g["embeddings"][:].tobytes()
+        assert f["checksums"][:].tolist() == g["checksums"][:].tolist()
+
+
+def test_a_damaged_journal_part_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """An interrupted run's part whose rows changed on disk is not resumed from: its images are embedded again."""
+    clean = contents(run(dvc_folder, tmp_path / "clean", tiny).path)
+    append, calls = Journal.append, []
+
+    def crash_after_two_batches(self, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return append(self, *args)
+    monkeypatch.setattr(Journal, "append", crash_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        run(dvc_folder, tmp_path / "out", tiny)
+    monkeypatch.undo()
+    part = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5.partial" / "part-0000001.npy"
+    rows = np.load(part)
+    rows[3, 7] = 1e30
+    np.save(part, rows)
+    resumed = run(dvc_folder, tmp_path / "out", tiny)
+    assert (resumed.embedded, resumed.reused) == (16, 8)
+    assert "1 parts of" in capsys.readouterr().err
+    assert_same(clean, contents(resumed.path))
+
+
 def test_file_vanishing_mid_run_is_skipped(dvc_folder, tmp_path, tiny, monkeypatch):
     ds = load_dataset(dvc_folder)
     (dvc_folder / "cat.0.jpg").unlink()  # listed, then gone before it is read
