@@ -58,8 +58,10 @@ class Store:
         return self.meta.dataset["name"]
 
 
-def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
-    """The stores in a dataset's folder: all of them, or `{folder}/{name}.h5` for each backbone name."""
+def find_stores(folder: Path, backbones: list[str] | None = None, root=None) -> list[Path]:
+    """The stores in a dataset's folder: all of them, or `{folder}/{name}.h5` for each backbone name.
+
+    With the dataset's `root`, a store extracted from another folder of the same name is refused."""
     found = sorted(folder.glob("*.h5")) if folder.is_dir() else []
     if backbones:
         missing = [b for b in backbones if not (folder / f"{b}.h5").is_file()]
@@ -67,10 +69,14 @@ def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
             have = ", ".join(p.stem for p in found) or "none"
             raise StoreError(f"{folder}: no feature store for {', '.join(missing)} (stores here: {have}); "
                              f"run `python -m extract --backbone {missing[0]}` first")
-        return [folder / f"{b}.h5" for b in backbones]
+        found = [folder / f"{b}.h5" for b in backbones]
     if not found:
         raise StoreError(f"{folder}: no feature stores; run `python -m extract --backbone NAME` for this "
                          "dataset first, or pass --features FILE")
+    if root is not None:
+        for path in found:
+            with FeatureStore(path) as fs:
+                fs.check_made_from(root)
     return found
 
 

@@ -34,7 +34,8 @@ def merged_path(shard: Path) -> Path:
 
 
 def _provenance(store: FeatureStore) -> dict:
-    dataset = {k: v for k, v in store.meta.dataset.items() if k != "root"}  # nodes may mount it elsewhere
+    dataset = {k: v for k, v in store.meta.dataset.items()  # nodes may mount it elsewhere
+               if k not in ("root", "root_from_store")}
     return {**{k: getattr(store.meta, k) for k in SAME}, "dataset": dataset}
 
 

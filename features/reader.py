@@ -192,6 +192,31 @@ class FeatureStore:
             raise StoreError(f"{self.path}: {self.describe_damage(bad)}: the embeddings changed after they were "
                              "written; re-run `python -m extract` on its dataset to re-embed them")
 
+    def check_made_from(self, root) -> None:
+        """Refuse a store extracted from another dataset folder than `root` (one with the same name).
+
+        A store without a recorded root (older featbench) passes, as do shard and merged stores, whose
+        root is where the node that made them mounted the dataset."""
+        if not (self.meta.shard or self.meta.merged_from):
+            check_root(self.path, self.meta.dataset, root)
+
+
+def check_root(where: Path, dataset: dict | None, root) -> None:
+    """Refuse what `where` (a store, or a journal beside it) holds when its `dataset` record names another
+    folder than `root`: neither its `root` nor its `root_from_store` seen from where the store is now (a
+    project moved or copied whole, stores and images together, is still the same dataset)."""
+    recorded = (dataset or {}).get("root")
+    if not recorded:
+        return
+    same = {Path(recorded).resolve()}
+    if dataset.get("root_from_store"):
+        same.add((where.parent.resolve() / dataset["root_from_store"]).resolve())
+    root = Path(root).resolve()
+    if root in same:
+        return
+    raise StoreError(f"{where}: made from {recorded}, not {root} (two datasets with one name); pass --name NAME "
+                     f"to give this dataset its own stores, or delete {where} if the dataset moved")
+
 
 def verify(path) -> tuple[bool, str]:
     """Check a store's embeddings against their checksums: (False when some are damaged, one line saying

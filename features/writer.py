@@ -69,9 +69,18 @@ class Journal:
     def parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.json")) if self.dir.is_dir() else []
 
-    def start(self, provenance: dict) -> None:
-        """Record (atomically) what the parts are embeddings of: backbone, weights, preprocessing, AMP."""
+    def start(self, provenance: dict, dataset: dict) -> None:
+        """Record (atomically) what the parts are embeddings of: backbone, weights, preprocessing, AMP,
+        and which dataset (its `root` and `root_from_store`, as a store's metadata records them)."""
         atomic_write(self.dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(provenance)))
+        atomic_write(self.dir / "dataset.json", lambda tmp: tmp.write_text(json.dumps(dataset)))
+
+    def dataset(self) -> dict | None:
+        """The dataset the parts were made from; None without parts or a readable record (older featbench)."""
+        try:
+            return json.loads((self.dir / "dataset.json").read_text()) if self.parts() else None
+        except (OSError, ValueError):
+            return None
 
     def made_with(self, provenance: dict) -> bool:
         """True when the parts were made with `provenance`; a missing or unreadable record is False."""

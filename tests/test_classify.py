@@ -16,7 +16,7 @@ from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKN
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
 from classify.select import quiet, sweep
-from features import Extraction, write_store
+from features import Extraction, StoreError, write_store
 from features.cli import run_cli
 
 CLASSES = ["ant", "bee", "cat"]
@@ -289,6 +289,10 @@ def test_cli_trains_the_configured_dataset(two_stores, tmp_path, capsys, monkeyp
         (data / c).mkdir(parents=True)
         (data / c / "0.jpg").write_bytes(b"")
     out = two_stores[0].parent.parent
+    for store in two_stores:  # made from this listing's folder
+        with h5py.File(store, "r+") as f:
+            meta = json.loads(f.attrs["meta"])
+            f.attrs["meta"] = json.dumps({**meta, "dataset": {**meta["dataset"], "root": str(data.resolve())}})
     (tmp_path / "featbench.toml").write_text(f'[dataset]\npath = "{data}"\nout = "{out}"\nsplits = [0.6, 0.2, 0.2]\n')
     monkeypatch.chdir(tmp_path)
     rc, stdout, err = cli(capsys, "--head", "logreg", "--backbone", "beta", "--quiet")
@@ -393,6 +397,16 @@ def test_damaged_store_is_refused_naming_the_rows(good, capsys, value, out_of_co
     one_line_error(*cli(capsys, "--features", store, "--head", "logreg", "--quiet", *memory),
                    f"{store}: 120 damaged rows (rows 0-119; first ", "re-run `python -m extract`")
     nothing_written(folder)
+
+
+def test_stores_of_another_dataset_folder_are_refused(good):
+    from classify.train import find_stores
+    folder, X, y, splits = good
+    make_store(folder / "a.h5", X, y, splits, "a")  # made from /data/synth
+    assert find_stores(folder, root="/data/synth") == [folder / "a.h5"]
+    with pytest.raises(StoreError, match=r"a\.h5: made from /data/synth, not /elsewhere/synth .*--name NAME") as err:
+        find_stores(folder, ["a"], root="/elsewhere/synth")
+    assert "\n" not in str(err.value)
 
 
 def test_ensemble_of_different_datasets(good, capsys):

@@ -151,7 +151,7 @@ def test_journal_records_number_embedded_rows_and_keep_provenance(tmp_path):
     from features.writer import Journal, RowSource
     journal = Journal(tmp_path / "s.h5")
     assert journal.records() == {} and not journal.made_with({"backbone": "a"})
-    journal.start({"backbone": "a", "weights": "w"})
+    journal.start({"backbone": "a", "weights": "w"}, {"root": "/data/pics"})
     assert journal.made_with({"backbone": "a", "weights": "w"}) and not journal.made_with({"backbone": "a"})
     first = journal.append(["x", "bad", "y"], ["1:1", "2:2", "3:3"], ["hx", "", "hy"], ["", "truncated", ""],
                            np.array([[1, 1], [2, 2]], np.float32))
@@ -208,8 +208,8 @@ def test_journal_folder_numbering_and_clearing(tmp_path):
     journal = Journal(tmp_path / "new" / "s.h5")
     assert journal.dir == tmp_path / "new" / "s.h5.partial"
     journal.clear()  # nothing there yet: no error
-    journal.start({"v": 1})
-    journal.start({"v": 2})
+    journal.start({"v": 1}, {"root": "/data/pics"})
+    journal.start({"v": 2}, {"root": "/data/pics"})
     assert journal.made_with({"v": 2})
     Journal(tmp_path / "other" / "s.h5").append(["a"], ["1:1"], ["h"], [""], rows)  # append makes the folder too
     for n in (0, 2):
@@ -384,6 +384,35 @@ def test_journal_leaves_out_parts_whose_embeddings_changed(tmp_path):
     old = parts[3].with_suffix(".json")
     old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "crc"}))
     assert sorted(journal.records()) == ["a", "d"] and journal.damaged == parts[1:3]
+
+
+def test_made_from_refuses_another_dataset_folder(tmp_path):
+    """A store made from another folder of the same name is refused, naming both; the same folder through
+    a symlink passes, as does the folder at the store's recorded place beside it (stores and images moved
+    together), a store with no recorded root (older featbench), and shard or merged stores."""
+    (tmp_path / "A" / "pets").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "A")
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path) as f:
+        meta = json.loads(f.attrs["meta"])
+    set_meta(path, {**meta, "dataset": {"name": "pets", "root": str(tmp_path / "A" / "pets")}})
+    with FeatureStore(path) as s:
+        s.check_made_from(tmp_path / "link" / "pets")
+        with pytest.raises(StoreError) as err:
+            s.check_made_from(tmp_path / "B" / "pets")
+    assert str(err.value) == (f"{path}: made from {tmp_path / 'A' / 'pets'}, not {tmp_path / 'B' / 'pets'} (two "
+                              "datasets with one name); pass --name NAME to give this dataset its own stores, or "
+                              f"delete {path} if the dataset moved")
+    for changes in ({"dataset": {"name": "pets"}}, {"shard": [0, 2]}, {"merged_from": 2}):
+        set_meta(path, {**meta, "dataset": {"name": "pets", "root": str(tmp_path / "A" / "pets")}, **changes})
+        with FeatureStore(path) as s:
+            s.check_made_from(tmp_path / "B" / "pets")
+    set_meta(path, {**meta, "dataset": {"name": "pets", "root": "/gone/A/pets", "root_from_store": "A/pets"}})
+    with FeatureStore(path) as s:  # made as /gone/s.h5 from /gone/A/pets, then both moved here
+        s.check_made_from(tmp_path / "A" / "pets")
+        with pytest.raises(StoreError, match="made from /gone/A/pets, not "):
+            s.check_made_from(tmp_path / "B" / "pets")
 
 
 # ---- the records: store metadata and model metrics -------------------------------------------------------
