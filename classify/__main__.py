@@ -140,8 +140,8 @@ def stores(args) -> list[Path]:
             raise FeatbenchError("pass either --features FILE… or --backbone NAME…, not both")
         return args.features
     settings = resolve(**dataset_flags(args))
-    name = load_dataset(settings.path, settings.format, settings.target, settings.name).name
-    paths = find_stores(settings.out / name, args.backbone)
+    dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
+    paths = find_stores(settings.out / dataset.name, args.backbone, dataset.root)
     for path in paths:
         with FeatureStore(path) as fs:
             made = (list(fs.meta.split_fractions), fs.meta.split_seed)

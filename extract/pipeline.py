@@ -33,7 +33,7 @@ from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
-from features.reader import FeatureStore
+from features.reader import FeatureStore, check_root
 from features.records import Extraction
 from features.schema import library_versions
 from features.writer import Journal, Record, Row, RowSource, store_lock, write_store
@@ -280,13 +280,23 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
             store.close()
             store = None
         if store is not None:
+            damaged = store.damaged_rows() or []
+            if damaged:
+                print(f"note: {path}: {store.describe_damage(damaged)}; re-embedding them", file=sys.stderr)
+            intact = np.ones(len(store.paths), bool)
+            for lo, hi in damaged:
+                intact[lo:hi] = False
             for row, (p, st, h) in enumerate(zip(store.paths, store.stamps, store.hashes)):
-                known[p] = Record(st, h, "", Row(None, row))
+                if intact[row]:
+                    known[p] = Record(st, h, "", Row(None, row))
             for p, why, st, h in store.skipped:
                 known[p] = Record(st, h, why, None)
     if journal.parts():
         if journal.made_with(prov):
             known.update(journal.records())
+            if journal.damaged:
+                print(f"note: {len(journal.damaged)} parts of {journal.dir} fail their checksum (first "
+                      f"{journal.damaged[0].name}); re-embedding their images", file=sys.stderr)
         else:
             journal.clear()
     return known, store
@@ -305,7 +315,27 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
         path = shard_path(path, *shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     with store_lock(path):
+        if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank
+            _refuse_other_dataset(path, dataset)
         return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard)
+
+
+def _refuse_other_dataset(path: Path, dataset: Dataset) -> None:
+    """Refuse to replace the store, or resume the journal, of another dataset folder with this one's name."""
+    try:
+        store = FeatureStore(path)
+    except StoreError:
+        store = None  # none, or unreadable: `_known_rows` notes it and a new store is written
+    if store is not None:
+        with store:
+            store.check_made_from(dataset.root)
+    journal = Journal(path)
+    check_root(journal.dir, journal.dataset(), dataset.root)
+
+
+def _dataset_record(dataset: Dataset, path: Path) -> dict:
+    """`Dataset.describe()` and where the dataset is from the store's folder (`check_root`)."""
+    return {**dataset.describe(), "root_from_store": os.path.relpath(dataset.root, path.parent.resolve())}
 
 
 def _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard) -> Summary:
@@ -333,7 +363,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
 
     embedded = 0
     if todo:
-        journal.start(prov)
+        journal.start(prov, _dataset_record(dataset, path))
         embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options)
 
     rows = [i for i, r in enumerate(records) if not r.reason]
@@ -347,7 +377,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype):
         seconds = time.perf_counter() - started
-        meta = Extraction(**prov, weights=backbone.weights, dataset=dataset.describe(),
+        meta = Extraction(**prov, weights=backbone.weights, dataset=_dataset_record(dataset, path),
                           split_fractions=list(fractions), split_seed=seed, versions=library_versions(),
                           created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           device=str(device),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from features.cli import Command, CommandLine, run_cli
 from features.merge import merge
-from features.reader import FeatureStore
+from features.reader import FeatureStore, verify
 from features.schema import NO_LABEL, SPLITS
 
 
@@ -66,6 +66,17 @@ def info_command(args) -> int:
     return 0
 
 
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="STORE")
+
+
+def verify_command(args) -> int:
+    """One line per store (OK, damaged rows, or unverified); exit 1 when any store is damaged."""
+    results = [verify(f) for f in args.files]
+    print("\n".join(line for _, line in results))
+    return 0 if all(ok for ok, _ in results) else 1
+
+
 def add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="SHARD", help="DATASET/shards/NAME.shard-R-of-N.h5 files")
     p.add_argument("--out", type=Path,
@@ -79,6 +90,8 @@ def merge_command(args) -> int:
 
 CLI = CommandLine("python -m features", __doc__, {
     "info": Command("summarise stores: what they hold and how they were made", add_info_arguments, info_command),
+    "verify": Command("check each block of a store's embeddings against its checksum", add_verify_arguments,
+                      verify_command),
     "merge": Command("merge shards 0..N-1 of a distributed extraction into one store", add_merge_arguments,
                      merge_command),
 })

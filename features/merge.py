@@ -36,7 +36,8 @@ def merged_path(shard: Path, folder: Path | None = None) -> Path:
 
 
 def _provenance(store: FeatureStore) -> dict:
-    dataset = {k: v for k, v in store.meta.dataset.items() if k != "root"}  # nodes may mount it elsewhere
+    dataset = {k: v for k, v in store.meta.dataset.items()  # nodes may mount it elsewhere
+               if k not in ("root", "root_from_store")}
     return {**{k: getattr(store.meta, k) for k in SAME}, "dataset": dataset}
 
 
@@ -84,6 +85,8 @@ def merge(shard_paths: list, out=None) -> Path:
         if not stores:
             raise StoreError("no shard stores to merge")
         stores = _in_rank_order(stores)
+        for s in stores:
+            s.check_intact()
         paths = [p for s in stores for p in s.paths]
         if any(a >= b for a, b in zip(paths, paths[1:])):
             raise StoreError(f"{stores[0].path.name} and its other shards overlap: the dataset changed between "

@@ -9,7 +9,7 @@ import numpy as np
 
 from features.errors import StoreError
 from features.records import StoreMeta
-from features.schema import FORMAT, NO_LABEL, SPLITS
+from features.schema import FORMAT, NO_LABEL, ROW_DATASETS, SKIPPED_COLUMNS, SPLITS, crc
 
 
 @dataclass
@@ -48,13 +48,32 @@ class FeatureStore:
             self.labels = self.h5["labels"][:]
             self.splits = self.h5["splits"][:]
             self.paths = self.h5["paths"].asstr()[:].tolist()
+            self._check_layout()
         except StoreError:
             self.h5.close()
             raise
         except (KeyError, OSError, ValueError) as e:
             self.h5.close()
-            raise StoreError(f"{self.path}: damaged featbench store ({e}); delete it and re-run "
-                             "`python -m extract`") from None
+            raise self._damaged(e) from None
+
+    def _check_layout(self) -> None:
+        """Every dataset of the format present with a row per image (per skip, in `skipped/`), and the
+        checksums' blocks covering the embeddings."""
+        names = [*ROW_DATASETS, *(f"skipped/{k}" for k in SKIPPED_COLUMNS)]
+        missing = [k for k in names if k not in self.h5]
+        if missing:
+            raise self._damaged(f"no {missing[0]} dataset")
+        for k in names:
+            want = len(self.h5["skipped/paths"]) if k.startswith("skipped/") else len(self.paths)
+            if len(self.h5[k]) != want:
+                raise self._damaged(f"{k} has {len(self.h5[k])} rows for {want} images")
+        if "checksums" in self.h5:
+            per = int(self.h5["checksums"].attrs.get("rows_per_block", 0))
+            if per < 1 or len(self.h5["checksums"]) != -(-len(self.paths) // per):
+                raise self._damaged("its checksums do not cover its embeddings")
+
+    def _damaged(self, why) -> StoreError:
+        return StoreError(f"{self.path}: damaged featbench store ({why}); delete it and re-run `python -m extract`")
 
     def __enter__(self):
         return self
@@ -97,7 +116,7 @@ class FeatureStore:
     def skipped(self) -> list[tuple[str, str, str, str]]:
         """(path, reason, stamp, hash) of every image that was not embedded."""
         g = self.h5["skipped"]
-        cols = [g[k].asstr()[:].tolist() for k in ("paths", "reasons", "stamps", "hashes")]
+        cols = [g[k].asstr()[:].tolist() for k in SKIPPED_COLUMNS]
         return list(zip(*cols))
 
     def rows(self, split: str, labelled_only: bool = True) -> np.ndarray:
@@ -136,6 +155,80 @@ class FeatureStore:
         if bad.any():
             raise StoreError(f"{self.path}: {int(bad.sum())} {what} rows have NaN/inf features (first: "
                              f"{self.paths[int(rows[np.flatnonzero(bad)[0]])]}); re-extract with --overwrite")
+
+    def damaged_rows(self) -> list[tuple[int, int]] | None:
+        """Row ranges [lo, hi) of the embedding blocks whose stored bytes no longer match their checksums
+        (or no longer read), adjacent ones joined; None for a store written without checksums."""
+        if "checksums" not in self.h5:
+            return None
+        emb, sums = self.h5["embeddings"], self.h5["checksums"]
+        per, expected = int(sums.attrs["rows_per_block"]), sums[:]
+        bad: list[tuple[int, int]] = []
+        for block, lo in enumerate(range(0, len(self.paths), per)):
+            hi = min(lo + per, len(self.paths))
+            try:
+                intact = crc(emb[lo:hi]) == expected[block]
+            except OSError:
+                intact = False
+            if intact:
+                continue
+            if bad and bad[-1][1] == lo:
+                bad[-1] = (bad[-1][0], hi)
+            else:
+                bad.append((lo, hi))
+        return bad
+
+    def describe_damage(self, ranges: list[tuple[int, int]]) -> str:
+        """`N damaged rows (rows 8-15, 40-47; first img/8.jpg)` for `damaged_rows()`' ranges."""
+        shown = ", ".join(f"{lo}-{hi - 1}" if hi - lo > 1 else f"{lo}" for lo, hi in ranges[:4])
+        more = f", … ({len(ranges)} ranges)" if len(ranges) > 4 else ""
+        return (f"{sum(hi - lo for lo, hi in ranges)} damaged rows (rows {shown}{more}; first "
+                f"{self.paths[ranges[0][0]]})")
+
+    def check_intact(self) -> None:
+        """Refuse, with one line naming the rows, a store whose embeddings no longer match their checksums."""
+        bad = self.damaged_rows()
+        if bad:
+            raise StoreError(f"{self.path}: {self.describe_damage(bad)}: the embeddings changed after they were "
+                             "written; re-run `python -m extract` on its dataset to re-embed them")
+
+    def check_made_from(self, root) -> None:
+        """Refuse a store extracted from another dataset folder than `root` (one with the same name).
+
+        A store without a recorded root (older featbench) passes, as do shard and merged stores, whose
+        root is where the node that made them mounted the dataset."""
+        if not (self.meta.shard or self.meta.merged_from):
+            check_root(self.path, self.meta.dataset, root)
+
+
+def check_root(where: Path, dataset: dict | None, root) -> None:
+    """Refuse what `where` (a store, or a journal beside it) holds when its `dataset` record names another
+    folder than `root`: neither its `root` nor its `root_from_store` seen from where the store is now (a
+    project moved or copied whole, stores and images together, is still the same dataset)."""
+    recorded = (dataset or {}).get("root")
+    if not recorded:
+        return
+    same = {Path(recorded).resolve()}
+    if dataset.get("root_from_store"):
+        same.add((where.parent.resolve() / dataset["root_from_store"]).resolve())
+    root = Path(root).resolve()
+    if root in same:
+        return
+    raise StoreError(f"{where}: made from {recorded}, not {root} (two datasets with one name); pass --name NAME "
+                     f"to give this dataset its own stores, or delete {where} if the dataset moved")
+
+
+def verify(path) -> tuple[bool, str]:
+    """Check a store's embeddings against their checksums: (False when some are damaged, one line saying
+    `OK`, the damaged rows, or `unverified` for a store written without checksums)."""
+    with FeatureStore(path) as store:
+        bad = store.damaged_rows()
+        if bad is None:
+            return True, (f"{store.path}: unverified ({len(store.paths)} rows, written without checksums); "
+                          "`python -m extract --overwrite` rewrites it with them")
+        if bad:
+            return False, f"{store.path}: {store.describe_damage(bad)}; re-run `python -m extract` to re-embed them"
+        return True, f"{store.path}: OK ({len(store.paths)} rows)"
 
 
 def open_store(path) -> FeatureStore:

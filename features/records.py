@@ -60,7 +60,7 @@ class Extraction:
     preprocess: dict | None = None  # `Preprocess.as_dict()`
     amp: bool | None = None  # fp16 autocast was in effect
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
-    dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files
+    dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
     split_fractions: list | None = None
     split_seed: int | None = None
     versions: dict | None = None  # `library_versions()`

@@ -2,13 +2,16 @@
 import hashlib
 import importlib.metadata
 import platform
+import zlib
 
 import numpy as np
 
 FORMAT = "featbench-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-block checksums of the embeddings (`checksums`)
 SPLITS = ("train", "val", "test")
 NO_LABEL = -1
+ROW_DATASETS = ("embeddings", "labels", "splits", "paths", "hashes", "stamps")  # a row per embedded image
+SKIPPED_COLUMNS = ("paths", "reasons", "stamps", "hashes")  # datasets of the `skipped` group, a row per skip
 
 
 def featbench_version() -> str:
@@ -35,3 +38,8 @@ def split_fingerprint(paths, labels, splits) -> str:
     for p, y, s in zip(paths, np.asarray(labels).tolist(), np.asarray(splits).tolist()):
         h.update(f"{p}\t{y}\t{s}\n".encode())
     return h.hexdigest()[:16]
+
+
+def crc(rows: np.ndarray, running: int = 0) -> int:
+    """The checksum of embedding rows as stored: CRC-32 of their C-order bytes (continuing `running`)."""
+    return zlib.crc32(np.ascontiguousarray(rows), running)

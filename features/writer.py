@@ -3,6 +3,9 @@
 Each finished batch becomes a part (an `.npy` of embeddings plus a JSON of its rows), written to a
 temporary name and renamed, so a kill at any moment leaves only whole parts behind. The store itself
 is written to `NAME.h5.tmp` and renamed over `NAME.h5` once complete.
+
+Embeddings carry checksums: a CRC-32 per block of stored rows (`checksums`, whose `rows_per_block`
+attribute gives the block) and per journal part, so bytes changed after writing are found on reuse.
 """
 import hashlib
 import json
@@ -20,7 +23,7 @@ from filelock import FileLock, Timeout
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.records import Extraction, StoreMeta
-from features.schema import FORMAT, FORMAT_VERSION, SPLITS, split_fingerprint
+from features.schema import FORMAT, FORMAT_VERSION, SKIPPED_COLUMNS, SPLITS, crc, split_fingerprint
 
 CHUNK_BYTES = 1 << 20
 
@@ -61,13 +64,23 @@ class Journal:
     def __init__(self, store_path: Path):
         self.dir = Path(str(store_path) + ".partial")
         self._next = -1  # number of the next part: counted once (one writer holds the store's lock)
+        self.damaged: list[Path] = []  # parts whose embeddings failed their checksum in `records()`
 
     def parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.json")) if self.dir.is_dir() else []
 
-    def start(self, provenance: dict) -> None:
-        """Record (atomically) what the parts are embeddings of: backbone, weights, preprocessing, AMP."""
+    def start(self, provenance: dict, dataset: dict) -> None:
+        """Record (atomically) what the parts are embeddings of: backbone, weights, preprocessing, AMP,
+        and which dataset (its `root` and `root_from_store`, as a store's metadata records them)."""
         atomic_write(self.dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(provenance)))
+        atomic_write(self.dir / "dataset.json", lambda tmp: tmp.write_text(json.dumps(dataset)))
+
+    def dataset(self) -> dict | None:
+        """The dataset the parts were made from; None without parts or a readable record (older featbench)."""
+        try:
+            return json.loads((self.dir / "dataset.json").read_text()) if self.parts() else None
+        except (OSError, ValueError):
+            return None
 
     def made_with(self, provenance: dict) -> bool:
         """True when the parts were made with `provenance`; a missing or unreadable record is False."""
@@ -77,10 +90,16 @@ class Journal:
             return False
 
     def records(self) -> dict[str, Record]:
+        """What the parts know (a later part's record of a path wins). A part whose embeddings fail their
+        checksum (or do not read) is left out, so its images are embedded again, and listed in `damaged`."""
         out = {}
+        self.damaged = []
         for meta_file in self.parts():
             meta = json.loads(meta_file.read_text())
             npy = meta_file.with_suffix(".npy")
+            if not _part_intact(npy, meta.get("crc")):
+                self.damaged.append(npy)
+                continue
             row = 0
             for path, stamp, digest, reason in zip(meta["paths"], meta["stamps"], meta["hashes"], meta["reasons"]):
                 src = None if reason else Row(npy, row)
@@ -105,13 +124,23 @@ class Journal:
             with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a path
                 np.save(fh, np.ascontiguousarray(embeddings))
         npy = atomic_write(stem.with_suffix(".npy"), save)
-        meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons)}
+        meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons),
+                "crc": crc(embeddings)}
         atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))  # the commit point
         return npy
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         self._next = -1
+
+
+def _part_intact(npy: Path, expected: int | None) -> bool:
+    """True when a part's `.npy` reads and matches its checksum (parts of older featbench have none)."""
+    try:
+        rows = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return expected is None or crc(rows) == expected
 
 
 class RowSource:
@@ -161,7 +190,7 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
             _str_dataset(f, "hashes", hashes)
             _str_dataset(f, "stamps", stamps)
             g = f.create_group("skipped")
-            for i, key in enumerate(("paths", "reasons", "stamps", "hashes")):
+            for i, key in enumerate(SKIPPED_COLUMNS):
                 _str_dataset(g, key, [s[i] for s in skipped])
             prints.update(fingerprint=digest[:16], split_fingerprint=split_fingerprint(paths, labels, splits))
             record = StoreMeta(**{k.name: getattr(meta, k.name) for k in fields(Extraction)},
@@ -177,11 +206,13 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
 
 
 def _write_embeddings(f: h5py.File, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str, path: Path) -> str:
-    """The `embeddings` dataset of `n` rows from `chunks`, checked finite in `dtype`; returns their sha256."""
+    """The `embeddings` dataset of `n` rows from `chunks`, checked finite in `dtype`, and the `checksums`
+    of its blocks (one per HDF5 chunk of rows); returns the rows' sha256."""
     rows_per_chunk = max(1, min(n, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
     emb = f.create_dataset("embeddings", shape=(n, dim), dtype=dtype, maxshape=(None, dim),
                            chunks=(rows_per_chunk, dim) if n else True)
     content = hashlib.sha256()
+    sums, running = [], 0
     at = 0
     for block in chunks:
         with np.errstate(over="ignore"):
@@ -193,7 +224,17 @@ def _write_embeddings(f: h5py.File, chunks: Iterable[np.ndarray], n: int, dim: i
             raise ValueError("non-finite embeddings")
         emb[at:at + len(stored)] = stored
         content.update(stored.tobytes())
+        lo = 0
+        while lo < len(stored):  # a block of the store may span several pieces of `chunks`, and the reverse
+            hi = min(len(stored), lo + rows_per_chunk - (at + lo) % rows_per_chunk)
+            running = crc(stored[lo:hi], running)
+            if (at + hi) % rows_per_chunk == 0 or at + hi == n:
+                sums.append(running)
+                running = 0
+            lo = hi
         at += len(stored)
     if at != n:
         raise ValueError(f"wrote {at} embedding rows for {n} images")
+    f.create_dataset("checksums", data=np.array(sums, dtype=np.uint32))
+    f["checksums"].attrs["rows_per_block"] = rows_per_chunk
     return content.hexdigest()

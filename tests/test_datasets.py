@@ -311,6 +311,22 @@ def test_items_point_at_their_files_and_names_keep_dots(tmp_path, dvc_folder):
     assert load_dataset(dvc_folder, "").format == "dogs-vs-cats"  # "" means auto
 
 
+def test_csv_format_given_a_folder_or_no_label_at_all_is_one_line(tmp_path, dvc_folder):
+    """`--format csv` on a folder names it and what to pass; a CSV whose rows all lack a label has no class."""
+    with pytest.raises(FeatbenchError) as err:
+        load_dataset(dvc_folder, "csv")
+    assert str(err.value) == (f"{dvc_folder}: a folder; --format csv needs --data FILE.csv, a CSV of "
+                              "path,label[,split] (or drop --format csv for a folder)")
+    with pytest.raises(FeatbenchError, match=r"list\.csv: no such file; --format csv needs"):
+        load_dataset(tmp_path / "list.csv", "csv")
+    for text in ("path,label\na.jpg,\nb.jpg,\n", "path,label,split\na.jpg,,\nb.jpg,,test\n"):
+        (tmp_path / "list.csv").write_text(text)
+        with pytest.raises(FeatbenchError) as err:
+            load_dataset(tmp_path / "list.csv")
+        assert str(err.value) == (f"{tmp_path / 'list.csv'}: no row has a label, so there is no class to learn; "
+                                  "fill in the label column (unlabelled rows are test images beside labelled ones)")
+
+
 def test_csv_labelled_rows_without_split_are_assigned_later(tmp_path):
     (tmp_path / "list.csv").write_text("path,label\na.jpg,x\nb.jpg,\n")
     ds = load_dataset(tmp_path / "list.csv")

@@ -16,6 +16,7 @@ from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.pipeline import Options, extract
 from features import FeatureStore
+from features.reader import verify
 from features.writer import Journal
 
 from conftest import DOGS_VS_CATS, needs, write_image
@@ -105,6 +106,7 @@ def test_crashed_rank_resumes_alone_then_merge_by_hand(pics, tmp_path, backbone,
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith(str(tmp_path / "out" / "pics" / STORE)), r.stderr
     assert_equal_stores(tmp_path / "out" / "pics" / STORE, ref)
+    assert verify(tmp_path / "out" / "pics" / STORE) == (True, f"{tmp_path / 'out' / 'pics' / STORE}: OK (10 rows)")
 
 
 def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone):
@@ -114,9 +116,13 @@ def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone)
     amp = extract(ds, backbone, tmp_path / "c", options=OPTIONS, shard=(1, 2)).path
     with h5py.File(amp, "r+") as f:  # as if re-run on a GPU with fp16 autocast
         f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "amp": True})
+    damaged = extract(ds, backbone, tmp_path / "d", options=OPTIONS, shard=(1, 2)).path
+    with h5py.File(damaged, "r+") as f:  # rows changed after the shard was written: never merged into a store
+        f["embeddings"][1, 0] = 1e30
     for files, expected in [([s0], "shard 1 of 2 missing"),
                             ([s0, s1], "split_seed differs"),
                             ([s0, amp], "amp differs"),
+                            ([s0, damaged], f"{damaged.name}: 5 damaged rows (rows 0-4; first dog.0.jpg)"),
                             ([s0, s0], "shard 0 of 2 given twice"),
                             ([s0.parent / "nothing.shard-1-of-2.h5"], "no feature store here")]:
         r = subprocess.run([sys.executable, "-m", "features", "merge", *map(str, files)], capture_output=True, text=True)

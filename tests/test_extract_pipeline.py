@@ -2,6 +2,7 @@
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,10 +140,105 @@ def test_effective_amp_decides_reuse(dvc_folder, tmp_path, tiny):
     store.close()
     known, store = _known_rows(summary.path, journal, fp16, overwrite=False)
     assert store is None and not known
-    journal.start(fp32)
+    journal.start(fp32, {"root": str(dvc_folder)})
     journal.append(["cat.0.jpg"], ["0:0"], ["h"], [""], np.zeros((1, tiny.dim), np.float32))
     assert _known_rows(tmp_path / "none.h5", journal, fp16, overwrite=False) == ({}, None)
     assert not journal.dir.exists()  # parts of another precision are dropped
+
+
+def pets_folder(root: Path, seed: int) -> Path:
+    for i in range(4):
+        write_image(root / f"cat.{i}.jpg", seed + i)
+        write_image(root / f"dog.{i}.jpg", seed + 50 + i)
+    return root
+
+
+def test_two_datasets_with_one_name_do_not_share_a_store(tmp_path, tiny, monkeypatch):
+    """A/pets/train and B/pets/train are both `pets-train`: extracting B into the same --out is refused with
+    one line naming both folders (the store, or the journal of an interrupted extraction, of A), and A's
+    store is left as it was; A through a symlink is A, and so is a copy of A and its stores made together;
+    `--name` stores B apart."""
+    a = pets_folder(tmp_path / "A" / "pets" / "train", 0)
+    b = pets_folder(tmp_path / "B" / "pets" / "train", 200)
+    first = run(a, tmp_path / "out", tiny)
+    assert first.path == tmp_path / "out" / "pets-train" / "resnet10t-random-init.h5"
+    with FeatureStore(first.path) as s:
+        assert (s.meta.dataset["root"], s.meta.dataset["root_from_store"]) == (str(a), "../../A/pets/train")
+    (tmp_path / "copy").mkdir()
+    for folder in ("A", "out"):
+        shutil.copytree(tmp_path / folder, tmp_path / "copy" / folder)
+    assert run(tmp_path / "copy" / "A" / "pets" / "train", tmp_path / "copy" / "out", tiny).reused == 8
+    written = first.path.read_bytes()
+    with pytest.raises(FeatbenchError) as err:
+        run(b, tmp_path / "out", tiny)
+    assert str(err.value) == (f"{first.path}: made from {a}, not {b} (two datasets with one name); pass --name NAME "
+                              f"to give this dataset its own stores, or delete {first.path} if the dataset moved")
+    assert first.path.read_bytes() == written
+    (tmp_path / "link").symlink_to(tmp_path / "A")
+    assert run(tmp_path / "link" / "pets" / "train", tmp_path / "out", tiny).reused == 8
+    apart = extract(load_dataset(b, name="pets-b"), tiny, tmp_path / "out", options=QUIET)
+    assert apart.embedded == 8 and apart.path.parent.name == "pets-b"
+
+    append = Journal.append
+
+    def interrupted(self, *args):
+        append(self, *args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Journal, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(a, tmp_path / "resumed", tiny)
+    monkeypatch.undo()
+    journal = tmp_path / "resumed" / "pets-train" / "resnet10t-random-init.h5.partial"
+    with pytest.raises(FeatbenchError, match=rf"^{re.escape(str(journal))}: made from {re.escape(str(a))}, not "):
+        run(b, tmp_path / "resumed", tiny)
+    assert run(a, tmp_path / "resumed", tiny).embedded == 0
+
+
+def test_a_damaged_block_alone_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """Values written over a store's rows (NaN, and 1e30, which is finite) fail their block's checksum: a
+    re-run re-embeds that block only, and the store is then bit for bit the one a clean run writes."""
+    import features.writer
+    from features.reader import verify
+    monkeypatch.setattr(features.writer, "CHUNK_BYTES", 8 * tiny.dim * 4)  # blocks of 8 rows: one batch each
+    clean = run(dvc_folder, tmp_path / "clean", tiny).path
+    path = run(dvc_folder, tmp_path / "out", tiny).path
+    with h5py.File(path, "r+") as f:
+        f["embeddings"][9, 0] = np.nan
+        f["embeddings"][12, 5] = 1e30
+    assert verify(path)[0] is False
+    again = run(dvc_folder, tmp_path / "out", tiny)
+    assert (again.embedded, again.reused, again.rows) == (8, 16, 24)
+    assert f"note: {path}: 8 damaged rows (rows 8-15; first cat.6.jpg); re-embedding them" in capsys.readouterr().err
+    assert verify(path) == (True, f"{path}: OK (24 rows)")
+    with FeatureStore(path) as s, FeatureStore(clean) as c:
+        assert s.fingerprint == c.fingerprint and s.meta.split_fingerprint == c.meta.split_fingerprint
+    with h5py.File(path) as f, h5py.File(clean) as g:
+        assert f["embeddings"][:].tobytes() == g["embeddings"][:].tobytes()
+        assert f["checksums"][:].tolist() == g["checksums"][:].tolist()
+
+
+def test_a_damaged_journal_part_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """An interrupted run's part whose rows changed on disk is not resumed from: its images are embedded again."""
+    clean = contents(run(dvc_folder, tmp_path / "clean", tiny).path)
+    append, calls = Journal.append, []
+
+    def crash_after_two_batches(self, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return append(self, *args)
+    monkeypatch.setattr(Journal, "append", crash_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        run(dvc_folder, tmp_path / "out", tiny)
+    monkeypatch.undo()
+    part = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5.partial" / "part-0000001.npy"
+    rows = np.load(part)
+    rows[3, 7] = 1e30
+    np.save(part, rows)
+    resumed = run(dvc_folder, tmp_path / "out", tiny)
+    assert (resumed.embedded, resumed.reused) == (16, 8)
+    assert "1 parts of" in capsys.readouterr().err
+    assert_same(clean, contents(resumed.path))
 
 
 def test_file_vanishing_mid_run_is_skipped(dvc_folder, tmp_path, tiny, monkeypatch):

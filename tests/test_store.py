@@ -151,7 +151,7 @@ def test_journal_records_number_embedded_rows_and_keep_provenance(tmp_path):
     from features.writer import Journal, RowSource
     journal = Journal(tmp_path / "s.h5")
     assert journal.records() == {} and not journal.made_with({"backbone": "a"})
-    journal.start({"backbone": "a", "weights": "w"})
+    journal.start({"backbone": "a", "weights": "w"}, {"root": "/data/pics"})
     assert journal.made_with({"backbone": "a", "weights": "w"}) and not journal.made_with({"backbone": "a"})
     first = journal.append(["x", "bad", "y"], ["1:1", "2:2", "3:3"], ["hx", "", "hy"], ["", "truncated", ""],
                            np.array([[1, 1], [2, 2]], np.float32))
@@ -208,8 +208,8 @@ def test_journal_folder_numbering_and_clearing(tmp_path):
     journal = Journal(tmp_path / "new" / "s.h5")
     assert journal.dir == tmp_path / "new" / "s.h5.partial"
     journal.clear()  # nothing there yet: no error
-    journal.start({"v": 1})
-    journal.start({"v": 2})
+    journal.start({"v": 1}, {"root": "/data/pics"})
+    journal.start({"v": 2}, {"root": "/data/pics"})
     assert journal.made_with({"v": 2})
     Journal(tmp_path / "other" / "s.h5").append(["a"], ["1:1"], ["h"], [""], rows)  # append makes the folder too
     for n in (0, 2):
@@ -258,6 +258,161 @@ def test_store_records_hashes_stamps_and_format(tmp_path):
                 skipped=[("x.jpg", "empty file", "", "")], class_names=[], meta=Extraction())
     with h5py.File(tmp_path / "e.h5") as f:
         assert f["embeddings"].shape == (0, 4) and f.attrs["backbone"] == "" and f["embeddings"].dtype == np.float32
+
+
+# ---- checksums, damage and the store's layout ------------------------------------------------------------
+
+@pytest.fixture
+def blocks_of_10(monkeypatch):
+    """Stores of 8-dim float32 rows are written in blocks (HDF5 chunks) of 10 rows."""
+    import features.writer
+    monkeypatch.setattr(features.writer, "CHUNK_BYTES", 10 * 8 * 4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_checksums_cover_each_block_of_stored_rows(tmp_path, dtype, monkeypatch):
+    """A CRC-32 of each block's stored bytes, whatever pieces the rows arrive in; a clean store verifies OK."""
+    import zlib
+
+    import features.writer
+    from features.reader import verify
+    monkeypatch.setattr(features.writer, "CHUNK_BYTES", 10 * 8 * np.dtype(dtype).itemsize)
+    X = np.random.default_rng(0).normal(size=(45, 8)).astype(np.float32)
+    path = tmp_path / "s.h5"
+    write_store(path, dim=8, chunks=[X[:7], X[7:33], X[33:34], X[34:]], labels=[0] * 45,
+                paths=[f"{i}" for i in range(45)], splits=[0] * 45, hashes=[""] * 45, stamps=[""] * 45, skipped=[],
+                class_names=["x"], meta=Extraction(), dtype=dtype)
+    stored = X.astype(dtype)
+    with h5py.File(path) as f:
+        assert f["embeddings"].chunks == (10, 8) and f["checksums"].attrs["rows_per_block"] == 10
+        assert f["checksums"][:].tolist() == [zlib.crc32(stored[i:i + 10].tobytes()) for i in range(0, 45, 10)]
+    with FeatureStore(path) as s:
+        assert s.damaged_rows() == []
+        s.check_intact()
+    assert verify(path) == (True, f"{path}: OK (45 rows)")
+
+
+@pytest.mark.parametrize("value", [np.nan, 1e30])
+def test_verify_names_the_rows_of_blocks_whose_bytes_changed(tmp_path, blocks_of_10, value):
+    """Values written over a store's embeddings (1e30 is finite: no NaN check sees it) are found by block."""
+    from features.reader import verify
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path, "r+") as f:
+        f["embeddings"][12, 3] = value
+        f["embeddings"][45] = value
+    with FeatureStore(path) as s:
+        assert s.damaged_rows() == [(10, 20), (40, 50)]
+        with pytest.raises(StoreError) as err:
+            s.check_intact()
+    assert str(err.value) == (f"{path}: 20 damaged rows (rows 10-19, 40-49; first img/10.jpg): the embeddings changed "
+                              "after they were written; re-run `python -m extract` on its dataset to re-embed them")
+    assert verify(path) == (False, (f"{path}: 20 damaged rows (rows 10-19, 40-49; first img/10.jpg); re-run "
+                                    "`python -m extract` to re-embed them"))
+
+
+def test_verify_finds_bytes_changed_on_disk_and_joins_adjacent_blocks(tmp_path, blocks_of_10):
+    """Bytes overwritten in the file itself, past HDF5, in two adjacent blocks: one range."""
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path) as f:
+        offsets = [f["embeddings"].id.get_chunk_info_by_coord((row, 0)).byte_offset for row in (20, 30)]
+    with open(path, "r+b") as fh:
+        for offset in offsets:
+            fh.seek(offset + 5 * 8 * 4)
+            fh.write(np.float32(1e30).tobytes())
+    with FeatureStore(path) as s:
+        assert s.damaged_rows() == [(20, 40)]
+        assert s.describe_damage(s.damaged_rows()) == "20 damaged rows (rows 20-39; first img/20.jpg)"
+
+
+def test_a_store_without_checksums_reads_and_is_unverified(tmp_path):
+    """A store of format version 1 (no `checksums`) reads as before; verify calls it unverified, not damaged."""
+    from features.reader import verify
+    path = tmp_path / "old.h5"
+    X, *_ = make_store(path)
+    with h5py.File(path, "r+") as f:
+        del f["checksums"]
+        f.attrs["format_version"] = 1
+    with FeatureStore(path) as s:
+        assert s.damaged_rows() is None
+        s.check_intact()
+        np.testing.assert_array_equal(s.embeddings(np.arange(50)), X)
+    assert verify(path) == (True, (f"{path}: unverified (50 rows, written without checksums); `python -m extract "
+                                   "--overwrite` rewrites it with them"))
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("skipped", "no skipped/paths dataset"),
+    ("skipped/hashes", "no skipped/hashes dataset"),
+    ("hashes", "no hashes dataset"),
+    ("stamps", "no stamps dataset"),
+    ("short hashes", "hashes has 49 rows for 50 images"),
+    ("checksums", "its checksums do not cover its embeddings"),
+])
+def test_a_store_missing_a_dataset_is_one_line_in_info(tmp_path, capsys, name, expected):
+    """What `info` and `extract` read lazily is checked at open: one line naming the store, no KeyError."""
+    from features.__main__ import main as features_main
+    from features.cli import run_cli
+    path = tmp_path / "x.h5"
+    make_store(path)
+    with h5py.File(path, "r+") as f:
+        if name == "short hashes":
+            hashes = f["hashes"][:-1]
+            del f["hashes"]
+            f["hashes"] = hashes
+        elif name == "checksums":
+            f["checksums"].attrs["rows_per_block"] = 1
+        else:
+            del f[name]
+    assert run_cli(features_main, ["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: damaged featbench store ({expected}); delete it and re-run `python -m extract`\n"
+
+
+def test_journal_leaves_out_parts_whose_embeddings_changed(tmp_path):
+    """A part whose `.npy` no longer matches its checksum, or no longer reads, is left out (its images are
+    embedded again) and listed in `damaged`; a part of an older featbench (no checksum) is used as it is."""
+    from features.writer import Journal
+    journal = Journal(tmp_path / "s.h5")
+    parts = [journal.append([name], ["1:1"], [f"h{name}"], [""], np.full((1, 4), k, np.float32))
+             for k, name in enumerate("abcd")]
+    changed = np.load(parts[1])
+    changed[0, 2] = 1e30
+    np.save(parts[1], changed)
+    parts[2].write_bytes(parts[2].read_bytes()[:-4])
+    old = parts[3].with_suffix(".json")
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "crc"}))
+    assert sorted(journal.records()) == ["a", "d"] and journal.damaged == parts[1:3]
+
+
+def test_made_from_refuses_another_dataset_folder(tmp_path):
+    """A store made from another folder of the same name is refused, naming both; the same folder through
+    a symlink passes, as does the folder at the store's recorded place beside it (stores and images moved
+    together), a store with no recorded root (older featbench), and shard or merged stores."""
+    (tmp_path / "A" / "pets").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "A")
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path) as f:
+        meta = json.loads(f.attrs["meta"])
+    set_meta(path, {**meta, "dataset": {"name": "pets", "root": str(tmp_path / "A" / "pets")}})
+    with FeatureStore(path) as s:
+        s.check_made_from(tmp_path / "link" / "pets")
+        with pytest.raises(StoreError) as err:
+            s.check_made_from(tmp_path / "B" / "pets")
+    assert str(err.value) == (f"{path}: made from {tmp_path / 'A' / 'pets'}, not {tmp_path / 'B' / 'pets'} (two "
+                              "datasets with one name); pass --name NAME to give this dataset its own stores, or "
+                              f"delete {path} if the dataset moved")
+    for changes in ({"dataset": {"name": "pets"}}, {"shard": [0, 2]}, {"merged_from": 2}):
+        set_meta(path, {**meta, "dataset": {"name": "pets", "root": str(tmp_path / "A" / "pets")}, **changes})
+        with FeatureStore(path) as s:
+            s.check_made_from(tmp_path / "B" / "pets")
+    set_meta(path, {**meta, "dataset": {"name": "pets", "root": "/gone/A/pets", "root_from_store": "A/pets"}})
+    with FeatureStore(path) as s:  # made as /gone/s.h5 from /gone/A/pets, then both moved here
+        s.check_made_from(tmp_path / "A" / "pets")
+        with pytest.raises(StoreError, match="made from /gone/A/pets, not "):
+            s.check_made_from(tmp_path / "B" / "pets")
 
 
 # ---- the records: store metadata and model metrics -------------------------------------------------------
