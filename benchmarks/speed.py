@@ -25,9 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.peak_rss import run_measured
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
+from extract.device import autocast, default_workers, pick_device
 from extract.images import decode
 from extract.inference import inference_model
-from extract.device import autocast, default_workers, pick_device
 from extract.pipeline import Options, embeds_in_workers, extract, worker_count
 from features import FeatureStore
 
@@ -108,7 +108,8 @@ def model_only(backbone, device, batch_size, n_images, optimize: bool = True, co
 
 
 def _timed_forwards(model, x, batches: int, threads: int = 0) -> tuple[float, float, int]:
-    """(start, end, images) of `batches` forward passes after one warm-up (perf_counter: comparable across processes)."""
+    """(start, end, images) of `batches` forward passes after one warm-up (perf_counter: comparable
+    across processes)."""
     if threads:
         torch.set_num_threads(threads)
     cuda = x.device.type == "cuda"
@@ -277,7 +278,8 @@ def print_row(r: dict) -> None:
     print(f"  featbench   {r['featbench_img_s']:8.1f} img/s   {r['featbench_vs_seed']:.2f}x seed-style, "
           f"{r['featbench_vs_model_only']:.2f}x model-only ({how})")
     if len(r["runs"]) > 1:
-        print(f"              medians of {len(r['runs'])} runs; each run's img/s and ratio to the model-only either side: "
+        print(f"              medians of {len(r['runs'])} runs; "
+              "each run's img/s and ratio to the model-only either side: "
               + ", ".join(f"{x['featbench_img_s']:.1f} ({x['featbench_vs_model_only']:.2f}x)" for x in r["runs"]))
     parts = [f"{r['model_only_threads_img_s']:.1f} in 1 process x {r['torch_threads']} threads"]
     if "model_only_processes_img_s" in r:
@@ -285,14 +287,18 @@ def print_row(r: dict) -> None:
     print(f"  model-only  {r['model_only_img_s']:8.1f} img/s   (the faster of {' and '.join(parts)}; "
           f"eager fp32: {r['model_only_eager_img_s']:.1f})")
     if "featbench_compiled_img_s" in r:
-        print(f"  --compile   {r['featbench_compiled_img_s']:8.1f} img/s   {r['featbench_compiled_vs_seed']:.2f}x seed-style, "
-              f"{r['featbench_compiled_vs_model_only']:.2f}x model-only compiled ({r['model_only_compiled_img_s']:.1f} img/s; "
+        print(f"  --compile   {r['featbench_compiled_img_s']:8.1f} img/s   "
+              f"{r['featbench_compiled_vs_seed']:.2f}x seed-style, {r['featbench_compiled_vs_model_only']:.2f}x "
+              f"model-only compiled ({r['model_only_compiled_img_s']:.1f} img/s; "
               "end to end includes the compile, inductor cache warm)")
     print(f"  compute     {r['gflops_per_image']:.2f} GFLOP/image, "
           f"peak {r['peak_gflop_s']:.0f} GFLOP/s, roofline share {r['roofline_share']:.0%}")
-    compiled = (f"; --compile {r['min_cosine_compiled']:.5f} ({'OK' if r['min_cosine_compiled'] >= 0.999 else 'BELOW 0.999'})"
-                if "min_cosine_compiled" in r else "")
-    print(f"  embeddings vs fp32 reference (full decode, torchvision resize + crop, eager): min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok}){compiled}")
+    compiled = ""
+    if "min_cosine_compiled" in r:
+        good = r["min_cosine_compiled"] >= 0.999
+        compiled = f"; --compile {r['min_cosine_compiled']:.5f} ({'OK' if good else 'BELOW 0.999'})"
+    print("  embeddings vs fp32 reference (full decode, torchvision resize + crop, eager): "
+          f"min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok}){compiled}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -309,7 +315,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: throughput, memory, heads (default: all)")
     p.add_argument("--no-compile", action="store_true", help="skip the --compile (torch.compile) rows")
     p.add_argument("--repeats", type=int, default=3,
-                   help="featbench runs per backbone, each between model-only measurements; medians are printed (default 3)")
+                   help="featbench runs per backbone, each between model-only measurements; "
+                        "medians are printed (default 3)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 

@@ -2,8 +2,9 @@
 
 Crash safety: every finished batch is committed to the store's journal (`NAME.h5.partial/`); a
 re-run reuses journal rows and rows of an existing store whose file stamp (size, mtime) or content
-hash is unchanged, and judges skipped files again (only embedded files keep a stamp and hash). Batches are fixed blocks of the full sorted listing, so an interrupted and resumed
-run feeds the model exactly the batches an uninterrupted run would, and writes an identical store.
+hash is unchanged, and judges skipped files again (only embedded files keep a stamp and hash).
+Batches are fixed blocks of the full sorted listing, so an interrupted and resumed run feeds the
+model exactly the batches an uninterrupted run would, and writes an identical store.
 
 Sharding (`torchrun`, `--shard R/N`): rank R embeds a contiguous block of the sorted listing into its
 own shard store (same lock, journal and reuse); `features.merge` concatenates them in rank order.
@@ -468,7 +469,8 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     batches = iter(torch.utils.data.DataLoader(
         _Images(items, backbone.preprocess, known, options.max_image_bytes), batch_sampler=blocks,
         num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(forward) if in_workers else _collate, multiprocessing_context="fork" if in_workers else None,
+        collate_fn=_EmbedBatch(forward) if in_workers else _collate,
+        multiprocessing_context="fork" if in_workers else None,
         worker_init_fn=partial(_end_with_parent, os.getpid()),
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
     if not in_workers:

@@ -19,7 +19,8 @@ SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+\.h5$")
 
 
 def shard_path(store: Path, rank: int, world: int) -> Path:
-    """`FOLDER/shards/NAME.shard-R-of-N.h5` for the store `FOLDER/NAME.h5` (a sub-folder: classify globs FOLDER/*.h5)."""
+    """`FOLDER/shards/NAME.shard-R-of-N.h5` for the store `FOLDER/NAME.h5` (a sub-folder: classify globs
+    FOLDER/*.h5)."""
     if not 0 <= rank < world:
         raise FeatbenchError(f"shard {rank}/{world}: need 0 <= RANK < WORLD (--shard RANK/WORLD)")
     return store.parent / "shards" / f"{store.stem}.shard-{rank}-of-{world}.h5"
@@ -45,7 +46,8 @@ def _in_rank_order(stores: list[FeatureStore]) -> list[FeatureStore]:
     """The shards sorted by rank, after checking they are ranks 0..N-1 of one extraction, each once."""
     for s in stores:
         if s.meta.shard is None:
-            raise StoreError(f"{s.path}: not a shard store (no shard in its metadata); merge only NAME.shard-R-of-N.h5 files")
+            raise StoreError(f"{s.path}: not a shard store (no shard in its metadata); "
+                             "merge only NAME.shard-R-of-N.h5 files")
     first = stores[0]
     world = first.meta.shard[1]
     want = _provenance(first)
