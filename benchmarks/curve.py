@@ -5,7 +5,7 @@ split are drawn: per repeat and class, one permutation of that class's train ima
 order, so every store of the dataset gets the same images); subset(n) = its first n. Each
 store × head × n × repeat is chosen on val when val is no larger than the subset, else by
 stratified k-fold CV inside the subset (k = min(3, smallest class)), else (a class with one image)
-fitted with the head's default parameters (kNN: k at most the subset's size); the `selection`
+fitted with the head's default parameters (kNN: k at most the smallest class); the `selection`
 column says which. Every fit is scored on the full test split. `all` is the full train split,
 fitted once (as `python -m classify`).
 """
@@ -86,10 +86,11 @@ def short_classes(y: np.ndarray, n: int, class_names: list) -> list[str]:
     return [class_names[c] for c in np.flatnonzero((counts > 0) & (counts < n))] if n != ALL else []
 
 
-def defaults(head: str, n_train: int) -> dict:
-    """The head's default parameters, with kNN's k cut to the images there are."""
+def defaults(head: str, smallest: int) -> dict:
+    """The head's default parameters, with kNN's k cut to the smallest class (k = 1 at one image per class:
+    a larger k only ties)."""
     k = HEADS[head].make().get_params().get("n_neighbors")
-    return {"n_neighbors": min(k, n_train)} if k else {}
+    return {"n_neighbors": min(k, smallest)} if k else {}
 
 
 def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str]:
@@ -97,7 +98,7 @@ def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str]:
     has a single image, the head's defaults."""
     k = min(CV_FOLDS, int(np.bincount(y)[np.unique(y)].min()))
     if k < 2:
-        return fit_fixed(HEADS[head].make(), defaults(head, len(y)), X, y), "default"
+        return fit_fixed(HEADS[head].make(), defaults(head, k), X, y), "default"
     folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
     grid = HEADS[head].grid(min(len(tr) for tr, _ in folds))
     losses = np.zeros(len(grid))
