@@ -79,10 +79,11 @@ def find_stores(folder: Path, backbones: list[str] | None = None, root=None) -> 
     return found
 
 
-def load_store(path, features: bool = True) -> Store:
+def load_store(path, features: bool = True, need_val: bool = True) -> Store:
     """Read a store's splits, refusing what no head can train on or be honestly scored with.
 
-    `features=False` reads labels, paths and rows only (X is None): for heads that stream features."""
+    `features=False` reads labels, paths and rows only (X is None): for heads that stream features.
+    `need_val=False` accepts an empty val split (for callers that can choose without one)."""
     with FeatureStore(path) as fs:
         where = fs.path
         if not len(fs.paths):
@@ -98,7 +99,7 @@ def load_store(path, features: bool = True) -> Store:
         names = fs.class_names
         meta = fs.meta
         for split, data in parts.items():
-            if not len(data):
+            if not len(data) and (need_val or split != "val"):
                 raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
                                  f"{split} a share")
             if data.X is not None:
