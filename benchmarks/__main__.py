@@ -16,9 +16,9 @@ CLI = CommandLine("python -m benchmarks", __doc__, {
     "run": lazy("backbones × heads on one dataset (+ fine-tunes), then the report", "benchmarks.grid"),
     "finetune": lazy("a fine-tuned baseline on the heads' split", "benchmarks.finetune"),
     "report": lazy("rebuild a report from existing metrics files", "benchmarks.report"),
-    "speed": lazy("extraction images/second against the seed notebooks' pipeline", "benchmarks.speed"),
     "curve": lazy("label-efficiency curves: frozen heads on nested train subsets of 1, 2, 4, … images per class",
                   "benchmarks.curve"),
+    "speed": lazy("extraction images/second against the seed notebooks' pipeline", "benchmarks.speed"),
     "scale": lazy("logreg out of core on a large synthetic store: time and peak RSS", "benchmarks.scale"),
 })
 main = CLI.main
