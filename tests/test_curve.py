@@ -11,14 +11,7 @@ from features.cli import run_cli
 from features.errors import FeatbenchError
 
 from test_classify import make_store, synthetic, view
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("curve") / "synth"
-    latent, y, splits = synthetic()
-    return (make_store(root / "alpha.h5", view(latent, 24, 1, 1.5), y, splits, "alpha"),
-            make_store(root / "beta.h5", view(latent, 40, 2, 2.5), y, splits, "beta"))
+from test_classify import two_stores as stores  # noqa: F401 (the fixture: two synthetic stores of one dataset)
 
 
 def test_subsets_nested_stratified_and_shared_across_stores(stores):
