@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,11 @@ from scipy import stats
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from benchmarks.report import csv_text
 from classify.heads import HEADS
 from classify.select import fit_fixed, score, sweep
-from classify.train import BLAS_THREADS, Store, load_store
+from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
+from extract.config import add_dataset_args, dataset_flags
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 
@@ -198,18 +200,14 @@ def table(summaries: list[dict]) -> str:
 def write(folder: Path, points: list[Point], summaries: list[dict], skipped: list[dict], seconds: float) -> Path:
     """`curve.csv` (one row per point) and `curve.json` (points, summaries, skipped points, seconds)."""
     rows = [asdict(p) for p in points]
-    fields = list(Point.__dataclass_fields__)
-
-    def csv(tmp):
-        tmp.write_text("\n".join([",".join(fields), *(",".join(str(r[f]) for f in fields) for r in rows)]) + "\n")
-    atomic_write(folder / "curve.csv", csv)
+    text = csv_text(rows, [f.name for f in fields(Point)])
+    atomic_write(folder / "curve.csv", lambda tmp: tmp.write_text(text))
     doc = {"points": rows, "summaries": summaries, "skipped": skipped, "seconds": round(seconds, 2)}
     atomic_write(folder / "curve.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
     return folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from extract.config import add_dataset_args
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--features", nargs="+", type=Path, metavar="STORE", help="feature stores of one dataset")
@@ -223,14 +221,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from classify.__main__ import stores as find
-    from classify.train import parse_heads
     started = time.perf_counter()
     heads = parse_heads(args.head)
     if not set(heads) <= set(HEADS):
         raise FeatbenchError("curves take single heads only (no ensembles or `all`): " + ", ".join(HEADS))
     shots = parse_shots(args.shots)
-    paths = find(args)
+    paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
     loaded = [load_store(p, need_val=False) for p in dict.fromkeys(Path(p).resolve() for p in paths)]
     for s in (s for s in loaded if not len(s.val)):
         print(f"note: {s.path} has no val split; every point is chosen by CV inside its subset", file=sys.stderr)

@@ -451,8 +451,9 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     return markdown, page
 
 
-def _csv(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows as CSV under a header of `columns` (default: every key, in first-seen order); None is empty."""
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, lineterminator="\n")
     writer.writeheader()
@@ -468,7 +469,7 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     frozen, tuned = c.best("frozen"), c.best("fine-tuned")
     data = {"title": title, "rows": c.rows, "published": c.published, "best": {"frozen": frozen, "fine-tuned": tuned},
             "environment": environment(c), "notes": c.notes, "metrics": [m.to_json() for m in c.metrics]}
-    texts = {"report.md": markdown, "report.html": page, "results.csv": _csv(c.rows + c.published),
+    texts = {"report.md": markdown, "report.html": page, "results.csv": csv_text(c.rows + c.published),
              "results.json": json.dumps(data, indent=1, default=str) + "\n"}
     written = {}
     for name, text in texts.items():

@@ -16,12 +16,10 @@ from joblib.parallel import BACKENDS
 from classify.heads import ENSEMBLES, HEADS
 from classify.models import SUFFIX
 from classify.predict import predict, submit
-from classify.train import asked_heads, find_stores, parse_heads, run, table
-from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
-from extract.datasets import load_dataset
+from classify.train import asked_heads, dataset_stores, parse_heads, run, table
+from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
-from features.reader import FeatureStore
 
 EPILOG = f"""
 heads:
@@ -134,26 +132,9 @@ def submit_command(args) -> int:
     return 0
 
 
-def stores(args) -> list[Path]:
-    if args.features:
-        if args.backbone:
-            raise FeatbenchError("pass either --features FILE… or --backbone NAME…, not both")
-        return args.features
-    settings = resolve(**dataset_flags(args))
-    dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
-    paths = find_stores(settings.out / dataset.name, args.backbone, dataset.root)
-    for path in paths:
-        with FeatureStore(path) as fs:
-            made = (list(fs.meta.split_fractions), fs.meta.split_seed)
-        if made != (list(settings.splits), settings.seed):
-            print(f"note: {path} was split with fractions {made[0]} and seed {made[1]}, not the configured "
-                  f"{list(settings.splits)} and {settings.seed}; its own splits are used", file=sys.stderr)
-    return paths
-
-
 def train(args) -> int:
     heads = parse_heads(args.head)
-    paths = stores(args)
+    paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
     skip = "all" in asked_heads(args.head) and len({Path(p).resolve() for p in paths}) < 2
     if skip:
         heads = [h for h in heads if h not in ENSEMBLES]

@@ -26,6 +26,8 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, fit_fixed, score, sweep
+from extract.config import resolve
+from extract.datasets import load_dataset
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
@@ -77,6 +79,26 @@ def find_stores(folder: Path, backbones: list[str] | None = None, root=None) -> 
             with FeatureStore(path) as fs:
                 fs.check_made_from(root)
     return found
+
+
+def dataset_stores(features: list[Path] | None, backbones: list[str] | None, **dataset) -> list[Path]:
+    """The stores to train on: `features` as given, or those of the dataset that `resolve(**dataset)`
+    configures (`find_stores`, only `backbones` if named); a store split otherwise than configured is
+    used with its own splits, and noted."""
+    if features:
+        if backbones:
+            raise FeatbenchError("pass either --features FILE… or --backbone NAME…, not both")
+        return features
+    settings = resolve(**dataset)
+    listed = load_dataset(settings.path, settings.format, settings.target, settings.name)
+    paths = find_stores(settings.out / listed.name, backbones, listed.root)
+    for path in paths:
+        with FeatureStore(path) as fs:
+            made = (list(fs.meta.split_fractions), fs.meta.split_seed)
+        if made != (list(settings.splits), settings.seed):
+            print(f"note: {path} was split with fractions {made[0]} and seed {made[1]}, not the configured "
+                  f"{list(settings.splits)} and {settings.seed}; its own splits are used", file=sys.stderr)
+    return paths
 
 
 def load_store(path, features: bool = True, need_val: bool = True) -> Store:
