@@ -6,8 +6,15 @@ order, so every store of the dataset gets the same images); subset(n) = its firs
 store × head × n × repeat is chosen on val when val is no larger than the subset, else by
 stratified k-fold CV inside the subset (k = min(3, smallest class)), else (a class with one image)
 fitted with the head's default parameters (kNN: k at most the smallest class); the `selection`
-column says which. Every fit is scored on the full test split. `all` is the full train split,
-fitted once (as `python -m classify`).
+column says which; `--select val` chooses every point on the full val split. Every fit is scored on
+the full test split. `all` is the full train split, fitted once (as `python -m classify`).
+
+`--finetune-shots 8,64` adds fine-tuned points (`benchmarks finetune`'s recipe, on the images of the
+same subsets, the first `--finetune-repeats` repeats): each chooses its peak rate, epoch and
+temperature on the full val split, so with fine-tunes the frozen points do too (`--select val` by
+default) and both sides see the same labels. An epoch is at least MIN_EPOCH_IMAGES images (a small
+subset's images repeat, each augmented afresh). Fine-tunes are cached in OUT/DATASET/curve/finetune/
+by subset, weights and settings: re-running with more frozen heads trains nothing again.
 """
 import argparse
 import json
@@ -21,16 +28,23 @@ from scipy import stats
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from benchmarks.finetune import DEFAULT_EPOCHS, budget_params, default_epochs, finetune, model_name, reusable
+from benchmarks.recipes import MODES, recipe_for
 from benchmarks.report import csv_text
+from benchmarks.splits import SplitImages, from_store
 from classify.heads import HEADS
 from classify.select import fit_fixed, score, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
 from extract.config import add_dataset_args, dataset_flags
+from extract.device import pick_device
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
+from features.schema import SPLITS, split_fingerprint
 
 ALL = 0  # the `all` shot: the full train split
 CV_FOLDS = 3
+MIN_EPOCH_IMAGES = 320  # a fine-tune's epoch on a small subset: ten batches of 32
+FINETUNE_SHOTS = {"cpu": "8,64", "mps": "8,64", "cuda": "2,8,32,all"}  # `--finetune-shots auto`, by device
 
 
 @dataclass
@@ -45,6 +59,8 @@ class Point:
     selection: str  # val | cv3 | cv2 | default
     accuracy: float
     log_loss: float
+    kind: str = "frozen"  # frozen | finetune
+    seconds: float = 0.0  # to fit (and choose) this point
 
 
 def parse_shots(text: str) -> list[int]:
@@ -97,26 +113,29 @@ def defaults(head: str, smallest: int) -> dict:
 
 def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str]:
     """The head chosen by stratified k-fold CV inside (X, y), refitted on all of it; or, when a class
-    has a single image, the head's defaults."""
+    has a single image, the head's defaults. An early-stopped head (mlp) is refitted for the median of
+    its folds' best epochs at the chosen point."""
     k = min(CV_FOLDS, int(np.bincount(y)[np.unique(y)].min()))
     if k < 2:
         return fit_fixed(HEADS[head].make(), defaults(head, k), X, y), "default"
     folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
     grid = HEADS[head].grid(min(len(tr) for tr, _ in folds))
-    losses = np.zeros(len(grid))
-    for tr, held in folds:
-        sel = sweep(HEADS[head].make(), grid, X[tr], y[tr], X[held], y[held], n_classes)
-        losses += [row["val_log_loss"] for row in sel.sweep]
-    return fit_fixed(HEADS[head].make(), grid[int(losses.argmin())], X, y), f"cv{k}"
+    rows = [sweep(HEADS[head].make(), grid, X[tr], y[tr], X[held], y[held], n_classes).sweep for tr, held in folds]
+    best = int(np.sum([[row["val_log_loss"] for row in fold] for fold in rows], axis=0).argmin())
+    epochs = [fold[best]["epochs"] for fold in rows if "epochs" in fold[best]]
+    fixed = {**grid[best], **({"max_epochs": max(1, round(float(np.median(epochs))))} if epochs else {})}
+    return fit_fixed(HEADS[head].make(), fixed, X, y), f"cv{k}"
 
 
-def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int) -> tuple[float, float, str]:
-    """(accuracy, log-loss, selection) of `head` fitted on the train rows `idx` (None: all of train)."""
+def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select: str = "auto"
+              ) -> tuple[float, float, str]:
+    """(accuracy, log-loss, selection) of `head` fitted on the train rows `idx` (None: all of train), chosen
+    on val when `select` is `val` or val is no larger than the subset, else by CV inside the subset."""
     X, y = (store.train.X, store.train.y) if idx is None else (store.train.X[idx], store.train.y[idx])
     if len(np.unique(y)) < 2:
         raise ValueError("the subset holds a single class")
     n_classes = len(store.class_names)
-    if len(store.val) and len(store.val) <= len(y):
+    if len(store.val) and (select == "val" or len(store.val) <= len(y)):
         model = sweep(HEADS[head].make(), HEADS[head].grid(len(y)), X, y, store.val.X, store.val.y, n_classes).model
         mode = "val"
     else:
@@ -136,8 +155,8 @@ def check_same_images(stores: list[Store]) -> None:
 
 
 def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int, seed: int = 0,
-          log=lambda msg: None) -> tuple[list[Point], list[dict]]:
-    """Every point (store × head × n × repeat) and the notes of the points skipped."""
+          log=lambda msg: None, select: str = "auto") -> tuple[list[Point], list[dict]]:
+    """Every frozen point (store × head × n × repeat) and the notes of the points skipped."""
     if repeats < 1:
         raise FeatbenchError(f"--repeats must be at least 1 (got {repeats})")
     check_same_images(stores)
@@ -148,16 +167,89 @@ def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int,
             for n in shots:
                 for r in range(1 if n == ALL else repeats):
                     idx = None if n == ALL else subset(perms[r], n)
+                    started = time.perf_counter()
                     try:
-                        acc, loss, mode = fit_point(s, head, idx, seed + r)
+                        acc, loss, mode = fit_point(s, head, idx, seed + r, select)
                     except ValueError as e:
                         why = str(e).splitlines()[0]
                         skipped.append({"store": s.name, "head": head, "n": shot_name(n), "repeat": r, "why": why})
                         log(f"note: {s.name}-{head} n={shot_name(n)} repeat {r} skipped: {why}")
                         continue
                     points.append(Point(s.name, head, shot_name(n), r, seed + r,
-                                        len(s.train) if idx is None else len(idx), mode, acc, loss))
+                                        len(s.train) if idx is None else len(idx), mode, acc, loss,
+                                        seconds=round(time.perf_counter() - started, 3)))
     return points, skipped
+
+
+def subset_split(data: SplitImages, train_paths: list) -> SplitImages:
+    """`data` with its train split cut to `train_paths` (val and test whole), fingerprinted as such."""
+    keep = set(train_paths)
+    rows = [i for i, q in enumerate(data.paths["train"]) if q in keep]
+    paths = {**data.paths, "train": [data.paths["train"][i] for i in rows]}
+    labels = {**data.labels, "train": data.labels["train"][rows]}
+    listing = [(q, y, code) for code, split in enumerate(SPLITS) for q, y in zip(paths[split], labels[split])]
+    fingerprint = split_fingerprint(*zip(*listing))
+    return SplitImages(data.root, data.dataset, data.class_names, paths, labels, fingerprint,
+                       f"{data.source}, train cut to {len(rows)} images")
+
+
+@dataclass
+class Finetunes:
+    """How the curve's fine-tuned points are trained: `benchmarks finetune`'s recipe for `mode`."""
+    shots: list[int]
+    repeats: int = 3
+    mode: str = "full"
+    epochs: int | None = None  # per run (default: by device, as `benchmarks finetune`)
+    device: str = "auto"
+    weights: dict | None = None  # backbone → weights file, for backbones that need one
+    backbones: list[str] | None = None  # only these stores' backbones (default: every store's)
+
+
+def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Path,
+                    log=lambda msg: None) -> tuple[list[Point], list[dict], list[str]]:
+    """Fine-tuned points on the frozen points' subsets, reusing any already trained (cached by subset,
+    weights and settings in `folder`); (points, skipped, budget notes)."""
+    if spec.mode not in MODES:
+        raise FeatbenchError(f"--finetune-mode {spec.mode!r}: choose {', '.join(MODES)}")
+    points, skipped, notes = [], [], []
+    recipe, epochs = recipe_for(spec.mode), spec.epochs or default_epochs(pick_device(spec.device))
+    for s in (s for s in stores if not spec.backbones or s.meta.backbone in spec.backbones):
+        backbone, w = s.meta.backbone, s.meta.weights or {}
+        data = from_store(s.path)
+        perms = [permutations(s.train.y, s.train.paths, seed + r) for r in range(spec.repeats)]
+        stem = model_name(s.name, spec.mode, recipe.name)
+        for n in spec.shots:
+            for r in range(1 if n == ALL else spec.repeats):
+                sub = data if n == ALL else subset_split(data, [s.train.paths[i] for i in subset(perms[r], n)])
+                n_train = len(sub.paths["train"])
+                per_epoch = max(n_train, MIN_EPOCH_IMAGES) if n != ALL else n_train
+                budget = {"epochs": epochs, "epoch_images": per_epoch, "batch_size": 32, "seeds": 1,
+                          "train_seed": seed + r}
+                path = folder / f"{stem}-n{shot_name(n)}-r{r}.metrics.json"
+                m = reusable(path, sub.fingerprint, w.get("fingerprint"), budget_params(spec.mode, recipe, **budget))
+                what = f"{s.name} finetune-{spec.mode} n={shot_name(n)} repeat {r}"
+                if m:
+                    log(f"{what}: reused ({path.name})")
+                else:
+                    log(f"{what}: fine-tuning on {n_train} images ({epochs} epochs of {per_epoch} × "
+                        f"{len(recipe.lrs)} peak rates)")
+                    try:
+                        m = finetune(sub, backbone, spec.mode, folder.parent.parent.parent, recipe=recipe,
+                                     device=spec.device, weights=(spec.weights or {}).get(backbone),
+                                     random_init=bool(w.get("random_init")), path=path, save_weights=False,
+                                     **budget)
+                    except (FeatbenchError, ValueError) as e:
+                        why = str(e).splitlines()[0]
+                        skipped.append({"store": s.name, "head": f"finetune-{spec.mode}", "n": shot_name(n),
+                                        "repeat": r, "why": why})
+                        log(f"note: {what} skipped: {why}")
+                        continue
+                points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
+                                    m.log_loss, "finetune", m.fit_seconds))
+        notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {len(recipe.lrs)} peak rates × "
+                     f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (or the whole subset), each point's rate, "
+                     f"epoch and temperature chosen on the full val split ({len(data.paths['val'])} images)")
+    return points, skipped, notes
 
 
 def interval(values: list[float]) -> tuple[float, float | None]:
@@ -179,32 +271,71 @@ def summarise(points: list[Point], stores: list[Store]) -> list[dict]:
         acc, acc_ci = interval([p.accuracy for p in ps])
         loss, loss_ci = interval([p.log_loss for p in ps])
         short = short_classes(y, ALL if n == "all" else int(n), names)
-        out.append({"store": store, "head": head, "n": n, "repeats": len(ps), "accuracy": acc, "accuracy_ci": acc_ci,
-                    "log_loss": loss, "log_loss_ci": loss_ci,
-                    "selection": "|".join(sorted({p.selection for p in ps})), "short": ",".join(short)})
+        out.append({"store": store, "head": head, "n": n, "kind": ps[0].kind, "repeats": len(ps), "accuracy": acc,
+                    "accuracy_ci": acc_ci, "log_loss": loss, "log_loss_ci": loss_ci,
+                    "selection": "|".join(sorted({p.selection for p in ps})), "short": ",".join(short),
+                    "seconds": round(float(np.mean([p.seconds for p in ps])), 3)})
     return out
 
 
 def table(summaries: list[dict]) -> str:
     def ci(v):
         return f"±{v:.4f}" if v is not None else "±  n/a "
-    head = f"{'store':<16}{'head':<8}{'n':>5}{'accuracy':>10}{'':>9}{'log-loss':>10}{'':>9}{'R':>3}  selection  short"
+    head = f"{'store':<16}{'head':<14}{'n':>5}{'accuracy':>10}{'':>9}{'log-loss':>10}{'':>9}{'R':>3}  selection  short"
     lines = [head, "-" * len(head)]
     for s in summaries:
-        lines.append(f"{s['store']:<16}{s['head']:<8}{s['n']:>5}{s['accuracy']:>10.4f} {ci(s['accuracy_ci'])}"
+        lines.append(f"{s['store']:<16}{s['head']:<14}{s['n']:>5}{s['accuracy']:>10.4f} {ci(s['accuracy_ci'])}"
                      f"{s['log_loss']:>10.4f} {ci(s['log_loss_ci'])}{s['repeats']:>3}  {s['selection']:<10} "
                      f"{s['short'] or '-'}")
     return "\n".join(lines)
 
 
-def write(folder: Path, points: list[Point], summaries: list[dict], skipped: list[dict], seconds: float) -> Path:
-    """`curve.csv` (one row per point) and `curve.json` (points, summaries, skipped points, seconds)."""
-    rows = [asdict(p) for p in points]
-    text = csv_text(rows, [f.name for f in fields(Point)])
+def write(folder: Path, doc: dict) -> Path:
+    """`curve.csv` (one row per point) and `curve.json` (the whole doc)."""
+    text = csv_text(doc["points"], [f.name for f in fields(Point)])
     atomic_write(folder / "curve.csv", lambda tmp: tmp.write_text(text))
-    doc = {"points": rows, "summaries": summaries, "skipped": skipped, "seconds": round(seconds, 2)}
     atomic_write(folder / "curve.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
     return folder
+
+
+def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: int, *, subset_seed: int = 0,
+              out: Path | None = None, select: str | None = None, finetune_shots: list[int] = (),
+              finetune_repeats: int = 3, finetune_mode: str = "full", finetune_epochs: int | None = None,
+              finetune_backbones: list[str] | None = None, device: str = "auto", weights: dict[str, str] | None = None,
+              log=lambda msg: None) -> tuple[dict, Path]:
+    """The curve of `stores` (one dataset), written to OUT/DATASET/curve (OUT: `out`, else beside the
+    stores); returns (the doc curve.json holds, that folder). `select`: auto, or val (the default with
+    fine-tunes)."""
+    started = time.perf_counter()
+    select = select or ("val" if finetune_shots else "auto")
+    if select not in ("auto", "val"):
+        raise FeatbenchError(f"--select {select!r}: choose auto or val")
+    loaded = [load_store(p, need_val=bool(finetune_shots)) for p in dict.fromkeys(Path(p).resolve() for p in stores)]
+    notes = []
+    for s in (s for s in loaded if not len(s.val)):
+        notes.append(f"{s.path} has no val split; every point is chosen by CV inside its subset")
+    for n in shots:
+        short = short_classes(loaded[0].train.y, n, loaded[0].class_names)
+        if short:
+            notes.append(f"n={n} is more than some classes have ({', '.join(short[:5])}"
+                         f"{'…' if len(short) > 5 else ''}); they use all their train images (`short` column)")
+    if select == "val":
+        notes.append("every frozen point is chosen on the full val split (--select val)" +
+                     (", as the fine-tunes are" if finetune_shots else ""))
+    for note in notes:
+        log(f"note: {note}")
+    folder = (Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve"
+    with threadpool_limits(limits=BLAS_THREADS):
+        points, skipped = curve(loaded, heads, shots, repeats, subset_seed, log, select)
+    if finetune_shots:
+        spec = Finetunes(list(finetune_shots), min(finetune_repeats, repeats), finetune_mode, finetune_epochs, device,
+                         weights, finetune_backbones)
+        more, gone, budget = finetune_points(loaded, spec, subset_seed, folder / "finetune", log)
+        points, skipped, notes = points + more, skipped + gone, notes + budget
+    doc = {"dataset": loaded[0].dataset, "points": [asdict(p) for p in points],
+           "summaries": summarise(points, loaded), "skipped": skipped, "select": select, "notes": notes,
+           "seconds": round(time.perf_counter() - started, 2)}
+    return doc, write(folder, doc)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -217,32 +348,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="subsets drawn per n (default 5)")
     p.add_argument("--subset-seed", type=int, default=0, metavar="S",
                    help="repeat r draws its subsets with seed S+r, the same for every store and head (default 0)")
+    p.add_argument("--select", choices=["auto", "val"],
+                   help="auto: val when no larger than the subset, else CV inside it; val: the full val split "
+                        "(default: val with fine-tunes, else auto)")
+    g = p.add_argument_group("fine-tuned points")
+    g.add_argument("--finetune-shots", metavar="N,…",
+                   help="fine-tune each store's backbone on these subsets too, e.g. 8,64,all; auto: "
+                        + "; ".join(f"{k} {v}" for k, v in FINETUNE_SHOTS.items()) + " (default: none)")
+    g.add_argument("--finetune-repeats", type=int, default=3, metavar="R",
+                   help="subsets fine-tuned per n: the first R of --repeats (default 3)")
+    g.add_argument("--finetune-mode", choices=list(MODES), default="full", help="(default full, its lp-ft recipe)")
+    g.add_argument("--finetune-epochs", type=int, metavar="E",
+                   help="epochs of each run (default: " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_EPOCHS.items())
+                        + ")")
+    g.add_argument("--finetune-backbone", nargs="+", metavar="NAME",
+                   help="fine-tune only these stores' backbones (default: every store's)")
+    g.add_argument("--device", default="auto", help="the fine-tunes' device: auto (CUDA, MPS, CPU), cpu, cuda, …")
     add_dataset_args(p)
 
 
 def main(args) -> int:
-    started = time.perf_counter()
     heads = parse_heads(args.head)
     if not set(heads) <= set(HEADS):
         raise FeatbenchError("curves take single heads only (no ensembles or `all`): " + ", ".join(HEADS))
     shots = parse_shots(args.shots)
+    ft = args.finetune_shots
+    ft_shots = parse_shots(FINETUNE_SHOTS.get(pick_device(args.device).type, FINETUNE_SHOTS["cpu"])
+                           if ft == "auto" else ft) if ft else []
+    if args.finetune_repeats < 1:
+        raise FeatbenchError(f"--finetune-repeats must be at least 1 (got {args.finetune_repeats})")
     paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
-    loaded = [load_store(p, need_val=False) for p in dict.fromkeys(Path(p).resolve() for p in paths)]
-    for s in (s for s in loaded if not len(s.val)):
-        print(f"note: {s.path} has no val split; every point is chosen by CV inside its subset", file=sys.stderr)
-    smallest = int(np.bincount(loaded[0].train.y)[np.unique(loaded[0].train.y)].min())
-    for n in (n for n in shots if n > smallest):
-        short = short_classes(loaded[0].train.y, n, loaded[0].class_names)
-        print(f"note: n={n} is more than some classes have ({', '.join(short[:5])}"
-              f"{'…' if len(short) > 5 else ''}); they use all their train images (`short` column)", file=sys.stderr)
-    with threadpool_limits(limits=BLAS_THREADS):
-        points, skipped = curve(loaded, heads, shots, args.repeats, args.subset_seed,
-                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    summaries = summarise(points, loaded)
-    out = (Path(args.out) / loaded[0].dataset if args.out else loaded[0].path.parent) / "curve"
-    seconds = time.perf_counter() - started
-    write(out, points, summaries, skipped, seconds)
-    print(table(summaries))
-    print(f"\n{len(points)} points ({len(skipped)} skipped) in {seconds:.1f}s; every point and summary in "
-          f"{out}/curve.csv and curve.json")
+    doc, folder = run_curve(paths, heads, shots, args.repeats, subset_seed=args.subset_seed, out=args.out,
+                            select=args.select, finetune_shots=ft_shots, finetune_repeats=args.finetune_repeats,
+                            finetune_mode=args.finetune_mode, finetune_epochs=args.finetune_epochs,
+                            finetune_backbones=args.finetune_backbone, device=args.device,
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(table(doc["summaries"]))
+    print(f"\n{len(doc['points'])} points ({len(doc['skipped'])} skipped) in {doc['seconds']:.1f}s; every point and "
+          f"summary in {folder}/curve.csv and curve.json")
     return 0

@@ -21,7 +21,7 @@ import copy
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -338,6 +338,16 @@ def budget_params(mode: str, recipe: Recipe, epochs: int, epoch_images: int, bat
             "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed}
 
 
+def reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMetrics | None:
+    """Earlier metrics of this fine-tune when split, weights and every setting match."""
+    if not path.is_file():
+        return None
+    m = ModelMetrics.read(path)
+    same = (m.split_fingerprint == split and (m.weights or {}).get("fingerprint") == weights_fp
+            and all(m.params.get(k) == v for k, v in params.items()))
+    return replace(m, path=str(path.with_name(m.model))) if same else None
+
+
 def _test_scores(model: Finetuned, run: Run, test, dev: Device, data: SplitImages) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, readable rows) of the test split under `run`'s best weights and temperature."""
     model.load_state_dict(run.state)
@@ -400,14 +410,16 @@ def _compute(model: Finetuned, runs: list[Run], replicas: list[Run], probe: Prob
 def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, recipe: Recipe | None = None,
              epochs: int | None = None, epoch_images: int = 0, batch_size: int = 32, seeds: int = 1,
              train_seed: int = 0, device: str = "auto", workers: int = -1, amp: bool = True,
-             weights: str | None = None, random_init: bool = False, log=lambda msg: None) -> ModelMetrics:
-    """Fine-tune on `data`'s train split, choose on val, score test once; returns the metrics."""
+             weights: str | None = None, random_init: bool = False, path: Path | None = None,
+             save_weights: bool = True, log=lambda msg: None) -> ModelMetrics:
+    """Fine-tune on `data`'s train split, choose on val, score test once; returns the metrics, written to
+    `path` (default OUT/DATASET/models/NAME.metrics.json), with the weights beside it as NAME.pt."""
     _check(data, mode, epochs, batch_size, seeds, epoch_images)
     recipe = recipe or recipe_for(mode)
     dev = Device.choose(device, amp, workers, batch_size)
     epochs = epochs or default_epochs(dev.device)
     n_train = len(data.paths["train"])
-    per_epoch = min(epoch_images or n_train, n_train)
+    per_epoch = epoch_images or n_train
     backbone = create_backbone(backbone_name, weights, random_init)
     started = time.perf_counter()
     model, probe = starting_model(backbone, data, mode, recipe, dev, train_seed, log)
@@ -435,7 +447,8 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     seeds_seconds = time.perf_counter() - t0
 
     stem = store_path(out, data.dataset["name"], backbone, weights, "float32").stem  # as classify names it
-    model_path = Path(out) / data.dataset["name"] / "models" / f"{model_name(stem, mode, recipe.name)}.pt"
+    model_path = (Path(str(path).removesuffix(".metrics.json") + ".pt") if path else
+                  Path(out) / data.dataset["name"] / "models" / f"{model_name(stem, mode, recipe.name)}.pt")
     metrics = ModelMetrics(
         dataset=data.dataset["name"], backbone=stem, backbones=[backbone.name],
         head=f"finetune-{mode}", model=model_path.name, refit=False, classes=data.class_names,
@@ -451,10 +464,11 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         weights=backbone.weights, compute=_compute(model, runs, replicas, probe, recipe, epochs, dev),
         seeds=over_seeds(seed_rows) if seeds > 1 else None, path=str(model_path),
         featbench_version=featbench_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
-                                                     "backbone": backbone.name, "mode": mode,
-                                                     "temperature": chosen.best.temperature,
-                                                     "weights": backbone.weights}, tmp))
+    if save_weights:
+        atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
+                                                         "backbone": backbone.name, "mode": mode,
+                                                         "temperature": chosen.best.temperature,
+                                                         "weights": backbone.weights}, tmp))
     atomic_write(model_path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
     return metrics
 
@@ -499,7 +513,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs of each run (default: " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_EPOCHS.items())
                         + ")")
     p.add_argument("--epoch-images", type=int, default=0,
-                   help="train on a random N of the train images per epoch (default: all of them)")
+                   help="train on a random N of the train images per epoch (default: all of them; more than "
+                        "there are repeats them, each augmented afresh)")
     p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="N seeds in all (default 1): the chosen configuration is repeated with N-1 more seeds, and "

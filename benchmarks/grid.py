@@ -30,10 +30,9 @@ dataset flags override it):
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.finetune import budget_params, default_epochs, finetune, model_name
+from benchmarks.finetune import budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, OVERRIDES, recipe_for
 from benchmarks.report import build, markdown_table
 from benchmarks.splits import same_split
@@ -46,7 +45,6 @@ from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
-from features.records import ModelMetrics
 
 BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds"}
 BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
@@ -87,19 +85,9 @@ def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
     budget = {"epochs": entry.get("epochs") or default_epochs(pick_device(device)),
               "epoch_images": entry.get("epoch_images", 0), "batch_size": entry.get("batch_size", 32),
               "seeds": entry.get("seeds", 1), "train_seed": entry.get("train_seed", 0)}
-    per_epoch = min(budget["epoch_images"] or n_train, n_train)
+    per_epoch = budget["epoch_images"] or n_train
     recorded = budget_params(mode, recipe, **{**budget, "epoch_images": per_epoch})
     return recipe, budget, recorded
-
-
-def _reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMetrics | None:
-    """Earlier metrics of this fine-tune when split, weights and every setting match."""
-    if not path.is_file():
-        return None
-    m = ModelMetrics.read(path)
-    same = (m.split_fingerprint == split and (m.weights or {}).get("fingerprint") == weights_fp
-            and all(m.params.get(k) == v for k, v in params.items()))
-    return replace(m, path=str(path.with_name(m.model))) if same else None
 
 
 def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | None = None, finetunes: bool = True,
@@ -156,7 +144,7 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
         recipe, budget, recorded = finetune_settings(entry, len(data.paths["train"]), device)
         fp, weights, store_stem = built[name]
         stem = model_name(store_stem, mode, recipe.name)
-        done = _reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
+        done = reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
                          recorded)
         if done:
             log(f"{stem}: reused (same split, weights and settings); delete its metrics file to retrain")

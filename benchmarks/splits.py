@@ -25,7 +25,7 @@ class SplitImages:
     source: str
 
 
-def _from_store(path: Path) -> SplitImages:
+def from_store(path: Path) -> SplitImages:
     with FeatureStore(path) as fs:
         labels, splits, paths, meta = fs.labels, fs.splits, fs.paths, fs.meta
     keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
@@ -38,7 +38,7 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
     """The heads' split: `features`, else this backbone's store, else any store made with these
     fractions and seed, else the listing split afresh (identical when no image was skipped)."""
     if features is not None:
-        return _from_store(features)
+        return from_store(features)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     folder = settings.out / dataset.name
     candidates = [folder / f"{backbone}.h5"] + sorted(folder.glob("*.h5"))
@@ -49,7 +49,7 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
             same = (fs.meta.split_fractions == list(settings.splits) and fs.meta.split_seed == settings.seed
                     and fs.meta.dataset["root"] == str(dataset.root))
         if same:
-            return _from_store(path)
+            return from_store(path)
     codes = assign_splits(dataset.items, settings.splits, settings.seed)
     labels = np.array([it.label for it in dataset.items])
     rels = [it.rel for it in dataset.items]

@@ -19,6 +19,7 @@ from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
 from benchmarks.report import num, pct, secs
 from benchmarks.splits import SplitImages, same_split
+from classify.train import load_store
 from extract.backbones import create_backbone, weights_here
 from extract.config import DatasetSettings
 from features import Extraction, FeatureStore, write_store
@@ -432,3 +433,54 @@ def test_verdict_words_a_tie_and_names_a_non_default_recipe():
     assert "mobilenet_v2 + finetune-full (seed recipe) — test accuracy" in seed
     lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft")], published=[], metas={}))
     assert "mobilenet_v2 + finetune-full — test accuracy" in lpft
+
+
+# ---- curve with fine-tuned points ---------------------------------------------------------------------
+
+def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path, monkeypatch):
+    import benchmarks.curve as cv
+    from benchmarks.recipes import recipe_for
+    store = tmp_path / "dvc" / "resnet10t-random-init.h5"
+    store.parent.mkdir()
+    shutil.copy(synthetic / store.name, store)
+    monkeypatch.setattr(cv, "MIN_EPOCH_IMAGES", 8)
+    monkeypatch.setattr(cv, "recipe_for", lambda mode: recipe_for(mode, lrs=(1e-3,)))
+    logs = []
+    doc, folder = cv.run_curve([store], ["logreg"], [1, 2], 2, finetune_shots=[2], finetune_repeats=2,
+                               finetune_epochs=1, log=logs.append)
+    tuned = [p for p in doc["points"] if p["kind"] == "finetune"]
+    assert [(p["head"], p["n"], p["repeat"], p["n_train"], p["selection"]) for p in tuned] == \
+        [("finetune-full", "2", r, 4, "val") for r in (0, 1)]
+    assert doc["select"] == "val" and {p["selection"] for p in doc["points"]} == {"val"}  # both sides on val
+    assert any("chosen on the full val split" in n for n in doc["notes"])
+    files = sorted(p.name for p in (folder / "finetune").iterdir())
+    assert files == [f"resnet10t-random-init-finetune-full-n2-r{r}.metrics.json" for r in (0, 1)]  # no weights
+    frozen = load_store(store)
+    for r in (0, 1):  # the fine-tune trained on the frozen points' subset: same images, same fingerprint
+        m = json.loads((folder / "finetune" / files[r]).read_text())
+        perms = cv.permutations(frozen.train.y, frozen.train.paths, r)
+        sub = cv.subset_split(cv.from_store(store), [frozen.train.paths[i] for i in cv.subset(perms, 2)])
+        assert m["split_fingerprint"] == sub.fingerprint and m["n_train"] == 4
+        assert m["params"]["epoch_images"] == 8 and m["compute"]["images_seen"] == 8
+    summary = {(s["head"], s["n"]): s for s in doc["summaries"]}
+    assert summary[("finetune-full", "2")]["kind"] == "finetune" and summary[("finetune-full", "2")]["repeats"] == 2
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached fine-tune was trained again")
+    monkeypatch.setattr(cv, "finetune", no_training)
+    logs.clear()
+    again, _ = cv.run_curve([store], ["logreg", "knn"], [1, 2], 2, finetune_shots=[2], finetune_repeats=2,
+                            finetune_epochs=1, log=logs.append)
+    assert sum("reused" in line for line in logs) == 2
+    assert [p for p in again["points"] if p["kind"] == "finetune"] == tuned
+    with pytest.raises(AssertionError, match="trained again"):  # another subset is another fine-tune
+        cv.run_curve([store], ["logreg"], [2], 2, subset_seed=5, finetune_shots=[2], finetune_repeats=1,
+                     finetune_epochs=1)
+
+
+def test_curve_cli_finetune_flags(synthetic, capsys):
+    rc, _, err = cli(capsys, "curve", "--features", synthetic / "resnet10t-random-init.h5", "--finetune-shots", "0")
+    assert rc == 2 and "is not a number of images per class" in err and "Traceback" not in err
+    rc, _, err = cli(capsys, "curve", "--features", synthetic / "resnet10t-random-init.h5", "--finetune-shots", "2",
+                     "--finetune-repeats", "0")
+    assert rc == 2 and "--finetune-repeats must be at least 1" in err

@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.curve import ALL, curve, fit_point, interval, parse_shots, permutations, subset, summarise
+from classify.select import fit_fixed
 from classify.train import load_store, run
 from features.cli import run_cli
 from features.errors import FeatbenchError
@@ -72,6 +73,16 @@ def test_small_n_finite(stores, head):
     assert {p.selection for p in points if p.n == "2"} == {"cv2"}
 
 
+def test_cv_refit_of_an_early_stopped_head_keeps_the_folds_epochs(stores, monkeypatch):
+    import benchmarks.curve as cv
+    s = load_store(stores[0])
+    idx = subset(permutations(s.train.y, s.train.paths, 0), 6)
+    fits = []
+    monkeypatch.setattr(cv, "fit_fixed", lambda est, fixed, X, y: fits.append(fixed) or fit_fixed(est, fixed, X, y))
+    model, mode = cv.choose_cv("mlp", s.train.X[idx], s.train.y[idx], len(s.class_names), 0)
+    assert mode == "cv3" and fits[0]["max_epochs"] == model.max_epochs < 60  # not the full 60 epochs
+
+
 def test_selection_on_val_when_val_is_small(stores):
     s = load_store(stores[0])
     n = len(s.val) // 3 + 1  # subset of 3n ≥ val
@@ -118,7 +129,7 @@ def test_cli_outputs_short_and_no_val(tmp_path, capsys):
     short = {(s["head"], s["n"]): s["short"] for s in doc["summaries"]}
     assert short[("logreg", "8")] == "cat" and short[("logreg", "2")] == ""
     csv = (tmp_path / "out" / "synth" / "curve" / "curve.csv").read_text().splitlines()
-    assert csv[0] == "store,head,n,repeat,subset_seed,n_train,selection,accuracy,log_loss"
+    assert csv[0] == "store,head,n,repeat,subset_seed,n_train,selection,accuracy,log_loss,kind,seconds"
     assert len(csv) == 1 + len(doc["points"]) == 1 + 2 * (2 + 2 + 1)
     assert "seconds" in doc and "points (0 skipped) in" in out.out
 
