@@ -246,3 +246,23 @@ def main(args) -> int:
     print(f"\n{len(points)} points ({len(skipped)} skipped) in {seconds:.1f}s; every point and summary in "
           f"{out}/curve.csv and curve.json")
     return 0
+
+
+def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: int, *, subset_seed: int = 0,
+              out: Path | None = None, select: str | None = None, finetune_shots: list[int] = (),
+              finetune_repeats: int = 3, finetune_mode: str = "full", device: str = "auto",
+              random_init: bool = False, weights: dict[str, str] | None = None,
+              log=lambda msg: None) -> tuple[dict, Path]:
+    """STAND-IN for the lead's run_curve (frozen points only; fine-tune arguments ignored): (curve.json's doc,
+    OUT/DATASET/curve)."""
+    started = time.perf_counter()
+    loaded = [load_store(p, need_val=False) for p in dict.fromkeys(Path(p).resolve() for p in stores)]
+    with threadpool_limits(limits=BLAS_THREADS):
+        points, skipped = curve(loaded, heads, shots, repeats, subset_seed, log=log)
+    summaries = summarise(points, loaded)
+    folder = (Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve"
+    seconds = time.perf_counter() - started
+    write(folder, points, summaries, skipped, seconds)
+    notes = ["fine-tuned points: not measured (stand-in run_curve)"] if finetune_shots else []
+    return {"dataset": loaded[0].dataset, "points": [asdict(p) for p in points], "summaries": summaries,
+            "skipped": skipped, "seconds": round(seconds, 2), "select": "auto", "notes": notes}, folder
