@@ -232,6 +232,8 @@ def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, random
               for n in c["backbones"] or () if n not in built]
     if not names:
         return None
+    if c["finetune_shots"] and not finetunes:
+        notes.append("label-efficiency curve: fine-tuned points skipped (--no-finetune)")
     log(f"label-efficiency curve: {', '.join(names)} × {', '.join(c['heads'])}")
     doc, folder = run_curve([built[n][2] for n in names], c["heads"], c["shots"], c["repeats"],
                             subset_seed=c["subset_seed"], out=out,

@@ -401,12 +401,13 @@ def within_one_point(doc: dict) -> list[str]:
             out.append(f"{name}: no full-split (`all`) point measured")
             continue
         hit = next((r for r in below if r["accuracy"] >= top["accuracy"] - 0.01 - 1e-12), None)
-        reach = f"{name} reaches within 1 point of its full-data accuracy ({pct(top['accuracy'])})"
+        full_data = f"within 1 point of its full-data accuracy ({pct(top['accuracy'])})"
         if hit:
-            out.append(f"{reach} at n = {hit['n']} ({_mean_ci(hit)})")
+            out.append(f"{name} reaches {full_data} at n = {hit['n']} ({_mean_ci(hit)})")
         else:
-            out.append(f"{reach} not below the full split"
-                       + (f" (n = {below[-1]['n']}: {_mean_ci(below[-1])})" if below else ""))
+            out.append(f"{name} does not reach {full_data} below the full split"
+                       + (f" (at n = {below[-1]['n']}, the largest measured below it: {_mean_ci(below[-1])})"
+                          if below else ""))
     return out
 
 
@@ -480,14 +481,15 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
 
 
 def curve_table(doc: dict) -> tuple[list, list]:
+    """(header, rows): every summary of the curve, frozen series first."""
     header = ["kind", "store", "head", "n", "repeats", "test accuracy", "log-loss", "selection", "short classes",
               "fit s"]
     rows = []
-    for rows_of in curve_series(doc).values():
-        for s in rows_of:
+    for (kind, store, head), summaries in curve_series(doc).items():
+        for s in summaries:
             loss = num(s["log_loss"]) + (f" ± {num(s['log_loss_ci'])}" if s.get("log_loss_ci") is not None else "")
-            rows.append([curve_kind(s), s["store"], s["head"], s["n"], str(s["repeats"]), _mean_ci(s), loss,
-                         s["selection"], s.get("short") or "—", secs(s.get("seconds"))])
+            rows.append([kind if kind == "frozen" else "fine-tuned", store, head, s["n"], str(s["repeats"]),
+                         _mean_ci(s), loss, s["selection"], s.get("short") or "—", secs(s.get("seconds"))])
     return header, rows
 
 
