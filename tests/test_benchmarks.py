@@ -531,3 +531,26 @@ def test_verdict_words_a_tie_and_names_a_non_default_recipe():
     assert "mobilenet_v2 + finetune-full (seed recipe) — test accuracy" in seed
     lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft")], published=[], metas={}))
     assert "mobilenet_v2 + finetune-full — test accuracy" in lpft
+
+
+def test_curve_table_becomes_the_run_curve_call(monkeypatch, tmp_path):
+    import benchmarks.grid as grid
+    calls = []
+
+    def run_curve(*args, **kwargs):
+        calls.append((args, kwargs))
+        return {"points": []}, tmp_path
+    monkeypatch.setattr(grid, "run_curve", run_curve)
+    built = {"a": ("fp", None, tmp_path / "a.h5"), "b": ("fp", "w.pth", tmp_path / "b.h5")}
+    table = grid.curve_settings({"shots": [1, "all"], "finetune_shots": "8,64", "backbones": ["b", "c"]})
+    notes = []
+    assert grid._curve(table, built, True, tmp_path, "cpu", True, notes, print) == {"points": []}
+    (args, kw), = calls
+    assert args == ([tmp_path / "b.h5"], ["logreg", "svm", "knn"], [1, 0], 5)
+    assert kw == {"subset_seed": 0, "out": tmp_path, "finetune_shots": [8, 64], "finetune_repeats": 3,
+                  "finetune_mode": "full", "device": "cpu", "random_init": True, "weights": {"b": "w.pth"},
+                  "log": print}
+    assert notes == ["c: not in the label-efficiency curve, not in this run or no weights here"]
+    grid._curve(grid.curve_settings({"finetune_shots": "8"}), built, False, tmp_path, "cpu", True, notes, print)
+    assert calls[1][0][0] == [tmp_path / "a.h5", tmp_path / "b.h5"] and calls[1][1]["finetune_shots"] == []
+    assert notes[-1] == "label-efficiency curve: fine-tuned points skipped (--no-finetune)"
