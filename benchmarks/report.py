@@ -585,8 +585,8 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     figs = [f for f in figs if f.name != CURVE_FILES[1]]
     md += [verdict(c)]
     if c.curve:
-        intro, sentences, budget = curve_texts(c)
-        md += ["## Label-efficiency curve", intro, *(f"![{f.title}]({f.name})" for f in curve),
+        curve_intro, sentences, budget = curve_texts(c)
+        md += ["## Label-efficiency curve", curve_intro, *(f"![{f.title}]({f.name})" for f in curve),
                _md_table(*curve_table(c.curve)), "\n".join(f"- {t}" for t in sentences), budget]
     md += ["## Extraction", _md_table(eheader, erows), "## Plots"]
     md += [f"### {f.title}\n\n![{f.title}]({f.name})" for f in figs]
@@ -601,7 +601,7 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
         h += [f"<p>{_inline(note)}</p>", "<ol>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ol>"]
     h += [f"<p>{_inline(p)}</p>" for p in verdict(c).split("\n\n")]
     if c.curve:
-        h += ["<h2>Label-efficiency curve</h2>", f"<p>{_inline(intro)}</p>", *map(_html_figure, curve),
+        h += ["<h2>Label-efficiency curve</h2>", f"<p>{_inline(curve_intro)}</p>", *map(_html_figure, curve),
               _html_table(*curve_table(c.curve), "curve"),
               "<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in sentences) + "</ul>", f"<p>{_inline(budget)}</p>"]
     h += ["<h2>Extraction</h2>", _html_table(eheader, erows, "extraction"), "<h2>Plots</h2>"]

@@ -234,6 +234,7 @@ def test_run_with_a_curve_table_reports_every_point(curved):
     assert "absent: not in the label-efficiency curve" in md.split("## Notes")[1]
     page = (folder / "report" / "report.html").read_text()
     assert "<h2>Label-efficiency curve</h2>" in page and '<table class="curve">' in page
+    assert "16 train / 4 val / 4 test), 2 classes" in page.split("<h2>Results</h2>")[0]  # the report's own intro
     assert '<img alt="Label-efficiency curve' in page.split("<h2>Label-efficiency curve</h2>")[1].split("<h2>")[0]
     assert page.count("<img ") == md.count("![")
     assert (folder / "report" / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
@@ -257,6 +258,9 @@ def test_report_command_finds_the_curve_or_takes_one(curved, tmp_path, capsys):
     md = (tmp_path / "given" / "dvc" / "report" / "report.md").read_text()
     assert "Fine-tuning resnet10t-random-init (finetune-full) overtakes frozen features from n = 2" in md
     assert "| fine-tuned | resnet10t-random-init | finetune-full | 2 |" in md
+    other.write_text(json.dumps({**doc, "dataset": "pets"}))
+    rc, _, err = cli(capsys, "report", folder, "--curve", other)
+    assert rc == 2 and "a curve of pets, not of dvc" in err
     rc, _, err = cli(capsys, "report", folder, "--curve", tmp_path / "missing.json")
     assert rc == 2 and "no such curve file" in err and len(err.strip().splitlines()) == 1
 
