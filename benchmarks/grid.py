@@ -26,17 +26,31 @@ dataset flags override it):
     # recipe = "lp-ft" | "seed" (default: the mode's), and any of its settings: lr (one or a list),
     # head_init, layer_ratio, weight_decay, decay_norm_bias, augment, crop_scale, label_smoothing,
     # freeze_bn_stats, ema, calibrate, pct_start
+
+    [curve]                    # label-efficiency curve after the fine-tunes (as `python -m benchmarks curve`)
+    heads = ["logreg", "svm", "knn"]     # single heads (the default)
+    shots = "1,2,4,8,16,32,64,all"       # train images per class, a string or a list (the default)
+    repeats = 5                # nested subsets drawn per n, seeds subset_seed + r (defaults 5, 0)
+    subset_seed = 0
+    backbones = ["mobilenet_v2"]         # default: every store of the run (`--backbone` narrows both)
+    finetune_shots = "8,64"    # fine-tuned points at these n (default none; `--no-finetune` skips them)
+    finetune_repeats = 3
+    finetune_mode = "full"     # full | bn-head | head
+    finetune_backbones = ["mobilenet_v2"]  # default: the curve's first backbone (each costs minutes a point on CPU)
+
+`--no-curve` skips the [curve] table; `--head` does not change its heads.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.curve import parse_shots, run_curve
 from benchmarks.finetune import budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, OVERRIDES, recipe_for
-from benchmarks.report import build, markdown_table
+from benchmarks.report import build, files_line, markdown_table
 from benchmarks.splits import same_split
-from classify.heads import ENSEMBLES
+from classify.heads import ENSEMBLES, HEADS
 from classify.train import parse_heads
 from classify.train import run as classify
 from extract.backbones import create_backbone
@@ -50,6 +64,9 @@ BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds"}
 BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
 RECIPE_KEYS = {"recipe", "lr", *(k for k in OVERRIDES if k != "lrs")}
 FINETUNE_KEYS = BUDGET_KEYS | RECIPE_KEYS
+CURVE_DEFAULTS = {"heads": ["logreg", "svm", "knn"], "shots": "1,2,4,8,16,32,64,all", "repeats": 5, "subset_seed": 0,
+                  "backbones": None, "finetune_shots": "", "finetune_repeats": 3, "finetune_mode": "full",
+                  "finetune_backbones": None}
 
 
 def read_config(path: Path) -> dict:
@@ -70,7 +87,36 @@ def read_config(path: Path) -> dict:
             _recipe(entry)
         except FeatbenchError as e:
             raise FeatbenchError(f"{path}: [[finetune]] {entry}: {e}") from None
+    if "curve" in cfg:
+        try:
+            curve_settings(cfg["curve"])
+        except FeatbenchError as e:
+            raise FeatbenchError(f"{path}: [curve] {e}") from None
     return cfg
+
+
+def _shots(value) -> list[int]:
+    """A shots value, "1,2,all" or [1, 2, "all"], as parse_shots' list; "" or [] is none."""
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return parse_shots(text) if text.strip() else []
+
+
+def curve_settings(table: dict) -> dict:
+    """A [curve] table, defaults filled in and shots parsed; an unknown key or bad value is one line."""
+    unknown = set(table) - set(CURVE_DEFAULTS)
+    if unknown:
+        raise FeatbenchError(f"unknown keys {sorted(unknown)}; known: {', '.join(CURVE_DEFAULTS)}")
+    c = {**CURVE_DEFAULTS, **table}
+    if not c["heads"] or not set(c["heads"]) <= set(HEADS):
+        raise FeatbenchError(f"heads {c['heads']}: single heads only, some of {', '.join(HEADS)}")
+    if c["finetune_mode"] not in MODES:
+        raise FeatbenchError(f"finetune_mode {c['finetune_mode']!r}: one of {'|'.join(MODES)}")
+    for key in ("repeats", "finetune_repeats"):
+        if not isinstance(c[key], int) or c[key] < 1:
+            raise FeatbenchError(f"{key} = {c[key]!r}: a whole number, at least 1")
+    if not isinstance(c["subset_seed"], int):
+        raise FeatbenchError(f"subset_seed = {c['subset_seed']!r}: a whole number")
+    return {**c, "shots": _shots(c["shots"]), "finetune_shots": _shots(c["finetune_shots"])}
 
 
 def _recipe(entry: dict):
@@ -91,10 +137,11 @@ def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
 
 
 def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | None = None, finetunes: bool = True,
-        seeds: int | None = None, random_init: bool = False, device: str = "auto", title: str = "",
-        quiet: bool = False, **overrides) -> tuple:
+        curve: bool = True, seeds: int | None = None, random_init: bool = False, device: str = "auto",
+        title: str = "", quiet: bool = False, **overrides) -> tuple:
     """The benchmark of `config`; `backbones`, `heads` and `seeds` override its own, `overrides` (keywords of
-    `extract.config.resolve`: data, splits, seed, out…) its [dataset] table. Returns the report's (Collected, files)."""
+    `extract.config.resolve`: data, splits, seed, out…) its [dataset] table; `curve=False` skips its [curve],
+    `finetunes=False` its fine-tunes (the curve's too). Returns the report's (Collected, files)."""
     started = time.perf_counter()
     cfg = read_config(config)
     bench = cfg["benchmark"]
@@ -120,7 +167,7 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
                           weights_file=weights, options=options)
         print(summary.line(), file=sys.stderr)
         stores.append(summary.path)
-        built[name] = (backbone.weights["fingerprint"], weights, summary.path.stem)
+        built[name] = (backbone.weights["fingerprint"], weights, summary.path)
     if not stores:
         raise FeatbenchError(f"none of the backbones {', '.join(names)} has weights here; see "
                              "`python -m extract --list-backbones` and `--fetch-weights`")
@@ -142,8 +189,8 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
         data = same_split(settings, name)
         entry = {**entry, **({"seeds": seeds} if seeds else {})}
         recipe, budget, recorded = finetune_settings(entry, len(data.paths["train"]), device)
-        fp, weights, store_stem = built[name]
-        stem = model_name(store_stem, mode, recipe.name)
+        fp, weights, store = built[name]
+        stem = model_name(store.stem, mode, recipe.name)
         done = reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
                          recorded)
         if done:
@@ -154,12 +201,37 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
             f"epochs per run: {budget['epochs']}; seeds: {budget['seeds']})")
         metrics.append(finetune(data, name, mode, settings.out, recipe=recipe, device=device, weights=weights,
                                 random_init=random_init, log=log, **budget))
+    tuned = time.perf_counter()
+    doc = None
+    if curve and "curve" in cfg:
+        doc = _curve(curve_settings(cfg["curve"]), built, finetunes, settings.out, device, notes, log)
     done = time.perf_counter()
     notes.append(f"this run: {done - started:.0f} s wall; extraction {extracted - started:.0f} s, frozen heads "
-                 f"{classified - extracted:.0f} s, fine-tunes {done - classified:.0f} s "
-                 f"({(done - classified) / (done - started):.0%} of the run; reused fine-tunes cost nothing here)")
+                 f"{classified - extracted:.0f} s, fine-tunes {tuned - classified:.0f} s "
+                 f"({(tuned - classified) / (done - started):.0%} of the run; reused fine-tunes cost nothing here)"
+                 + (f", label-efficiency curve {done - tuned:.0f} s" if doc else ""))
     print(f"note: {notes[-1]}", file=sys.stderr)
-    return build(metrics, settings.out / dataset.name / "report", title, notes)
+    return build(metrics, settings.out / dataset.name / "report", title, notes, doc)
+
+
+def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes: list, log) -> dict | None:
+    """The [curve] table `c` run on the run's stores (those of its backbones, if it names some): curve.json's doc."""
+    names = [n for n in (c["backbones"] or built) if n in built]
+    notes += [f"{n}: not in the label-efficiency curve, not in this run or no weights here"
+              for n in c["backbones"] or () if n not in built]
+    if not names:
+        return None
+    if c["finetune_shots"] and not finetunes:
+        notes.append("label-efficiency curve: fine-tuned points skipped (--no-finetune)")
+    log(f"label-efficiency curve: {', '.join(names)} × {', '.join(c['heads'])}")
+    doc, folder = run_curve([built[n][2] for n in names], c["heads"], c["shots"], c["repeats"],
+                            subset_seed=c["subset_seed"], out=out,
+                            finetune_shots=c["finetune_shots"] if finetunes else [],
+                            finetune_repeats=c["finetune_repeats"], finetune_mode=c["finetune_mode"],
+                            finetune_backbones=c["finetune_backbones"] or names[:1], device=device,
+                            weights={n: w for n, (_, w, _) in built.items() if w}, log=log)
+    log(f"label-efficiency curve: {len(doc['points'])} points in {folder}")
+    return doc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -167,7 +239,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", type=Path, metavar="CONFIG.toml", help="e.g. benchmarks/configs/dogs-vs-cats.toml")
     p.add_argument("--backbone", nargs="+", metavar="NAME", help="only these backbones (default: the config's)")
     p.add_argument("--head", nargs="+", metavar="H", help="only these heads (default: the config's)")
-    p.add_argument("--no-finetune", action="store_true", help="skip the config's fine-tunes")
+    p.add_argument("--no-finetune", action="store_true", help="skip the config's fine-tunes (the curve's too)")
+    p.add_argument("--no-curve", action="store_true", help="skip the config's [curve] (label-efficiency curve)")
     p.add_argument("--seeds", type=int, metavar="N",
                    help="N seeds in all for the frozen heads that have a random state and for every fine-tune, as "
                         "in classify and finetune (default: the config's [benchmark] seeds and [[finetune]] seeds, "
@@ -181,8 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     c, written = run(args.benchmark, backbones=args.backbone, heads=args.head, finetunes=not args.no_finetune,
-                     seeds=args.seeds, random_init=args.random_init, device=args.device, title=args.title,
-                     quiet=args.quiet, **dataset_flags(args))
+                     curve=not args.no_curve, seeds=args.seeds, random_init=args.random_init, device=args.device,
+                     title=args.title, quiet=args.quiet, **dataset_flags(args))
     print(markdown_table(c))
-    print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")
+    print(files_line(written))
     return 0

@@ -79,6 +79,38 @@ def accuracy_vs_compute(rows: list[dict]) -> bytes:
     return _png(fig)
 
 
+def label_efficiency(series: dict[tuple, list[dict]], all_x: float | None) -> bytes:
+    """Mean test accuracy against labelled train images per class (log x), one series per (kind, store, head),
+    its summaries in increasing n: frozen ones as lines in shaded 95% bands, fine-tuned ones as points with
+    95% error bars; `all` at the full train split's images per class (`all_x`; left out when None)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    where = lambda n: all_x if n == "all" else int(n)  # noqa: E731
+    for i, ((kind, store, head), rows) in enumerate(series.items()):
+        rows = [r for r in rows if r["n"] != "all" or all_x]
+        x = np.array([where(r["n"]) for r in rows], dtype=float)
+        y = np.array([100 * r["accuracy"] for r in rows])
+        ci = np.array([100 * (r["accuracy_ci"] or 0) for r in rows])
+        colour = COLOURS[i % len(COLOURS)]
+        if kind == "frozen":
+            ax.plot(x, y, marker=MARKERS.get(head, "o"), color=colour, label=f"{store} + {head}")
+            ax.fill_between(x, y - ci, y + ci, color=colour, alpha=0.15, linewidth=0)
+        else:
+            ax.errorbar(x, y, yerr=ci, fmt="^", color=colour, markeredgecolor="black", markersize=9, capsize=4,
+                        label=f"{store} {head} (fine-tuned)")
+    ns = sorted({int(r["n"]) for rows in series.values() for r in rows if r["n"] != "all"})
+    ax.set_xscale("log")
+    ax.set_xticks(ns + ([all_x] if all_x else []),
+                  [str(n) for n in ns] + ([f"all ({all_x:.0f})" if all_x >= 10 else f"all ({all_x:.1f})"]
+                                         if all_x else []))
+    ax.minorticks_off()
+    ax.set_xlabel("labelled train images per class (log scale)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title("Label-efficiency curve: mean test accuracy over repeats, 95% intervals", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _log_ticks(axis) -> None:
     """Plain numbers on a log axis, labelled at 1, 2 and 5 × each power of ten."""
     axis.set_major_formatter(PLAIN)

@@ -7,6 +7,8 @@ Every measured model becomes one flat row (CLIP_benchmark style): `kind` (frozen
 backbone, head, the test metrics, `fit_seconds`, `extract_seconds` and `images_per_second` (from
 the stores), `compute_seconds` (frozen: extraction + head fit; fine-tuned: training) and `device`.
 Published rows (`benchmarks.published`) follow with their sources, never mixed into the measured ones.
+A label-efficiency curve (`curve.json` of `benchmarks curve` or `run`) adds a section, its plot and
+`curve.csv` (every point, with its subset seed).
 """
 import argparse
 import base64
@@ -38,6 +40,8 @@ SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "
            "predict_seconds", "n_train", "n_val", "n_test", "refit", "configurations", "split_fingerprint")
 SEED_KEYS = ("accuracy_mean", "accuracy_std", "log_loss_mean", "log_loss_std")
 FILES = ("report.md", "report.html", "results.csv", "results.json")
+CURVE_FILES = ("curve.csv", "label_efficiency.png")  # with a curve
+SELECTION_WORDS = {"val": "chosen on val", "default": "fitted with the head's defaults (a class with one image)"}
 
 
 # ---- collecting -------------------------------------------------------------------------------------
@@ -134,6 +138,7 @@ class Collected:
     published: list
     metas: dict
     notes: list = field(default_factory=list)
+    curve: dict | None = None  # curve.json's doc
 
     def best(self, kind: str, backbone: str | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test."""
@@ -145,7 +150,7 @@ class Collected:
         return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])
 
 
-def collect(metrics: list[ModelMetrics], notes: list | None = None) -> Collected:
+def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict | None = None) -> Collected:
     if not metrics:
         raise FeatbenchError("no models to report on")
     metrics, dropped = one_split(metrics)
@@ -153,7 +158,20 @@ def collect(metrics: list[ModelMetrics], notes: list | None = None) -> Collected
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
     dataset_meta = next((s.dataset for s in metas.values()), None) or {}
     published = [p.as_row() for p in published_for(task_of(dataset_meta))]
-    return Collected(metrics, rows, published, metas, list(notes or []) + dropped)
+    return Collected(metrics, rows, published, metas, list(notes or []) + dropped, curve)
+
+
+def read_curve(path: Path) -> dict:
+    """A curve.json (of `benchmarks curve` or `run`); a missing or unreadable one is one line."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FeatbenchError(f"{path}: no such curve file (`python -m benchmarks curve` writes one)") from None
+    except (OSError, ValueError) as e:
+        raise FeatbenchError(f"{path}: not a readable curve.json ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("points"), list) or "summaries" not in doc:
+        raise FeatbenchError(f"{path}: not a curve.json (no points and summaries)")
+    return doc
 
 
 # ---- formatting -------------------------------------------------------------------------------------
@@ -350,6 +368,131 @@ def environment(c: Collected) -> list[str]:
     return items
 
 
+def curve_kind(row: dict) -> str:
+    """A curve point's or summary's kind: frozen | finetune (older curve.json files have no `kind`)."""
+    return row.get("kind") or ("finetune" if row["head"].startswith("finetune-") else "frozen")
+
+
+def curve_series(doc: dict) -> dict[tuple, list[dict]]:
+    """The curve's summaries per (kind, store, head), frozen first, each in increasing n (`all` last)."""
+    series = {}
+    for s in sorted(doc["summaries"], key=lambda s: (curve_kind(s) != "frozen", s["store"], s["head"],
+                                                     float("inf") if s["n"] == "all" else int(s["n"]))):
+        series.setdefault((curve_kind(s), s["store"], s["head"]), []).append(s)
+    return series
+
+
+def _mean_ci(s: dict) -> str:
+    """`97.10 ± 0.42%`: a summary's mean test accuracy and its 95% interval (the mean alone with one repeat)."""
+    ci = s.get("accuracy_ci")
+    return pct(s["accuracy"]) if ci is None else f"{100 * s['accuracy']:.2f} ± {100 * ci:.2f}%"
+
+
+def within_one_point(doc: dict) -> list[str]:
+    """Per frozen store + head (highest full-split test accuracy first): the smallest measured n whose mean test
+    accuracy is within 1 point of its `all` point's."""
+    series = [(k, rows) for k, rows in curve_series(doc).items() if k[0] == "frozen"]
+    full = {k: next((r for r in rows if r["n"] == "all"), None) for k, rows in series}
+    out = []
+    for (_, store, head), rows in sorted(series, key=lambda kr: -(full[kr[0]] or {"accuracy": -1})["accuracy"]):
+        name, top = f"frozen {store} + {head}", full[("frozen", store, head)]
+        below = [r for r in rows if r["n"] != "all"]
+        if top is None:
+            out.append(f"{name}: no full-split (`all`) point measured")
+            continue
+        hit = next((r for r in below if r["accuracy"] >= top["accuracy"] - 0.01 - 1e-12), None)
+        full_data = f"within 1 point of its full-data accuracy ({pct(top['accuracy'])})"
+        if hit:
+            out.append(f"{name} reaches {full_data} at n = {hit['n']} ({_mean_ci(hit)})")
+        else:
+            out.append(f"{name} does not reach {full_data} below the full split"
+                       + (f" (at n = {below[-1]['n']}, the largest measured below it: {_mean_ci(below[-1])})"
+                          if below else ""))
+    return out
+
+
+def overtakes(doc: dict) -> list[str]:
+    """Per fine-tuned series: the smallest measured n from which its mean test accuracy is above the best frozen
+    store + head's at the same n, at that n and every larger fine-tuned one."""
+    series = curve_series(doc)
+    best = {}
+    for rows in (rows for k, rows in series.items() if k[0] == "frozen"):
+        for r in rows:
+            if r["n"] not in best or r["accuracy"] > best[r["n"]]["accuracy"]:
+                best[r["n"]] = r
+    tuned = {k: rows for k, rows in series.items() if k[0] != "frozen"}
+    if not tuned:
+        return ["No fine-tuned points on this curve: fine-tuning is not compared at small n "
+                "(`finetune_shots` in the config's [curve] table adds them)."]
+    out = []
+    for (_, store, head), rows in tuned.items():
+        pairs = [(r, best[r["n"]]) for r in rows if r["n"] in best]
+        name = f"Fine-tuning {store} ({head})"
+        alone = [r["n"] for r in rows if r["n"] not in best]
+        alone = f"; no frozen point at n = {', '.join(alone)}" if alone else ""
+        if not pairs:
+            out.append(f"{name}: no frozen point at the same n to compare with{alone}.")
+            continue
+        ns = ", ".join(r["n"] for r, _ in pairs)
+        start = next((i for i in range(len(pairs)) if all(t["accuracy"] > f["accuracy"] for t, f in pairs[i:])),
+                     None)
+        t, f = pairs[-1 if start is None else start]
+        versus = (f"at n = {t['n']}, {_mean_ci(t)} against {_mean_ci(f)} for the best frozen store + head there "
+                  f"({f['store']} + {f['head']})")
+        if start is None:
+            out.append(f"{name} does not overtake frozen features within the measured range (n = {ns}): {versus}"
+                       f"{alone}.")
+        else:
+            out.append(f"{name} overtakes frozen features from n = {t['n']} and stays above at every larger "
+                       f"fine-tuned n (measured: n = {ns}): {versus}{alone}.")
+    return out
+
+
+def _selections(points: list[dict]) -> str:
+    """`12 chosen on val, 30 by 3-fold CV inside the subset, …`: how a side's points chose their parameters."""
+    def words(mode: str) -> str:
+        cv = re.fullmatch(r"cv(\d+)", mode)
+        return SELECTION_WORDS.get(mode) or (f"by {cv[1]}-fold CV inside the subset" if cv else f"by {mode}")
+    return ", ".join(f"{n} {words(mode)}" for mode, n in sorted(Counter(p["selection"] for p in points).items()))
+
+
+def curve_texts(c: Collected) -> tuple[str, list[str], str]:
+    """(what the curve is, its sentences, each side's budget) from the curve's own numbers."""
+    doc = c.curve
+    points, frozen = doc["points"], [p for p in doc["points"] if curve_kind(p) == "frozen"]
+    tuned = [p for p in points if curve_kind(p) != "frozen"]
+    seeds = sorted({p["subset_seed"] for p in points if p["n"] != "all"})
+    full = next((p["n_train"] for p in points if p["n"] == "all"), None)
+    intro = (f"{plural(len(points), 'point')}: per n (labelled train images per class) and repeat, a nested, "
+             f"stratified subset of the train split (subset seeds {', '.join(map(str, seeds)) or '—'}; the same "
+             f"images for every store and head), each fitted once and scored on the full test split "
+             f"({c.metrics[0].n_test} images); mean test accuracy ± the 95% t-interval over repeats. "
+             + (f"`all` is the full train split ({full} images), fitted once. " if full else "")
+             + (f"{plural(len(doc.get('skipped', [])), 'point')} skipped (results.json). " if doc.get("skipped")
+                else "")
+             + "Every point is in curve.csv with its subset seed.")
+    seconds = [p["seconds"] for p in points if p.get("seconds") is not None]
+    fit = f" ({secs(sum(seconds))} s of fits in all)" if seconds else ""
+    budget = (f"Budgets: frozen — {plural(len(frozen), 'point')}: {_selections(frozen) or 'none'}; "
+              f"the curve took {secs(doc.get('seconds'))} s{fit}."
+              + (f" Fine-tuned — {plural(len(tuned), 'point')}: {_selections(tuned)}." if tuned else "")
+              + "".join(f" {n}" for n in doc.get("notes", [])))
+    return intro, within_one_point(doc) + overtakes(doc), budget
+
+
+def curve_table(doc: dict) -> tuple[list, list]:
+    """(header, rows): every summary of the curve, frozen series first."""
+    header = ["kind", "store", "head", "n", "repeats", "test accuracy", "log-loss", "selection", "short classes",
+              "fit s"]
+    rows = []
+    for (kind, store, head), summaries in curve_series(doc).items():
+        for s in summaries:
+            loss = num(s["log_loss"]) + (f" ± {num(s['log_loss_ci'])}" if s.get("log_loss_ci") is not None else "")
+            rows.append([kind if kind == "frozen" else "fine-tuned", store, head, s["n"], str(s["repeats"]),
+                         _mean_ci(s), loss, s["selection"], s.get("short") or "—", secs(s.get("seconds"))])
+    return header, rows
+
+
 @dataclass
 class Figure:
     name: str
@@ -377,6 +520,11 @@ def figures(c: Collected) -> list[Figure]:
     if png:
         out.append(Figure("finetune_curves.png", "Fine-tunes per epoch (validation log-loss and accuracy; "
                                                  "★ the chosen run and epoch)", png))
+    if c.curve:
+        full = next((p["n_train"] for p in c.curve["points"] if p["n"] == "all"), None)
+        png = plots.label_efficiency(curve_series(c.curve), full / len(c.metrics[0].classes) if full else None)
+        out.append(Figure(CURVE_FILES[1], "Label-efficiency curve: test accuracy against labelled train images "
+                                          "per class", png))
     return out
 
 
@@ -404,6 +552,11 @@ def _html_table(header, rows, cls: str) -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _html_figure(f: Figure) -> str:
+    return (f'<figure><figcaption>{html.escape(f.title)}</figcaption><img alt="{html.escape(f.title)}" '
+            f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}"></figure>')
+
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
 th{background:#f3f3f3}td:nth-child(n+4){text-align:right}tr:nth-child(even){background:#fafafa}
@@ -428,7 +581,14 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
             "not as like-for-like comparisons.") if sources else ""
     md = [f"# {title}", intro, "## Results", _md_table(header, rows)]
     md += [note, "\n".join(f"{i}. {s}" for i, s in enumerate(sources, 1))] if sources else []
-    md += [verdict(c), "## Extraction", _md_table(eheader, erows), "## Plots"]
+    curve = [f for f in figs if f.name == CURVE_FILES[1]]
+    figs = [f for f in figs if f.name != CURVE_FILES[1]]
+    md += [verdict(c)]
+    if c.curve:
+        curve_intro, sentences, budget = curve_texts(c)
+        md += ["## Label-efficiency curve", curve_intro, *(f"![{f.title}]({f.name})" for f in curve),
+               _md_table(*curve_table(c.curve)), "\n".join(f"- {t}" for t in sentences), budget]
+    md += ["## Extraction", _md_table(eheader, erows), "## Plots"]
     md += [f"### {f.title}\n\n![{f.title}]({f.name})" for f in figs]
     md += ["## Environment", "\n".join(f"- {e}" for e in env)]
     if c.notes:
@@ -440,9 +600,12 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     if sources:
         h += [f"<p>{_inline(note)}</p>", "<ol>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ol>"]
     h += [f"<p>{_inline(p)}</p>" for p in verdict(c).split("\n\n")]
+    if c.curve:
+        h += ["<h2>Label-efficiency curve</h2>", f"<p>{_inline(curve_intro)}</p>", *map(_html_figure, curve),
+              _html_table(*curve_table(c.curve), "curve"),
+              "<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in sentences) + "</ul>", f"<p>{_inline(budget)}</p>"]
     h += ["<h2>Extraction</h2>", _html_table(eheader, erows, "extraction"), "<h2>Plots</h2>"]
-    h += [f'<figure><figcaption>{html.escape(f.title)}</figcaption><img alt="{html.escape(f.title)}" '
-          f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}"></figure>' for f in figs]
+    h += [_html_figure(f) for f in figs]
     h += ["<h2>Environment</h2>", "<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in env) + "</ul>"]
     if c.notes:
         h += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in c.notes) + "</ul>"]
@@ -462,15 +625,19 @@ def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
-    """Write report.md, report.html, results.csv, results.json and the figures' PNGs into `folder`."""
+    """Write report.md, report.html, results.csv, results.json, the figures' PNGs and, with a curve, curve.csv
+    into `folder`."""
     folder = Path(folder)
     figs = figures(c)
     markdown, page = render(c, figs, title)
     frozen, tuned = c.best("frozen"), c.best("fine-tuned")
     data = {"title": title, "rows": c.rows, "published": c.published, "best": {"frozen": frozen, "fine-tuned": tuned},
-            "environment": environment(c), "notes": c.notes, "metrics": [m.to_json() for m in c.metrics]}
+            "environment": environment(c), "notes": c.notes, "metrics": [m.to_json() for m in c.metrics],
+            "curve": c.curve}
     texts = {"report.md": markdown, "report.html": page, "results.csv": csv_text(c.rows + c.published),
              "results.json": json.dumps(data, indent=1, default=str) + "\n"}
+    if c.curve:
+        texts[CURVE_FILES[0]] = csv_text(c.curve["points"])
     written = {}
     for name, text in texts.items():
         atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))
@@ -481,16 +648,23 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     return written
 
 
-def build(metrics: list[ModelMetrics], folder: Path, title: str = "",
-          notes: list | None = None) -> tuple[Collected, dict]:
-    """Collect and write a report; returns what it collected and the files it wrote."""
-    c = collect(metrics, notes)
+def build(metrics: list[ModelMetrics], folder: Path, title: str = "", notes: list | None = None,
+          curve: dict | None = None) -> tuple[Collected, dict]:
+    """Collect and write a report (with `curve`, curve.json's doc, its section); returns what it collected and
+    the files it wrote."""
+    c = collect(metrics, notes, curve)
     return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
 
 
 def markdown_table(c: Collected) -> str:
     """The main table alone, as markdown (for a README or a pull request)."""
     return _md_table(*main_table(c)[:2])
+
+
+def files_line(written: dict[str, Path]) -> str:
+    """The closing line of `benchmarks run` and `report`: where the report went."""
+    extra = ", curve.csv" if CURVE_FILES[0] in written else ""
+    return f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json{extra}, figures)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -500,13 +674,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path,
                    help="output folder: the report goes to OUT/DATASET/report/ (default: the OUT the metrics are in)")
     p.add_argument("--title", default="", help="report title (default: featbench report: DATASET)")
+    p.add_argument("--curve", type=Path, metavar="PATH",
+                   help="a label-efficiency curve.json for the report's curve section (default: "
+                        "OUT/DATASET/curve/curve.json beside the metrics, if there is one)")
 
 
 def main(args: argparse.Namespace) -> int:
     metrics = load_metrics(args.inputs)
     here = Path(metrics[0].path).parent.parent  # OUT/DATASET/models/MODEL → OUT/DATASET
     folder = (args.out / metrics[0].dataset if args.out else here) / "report"
-    c, written = build(metrics, folder, args.title)
+    found = here / "curve" / "curve.json"
+    curve = read_curve(args.curve) if args.curve else read_curve(found) if found.is_file() else None
+    if curve and curve.get("dataset", metrics[0].dataset) != metrics[0].dataset:
+        raise FeatbenchError(f"{args.curve or found}: a curve of {curve['dataset']}, not of {metrics[0].dataset}")
+    c, written = build(metrics, folder, args.title, curve=curve)
     print(markdown_table(c))
-    print(f"\nreport: {written['report.md']}, {written['report.html']} (+ results.csv, results.json, figures)")
+    print(files_line(written))
     return 0

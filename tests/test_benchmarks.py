@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmarks.__main__ import main
 from benchmarks.finetune import Finetuned
-from benchmarks.grid import read_config
+from benchmarks.grid import curve_settings, read_config
 from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
 from benchmarks.report import num, pct, secs
@@ -43,11 +43,13 @@ def cli(capsys, *argv):
     return rc, out, err
 
 
-def write_config(path: Path, data, backbones, heads, finetunes=()) -> Path:
+def write_config(path: Path, data, backbones, heads, finetunes=(), curve=None) -> Path:
     lines = ["[dataset]", f'path = "{data}"', "", "[benchmark]", f"backbones = {json.dumps(backbones)}",
              f"heads = {json.dumps(heads)}"]
     for entry in finetunes:
         lines += ["", "[[finetune]]"] + [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
+    if curve is not None:
+        lines += ["", "[curve]"] + [f"{k} = {json.dumps(v)}" for k, v in curve.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -182,6 +184,96 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     rc, _, err = cli(capsys, *args)
     assert rc == 0 and "finetune-bn-head: fine-tuning (seed recipe; peak lr 0.01; epochs per run: 1; seeds: 1)" in err
     assert json.loads(metrics.read_text())["params"]["recipe"]["lrs"] == [0.01]
+
+
+# ---- run with a [curve] table -------------------------------------------------------------------------
+
+CURVE = {"heads": ["logreg", "knn"], "shots": "1,2,all", "repeats": 2, "subset_seed": 3,
+         "backbones": ["resnet10t", "absent"]}
+
+
+@pytest.fixture(scope="module")
+def curved(tmp_path_factory):
+    """`benchmarks run` of one random-init backbone and logreg, then a frozen curve (2 heads, n = 1, 2, all)."""
+    root = tmp_path_factory.mktemp("curved")
+    for i in range(12):
+        write_image(root / "dvc" / f"cat.{i}.jpg", i)
+        write_image(root / "dvc" / f"dog.{i}.jpg", 100 + i)
+    config = write_config(root / "curve.toml", "dvc", ["resnet10t"], ["logreg"], curve=CURVE)
+    assert run_cli(main, ["run", str(config), "--random-init", "--out", str(root / "runs"), "--quiet"]) == 0
+    return root, config
+
+
+def test_run_with_a_curve_table_reports_every_point(curved):
+    folder = curved[0] / "runs" / "dvc"
+    doc = json.loads((folder / "curve" / "curve.json").read_text())
+    points = doc["points"]
+    assert len(points) == 2 * (2 * 2 + 1)  # heads × (n = 1, 2 × 2 repeats + all once)
+    assert {p["store"] for p in points} == {"resnet10t-random-init"}
+    assert {(p["n"], p["subset_seed"]) for p in points} == {("1", 3), ("1", 4), ("2", 3), ("2", 4), ("all", 3)}
+    data = json.loads((folder / "report" / "results.json").read_text())
+    assert data["curve"]["points"] == points and data["curve"]["summaries"] == doc["summaries"]
+    with open(folder / "report" / "curve.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["head"], r["n"], int(r["subset_seed"]), float(r["accuracy"])) for r in rows] == \
+        [(p["head"], p["n"], p["subset_seed"], p["accuracy"]) for p in points]
+    md = (folder / "report" / "report.md").read_text()
+    section = md.split("## Label-efficiency curve")[1].split("## Extraction")[0]
+    assert "![Label-efficiency curve" in section and "(label_efficiency.png)" in section
+    assert "subset seeds 3, 4" in section and "`all` is the full train split (16 images)" in section
+    for s in doc["summaries"]:
+        assert f"| frozen | resnet10t-random-init | {s['head']} | {s['n']} | {s['repeats']} | " in section
+    for head in ("logreg", "knn"):
+        mine = {s["n"]: s["accuracy"] for s in doc["summaries"] if s["head"] == head}
+        hit = next((n for n in ("1", "2") if mine[n] >= mine["all"] - 0.01), None)
+        within = f"within 1 point of its full-data accuracy ({pct(mine['all'])})"
+        assert (f"- frozen resnet10t-random-init + {head} reaches {within} at n = {hit} ({pct(mine[hit])[:5]}"
+                if hit else f"- frozen resnet10t-random-init + {head} does not reach {within} below") in section
+    assert "- No fine-tuned points on this curve" in section
+    assert ("Budgets: frozen — 10 points: 4 fitted with the head's defaults (a class with one image), 6 chosen on "
+            "val; the curve took ") in section
+    assert "absent: not in the label-efficiency curve" in md.split("## Notes")[1]
+    page = (folder / "report" / "report.html").read_text()
+    assert "<h2>Label-efficiency curve</h2>" in page and '<table class="curve">' in page
+    assert "16 train / 4 val / 4 test), 2 classes" in page.split("<h2>Results</h2>")[0]  # the report's own intro
+    assert '<img alt="Label-efficiency curve' in page.split("<h2>Label-efficiency curve</h2>")[1].split("<h2>")[0]
+    assert page.count("<img ") == md.count("![")
+    assert (folder / "report" / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_command_finds_the_curve_or_takes_one(curved, tmp_path, capsys):
+    folder = curved[0] / "runs" / "dvc"
+    rc, out, err = cli(capsys, "report", folder, "--out", tmp_path / "rebuilt")
+    assert rc == 0, err
+    assert "results.json, curve.csv, figures" in out
+    rebuilt = tmp_path / "rebuilt" / "dvc" / "report"
+    assert "## Label-efficiency curve" in (rebuilt / "report.md").read_text()
+    assert (rebuilt / "curve.csv").read_text() == (folder / "report" / "curve.csv").read_text()
+    doc = json.loads((folder / "curve" / "curve.json").read_text())
+    tuned = {**doc["summaries"][0], "store": "resnet10t-random-init", "head": "finetune-full", "n": "2",
+             "kind": "finetune", "accuracy": 1.0}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**doc, "summaries": doc["summaries"] + [tuned]}))
+    rc, out, err = cli(capsys, "report", folder, "--out", tmp_path / "given", "--curve", other)
+    assert rc == 0, err
+    md = (tmp_path / "given" / "dvc" / "report" / "report.md").read_text()
+    assert "Fine-tuning resnet10t-random-init (finetune-full) overtakes frozen features from n = 2" in md
+    assert "| fine-tuned | resnet10t-random-init | finetune-full | 2 |" in md
+    other.write_text(json.dumps({**doc, "dataset": "pets"}))
+    rc, _, err = cli(capsys, "report", folder, "--curve", other)
+    assert rc == 2 and "a curve of pets, not of dvc" in err
+    rc, _, err = cli(capsys, "report", folder, "--curve", tmp_path / "missing.json")
+    assert rc == 2 and "no such curve file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_curve_skips_the_curve(curved, capsys):
+    root, config = curved
+    rc, out, err = cli(capsys, "run", config, "--random-init", "--out", root / "plain", "--quiet", "--no-curve")
+    assert rc == 0, err
+    folder = root / "plain" / "dvc"
+    assert not (folder / "curve").exists() and not (folder / "report" / "curve.csv").exists()
+    assert "Label-efficiency" not in (folder / "report" / "report.md").read_text()
+    assert json.loads((folder / "report" / "results.json").read_text())["curve"] is None
 
 
 # ---- the HTML in a real browser ----------------------------------------------------------------------
@@ -375,6 +467,9 @@ def test_shipped_configs(name):
     shared = (CONFIGS / cfg["dataset"]["path"]).resolve()
     assert shared.parts[-3:-1] == ("data", "dogs-vs-cats" if name == "dogs-vs-cats" else "oxford-pets-subset")
     assert cfg["dataset"].get("target", "breed") == ("species" if name.endswith("species") else "breed")
+    curve = curve_settings(cfg["curve"])
+    assert curve["heads"] == ["logreg", "svm", "knn"] and curve["shots"] == [1, 2, 4, 8, 16, 32, 64, 0]
+    assert curve["finetune_shots"] == ([8, 64] if name == "dogs-vs-cats" else [])
 
 
 def test_bad_configs_are_one_line_errors(tmp_path, capsys):
@@ -385,6 +480,14 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
     bad.write_text('[benchmark]\nbackbones = ["x"]\n[[finetune]]\nbackbone = "x"\nmode = "sideways"\n')
     rc, _, err = cli(capsys, "run", bad)
     assert rc == 2 and "needs backbone and mode" in err
+    bad.write_text('[benchmark]\nbackbones = ["x"]\n[curve]\nshotz = "1,2"\n')
+    rc, _, err = cli(capsys, "run", bad)
+    assert rc == 2 and "[curve] unknown keys ['shotz']" in err and len(err.strip().splitlines()) == 1
+    for bad_value, words in (('shots = "0,2"', "[curve] --shots '0,2'"), ('heads = ["avg"]', "single heads only"),
+                             ('finetune_mode = "sideways"', "finetune_mode 'sideways'"), ("repeats = 0", "repeats")):
+        bad.write_text(f'[benchmark]\nbackbones = ["x"]\n[curve]\n{bad_value}\n')
+        rc, _, err = cli(capsys, "run", bad)
+        assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
     rc, _, err = cli(capsys, "run", tmp_path / "missing.toml")
     assert rc == 2 and "config file not found" in err
     rc, _, err = cli(capsys, "report", tmp_path)
@@ -484,3 +587,26 @@ def test_curve_cli_finetune_flags(synthetic, capsys):
     rc, _, err = cli(capsys, "curve", "--features", synthetic / "resnet10t-random-init.h5", "--finetune-shots", "2",
                      "--finetune-repeats", "0")
     assert rc == 2 and "--finetune-repeats must be at least 1" in err
+
+
+def test_curve_table_becomes_the_run_curve_call(monkeypatch, tmp_path):
+    import benchmarks.grid as grid
+    calls = []
+
+    def run_curve(*args, **kwargs):
+        calls.append((args, kwargs))
+        return {"points": []}, tmp_path
+    monkeypatch.setattr(grid, "run_curve", run_curve)
+    built = {"a": ("fp", None, tmp_path / "a.h5"), "b": ("fp", "w.pth", tmp_path / "b.h5")}
+    table = grid.curve_settings({"shots": [1, "all"], "finetune_shots": "8,64", "backbones": ["b", "c"]})
+    notes = []
+    assert grid._curve(table, built, True, tmp_path, "cpu", notes, print) == {"points": []}
+    (args, kw), = calls
+    assert args == ([tmp_path / "b.h5"], ["logreg", "svm", "knn"], [1, 0], 5)
+    assert kw == {"subset_seed": 0, "out": tmp_path, "finetune_shots": [8, 64], "finetune_repeats": 3,
+                  "finetune_mode": "full", "finetune_backbones": ["b"], "device": "cpu", "weights": {"b": "w.pth"},
+                  "log": print}
+    assert notes == ["c: not in the label-efficiency curve, not in this run or no weights here"]
+    grid._curve(grid.curve_settings({"finetune_shots": "8"}), built, False, tmp_path, "cpu", notes, print)
+    assert calls[1][0][0] == [tmp_path / "a.h5", tmp_path / "b.h5"] and calls[1][1]["finetune_shots"] == []
+    assert notes[-1] == "label-efficiency curve: fine-tuned points skipped (--no-finetune)"

@@ -148,3 +148,70 @@ def test_summaries_group_by_store(stores):
     assert {(x["store"], x["repeats"]) for x in summ} == {("alpha", 3), ("beta", 3)}
     same = [p for p in points if p.repeat == 0]
     assert same[0].subset_seed == same[1].subset_seed and same[0].n_train == same[1].n_train == 12
+
+
+# ---- the report's curve section: sentences and plot from a hand-made curve.json -----------------------
+
+def summary(store, head, n, acc, kind=None):
+    s = {"store": store, "head": head, "n": n, "repeats": 1 if n == "all" else 3, "accuracy": acc,
+         "accuracy_ci": None if n == "all" else 0.01, "log_loss": 1 - acc, "log_loss_ci": None, "selection": "val",
+         "short": ""}
+    return {**s, "kind": kind} if kind else s  # curve.json files before fine-tuned points have no kind
+
+
+def curve_doc(frozen: dict, tuned: dict | None = None) -> dict:
+    """{(store, head): {n: accuracy}} → a curve.json doc (frozen summaries without `kind`, tuned with)."""
+    summaries = [summary(s, h, n, a) for (s, h), accs in frozen.items() for n, a in accs.items()]
+    summaries += [summary(s, h, n, a, "finetune") for (s, h), accs in (tuned or {}).items() for n, a in accs.items()]
+    return {"dataset": "synth", "points": [], "summaries": summaries, "skipped": [], "seconds": 1.0, "notes": []}
+
+
+FROZEN = {("a", "logreg"): {"1": 0.6, "2": 0.7, "4": 0.8, "8": 0.975, "16": 0.99, "64": 0.9, "all": 0.98},
+          ("b", "svm"): {"8": 0.8, "16": 0.85, "64": 0.94, "all": 0.96}}
+
+
+def test_within_one_point_of_the_full_split():
+    from benchmarks.report import within_one_point
+    assert within_one_point(curve_doc(FROZEN)) == [
+        "frozen a + logreg reaches within 1 point of its full-data accuracy (98.00%) at n = 8 (97.50 ± 1.00%)",
+        "frozen b + svm does not reach within 1 point of its full-data accuracy (96.00%) below the full split "
+        "(at n = 64, the largest measured below it: 94.00 ± 1.00%)"]
+
+
+def test_fine_tuning_overtakes_from_the_n_where_it_stays_above():
+    from benchmarks.report import overtakes
+    # above at 8, below at 16, above (against b + svm, the best frozen there) at 64: from 64, not from 8
+    [text] = overtakes(curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "16": 0.95, "64": 0.95}}))
+    assert text == ("Fine-tuning a (finetune-full) overtakes frozen features from n = 64 and stays above at every "
+                    "larger fine-tuned n (measured: n = 8, 16, 64): at n = 64, 95.00 ± 1.00% against "
+                    "94.00 ± 1.00% for the best frozen store + head there (b + svm).")
+    # the kind comes from the head where a summary has none
+    doc = curve_doc(FROZEN)
+    doc["summaries"] += [summary("a", "finetune-full", "64", 0.93)]
+    [never] = overtakes(doc)
+    assert never.startswith("Fine-tuning a (finetune-full) does not overtake frozen features within the measured "
+                            "range (n = 64): at n = 64, 93.00 ± 1.00% against 94.00 ± 1.00%")
+    [above_below] = overtakes(curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "64": 0.9, "32": 0.99}}))
+    assert "does not overtake" in above_below and "(n = 8, 64)" in above_below and "no frozen point at n = 32" \
+        in above_below
+    assert overtakes(curve_doc(FROZEN))[0].startswith("No fine-tuned points on this curve")
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_label_efficiency_plot(tuned, monkeypatch):
+    from benchmarks import plots
+    from benchmarks.report import curve_series
+    doc = curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "64": 0.95}} if tuned else None)
+    png = plots.label_efficiency(curve_series(doc), 700.0)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    shown = []
+    monkeypatch.setattr(plots, "_png", shown.append)
+    plots.label_efficiency(curve_series(doc), 700.0)
+    ax = shown[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16", "64", "all (700)"]
+    assert list(ax.get_xticks()) == [1, 2, 4, 8, 16, 64, 700]
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    assert list(lines["a + logreg"].get_xdata()) == [1, 2, 4, 8, 16, 64, 700]
+    assert lines["b + svm"].get_ydata()[-1] == pytest.approx(96)
+    assert len(ax.collections) == 2 + tuned  # a shaded band per frozen series (+ the fine-tune's error bars)
+    assert len(ax.containers) == tuned
