@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from benchmarks.curve import defaults
-from classify.heads import HEADS, PlattSVM
+from classify.heads import HEADS, RBF_MIN_TRAIN, PlattSVM
 from classify.scaling import ModeratedScaler, variance_prior
 from classify.select import fit_fixed
 
@@ -61,6 +61,8 @@ def test_svm_predicts_the_argmax_of_its_probabilities_with_one_temperature():
     p = svm.predict_proba(Xt)
     assert np.array_equal(svm.predict(Xt), svm.classes_[p.argmax(axis=1)])
     assert svm.beta_ > 0
+    assert {g["kernel"] for g in HEADS["svm"].grid(RBF_MIN_TRAIN - 1)} == {"linear"}  # RBF only from more images
+    assert {g["kernel"] for g in HEADS["svm"].grid(RBF_MIN_TRAIN)} == {"linear", "rbf"}
     binary = PlattSVM().fit(X[y < 2], y[y < 2])
     f = binary.svc_.decision_function(Xt)
     np.testing.assert_allclose(binary.predict_proba(Xt)[:, 1], 1 / (1 + np.exp(-2 * binary.beta_ * f)))
