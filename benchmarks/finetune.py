@@ -207,7 +207,7 @@ class Probe:
 
 
 def linear_head(pipeline, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fitted StandardScaler → LogisticRegression pipeline as the (weight, bias) of one Linear layer
+    """A fitted scaler (mean_, scale_) → LogisticRegression pipeline as the (weight, bias) of one Linear layer
     with a logit per class (binary: ±z/2, the same softmax); classes absent from train get no chance."""
     scale, lr = pipeline.named_steps["scale"], pipeline.named_steps["logreg"]
     coef = lr.coef_ / scale.scale_

