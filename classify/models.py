@@ -79,6 +79,10 @@ def load_model(path, trust_pickle: bool = False) -> dict:
         model = joblib.load(path) if pickled else skops.io.load(path, trusted=TRUSTED)
     except UntrustedTypesFoundException:
         unknown = sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED))
+        if all(t.startswith("sklearn.calibration.") for t in unknown):
+            raise FeatbenchError(f"{path}: an svm saved by an older featbench (Platt calibration, replaced on "
+                                 "2026-12-02 by one sound at a few images per class); retrain it with "
+                                 "`python -m classify --head svm`") from None
         raise FeatbenchError(f"{path}: holds types that no featbench model holds ({', '.join(unknown)}); "
                              "refusing to load it") from None
     except Exception as e:  # noqa: BLE001 - any reading failure becomes one line

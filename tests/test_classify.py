@@ -289,6 +289,20 @@ def test_a_crafted_model_file_runs_no_code(tmp_path, capsys):
     assert rc == 2 and marker.read_text() == "ran" and err.startswith("warning: ") and err.count("\n") == 2, err
 
 
+def test_an_older_platt_svm_is_named_with_what_to_do(tmp_path, capsys):
+    """An svm saved before the small-n calibration (sklearn's CalibratedClassifierCV inside) is one line
+    saying what it is and how to replace it, not an 'untrusted types' refusal."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+    latent, y, _ = synthetic(5, n=120)
+    old = CalibratedClassifierCV(SVC(kernel="linear"), cv=2).fit(view(latent, 24, 6), y)
+    skops.io.dump({"format": "featbench-model", "estimator": old}, tmp_path / "old-svm.skops")
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"")
+    one_line_error(*cli(capsys, "predict", "--model", tmp_path / "old-svm.skops", image), "old-svm.skops",
+                   "an svm saved by an older featbench", "--head svm")
+
+
 def test_older_pickled_models_load_with_trust_pickle(tmp_path, capsys):
     """A .joblib bundle as older featbench wrote it (the MLP's torch module pickled whole) loads with
     --trust-pickle only, with a one-line warning."""
