@@ -281,10 +281,11 @@ def summarise(points: list[Point], stores: list[Store]) -> list[dict]:
 def table(summaries: list[dict]) -> str:
     def ci(v):
         return f"±{v:.4f}" if v is not None else "±  n/a "
-    head = f"{'store':<16}{'head':<14}{'n':>5}{'accuracy':>10}{'':>9}{'log-loss':>10}{'':>9}{'R':>3}  selection  short"
+    w = max([len("store"), *(len(s["store"]) for s in summaries)]) + 2
+    head = f"{'store':<{w}}{'head':<14}{'n':>5}{'accuracy':>10}{'':>9}{'log-loss':>10}{'':>9}{'R':>3}  selection  short"
     lines = [head, "-" * len(head)]
     for s in summaries:
-        lines.append(f"{s['store']:<16}{s['head']:<14}{s['n']:>5}{s['accuracy']:>10.4f} {ci(s['accuracy_ci'])}"
+        lines.append(f"{s['store']:<{w}}{s['head']:<14}{s['n']:>5}{s['accuracy']:>10.4f} {ci(s['accuracy_ci'])}"
                      f"{s['log_loss']:>10.4f} {ci(s['log_loss_ci'])}{s['repeats']:>3}  {s['selection']:<10} "
                      f"{s['short'] or '-'}")
     return "\n".join(lines)
