@@ -4,8 +4,9 @@ For each n (labelled train images per class) R seeded, stratified, nested subset
 split are drawn: per repeat and class, one permutation of that class's train images (in path
 order, so every store of the dataset gets the same images); subset(n) = its first n. Each
 store × head × n × repeat is chosen on val when val is no larger than the subset, else by
-stratified k-fold CV inside the subset (k = min(3, smallest class)), else (a class with one image)
-fitted with the head's default parameters (kNN: k at most the smallest class); the `selection`
+k-fold CV inside the subset (k = min(3, smallest class, at least 2); a class with fewer images stays
+on every fold's training side), else (one image per class) fitted with the head's default parameters
+(kNN: k = 1); the `selection`
 column says which; `--select val` chooses every point on the full val split. Every fit is scored on
 the full test split. `all` is the full train split, fitted once (as `python -m classify`).
 
@@ -25,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
-from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from benchmarks.finetune import DEFAULT_EPOCHS, budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, recipe_for
-from benchmarks.report import csv_text
+from benchmarks.report import csv_text, short_count
 from benchmarks.splits import SplitImages, from_store
-from classify.heads import HEADS
+from classify.heads import HEADS, CoveringFolds
 from classify.select import fit_fixed, score, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
 from extract.config import add_dataset_args, dataset_flags
@@ -112,13 +112,15 @@ def defaults(head: str, smallest: int) -> dict:
 
 
 def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str]:
-    """The head chosen by stratified k-fold CV inside (X, y), refitted on all of it; or, when a class
-    has a single image, the head's defaults. An early-stopped head (mlp) is refitted for the median of
-    its folds' best epochs at the chosen point."""
-    k = min(CV_FOLDS, int(np.bincount(y)[np.unique(y)].min()))
-    if k < 2:
-        return fit_fixed(HEADS[head].make(), defaults(head, k), X, y), "default"
-    folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    """The head chosen by k-fold CV inside (X, y) (k = min(3, smallest class, at least 2); classes with fewer
+    than k images stay on every fold's training side: `CoveringFolds`), refitted on all of it; or, when no
+    class has two images, the head's defaults. An early-stopped head (mlp) is refitted for the median of its
+    folds' best epochs at the chosen point."""
+    counts = np.bincount(y)[np.unique(y)]
+    if counts.max() < 2:
+        return fit_fixed(HEADS[head].make(), defaults(head, 1), X, y), "default"
+    k = min(CV_FOLDS, max(2, int(counts.min())))
+    folds = list(CoveringFolds(k, seed).split(X, y))
     grid = HEADS[head].grid(min(len(tr) for tr, _ in folds))
     rows = [sweep(HEADS[head].make(), grid, X[tr], y[tr], X[held], y[held], n_classes).sweep for tr, held in folds]
     best = int(np.sum([[row["val_log_loss"] for row in fold] for fold in rows], axis=0).argmin())
@@ -287,8 +289,9 @@ def table(summaries: list[dict]) -> str:
     for s in summaries:
         lines.append(f"{s['store']:<{w}}{s['head']:<14}{s['n']:>5}{s['accuracy']:>10.4f} {ci(s['accuracy_ci'])}"
                      f"{s['log_loss']:>10.4f} {ci(s['log_loss_ci'])}{s['repeats']:>3}  {s['selection']:<10} "
-                     f"{s['short'] or '-'}")
+                     f"{short_count(s)}")
     return "\n".join(lines)
+
 
 
 def write(folder: Path, doc: dict) -> Path:

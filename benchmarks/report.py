@@ -480,6 +480,12 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
     return intro, within_one_point(doc) + overtakes(doc), budget
 
 
+def short_count(summary: dict) -> str:
+    """`29 classes` (their names are in the summary's `short`), or `-`."""
+    n = len(summary["short"].split(",")) if summary.get("short") else 0
+    return f"{n} class{'es' if n > 1 else ''}" if n else "-"
+
+
 def curve_table(doc: dict) -> tuple[list, list]:
     """(header, rows): every summary of the curve, frozen series first."""
     header = ["kind", "store", "head", "n", "repeats", "test accuracy", "log-loss", "selection", "short classes",
@@ -489,7 +495,7 @@ def curve_table(doc: dict) -> tuple[list, list]:
         for s in summaries:
             loss = num(s["log_loss"]) + (f" ± {num(s['log_loss_ci'])}" if s.get("log_loss_ci") is not None else "")
             rows.append([kind if kind == "frozen" else "fine-tuned", store, head, s["n"], str(s["repeats"]),
-                         _mean_ci(s), loss, s["selection"], s.get("short") or "—", secs(s.get("seconds"))])
+                         _mean_ci(s), loss, s["selection"], short_count(s), secs(s.get("seconds"))])
     return header, rows
 
 

@@ -83,6 +83,20 @@ def test_cv_refit_of_an_early_stopped_head_keeps_the_folds_epochs(stores, monkey
     assert mode == "cv3" and fits[0]["max_epochs"] == model.max_epochs < 60  # not the full 60 epochs
 
 
+def test_cv_keeps_a_one_image_class_in_training(stores, monkeypatch):
+    """A long tail (a class with one image) still gets CV for the others, not the head's defaults."""
+    import benchmarks.curve as cv
+    s = load_store(stores[0])
+    idx = subset(permutations(s.train.y, s.train.paths, 0), 6)
+    one = np.flatnonzero(s.train.y[idx] == 0)[1:]  # class 0 keeps a single image
+    idx = np.setdiff1d(idx, idx[one])
+    held = []
+    real = cv.sweep
+    monkeypatch.setattr(cv, "sweep", lambda est, grid, X, y, Xv, yv, n: held.append(yv) or real(est, grid, X, y, Xv, yv, n))
+    _, mode = cv.choose_cv("logreg", s.train.X[idx], s.train.y[idx], len(s.class_names), 0)
+    assert mode == "cv2" and len(held) == 2 and not any((h == 0).any() for h in held)
+
+
 def test_selection_on_val_when_val_is_small(stores):
     s = load_store(stores[0])
     n = len(s.val) // 3 + 1  # subset of 3n ≥ val
