@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from benchmarks.finetune import DEFAULT_EPOCHS, budget_params, default_epochs, finetune, model_name, reusable
@@ -33,6 +32,7 @@ from benchmarks.recipes import MODES, recipe_for
 from benchmarks.report import csv_text, short_count
 from benchmarks.splits import SplitImages, from_store
 from classify.heads import HEADS, CoveringFolds
+from classify.metrics import interval
 from classify.select import fit_fixed, score, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
 from extract.config import add_dataset_args, dataset_flags
@@ -252,14 +252,6 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                      f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (or the whole subset), each point's rate, "
                      f"epoch and temperature chosen on the full val split ({len(data.paths['val'])} images)")
     return points, skipped, notes
-
-
-def interval(values: list[float]) -> tuple[float, float | None]:
-    """(mean, half-width of the 95% t-interval over repeats; None for one repeat)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), None
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
 def summarise(points: list[Point], stores: list[Store]) -> list[dict]:

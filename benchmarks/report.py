@@ -29,6 +29,7 @@ from benchmarks import plots
 from benchmarks.published import published_for, task_of
 from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.heads import ENSEMBLES, HEADS
+from classify.metrics import interval
 from classify.train import short_params
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
@@ -411,21 +412,35 @@ def within_one_point(doc: dict) -> list[str]:
     return out
 
 
+def best_frozen(doc: dict, n: str, repeats: set) -> dict | None:
+    """The frozen store + head with the highest mean test accuracy at `n`, over the subsets `repeats` (a
+    fine-tune's: both sides then score the same subsets) where the points say which, else over all of its."""
+    scores = {}
+    for p in doc["points"]:
+        if curve_kind(p) == "frozen" and p["n"] == n and p.get("repeat") in repeats:
+            scores.setdefault((p["store"], p["head"]), []).append(p["accuracy"])
+    matched = [{"store": s, "head": h, "n": n, "repeats": len(a), "accuracy": interval(a)[0],
+                "accuracy_ci": interval(a)[1], "matched": True} for (s, h), a in scores.items()]
+    rows = matched or [r for r in doc["summaries"] if curve_kind(r) == "frozen" and r["n"] == n]
+    return max(rows, key=lambda r: r["accuracy"], default=None)
+
+
 def overtakes(doc: dict) -> list[str]:
     """Per fine-tuned series: the smallest measured n from which its mean test accuracy is above the best frozen
-    store + head's at the same n, at that n and every larger fine-tuned one."""
+    store + head's at the same n (on the same subsets), at that n and every larger fine-tuned one."""
     series = curve_series(doc)
-    best = {}
-    for rows in (rows for k, rows in series.items() if k[0] == "frozen"):
-        for r in rows:
-            if r["n"] not in best or r["accuracy"] > best[r["n"]]["accuracy"]:
-                best[r["n"]] = r
     tuned = {k: rows for k, rows in series.items() if k[0] != "frozen"}
     if not tuned:
         return ["No fine-tuned points on this curve: fine-tuning is not compared at small n "
                 "(`finetune_shots` in the config's [curve] table adds them)."]
     out = []
     for (_, store, head), rows in tuned.items():
+        best = {}
+        for r in rows:
+            repeats = {p.get("repeat") for p in doc["points"]
+                       if (p["store"], p["head"], p["n"]) == (store, head, r["n"])}
+            if (f := best_frozen(doc, r["n"], repeats)) is not None:
+                best[r["n"]] = f
         pairs = [(r, best[r["n"]]) for r in rows if r["n"] in best]
         name = f"Fine-tuning {store} ({head})"
         alone = [r["n"] for r in rows if r["n"] not in best]
@@ -437,8 +452,9 @@ def overtakes(doc: dict) -> list[str]:
         start = next((i for i in range(len(pairs)) if all(t["accuracy"] > f["accuracy"] for t, f in pairs[i:])),
                      None)
         t, f = pairs[-1 if start is None else start]
+        same = f", on the same {plural(f['repeats'], 'subset')}" if "matched" in f else ""
         versus = (f"at n = {t['n']}, {_mean_ci(t)} against {_mean_ci(f)} for the best frozen store + head there "
-                  f"({f['store']} + {f['head']})")
+                  f"({f['store']} + {f['head']}{same})")
         if start is None:
             out.append(f"{name} does not overtake frozen features within the measured range (n = {ns}): {versus}"
                        f"{alone}.")

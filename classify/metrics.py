@@ -1,6 +1,7 @@
 """Test-split metrics of a model, the fields of its `features.records.ModelMetrics`
 (`{model}.metrics.json` next to the model)."""
 import numpy as np
+from scipy import stats
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -66,3 +67,11 @@ def over_seeds(runs: list[dict]) -> dict:
     ddof = 1 if len(runs) > 1 else 0
     return {"n": len(runs), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=ddof)),
             "log_loss_mean": float(ll.mean()), "log_loss_std": float(ll.std(ddof=ddof)), "runs": runs}
+
+
+def interval(values: list[float]) -> tuple[float, float | None]:
+    """(mean, half-width of the 95% t-interval over repeats; None for one repeat)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), None
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))

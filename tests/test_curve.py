@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.curve import ALL, curve, fit_point, interval, parse_shots, permutations, subset, summarise
+from benchmarks.curve import ALL, curve, fit_point, parse_shots, permutations, subset, summarise
+from classify.metrics import interval
 from classify.select import fit_fixed
 from classify.train import load_store, run
 from features.cli import run_cli
@@ -229,3 +230,19 @@ def test_label_efficiency_plot(tuned, monkeypatch):
     assert lines["b + svm"].get_ydata()[-1] == pytest.approx(96)
     assert len(ax.collections) == 2 + tuned  # a shaded band per frozen series (+ the fine-tune's error bars)
     assert len(ax.containers) == tuned
+
+
+def test_overtaking_compares_the_same_subsets():
+    """Frozen scored on 5 subsets, fine-tuned on the first 3: the comparison uses those 3 on both sides."""
+    from benchmarks.report import overtakes
+    frozen = [0.90, 0.90, 0.90, 0.99, 0.99]  # mean over all 5: 0.936
+    points = [{"store": "a", "head": "logreg", "n": "8", "repeat": r, "accuracy": a, "kind": "frozen"}
+              for r, a in enumerate(frozen)]
+    points += [{"store": "a", "head": "finetune-full", "n": "8", "repeat": r, "accuracy": 0.93, "kind": "finetune"}
+               for r in range(3)]
+    doc = curve_doc({("a", "logreg"): {"8": float(np.mean(frozen))}}, {("a", "finetune-full"): {"8": 0.93}})
+    [text] = overtakes({**doc, "points": points})
+    assert "overtakes frozen features from n = 8" in text and "90.00 ± 0.00% for the best frozen" in text
+    assert "on the same 3 subsets" in text
+    [unmatched] = overtakes(doc)  # without points, the summaries (all 5 subsets) are all there is
+    assert "does not overtake" in unmatched
