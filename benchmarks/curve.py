@@ -310,13 +310,15 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
     notes = []
     for s in (s for s in loaded if not len(s.val)):
         notes.append(f"{s.path} has no val split; every point is chosen by CV inside its subset")
-    for n in shots:
-        short = short_classes(loaded[0].train.y, n, loaded[0].class_names)
-        if short:
-            notes.append(f"n={n} is more than some classes have ({', '.join(short[:5])}"
-                         f"{'…' if len(short) > 5 else ''}); they use all their train images (`short` column)")
+    short = {n: short_classes(loaded[0].train.y, n, loaded[0].class_names) for n in shots}
+    if any(short.values()):
+        first = next(c for c in short.values() if c)
+        named = ", ".join(first[:5]) + ("…" if len(first) > 5 else "")
+        notes.append("Classes with fewer train images than n use all they have (`short` column): "
+                     + ", ".join(f"{len(c)} at n={n}" for n, c in short.items() if c)
+                     + f" of {len(loaded[0].class_names)} (first: {named})")
     if select == "val":
-        notes.append("every frozen point is chosen on the full val split (--select val)" +
+        notes.append("Every frozen point is chosen on the full val split (--select val)" +
                      (", as the fine-tunes are" if finetune_shots else ""))
     for note in notes:
         log(f"note: {note}")

@@ -492,7 +492,7 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
     budget = (f"Budgets: frozen — {plural(len(frozen), 'point')}: {_selections(frozen) or 'none'}; "
               f"the curve took {secs(doc.get('seconds'))} s{fit}."
               + (f" Fine-tuned — {plural(len(tuned), 'point')}: {_selections(tuned)}." if tuned else "")
-              + "".join(f" {n}" for n in doc.get("notes", [])))
+              + "".join(f" {n.rstrip('.')}." for n in doc.get("notes", [])))
     return intro, within_one_point(doc) + overtakes(doc), budget
 
 

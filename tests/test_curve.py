@@ -138,7 +138,7 @@ def test_cli_outputs_short_and_no_val(tmp_path, capsys):
                         "--repeats", "2", "--out", str(tmp_path / "out")])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert "no val split" in out.err and "n=8 is more than some classes have (cat)" in out.err
+    assert "no val split" in out.err and "Classes with fewer train images than n use all they have (`short` column): 1 at n=8 of 3 (first: cat)" in out.err
     doc = json.loads((tmp_path / "out" / "synth" / "curve" / "curve.json").read_text())
     assert {p["selection"] for p in doc["points"]} <= {"cv2", "cv3"}
     short = {(s["head"], s["n"]): s["short"] for s in doc["summaries"]}
