@@ -65,9 +65,11 @@ class Normalized(nn.Module):
 
 @dataclass(frozen=True)
 class Spec:
-    """A registered backbone: random-init architecture, loaders for its weights, preprocessing."""
+    """A registered backbone: random-init architecture, loaders for its weights, preprocessing.
+
+    `dim` is what `--list-backbones` shows; a `Backbone`'s own `dim` is measured by a forward pass."""
     name: str
-    dim: int
+    dim: int | None
     preprocess: Preprocess
     arch: Callable[[], tuple[nn.Module, nn.Module | None]] | None
     load_file: Callable[[nn.Module, nn.Module | None, Path], tuple[nn.Module, nn.Module | None]]
@@ -268,7 +270,7 @@ def _spec(name: str) -> Spec:
     size = cfg["input_size"][-1]
     pre = Preprocess(size, int(size / cfg.get("crop_pct", 0.875)), cfg.get("interpolation", "bicubic"),
                      tuple(cfg["mean"]), tuple(cfg["std"]))
-    return Spec(name, model.num_features, pre, *_timm(name), note="timm")
+    return Spec(name, None, pre, *_timm(name), note="timm")
 
 
 def _offline_message(name: str, why: str) -> str:
@@ -295,6 +297,13 @@ def _weights_digest(path: Path, name: str) -> str:
         raise FeatbenchError(f"{path}: not a weights file (neither a PyTorch checkpoint nor a pickle); "
                              f"{_pass_weights(name)}")
     return digest
+
+
+def feature_width(model: nn.Module, size: int) -> int:
+    """The width of `model`'s features, from one forward pass of a blank size×size image: no config attribute
+    says it for every timm family (`num_features` is 960 for MobileNetV3, whose pooled head is 1280 wide)."""
+    with torch.inference_mode():
+        return model(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1]
 
 
 def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
@@ -345,7 +354,7 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
     model = Normalized(trunk, pre.mean, pre.std).eval().requires_grad_(False)
     if head is not None:
         head = head.eval().requires_grad_(False)
-    return Backbone(spec.name, model, head, pre, spec.dim, info)
+    return Backbone(spec.name, model, head, pre, feature_width(model, pre.size), info)
 
 
 def list_backbones() -> list[dict]:

@@ -1,5 +1,6 @@
 """The backbone registry: real PyPI-shipped ImageNet weights, ImageNet top-5 checks, local weight files."""
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,10 +9,13 @@ import torchvision
 
 from extract import weights as pypi
 from extract.backbones import REGISTRY, create_backbone, list_backbones
-from extract.images import resize_crop
+from extract.datasets import load_dataset
+from extract.images import load, resize_crop
+from extract.pipeline import Options, extract
+from features import FeatureStore
 from features.errors import FeatbenchError
 
-from conftest import skip_without_weights
+from conftest import skip_without_weights, write_image
 
 CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -202,3 +206,38 @@ def test_any_timm_model_and_registry_listing():
     assert {"resnet18", "resnet34", "resnet50", "vgg16", "mobilenet_v2", "resnet152v2",
             "efficientnet_lite0", "inception_v3_fid"} <= names
     assert create_backbone("ResNet152V2", random_init=True).name == "resnet152v2"
+
+
+# convnets, mobile nets (pooled head wider than num_features: mobilenetv3/v4, ghostnet, lcnet, efficientvit,
+# hgnetv2), ViTs, hybrids, MLP-mixers, re-parameterisable nets: small ones, random init
+TIMM_FAMILIES = ["resnet10t", "mobilenetv3_large_100", "mobilenetv4_conv_small", "ghostnet_100", "lcnet_050",
+                 "efficientvit_b0", "hgnetv2_b0", "efficientnet_b0", "tinynet_e", "convnext_atto", "regnetx_002",
+                 "densenet121", "dla34", "vit_tiny_patch16_224", "vit_small_patch14_dinov2", "pit_ti_224",
+                 "levit_128s", "mixer_s32_224", "poolformer_s12", "edgenext_xx_small", "mobilevit_xxs",
+                 "efficientformer_l1", "fastvit_t8", "repvit_m1", "tiny_vit_5m_224"]
+SMALLER = {"vit_small_patch14_dinov2": 112}  # 518 px by default: too slow here
+
+
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_any_timm_family_stores_its_pooled_pre_logits_features(tmp_path, monkeypatch, arch):
+    """The store's width comes from a forward pass (mobilenetv3's num_features is 960, its features 1280 wide),
+    and the stored rows are timm's `forward_head(forward_features(x), pre_logits=True)`."""
+    import timm
+    if arch in SMALLER:
+        size = SMALLER[arch]
+        monkeypatch.setattr(timm, "create_model", partial(timm.create_model, img_size=size,
+                                                          pretrained_cfg_overlay={"input_size": (3, size, size)}))
+    for i in range(4):
+        write_image(tmp_path / "d" / f"{('cat', 'dog')[i % 2]}.{i}.jpg", i)
+    bb = create_backbone(arch, random_init=True)
+    summary = extract(load_dataset(tmp_path / "d"), bb, tmp_path / "out",
+                      options=Options(progress=False, batch_size=4, workers=0))
+    with FeatureStore(summary.path) as s:
+        stored, paths, dim = s.embeddings(np.arange(len(s.paths))), s.paths, s.dim
+    x = torch.stack([load((tmp_path / "d" / p).read_bytes(), bb.preprocess) for p in paths])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bb.preprocess.mean, bb.preprocess.std))
+    trunk = bb.model.trunk
+    with torch.inference_mode():
+        ref = trunk.forward_head(trunk.forward_features((x / 255 - mean) / std), pre_logits=True)
+    assert dim == bb.dim == ref.shape[1] and len(paths) == 4
+    np.testing.assert_allclose(stored, ref.numpy(), rtol=0, atol=1e-4)
