@@ -6,6 +6,7 @@ penultimate features of size `dim`, plus the ImageNet `classifier` when the weig
 Any timm model name works too (weights downloaded by timm when the network allows).
 """
 import hashlib
+import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +87,32 @@ def register(spec: Spec) -> Spec:
     return spec
 
 
+def _read_state(path: Path) -> dict:
+    """A checkpoint's state dict, as timm reads one: `torch.load(weights_only=True)` or safetensors (nothing
+    else unpickled), unwrapped from {'state_dict_ema' | 'model_ema' | 'state_dict' | 'model': …}, `module.` and
+    `_orig_mod.` prefixes dropped."""
+    from timm.models import load_state_dict
+    return load_state_dict(str(path))
+
+
+def _load_split(model: nn.Module, split, state: dict) -> tuple[nn.Module, nn.Module | None]:
+    """`state` into `model`, then `split(model)` into (trunk, classifier). Every trunk tensor must be there with
+    its shape; the classifier may be missing or of another size (then None: features do not use it)."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    fits = {k: v for k, v in state.items() if k in expected and v.shape == expected[k]}
+    model.load_state_dict(fits, strict=False)
+    trunk, head = split(model)
+    needed = [k for k in trunk.state_dict() if not k.endswith("num_batches_tracked")]  # unused in eval mode
+    missing = [k for k in needed if k not in state]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+    other = [k for k in needed if k in state and k not in fits]
+    if missing or unexpected or other:
+        raise ValueError("; ".join(f"{what}: {', '.join(keys[:2])}{' …' * (len(keys) > 2)} ({len(keys)})"
+                                   for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                                      ("other shape", other)) if keys))
+    return trunk, head if all(k in fits for k in set(expected) - set(trunk.state_dict())) else None
+
+
 # ---- torchvision classics -------------------------------------------------------------------------
 
 def _split_head(model: nn.Module, attr: str) -> tuple[nn.Module, nn.Module]:
@@ -102,10 +129,8 @@ def _tv_classifier(arch: str, head_attr: str):
         return _split_head(torchvision.models.get_model(arch, weights=None), head_attr)
 
     def load_file(trunk, head, path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        full = torchvision.models.get_model(arch, weights=None)
-        full.load_state_dict(state)
-        return _split_head(full, head_attr)
+        return _load_split(torchvision.models.get_model(arch, weights=None), lambda m: _split_head(m, head_attr),
+                          _read_state(path))
 
     def online():
         return _split_head(torchvision.models.get_model(arch, weights="IMAGENET1K_V1"), head_attr)
@@ -131,7 +156,7 @@ def _conv_trunk(arch: str):
                 conv.weight.data.copy_(kernel)
                 conv.bias.data.copy_(torch.from_numpy(params[f"Conv_{i}"]["bias"]))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _read_state(path)
             trunk[0].load_state_dict({k[len("features."):]: v for k, v in state.items()
                                       if k.startswith("features.")})
         return trunk, None
@@ -167,9 +192,7 @@ def _timm(arch: str, load_file=None, pretrained: bool = True):
         return _timm_parts(timm.create_model(arch, pretrained=False))
 
     def load_state(trunk, head, path):
-        model = timm.create_model(arch, pretrained=False)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return _timm_parts(model)
+        return _load_split(timm.create_model(arch, pretrained=False), _timm_parts, _read_state(path))
 
     def online():
         return _timm_parts(timm.create_model(arch, pretrained=True))
@@ -182,12 +205,11 @@ def _lite_loader(arch: str):
     import timm
 
     def load_file(trunk, head, path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state(path)
         model = timm.create_model(arch, pretrained=False)
         target = model.state_dict()
         if any(k.startswith("conv_stem") for k in state):  # already timm-named
-            model.load_state_dict(state)
-            return _timm_parts(model)
+            return _load_split(model, _timm_parts, state)
         src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
         dst = [k for k in target if not k.endswith("num_batches_tracked")]
         if len(src) != len(dst) or any(v.shape != target[k].shape for (_, v), k in zip(src, dst)):
@@ -281,20 +303,22 @@ def _offline_message(name: str, why: str) -> str:
 
 
 def _pass_weights(name: str) -> str:
-    return f"pass --weights a {name} checkpoint saved by PyTorch (torch.save or TorchScript), or leave --weights out"
+    return (f"pass --weights a {name} checkpoint saved by PyTorch (torch.save, safetensors or TorchScript), "
+            "or leave --weights out")
 
 
 def _weights_digest(path: Path, name: str) -> str:
-    """The file's sha256, after checking it starts as a weights file can: a zip (torch.save, TorchScript)
-    or a pickle. Nothing is unpickled here."""
+    """The file's sha256, after checking it starts as a weights file can: a zip (torch.save, TorchScript),
+    a pickle or (named .safetensors) a safetensors header. Nothing is unpickled here."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
         digest = pypi.sha256_file(path)
     except OSError as e:
         raise FeatbenchError(f"{path}: cannot read the weights file ({e.strerror or type(e).__name__})") from None
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":
-        raise FeatbenchError(f"{path}: not a weights file (neither a PyTorch checkpoint nor a pickle); "
+    safetensors = path.suffix == ".safetensors" and head[8:9] == b"{"
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80" and not safetensors:
+        raise FeatbenchError(f"{path}: not a weights file (not a PyTorch checkpoint, safetensors file or pickle); "
                              f"{_pass_weights(name)}")
     return digest
 
@@ -335,7 +359,9 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             except FeatbenchError:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever a foreign file breaks in a loader is one line
-                why = (str(e).splitlines() or [""])[0][:100]
+                if isinstance(e.__cause__, pickle.UnpicklingError):  # timm's loader rewords torch's refusal
+                    e = e.__cause__
+                why = (str(e).splitlines() or [""])[0][:160]
                 if why.startswith("Weights only load failed"):
                     why = "not a pickle of tensors only, and featbench unpickles nothing else"
                 raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({type(e).__name__}: {why}); "

@@ -119,10 +119,61 @@ def test_resnet_random_init_and_weights_file_round_trip(tmp_path, name):
     assert torch.allclose(loaded.classifier(feats), expected, atol=1e-4) and torch.allclose(ref, expected, atol=1e-4)
 
 
+def _timm_checkpoints(tmp_path, state: dict) -> dict:
+    """The shapes a timm or PyTorch training run leaves a resnet10t checkpoint in, written from `state`."""
+    import argparse
+
+    import safetensors.torch
+    trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    files = {"bare.pth": state, "state_dict.pth": {"state_dict": state, "epoch": 3},
+             "model.pth": {"model": state, "optimizer": {}}, "ddp.pth": {f"module.{k}": v for k, v in state.items()},
+             "timm_train.pth.tar": {"state_dict": trunk, "state_dict_ema": state, "args": argparse.Namespace(lr=1)},
+             "no_classifier.pth": trunk, "ten_classes.pth": {**trunk, "fc.weight": torch.zeros(10, 512),
+                                                             "fc.bias": torch.zeros(10)}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    safetensors.torch.save_file(state, tmp_path / "model.safetensors")
+    return {name: tmp_path / name for name in [*files, "model.safetensors"]}
+
+
+def test_any_checkpoint_shape_loads_the_same_weights(tmp_path):
+    """Wrappers (state_dict, model, state_dict_ema), `module.` prefixes, safetensors and a missing or
+    mis-sized classifier: the same features as the bare state dict; the classifier only where it fits."""
+    import timm
+    torch.manual_seed(1)
+    state = timm.create_model("resnet10t", pretrained=False).state_dict()
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    files = _timm_checkpoints(tmp_path, state)
+    with torch.inference_mode():
+        bare = create_backbone("resnet10t", weights=files["bare.pth"])
+        ref, ref_logits = bare.model(x), bare.classifier(bare.model(x))
+        for name, path in files.items():
+            bb = create_backbone("resnet10t", weights=path)
+            assert torch.equal(bb.model(x), ref), name
+            if name in ("no_classifier.pth", "ten_classes.pth"):
+                assert bb.classifier is None, name
+            else:
+                assert torch.equal(bb.classifier(bb.model(x)), ref_logits), name
+    assert not torch.equal(ref, create_backbone("resnet10t", random_init=True).model(x))
+
+
+def test_a_checkpoint_of_another_trunk_is_one_line_naming_its_keys(tmp_path):
+    import safetensors.torch
+    import timm
+    f = tmp_path / "resnet14t.safetensors"
+    safetensors.torch.save_file(timm.create_model("resnet14t", pretrained=False).state_dict(), f)
+    with pytest.raises(FeatbenchError) as err:
+        create_backbone("resnet10t", weights=f)
+    assert str(err.value).startswith(f"{f}: cannot load as resnet10t weights (ValueError: unexpected: "
+                                     "layer1.0.bn3.bias, layer1.0.bn3.running_mean … (25); other shape: "
+                                     "layer1.0.conv1.weight, layer2.0.conv1.weight … (19)); pass --weights a resnet10t")
+    assert "\n" not in str(err.value)
+
+
 def test_wrong_weights_file_is_one_clear_error(tmp_path):
     f = tmp_path / "wrong.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), f)
-    with pytest.raises(FeatbenchError, match="cannot load as resnet34"):
+    with pytest.raises(FeatbenchError, match=r"cannot load as resnet34 weights \(ValueError: missing: layer1\.2\."):
         create_backbone("resnet34", weights=f)
     with pytest.raises(FeatbenchError, match="not found"):
         create_backbone("resnet34", weights=tmp_path / "missing.pth")
@@ -154,12 +205,13 @@ def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, capsys, dvc_
     garbage.write_bytes(b"\x80\x04garbage")
     code = tmp_path / "code.ckpt"
     code.write_bytes(pickle.dumps({"x": print}))
-    hint = f"pass --weights a {name} checkpoint saved by PyTorch (torch.save or TorchScript), or leave --weights out"
+    hint = (f"pass --weights a {name} checkpoint saved by PyTorch (torch.save, safetensors or TorchScript), "
+            "or leave --weights out")
     for f in (readme, passwd):
         assert run_cli(extract_main, ["--backbone", name, "--weights", str(f), "--data", str(dvc_folder),
                                       "--out", str(tmp_path / "out")]) == 2
-        assert capsys.readouterr().err == (f"error: {f}: not a weights file (neither a PyTorch checkpoint nor a "
-                                           f"pickle); {hint}\n")
+        assert capsys.readouterr().err == (f"error: {f}: not a weights file (not a PyTorch checkpoint, safetensors "
+                                           f"file or pickle); {hint}\n")
     not_tensors = "UnpicklingError: not a pickle of tensors only, and featbench unpickles nothing else"
     for f, why in ((garbage, not_tensors),
                    (code, "UnpicklingError: refusing to unpickle builtins.print" if name == "vgg16" else not_tensors)):
