@@ -3,7 +3,8 @@
 Every backbone honours the same contract: `create_backbone(name)` returns a `Backbone` whose
 `model` maps a uint8 NCHW batch (already resized and cropped per `preprocess`) to pooled
 penultimate features of size `dim`, plus the ImageNet `classifier` when the weights include it.
-Any timm model name works too (weights downloaded by timm when the network allows).
+Any timm model name works too: `name`, `name.tag`, `hf-hub:ORG/NAME` (weights downloaded by timm when the
+network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write).
 """
 import hashlib
 import pickle
@@ -284,15 +285,30 @@ def _spec(name: str) -> Spec:
     if name in REGISTRY:
         return REGISTRY[name]
     import timm
-    if not timm.is_model(name):
-        raise FeatbenchError(f"unknown backbone {name!r}: see `python -m extract --list-backbones` "
-                             "or any name from timm.list_models()")
-    model = timm.create_model(name, pretrained=False)
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except Exception as e:  # noqa: BLE001 - unknown names and tags, a folder without config.json, no hub: one line
+        raise FeatbenchError(_timm_failure(name, e)) from None
     cfg = timm.data.resolve_model_data_config(model)
     size = cfg["input_size"][-1]
     pre = Preprocess(size, int(size / cfg.get("crop_pct", 0.875)), cfg.get("interpolation", "bicubic"),
                      tuple(cfg["mean"]), tuple(cfg["std"]))
     return Spec(name, None, pre, *_timm(name), note="timm")
+
+
+def _timm_failure(name: str, e: Exception) -> str:
+    """One actionable line for a timm name (plain, `name.tag`, `hf-hub:ORG/NAME`, `local-dir:FOLDER`) that
+    timm could not build or load here."""
+    why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0].split('. ')[0][:160]}"
+    if name.startswith("hf-hub:"):
+        return (f"cannot get {name} from the Hugging Face Hub ({type(e).__name__}); offline, run "
+                f"`hf download {name[7:]} --local-dir DIR` where there is a network, copy DIR here and pass "
+                "--backbone local-dir:DIR")
+    if name.startswith("local-dir:"):
+        return (f"cannot load {name} ({why}); local-dir: wants a folder holding config.json and model.safetensors "
+                "or pytorch_model.bin, as `hf download` or timm.models.save_for_hf writes it")
+    return (f"unknown backbone {name!r} ({why}): see `python -m extract --list-backbones`, any name or name.tag "
+            "from timm.list_pretrained(), hf-hub:ORG/NAME or local-dir:FOLDER")
 
 
 def _offline_message(name: str, why: str) -> str:
@@ -373,8 +389,9 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             try:
                 trunk, head = spec.online()
             except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
-                raise FeatbenchError(_offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
-            info["source"] = "online (torchvision/timm default weights)"
+                raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
+                                     _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
+            info["source"] = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
     info["fingerprint"] = state_fingerprint(trunk, head)[:16]
     pre = spec.preprocess
     model = Normalized(trunk, pre.mean, pre.std).eval().requires_grad_(False)

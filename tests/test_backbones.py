@@ -293,3 +293,50 @@ def test_any_timm_family_stores_its_pooled_pre_logits_features(tmp_path, monkeyp
         ref = trunk.forward_head(trunk.forward_features((x / 255 - mean) / std), pre_logits=True)
     assert dim == bb.dim == ref.shape[1] and len(paths) == 4
     np.testing.assert_allclose(stored, ref.numpy(), rtol=0, atol=1e-4)
+
+
+def test_a_local_dir_model_is_a_backbone_and_names_its_store(tmp_path):
+    """local-dir:FOLDER (config.json + model.safetensors, as timm's save_for_hf writes them): its weights and
+    preprocessing, and a store named after it with the path's separators as `_`."""
+    import timm
+    from timm.models import save_for_hf
+    torch.manual_seed(2)
+    model = timm.create_model("resnet10t", pretrained=False, pretrained_cfg_overlay={"input_size": (3, 96, 96)})
+    save_for_hf(model, tmp_path / "my model", safe_serialization=True)
+    name = f"local-dir:{tmp_path / 'my model'}"
+    bb = create_backbone(name)
+    assert bb.name == name and bb.preprocess.size == 96 and bb.weights["source"] == name
+    model.eval().reset_classifier(0)
+    x = torch.randint(0, 255, (2, 3, 96, 96), dtype=torch.uint8)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bb.preprocess.mean, bb.preprocess.std))
+    with torch.inference_mode():
+        assert torch.allclose(bb.model(x), model((x / 255 - mean) / std), atol=1e-5)
+    for i in range(2):
+        write_image(tmp_path / "d" / f"cat.{i}.jpg", i)
+    summary = extract(load_dataset(tmp_path / "d"), bb, tmp_path / "out", options=Options(progress=False, workers=0))
+    assert summary.path.parent == tmp_path / "out" / "d" and summary.path.name.startswith("local-dir__")
+    with FeatureStore(summary.path) as s:
+        assert s.backbone == name and s.dim == 512
+
+
+def test_hub_names_tags_and_folders_that_cannot_load_are_one_actionable_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as a machine without the hub, at once
+    assert create_backbone("resnet10t.c3_in1k", random_init=True).name == "resnet10t.c3_in1k"
+    cases = {"hf-hub:timm/resnet18.a1_in1k": "cannot get hf-hub:timm/resnet18.a1_in1k from the Hugging Face Hub "
+                                             "(LocalEntryNotFoundError); offline, run `hf download timm/resnet18.a1_in1k "
+                                             "--local-dir DIR` where there is a network, copy DIR here and pass "
+                                             "--backbone local-dir:DIR",
+             "resnet10t.c3_in1k": "no weights for resnet10t.c3_in1k on this machine (download failed: ",
+             "resnet10t.no_such_tag": "unknown backbone 'resnet10t.no_such_tag' (RuntimeError: Invalid pretrained tag",
+             "timm/resnet18": "unknown backbone 'timm/resnet18' (ValueError: Model name 'timm/resnet18' has no source "
+                              "prefix but looks like a Hugging Face Hub repo id or a local path): see `python -m "
+                              "extract --list-backbones`, any name or name.tag from timm.list_pretrained(), "
+                              "hf-hub:ORG/NAME or local-dir:FOLDER",
+             f"local-dir:{tmp_path}": f"cannot load local-dir:{tmp_path} (FileNotFoundError: Config file not found"}
+    for name, start in cases.items():
+        with pytest.raises(FeatbenchError) as err:
+            create_backbone(name)
+        assert str(err.value).startswith(start) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(FeatbenchError, match=r"^cannot get hf-hub:timm/resnet18\.a1_in1k from the Hugging Face Hub"):
+        create_backbone("hf-hub:timm/resnet18.a1_in1k", random_init=True)
