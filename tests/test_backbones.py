@@ -261,12 +261,14 @@ def test_any_timm_model_and_registry_listing():
 
 
 # convnets, mobile nets (pooled head wider than num_features: mobilenetv3/v4, ghostnet, lcnet, efficientvit,
-# hgnetv2), ViTs, hybrids, MLP-mixers, re-parameterisable nets: small ones, random init
+# hgnetv2), ViTs, hierarchical and hybrid transformers, MLP-mixers, re-parameterisable nets: small ones, random init
 TIMM_FAMILIES = ["resnet10t", "mobilenetv3_large_100", "mobilenetv4_conv_small", "ghostnet_100", "lcnet_050",
                  "efficientvit_b0", "hgnetv2_b0", "efficientnet_b0", "tinynet_e", "convnext_atto", "regnetx_002",
                  "densenet121", "dla34", "vit_tiny_patch16_224", "vit_small_patch14_dinov2", "pit_ti_224",
                  "levit_128s", "mixer_s32_224", "poolformer_s12", "edgenext_xx_small", "mobilevit_xxs",
-                 "efficientformer_l1", "fastvit_t8", "repvit_m1", "tiny_vit_5m_224"]
+                 "efficientformer_l1", "fastvit_t8", "repvit_m1", "tiny_vit_5m_224", "swin_tiny_patch4_window7_224",
+                 "resmlp_12_224", "hrnet_w18_small", "inception_v3", "xception41", "caformer_s18", "coat_tiny",
+                 "mobileone_s0"]
 SMALLER = {"vit_small_patch14_dinov2": 112}  # 518 px by default: too slow here
 
 
@@ -292,7 +294,8 @@ def test_any_timm_family_stores_its_pooled_pre_logits_features(tmp_path, monkeyp
     with torch.inference_mode():
         ref = trunk.forward_head(trunk.forward_features((x / 255 - mean) / std), pre_logits=True)
     assert dim == bb.dim == ref.shape[1] and len(paths) == 4
-    np.testing.assert_allclose(stored, ref.numpy(), rtol=0, atol=1e-4)
+    scale = max(1.0, ref.abs().max().item())  # random init blows some up (inception_v3, mobileone: 1e11 and more)
+    np.testing.assert_allclose(stored, ref.numpy(), rtol=0, atol=1e-4 * scale)
 
 
 def test_a_local_dir_model_is_a_backbone_and_names_its_store(tmp_path):
