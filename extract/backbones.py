@@ -3,9 +3,11 @@
 Every backbone honours the same contract: `create_backbone(name)` returns a `Backbone` whose
 `model` maps a uint8 NCHW batch (already resized and cropped per `preprocess`) to pooled
 penultimate features of size `dim`, plus the ImageNet `classifier` when the weights include it.
-Any timm model name works too (weights downloaded by timm when the network allows).
+Any timm model name works too: `name`, `name.tag`, `hf-hub:ORG/NAME` (weights downloaded by timm when the
+network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write).
 """
 import hashlib
+import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,9 +67,11 @@ class Normalized(nn.Module):
 
 @dataclass(frozen=True)
 class Spec:
-    """A registered backbone: random-init architecture, loaders for its weights, preprocessing."""
+    """A registered backbone: random-init architecture, loaders for its weights, preprocessing.
+
+    `dim` is what `--list-backbones` shows; a `Backbone`'s own `dim` is measured by a forward pass."""
     name: str
-    dim: int
+    dim: int | None
     preprocess: Preprocess
     arch: Callable[[], tuple[nn.Module, nn.Module | None]] | None
     load_file: Callable[[nn.Module, nn.Module | None, Path], tuple[nn.Module, nn.Module | None]]
@@ -82,6 +86,32 @@ ALIASES = {"ResNet152V2": "resnet152v2", "resnetv2_152": "resnet152v2"}
 def register(spec: Spec) -> Spec:
     REGISTRY[spec.name] = spec
     return spec
+
+
+def _read_state(path: Path) -> dict:
+    """A checkpoint's state dict, as timm reads one: `torch.load(weights_only=True)` or safetensors (nothing
+    else unpickled), unwrapped from {'state_dict_ema' | 'model_ema' | 'state_dict' | 'model': …}, `module.` and
+    `_orig_mod.` prefixes dropped."""
+    from timm.models import load_state_dict
+    return load_state_dict(str(path))
+
+
+def _load_split(model: nn.Module, split, state: dict) -> tuple[nn.Module, nn.Module | None]:
+    """`state` into `model`, then `split(model)` into (trunk, classifier). Every trunk tensor must be there with
+    its shape; the classifier may be missing or of another size (then None: features do not use it)."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    fits = {k: v for k, v in state.items() if k in expected and v.shape == expected[k]}
+    model.load_state_dict(fits, strict=False)
+    trunk, head = split(model)
+    needed = [k for k in trunk.state_dict() if not k.endswith("num_batches_tracked")]  # unused in eval mode
+    missing = [k for k in needed if k not in state]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+    other = [k for k in needed if k in state and k not in fits]
+    if missing or unexpected or other:
+        raise ValueError("; ".join(f"{what}: {', '.join(keys[:2])}{' …' * (len(keys) > 2)} ({len(keys)})"
+                                   for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                                      ("other shape", other)) if keys))
+    return trunk, head if all(k in fits for k in set(expected) - set(trunk.state_dict())) else None
 
 
 # ---- torchvision classics -------------------------------------------------------------------------
@@ -100,10 +130,8 @@ def _tv_classifier(arch: str, head_attr: str):
         return _split_head(torchvision.models.get_model(arch, weights=None), head_attr)
 
     def load_file(trunk, head, path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        full = torchvision.models.get_model(arch, weights=None)
-        full.load_state_dict(state)
-        return _split_head(full, head_attr)
+        return _load_split(torchvision.models.get_model(arch, weights=None), lambda m: _split_head(m, head_attr),
+                          _read_state(path))
 
     def online():
         return _split_head(torchvision.models.get_model(arch, weights="IMAGENET1K_V1"), head_attr)
@@ -129,7 +157,7 @@ def _conv_trunk(arch: str):
                 conv.weight.data.copy_(kernel)
                 conv.bias.data.copy_(torch.from_numpy(params[f"Conv_{i}"]["bias"]))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _read_state(path)
             trunk[0].load_state_dict({k[len("features."):]: v for k, v in state.items()
                                       if k.startswith("features.")})
         return trunk, None
@@ -165,9 +193,7 @@ def _timm(arch: str, load_file=None, pretrained: bool = True):
         return _timm_parts(timm.create_model(arch, pretrained=False))
 
     def load_state(trunk, head, path):
-        model = timm.create_model(arch, pretrained=False)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return _timm_parts(model)
+        return _load_split(timm.create_model(arch, pretrained=False), _timm_parts, _read_state(path))
 
     def online():
         return _timm_parts(timm.create_model(arch, pretrained=True))
@@ -180,12 +206,11 @@ def _lite_loader(arch: str):
     import timm
 
     def load_file(trunk, head, path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state(path)
         model = timm.create_model(arch, pretrained=False)
         target = model.state_dict()
         if any(k.startswith("conv_stem") for k in state):  # already timm-named
-            model.load_state_dict(state)
-            return _timm_parts(model)
+            return _load_split(model, _timm_parts, state)
         src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
         dst = [k for k in target if not k.endswith("num_batches_tracked")]
         if len(src) != len(dst) or any(v.shape != target[k].shape for (_, v), k in zip(src, dst)):
@@ -260,15 +285,30 @@ def _spec(name: str) -> Spec:
     if name in REGISTRY:
         return REGISTRY[name]
     import timm
-    if not timm.is_model(name):
-        raise FeatbenchError(f"unknown backbone {name!r}: see `python -m extract --list-backbones` "
-                             "or any name from timm.list_models()")
-    model = timm.create_model(name, pretrained=False)
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except Exception as e:  # noqa: BLE001 - unknown names and tags, a folder without config.json, no hub: one line
+        raise FeatbenchError(_timm_failure(name, e)) from None
     cfg = timm.data.resolve_model_data_config(model)
     size = cfg["input_size"][-1]
     pre = Preprocess(size, int(size / cfg.get("crop_pct", 0.875)), cfg.get("interpolation", "bicubic"),
                      tuple(cfg["mean"]), tuple(cfg["std"]))
-    return Spec(name, model.num_features, pre, *_timm(name), note="timm")
+    return Spec(name, None, pre, *_timm(name), note="timm")
+
+
+def _timm_failure(name: str, e: Exception) -> str:
+    """One actionable line for a timm name (plain, `name.tag`, `hf-hub:ORG/NAME`, `local-dir:FOLDER`) that
+    timm could not build or load here."""
+    why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0].split('. ')[0][:160]}"
+    if name.startswith("hf-hub:"):
+        return (f"cannot get {name} from the Hugging Face Hub ({type(e).__name__}); offline, run "
+                f"`hf download {name[7:]} --local-dir DIR` where there is a network, copy DIR here and pass "
+                "--backbone local-dir:DIR")
+    if name.startswith("local-dir:"):
+        return (f"cannot load {name} ({why}); local-dir: wants a folder holding config.json and model.safetensors "
+                "or pytorch_model.bin, as `hf download` or timm.models.save_for_hf writes it")
+    return (f"unknown backbone {name!r} ({why}): see `python -m extract --list-backbones`, any name or name.tag "
+            "from timm.list_pretrained(), hf-hub:ORG/NAME or local-dir:FOLDER")
 
 
 def _offline_message(name: str, why: str) -> str:
@@ -279,22 +319,31 @@ def _offline_message(name: str, why: str) -> str:
 
 
 def _pass_weights(name: str) -> str:
-    return f"pass --weights a {name} checkpoint saved by PyTorch (torch.save or TorchScript), or leave --weights out"
+    return (f"pass --weights a {name} checkpoint saved by PyTorch (torch.save, safetensors or TorchScript), "
+            "or leave --weights out")
 
 
 def _weights_digest(path: Path, name: str) -> str:
-    """The file's sha256, after checking it starts as a weights file can: a zip (torch.save, TorchScript)
-    or a pickle. Nothing is unpickled here."""
+    """The file's sha256, after checking it starts as a weights file can: a zip (torch.save, TorchScript),
+    a pickle or (named .safetensors) a safetensors header. Nothing is unpickled here."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
         digest = pypi.sha256_file(path)
     except OSError as e:
         raise FeatbenchError(f"{path}: cannot read the weights file ({e.strerror or type(e).__name__})") from None
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":
-        raise FeatbenchError(f"{path}: not a weights file (neither a PyTorch checkpoint nor a pickle); "
+    safetensors = path.suffix == ".safetensors" and head[8:9] == b"{"
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80" and not safetensors:
+        raise FeatbenchError(f"{path}: not a weights file (not a PyTorch checkpoint, safetensors file or pickle); "
                              f"{_pass_weights(name)}")
     return digest
+
+
+def feature_width(model: nn.Module, size: int) -> int:
+    """The width of `model`'s features, from one forward pass of a blank size×size image: no config attribute
+    says it for every timm family (`num_features` is 960 for MobileNetV3, whose pooled head is 1280 wide)."""
+    with torch.inference_mode():
+        return model(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1]
 
 
 def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
@@ -326,7 +375,9 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             except FeatbenchError:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever a foreign file breaks in a loader is one line
-                why = (str(e).splitlines() or [""])[0][:100]
+                if isinstance(e.__cause__, pickle.UnpicklingError):  # timm's loader rewords torch's refusal
+                    e = e.__cause__
+                why = (str(e).splitlines() or [""])[0][:160]
                 if why.startswith("Weights only load failed"):
                     why = "not a pickle of tensors only, and featbench unpickles nothing else"
                 raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({type(e).__name__}: {why}); "
@@ -338,14 +389,15 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             try:
                 trunk, head = spec.online()
             except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
-                raise FeatbenchError(_offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
-            info["source"] = "online (torchvision/timm default weights)"
+                raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
+                                     _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
+            info["source"] = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
     info["fingerprint"] = state_fingerprint(trunk, head)[:16]
     pre = spec.preprocess
     model = Normalized(trunk, pre.mean, pre.std).eval().requires_grad_(False)
     if head is not None:
         head = head.eval().requires_grad_(False)
-    return Backbone(spec.name, model, head, pre, spec.dim, info)
+    return Backbone(spec.name, model, head, pre, feature_width(model, pre.size), info)
 
 
 def list_backbones() -> list[dict]:

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -98,8 +99,9 @@ def worker_count(device: torch.device, options: Options) -> int:
 
 
 def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str) -> Path:
-    """`{out}/{dataset}/{backbone}[-random-init|-w<sha8>][-f16].h5`: one store per distinct embedding."""
-    stem = backbone.name
+    """`{out}/{dataset}/{backbone}[-random-init|-w<sha8>][-f16].h5`: one store per distinct embedding (the
+    backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME, local-dir:FOLDER)."""
+    stem = re.sub(r"[^\w.-]", "_", backbone.name)
     if backbone.weights.get("random_init"):
         stem += "-random-init"
     elif weights_file:

@@ -1,5 +1,6 @@
 """The backbone registry: real PyPI-shipped ImageNet weights, ImageNet top-5 checks, local weight files."""
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,10 +9,13 @@ import torchvision
 
 from extract import weights as pypi
 from extract.backbones import REGISTRY, create_backbone, list_backbones
-from extract.images import resize_crop
+from extract.datasets import load_dataset
+from extract.images import load, resize_crop
+from extract.pipeline import Options, extract
+from features import FeatureStore
 from features.errors import FeatbenchError
 
-from conftest import skip_without_weights
+from conftest import skip_without_weights, write_image
 
 CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -115,10 +119,61 @@ def test_resnet_random_init_and_weights_file_round_trip(tmp_path, name):
     assert torch.allclose(loaded.classifier(feats), expected, atol=1e-4) and torch.allclose(ref, expected, atol=1e-4)
 
 
+def _timm_checkpoints(tmp_path, state: dict) -> dict:
+    """The shapes a timm or PyTorch training run leaves a resnet10t checkpoint in, written from `state`."""
+    import argparse
+
+    import safetensors.torch
+    trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    files = {"bare.pth": state, "state_dict.pth": {"state_dict": state, "epoch": 3},
+             "model.pth": {"model": state, "optimizer": {}}, "ddp.pth": {f"module.{k}": v for k, v in state.items()},
+             "timm_train.pth.tar": {"state_dict": trunk, "state_dict_ema": state, "args": argparse.Namespace(lr=1)},
+             "no_classifier.pth": trunk, "ten_classes.pth": {**trunk, "fc.weight": torch.zeros(10, 512),
+                                                             "fc.bias": torch.zeros(10)}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    safetensors.torch.save_file(state, tmp_path / "model.safetensors")
+    return {name: tmp_path / name for name in [*files, "model.safetensors"]}
+
+
+def test_any_checkpoint_shape_loads_the_same_weights(tmp_path):
+    """Wrappers (state_dict, model, state_dict_ema), `module.` prefixes, safetensors and a missing or
+    mis-sized classifier: the same features as the bare state dict; the classifier only where it fits."""
+    import timm
+    torch.manual_seed(1)
+    state = timm.create_model("resnet10t", pretrained=False).state_dict()
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    files = _timm_checkpoints(tmp_path, state)
+    with torch.inference_mode():
+        bare = create_backbone("resnet10t", weights=files["bare.pth"])
+        ref, ref_logits = bare.model(x), bare.classifier(bare.model(x))
+        for name, path in files.items():
+            bb = create_backbone("resnet10t", weights=path)
+            assert torch.equal(bb.model(x), ref), name
+            if name in ("no_classifier.pth", "ten_classes.pth"):
+                assert bb.classifier is None, name
+            else:
+                assert torch.equal(bb.classifier(bb.model(x)), ref_logits), name
+    assert not torch.equal(ref, create_backbone("resnet10t", random_init=True).model(x))
+
+
+def test_a_checkpoint_of_another_trunk_is_one_line_naming_its_keys(tmp_path):
+    import safetensors.torch
+    import timm
+    f = tmp_path / "resnet14t.safetensors"
+    safetensors.torch.save_file(timm.create_model("resnet14t", pretrained=False).state_dict(), f)
+    with pytest.raises(FeatbenchError) as err:
+        create_backbone("resnet10t", weights=f)
+    assert str(err.value).startswith(f"{f}: cannot load as resnet10t weights (ValueError: unexpected: "
+                                     "layer1.0.bn3.bias, layer1.0.bn3.running_mean … (25); other shape: "
+                                     "layer1.0.conv1.weight, layer2.0.conv1.weight … (19)); pass --weights a resnet10t")
+    assert "\n" not in str(err.value)
+
+
 def test_wrong_weights_file_is_one_clear_error(tmp_path):
     f = tmp_path / "wrong.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), f)
-    with pytest.raises(FeatbenchError, match="cannot load as resnet34"):
+    with pytest.raises(FeatbenchError, match=r"cannot load as resnet34 weights \(ValueError: missing: layer1\.2\."):
         create_backbone("resnet34", weights=f)
     with pytest.raises(FeatbenchError, match="not found"):
         create_backbone("resnet34", weights=tmp_path / "missing.pth")
@@ -150,12 +205,13 @@ def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, capsys, dvc_
     garbage.write_bytes(b"\x80\x04garbage")
     code = tmp_path / "code.ckpt"
     code.write_bytes(pickle.dumps({"x": print}))
-    hint = f"pass --weights a {name} checkpoint saved by PyTorch (torch.save or TorchScript), or leave --weights out"
+    hint = (f"pass --weights a {name} checkpoint saved by PyTorch (torch.save, safetensors or TorchScript), "
+            "or leave --weights out")
     for f in (readme, passwd):
         assert run_cli(extract_main, ["--backbone", name, "--weights", str(f), "--data", str(dvc_folder),
                                       "--out", str(tmp_path / "out")]) == 2
-        assert capsys.readouterr().err == (f"error: {f}: not a weights file (neither a PyTorch checkpoint nor a "
-                                           f"pickle); {hint}\n")
+        assert capsys.readouterr().err == (f"error: {f}: not a weights file (not a PyTorch checkpoint, safetensors "
+                                           f"file or pickle); {hint}\n")
     not_tensors = "UnpicklingError: not a pickle of tensors only, and featbench unpickles nothing else"
     for f, why in ((garbage, not_tensors),
                    (code, "UnpicklingError: refusing to unpickle builtins.print" if name == "vgg16" else not_tensors)):
@@ -202,3 +258,88 @@ def test_any_timm_model_and_registry_listing():
     assert {"resnet18", "resnet34", "resnet50", "vgg16", "mobilenet_v2", "resnet152v2",
             "efficientnet_lite0", "inception_v3_fid"} <= names
     assert create_backbone("ResNet152V2", random_init=True).name == "resnet152v2"
+
+
+# convnets, mobile nets (pooled head wider than num_features: mobilenetv3/v4, ghostnet, lcnet, efficientvit,
+# hgnetv2), ViTs, hierarchical and hybrid transformers, MLP-mixers, re-parameterisable nets: small ones, random init
+TIMM_FAMILIES = ["resnet10t", "mobilenetv3_large_100", "mobilenetv4_conv_small", "ghostnet_100", "lcnet_050",
+                 "efficientvit_b0", "hgnetv2_b0", "efficientnet_b0", "tinynet_e", "convnext_atto", "regnetx_002",
+                 "densenet121", "dla34", "vit_tiny_patch16_224", "vit_small_patch14_dinov2", "pit_ti_224",
+                 "levit_128s", "mixer_s32_224", "poolformer_s12", "edgenext_xx_small", "mobilevit_xxs",
+                 "efficientformer_l1", "fastvit_t8", "repvit_m1", "tiny_vit_5m_224", "swin_tiny_patch4_window7_224",
+                 "resmlp_12_224", "hrnet_w18_small", "inception_v3", "xception41", "caformer_s18", "coat_tiny",
+                 "mobileone_s0"]
+SMALLER = {"vit_small_patch14_dinov2": 112}  # 518 px by default: too slow here
+
+
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_any_timm_family_stores_its_pooled_pre_logits_features(tmp_path, monkeypatch, arch):
+    """The store's width comes from a forward pass (mobilenetv3's num_features is 960, its features 1280 wide),
+    and the stored rows are timm's `forward_head(forward_features(x), pre_logits=True)`."""
+    import timm
+    if arch in SMALLER:
+        size = SMALLER[arch]
+        monkeypatch.setattr(timm, "create_model", partial(timm.create_model, img_size=size,
+                                                          pretrained_cfg_overlay={"input_size": (3, size, size)}))
+    for i in range(4):
+        write_image(tmp_path / "d" / f"{('cat', 'dog')[i % 2]}.{i}.jpg", i)
+    bb = create_backbone(arch, random_init=True)
+    summary = extract(load_dataset(tmp_path / "d"), bb, tmp_path / "out",
+                      options=Options(progress=False, batch_size=4, workers=0))
+    with FeatureStore(summary.path) as s:
+        stored, paths, dim = s.embeddings(np.arange(len(s.paths))), s.paths, s.dim
+    x = torch.stack([load((tmp_path / "d" / p).read_bytes(), bb.preprocess) for p in paths])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bb.preprocess.mean, bb.preprocess.std))
+    trunk = bb.model.trunk
+    with torch.inference_mode():
+        ref = trunk.forward_head(trunk.forward_features((x / 255 - mean) / std), pre_logits=True)
+    assert dim == bb.dim == ref.shape[1] and len(paths) == 4
+    scale = max(1.0, ref.abs().max().item())  # random init blows some up (inception_v3, mobileone: 1e11 and more)
+    np.testing.assert_allclose(stored, ref.numpy(), rtol=0, atol=1e-4 * scale)
+
+
+def test_a_local_dir_model_is_a_backbone_and_names_its_store(tmp_path):
+    """local-dir:FOLDER (config.json + model.safetensors, as timm's save_for_hf writes them): its weights and
+    preprocessing, and a store named after it with the path's separators as `_`."""
+    import timm
+    from timm.models import save_for_hf
+    torch.manual_seed(2)
+    model = timm.create_model("resnet10t", pretrained=False, pretrained_cfg_overlay={"input_size": (3, 96, 96)})
+    save_for_hf(model, tmp_path / "my model", safe_serialization=True)
+    name = f"local-dir:{tmp_path / 'my model'}"
+    bb = create_backbone(name)
+    assert bb.name == name and bb.preprocess.size == 96 and bb.weights["source"] == name
+    model.eval().reset_classifier(0)
+    x = torch.randint(0, 255, (2, 3, 96, 96), dtype=torch.uint8)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bb.preprocess.mean, bb.preprocess.std))
+    with torch.inference_mode():
+        assert torch.allclose(bb.model(x), model((x / 255 - mean) / std), atol=1e-5)
+    for i in range(2):
+        write_image(tmp_path / "d" / f"cat.{i}.jpg", i)
+    summary = extract(load_dataset(tmp_path / "d"), bb, tmp_path / "out", options=Options(progress=False, workers=0))
+    assert summary.path.parent == tmp_path / "out" / "d" and summary.path.name.startswith("local-dir__")
+    with FeatureStore(summary.path) as s:
+        assert s.backbone == name and s.dim == 512
+
+
+def test_hub_names_tags_and_folders_that_cannot_load_are_one_actionable_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as a machine without the hub, at once
+    assert create_backbone("resnet10t.c3_in1k", random_init=True).name == "resnet10t.c3_in1k"
+    cases = {"hf-hub:timm/resnet18.a1_in1k": "cannot get hf-hub:timm/resnet18.a1_in1k from the Hugging Face Hub "
+                                             "(LocalEntryNotFoundError); offline, run `hf download timm/resnet18.a1_in1k "
+                                             "--local-dir DIR` where there is a network, copy DIR here and pass "
+                                             "--backbone local-dir:DIR",
+             "resnet10t.c3_in1k": "no weights for resnet10t.c3_in1k on this machine (download failed: ",
+             "resnet10t.no_such_tag": "unknown backbone 'resnet10t.no_such_tag' (RuntimeError: Invalid pretrained tag",
+             "timm/resnet18": "unknown backbone 'timm/resnet18' (ValueError: Model name 'timm/resnet18' has no source "
+                              "prefix but looks like a Hugging Face Hub repo id or a local path): see `python -m "
+                              "extract --list-backbones`, any name or name.tag from timm.list_pretrained(), "
+                              "hf-hub:ORG/NAME or local-dir:FOLDER",
+             f"local-dir:{tmp_path}": f"cannot load local-dir:{tmp_path} (FileNotFoundError: Config file not found"}
+    for name, start in cases.items():
+        with pytest.raises(FeatbenchError) as err:
+            create_backbone(name)
+        assert str(err.value).startswith(start) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(FeatbenchError, match=r"^cannot get hf-hub:timm/resnet18\.a1_in1k from the Hugging Face Hub"):
+        create_backbone("hf-hub:timm/resnet18.a1_in1k", random_init=True)
