@@ -93,7 +93,7 @@ def _read_state(path: Path) -> dict:
     else unpickled), unwrapped from {'state_dict_ema' | 'model_ema' | 'state_dict' | 'model': …}, `module.` and
     `_orig_mod.` prefixes dropped."""
     from timm.models import load_state_dict
-    return load_state_dict(str(path))
+    return load_state_dict(str(path), weights_only=True)  # timm 1.0.12, our floor, defaults to False
 
 
 def _load_split(model: nn.Module, split, state: dict) -> tuple[nn.Module, nn.Module | None]:
