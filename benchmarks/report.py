@@ -419,8 +419,8 @@ def best_frozen(doc: dict, n: str, repeats: set) -> dict | None:
     for p in doc["points"]:
         if curve_kind(p) == "frozen" and p["n"] == n and p.get("repeat") in repeats:
             scores.setdefault((p["store"], p["head"]), []).append(p["accuracy"])
-    matched = [{"store": s, "head": h, "n": n, "repeats": len(a), "accuracy": interval(a)[0],
-                "accuracy_ci": interval(a)[1], "matched": True} for (s, h), a in scores.items()]
+    matched = [{"store": s, "head": h, "n": n, "repeats": len(a), **dict(zip(("accuracy", "accuracy_ci"), interval(a))),
+                "matched": True} for (s, h), a in scores.items()]
     rows = matched or [r for r in doc["summaries"] if curve_kind(r) == "frozen" and r["n"] == n]
     return max(rows, key=lambda r: r["accuracy"], default=None)
 
