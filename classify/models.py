@@ -6,7 +6,8 @@ from it (a pickle can). Models pickled by joblib (`.joblib`, older featbench) lo
 `trust_pickle`.
 
 The bundle is a dict: `estimator`, `head`, `class_names`, `backbones` (per backbone, in feature
-order: name, store, dim, preprocess, weights {fingerprint, file_sha256, source, random_init}, the
+order: name, store, dim, preprocess, readout (pool, blocks, image size, TTA; None: the defaults),
+weights {fingerprint, file_sha256, source, random_init}, the
 store fingerprint and `amp`, whether the store was embedded under fp16 autocast), `split_fingerprint`,
 `dataset`, `refit`, `params`, `featbench_version`, `versions`. Loading a model checks that this
 featbench builds each backbone with the same weights and preprocessing, and refuses otherwise.
@@ -26,7 +27,7 @@ from classify.ensembles import BlockScaler
 from classify.heads import PlattSVM, SmoothedKNN
 from classify.mlp import TorchMLP
 from classify.scaling import ModeratedScaler
-from extract.backbones import Backbone, create_backbone
+from extract.backbones import Backbone, Readout, create_backbone
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.records import StoreMeta
@@ -44,7 +45,7 @@ TRUSTED += ["sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bu
 def backbone_record(stem: str, meta: StoreMeta) -> dict:
     """What a model keeps about one feature store's backbone (from the store's metadata)."""
     return {"name": meta.backbone, "store": stem, "dim": meta.dim, "preprocess": meta.preprocess,
-            "weights": meta.weights, "weights_fingerprint": meta.weights_fingerprint,
+            "readout": meta.readout, "weights": meta.weights, "weights_fingerprint": meta.weights_fingerprint,
             "store_fingerprint": meta.fingerprint, "amp": meta.amp}
 
 
@@ -101,7 +102,8 @@ def build_backbones(model: dict, path) -> list[Backbone]:
     """The model's backbones, built here; refuses when weights or preprocessing differ from training."""
     out = []
     for rec in model["backbones"]:
-        bb = create_backbone(rec["name"], _weights_file(rec["weights"]), rec["weights"].get("random_init", False))
+        bb = create_backbone(rec["name"], _weights_file(rec["weights"]), rec["weights"].get("random_init", False),
+                             Readout.from_dict(rec.get("readout")))
         if bb.weights["fingerprint"] != rec["weights_fingerprint"]:
             raise FeatbenchError(
                 f"{path}: trained on {rec['name']} features with weights {rec['weights_fingerprint']}, but "

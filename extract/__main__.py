@@ -9,7 +9,7 @@ from functools import partial
 import torch
 
 from extract import weights as pypi
-from extract.backbones import create_backbone, list_backbones
+from extract.backbones import POOLS, TTAS, Readout, create_backbone, list_backbones
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.pipeline import Options, Summary, extract
@@ -39,6 +39,19 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="registered backbone (see list-backbones) or any timm model name")
     p.add_argument("--weights", metavar="FILE", help="load this local state dict instead of the default weights")
     p.add_argument("--random-init", action="store_true", help="random weights (tests only; stamped in the store)")
+    g = p.add_argument_group("readout (each is in the store's name and provenance)")
+    g.add_argument("--pool", choices=POOLS,
+                   help="ViT-style models: the class token, the mean of the patch tokens, or both concatenated "
+                        "(default: the model's own pooling)")
+    g.add_argument("--blocks", type=int, default=1, metavar="N",
+                   help="ViT-style models: pool each of the last N blocks and concatenate them, as DINOv2's "
+                        "linear evaluation does (default 1; without --pool: class tokens)")
+    g.add_argument("--image-size", type=int, metavar="S",
+                   help="input side in pixels, with the backbone's own mean/std/interpolation and crop ratio "
+                        "(default: the backbone's)")
+    g.add_argument("--tta", choices=TTAS,
+                   help="flip: embed the mean of each image's and its mirror image's features (twice the compute; "
+                        "default: none)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=-1,
@@ -98,7 +111,8 @@ def embed(args) -> int:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"  # ranks may share GPUs
     settings = resolve(**dataset_flags(args))
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
-    backbone = create_backbone(args.backbone, args.weights, args.random_init)
+    readout = Readout(args.pool, args.blocks, args.image_size, args.tta)
+    backbone = create_backbone(args.backbone, args.weights, args.random_init, readout)
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
                       amp=not args.no_amp, optimize=not args.no_optimize, compile=args.compile,
                       overwrite=args.overwrite, max_image_bytes=args.max_image_bytes,

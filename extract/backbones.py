@@ -9,7 +9,7 @@ network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download`
 import hashlib
 import pickle
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,8 +36,61 @@ class Preprocess:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def at(self, size: int | None) -> "Preprocess":
+        """This preprocessing for `size`×`size` input, with the same crop ratio (or squash)."""
+        if not size or size == self.size:
+            return self
+        return replace(self, size=size, resize=round(size * self.resize / self.size) if self.resize else 0)
+
 
 TORCHVISION_224 = Preprocess(224, 256)
+POOLS = ("cls", "avg", "cls+avg")
+TTAS = ("flip",)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How features are read out of a backbone beyond its weights; the defaults read it as its authors pool it.
+
+    pool: ViT-style models: the class token (`cls`), the mean of the patch tokens (`avg`) or both; None: the
+    model's own pooling. blocks: pool each of the last N blocks (final norm applied) and concatenate, as
+    DINOv2's linear evaluation does. image_size: input side, with the backbone's own mean/std/interpolation
+    and crop ratio (timm resamples a ViT's position embeddings). tta: `flip` embeds the mean of the image's
+    and its mirror image's features. Blocks without a pool pool the class token."""
+    pool: str | None = None
+    blocks: int = 1
+    image_size: int | None = None
+    tta: str | None = None
+
+    def __post_init__(self):
+        if self.blocks != 1 and self.pool is None:
+            object.__setattr__(self, "pool", "cls")  # blocks are read as DINOv2 reads them: class tokens
+        if self.pool not in (None, *POOLS):
+            raise FeatbenchError(f"--pool {self.pool}: expected one of {', '.join(POOLS)}")
+        if not isinstance(self.blocks, int) or self.blocks < 1:
+            raise FeatbenchError(f"--blocks {self.blocks}: expected a whole number of blocks, at least 1")
+        if self.image_size is not None and not 16 <= self.image_size <= 4096:
+            raise FeatbenchError(f"--image-size {self.image_size}: expected a side in pixels from 16 to 4096")
+        if self.tta not in (None, *TTAS):
+            raise FeatbenchError(f"--tta {self.tta}: expected one of {', '.join(TTAS)}")
+
+    def as_dict(self) -> dict | None:
+        """The settings that differ from the defaults (None when none do): the store's `readout`."""
+        given = {k: v for k, v in asdict(self).items() if v != getattr(DEFAULT_READOUT, k)}
+        return given or None
+
+    def suffix(self) -> str:
+        """How a store name shows the settings: `-cls+avg`, `-last4`, `-336px`, `-flip`."""
+        return "".join(f"-{part}" for part, on in ((self.pool, self.pool), (f"last{self.blocks}", self.blocks > 1),
+                                                  (f"{self.image_size}px", self.image_size), (self.tta, self.tta))
+                       if on)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Readout":
+        return cls(**(d or {}))
+
+
+DEFAULT_READOUT = Readout()
 
 
 @dataclass
@@ -49,20 +102,61 @@ class Backbone:
     preprocess: Preprocess
     dim: int
     weights: dict = field(default_factory=dict)
+    readout: Readout = DEFAULT_READOUT
 
 
 class Normalized(nn.Module):
-    """uint8 NCHW image batch → float, normalised → trunk → (N, dim) features."""
+    """uint8 NCHW image batch → float, normalised → trunk → (N, dim) features; with `flip`, the mean of the
+    features of the batch and of its mirror image."""
 
-    def __init__(self, trunk: nn.Module, mean, std):
+    def __init__(self, trunk: nn.Module, mean, std, flip: bool = False):
         super().__init__()
-        self.trunk = trunk
+        self.trunk, self.flip = trunk, flip
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.to(self.mean.dtype) - self.mean) / self.std
-        return self.trunk(x).flatten(1)
+        if not self.flip:
+            return self.trunk(x).flatten(1)
+        image, mirror = self.trunk(torch.cat([x, x.flip(3)])).flatten(1).chunk(2)  # traces for any batch size
+        return (image + mirror) / 2
+
+
+class TokenPool(nn.Module):
+    """A ViT-style timm model → the tokens of its last `blocks` blocks (final norm applied), each pooled as
+    `pool` says (class token, mean of the patch tokens, or both), concatenated."""
+
+    def __init__(self, model: nn.Module, pool: str, blocks: int):
+        super().__init__()
+        self.model, self.pool, self.blocks = model, pool, blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = self.model.forward_intermediates(x, indices=self.blocks, return_prefix_tokens=True, norm=True,
+                                                output_fmt="NLC", intermediates_only=True)
+        parts = []
+        for patches, prefix in outs:
+            if self.pool != "avg":
+                parts.append(prefix[:, 0])
+            if self.pool != "cls":
+                parts.append(patches.mean(1))
+        return torch.cat(parts, 1)
+
+
+def read_out(trunk: nn.Module, readout: Readout, name: str) -> nn.Module:
+    """`trunk` at `readout.image_size` (timm's `set_input_size` where the model has fixed-size parts) and,
+    with a pool or blocks given, behind a `TokenPool`."""
+    if readout.image_size and hasattr(trunk, "set_input_size"):
+        trunk.set_input_size(img_size=readout.image_size)
+    if readout.pool is None and readout.blocks == 1:
+        return trunk
+    has_tokens = hasattr(trunk, "forward_intermediates") and getattr(trunk, "num_prefix_tokens", 0) > 0
+    if not has_tokens:
+        raise FeatbenchError(f"--pool/--blocks read a ViT-style model's tokens, and {name} has none (or no class "
+                             "token): leave them out for this backbone, or pick a ViT (vit_*, deit_*, eva*)")
+    if readout.pool != "avg" and getattr(trunk, "cls_token", None) is None:
+        raise FeatbenchError(f"--pool {readout.pool}: {name} has no class token; use --pool avg")
+    return TokenPool(trunk, readout.pool, readout.blocks)
 
 
 @dataclass(frozen=True)
@@ -346,9 +440,15 @@ def feature_width(model: nn.Module, size: int) -> int:
         return model(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1]
 
 
-def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
-    """Build a frozen, eval-mode backbone with the weights its name implies (or `weights`)."""
+def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False,
+                    readout: Readout = DEFAULT_READOUT) -> Backbone:
+    """Build a frozen, eval-mode backbone with the weights its name implies (or `weights`), read out as
+    `readout` says."""
     spec = _spec(name)
+    if readout.image_size == spec.preprocess.size:
+        readout = replace(readout, image_size=None)  # its own size: the default store
+    if readout.image_size and spec.arch is None:
+        raise FeatbenchError(f"--image-size: {spec.name} is a fixed TorchScript graph; leave --image-size out")
     info = {"random_init": bool(random_init)}
     if random_init:
         if spec.arch is None:
@@ -392,12 +492,13 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
                 raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
                                      _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
             info["source"] = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
-    info["fingerprint"] = state_fingerprint(trunk, head)[:16]
-    pre = spec.preprocess
-    model = Normalized(trunk, pre.mean, pre.std).eval().requires_grad_(False)
+    info["fingerprint"] = state_fingerprint(trunk, head)[:16]  # the weights as loaded, whatever the readout
+    trunk = read_out(trunk, readout, spec.name)
+    pre = spec.preprocess.at(readout.image_size)
+    model = Normalized(trunk, pre.mean, pre.std, readout.tta == "flip").eval().requires_grad_(False)
     if head is not None:
         head = head.eval().requires_grad_(False)
-    return Backbone(spec.name, model, head, pre, feature_width(model, pre.size), info)
+    return Backbone(spec.name, model, head, pre, feature_width(model, pre.size), info, readout)
 
 
 def list_backbones() -> list[dict]:

@@ -99,9 +99,10 @@ def worker_count(device: torch.device, options: Options) -> int:
 
 
 def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str) -> Path:
-    """`{out}/{dataset}/{backbone}[-random-init|-w<sha8>][-f16].h5`: one store per distinct embedding (the
-    backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME, local-dir:FOLDER)."""
-    stem = re.sub(r"[^\w.-]", "_", backbone.name)
+    """`{out}/{dataset}/{backbone}[READOUT][-random-init|-w<sha8>][-f16].h5`: one store per distinct embedding
+    (the backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME,
+    local-dir:FOLDER; READOUT as `Readout.suffix` shows a non-default pool, blocks, image size or TTA)."""
+    stem = re.sub(r"[^\w.-]", "_", backbone.name) + backbone.readout.suffix()
     if backbone.weights.get("random_init"):
         stem += "-random-init"
     elif weights_file:
@@ -260,9 +261,10 @@ class _EmbedBatch:
 
 
 def _provenance(backbone: Backbone, amp: bool) -> dict:
-    """What decides whether stored rows can be reused: backbone, weights, preprocessing and effective AMP."""
+    """What decides whether stored rows can be reused: backbone, weights, preprocessing, readout (None: the
+    default) and effective AMP."""
     prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
-            "preprocess": backbone.preprocess.as_dict(), "amp": amp}
+            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": amp}
     return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
 
 
@@ -279,7 +281,8 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         except StoreError as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
         if store is not None and {k: getattr(store.meta, k) for k in prov} != prov:
-            print(f"note: {path} was made with other weights, preprocessing or AMP; recomputing", file=sys.stderr)
+            print(f"note: {path} was made with other weights, preprocessing, readout or AMP; recomputing",
+                  file=sys.stderr)
             store.close()
             store = None
         if store is not None:

@@ -58,6 +58,7 @@ class Extraction:
     backbone: str | None = None
     weights_fingerprint: str | None = None
     preprocess: dict | None = None  # `Preprocess.as_dict()`
+    readout: dict | None = None  # `Readout.as_dict()`: pool, blocks, image_size, tta where not the defaults
     amp: bool | None = None  # fp16 autocast was in effect
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
     dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
