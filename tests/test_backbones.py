@@ -343,3 +343,24 @@ def test_hub_names_tags_and_folders_that_cannot_load_are_one_actionable_line(tmp
         assert str(err.value).startswith(start) and "\n" not in str(err.value), str(err.value)
     with pytest.raises(FeatbenchError, match=r"^cannot get hf-hub:timm/resnet18\.a1_in1k from the Hugging Face Hub"):
         create_backbone("hf-hub:timm/resnet18.a1_in1k", random_init=True)
+    with pytest.raises(FeatbenchError, match=r"; for resnet10t: `hf download timm/resnet10t\.c3_in1k --local-dir DIR`"):
+        create_backbone("resnet10t")
+
+
+def test_an_unreachable_hub_is_read_from_the_cache_only_at_once(monkeypatch):
+    """Without a network huggingface_hub retries each file for about 20 s; featbench asks the cache only."""
+    import huggingface_hub.constants as hub
+
+    from extract import backbones
+    seen = []
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(backbones, "_timm", lambda *a, **k: (None, None, lambda: seen.append(hub.HF_HUB_OFFLINE)))
+    with pytest.raises(FeatbenchError, match="^no weights for resnet10t on this machine"):
+        create_backbone("resnet10t")  # the stub's online() returns nothing: its failure is the offline line
+    assert seen == [True] and hub.HF_HUB_OFFLINE is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # behind a proxy the hub may be reachable
+    with pytest.raises(FeatbenchError):
+        create_backbone("resnet10t")
+    assert seen == [True, False]
