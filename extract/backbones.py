@@ -4,7 +4,8 @@ Every backbone honours the same contract: `create_backbone(name)` returns a `Bac
 `model` maps a uint8 NCHW batch (already resized and cropped per `preprocess`) to pooled
 penultimate features of size `dim`, plus the ImageNet `classifier` when the weights include it.
 Any timm model name works too: `name`, `name.tag`, `hf-hub:ORG/NAME` (weights downloaded by timm when the
-network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write).
+network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write),
+and so does any CLIP image tower of open_clip, `open_clip:ARCH/TAG` (extract/clip.py).
 """
 import hashlib
 import pickle
@@ -284,6 +285,9 @@ def _spec(name: str) -> Spec:
     name = canonical(name)
     if name in REGISTRY:
         return REGISTRY[name]
+    if name.startswith("open_clip:"):
+        from extract import clip
+        return clip.spec(name)
     import timm
     try:
         model = timm.create_model(name, pretrained=False)
@@ -388,6 +392,8 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
         else:
             try:
                 trunk, head = spec.online()
+            except FeatbenchError:
+                raise
             except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
                 raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
                                      _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
