@@ -1,5 +1,6 @@
 """The four command lines: one grammar (subcommands, a default where the README has one), one meaning per
 flag, one-line errors, and every command line of README.md accepted as written."""
+import os
 import re
 import shlex
 import subprocess
@@ -78,6 +79,18 @@ def test_list_backbones_both_spellings(capsys):
     listed = capsys.readouterr().out
     assert listed.startswith("backbone") and "mobilenet_v2" in listed
     assert EXTRACT.main(["--list-backbones"]) == 0 and capsys.readouterr().out == listed
+
+
+def test_a_reader_that_stops_early_ends_a_listing_quietly():
+    """`python -m extract list-backbones | head -1`: no BrokenPipeError traceback, exit 141 as SIGPIPE would."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        r = subprocess.run([sys.executable, "-m", "extract", "list-backbones"], stdout=write, stderr=subprocess.PIPE,
+                           cwd=ROOT)
+    finally:
+        os.close(write)
+    assert r.returncode == 141 and r.stderr == b""
 
 
 @pytest.mark.parametrize("package", CLIS)
