@@ -36,8 +36,10 @@ alone with --shard RANK/N, then `python -m features merge OUT/DATASET/shards/NAM
 
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.description, p.epilog = __doc__, EPILOG
-    p.add_argument("--backbone", help="registered backbone (see list-backbones) or any timm model name")
-    p.add_argument("--weights", metavar="FILE", help="load this local state dict instead of the default weights")
+    p.add_argument("--backbone", help="registered backbone, timm name, hf-hub:, local-dir: or open_clip: name "
+                                      "(see list-backbones)")
+    p.add_argument("--weights", metavar="FILE", help="load this local checkpoint (state dict, safetensors or an "
+                                                     "open_clip model) instead of the default weights")
     p.add_argument("--random-init", action="store_true", help="random weights (tests only; stamped in the store)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")

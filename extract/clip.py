@@ -1,7 +1,8 @@
 """CLIP image towers from open_clip as backbones: `open_clip:ARCH/TAG` (the optional extra: pip install -e '.[clip]').
 
 The embedding is the image tower's output, what `model.encode_image(x)` returns: projected and *not*
-L2-normalised, the features the CLIP paper's linear probes are trained on. Preprocessing is open_clip's own
+L2-normalised, as in the linear-probe example of openai/CLIP's README (the paper's CLIP-ViT probes read the
+features before that projection, as openai/CLIP issue #353 quotes it). Preprocessing is open_clip's own
 for the tag (size, mean, std, interpolation, resize mode). The tag's weights download through open_clip from
 the Hugging Face Hub when the network allows; offline, `--weights FILE` with the same name loads a
 downloaded checkpoint through open_clip's loader (safetensors or `torch.load(weights_only=True)`: nothing is
