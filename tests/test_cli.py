@@ -81,6 +81,22 @@ def test_list_backbones_both_spellings(capsys):
     assert EXTRACT.main(["--list-backbones"]) == 0 and capsys.readouterr().out == listed
 
 
+def test_list_backbones_names_every_kind_and_the_recommended_backbones_as_readme_does(capsys):
+    """The registry, how to name timm / hf-hub: / local-dir: / open_clip: models, and each recommended backbone with
+    its metric, number and source: in the listing (under 40 lines) and in README.md."""
+    from extract.recommended import RECOMMENDED, SOURCES
+    assert EXTRACT.main(["list-backbones"]) == 0
+    listed = capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    assert len(listed.splitlines()) < 40
+    assert all(kind in listed for kind in ("NAME.TAG", "hf-hub:ORG/NAME", "local-dir:FOLDER", "open_clip:ARCH/TAG"))
+    for r in RECOMMENDED:
+        row = next(line for line in listed.splitlines() if line.split()[:1] == [r.name])
+        assert r.metric in row and f"{r.accuracy:.1f}%" in row and f"[{list(SOURCES).index(r.source) + 1}]" in row
+        assert re.search(rf"`{re.escape(r.name)}` \\| {r.metric} \\| {r.accuracy:.1f}%", readme), r.name
+    assert all(source in listed for source in SOURCES.values())
+
+
 def test_a_reader_that_stops_early_ends_a_listing_quietly():
     """`python -m extract list-backbones | head -1`: no BrokenPipeError traceback, exit 141 as SIGPIPE would."""
     read, write = os.pipe()
