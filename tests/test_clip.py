@@ -1,5 +1,6 @@
 """CLIP image towers from open_clip (`open_clip:ARCH/TAG`): stored rows are `encode_image`, preprocessing is
 open_clip's, weights files load through open_clip's safe loader, and every failure is one line."""
+import importlib.metadata
 import sys
 
 import numpy as np
@@ -33,7 +34,8 @@ def _encode_image(model, x: torch.Tensor, pre) -> torch.Tensor:
 
 def test_stored_rows_are_encode_image_with_open_clips_preprocessing(tmp_path):
     """Random init (pretrained=None, seeded as every backbone): the store holds `encode_image` of the same
-    preprocessed input, unnormalised, through the default CPU path (a frozen TorchScript trace)."""
+    preprocessed input, unnormalised, through the default CPU path (a frozen TorchScript trace), and records
+    open_clip's version."""
     for i in range(4):
         write_image(tmp_path / "d" / f"{('cat', 'dog')[i % 2]}.{i}.jpg", i)
     name = f"open_clip:{ARCH}"
@@ -49,6 +51,7 @@ def test_stored_rows_are_encode_image_with_open_clips_preprocessing(tmp_path):
     assert summary.path.name == f"open_clip_{ARCH}-random-init.h5"
     with FeatureStore(summary.path) as s:
         stored, paths, dim, backbone = s.embeddings(np.arange(len(s.paths))), s.paths, s.dim, s.backbone
+        assert s.meta.versions["open_clip_torch"] == importlib.metadata.version("open_clip_torch")
     x = torch.stack([load((tmp_path / "d" / p).read_bytes(), bb.preprocess) for p in paths])
     ref = _encode_image(model, x, bb.preprocess)
     assert backbone == name and dim == bb.dim == ref.shape[1] == 384 and len(paths) == 4
@@ -67,7 +70,7 @@ def test_a_tags_preprocessing_is_open_clips(arch, tag, resize):
 
 def test_a_weights_file_loads_through_open_clips_safe_loader(tmp_path):
     """safetensors and torch.save files of a whole open_clip model (read with weights_only=True); an image tower
-    alone is one line naming the missing keys."""
+    alone is one line naming the missing keys, and a pickle naming code to call is refused."""
     from safetensors.torch import save_file
     model = _model(3)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m.safetensors")
@@ -84,6 +87,10 @@ def test_a_weights_file_loads_through_open_clips_safe_loader(tmp_path):
     with pytest.raises(FeatbenchError, match=r"^\S+visual.pt: cannot load as open_clip:ViT-S-32 weights \(ValueError: "
                                              r"not a whole ViT-S-32 open_clip model: Missing key\(s\)"):
         create_backbone(f"open_clip:{ARCH}", weights=tmp_path / "visual.pt")
+    torch.save({"state_dict": model.state_dict(), "hook": print}, tmp_path / "code.pt")  # a global: code to run
+    with pytest.raises(FeatbenchError, match=r"^\S+code.pt: cannot load as open_clip:ViT-S-32 weights \(UnpicklingError: "
+                                             r"not a pickle of tensors only, and featbench unpickles nothing else\)"):
+        create_backbone(f"open_clip:{ARCH}", weights=tmp_path / "code.pt")
 
 
 def test_open_clip_names_that_cannot_load_are_one_actionable_line(monkeypatch):
