@@ -285,8 +285,8 @@ def _spec(name: str) -> Spec:
     name = canonical(name)
     if name in REGISTRY:
         return REGISTRY[name]
-    if name.startswith("open_clip:"):
-        from extract import clip
+    from extract import clip
+    if name.startswith(clip.PREFIX):
         return clip.spec(name)
     import timm
     try:

@@ -5,8 +5,8 @@ L2-normalised, as in the linear-probe example of openai/CLIP's README (the paper
 features before that projection, as openai/CLIP issue #353 quotes it). Preprocessing is open_clip's own
 for the tag (size, mean, std, interpolation, resize mode). The tag's weights download through open_clip from
 the Hugging Face Hub when the network allows; offline, `--weights FILE` with the same name loads a
-downloaded checkpoint through open_clip's loader (safetensors or `torch.load(weights_only=True)`: nothing is
-unpickled) and keeps the tag's preprocessing. `open_clip:ARCH` alone takes --weights FILE or --random-init.
+downloaded checkpoint through open_clip's loader (safetensors, or `torch.load(weights_only=True)`, which
+unpickles tensors only) and keeps the tag's preprocessing. `open_clip:ARCH` alone takes --weights FILE or --random-init.
 """
 import logging
 import os
@@ -76,7 +76,7 @@ def spec(name: str) -> Spec:
             return create(str(path))
         except RuntimeError as e:  # torch's strict load: its first line names the model, the second the keys
             lines = str(e).splitlines()
-            if not lines[0].startswith("Error(s) in loading state_dict") or len(lines) < 2:
+            if len(lines) < 2 or not lines[0].startswith("Error(s) in loading state_dict"):
                 raise
             raise ValueError(f"not a whole {arch} open_clip model: {lines[1].strip()}") from None
 
