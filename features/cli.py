@@ -1,6 +1,7 @@
 """featbench's command lines: one grammar, `python -m PACKAGE [COMMAND] [OPTIONS]`, and one way to end:
 an error is one line on stderr, never a traceback."""
 import argparse
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -14,12 +15,16 @@ def _interrupt(signum, frame):
 
 
 def run_cli(main_fn, argv=None) -> int:
-    """Run a CLI entry point: FeatbenchError → one line on stderr, exit 2; Ctrl-C → exit 130.
+    """Run a CLI entry point: FeatbenchError → one line on stderr, exit 2; Ctrl-C → exit 130; stdout closed by
+    the reader (`… | head`) → exit 141, quietly, as a tool that SIGPIPE ended.
 
     SIGTERM (`kill PID`, a scheduler stopping the job) is taken as Ctrl-C: finished work is kept."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return main_fn(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's exit flush raises it again
+        return 128 + signal.SIGPIPE
     except FeatbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ def featbench_version() -> str:
 def library_versions() -> dict:
     """Versions of everything that can change an embedding."""
     out = {"python": platform.python_version(), "featbench": featbench_version()}
-    for name in ("torch", "torchvision", "timm", "numpy", "h5py", "pillow"):
+    for name in ("torch", "torchvision", "timm", "numpy", "h5py", "pillow", "open_clip_torch"):  # None: not installed
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

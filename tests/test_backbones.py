@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 
+from classify.models import backbone_record, build_backbones
 from extract import weights as pypi
 from extract.backbones import REGISTRY, create_backbone, list_backbones
 from extract.datasets import load_dataset
@@ -320,6 +321,8 @@ def test_a_local_dir_model_is_a_backbone_and_names_its_store(tmp_path):
     assert summary.path.parent == tmp_path / "out" / "d" and summary.path.name.startswith("local-dir__")
     with FeatureStore(summary.path) as s:
         assert s.backbone == name and s.dim == 512
+        record = backbone_record(summary.path.stem, s.meta)
+    assert build_backbones({"backbones": [record]}, "m.skops")[0].weights == bb.weights  # what predict builds
 
 
 def test_hub_names_tags_and_folders_that_cannot_load_are_one_actionable_line(tmp_path, monkeypatch):

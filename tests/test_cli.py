@@ -1,5 +1,6 @@
 """The four command lines: one grammar (subcommands, a default where the README has one), one meaning per
 flag, one-line errors, and every command line of README.md accepted as written."""
+import os
 import re
 import shlex
 import subprocess
@@ -78,6 +79,34 @@ def test_list_backbones_both_spellings(capsys):
     listed = capsys.readouterr().out
     assert listed.startswith("backbone") and "mobilenet_v2" in listed
     assert EXTRACT.main(["--list-backbones"]) == 0 and capsys.readouterr().out == listed
+
+
+def test_list_backbones_names_every_kind_and_the_recommended_backbones_as_readme_does(capsys):
+    """The registry, how to name timm / hf-hub: / local-dir: / open_clip: models, and each recommended backbone with
+    its metric, number and source: in the listing (under 40 lines) and in README.md."""
+    from extract.recommended import RECOMMENDED, SOURCES
+    assert EXTRACT.main(["list-backbones"]) == 0
+    listed = capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    assert len(listed.splitlines()) < 40
+    assert all(kind in listed for kind in ("NAME.TAG", "hf-hub:ORG/NAME", "local-dir:FOLDER", "open_clip:ARCH/TAG"))
+    for r in RECOMMENDED:
+        row = next(line for line in listed.splitlines() if line.split()[:1] == [r.name])
+        assert r.metric in row and f"{r.accuracy:.1f}%" in row and f"[{list(SOURCES).index(r.source) + 1}]" in row
+        assert re.search(rf"`{re.escape(r.name)}` \\| {r.metric} \\| {r.accuracy:.1f}%", readme), r.name
+    assert all(source in listed for source in SOURCES.values())
+
+
+def test_a_reader_that_stops_early_ends_a_listing_quietly():
+    """`python -m extract list-backbones | head -1`: no BrokenPipeError traceback, exit 141 as SIGPIPE would."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        r = subprocess.run([sys.executable, "-m", "extract", "list-backbones"], stdout=write, stderr=subprocess.PIPE,
+                           cwd=ROOT)
+    finally:
+        os.close(write)
+    assert r.returncode == 141 and r.stderr == b""
 
 
 @pytest.mark.parametrize("package", CLIS)

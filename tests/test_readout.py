@@ -85,8 +85,13 @@ def test_readout_names_the_store_is_its_reuse_key_and_travels_with_a_model(tmp_p
     ("vit_medium_patch16_reg4_gap_256", Readout(pool="cls+avg"),
      "--pool cls+avg: vit_medium_patch16_reg4_gap_256 has no class token; use --pool avg"),
     ("inception_v3_fid", Readout(image_size=320), "--image-size: inception_v3_fid is a fixed TorchScript graph"),
+    ("open_clip:ViT-S-32", Readout(image_size=64), "--image-size 64: open_clip:ViT-S-32 does not run at that size"),
+    ("open_clip:ViT-S-32", Readout(pool="avg"), "--pool/--blocks read a ViT-style model's tokens, and "
+                                                 "open_clip:ViT-S-32 has none"),
 ])
 def test_a_readout_the_backbone_cannot_give_is_one_line(name, readout, message):
+    if name.startswith("open_clip:"):
+        pytest.importorskip("open_clip")
     with pytest.raises(FeatbenchError, match="^" + message.replace("+", r"\+")):
         create_backbone(name, random_init=name != "inception_v3_fid", readout=readout)
 
