@@ -12,9 +12,7 @@ A label-efficiency curve (`curve.json` of `benchmarks curve` or `run`) adds a se
 """
 import argparse
 import base64
-import csv
 import html
-import io
 import json
 import re
 from collections import Counter
@@ -31,7 +29,7 @@ from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import interval
 from classify.train import short_params
-from features.atomic import atomic_write
+from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 from features.records import ModelMetrics, StoreMeta
@@ -634,16 +632,6 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(h) + "\n</body></html>\n")
     return markdown, page
-
-
-def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
-    """Rows as CSV under a header of `columns` (default: every key, in first-seen order); None is empty."""
-    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
-    return buf.getvalue()
 
 
 def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
