@@ -17,8 +17,10 @@ from extract import weights as pypi
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.pipeline import Options, extract
+from features.__main__ import main as features_main
 from features.cli import run_cli
 from features.errors import FeatbenchError
+from features.reader import FeatureStore
 
 from conftest import DOGS_VS_CATS, needs, skip_without_weights
 from test_classify import make_store
@@ -222,3 +224,29 @@ def test_synthetic_audit_without_map_flags_planted_duplicates(tmp_path, capsys):
     store = synthetic_store(tmp_path / "synth" / "s.h5", 400, 32, 2)
     rc, out, err = cli(capsys, "--features", store, "--no-map", "--quiet")
     assert rc == 0 and "label_issue" in out and (tmp_path / "synth" / "audit" / "audit.csv").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["npy", "parquet"])
+def test_export_round_trips(tmp_path, capsys, fmt):
+    X = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    y = np.arange(40) % 3
+    y[-4:] = -1  # unlabelled test images
+    store = make_store(tmp_path / "synth" / "a.h5", X, y, np.arange(40) % 3, "alpha")
+    out = tmp_path / ("x" if fmt == "npy" else "x.parquet")
+    assert run_cli(features_main, ["export", str(store), "--format", fmt, "--out", str(out)]) == 0
+    assert "40 rows x 8" in capsys.readouterr().out
+    with FeatureStore(store) as fs:
+        want = {"path": fs.paths, "label": [fs.class_names[i] if i >= 0 else None for i in fs.labels],
+                "split": [("train", "val", "test")[s] for s in fs.splits]}
+        emb = fs.embeddings(np.arange(40))
+    if fmt == "npy":
+        got = {k: np.load(out / f"{k}s.npy", allow_pickle=False).tolist() for k in want}
+        got["label"] = [v or None for v in got["label"]]
+        X_back = np.load(out / "embeddings.npy", allow_pickle=False)
+    else:
+        import pyarrow.parquet as pq
+        table = pq.read_table(out)
+        got = {k: table.column(k).to_pylist() for k in want}
+        X_back = np.array(table.column("embedding").to_pylist(), np.float32)
+    assert got == want
+    assert X_back.dtype == np.float32 and np.array_equal(X_back, emb)
