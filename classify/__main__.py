@@ -18,7 +18,7 @@ from classify import audit
 from classify.heads import ENSEMBLES, HEADS
 from classify.models import SUFFIX
 from classify.predict import predict, submit
-from classify.train import asked_heads, dataset_stores, parse_heads, run, table
+from classify.train import Exclusion, asked_heads, dataset_stores, exclusion_table, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
@@ -62,6 +62,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None,
                    help="joblib backend for the sweeps: loky (default), threading, dask or ray "
                         "(dask: connects to DASK_SCHEDULER_ADDRESS, else a local cluster; ray: ray.init())")
+    p.add_argument("--exclude", type=Path, metavar="AUDIT.csv",
+                   help="also train every head without the train images this audit flags (python -m classify audit), "
+                        "and score every model on all test images and on those not flagged")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataset_args(p)
 
@@ -182,10 +185,13 @@ def train(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with sweep_backend(args.backend, args.n_jobs):
         results = run(paths, heads, args.refit, log, args.max_memory, args.seeds,
-                      out=args.out if args.features else None)  # else the stores are in OUT/DATASET already
+                      out=args.out if args.features else None,  # else the stores are in OUT/DATASET already
+                      exclude=Exclusion(args.exclude, audit.read_flagged(args.exclude)) if args.exclude else None)
     if skip:
         print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
     print(table(results))
+    if args.exclude:
+        print(f"\n{exclusion_table(results)}")
     for r in (r for r in results if r.seeds):
         sd = r.seeds
         print(f"{r.model.removesuffix(SUFFIX)}: over {sd['n']} seeds test accuracy "

@@ -250,3 +250,27 @@ def test_export_round_trips(tmp_path, capsys, fmt):
         X_back = np.array(table.column("embedding").to_pylist(), np.float32)
     assert got == want
     assert X_back.dtype == np.float32 and np.array_equal(X_back, emb)
+
+
+def test_exclude_trains_again_without_flagged_train_images_and_shows_both_scores(tmp_path, capsys):
+    from classify.__main__ import main as classify_main
+    from features.records import ModelMetrics
+    store = synthetic_store(tmp_path / "synth" / "s.h5", 300, 16, 2)
+    with FeatureStore(store) as fs:
+        train, test = fs.rows("train")[:7], fs.rows("test")[:3]
+        flagged = [fs.paths[i] for i in (*train, *test)]
+    (tmp_path / "audit.csv").write_text("kind,score,group,label,suggested,split,path\n"
+                                        + "".join(f"outlier,1,,,,,{p}\n" for p in flagged))
+    assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "audit.csv"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "7 flagged train images left out" in out and "s-logreg-excluded" in out and "trained without flagged" in out
+    models = tmp_path / "synth" / "models"
+    every = ModelMetrics.read(models / "s-logreg.metrics.json")
+    without = ModelMetrics.read(models / "s-logreg-excluded.metrics.json")
+    assert without.n_train == every.n_train - 7 and without.n_test == every.n_test
+    for m in (every, without):
+        assert m.exclude["test_flagged"] == 3 and m.exclude["n_test_not_flagged"] == m.n_test - 3
+        assert 0 <= m.exclude["accuracy_not_flagged"] <= 1
+    (tmp_path / "other.csv").write_text("kind,path\noutlier,elsewhere/1.jpg\n")
+    assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "other.csv")]) == 2
+    assert "none of its 1 flagged images" in capsys.readouterr().err
