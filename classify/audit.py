@@ -240,23 +240,24 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
     seconds, t = {}, time.perf_counter()
     X = normalised(paths)
     seconds["read"] = time.perf_counter() - t
-    with threadpool_limits(limits=None):
-        left, right, sims, knn = neighbours(X, threshold, k)
+    left, right, sims, knn = neighbours(X, threshold, k)
     seconds["neighbours"] = time.perf_counter() - t - seconds["read"]
     groups = duplicate_groups(hashes, left, right)
     dupes, leaks = duplicate_findings(X, hashes, splits, groups)
+    coords = None
+    if make_map:
+        t = time.perf_counter()
+        coords = umap_coords(X)
+        seconds["map"] = time.perf_counter() - t
+    del X  # the label step reads each store's features again: only one copy in memory at a time
     t = time.perf_counter()
     labelled = label_findings(paths, labels, log)
     seconds["labels"] = time.perf_counter() - t
     found = dupes + labelled + outlier_findings(knn, outlier_z)
     order = {kind: i for i, kind in enumerate(KINDS)}
     found.sort(key=lambda f: (order[f.kind], -f.score if f.kind in ("label_issue", "outlier") else f.group, f.row))
-    result = Audit(list(paths), rows, labels, splits, names, found, leaks, int(groups.max() + 1), threshold, seconds)
-    if make_map:
-        t = time.perf_counter()
-        result.coords = umap_coords(X)
-        seconds["map"] = time.perf_counter() - t
-    return result
+    return Audit(list(paths), rows, labels, splits, names, found, leaks, int(groups.max() + 1), threshold, seconds,
+                 coords)
 
 
 def umap_coords(X: np.ndarray) -> np.ndarray:
