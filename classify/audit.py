@@ -45,6 +45,7 @@ NEIGHBOURS = 10
 OUTLIER_Z = 5.0
 FOLDS = 5
 BLOCK_BYTES = 64 * 2**20  # one block of similarities (float32 rows × n)
+NEAREST_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)  # the summary's view of nearest-neighbour similarities
 COLUMNS = ("kind", "score", "group", "label", "suggested", "split", "path")
 FILES = ("audit.csv", "map.csv", "map.png")
 
@@ -70,6 +71,8 @@ class Audit:
     leakage: dict  # (split, split) → groups spanning both
     groups: int  # duplicate groups
     threshold: float
+    nearest: dict = field(default_factory=dict)  # quantile → each image's cosine similarity to its nearest other
+    outliers: str = ""  # where the outlier threshold sits among the kNN distances
     seconds: dict = field(default_factory=dict)  # step → seconds
     coords: np.ndarray | None = None  # the 2-D map, a row per image
 
@@ -108,22 +111,23 @@ def normalised(paths: list, chunk_rows: int = 8192) -> np.ndarray:
 
 def neighbours(X: np.ndarray, threshold: float, k: int, block_bytes: int = BLOCK_BYTES) -> tuple:
     """(pairs i < j with cosine ≥ threshold as (i, j, similarity) arrays, each row's mean similarity to its k
-    nearest other rows), by exact search a block of rows at a time."""
+    nearest other rows, each row's similarity to its nearest), by exact search a block of rows at a time."""
     n = len(X)
     k = min(k, n - 1)
     block = max(1, block_bytes // (4 * n))
-    left, right, sims, knn = [], [], [], np.empty(n, np.float32)
+    left, right, sims, knn, nearest = [], [], [], np.empty(n, np.float32), np.empty(n, np.float32)
     for a in range(0, n, block):
         S = X[a:a + block] @ X.T
         b = len(S)
         S[np.arange(b), np.arange(a, a + b)] = -np.inf  # not its own neighbour
-        knn[a:a + b] = np.partition(S, n - k, axis=1)[:, n - k:].mean(axis=1)
+        top = np.partition(S, n - k, axis=1)[:, n - k:]
+        knn[a:a + b], nearest[a:a + b] = top.mean(axis=1), top.max(axis=1)
         i, j = np.nonzero(S >= threshold)
         keep = j > i + a
         left.append(i[keep] + a)
         right.append(j[keep])
         sims.append(S[i[keep], j[keep]])
-    return np.concatenate(left), np.concatenate(right), np.concatenate(sims), knn
+    return np.concatenate(left), np.concatenate(right), np.concatenate(sims), knn, nearest
 
 
 def duplicate_groups(hashes: list, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -205,13 +209,17 @@ def label_findings(paths: list, labels: np.ndarray, log=lambda msg: None) -> lis
             for i in ranked]
 
 
-def outlier_findings(knn: np.ndarray, z: float) -> list[Finding]:
-    """Rows whose kNN distance (1 - mean similarity) is more than `z` robust standard deviations above the median."""
+def outlier_findings(knn: np.ndarray, z: float) -> tuple[list[Finding], str]:
+    """Rows whose kNN distance (1 - mean similarity) is more than `z` robust standard deviations above the median,
+    and a line saying where the threshold sits."""
     distance = 1 - knn.astype(np.float64)
     median = np.median(distance)
     spread = 1.4826 * np.median(np.abs(distance - median)) or 1e-12
     rows = np.flatnonzero(distance > median + z * spread)
-    return [Finding("outlier", int(r), float(distance[r])) for r in rows[np.argsort(-distance[rows], kind="stable")]]
+    line = (f"kNN distance median {median:.3f}, robust sd {spread:.3f}, farthest image "
+            f"{(distance.max() - median) / spread:.1f} sd above the median (flagged above {z:g})")
+    rows = rows[np.argsort(-distance[rows], kind="stable")]
+    return [Finding("outlier", int(r), float(distance[r])) for r in rows], line
 
 
 def check_labels(paths: list) -> None:
@@ -240,7 +248,7 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
     seconds, t = {}, time.perf_counter()
     X = normalised(paths)
     seconds["read"] = time.perf_counter() - t
-    left, right, sims, knn = neighbours(X, threshold, k)
+    left, right, sims, knn, nearest = neighbours(X, threshold, k)
     seconds["neighbours"] = time.perf_counter() - t - seconds["read"]
     groups = duplicate_groups(hashes, left, right)
     dupes, leaks = duplicate_findings(X, hashes, splits, groups)
@@ -253,11 +261,13 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
     t = time.perf_counter()
     labelled = label_findings(paths, labels, log)
     seconds["labels"] = time.perf_counter() - t
-    found = dupes + labelled + outlier_findings(knn, outlier_z)
+    outliers, outlier_line = outlier_findings(knn, outlier_z)
+    found = dupes + labelled + outliers
     order = {kind: i for i, kind in enumerate(KINDS)}
     found.sort(key=lambda f: (order[f.kind], -f.score if f.kind in ("label_issue", "outlier") else f.group, f.row))
-    return Audit(list(paths), rows, labels, splits, names, found, leaks, int(groups.max() + 1), threshold, seconds,
-                 coords)
+    spread = {q: float(np.quantile(nearest, q)) for q in NEAREST_QUANTILES}
+    return Audit(list(paths), rows, labels, splits, names, found, leaks, int(groups.max() + 1), threshold, spread,
+                 outlier_line, seconds, coords)
 
 
 def umap_coords(X: np.ndarray) -> np.ndarray:
@@ -338,6 +348,10 @@ def summary(a: Audit, top: int = 5) -> str:
             lines.append(f"      {f.score:.4f}  {SPLITS[a.splits[f.row]]:<5} {label}{extra}  {a.paths[f.row]}")
     pairs = ", ".join(f"{x}-{y} {c}" for (x, y), c in sorted(a.leakage.items())) or "none"
     lines.append(f"  {a.groups} duplicate groups; groups spanning splits: {pairs}")
+    lines.append("  each image's cosine similarity to its nearest other: "
+                 + ", ".join(f"{'max' if q == 1 else 'median' if q == 0.5 else f'{100 * q:g}%'} {v:.3f}"
+                             for q, v in a.nearest.items()))
+    lines.append(f"  outliers: {a.outliers}")
     lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in a.seconds.items()))
     return "\n".join(lines)
 
