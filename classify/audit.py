@@ -42,7 +42,7 @@ from features.schema import NO_LABEL, SPLITS
 KINDS = ("exact_duplicate", "near_duplicate", "leakage", "label_issue", "outlier")
 THRESHOLD = 0.95  # near duplicates: cosine ≥ this (the README's Audit section shows the distribution it sits in)
 NEIGHBOURS = 10
-OUTLIER_Z = 4.5  # the README's Audit section: photos reach 3.8 robust sd, drawn images and noise 5.4 and more
+OUTLIER_Z = 4.5  # outliers: robust standard deviations above the median (the README's Audit section says why)
 FOLDS = 5
 BLOCK_BYTES = 64 * 2**20  # one block of similarities (float32 rows × n)
 NEAREST_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)  # the summary's view of nearest-neighbour similarities

@@ -38,8 +38,13 @@ def export_npy(store: FeatureStore, folder: Path) -> Path:
 
     atomic_write(folder / "embeddings.npy", embeddings)
     for name, values in columns(store).items():
-        atomic_write(folder / f"{name}.npy", lambda tmp, v=values: np.save(open(tmp, "wb"), v, allow_pickle=False))
+        atomic_write(folder / f"{name}.npy", lambda tmp, v=values: _save(tmp, v))
     return folder
+
+
+def _save(path: Path, values: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save(path) would add .npy to the temporary file's name
+        np.save(fh, values, allow_pickle=False)
 
 
 def export_parquet(store: FeatureStore, path: Path) -> Path:

@@ -23,7 +23,7 @@ from features.errors import FeatbenchError
 from features.reader import FeatureStore
 
 from conftest import DOGS_VS_CATS, needs, skip_without_weights
-from test_classify import make_store
+from test_classify import make_store, synthetic, view
 
 PLANTED = 10
 BAR = 0.9  # found ≥ 90% of each kind; ≤ 10% of the top-ranked are not planted
@@ -274,3 +274,14 @@ def test_exclude_trains_again_without_flagged_train_images_and_shows_both_scores
     (tmp_path / "other.csv").write_text("kind,path\noutlier,elsewhere/1.jpg\n")
     assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "other.csv")]) == 2
     assert "none of its 1 flagged images" in capsys.readouterr().err
+
+
+def test_two_stores_are_audited_together_and_must_match(tmp_path, capsys):
+    latent, y, splits = synthetic()
+    a = make_store(tmp_path / "synth" / "a.h5", view(latent, 24, 1), y, splits, "alpha")
+    b = make_store(tmp_path / "synth" / "b.h5", view(latent, 40, 2), y, splits, "beta")
+    result = audit.audit([a, b], make_map=False)
+    assert len(result.paths) == len(y) and result.of("label_issue")
+    other = make_store(tmp_path / "other" / "c.h5", view(latent, 24, 3), y, np.roll(splits, 1), "gamma")
+    rc, _, err = cli(capsys, "--features", a, other, "--no-map")
+    assert rc == 2 and err.count("\n") == 1 and "do not share" in err
