@@ -240,6 +240,8 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
     """Audit the stores at `paths` (one dataset); `make_map=False` skips the UMAP map."""
     if not 0 < threshold <= 1:
         raise FeatbenchError(f"--threshold {threshold}: a cosine similarity in (0, 1]")
+    if k < 1:
+        raise FeatbenchError(f"--neighbours {k}: at least 1")
     check_labels(paths)
     if len(paths) > 1:
         check_matching([load_store(p, features=False) for p in paths])

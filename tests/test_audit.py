@@ -202,6 +202,8 @@ def test_bad_threshold_and_exclude_file_are_one_line(tmp_path, capsys):
     store = synthetic_store(tmp_path / "synth" / "s.h5", 200, 16, 2)
     rc, _, err = cli(capsys, "--features", store, "--threshold", "1.5", "--no-map")
     assert rc == 2 and err.count("\n") == 1 and "--threshold" in err
+    rc, _, err = cli(capsys, "--features", store, "--neighbours", "0", "--no-map")
+    assert rc == 2 and err.count("\n") == 1 and "--neighbours" in err
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(FeatbenchError, match="not an audit.csv"):
         audit.read_flagged(tmp_path / "x.csv")
