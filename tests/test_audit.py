@@ -287,3 +287,10 @@ def test_two_stores_are_audited_together_and_must_match(tmp_path, capsys):
     other = make_store(tmp_path / "other" / "c.h5", view(latent, 24, 3), y, np.roll(splits, 1), "gamma")
     rc, _, err = cli(capsys, "--features", a, other, "--no-map")
     assert rc == 2 and err.count("\n") == 1 and "do not share" in err
+
+
+def test_audit_benchmark_prints_peak_rss_per_size(capsys):
+    from benchmarks.__main__ import main as benchmarks_main
+    assert run_cli(benchmarks_main, ["audit", "--rows", "300", "--dim", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU cores" in out and "300 x 16 synthetic rows:" in out and "peak RSS" in out
