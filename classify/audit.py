@@ -158,9 +158,10 @@ def duplicate_findings(X, hashes, splits, groups) -> tuple[list[Finding], dict]:
     """Duplicates (every row of a group but its first) and leakage (every row of a group spanning splits), and
     the number of leaking groups per split pair."""
     found, leaks = [], Counter()
-    for g in range(groups.max() + 1):
-        rows = np.flatnonzero(groups == g)
-        first = rows[0]
+    grouped = np.flatnonzero(groups >= 0)
+    grouped = grouped[np.argsort(groups[grouped], kind="stable")]  # by group, rows in order within each
+    for rows in np.split(grouped, np.flatnonzero(np.diff(groups[grouped])) + 1) if len(grouped) else []:
+        g, first = int(groups[rows[0]]), rows[0]
         sims = X[rows] @ X[first]
         for r, s in zip(rows[1:], sims[1:]):
             exact = hashes[r] == hashes[first]
