@@ -45,6 +45,8 @@ NEIGHBOURS = 10
 OUTLIER_Z = 4.5  # outliers: robust standard deviations above the median (the README's Audit section says why)
 FOLDS = 5
 BLOCK_BYTES = 64 * 2**20  # one block of similarities (float32 rows × n)
+EXACT_MAX = 100_000  # rows searched exactly; beyond, a faiss index
+NPROBE = 32  # the index's lists searched per query
 NEAREST_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)  # the summary's view of nearest-neighbour similarities
 COLUMNS = ("kind", "score", "group", "label", "suggested", "split", "path")
 FILES = ("audit.csv", "map.csv", "map.png")
@@ -111,8 +113,11 @@ def normalised(paths: list, chunk_rows: int = 8192) -> np.ndarray:
 
 def neighbours(X: np.ndarray, threshold: float, k: int, block_bytes: int = BLOCK_BYTES) -> tuple:
     """(pairs i < j with cosine ≥ threshold as (i, j, similarity) arrays, each row's mean similarity to its k
-    nearest other rows, each row's similarity to its nearest), by exact search a block of rows at a time."""
+    nearest other rows, each row's similarity to its nearest), by exact search a block of rows at a time up to
+    `EXACT_MAX` rows, beyond by a faiss index (`indexed_neighbours`)."""
     n = len(X)
+    if n > EXACT_MAX:
+        return indexed_neighbours(X, threshold, k)
     k = min(k, n - 1)
     block = max(1, block_bytes // (4 * n))
     left, right, sims, knn, nearest = [], [], [], np.empty(n, np.float32), np.empty(n, np.float32)
@@ -128,6 +133,42 @@ def neighbours(X: np.ndarray, threshold: float, k: int, block_bytes: int = BLOCK
         right.append(j[keep])
         sims.append(S[i[keep], j[keep]])
     return np.concatenate(left), np.concatenate(right), np.concatenate(sims), knn, nearest
+
+
+def indexed_neighbours(X: np.ndarray, threshold: float, k: int) -> tuple:
+    """`neighbours` from a faiss inverted-file index (inner product on the normalised rows, about 4√n lists,
+    `NPROBE` of them searched per query): approximate; a pair is found when one is among the other's k nearest
+    found, and a group of more than k + 1 copies is still joined through its members."""
+    try:
+        import faiss
+    except ImportError:
+        raise FeatbenchError(f"an audit of more than {EXACT_MAX:,} images searches a faiss index: pip install "
+                             "'featbench[index]' (faiss-cpu)") from None
+    n, d = X.shape
+    k = min(k, n - 1)
+    lists = max(1, int(4 * math.sqrt(n)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    index.train(X[np.sort(rng.choice(n, min(n, 64 * lists), replace=False))])
+    index.add(X)
+    index.nprobe = min(NPROBE, lists)
+    left, right, sims, knn, nearest = [], [], [], np.empty(n, np.float32), np.empty(n, np.float32)
+    for a in range(0, n, 8192):
+        D, rows = index.search(X[a:a + 8192], k + 1)
+        own = rows == np.arange(a, a + len(D))[:, None]
+        D[own | (rows < 0)] = -np.inf  # not its own neighbour; -1: fewer found than asked
+        order = np.argsort(-D, axis=1)[:, :k]
+        top = np.take_along_axis(D, order, axis=1)
+        top[~np.isfinite(top)] = 0.0
+        knn[a:a + len(D)], nearest[a:a + len(D)] = top.mean(axis=1), top[:, 0]
+        r, c = np.nonzero(D >= threshold)
+        i, j = r + a, rows[r, c]
+        left.append(np.minimum(i, j))
+        right.append(np.maximum(i, j))
+        sims.append(D[r, c])
+    left, right, sims = map(np.concatenate, (left, right, sims))
+    _, once = np.unique(left.astype(np.int64) * n + right, return_index=True)  # a pair found from both ends
+    return left[once], right[once], sims[once], knn, nearest
 
 
 def duplicate_groups(hashes: list, left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -294,3 +294,19 @@ def test_audit_benchmark_prints_peak_rss_per_size(capsys):
     assert run_cli(benchmarks_main, ["audit", "--rows", "300", "--dim", "16"]) == 0
     out = capsys.readouterr().out
     assert "CPU cores" in out and "300 x 16 synthetic rows:" in out and "peak RSS" in out
+
+
+def test_beyond_exact_max_a_faiss_index_finds_what_exact_search_finds(monkeypatch):
+    """With every list probed the index is exact: the same pairs and kNN similarities as the blocked search."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 16)).astype(np.float32)
+    X[50] = X[10] + 0.01
+    X[300] = X[10]
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    exact = audit.neighbours(X, 0.9, 5)
+    monkeypatch.setattr(audit, "EXACT_MAX", 100)
+    monkeypatch.setattr(audit, "NPROBE", 10_000)
+    indexed = audit.neighbours(X, 0.9, 5)
+    assert sorted(zip(*[a.tolist() for a in indexed[:2]])) == sorted(zip(*[a.tolist() for a in exact[:2]])) == \
+        [(10, 50), (10, 300), (50, 300)]
+    assert np.allclose(indexed[3], exact[3], atol=1e-5) and np.allclose(indexed[4], exact[4], atol=1e-5)
