@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.finetune import DEFAULT_EPOCHS, budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, recipe_for
-from benchmarks.report import csv_text, short_count
+from benchmarks.report import short_count
 from benchmarks.splits import SplitImages, from_store
 from classify.heads import HEADS, CoveringFolds
 from classify.metrics import interval
@@ -37,7 +37,7 @@ from classify.select import fit_fixed, score, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
 from extract.config import add_dataset_args, dataset_flags
 from extract.device import pick_device
-from features.atomic import atomic_write
+from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError, StoreError
 from features.schema import SPLITS, split_fingerprint
 

@@ -15,6 +15,7 @@ dataset flags override it):
     backbones = ["mobilenet_v2", "resnet152v2"]
     heads = ["all"]            # logreg, mlp, svm, knn, avg, stack, concat, or all
     refit = false              # refit each chosen head on train+val before its test score
+    audit = true               # `python -m classify audit` on the run's stores, a report section (--no-audit: off)
 
     [benchmark.weights]        # weights files for backbones that need one (relative to the config)
     resnet152v2 = "weights/resnet152v2.pth"
@@ -38,7 +39,9 @@ dataset flags override it):
     finetune_mode = "full"     # full | bn-head | head
     finetune_backbones = ["mobilenet_v2"]  # default: the curve's first backbone (each costs minutes a point on CPU)
 
-`--no-curve` skips the [curve] table; `--head` does not change its heads.
+`--no-curve` skips the [curve] table; `--head` does not change its heads. `--exclude AUDIT.csv` also trains every
+head without the train images that audit flags, and scores every model on all test images and on those not flagged
+(the report's audit section shows the four numbers side by side).
 """
 import argparse
 import sys
@@ -48,10 +51,11 @@ from pathlib import Path
 from benchmarks.curve import parse_shots, run_curve
 from benchmarks.finetune import budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, OVERRIDES, recipe_for
-from benchmarks.report import build, files_line, markdown_table
+from benchmarks.report import build, files_line, markdown_table, read_audit
 from benchmarks.splits import same_split
+from classify import audit
 from classify.heads import ENSEMBLES, HEADS
-from classify.train import parse_heads
+from classify.train import Exclusion, parse_heads
 from classify.train import run as classify
 from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags, read_toml, resolve
@@ -60,7 +64,7 @@ from extract.device import pick_device
 from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
 
-BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds"}
+BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds", "audit"}
 BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
 RECIPE_KEYS = {"recipe", "lr", *(k for k in OVERRIDES if k != "lrs")}
 FINETUNE_KEYS = BUDGET_KEYS | RECIPE_KEYS
@@ -138,13 +142,15 @@ def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
 
 def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | None = None, finetunes: bool = True,
         curve: bool = True, seeds: int | None = None, random_init: bool = False, device: str = "auto",
-        title: str = "", quiet: bool = False, **overrides) -> tuple:
+        title: str = "", quiet: bool = False, audited: bool = True, exclude: Path | None = None, **overrides) -> tuple:
     """The benchmark of `config`; `backbones`, `heads` and `seeds` override its own, `overrides` (keywords of
     `extract.config.resolve`: data, splits, seed, out…) its [dataset] table; `curve=False` skips its [curve],
-    `finetunes=False` its fine-tunes (the curve's too). Returns the report's (Collected, files)."""
+    `finetunes=False` its fine-tunes (the curve's too), `audited=False` the audit; `exclude` (an audit.csv) also
+    trains every head without its flagged train images. Returns the report's (Collected, files)."""
     started = time.perf_counter()
     cfg = read_config(config)
     bench = cfg["benchmark"]
+    exclusion = Exclusion(exclude, audit.read_flagged(exclude)) if exclude else None
     settings = resolve(config, **overrides)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     names = backbones or bench["backbones"]
@@ -177,8 +183,13 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
         notes.append("ensembles skipped: they need two feature stores or more")
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     extracted = time.perf_counter()
-    metrics = classify(stores, heads, bench.get("refit", False), log, seeds=seeds or bench.get("seeds", 1))
+    metrics = classify(stores, heads, bench.get("refit", False), log, seeds=seeds or bench.get("seeds", 1),
+                       exclude=exclusion)
     classified = time.perf_counter()
+    found = None
+    if audited and bench.get("audit", True):
+        found = _audit(stores, settings.out / dataset.name / "audit", notes, log)
+    audit_done = time.perf_counter()
 
     entries = cfg.get("finetune", []) if finetunes else []
     for entry in entries:
@@ -207,11 +218,25 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
         doc = _curve(curve_settings(cfg["curve"]), built, finetunes, settings.out, device, notes, log)
     done = time.perf_counter()
     notes.append(f"this run: {done - started:.0f} s wall; extraction {extracted - started:.0f} s, frozen heads "
-                 f"{classified - extracted:.0f} s, fine-tunes {tuned - classified:.0f} s "
-                 f"({(tuned - classified) / (done - started):.0%} of the run; reused fine-tunes cost nothing here)"
+                 f"{classified - extracted:.0f} s, audit {audit_done - classified:.0f} s, fine-tunes "
+                 f"{tuned - audit_done:.0f} s ({(tuned - audit_done) / (done - started):.0%} "
+                 "of the run; reused fine-tunes cost nothing here)"
                  + (f", label-efficiency curve {done - tuned:.0f} s" if doc else ""))
     print(f"note: {notes[-1]}", file=sys.stderr)
-    return build(metrics, settings.out / dataset.name / "report", title, notes, doc)
+    return build(metrics, settings.out / dataset.name / "report", title, notes, doc, found)
+
+
+def _audit(stores: list[Path], folder: Path, notes: list, log) -> dict | None:
+    """`classify audit` on the run's stores, written to `folder`: `read_audit`'s dict, or None (with a note) when
+    these stores cannot be audited (a class with one train+val image, …)."""
+    try:
+        found = audit.audit(stores, log=log)
+    except FeatbenchError as e:
+        notes.append(f"audit skipped: {e}")
+        return None
+    audit.write(found, folder)
+    log(f"audit: {len(found.findings)} flagged rows in {folder / 'audit.csv'}")
+    return read_audit(folder)
 
 
 def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes: list, log) -> dict | None:
@@ -241,6 +266,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", nargs="+", metavar="H", help="only these heads (default: the config's)")
     p.add_argument("--no-finetune", action="store_true", help="skip the config's fine-tunes (the curve's too)")
     p.add_argument("--no-curve", action="store_true", help="skip the config's [curve] (label-efficiency curve)")
+    p.add_argument("--no-audit", action="store_true", help="skip the data audit (python -m classify audit)")
+    p.add_argument("--exclude", type=Path, metavar="AUDIT.csv",
+                   help="also train every head without the train images this audit flags; every model is scored "
+                        "on all test images and on those not flagged")
     p.add_argument("--seeds", type=int, metavar="N",
                    help="N seeds in all for the frozen heads that have a random state and for every fine-tune, as "
                         "in classify and finetune (default: the config's [benchmark] seeds and [[finetune]] seeds, "
@@ -255,7 +284,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     c, written = run(args.benchmark, backbones=args.backbone, heads=args.head, finetunes=not args.no_finetune,
                      curve=not args.no_curve, seeds=args.seeds, random_init=args.random_init, device=args.device,
-                     title=args.title, quiet=args.quiet, **dataset_flags(args))
+                     title=args.title, quiet=args.quiet, audited=not args.no_audit, exclude=args.exclude,
+                     **dataset_flags(args))
     print(markdown_table(c))
     print(files_line(written))
     return 0

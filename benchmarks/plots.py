@@ -209,26 +209,31 @@ def _thumbnail(path: Path, side: int = 224) -> np.ndarray | None:
     return np.asarray(img)
 
 
-def top_losses(metrics: ModelMetrics, root: Path, title: str, k: int = 9) -> bytes | None:
-    """The highest-loss test images with predicted / true labels, loss and probability (fastai style)."""
-    items = [t for t in metrics.top_losses if t["loss"] > 1e-6][:k]  # zero-loss images say nothing
+def image_grid(items: list[tuple[str, str]], root: Path, title: str, cols: int = 3) -> bytes | None:
+    """Images (path relative to `root`, caption) as thumbnails in a grid of `cols` columns under `title`."""
     if not items:
         return None
-    cols = min(3, len(items))
+    cols = min(cols, len(items))
     rows = -(-len(items) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.5 * rows), squeeze=False)
-    for ax, t in zip(axes.flat, items):
-        pixels = _thumbnail(Path(root) / t["path"])
+    for ax, (path, caption) in zip(axes.flat, items):
+        pixels = _thumbnail(Path(root) / path)
         if pixels is None:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center")
         else:
             ax.imshow(pixels)
-        ax.set_title(f"{t['predicted']} / {t['true']}\nloss {t['loss']:.2f}, p {t['probability']:.2f}\n"
-                     f"{Path(t['path']).name}", fontsize=8)
+        ax.set_title(caption, fontsize=8)
         ax.axis("off")
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
-    fig.suptitle(f"{title}: predicted / true, loss, probability of the prediction", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
+
+def top_losses(metrics: ModelMetrics, root: Path, title: str, k: int = 9) -> bytes | None:
+    """The highest-loss test images with predicted / true labels, loss and probability (fastai style)."""
+    items = [t for t in metrics.top_losses if t["loss"] > 1e-6][:k]  # zero-loss images say nothing
+    return image_grid([(t["path"], f"{t['predicted']} / {t['true']}\nloss {t['loss']:.2f}, p {t['probability']:.2f}\n"
+                                   f"{Path(t['path']).name}") for t in items], root,
+                      f"{title}: predicted / true, loss, probability of the prediction")

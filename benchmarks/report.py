@@ -14,12 +14,12 @@ import argparse
 import base64
 import csv
 import html
-import io
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from itertools import combinations
 from pathlib import Path
 
 import matplotlib
@@ -28,10 +28,12 @@ import sklearn
 from benchmarks import plots
 from benchmarks.published import published_for, task_of
 from benchmarks.recipes import DEFAULT_RECIPE, MODES
+from classify.audit import KINDS as AUDIT_KINDS
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import interval
+from classify.models import SUFFIX
 from classify.train import short_params
-from features.atomic import atomic_write
+from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 from features.records import ModelMetrics, StoreMeta
@@ -140,6 +142,8 @@ class Collected:
     metas: dict
     notes: list = field(default_factory=list)
     curve: dict | None = None  # curve.json's doc
+    audit: dict | None = None  # `read_audit`: audit.csv's rows and map.png of `classify audit`
+    excluded: list = field(default_factory=list)  # models trained without the audit's flagged images (--exclude)
 
     def best(self, kind: str, backbone: str | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test."""
@@ -151,15 +155,68 @@ class Collected:
         return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])
 
 
-def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict | None = None) -> Collected:
+def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict | None = None,
+            audit: dict | None = None) -> Collected:
     if not metrics:
         raise FeatbenchError("no models to report on")
+    excluded = [m for m in metrics if (m.exclude or {}).get("trained_without_flagged")]
+    metrics = [m for m in metrics if not (m.exclude or {}).get("trained_without_flagged")]
+    if not metrics:
+        raise FeatbenchError("only models trained without an audit's flagged images (--exclude); report them with "
+                             "the models trained on every image")
     metrics, dropped = one_split(metrics)
     metas = store_metas(metrics)
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
     dataset_meta = next((s.dataset for s in metas.values()), None) or {}
     published = [p.as_row() for p in published_for(task_of(dataset_meta))]
-    return Collected(metrics, rows, published, metas, list(notes or []) + dropped, curve)
+    return Collected(metrics, rows, published, metas, list(notes or []) + dropped, curve, audit, excluded)
+
+
+def read_audit(folder: Path) -> dict | None:
+    """The audit in `folder` (audit.csv and map.png of `python -m classify audit`), or None when there is none."""
+    folder = Path(folder)
+    if not (folder / "audit.csv").is_file():
+        return None
+    with open(folder / "audit.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    png = folder / "map.png"
+    return {"folder": str(folder), "rows": rows, "map": png.read_bytes() if png.is_file() else None}
+
+
+def leaking_pairs(rows: list[dict]) -> Counter:
+    """Duplicate groups spanning splits, per split pair, from audit.csv's leakage rows."""
+    spans: dict[str, set] = {}
+    for r in rows:
+        if r["kind"] == "leakage":
+            spans.setdefault(r["group"], set()).add(r["split"])
+    order = {s: i for i, s in enumerate(("train", "val", "test"))}
+    return Counter(pair for splits in spans.values()
+                   for pair in combinations(sorted(splits, key=lambda s: order.get(s, 3)), 2))
+
+
+def audit_texts(c: Collected) -> tuple[str, tuple, tuple | None]:
+    """The audit section's sentence, its counts table and (with --exclude models) the side-by-side table."""
+    rows = c.audit["rows"]
+    counts = Counter(r["kind"] for r in rows)
+    pairs = leaking_pairs(rows)
+    leak = ", ".join(f"{a}-{b} {n}" for (a, b), n in sorted(pairs.items())) or "none"
+    intro = (f"`python -m classify audit` flagged {plural(len({r['path'] for r in rows}), 'image')} "
+             f"({c.audit['folder']}/audit.csv, one row per image and kind; scores: higher is surer). Duplicate "
+             f"groups spanning splits (leakage), per split pair: {leak}.")
+    table = (["kind", "flagged"], [[k, counts.get(k, 0)] for k in AUDIT_KINDS])
+    twins = {m.model.replace("-excluded", ""): m for m in c.excluded}
+    side = [[m.model.removesuffix(SUFFIX), pct(m.accuracy), pct(m.exclude["accuracy_not_flagged"]),
+             pct(twins[m.model].accuracy) if m.model in twins else "-",
+             pct(twins[m.model].exclude["accuracy_not_flagged"]) if m.model in twins else "-"]
+            for m in c.metrics if m.exclude]
+    if not side:
+        return intro, table, None
+    e = next(m.exclude for m in c.metrics if m.exclude)
+    removed = max((m.exclude["train_removed"] for m in c.excluded), default=0)
+    intro += (f" Trained again without the {removed} flagged train images of {e['audit']} (val unchanged); test "
+              f"scored on all {c.metrics[0].n_test} images and on the {e['n_test_not_flagged']} not flagged.")
+    return intro, table, (["model", "trained on all: test all", "not flagged", "without flagged: test all",
+                           "not flagged"], side)
 
 
 def read_curve(path: Path) -> dict:
@@ -550,6 +607,24 @@ def figures(c: Collected) -> list[Figure]:
     return out
 
 
+def audit_figures(c: Collected, per_kind: int = 9) -> list[Figure]:
+    """The audit's map and a thumbnail grid of the top-ranked images of each kind."""
+    if not c.audit:
+        return []
+    out = [Figure("audit_map.png", "Map of the embeddings (UMAP), flagged images ringed", c.audit["map"])] \
+        if c.audit["map"] else []
+    root = (next((s.dataset for s in c.metas.values()), None) or {}).get("root", ".")
+    for kind in AUDIT_KINDS:
+        rows = [r for r in c.audit["rows"] if r["kind"] == kind][:per_kind]
+        items = [(r["path"], f"{r['split']} {r['label']}" + (f" → {r['suggested']}" if r["suggested"] else "")
+                  + (f", group {r['group']}" if r["group"] else "") + f"\nscore {float(r['score']):.3f}\n"
+                  f"{Path(r['path']).name}") for r in rows]
+        png = plots.image_grid(items, Path(root), f"{kind}: the top-ranked {len(items)}")
+        if png:
+            out.append(Figure(f"audit_{kind}.png", f"Audit: {kind.replace('_', ' ')}", png))
+    return out
+
+
 # ---- rendering -------------------------------------------------------------------------------------
 
 def _md_table(header, rows) -> str:
@@ -610,6 +685,12 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
         curve_intro, sentences, budget = curve_texts(c)
         md += ["## Label-efficiency curve", curve_intro, *(f"![{f.title}]({f.name})" for f in curve),
                _md_table(*curve_table(c.curve)), "\n".join(f"- {t}" for t in sentences), budget]
+    audited = [f for f in figs if f.name.startswith("audit_")]
+    figs = [f for f in figs if not f.name.startswith("audit_")]
+    if c.audit:
+        audit_intro, counts, side = audit_texts(c)
+        md += ["## Data audit", audit_intro, _md_table(*counts), *([_md_table(*side)] if side else []),
+               *(f"### {f.title}\n\n![{f.title}]({f.name})" for f in audited)]
     md += ["## Extraction", _md_table(eheader, erows), "## Plots"]
     md += [f"### {f.title}\n\n![{f.title}]({f.name})" for f in figs]
     md += ["## Environment", "\n".join(f"- {e}" for e in env)]
@@ -626,6 +707,9 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
         h += ["<h2>Label-efficiency curve</h2>", f"<p>{_inline(curve_intro)}</p>", *map(_html_figure, curve),
               _html_table(*curve_table(c.curve), "curve"),
               "<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in sentences) + "</ul>", f"<p>{_inline(budget)}</p>"]
+    if c.audit:
+        h += ["<h2>Data audit</h2>", f"<p>{_inline(audit_intro)}</p>", _html_table(*counts, "audit"),
+              *([_html_table(*side, "exclusion")] if side else []), *map(_html_figure, audited)]
     h += ["<h2>Extraction</h2>", _html_table(eheader, erows, "extraction"), "<h2>Plots</h2>"]
     h += [_html_figure(f) for f in figs]
     h += ["<h2>Environment</h2>", "<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in env) + "</ul>"]
@@ -636,26 +720,17 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     return markdown, page
 
 
-def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
-    """Rows as CSV under a header of `columns` (default: every key, in first-seen order); None is empty."""
-    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
-    return buf.getvalue()
-
-
 def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     """Write report.md, report.html, results.csv, results.json, the figures' PNGs and, with a curve, curve.csv
     into `folder`."""
     folder = Path(folder)
-    figs = figures(c)
+    figs = figures(c) + audit_figures(c)
     markdown, page = render(c, figs, title)
     frozen, tuned = c.best("frozen"), c.best("fine-tuned")
     data = {"title": title, "rows": c.rows, "published": c.published, "best": {"frozen": frozen, "fine-tuned": tuned},
             "environment": environment(c), "notes": c.notes, "metrics": [m.to_json() for m in c.metrics],
-            "curve": c.curve}
+            "curve": c.curve, "audit": {"folder": c.audit["folder"], "rows": c.audit["rows"]} if c.audit else None,
+            "excluded": [m.to_json() for m in c.excluded]}
     texts = {"report.md": markdown, "report.html": page, "results.csv": csv_text(c.rows + c.published),
              "results.json": json.dumps(data, indent=1, default=str) + "\n"}
     if c.curve:
@@ -671,10 +746,10 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
 
 
 def build(metrics: list[ModelMetrics], folder: Path, title: str = "", notes: list | None = None,
-          curve: dict | None = None) -> tuple[Collected, dict]:
-    """Collect and write a report (with `curve`, curve.json's doc, its section); returns what it collected and
-    the files it wrote."""
-    c = collect(metrics, notes, curve)
+          curve: dict | None = None, audit: dict | None = None) -> tuple[Collected, dict]:
+    """Collect and write a report (with `curve`, curve.json's doc, and `audit`, `read_audit`'s, their sections);
+    returns what it collected and the files it wrote."""
+    c = collect(metrics, notes, curve, audit)
     return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
 
 
@@ -709,7 +784,7 @@ def main(args: argparse.Namespace) -> int:
     curve = read_curve(args.curve) if args.curve else read_curve(found) if found.is_file() else None
     if curve and curve.get("dataset", metrics[0].dataset) != metrics[0].dataset:
         raise FeatbenchError(f"{args.curve or found}: a curve of {curve['dataset']}, not of {metrics[0].dataset}")
-    c, written = build(metrics, folder, args.title, curve=curve)
+    c, written = build(metrics, folder, args.title, curve=curve, audit=read_audit(here / "audit"))
     print(markdown_table(c))
     print(files_line(written))
     return 0

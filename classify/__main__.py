@@ -4,6 +4,7 @@
                      [--max-memory SIZE] [--n-jobs N] [--backend loky|threading|dask|ray] [dataset flags]
   python -m classify predict --model M.skops IMAGE_OR_FOLDER… [--csv] [--trust-pickle]
   python -m classify submit --model M.skops TEST_FOLDER [--clip 0.005] [--out FOLDER] [--trust-pickle]
+  python -m classify audit [--features FILE…|--backbone NAME…] [--threshold 0.95] [--no-map] [--out OUT] [dataset flags]
 """
 import argparse
 import sys
@@ -13,13 +14,15 @@ from pathlib import Path
 from joblib import parallel_config
 from joblib.parallel import BACKENDS
 
+from classify import audit
 from classify.heads import ENSEMBLES, HEADS
 from classify.models import SUFFIX
 from classify.predict import predict, submit
-from classify.train import asked_heads, dataset_stores, parse_heads, run, table
+from classify.train import Exclusion, asked_heads, dataset_stores, exclusion_table, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
+from features.reader import FeatureStore
 
 EPILOG = f"""
 heads:
@@ -59,6 +62,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None,
                    help="joblib backend for the sweeps: loky (default), threading, dask or ray "
                         "(dask: connects to DASK_SCHEDULER_ADDRESS, else a local cluster; ray: ray.init())")
+    p.add_argument("--exclude", type=Path, metavar="AUDIT.csv",
+                   help="also train every head without the train images this audit flags (python -m classify audit), "
+                        "and score every model on all test images and on those not flagged")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataset_args(p)
 
@@ -132,6 +138,44 @@ def submit_command(args) -> int:
     return 0
 
 
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = audit.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--features", nargs="+", type=Path, metavar="FILE", help="feature stores of one dataset to audit")
+    p.add_argument("--backbone", nargs="+", metavar="NAME",
+                   help="the dataset's stores OUT/DATASET/NAME.h5 (e.g. mobilenet_v2)")
+    p.add_argument("--threshold", type=float, default=audit.THRESHOLD,
+                   help=f"near duplicates: cosine similarity at least this (default {audit.THRESHOLD})")
+    p.add_argument("--neighbours", type=int, default=audit.NEIGHBOURS,
+                   help=f"outliers: mean similarity to this many nearest images (default {audit.NEIGHBOURS})")
+    p.add_argument("--outlier-z", type=float, default=audit.OUTLIER_Z,
+                   help="outliers: kNN distance this many robust standard deviations above the median "
+                        f"(default {audit.OUTLIER_Z:g})")
+    p.add_argument("--no-map", action="store_true", help="skip the UMAP map (map.png, map.csv)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_dataset_args(p)
+
+
+def audit_command(args) -> int:
+    paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    a = audit.audit(paths, args.threshold, args.neighbours, args.outlier_z, not args.no_map, log)
+    folder = audit_folder(paths[0], args.out if args.features else None)
+    written = audit.write(a, folder)
+    print(audit.summary(a))
+    print(f"\n{len(a.findings)} flagged rows in {written['audit.csv']}"
+          + (f"; map in {written['map.png']} and {written['map.csv']}" if "map.png" in written else ""))
+    return 0
+
+
+def audit_folder(store: Path, out: Path | None) -> Path:
+    """Where an audit goes: OUT/DATASET/audit, or without `out` the audit/ folder beside the store."""
+    if out is None:
+        return Path(store).parent / "audit"
+    with FeatureStore(store) as fs:
+        return Path(out) / fs.meta.dataset["name"] / "audit"
+
+
 def train(args) -> int:
     heads = parse_heads(args.head)
     paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
@@ -141,10 +185,13 @@ def train(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with sweep_backend(args.backend, args.n_jobs):
         results = run(paths, heads, args.refit, log, args.max_memory, args.seeds,
-                      out=args.out if args.features else None)  # else the stores are in OUT/DATASET already
+                      out=args.out if args.features else None,  # else the stores are in OUT/DATASET already
+                      exclude=Exclusion(args.exclude, audit.read_flagged(args.exclude)) if args.exclude else None)
     if skip:
         print("note: ensembles skipped (they need two feature stores or more)", file=sys.stderr)
     print(table(results))
+    if args.exclude:
+        print(f"\n{exclusion_table(results)}")
     for r in (r for r in results if r.seeds):
         sd = r.seeds
         print(f"{r.model.removesuffix(SUFFIX)}: over {sd['n']} seeds test accuracy "
@@ -158,6 +205,8 @@ def train(args) -> int:
 CLI = CommandLine("python -m classify", __doc__.splitlines()[0], {
     "train": Command("choose heads on val, score test once, save models", add_train_arguments, train),
     "predict": Command("label new images with a saved model", add_predict_arguments, predict_command),
+    "audit": Command("flag duplicates, leakage across splits, likely label errors and outliers; draw a map",
+                     add_audit_arguments, audit_command),
     "submit": Command("write a Kaggle Dogs vs. Cats submission: id,label with label = P(dog)", add_submit_arguments,
                       submit_command),
 }, default="train")

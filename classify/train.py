@@ -278,6 +278,39 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: i
     return out
 
 
+@dataclass
+class Exclusion:
+    """`--exclude AUDIT.csv`: the flagged images' paths, left out of train when a model is `trained_without` them,
+    and left out of test for the second score every model gets."""
+    audit: Path
+    flagged: set
+
+    def without(self, store: Store) -> Store:
+        """The store with its flagged train images removed (val and test unchanged)."""
+        t = store.train
+        keep = np.array([p not in self.flagged for p in t.paths], bool)
+        train = SplitData(t.X[keep], t.y[keep], [p for p, k in zip(t.paths, keep) if k], t.rows[keep])
+        return replace(store, train=train)
+
+    def scores(self, c: Candidate, removed: int | None) -> dict:
+        """The `exclude` record of a finished model: how many flagged train images it was fitted without, and its
+        test accuracy and log-loss on the test images the audit did not flag (`removed` None: fitted on them all)."""
+        X, y = c.features("test")
+        keep = np.array([q not in self.flagged for q in c.stores[0].test.paths], bool)
+        loss, acc = score(c.chosen.model, X[keep], y[keep], len(c.stores[0].class_names)) if keep.any() else (None,
+                                                                                                             None)
+        return {"audit": str(self.audit), "trained_without_flagged": removed is not None,
+                "train_removed": removed or 0, "test_flagged": int((~keep).sum()),
+                "n_test_not_flagged": int(keep.sum()), "accuracy_not_flagged": acc, "log_loss_not_flagged": loss}
+
+    def check(self, stores: list[Store]) -> None:
+        """Refuse an audit that flags none of the stores' images (an audit of another dataset)."""
+        s = stores[0]
+        if not self.flagged & {p for part in (s.train, s.val, s.test) for p in part.paths}:
+            raise FeatbenchError(f"--exclude {self.audit}: none of its {len(self.flagged)} flagged images is in "
+                                 f"{s.path}; pass the audit.csv of this dataset (`python -m classify audit`)")
+
+
 def finish(c: Candidate, refit: bool) -> ModelMetrics:
     """Steps 3-4 for one model: refit on train+val if asked, then score the test split once."""
     n_train = len(c.stores[0].train)
@@ -370,7 +403,8 @@ def models_folder(store: Store, out: Path | None) -> Path:
 
 
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
-        max_memory: int | None = None, seeds: int = 1, out: Path | None = None) -> list[ModelMetrics]:
+        max_memory: int | None = None, seeds: int = 1, out: Path | None = None,
+        exclude: Exclusion | None = None) -> list[ModelMetrics]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
     Models are written to `models_folder(first store, out)`.
 
@@ -378,7 +412,11 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     their test scores (`seeds` in the metrics); the saved model is the default seed's.
 
     When the feature matrices exceed `max_memory` bytes (default: an eighth of RAM), the heads that
-    learn incrementally stream them from disk instead (`classify.stream`)."""
+    learn incrementally stream them from disk instead (`classify.stream`).
+
+    With `exclude`, every model is also chosen and fitted again without the audit's flagged train images (saved as
+    NAME-excluded), and every model's `exclude` record holds its test scores on the images the audit did not flag
+    too: both numbers, for both models, are always there."""
     unique = {}  # one per file, under the path first given (models go beside it)
     for p in paths:
         unique.setdefault(Path(p).resolve(), Path(p))
@@ -390,6 +428,8 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     if seeds < 1:
         raise FeatbenchError(f"--seeds must be at least 1 (got {seeds})")
     if need > limit:
+        if exclude:
+            raise FeatbenchError("--exclude trains in memory only; raise --max-memory or leave out --exclude")
         if seeds > 1:
             print("note: out of core, each head is trained with its default seed only", file=sys.stderr)
         return run_streamed(list(unique.values()), heads, refit, log, limit, need, out)
@@ -397,6 +437,17 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
+        if exclude:
+            exclude.check(stores)
+            kept = [exclude.without(s) for s in stores]
+            removed = len(stores[0].train) - len(kept[0].train)
+            log(f"--exclude {exclude.audit}: {removed} flagged train images left out; every head chosen again")
+            again = choose(kept, heads, log, seeds)
+            for c in again:
+                c.name += "-excluded"
+            results = [replace(m, exclude=exclude.scores(c, None)) for c, m in zip(candidates, results)]
+            results += [replace(finish(c, refit), exclude=exclude.scores(c, removed)) for c in again]
+            candidates += again
     folder = models_folder(stores[0], out)
     return [write(c, metrics, folder) for c, metrics in zip(candidates, results)]
 
@@ -419,6 +470,28 @@ def table(results: list[ModelMetrics]) -> str:
         lines.append(f"{name:<{width}}{short_params(r.params)[:25]:<26}{r.val_log_loss:>9.4f}"
                      f"{r.val_accuracy:>8.4f}{r.accuracy:>9.4f}{r.balanced_accuracy:>8.4f}"
                      f"{r.log_loss:>9.4f}{r.ece:>7.4f}{r.fit_seconds:>7.1f}")
+    return "\n".join(lines)
+
+
+def exclusion_table(results: list[ModelMetrics]) -> str:
+    """Each model's test accuracy, trained on every train image and without the flagged ones, each scored on every
+    test image and on those not flagged: the four numbers side by side."""
+    pairs = {r.model.removesuffix(SUFFIX): r for r in results if r.exclude}
+    first = next(iter(pairs.values()))
+    removed = max(r.exclude["train_removed"] for r in pairs.values())
+    width = max(map(len, pairs)) + 2
+    lines = [f"--exclude {first.exclude['audit']}: {removed} flagged train images left out; test scored on all "
+             f"{first.n_test} images and on the {first.exclude['n_test_not_flagged']} not flagged",
+             f"{'model':<{width}}{'trained on all':>28}{'trained without flagged':>28}",
+             f"{'':<{width}}" + f"{'test all':>14}{'not flagged':>14}" * 2]
+    lines.append("-" * len(lines[-1]))
+    for name, r in pairs.items():
+        if r.exclude["trained_without_flagged"]:
+            continue
+        other = pairs.get(name.replace("-refit", "") + "-excluded" + ("-refit" if r.refit else ""))
+        cells = [r.accuracy, r.exclude["accuracy_not_flagged"]]
+        cells += [other.accuracy, other.exclude["accuracy_not_flagged"]] if other else [None, None]
+        lines.append(f"{name:<{width}}" + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
     return "\n".join(lines)
 
 

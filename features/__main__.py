@@ -1,9 +1,11 @@
-"""`python -m features`: what feature stores hold, and one store from the shards of a distributed extraction."""
+"""`python -m features`: what feature stores hold, one store from the shards of a distributed extraction, and a
+store's rows exported for other tools."""
 import argparse
 import sys
 from collections import Counter
 from pathlib import Path
 
+import features.export as exporting
 from features.cli import Command, CommandLine, run_cli
 from features.merge import merge
 from features.reader import FeatureStore, verify
@@ -88,12 +90,32 @@ def merge_command(args) -> int:
     return 0
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = exporting.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("file", type=Path, metavar="STORE")
+    p.add_argument("--format", required=True, choices=exporting.FORMATS,
+                   help="npy (a folder of arrays) or parquet (one table)")
+    p.add_argument("--out", type=Path,
+                   help="where to write (default: beside the store, STEM-export/ for npy, STEM.parquet for parquet)")
+
+
+def export_command(args) -> int:
+    with FeatureStore(args.file) as store:
+        n, dim = len(store.paths), store.dim
+    written = exporting.export(args.file, args.format, args.out)
+    print(f"{written}: {n} rows x {dim} float32, with paths, labels and splits")
+    return 0
+
+
 CLI = CommandLine("python -m features", __doc__, {
     "info": Command("summarise stores: what they hold and how they were made", add_info_arguments, info_command),
     "verify": Command("check each block of a store's embeddings against its checksum", add_verify_arguments,
                       verify_command),
     "merge": Command("merge shards 0..N-1 of a distributed extraction into one store", add_merge_arguments,
                      merge_command),
+    "export": Command("write a store's embeddings, paths, labels and splits as npy arrays or a parquet table",
+                      add_export_arguments, export_command),
 })
 main = CLI.main
 

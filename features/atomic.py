@@ -1,4 +1,7 @@
-"""The one atomic write: a temporary file renamed over the target, so readers never see half a file."""
+"""The one atomic write: a temporary file renamed over the target, so readers never see half a file; and the CSV
+text such writes hold."""
+import csv
+import io
 import os
 from pathlib import Path
 
@@ -16,3 +19,13 @@ def atomic_write(path, write) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows as CSV under a header of `columns` (default: every key, in first-seen order); None is empty."""
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
+    return buf.getvalue()

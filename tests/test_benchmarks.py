@@ -31,6 +31,11 @@ from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 HEADS = ["logreg", "mlp", "svm", "knn", "avg", "concat"]
 FIGURES = ("accuracy_vs_compute.png", "confusion.png", "top_losses.png", "sweeps.png", "finetune_curves.png")
+
+
+def audit_figures(folder) -> list[str]:
+    """The report's audit figures: the map, and a grid for each kind the audit flagged something of."""
+    return sorted(p.name for p in (folder / "report").glob("audit_*.png"))
 METRIC_KEYS = {"dataset", "backbone", "backbones", "head", "model", "refit", "classes", "n_train", "n_val", "n_test",
                "accuracy", "balanced_accuracy", "log_loss", "ece", "confusion", "most_confused", "top_losses",
                "val_log_loss", "val_accuracy", "params", "sweep", "fit_seconds", "predict_seconds", "features",
@@ -137,7 +142,13 @@ def test_report_sections_carry_the_metrics_numbers(synthetic):
     assert md.count("| published [") == sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
     for fig in FIGURES:
         assert f"]({fig})" in md
-    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,[A-Za-z0-9+/=]+">', page)) == len(FIGURES)
+    audited = audit_figures(synthetic)
+    assert "audit_map.png" in audited and "## Data audit" in md and "<h2>Data audit</h2>" in page
+    with open(synthetic / "audit" / "audit.csv", newline="") as fh:
+        kinds = {r["kind"] for r in csv.DictReader(fh)}
+    assert audited == sorted(["audit_map.png", *(f"audit_{k}.png" for k in kinds)])
+    images = re.findall(r'<img alt="[^"]+" src="data:image/png;base64,[A-Za-z0-9+/=]+">', page)
+    assert len(images) == len(FIGURES) + len(audited)
 
 
 def test_csv_and_json_hold_every_number(synthetic):
@@ -179,7 +190,7 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     before = metrics.read_text()
     rc, _, err = cli(capsys, *args)
     assert rc == 0 and "resnet10t-random-init-finetune-bn-head: reused" in err and metrics.read_text() == before
-    assert re.search(r"this run: \d+ s wall; extraction \d+ s, frozen heads \d+ s, fine-tunes \d+ s \(\d+%", err)
+    assert re.search(r"this run: \d+ s wall; extraction \d+ s, frozen heads \d+ s, audit \d+ s, fine-tunes \d+ s \(\d+%", err)
     config.write_text(config.read_text() + "lr = 0.01\n")  # one recipe setting changed: trained again
     rc, _, err = cli(capsys, *args)
     assert rc == 0 and "finetune-bn-head: fine-tuning (seed recipe; peak lr 0.01; epochs per run: 1; seeds: 1)" in err
@@ -301,7 +312,7 @@ def test_html_renders_tables_and_images_in_headless_chromium(synthetic, tmp_path
                          env=env).stdout
     expected_rows = len(metrics_files(synthetic)) + sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
     assert f'data-table-rows="{expected_rows}"' in dom
-    assert f'data-images-decoded="{len(FIGURES)}"' in dom
+    assert f'data-images-decoded="{len(FIGURES) + len(audit_figures(synthetic))}"' in dom
     assert "finetune-bn-head" in dom and "published [1]" in dom
     shot = tmp_path / "shot.png"
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,2400", (synthetic / "report" / "report.html").as_uri()],
@@ -496,7 +507,7 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
 
 def test_usage_and_subcommand_dispatch(capsys):
     rc, out, err = cli(capsys)
-    assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, scale" in err
+    assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, audit, scale" in err
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "  run       backbones × heads" in capsys.readouterr().out
