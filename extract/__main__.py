@@ -48,9 +48,9 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
                         "0: all in this process")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="CPU model arithmetic: fp32, or int8 (quantised on images of the dataset: faster, "
-                        "embeddings close to fp32; its own store NAME-int8.h5; see README Performance) "
-                        "(default fp32)")
+                   help="CPU model arithmetic: fp32; bf16 (CPUs with AVX-512 BF16 or AMX) or int8 (quantised on "
+                        "images of the dataset): faster, embeddings close to fp32, each in its own store "
+                        "NAME-bf16.h5 / NAME-int8.h5; see README Performance (default fp32)")
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
     p.add_argument("--no-optimize", action="store_true",
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")

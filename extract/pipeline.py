@@ -50,7 +50,7 @@ class Options:
     workers: int = -1  # -1: auto (CPU: one embedding worker per core; GPU: `default_workers` decoders)
     dtype: str = "float32"
     amp: bool = True
-    precision: str = "fp32"  # CPU model arithmetic: fp32, or int8 (`extract.quantize`)
+    precision: str = "fp32"  # CPU model arithmetic: fp32, bf16 or int8 (`extract.quantize`)
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
@@ -322,7 +322,7 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     With `shard=(rank, world)`, embed only that rank's block of the listing into its shard store.
     """
     device = pick_device(options.device)
-    check_precision(options.precision, device, options.compile)
+    check_precision(options.precision, device, options.compile, options.optimize)
     path = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     if shard:
         path = shard_path(path, *shard)
@@ -462,8 +462,8 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     and the embeddings of its decoded images, in order. Files whose hash is in `known` are not decoded.
 
     The model is the fastest exact form for the device (`inference_model`) under the one autocast
-    decision, or with `options.precision` int8 the graph quantised on `calibration` (`quantized_model`);
-    on CPU the forked workers both decode and embed (`embeds_in_workers`).
+    decision; with `options.precision` bf16 its bfloat16 graph, with int8 the graph quantised on
+    `calibration` (`quantized_model`). On CPU the forked workers both decode and embed (`embeds_in_workers`).
     """
     cuda = device.type == "cuda"
     size = backbone.preprocess.size
@@ -479,7 +479,8 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         with autocast(device, options.amp):
             return model(x)[:n].float().cpu().numpy()
     in_workers = embeds_in_workers(device, options)
-    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
+    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile,
+                      options.precision == "bf16")
     if options.precision == "int8":
         prepare = partial(quantized_model, backbone.model, calibration.images, options.optimize)
     model = prepare() if in_workers else None  # before the fork: the workers share it

@@ -1,4 +1,5 @@
-"""Reduced-precision extraction on CPU: int8 post-training static quantisation of a backbone.
+"""Reduced-precision extraction on CPU: bf16 graphs (`inference_model(bf16=True)`) and int8 post-training
+static quantisation of a backbone.
 
 `--precision int8` runs the backbone as an int8 graph on oneDNN's kernels (AVX-512 VNNI where the CPU
 has it): PyTorch's FX quantisation with the oneDNN backend's defaults (weights per channel, 8-bit
@@ -23,7 +24,7 @@ from extract.images import BadImage, content_hash, load
 from extract.inference import keep_freed_memory, static_same_padding
 from features.errors import FeatbenchError
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 CALIBRATION_IMAGES = 64
 ENGINE = "onednn"
 
@@ -34,15 +35,20 @@ class Calibration(NamedTuple):
     record: dict  # {images: count, sha256: of the images' relative paths and content hashes}
 
 
-def check_precision(precision: str, device: torch.device, compile: bool = False) -> None:
-    """One-line refusal of a precision this device, torch build or `--compile` cannot run."""
+def check_precision(precision: str, device: torch.device, compile: bool = False, optimize: bool = True) -> None:
+    """One-line refusal of a precision this device, CPU, torch build or `--compile`/`--no-optimize` cannot run."""
     if precision not in PRECISIONS:
-        raise FeatbenchError(f"unknown --precision {precision!r}; use {' or '.join(PRECISIONS)}")
-    if precision == "int8" and compile:
-        raise FeatbenchError("--precision int8 runs its own frozen int8 graph; drop --compile")
-    if precision == "int8" and device.type != "cpu":
-        raise FeatbenchError(f"--precision int8 runs on CPU only, not {device.type}; use --device cpu, or fp32 "
+        raise FeatbenchError(f"unknown --precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return
+    if device.type != "cpu":
+        raise FeatbenchError(f"--precision {precision} runs on CPU only, not {device.type}; use --device cpu, or fp32 "
                              "(on CUDA it runs under fp16 autocast)")
+    if compile or (precision == "bf16" and not optimize):
+        raise FeatbenchError(f"--precision {precision} runs its own frozen graph; drop --compile and --no-optimize")
+    if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise FeatbenchError("--precision bf16: this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX), "
+                             "so it would be slower than fp32; use fp32 or int8")
     if precision == "int8" and ENGINE not in torch.backends.quantized.supported_engines:
         raise FeatbenchError(f"--precision int8: this torch build has no {ENGINE} quantised kernels "
                              f"(it has {', '.join(torch.backends.quantized.supported_engines)}); use fp32")
