@@ -252,7 +252,7 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
         out[key] = float(np.median([r[key] for r in runs]))
     out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, n_model, optimize=False)
     for p in precisions:
-        out[p] = reduced_precision(backbone, device, batch_size, n_model, procs, store, reduced[p][1], root)
+        out[p] = reduced_precision(p, backbone, device, batch_size, n_model, procs, store, reduced[p][1], root)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
         out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)
@@ -270,14 +270,19 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     return out
 
 
-def reduced_precision(backbone, device, batch_size: int, n_model: int, procs: int, fp32_store: Path,
+def reduced_precision(precision: str, backbone, device, batch_size: int, n_model: int, procs: int, fp32_store: Path,
                       store: Path, root: str) -> dict:
-    """The int8 row's other figures: quantising time and model-only rate, the ops left in fp32, the cosine of
-    its store to the fp32 store, and logreg on both."""
+    """A reduced precision's other figures: time to prepare its graph (int8: calibrating and quantising
+    included) and model-only rate, the ops int8 leaves in fp32, the cosine of its store to the fp32 store,
+    and logreg on both."""
     start = time.perf_counter()
-    calibration = calibration_set(load_dataset(root).items, backbone.preprocess)
-    model = quantized_model(backbone.model, calibration.images)
-    out = {"quantize_seconds": time.perf_counter() - start, "fp32_ops": fp32_ops(model.graph),
+    if precision == "int8":
+        model = quantized_model(backbone.model, calibration_set(load_dataset(root).items, backbone.preprocess).images)
+    else:
+        size = backbone.preprocess.size
+        model = inference_model(backbone.model, device, torch.zeros(2, 3, size, size, dtype=torch.uint8), bf16=True)
+    out = {"prepare_seconds": time.perf_counter() - start,
+           "fp32_ops": fp32_ops(model.graph) if precision == "int8" else None,
            "model_only_img_s": model_only(backbone, device, batch_size, n_model, model=model, processes=procs)}
     cos = store_cosines(store, fp32_store)
     out.update(min_cosine=float(cos.min()), median_cosine=float(np.median(cos)), rows=len(cos),
@@ -368,13 +373,13 @@ def print_row(r: dict) -> None:
 def print_precision(p: str, r: dict) -> None:
     q, runs = r[p], r["runs"]
     print(f"  {p:<10}{r[f'{p}_img_s']:8.1f} img/s   {r[f'{p}_vs_fp32']:.2f}x fp32 featbench, "
-          f"{r[f'{p}_vs_model_only']:.2f}x fp32 model-only (end to end, calibrating and quantising included)")
+          f"{r[f'{p}_vs_model_only']:.2f}x fp32 model-only (end to end"
+          f"{', calibrating and quantising included' if p == 'int8' else ''})")
     print("              each run's img/s and ratio to the fp32 featbench run before it: "
           + ", ".join(f"{x[f'{p}_img_s']:.1f} ({x[f'{p}_vs_fp32']:.2f}x)" for x in runs))
-    ops = ", ".join(q["fp32_ops"]) or "none"
+    ops = "" if q["fp32_ops"] is None else f"; ops left in fp32: {', '.join(q['fp32_ops']) or 'none'}"
     print(f"    model-only {q['model_only_img_s']:.1f} img/s ({q['model_only_img_s'] / r['model_only_img_s']:.2f}x "
-          f"fp32's {r['model_only_img_s']:.1f}); calibrating and quantising {q['quantize_seconds']:.1f}s; "
-          f"ops left in fp32: {ops}")
+          f"fp32's {r['model_only_img_s']:.1f}); preparing the graph {q['prepare_seconds']:.1f}s{ops}")
     a, b = q["logreg"], q["logreg_fp32"]
     print(f"    vs the fp32 store ({q['rows']} rows): cosine min {q['min_cosine']:.4f}, "
           f"median {q['median_cosine']:.4f}; logreg test accuracy {a['accuracy']:.2%} vs {b['accuracy']:.2%} "

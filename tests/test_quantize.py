@@ -1,4 +1,4 @@
-"""--precision int8: a quantised model stays close to fp32, precisions never share rows, refusals are one line."""
+"""--precision bf16/int8: models stay close to fp32, precisions never share rows, refusals are one line."""
 import copy
 import subprocess
 import sys
@@ -10,7 +10,8 @@ import torch
 from classify.train import check_matching, load_store
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
-from extract.pipeline import Options, _known_rows, _provenance, extract
+from extract.inference import inference_model
+from extract.pipeline import Options, _known_rows, _provenance, extract, store_path
 from extract.quantize import calibration_set, check_precision, plain_batch_norm, quantized_model
 from features import FeatureStore, Journal
 from features.errors import FeatbenchError, StoreError
@@ -50,6 +51,24 @@ def test_quantized_tiny_model_embeds_within_tolerance_of_fp32(tiny, images):
     assert "quantized::conv2d" in ops and not {"aten::batch_norm", "aten::conv2d"} & ops  # all int8, BN folded
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_bf16_graph_embeds_within_tolerance_of_fp32(tiny, images):
+    x = calibration_set(images.items, tiny.preprocess, 16).images
+    bf16 = inference_model(tiny.model, torch.device("cpu"), x[:2], bf16=True)
+    with torch.inference_mode():
+        fp32, y = tiny.model(x), bf16(x)
+    assert y.dtype == torch.bfloat16 and cosines(y.float(), fp32).min() > 0.99
+    assert not torch.equal(y.float(), fp32)  # it did compute in bf16
+    assert any(p.dtype == torch.float32 for p in tiny.model.parameters())  # the backbone itself is untouched
+
+
+def test_each_precision_has_its_own_store(tiny):
+    names = {p: store_path("runs", "dvc", tiny, None, "float32", p).name for p in ("fp32", "bf16", "int8")}
+    assert names == {"fp32": "test_efficientnet-random-init.h5", "bf16": "test_efficientnet-random-init-bf16.h5",
+                     "int8": "test_efficientnet-random-init-int8.h5"}
+    assert len({str(_provenance(tiny, False, p)) for p in ("fp32", "bf16", "int8")}) == 3
+
+
 def test_plain_batch_norm_is_exact(tiny):
     x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
@@ -85,10 +104,13 @@ def test_reuse_key_separates_precisions_and_ensembles_refuse_mixing(dvc_folder, 
 
 
 def test_unsupported_precision_is_a_one_line_error(dvc_folder):
-    with pytest.raises(FeatbenchError, match="runs on CPU only"):
-        check_precision("int8", torch.device("cuda"))
-    with pytest.raises(FeatbenchError, match="unknown --precision 'bf16'"):
-        check_precision("bf16", torch.device("cpu"))
+    for precision in ("bf16", "int8"):
+        with pytest.raises(FeatbenchError, match=f"--precision {precision} runs on CPU only, not cuda"):
+            check_precision(precision, torch.device("cuda"))
+    with pytest.raises(FeatbenchError, match="drop --compile and --no-optimize"):
+        check_precision("bf16", torch.device("cpu"), optimize=False)
+    with pytest.raises(FeatbenchError, match="unknown --precision 'fp16'"):
+        check_precision("fp16", torch.device("cpu"))
     check_precision("int8", torch.device("cpu"))
     check_precision("fp32", torch.device("cuda"))
     r = subprocess.run([sys.executable, "-m", "extract", "--backbone", "test_resnet", "--random-init", "--data",
