@@ -283,6 +283,7 @@ def reduced_precision(precision: str, backbone, device, batch_size: int, n_model
         model = inference_model(backbone.model, device, torch.zeros(2, 3, size, size, dtype=torch.uint8), bf16=True)
     out = {"prepare_seconds": time.perf_counter() - start,
            "fp32_ops": fp32_ops(model.graph) if precision == "int8" else None,
+           "fp32_model_only_img_s": model_only(backbone, device, batch_size, n_model, processes=procs),  # A/B
            "model_only_img_s": model_only(backbone, device, batch_size, n_model, model=model, processes=procs)}
     cos = store_cosines(store, fp32_store)
     out.update(min_cosine=float(cos.min()), median_cosine=float(np.median(cos)), rows=len(cos),
@@ -378,8 +379,9 @@ def print_precision(p: str, r: dict) -> None:
     print("              each run's img/s and ratio to the fp32 featbench run before it: "
           + ", ".join(f"{x[f'{p}_img_s']:.1f} ({x[f'{p}_vs_fp32']:.2f}x)" for x in runs))
     ops = "" if q["fp32_ops"] is None else f"; ops left in fp32: {', '.join(q['fp32_ops']) or 'none'}"
-    print(f"    model-only {q['model_only_img_s']:.1f} img/s ({q['model_only_img_s'] / r['model_only_img_s']:.2f}x "
-          f"fp32's {r['model_only_img_s']:.1f}); preparing the graph {q['prepare_seconds']:.1f}s{ops}")
+    fp32 = q["fp32_model_only_img_s"]
+    print(f"    model-only {q['model_only_img_s']:.1f} img/s ({q['model_only_img_s'] / fp32:.2f}x fp32's {fp32:.1f} "
+          f"just before); preparing the graph {q['prepare_seconds']:.1f}s{ops}")
     a, b = q["logreg"], q["logreg_fp32"]
     print(f"    vs the fp32 store ({q['rows']} rows): cosine min {q['min_cosine']:.4f}, "
           f"median {q['median_cosine']:.4f}; logreg test accuracy {a['accuracy']:.2%} vs {b['accuracy']:.2%} "
