@@ -405,9 +405,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="featbench runs per backbone, each between model-only measurements; "
                         "medians are printed (default 3)")
-    p.add_argument("--precision", nargs="*", default=["int8"], choices=PRECISIONS[1:],
-                   help="reduced precisions measured beside fp32, end to end and downstream; none: only fp32 "
-                        "(default int8)")
+    p.add_argument("--precision", nargs="*", default=list(PRECISIONS[1:]), choices=PRECISIONS[1:],
+                   help="reduced precisions measured beside fp32, end to end and downstream, and in the memory "
+                        f"section; none: only fp32 (default {' '.join(PRECISIONS[1:])})")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
