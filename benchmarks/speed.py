@@ -12,9 +12,9 @@ and the same featbench and model-only rows with `--compile` (torch.compile), com
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32 reference of the same preprocessing (full decode, torchvision's Resize + CenterCrop).
 
-Each reduced `--precision` (int8) runs end to end right after each fp32 featbench run (calibration and
-quantisation included), with its model-only rate, what its graph leaves in fp32, the cosine of its
-store's rows to the fp32 store's, and logreg's test accuracy and log-loss on both stores.
+Each reduced `--precision` (bf16, int8) runs end to end right after each fp32 featbench run (int8's
+calibration and quantisation included), with its model-only rate (int8: and what its graph leaves in
+fp32), the cosine of its store's rows to the fp32 store's, and logreg's test accuracy and log-loss on both.
 """
 import argparse
 import os
