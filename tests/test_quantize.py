@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.speed import fp32_ops
 from classify.train import check_matching, load_store
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
@@ -49,6 +50,8 @@ def test_quantized_tiny_model_embeds_within_tolerance_of_fp32(tiny, images):
     assert cosines(q, fp32).min() > 0.95
     ops = {n.kind() for n in int8.graph.nodes()}
     assert "quantized::conv2d" in ops and not {"aten::batch_norm", "aten::conv2d"} & ops  # all int8, BN folded
+    left = {op.split()[0] for op in fp32_ops(int8.graph)}  # the input's normalisation, and SiLU (no int8 kernel)
+    assert {"sub", "div", "silu_"} <= left <= {"to", "sub", "div", "silu_", "flatten"}
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
