@@ -11,6 +11,10 @@ Three pipelines on the same images, backbone, device and batch size:
 and the same featbench and model-only rows with `--compile` (torch.compile), compile time included
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32 reference of the same preprocessing (full decode, torchvision's Resize + CenterCrop).
+
+Each reduced `--precision` (bf16, int8) runs end to end right after each fp32 featbench run (int8's
+calibration and quantisation included), with its model-only rate (int8: and what its graph leaves in
+fp32), the cosine of its store's rows to the fp32 store's, and logreg's test accuracy and log-loss on both.
 """
 import argparse
 import os
@@ -29,6 +33,7 @@ from extract.device import autocast, default_workers, pick_device
 from extract.images import decode
 from extract.inference import inference_model
 from extract.pipeline import Options, embeds_in_workers, extract, worker_count
+from extract.quantize import PRECISIONS, calibration_set, quantized_model
 from features import FeatureStore
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -72,22 +77,25 @@ def in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def featbench(backbone, folder, device, batch_size, workers, compile: bool = False) -> tuple[float, Path, str]:
+def featbench(backbone, folder, device, batch_size, workers, compile: bool = False,
+              precision: str = "fp32") -> tuple[float, Path, str]:
     out = Path(tempfile.mkdtemp(prefix="featbench-speed-"))
     ds = load_dataset(folder)
-    opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False, compile=compile)
+    opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False, compile=compile,
+                   precision=precision)
     start = time.perf_counter()
     summary = extract(ds, backbone, out, options=opts)
     return summary.rows / (time.perf_counter() - start), summary.path, str(ds.root)
 
 
 def model_only(backbone, device, batch_size, n_images, optimize: bool = True, compile: bool = False,
-               processes: int = 1) -> float:
-    """Forward passes on one in-memory batch, in the form featbench runs the model (or eager); with
-    `processes` > 1, in that many forked processes of one torch thread each, all at once."""
+               processes: int = 1, model=None) -> float:
+    """Forward passes on one in-memory batch, in the form featbench runs the model (or eager, or `model`);
+    with `processes` > 1, in that many forked processes of one torch thread each, all at once."""
     size = backbone.preprocess.size
     x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
-    model = inference_model(backbone.model, device, x if compile else x[:2], optimize, compile)
+    if model is None:
+        model = inference_model(backbone.model, device, x if compile else x[:2], optimize, compile)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     batches = max(2, n_images // batch_size)
@@ -149,6 +157,35 @@ def matmul_peak(device, n: int = 2048, seconds: float = 0.5, tries: int = 4) -> 
     return best
 
 
+def fp32_ops(graph) -> list[str]:
+    """The compute ops a quantised TorchScript graph runs on float tensors: those outside each stretch from a
+    `quantize_per_tensor` to a `dequantize` (in graph order), each with its count."""
+    counts, fp32 = {}, True
+    for node in graph.nodes():
+        kind = node.kind()
+        if kind in ("aten::quantize_per_tensor", "aten::dequantize"):
+            fp32 = kind == "aten::dequantize"
+        elif fp32 and kind.startswith("aten::") and kind not in ("aten::size", "aten::slice", "aten::contiguous"):
+            counts[kind] = counts.get(kind, 0) + 1
+    return [f"{k.removeprefix('aten::')}" + (f" x{n}" if n > 1 else "") for k, n in counts.items()]
+
+
+def store_cosines(a: Path, b: Path) -> np.ndarray:
+    """Per-row cosine between two stores of the same images (rows matched by path)."""
+    with FeatureStore(a) as sa, FeatureStore(b) as sb:
+        order = {p: i for i, p in enumerate(sb.paths)}
+        x = sa.embeddings(np.arange(len(sa.paths)))
+        y = sb.embeddings(np.array([order[p] for p in sa.paths]))
+    return (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-12)
+
+
+def logreg_test(store: Path) -> dict:
+    """`classify --head logreg` on one store: test accuracy and log-loss (models written to a temp folder)."""
+    from classify.train import run
+    m = run([store], ["logreg"], out=Path(tempfile.mkdtemp(prefix="featbench-speed-models-")))[0]
+    return {"accuracy": m.accuracy, "log_loss": m.log_loss, "n_test": m.n_test}
+
+
 def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarray:
     """Per-image cosine between the store's rows and a reference of the same preprocessing: full decode
     (no draft), torchvision's Resize + CenterCrop, the eager fp32 model on CPU."""
@@ -169,11 +206,12 @@ def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarr
 
 
 def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, seed_workers: int,
-          limit: int, peak_flop_s: float, compile: bool = True, repeats: int = 3) -> dict:
+          limit: int, peak_flop_s: float, compile: bool = True, repeats: int = 3, precisions=()) -> dict:
     """`workers`: featbench's `--workers` (-1: its default); `seed_workers`: the seed-style DataLoader's.
 
     featbench runs `repeats` times, each between two model-only measurements; its ratio to model-only
     is taken per run (against the ceiling either side of it), and every figure is the median of the runs.
+    Each of `precisions` (reduced: int8) runs right after each fp32 run, its ratios taken per run too.
     """
     backbone = create_backbone(name)
     files = sorted(p for p in folder.iterdir() if p.is_file())[:limit] if limit else None
@@ -200,14 +238,21 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     ceilings, runs = [ceiling()], []  # featbench runs between model-only measurements: shared machines drift
     for _ in range(repeats):
         rate, store, root = featbench(backbone, folder, device, batch_size, workers)
+        reduced = {p: featbench(backbone, folder, device, batch_size, workers, precision=p) for p in precisions}
         ceilings.append(ceiling())
         around = {k: (ceilings[-2][k] + ceilings[-1][k]) / 2 for k in ceilings[-1]}
+        top = max(around.values())
         runs.append({"featbench_img_s": rate, **{f"model_only_{k}_img_s": v for k, v in around.items()},
-                     "model_only_img_s": max(around.values()), "featbench_vs_model_only": rate / max(around.values())})
+                     "model_only_img_s": top, "featbench_vs_model_only": rate / top,
+                     **{f"{p}_img_s": r for p, (r, _, _) in reduced.items()},
+                     **{f"{p}_vs_fp32": r / rate for p, (r, _, _) in reduced.items()},
+                     **{f"{p}_vs_model_only": r / top for p, (r, _, _) in reduced.items()}})
     out["runs"] = runs
     for key in runs[0]:  # each figure: the median over the runs
         out[key] = float(np.median([r[key] for r in runs]))
     out["model_only_eager_img_s"] = model_only(backbone, device, batch_size, n_model, optimize=False)
+    for p in precisions:
+        out[p] = reduced_precision(p, backbone, device, batch_size, n_model, procs, store, reduced[p][1], root)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
         out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)
@@ -225,6 +270,27 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     return out
 
 
+def reduced_precision(precision: str, backbone, device, batch_size: int, n_model: int, procs: int, fp32_store: Path,
+                      store: Path, root: str) -> dict:
+    """A reduced precision's other figures: time to prepare its graph (int8: calibrating and quantising
+    included) and model-only rate, the ops int8 leaves in fp32, the cosine of its store to the fp32 store,
+    and logreg on both."""
+    start = time.perf_counter()
+    if precision == "int8":
+        model = quantized_model(backbone.model, calibration_set(load_dataset(root).items, backbone.preprocess).images)
+    else:
+        size = backbone.preprocess.size
+        model = inference_model(backbone.model, device, torch.zeros(2, 3, size, size, dtype=torch.uint8), bf16=True)
+    out = {"prepare_seconds": time.perf_counter() - start,
+           "fp32_ops": fp32_ops(model.graph) if precision == "int8" else None,
+           "fp32_model_only_img_s": model_only(backbone, device, batch_size, n_model, processes=procs),  # A/B
+           "model_only_img_s": model_only(backbone, device, batch_size, n_model, model=model, processes=procs)}
+    cos = store_cosines(store, fp32_store)
+    out.update(min_cosine=float(cos.min()), median_cosine=float(np.median(cos)), rows=len(cos),
+               logreg=logreg_test(store), logreg_fp32=logreg_test(fp32_store))
+    return out
+
+
 def synthetic_folder(n: int, root: Path) -> Path:
     """An imagefolder of n small random JPEGs in two classes (reused when already there)."""
     from PIL import Image
@@ -238,17 +304,18 @@ def synthetic_folder(n: int, root: Path) -> Path:
     return root
 
 
-def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet") -> list[dict]:
+def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet", precision: str = "fp32") -> list[dict]:
     """Peak RSS of `python -m extract` (main process and its largest worker) as the dataset grows."""
     base = Path(tempfile.mkdtemp(prefix="featbench-mem-"))
     rows = []
     for n in sizes:
         folder = synthetic_folder(n, base / f"data{n}")
-        args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet"]
+        args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet",
+                "--precision", precision]
         start = time.perf_counter()
         _, main_mib, worker_mib = run_measured("extract", args)
-        rows.append({"images": n, "seconds": time.perf_counter() - start, "peak_rss_mib": main_mib,
-                     "worker_peak_rss_mib": worker_mib})
+        rows.append({"images": n, "precision": precision, "seconds": time.perf_counter() - start,
+                     "peak_rss_mib": main_mib, "worker_peak_rss_mib": worker_mib})
     return rows
 
 
@@ -299,6 +366,27 @@ def print_row(r: dict) -> None:
         compiled = f"; --compile {r['min_cosine_compiled']:.5f} ({'OK' if good else 'BELOW 0.999'})"
     print("  embeddings vs fp32 reference (full decode, torchvision resize + crop, eager): "
           f"min cosine {r['min_cosine_vs_fp32_reference']:.5f} ({ok}){compiled}")
+    for p in PRECISIONS:
+        if p in r:
+            print_precision(p, r)
+
+
+def print_precision(p: str, r: dict) -> None:
+    q, runs = r[p], r["runs"]
+    print(f"  {p:<10}{r[f'{p}_img_s']:8.1f} img/s   {r[f'{p}_vs_fp32']:.2f}x fp32 featbench, "
+          f"{r[f'{p}_vs_model_only']:.2f}x fp32 model-only (end to end"
+          f"{', calibrating and quantising included' if p == 'int8' else ''})")
+    print("              each run's img/s and ratio to the fp32 featbench run before it: "
+          + ", ".join(f"{x[f'{p}_img_s']:.1f} ({x[f'{p}_vs_fp32']:.2f}x)" for x in runs))
+    ops = "" if q["fp32_ops"] is None else f"; ops left in fp32: {', '.join(q['fp32_ops']) or 'none'}"
+    fp32 = q["fp32_model_only_img_s"]
+    print(f"    model-only {q['model_only_img_s']:.1f} img/s ({q['model_only_img_s'] / fp32:.2f}x fp32's {fp32:.1f} "
+          f"just before); preparing the graph {q['prepare_seconds']:.1f}s{ops}")
+    a, b = q["logreg"], q["logreg_fp32"]
+    print(f"    vs the fp32 store ({q['rows']} rows): cosine min {q['min_cosine']:.4f}, "
+          f"median {q['median_cosine']:.4f}; logreg test accuracy {a['accuracy']:.2%} vs {b['accuracy']:.2%} "
+          f"({(a['accuracy'] - b['accuracy']) * 100:+.2f} points), log-loss {a['log_loss']:.4f} vs "
+          f"{b['log_loss']:.4f} ({a['log_loss'] / b['log_loss'] - 1:+.0%})")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -317,6 +405,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="featbench runs per backbone, each between model-only measurements; "
                         "medians are printed (default 3)")
+    p.add_argument("--precision", nargs="*", default=list(PRECISIONS[1:]), choices=PRECISIONS[1:],
+                   help="reduced precisions measured beside fp32, end to end and downstream, and in the memory "
+                        f"section; none: only fp32 (default {' '.join(PRECISIONS[1:])})")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
@@ -329,14 +420,15 @@ def main(args: argparse.Namespace) -> int:
         peak = matmul_peak(device)  # once, before any pipeline runs: a property of the machine
         for name in args.backbone:
             results["throughput"].append(bench(name, args.images, device, args.batch_size, args.workers, seed_workers,
-                                               args.limit, peak, not args.no_compile, args.repeats))
+                                               args.limit, peak, not args.no_compile, args.repeats,
+                                               args.precision))
             print_row(results["throughput"][-1])
     if "memory" in sections:
         print("extraction peak RSS (synthetic 64x48 JPEGs, test_resnet random-init):")
-        for r in extraction_memory():
+        for r in [r for p in ["fp32", *args.precision] for r in extraction_memory(precision=p)]:
             results["memory"].append(r)
-            print(f"  {r['images']:>6} images: main process {r['peak_rss_mib']:.0f} MiB, largest worker "
-                  f"{r['worker_peak_rss_mib']:.0f} MiB ({r['seconds']:.0f}s)")
+            print(f"  {r['precision']:>4} {r['images']:>6} images: main process {r['peak_rss_mib']:.0f} MiB, "
+                  f"largest worker {r['worker_peak_rss_mib']:.0f} MiB ({r['seconds']:.0f}s)")
     if "heads" in sections:
         r = results["heads"] = logreg_sweep_seconds()
         print(f"logreg sweep: {r['rows']} x {r['dim']} synthetic features, {r['grid_points']} values of C, "

@@ -141,7 +141,8 @@ def load_store(path, features: bool = True, need_val: bool = True) -> Store:
 
 def check_matching(stores: list[Store]) -> None:
     """Ensembles need stores of one dataset with one split assignment (same images, labels, splits),
-    extracted from the same image content (equal content hashes, row by row)."""
+    of one precision (an int8 store is never mixed with fp32 ones), extracted from the same image content
+    (equal content hashes, row by row)."""
     first = stores[0]
     for other in stores[1:]:
         if (other.meta.split_fingerprint != first.meta.split_fingerprint
@@ -151,6 +152,10 @@ def check_matching(stores: list[Store]) -> None:
                 f"{first.path} (dataset {first.dataset}, splits {first.meta.split_fingerprint}) do not share "
                 "a dataset and split assignment; ensemble only stores extracted from the same dataset with "
                 "the same --splits and --seed")
+    for other in stores[1:]:
+        if other.meta.precision != first.meta.precision:
+            raise StoreError(f"{other.path} ({other.meta.precision}) and {first.path} ({first.meta.precision}) were "
+                             "embedded at different precisions; ensemble stores of one --precision")
     with FeatureStore(first.path) as fs:
         paths, ours = fs.paths, fs.hashes
     for other in stores[1:]:

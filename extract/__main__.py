@@ -13,6 +13,7 @@ from extract.backbones import POOLS, TTAS, Readout, create_backbone, list_backbo
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.pipeline import Options, Summary, extract
+from extract.quantize import PRECISIONS
 from extract.recommended import RECOMMENDED, SOURCES
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
@@ -62,6 +63,10 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
                         "--compile they only decode); GPU: decoding processes (default: cores, up to 8); "
                         "0: all in this process")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="CPU model arithmetic: fp32; bf16 (CPUs with AVX-512 BF16 or AMX) or int8 (quantised on "
+                        "images of the dataset): faster, embeddings close to fp32, each in its own store "
+                        "NAME-bf16.h5 / NAME-int8.h5; see README Performance (default fp32)")
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
     p.add_argument("--no-optimize", action="store_true",
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
@@ -133,7 +138,8 @@ def embed(args) -> int:
     readout = Readout(args.pool, args.blocks, args.image_size, args.tta)
     backbone = create_backbone(args.backbone, args.weights, args.random_init, readout)
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                      amp=not args.no_amp, optimize=not args.no_optimize, compile=args.compile,
+                      amp=not args.no_amp, precision=args.precision, optimize=not args.no_optimize,
+                      compile=args.compile,
                       overwrite=args.overwrite, max_image_bytes=args.max_image_bytes,
                       progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,

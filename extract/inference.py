@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features.errors import FeatbenchError
+
 
 def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of `model` whose TensorFlow-style "same" convolutions (timm's `Conv2dSame`) pad statically.
@@ -89,13 +91,15 @@ def keep_freed_memory() -> bool:
 
 
 def inference_model(model: nn.Module, device: torch.device, example: torch.Tensor, optimize: bool = True,
-                    compile: bool = False):
+                    compile: bool = False, bf16: bool = False):
     """The fastest exact form of `model` here: channels-last on GPU; on CPU a frozen TorchScript graph
     with BatchNorm folded into convolutions (`optimize_for_inference`) and "same" padding made static,
     eager if tracing fails, and malloc set to keep freed activation memory.
 
     `compile`: `torch.compile` instead, compiled now on `example` (every later call must have its
-    shape: pad short batches); the usual form if compiling fails (e.g. no C++ compiler)."""
+    shape: pad short batches); the usual form if compiling fails (e.g. no C++ compiler).
+    `bf16` (CPU, with `optimize`): the graph traced under bfloat16 autocast, channels-last (oneDNN's bf16
+    kernels): not exact, and its output is bfloat16; a failure to trace is a FeatbenchError."""
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -116,10 +120,15 @@ def inference_model(model: nn.Module, device: torch.device, example: torch.Tenso
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
             model = static_same_padding(model, example)
+            if bf16:
+                model = copy.deepcopy(model).to(memory_format=torch.channels_last)
             if not any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):  # those must be registered
                 model = _Flat(model)
-            traced = torch.jit.trace(model, example, check_trace=False)  # the tests compare it with eager
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):  # the casts are recorded in the graph
+                traced = torch.jit.trace(model, example, check_trace=False)  # the tests compare it with eager
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     except Exception as e:  # noqa: BLE001 - any tracing failure falls back to the exact eager model
+        if bf16:
+            raise FeatbenchError(f"--precision bf16: cannot trace the model ({type(e).__name__}); use fp32") from None
         print(f"note: running eager ({type(e).__name__} while optimising the model)", file=sys.stderr)
         return model

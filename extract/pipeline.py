@@ -33,6 +33,7 @@ from extract.datasets import Dataset, Item, assign_splits
 from extract.device import autocast, cores, default_workers, pick_device, uses_amp
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
+from extract.quantize import Calibration, calibration_set, check_precision, quantized_model
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
@@ -43,12 +44,13 @@ from features.writer import Journal, Record, Row, RowSource, store_lock, write_s
 
 @dataclass
 class Options:
-    """How to run an extraction (none of these change the embeddings, except `dtype` and `amp`)."""
+    """How to run an extraction (none of these change the embeddings, except `dtype`, `amp` and `precision`)."""
     device: str = "auto"
     batch_size: int = 32
     workers: int = -1  # -1: auto (CPU: one embedding worker per core; GPU: `default_workers` decoders)
     dtype: str = "float32"
     amp: bool = True
+    precision: str = "fp32"  # CPU model arithmetic: fp32, bf16 or int8 (`extract.quantize`)
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
@@ -98,15 +100,18 @@ def worker_count(device: torch.device, options: Options) -> int:
     return cores() if embeds_in_workers(device, options) else default_workers(device)
 
 
-def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str) -> Path:
-    """`{out}/{dataset}/{backbone}[READOUT][-random-init|-w<sha8>][-f16].h5`: one store per distinct embedding
-    (the backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME,
+def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str,
+               precision: str = "fp32") -> Path:
+    """`{out}/{dataset}/{backbone}[READOUT][-random-init|-w<sha8>][-bf16|-int8][-f16].h5`: one store per distinct
+    embedding (the backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME,
     local-dir:FOLDER; READOUT as `Readout.suffix` shows a non-default pool, blocks, image size or TTA)."""
     stem = re.sub(r"[^\w.-]", "_", backbone.name) + backbone.readout.suffix()
     if backbone.weights.get("random_init"):
         stem += "-random-init"
     elif weights_file:
         stem += "-w" + backbone.weights["file_sha256"][:8]
+    if precision != "fp32":
+        stem += f"-{precision}"
     if dtype == "float16":
         stem += "-f16"
     return Path(out) / dataset / f"{stem}.h5"
@@ -260,11 +265,14 @@ class _EmbedBatch:
             return reads, None if x is None else self.embed(x)
 
 
-def _provenance(backbone: Backbone, amp: bool) -> dict:
+def _provenance(backbone: Backbone, amp: bool, precision: str = "fp32", calibration: dict | None = None) -> dict:
     """What decides whether stored rows can be reused: backbone, weights, preprocessing, readout (None: the
-    default) and effective AMP."""
+    default), effective AMP and precision (with int8, the calibration images)."""
     prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
-            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": amp}
+            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": amp,
+            "precision": precision}
+    if calibration is not None:
+        prov["calibration"] = calibration
     return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
 
 
@@ -281,7 +289,7 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         except StoreError as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
         if store is not None and {k: getattr(store.meta, k) for k in prov} != prov:
-            print(f"note: {path} was made with other weights, preprocessing, readout or AMP; recomputing",
+            print(f"note: {path} was made with other weights, preprocessing, readout, AMP or precision; recomputing",
                   file=sys.stderr)
             store.close()
             store = None
@@ -316,7 +324,8 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     With `shard=(rank, world)`, embed only that rank's block of the listing into its shard store.
     """
     device = pick_device(options.device)
-    path = store_path(out, dataset.name, backbone, weights_file, options.dtype)
+    check_precision(options.precision, device, options.compile, options.optimize)
+    path = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     if shard:
         path = shard_path(path, *shard)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +363,9 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    prov = _provenance(backbone, uses_amp(device, options.amp))
+    calibration = calibration_set(dataset.items, backbone.preprocess) if options.precision == "int8" else None
+    prov = _provenance(backbone, uses_amp(device, options.amp), options.precision,
+                       calibration.record if calibration else None)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
     by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
@@ -370,7 +381,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     embedded = 0
     if todo:
         journal.start(prov, _dataset_record(dataset, path))
-        embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options)
+        embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration)
 
     rows = [i for i, r in enumerate(records) if not r.reason]
     skipped = [(items[i].rel, r.reason, r.stamp, r.hash) for i, r in enumerate(records) if r.reason]
@@ -447,13 +458,14 @@ def _blocks(todo: list[int], size: int) -> list[list[int]]:
 
 
 def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, options: Options,
-                  blocks: list[list[int]], known: frozenset = frozenset(),
-                  desc: str = "extract") -> Iterator[tuple[list[Read], np.ndarray]]:
+                  blocks: list[list[int]], known: frozenset = frozenset(), desc: str = "extract",
+                  calibration: Calibration | None = None) -> Iterator[tuple[list[Read], np.ndarray]]:
     """The one embedding path: each batch of `blocks` (positions in `items`), as it is ready, as its reads
     and the embeddings of its decoded images, in order. Files whose hash is in `known` are not decoded.
 
     The model is the fastest exact form for the device (`inference_model`) under the one autocast
-    decision; on CPU the forked workers both decode and embed (`embeds_in_workers`).
+    decision; with `options.precision` bf16 its bfloat16 graph, with int8 the graph quantised on
+    `calibration` (`quantized_model`). On CPU the forked workers both decode and embed (`embeds_in_workers`).
     """
     cuda = device.type == "cuda"
     size = backbone.preprocess.size
@@ -469,7 +481,10 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         with autocast(device, options.amp):
             return model(x)[:n].float().cpu().numpy()
     in_workers = embeds_in_workers(device, options)
-    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
+    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile,
+                      options.precision == "bf16")
+    if options.precision == "int8":
+        prepare = partial(quantized_model, backbone.model, calibration.images, options.optimize)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
         _Images(items, backbone.preprocess, known, options.max_image_bytes), batch_sampler=blocks,
@@ -496,11 +511,11 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
             bar.update(len(reads))
 
 
-def _embed(items, todo, records, by_hash, backbone, device, journal, options) -> int:
+def _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration) -> int:
     """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
     computed = 0
     for reads, feats in embed_batches([items[i] for i in todo], backbone, device, options,
-                                      _blocks(todo, options.batch_size), frozenset(by_hash)):
+                                      _blocks(todo, options.batch_size), frozenset(by_hash), calibration=calibration):
         new = [r for r in reads if r.decoded or r.reason]
         npy = journal.append([items[todo[r.pos]].rel for r in new], [r.stamp for r in new],
                              [r.hash for r in new], [r.reason for r in new], feats)

@@ -60,6 +60,8 @@ class Extraction:
     preprocess: dict | None = None  # `Preprocess.as_dict()`
     readout: dict | None = None  # `Readout.as_dict()`: pool, blocks, image_size, tta where not the defaults
     amp: bool | None = None  # fp16 autocast was in effect
+    precision: str = "fp32"  # the model's arithmetic on CPU: fp32, bf16 or int8 (stores before it: fp32)
+    calibration: dict | None = None  # int8: {images, sha256} of the calibration images (`extract.quantize`)
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
     dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
     split_fractions: list | None = None

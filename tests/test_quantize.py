@@ -1,0 +1,121 @@
+"""--precision bf16/int8: models stay close to fp32, precisions never share rows, refusals are one line."""
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.speed import fp32_ops
+from classify.train import check_matching, load_store
+from extract.backbones import create_backbone
+from extract.datasets import load_dataset
+from extract.inference import inference_model
+from extract.pipeline import Options, _known_rows, _provenance, extract, store_path
+from extract.quantize import calibration_set, check_precision, plain_batch_norm, quantized_model
+from features import FeatureStore, Journal
+from features.errors import FeatbenchError, StoreError
+
+from conftest import write_image
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A timm EfficientNet (BatchNorm + activation fused in one module, as in the real ones), random weights."""
+    return create_backbone("test_efficientnet", random_init=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calib")
+    for i in range(24):
+        write_image(folder / f"cat.{i}.jpg", i, (96, 80))
+        write_image(folder / f"dog.{i}.jpg", 50 + i, (96, 80))
+    return load_dataset(folder)
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.cosine_similarity(a, b).numpy()
+
+
+def test_quantized_tiny_model_embeds_within_tolerance_of_fp32(tiny, images):
+    calibration = calibration_set(images.items, tiny.preprocess, 32)
+    assert len(calibration.images) == 32 and calibration.record["images"] == 32
+    held_out = calibration_set(images.items[::-1], tiny.preprocess, 48).images[32:]  # the other 16
+    int8 = quantized_model(tiny.model, calibration.images)
+    with torch.inference_mode():
+        fp32, q = tiny.model(held_out), int8(held_out)
+    assert q.shape == fp32.shape and q.dtype == torch.float32
+    assert cosines(q, fp32).min() > 0.95
+    ops = {n.kind() for n in int8.graph.nodes()}
+    assert "quantized::conv2d" in ops and not {"aten::batch_norm", "aten::conv2d"} & ops  # all int8, BN folded
+    left = {op.split()[0] for op in fp32_ops(int8.graph)}  # the input's normalisation, and SiLU (no int8 kernel)
+    assert {"sub", "div", "silu_"} <= left <= {"to", "sub", "div", "silu_", "flatten"}
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_bf16_graph_embeds_within_tolerance_of_fp32(tiny, images):
+    x = calibration_set(images.items, tiny.preprocess, 16).images
+    bf16 = inference_model(tiny.model, torch.device("cpu"), x[:2], bf16=True)
+    with torch.inference_mode():
+        fp32, y = tiny.model(x), bf16(x)
+    assert y.dtype == torch.bfloat16 and cosines(y.float(), fp32).min() > 0.99
+    assert not torch.equal(y.float(), fp32)  # it did compute in bf16
+    assert any(p.dtype == torch.float32 for p in tiny.model.parameters())  # the backbone itself is untouched
+
+
+def test_each_precision_has_its_own_store(tiny):
+    names = {p: store_path("runs", "dvc", tiny, None, "float32", p).name for p in ("fp32", "bf16", "int8")}
+    assert names == {"fp32": "test_efficientnet-random-init.h5", "bf16": "test_efficientnet-random-init-bf16.h5",
+                     "int8": "test_efficientnet-random-init-int8.h5"}
+    assert len({str(_provenance(tiny, False, p)) for p in ("fp32", "bf16", "int8")}) == 3
+
+
+def test_plain_batch_norm_is_exact(tiny):
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(plain_batch_norm(copy.deepcopy(tiny.model))(x), tiny.model(x))
+
+
+def test_calibration_set_depends_on_the_images_not_their_order(tiny, images):
+    first = calibration_set(images.items, tiny.preprocess, 8)
+    assert calibration_set(images.items[::-1], tiny.preprocess, 8).record == first.record
+    assert calibration_set(images.items, tiny.preprocess, 9).record != first.record
+
+
+def test_reuse_key_separates_precisions_and_ensembles_refuse_mixing(dvc_folder, tmp_path, tiny):
+    ds, opts = load_dataset(dvc_folder), dict(progress=False, batch_size=8, workers=0)
+    fp32 = extract(ds, tiny, tmp_path, options=Options(**opts))
+    int8 = extract(ds, tiny, tmp_path, options=Options(precision="int8", **opts))
+    assert fp32.path.name == "test_efficientnet-random-init.h5" and int8.path.name.endswith("-random-init-int8.h5")
+    assert int8.embedded == 24
+    with FeatureStore(int8.path) as s, FeatureStore(fp32.path) as f:
+        assert s.meta.precision == "int8" and s.meta.calibration["images"] == 24 and f.meta.precision == "fp32"
+        assert f.meta.calibration is None and "precision" not in f.meta.to_json()  # fp32 stores read as before
+        x, y = s.embeddings(np.arange(24)), f.embeddings(np.arange(24))
+    assert 0.9 < cosines(torch.from_numpy(x), torch.from_numpy(y)).min() < 1 - 1e-6
+    assert extract(ds, tiny, tmp_path, options=Options(precision="int8", **opts)).embedded == 0  # reused
+    calibrated = _provenance(tiny, False, "int8", s.meta.calibration)
+    known, store = _known_rows(fp32.path, Journal(fp32.path), calibrated, overwrite=False)
+    assert store is None and not known  # fp32 rows are never reused as int8
+    other = _provenance(tiny, False, "int8", {**s.meta.calibration, "sha256": "0" * 64})
+    known, store = _known_rows(int8.path, Journal(int8.path), other, overwrite=False)
+    assert store is None and not known  # nor int8 rows of another calibration
+    with pytest.raises(StoreError, match="different precisions"):
+        check_matching([load_store(fp32.path), load_store(int8.path)])
+
+
+def test_unsupported_precision_is_a_one_line_error(dvc_folder):
+    for precision in ("bf16", "int8"):
+        with pytest.raises(FeatbenchError, match=f"--precision {precision} runs on CPU only, not cuda"):
+            check_precision(precision, torch.device("cuda"))
+    with pytest.raises(FeatbenchError, match="drop --compile and --no-optimize"):
+        check_precision("bf16", torch.device("cpu"), optimize=False)
+    with pytest.raises(FeatbenchError, match="unknown --precision 'fp16'"):
+        check_precision("fp16", torch.device("cpu"))
+    check_precision("int8", torch.device("cpu"))
+    check_precision("fp32", torch.device("cuda"))
+    r = subprocess.run([sys.executable, "-m", "extract", "--backbone", "test_resnet", "--random-init", "--data",
+                        str(dvc_folder), "--precision", "int8", "--compile"], capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "drop --compile" in r.stderr
