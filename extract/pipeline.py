@@ -18,7 +18,7 @@ import signal
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -30,7 +30,17 @@ from tqdm import tqdm
 
 from extract.backbones import Backbone
 from extract.datasets import Dataset, Item, assign_splits
-from extract.device import autocast, cores, default_workers, pick_device, uses_amp
+from extract.device import (
+    amp_dtype,
+    autocast,
+    claim,
+    cores,
+    default_batch_size,
+    default_workers,
+    pick_device,
+    to_host,
+    uses_amp,
+)
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from features.errors import FeatbenchError, StoreError
@@ -45,10 +55,11 @@ from features.writer import Journal, Record, Row, RowSource, store_lock, write_s
 class Options:
     """How to run an extraction (none of these change the embeddings, except `dtype` and `amp`)."""
     device: str = "auto"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: `default_batch_size` of the device
     workers: int = -1  # -1: auto (CPU: one embedding worker per core; GPU: `default_workers` decoders)
     dtype: str = "float32"
     amp: bool = True
+    amp_dtype: str | None = None  # CUDA autocast type; None: `amp_dtype`'s default
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
@@ -237,15 +248,17 @@ def _end_with_parent(main: int, worker_id: int) -> None:
         os._exit(1)
 
 
-def _collate(batch) -> tuple[list[Read], np.ndarray | None]:
+def _collate(batch, tensor: bool = False) -> tuple[list[Read], np.ndarray | torch.Tensor | None]:
     """In the worker: the batch's reads and one uint8 array of the decoded images.
 
     A numpy array, not a tensor: tensors arriving through torch's shared memory made the CPU graph of
     `optimize_for_inference` grow the main process with every batch; arrays sent through the pipe
-    keep it flat.
+    keep it flat. For a GPU (`tensor`), a tensor, which the loader copies into pinned memory so that
+    its copy to the device does not block.
     """
     tensors = [t for _, t in batch if t is not None]
-    return [r for r, _ in batch], torch.stack(tensors).numpy() if tensors else None
+    x = torch.stack(tensors) if tensors else None
+    return [r for r, _ in batch], x if tensor or x is None else x.numpy()
 
 
 class _EmbedBatch:
@@ -260,11 +273,13 @@ class _EmbedBatch:
             return reads, None if x is None else self.embed(x)
 
 
-def _provenance(backbone: Backbone, amp: bool) -> dict:
+def _provenance(backbone: Backbone, amp: str | None) -> dict:
     """What decides whether stored rows can be reused: backbone, weights, preprocessing, readout (None: the
-    default) and effective AMP."""
+    default) and effective AMP (`amp`: its type, None without; a store without AMP records no type)."""
     prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
-            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": amp}
+            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": bool(amp)}
+    if amp:
+        prov["amp_dtype"] = amp
     return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
 
 
@@ -316,6 +331,8 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     With `shard=(rank, world)`, embed only that rank's block of the listing into its shard store.
     """
     device = pick_device(options.device)
+    claim(device)
+    options = replace(options, batch_size=options.batch_size or default_batch_size(device))
     path = store_path(out, dataset.name, backbone, weights_file, options.dtype)
     if shard:
         path = shard_path(path, *shard)
@@ -354,7 +371,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    prov = _provenance(backbone, uses_amp(device, options.amp))
+    prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
     by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
@@ -453,28 +470,35 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     and the embeddings of its decoded images, in order. Files whose hash is in `known` are not decoded.
 
     The model is the fastest exact form for the device (`inference_model`) under the one autocast
-    decision; on CPU the forked workers both decode and embed (`embeds_in_workers`).
+    decision; on CPU the forked workers both decode and embed (`embeds_in_workers`). On a GPU, batches
+    come in pinned memory and are copied asynchronously; one batch computes while the previous one's
+    embeddings are copied back and written.
     """
     cuda = device.type == "cuda"
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
 
-    def forward(x: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(x).to(device)
+    def run(net, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One batch through `net` as every batch goes (the compile warm-up too): its embeddings, on the device."""
+        x = torch.as_tensor(x).to(device, non_blocking=True)
         n = len(x)
         if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
             x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, options.amp):
-            return model(x)[:n].float().cpu().numpy()
+        with autocast(device, options.amp, options.amp_dtype):
+            return net(x)[:n].float()
+
+    def forward(x: np.ndarray | torch.Tensor):
+        """The embeddings array, or on a GPU a call that waits for it (`to_host`)."""
+        return to_host(run(model, x)) if cuda else run(model, x).cpu().numpy()
     in_workers = embeds_in_workers(device, options)
-    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile)
+    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile, run)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
         _Images(items, backbone.preprocess, known, options.max_image_bytes), batch_sampler=blocks,
         num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(forward) if in_workers else _collate,
+        collate_fn=_EmbedBatch(forward) if in_workers else partial(_collate, tensor=cuda), pin_memory=cuda,
         multiprocessing_context="fork" if in_workers else None,
         worker_init_fn=partial(_end_with_parent, os.getpid()),
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
@@ -482,18 +506,27 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         model = prepare()  # the decoding workers have started meanwhile
     bar = tqdm(total=len(items), unit="img", desc=f"{desc} {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
+    def done(reads: list[Read], feats) -> tuple[list[Read], np.ndarray]:
+        feats = feats() if callable(feats) else feats
+        if not np.isfinite(feats).all():
+            fresh = [r.pos for r in reads if r.decoded]
+            bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
+            raise FeatbenchError(f"{bad[0]}: the backbone produced non-finite features "
+                                 f"({len(bad)} images); try --no-amp or --device cpu")
+        bar.update(len(reads))
+        return reads, feats
+
     with bar, torch.inference_mode():
+        ahead, in_flight = [], 1 if cuda else 0  # on a GPU, a batch is finished after the next one is launched
         for reads, x in batches:
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
                 feats = x if in_workers else forward(x)  # workers send embeddings
-            if not np.isfinite(feats).all():
-                fresh = [r.pos for r in reads if r.decoded]
-                bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
-                raise FeatbenchError(f"{bad[0]}: the backbone produced non-finite features "
-                                     f"({len(bad)} images); try --no-amp or --device cpu")
-            yield reads, feats
-            bar.update(len(reads))
+            ahead.append((reads, feats))
+            if len(ahead) > in_flight:
+                yield done(*ahead.pop(0))
+        if ahead:
+            yield done(*ahead.pop())
 
 
 def _embed(items, todo, records, by_hash, backbone, device, journal, options) -> int:
@@ -520,6 +553,7 @@ def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.n
     where it could not be embedded; the reason per file, "" when it was embedded)."""
     items = [Item(Path(f), str(f)) for f in files]
     device = pick_device(options.device)
+    options = replace(options, batch_size=options.batch_size or default_batch_size(device))
     blocks = [list(range(k, min(k + options.batch_size, len(items)))) for k in range(0, len(items), options.batch_size)]
     feats = np.full((len(items), backbone.dim), np.nan, np.float32)
     reasons = [""] * len(items)

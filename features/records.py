@@ -59,7 +59,8 @@ class Extraction:
     weights_fingerprint: str | None = None
     preprocess: dict | None = None  # `Preprocess.as_dict()`
     readout: dict | None = None  # `Readout.as_dict()`: pool, blocks, image_size, tta where not the defaults
-    amp: bool | None = None  # fp16 autocast was in effect
+    amp: bool | None = None  # CUDA autocast was in effect
+    amp_dtype: str | None = None  # its type (float16 or bfloat16) where `amp`; None in stores before it was kept
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
     dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
     split_fractions: list | None = None
