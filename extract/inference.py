@@ -129,7 +129,7 @@ def inference_model(model: nn.Module, device: torch.device, example: torch.Tenso
     if compile:
         compiled = _Compiled(model, lambda: _usual(model, device, example, optimize))
         with torch.inference_mode():
-            warm_up(compiled, example)
+            warm_up(compiled, example.clone())  # an inference tensor, as the batches are: no recompile on CPU
         return compiled
     return _usual(model, device, example, optimize)
 
