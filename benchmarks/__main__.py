@@ -20,6 +20,7 @@ CLI = CommandLine("python -m benchmarks", __doc__, {
                   "benchmarks.curve"),
     "speed": lazy("extraction images/second against the seed notebooks' pipeline", "benchmarks.speed"),
     "scale": lazy("logreg out of core on a large synthetic store: time and peak RSS", "benchmarks.scale"),
+    "gpu-check": lazy("the GPU acceptance check: PASS/FAIL per line, minutes, offline", "benchmarks.gpucheck"),
 })
 main = CLI.main
 

@@ -26,7 +26,7 @@ from test_classify import make_store, synthetic, view
 ROOT = Path(__file__).resolve().parents[1]
 CLIS = {"extract": EXTRACT, "classify": CLASSIFY, "benchmarks": BENCHMARKS, "features": FEATURES}
 COMMANDS = {"extract": ["embed", "list-backbones", "fetch-weights"], "classify": ["train", "predict", "submit"],
-            "benchmarks": ["run", "finetune", "report", "curve", "speed", "scale"], "features": ["info", "verify", "merge"]}
+            "benchmarks": ["run", "finetune", "report", "curve", "speed", "scale", "gpu-check"], "features": ["info", "verify", "merge"]}
 DEFAULTS = {"extract": "embed", "classify": "train"}
 
 
