@@ -12,7 +12,7 @@ from extract import weights as pypi
 from extract.backbones import POOLS, TTAS, Readout, create_backbone, list_backbones
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
-from extract.device import AMP_DTYPES, DEFAULT_BATCH, rank_device
+from extract.device import AMP_DTYPES, DEFAULT_BATCH, pick_device, rank_device
 from extract.pipeline import Options, Summary, extract
 from extract.recommended import RECOMMENDED, SOURCES
 from features.cli import Command, CommandLine, parse_size, run_cli
@@ -68,6 +68,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: autocast on CUDA)")
     p.add_argument("--amp-dtype", choices=AMP_DTYPES,
                    help="CUDA autocast type (default: bfloat16 where the GPU supports it, else float16)")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="CUDA: decode JPEGs on the GPU (nvJPEG), for when CPU decoding caps throughput")
     p.add_argument("--no-optimize", action="store_true",
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
     p.add_argument("--compile", action="store_true",
@@ -131,13 +133,15 @@ def embed(args) -> int:
         raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
     shard = (int(os.environ["RANK"]), world) if world > 1 else _shard(args.shard)
     device = rank_device(args.device, os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if args.gpu_decode and (kind := pick_device(device).type) != "cuda":
+        raise FeatbenchError(f"--gpu-decode needs a CUDA GPU (this run is on {kind}); drop --gpu-decode")
     settings = resolve(**dataset_flags(args))
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     readout = Readout(args.pool, args.blocks, args.image_size, args.tta)
     backbone = create_backbone(args.backbone, args.weights, args.random_init, readout)
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
                       amp=not args.no_amp, amp_dtype=args.amp_dtype, optimize=not args.no_optimize,
-                      compile=args.compile,
+                      compile=args.compile, gpu_decode=args.gpu_decode,
                       overwrite=args.overwrite, max_image_bytes=args.max_image_bytes,
                       progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,

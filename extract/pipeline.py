@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from extract import gpudecode
 from extract.backbones import Backbone
 from extract.datasets import Dataset, Item, assign_splits
 from extract.device import (
@@ -63,6 +64,7 @@ class Options:
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
+    gpu_decode: bool = False  # JPEGs decoded on the device (`extract.gpudecode`)
     progress: bool | None = None  # None: only on a terminal
     max_image_bytes: int = 256 * 2**20  # larger files are skipped unread
 
@@ -99,7 +101,8 @@ def embeds_in_workers(device: torch.device, options: Options) -> bool:
     decoder takes one of their cores. Needs `fork` (the workers share the prepared model's weights;
     OpenMP is only fork-safe with one thread per worker); not with `torch.compile`.
     """
-    return device.type == "cpu" and options.workers != 0 and not options.compile and sys.platform == "linux"
+    return (device.type == "cpu" and options.workers != 0 and not options.compile and not options.gpu_decode
+            and sys.platform == "linux")
 
 
 def worker_count(device: torch.device, options: Options) -> int:
@@ -203,11 +206,14 @@ class Read(NamedTuple):
 class _Images(torch.utils.data.Dataset):
     """Reads (`read_file`), hashes and preprocesses one listed file; never raises for a bad file.
 
-    Files whose content hash is in `known` are not decoded: their embedding already exists.
+    Files whose content hash is in `known` are not decoded: their embedding already exists. With
+    `gpu_decode`, JPEGs the device decodes come as their bytes (`gpudecode.on_device`).
     """
 
-    def __init__(self, items, preprocess, known: frozenset = frozenset(), max_bytes: int = Options.max_image_bytes):
+    def __init__(self, items, preprocess, known: frozenset = frozenset(), max_bytes: int = Options.max_image_bytes,
+                 gpu_decode: bool = False):
         self.items, self.preprocess, self.known, self.max_bytes = items, preprocess, known, max_bytes
+        self.gpu_decode = gpu_decode
 
     def __len__(self):
         return len(self.items)
@@ -218,6 +224,8 @@ class _Images(torch.utils.data.Dataset):
             digest = content_hash(data)
             if digest in self.known:
                 return Read(i, digest, stamp, "", False), None
+            if self.gpu_decode and gpudecode.on_device(data, self.preprocess):
+                return Read(i, digest, stamp, "", True), torch.frombuffer(bytearray(data), dtype=torch.uint8)
             return Read(i, digest, stamp, "", True), load(data, self.preprocess)
         except BadImage as e:
             return Read(i, "", "", str(e), False), None
@@ -259,6 +267,11 @@ def _collate(batch, tensor: bool = False) -> tuple[list[Read], np.ndarray | torc
     tensors = [t for _, t in batch if t is not None]
     x = torch.stack(tensors) if tensors else None
     return [r for r, _ in batch], x if tensor or x is None else x.numpy()
+
+
+def _collate_mixed(batch) -> tuple[list[Read], list[torch.Tensor] | None]:
+    """`--gpu-decode`: the batch's reads and its images as they are, decoded (CHW) or JPEG bytes (1-D)."""
+    return [r for r, _ in batch], [t for _, t in batch if t is not None] or None
 
 
 class _EmbedBatch:
@@ -478,8 +491,10 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
 
-    def run(net, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def run(net, x: np.ndarray | torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """One batch through `net` as every batch goes (the compile warm-up too): its embeddings, on the device."""
+        if isinstance(x, list):
+            x = gpudecode.decode_batch(x, backbone.preprocess, device)
         x = torch.as_tensor(x).to(device, non_blocking=True)
         n = len(x)
         if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
@@ -489,16 +504,17 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         with autocast(device, options.amp, options.amp_dtype):
             return net(x)[:n].float()
 
-    def forward(x: np.ndarray | torch.Tensor):
+    def forward(x: np.ndarray | torch.Tensor | list[torch.Tensor]):
         """The embeddings array, or on a GPU a call that waits for it (`to_host`)."""
         return to_host(run(model, x)) if cuda else run(model, x).cpu().numpy()
     in_workers = embeds_in_workers(device, options)
     prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile, run)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
-        _Images(items, backbone.preprocess, known, options.max_image_bytes), batch_sampler=blocks,
+        _Images(items, backbone.preprocess, known, options.max_image_bytes, options.gpu_decode), batch_sampler=blocks,
         num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(forward) if in_workers else partial(_collate, tensor=cuda), pin_memory=cuda,
+        collate_fn=_EmbedBatch(forward) if in_workers else _collate_mixed if options.gpu_decode else
+        partial(_collate, tensor=cuda), pin_memory=cuda,
         multiprocessing_context="fork" if in_workers else None,
         worker_init_fn=partial(_end_with_parent, os.getpid()),
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
