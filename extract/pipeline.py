@@ -54,7 +54,8 @@ from features.writer import Journal, Record, Row, RowSource, store_lock, write_s
 
 @dataclass
 class Options:
-    """How to run an extraction (none of these change the embeddings, except `dtype` and `amp`)."""
+    """How to run an extraction (none of these change the embeddings, except `dtype`, the AMP settings and
+    `gpu_decode`: those are in the reuse key)."""
     device: str = "auto"
     batch_size: int | None = None  # None: `default_batch_size` of the device
     workers: int = -1  # -1: auto (CPU: one embedding worker per core; GPU: `default_workers` decoders)
@@ -286,13 +287,16 @@ class _EmbedBatch:
             return reads, None if x is None else self.embed(x)
 
 
-def _provenance(backbone: Backbone, amp: str | None) -> dict:
+def _provenance(backbone: Backbone, amp: str | None, gpu_decode: bool = False) -> dict:
     """What decides whether stored rows can be reused: backbone, weights, preprocessing, readout (None: the
-    default) and effective AMP (`amp`: its type, None without; a store without AMP records no type)."""
+    default), effective AMP (`amp`: its type, None without) and JPEGs decoded on the device. The last two
+    are recorded only when in effect, so stores made before they were kept stay reusable."""
     prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
             "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": bool(amp)}
     if amp:
         prov["amp_dtype"] = amp
+    if gpu_decode:
+        prov["gpu_decode"] = True
     return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
 
 
@@ -309,7 +313,7 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         except StoreError as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
         if store is not None and {k: getattr(store.meta, k) for k in prov} != prov:
-            print(f"note: {path} was made with other weights, preprocessing, readout or AMP; recomputing",
+            print(f"note: {path} was made with other weights, preprocessing, readout, AMP or decoding; recomputing",
                   file=sys.stderr)
             store.close()
             store = None
@@ -384,7 +388,8 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None)
+    prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None,
+                       options.gpu_decode)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
     by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
@@ -522,6 +527,7 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         model = prepare()  # the decoding workers have started meanwhile
     bar = tqdm(total=len(items), unit="img", desc=f"{desc} {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
+
     def done(reads: list[Read], feats) -> tuple[list[Read], np.ndarray]:
         feats = feats() if callable(feats) else feats
         if not np.isfinite(feats).all():

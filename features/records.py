@@ -61,6 +61,7 @@ class Extraction:
     readout: dict | None = None  # `Readout.as_dict()`: pool, blocks, image_size, tta where not the defaults
     amp: bool | None = None  # CUDA autocast was in effect
     amp_dtype: str | None = None  # its type (float16 or bfloat16) where `amp`; None in stores before it was kept
+    gpu_decode: bool | None = None  # JPEGs decoded on the GPU (`--gpu-decode`); None: on the CPU
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
     dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
     split_fractions: list | None = None

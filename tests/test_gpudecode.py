@@ -10,7 +10,7 @@ from extract import gpudecode
 from extract.__main__ import main as extract_main
 from extract.backbones import create_backbone
 from extract.images import load
-from extract.pipeline import Options, embed_files
+from extract.pipeline import Options, _provenance, embed_files
 from features.cli import run_cli
 from features.errors import FeatbenchError
 
@@ -79,3 +79,8 @@ def test_without_cuda_the_flag_is_one_line(tmp_path, capsys):
                                   "--device", "cpu", "--gpu-decode", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == "error: --gpu-decode needs a CUDA GPU (this run is on cpu); drop --gpu-decode\n"
+
+
+def test_device_decoding_is_in_the_reuse_key_only_when_used():
+    bb = create_backbone("resnet10t", random_init=True)
+    assert _provenance(bb, None, gpu_decode=True)["gpu_decode"] is True and "gpu_decode" not in _provenance(bb, None)
