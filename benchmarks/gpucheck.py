@@ -3,6 +3,7 @@
 It runs in minutes on one CUDA GPU and needs no network: it writes its own JPEGs and uses random-init models.
   cuda-vs-cpu  extraction on cuda (fp32) matches cpu: cosine >= 0.999, all finite, for a convnet and a ViT
   amp          fp16 and bf16 autocast both give finite embeddings, cosine >= 0.99 against cpu fp32
+  gpu-decode   --gpu-decode (nvJPEG) against the CPU's decoding, both fp32 on cuda: cosine >= 0.999
   compile      --compile: no recompile after the warm-up, short last batch included
   finetune     a 1-epoch fine-tune (fp16 autocast with GradScaler) lowers the val log-loss
   torchrun     (2+ GPUs) the ranks run on distinct GPUs, and a dataset with fewer images than ranks works
@@ -94,6 +95,13 @@ def check_matches_cpu(files: list, device: str = "cuda") -> list[Check]:
     return out
 
 
+def check_gpu_decode(files: list, device: str = "cuda") -> Check:
+    cpu_decoded, gpu_decoded = (embed(CONVNET, files, device, amp=False, gpu_decode=g) for g in (False, True))
+    cos = min_cosine(cpu_decoded, gpu_decoded)
+    return Check("gpu-decode", cos >= MIN_COSINE,
+                 f"{CONVNET} min cosine {cos:.5f} against CPU decoding (>= {MIN_COSINE})")
+
+
 def check_compile(files: list, device: str = "cuda", name: str = TINY, batch_size: int = 16) -> Check:
     """--compile over three batches, the last one short (padded): any recompile after the warm-up is an
     error (dynamo's `error_on_recompile`), which featbench's fallback names on stderr."""
@@ -182,7 +190,8 @@ def main(args: argparse.Namespace) -> int:
           f"{torch.__version__}, CUDA {torch.version.cuda}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="featbench-gpu-check-"))
     files = sorted(write_images(root / "small", 64).iterdir())
-    steps = {"cuda-vs-cpu and amp": lambda: check_matches_cpu(files), "compile": lambda: check_compile(files),
+    steps = {"cuda-vs-cpu and amp": lambda: check_matches_cpu(files), "gpu-decode": lambda: check_gpu_decode(files),
+             "compile": lambda: check_compile(files),
              "finetune": lambda: check_finetune(write_images(root / "tinted", 240, (80, 60)))}
     if torch.cuda.device_count() > 1:
         steps["torchrun"] = lambda: check_torchrun(root / "torchrun")

@@ -35,6 +35,11 @@ def test_the_cosine_and_amp_checks_pass_cpu_against_cpu(photos):
     assert all(c.ok for c in checks), [c.line() for c in checks]
 
 
+def test_the_gpu_decode_check_runs_its_code_on_cpu(photos):
+    check = gpucheck.check_gpu_decode(photos, device="cpu")
+    assert check.name == "gpu-decode" and check.ok, check.line()
+
+
 def test_the_compile_check_catches_a_warm_up_unlike_the_batches(photos, monkeypatch):
     """Passes as featbench warms up; fails when the warm-up's input has another size (a recompile follows)."""
     compile = torch.compile
