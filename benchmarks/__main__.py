@@ -22,6 +22,7 @@ CLI = CommandLine("python -m benchmarks", __doc__, {
     "audit": lazy("classify audit: its time on a real store (minus the map) and peak RSS on large synthetic stores",
                   "benchmarks.audit"),
     "scale": lazy("logreg out of core on a large synthetic store: time and peak RSS", "benchmarks.scale"),
+    "gpu-check": lazy("the GPU acceptance check: PASS/FAIL per line, minutes, offline", "benchmarks.gpucheck"),
 })
 main = CLI.main
 

@@ -149,7 +149,7 @@ class Device:
         return self.device.type == "cuda"
 
     def autocast(self):
-        return autocast(self.device, self.amp)
+        return autocast(self.device, self.amp, "float16")  # the type GradScaler is for
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 batch on the device, channels-last (faster convolutions on CPU and GPU)."""

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -94,10 +95,10 @@ def model_only(backbone, device, batch_size, n_images, optimize: bool = True, co
     with `processes` > 1, in that many forked processes of one torch thread each, all at once."""
     size = backbone.preprocess.size
     x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
-    if model is None:
-        model = inference_model(backbone.model, device, x if compile else x[:2], optimize, compile)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
+    if model is None:
+        model = inference_model(backbone.model, device, x if compile else x[:2], optimize, compile, _forward)
     batches = max(2, n_images // batch_size)
     if processes == 1:
         start, end, n = _timed_forwards(model, x, batches)
@@ -115,20 +116,43 @@ def model_only(backbone, device, batch_size, n_images, optimize: bool = True, co
     return sum(n for *_, n in runs) / (max(end for _, end, _ in runs) - min(start for start, _, _ in runs))
 
 
+def _forward(model, x):
+    """One forward pass as featbench runs it on `x`'s device (autocast on CUDA)."""
+    with autocast(x.device):
+        return model(x)
+
+
 def _timed_forwards(model, x, batches: int, threads: int = 0) -> tuple[float, float, int]:
-    """(start, end, images) of `batches` forward passes after one warm-up (perf_counter: comparable
-    across processes)."""
+    """(start, end, images) of `batches` forward passes after warm-up (one on CPU; on CUDA several, as timm's
+    benchmark.py, and the clock starts and stops on a synchronised GPU). perf_counter: comparable across
+    processes."""
     if threads:
         torch.set_num_threads(threads)
     cuda = x.device.type == "cuda"
-    with torch.inference_mode(), autocast(x.device):
-        model(x)  # warm-up
+    with torch.inference_mode():
+        for _ in range(5 if cuda else 1):
+            _forward(model, x)
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(batches):
-            model(x)
+            _forward(model, x)
         if cuda:
             torch.cuda.synchronize()
     return start, time.perf_counter(), batches * len(x)
+
+
+def timm_synthetic(arch: str, device: torch.device, batch_size: int, n_images: int) -> float:
+    """img/s of timm's own inference benchmark (its benchmark.py): `arch` random-init in eval mode, a synthetic
+    float batch, channels-last and AMP on CUDA, synchronised timing after warm-up."""
+    import timm
+    model = timm.create_model(arch, pretrained=False).eval().to(device)
+    size = model.pretrained_cfg["input_size"][-1]
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if device.type == "cuda":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    start, end, n = _timed_forwards(model, x, max(2, n_images // batch_size))
+    return n / (end - start)
 
 
 def flops_per_image(backbone) -> float:
@@ -138,15 +162,20 @@ def flops_per_image(backbone) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_peak(device, n: int = 2048, seconds: float = 0.5, tries: int = 4) -> float:
+def matmul_peak(device, n: int | None = None, seconds: float = 0.5, tries: int = 4) -> float:
     """Measured fp32 (or fp16 on CUDA) matrix-multiply FLOP/s, the best of a few tries: the roofline's
-    compute ceiling (one try on a shared machine can land in a slow moment)."""
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    compute ceiling (one try on a shared machine can land in a slow moment). `n`: 2048 on CPU, 8192 on CUDA
+    (smaller matrices leave a large GPU partly idle)."""
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 2048)
+    dtype = torch.float16 if cuda else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = 0.0
     for _ in range(tries):
+        if cuda:
+            torch.cuda.synchronize()
         reps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             a @ b
@@ -254,6 +283,9 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     for p in precisions:
         out[p] = reduced_precision(p, backbone, device, batch_size, n_model, procs, store, reduced[p][1], root)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
+    if timm.is_model(name):  # e.g. resnet50: featbench end to end against timm's own synthetic benchmark
+        out["timm_synthetic_img_s"] = timm_synthetic(name, device, batch_size, n_model)
+        out["featbench_vs_timm"] = out["featbench_img_s"] / out["timm_synthetic_img_s"]
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
         out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)
         out["featbench_compiled_img_s"], compiled_store, _ = featbench(backbone, folder, device, batch_size, workers,
@@ -353,6 +385,9 @@ def print_row(r: dict) -> None:
         parts.append(f"{r['model_only_processes_img_s']:.1f} in {n} processes x 1 thread")
     print(f"  model-only  {r['model_only_img_s']:8.1f} img/s   (the faster of {' and '.join(parts)}; "
           f"eager fp32: {r['model_only_eager_img_s']:.1f})")
+    if "timm_synthetic_img_s" in r:
+        print(f"  timm        {r['timm_synthetic_img_s']:8.1f} img/s   (timm benchmark.py style: synthetic batch, "
+              f"random init; featbench end to end {r['featbench_vs_timm']:.2f}x)")
     if "featbench_compiled_img_s" in r:
         print(f"  --compile   {r['featbench_compiled_img_s']:8.1f} img/s   "
               f"{r['featbench_compiled_vs_seed']:.2f}x seed-style, {r['featbench_compiled_vs_model_only']:.2f}x "

@@ -46,7 +46,8 @@ def backbone_record(stem: str, meta: StoreMeta) -> dict:
     """What a model keeps about one feature store's backbone (from the store's metadata)."""
     return {"name": meta.backbone, "store": stem, "dim": meta.dim, "preprocess": meta.preprocess,
             "readout": meta.readout, "weights": meta.weights, "weights_fingerprint": meta.weights_fingerprint,
-            "store_fingerprint": meta.fingerprint, "amp": meta.amp}
+            "store_fingerprint": meta.fingerprint, "amp": meta.amp,
+            "amp_dtype": meta.amp_dtype}
 
 
 def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], split_fingerprint: str,

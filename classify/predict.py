@@ -44,8 +44,10 @@ def probabilities(model: dict, model_path, files: list[Path], device: str = "aut
     reasons = [""] * len(files)
     blocks = []
     for record, bb in zip(model["backbones"], build_backbones(model, model_path)):
-        # fp16 autocast (CUDA) only where the training store had it; models before `amp` was kept: the default
-        X, why = embed_files(bb, files, Options(device=device, amp=record.get("amp") is not False, progress=False))
+        # autocast (CUDA) only where the training store had it, in its type (fp16 before the type was kept);
+        # models before `amp` was kept: the default
+        X, why = embed_files(bb, files, Options(device=device, amp=record.get("amp") is not False,
+                                                amp_dtype=record.get("amp_dtype") or "float16", progress=False))
         blocks.append(X)
         reasons = [r or w for r, w in zip(reasons, why)]
     ok = np.array([not r for r in reasons])

@@ -12,6 +12,7 @@ from extract import weights as pypi
 from extract.backbones import POOLS, TTAS, Readout, create_backbone, list_backbones
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
+from extract.device import AMP_DTYPES, DEFAULT_BATCH, pick_device, rank_device
 from extract.pipeline import Options, Summary, extract
 from extract.quantize import PRECISIONS
 from extract.recommended import RECOMMENDED, SOURCES
@@ -56,8 +57,10 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", choices=TTAS,
                    help="flip: embed the mean of each image's and its mirror image's features (twice the compute; "
                         "default: none)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps "
+                                                    "(under torchrun, cuda and auto are cuda:LOCAL_RANK)")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per forward pass (default: {DEFAULT_BATCH['cuda']} on CUDA, 32 elsewhere)")
     p.add_argument("--workers", type=int, default=-1,
                    help="CPU: processes that decode and embed, one thread each (default: one per core; with "
                         "--compile they only decode); GPU: decoding processes (default: cores, up to 8); "
@@ -67,7 +70,11 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU model arithmetic: fp32; bf16 (CPUs with AVX-512 BF16 or AMX) or int8 (quantised on "
                         "images of the dataset): faster, embeddings close to fp32, each in its own store "
                         "NAME-bf16.h5 / NAME-int8.h5; see README Performance (default fp32)")
-    p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: fp16 autocast on CUDA)")
+    p.add_argument("--no-amp", action="store_true", help="full fp32 on GPU (default: autocast on CUDA)")
+    p.add_argument("--amp-dtype", choices=AMP_DTYPES,
+                   help="CUDA autocast type (default: bfloat16 where the GPU supports it, else float16)")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="CUDA: decode JPEGs on the GPU (nvJPEG), for when CPU decoding caps throughput")
     p.add_argument("--no-optimize", action="store_true",
                    help="CPU: run the eager model instead of a frozen TorchScript graph with BatchNorm folded")
     p.add_argument("--compile", action="store_true",
@@ -124,22 +131,22 @@ def fetch_weights_command(args) -> int:
 def embed(args) -> int:
     if not args.backbone:
         raise FeatbenchError("no backbone: pass --backbone NAME (see python -m extract list-backbones)")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise FeatbenchError(f"--batch-size must be at least 1, got {args.batch_size}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and args.shard:
         raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
     shard = (int(os.environ["RANK"]), world) if world > 1 else _shard(args.shard)
-    device = args.device
-    if world > 1 and device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"  # ranks may share GPUs
+    device = rank_device(args.device, os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if args.gpu_decode and (kind := pick_device(device).type) != "cuda":
+        raise FeatbenchError(f"--gpu-decode needs a CUDA GPU (this run is on {kind}); drop --gpu-decode")
     settings = resolve(**dataset_flags(args))
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     readout = Readout(args.pool, args.blocks, args.image_size, args.tta)
     backbone = create_backbone(args.backbone, args.weights, args.random_init, readout)
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                      amp=not args.no_amp, precision=args.precision, optimize=not args.no_optimize,
-                      compile=args.compile,
+                      amp=not args.no_amp, amp_dtype=args.amp_dtype, precision=args.precision,
+                      optimize=not args.no_optimize, compile=args.compile, gpu_decode=args.gpu_decode,
                       overwrite=args.overwrite, max_image_bytes=args.max_image_bytes,
                       progress=False if args.quiet or (shard and shard[0] > 0 and world > 1) else None)
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
@@ -180,7 +187,7 @@ def _distributed(run) -> int:
         if rank == 0:
             store = merged_path(summary.path)  # every shard as this node sees the shared --out
             path = merge([shard_path(store, r, world) for r in range(world)])
-            devices = ", ".join(sorted({s.device for s in summaries}))
+            devices = ", ".join(s.device for s in summaries)  # rank by rank
             print(Summary(path, sum(s.rows for s in summaries), sum(s.embedded for s in summaries),
                           sum(s.reused for s in summaries), [k for s in summaries for k in s.skipped],
                           time.perf_counter() - started, f"{world} ranks ({devices})").line())

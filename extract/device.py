@@ -1,5 +1,7 @@
-"""Where a model runs: the device choice, this process's CPU cores, and the one autocast decision."""
+"""Where a model runs: the device choice (a torchrun rank's GPU included), this process's CPU cores, the
+default batch size, and the one autocast decision."""
 import os
+from typing import Mapping
 
 import torch
 
@@ -28,6 +30,27 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def rank_device(name: str, env: Mapping[str, str], cuda_devices: int) -> str:
+    """`name` for this process: under torchrun (`LOCAL_RANK` set), a plain `cuda`, or `auto` when CUDA GPUs are
+    visible, is `cuda:LOCAL_RANK % cuda_devices` (ranks share GPUs when there are fewer); anything else unchanged."""
+    if "LOCAL_RANK" not in env or cuda_devices < 1 or name not in ("cuda", "auto"):
+        return name
+    return f"cuda:{int(env['LOCAL_RANK']) % cuda_devices}"
+
+
+def claim(device: torch.device) -> None:
+    """Make `device` this process's current CUDA GPU (before any CUDA work, so nothing lands on GPU 0)."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+DEFAULT_BATCH = {"cuda": 256}  # images per forward pass by device type; others 32
+
+
+def default_batch_size(device: torch.device) -> int:
+    return DEFAULT_BATCH.get(device.type, 32)
+
+
 def cores() -> int:
     """CPU cores for this process (its affinity), shared among the ranks of a `torchrun` on this machine."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -39,13 +62,40 @@ def default_workers(device: torch.device) -> int:
     return min(8, cores()) if device.type != "cpu" else max(1, cores() // 2)
 
 
+def to_host(y: torch.Tensor):
+    """Start copying `y` (on a CUDA GPU) into pinned host memory, without waiting: returns a call that waits
+    for the copy and gives the numpy array."""
+    host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+    host.copy_(y, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait():
+        copied.synchronize()
+        return host.numpy()
+    return wait
+
+
+AMP_DTYPES = ("float16", "bfloat16")
+
+
 def uses_amp(device: torch.device, amp: bool = True) -> bool:
-    """Whether a run with `amp` asked for computes in fp16 autocast: on CUDA only."""
+    """Whether a run with `amp` asked for computes in autocast: on CUDA only."""
     return amp and device.type == "cuda"
 
 
-def autocast(device: torch.device, amp: bool = True) -> torch.autocast:
-    """fp16 autocast on CUDA when `amp`; elsewhere (and without `amp`) full precision."""
+def amp_dtype(name: str | None = None) -> str:
+    """The CUDA autocast type: `name`, or by default bfloat16 where the GPU supports it (Ampere and newer: no
+    fp16 overflow), else float16."""
+    if name is None:
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
+    if name not in AMP_DTYPES:
+        raise FeatbenchError(f"unknown --amp-dtype {name!r}; use {' or '.join(AMP_DTYPES)}")
+    return name
+
+
+def autocast(device: torch.device, amp: bool = True, dtype: str | None = None) -> torch.autocast:
+    """Autocast in `amp_dtype(dtype)` on CUDA when `amp`; elsewhere (and without `amp`) full precision."""
     if uses_amp(device, amp):
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=getattr(torch, amp_dtype(dtype)))
     return torch.autocast("cpu", enabled=False)

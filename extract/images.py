@@ -108,6 +108,23 @@ def decode_array(data: bytes, min_side: int = 0) -> np.ndarray:
         return np.array(_upright_rgb(img))
 
 
+def geometry(h: int, w: int, pre: Preprocess) -> tuple[int, int, int, int]:
+    """(height, width, top, left): the size an h × w image is resized to and the corner of its centre crop."""
+    if pre.resize == 0:
+        nw = nh = pre.size
+    elif w <= h:
+        nw, nh = pre.resize, max(1, int(h * pre.resize / w))
+    else:
+        nw, nh = max(1, int(w * pre.resize / h)), pre.resize
+    return nh, nw, int(round((nh - pre.size) / 2)), int(round((nw - pre.size) / 2))
+
+
+def by_torch(pre: Preprocess, nh: int, nw: int, top: int, left: int) -> bool:
+    """Whether `resize_crop` resizes with torch's antialiased interpolation (else PIL's)."""
+    return (pre.interpolation in ("bilinear", "bicubic") and min(left, top) >= 0
+            and max(nw, nh) <= 8 * max(pre.resize, pre.size))
+
+
 def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
     """HWC uint8 RGB → CHW uint8: shorter side to `pre.resize`, centre crop `pre.size`, as torchvision does
     (resize=0: squash).
@@ -118,15 +135,8 @@ def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
     under the crop (`box`, float32: a small share of pixels a level off).
     """
     h, w = img.shape[:2]
-    if pre.resize == 0:
-        nw = nh = pre.size
-    elif w <= h:
-        nw, nh = pre.resize, max(1, int(h * pre.resize / w))
-    else:
-        nw, nh = max(1, int(w * pre.resize / h)), pre.resize
-    left, top = int(round((nw - pre.size) / 2)), int(round((nh - pre.size) / 2))
-    if (pre.interpolation in ("bilinear", "bicubic") and min(left, top) >= 0
-            and max(nw, nh) <= 8 * max(pre.resize, pre.size)):
+    nh, nw, top, left = geometry(h, w, pre)
+    if by_torch(pre, nh, nw, top, left):
         x = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], (nh, nw), mode=pre.interpolation,
                           antialias=True)[0]
         return x[:, top:top + pre.size, left:left + pre.size].contiguous()

@@ -90,30 +90,55 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
-def inference_model(model: nn.Module, device: torch.device, example: torch.Tensor, optimize: bool = True,
-                    compile: bool = False, bf16: bool = False):
-    """The fastest exact form of `model` here: channels-last on GPU; on CPU a frozen TorchScript graph
-    with BatchNorm folded into convolutions (`optimize_for_inference`) and "same" padding made static,
-    eager if tracing fails, and malloc set to keep freed activation memory.
+class _Compiled:
+    """`torch.compile`'s model, with the usual form in reserve until its first two calls (the warm-up, which
+    compiles, and the first real batch) have returned: a failure in either (e.g. no C++ compiler) runs the
+    usual form from then on."""
 
-    `compile`: `torch.compile` instead, compiled now on `example` (every later call must have its
-    shape: pad short batches); the usual form if compiling fails (e.g. no C++ compiler).
+    def __init__(self, model: nn.Module, usual):
+        self.model, self.usual, self.trials = torch.compile(model), usual, 2  # usual(): the usual form
+
+    def __call__(self, x):
+        if not self.trials:
+            return self.model(x)
+        try:
+            y = self.model(x)
+        except Exception as e:  # noqa: BLE001 - any compile failure falls back to the exact model
+            print(f"note: not compiled ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                  "running the usual form", file=sys.stderr)
+            self.model, self.trials = self.usual(), 0
+            return self.model(x)
+        self.trials -= 1
+        return y
+
+
+def inference_model(model: nn.Module, device: torch.device, example: torch.Tensor, optimize: bool = True,
+                    compile: bool = False, warm_up=None, bf16: bool = False):
+    """The fastest exact form of `model` here: channels-last on GPU (cuDNN picking the fastest kernels for
+    the fixed batch shape); on CPU a frozen TorchScript graph with BatchNorm folded into convolutions
+    (`optimize_for_inference`) and "same" padding made static, eager if tracing fails, and malloc set to
+    keep freed activation memory.
+
+    `compile`: `torch.compile` instead, compiled now by `warm_up(model, example)`, which must call it as
+    every batch will (same autocast, memory format and shape: pad short batches); the usual form if
+    compiling fails, now or on the first real batch (`_Compiled`).
     `bf16` (CPU, with `optimize`): the graph traced under bfloat16 autocast, channels-last (oneDNN's bf16
     kernels): not exact, and its output is bfloat16; a failure to trace is a FeatbenchError."""
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     if device.type == "cpu":
         keep_freed_memory()
     if compile:
-        compiled = torch.compile(model)
-        try:
-            with torch.inference_mode():
-                compiled(example.to(device))
-            return compiled
-        except Exception as e:  # noqa: BLE001 - any compile failure falls back to the exact model
-            print(f"note: not compiled ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                  "running the usual form", file=sys.stderr)
+        compiled = _Compiled(model, lambda: _usual(model, device, example, optimize, bf16))
+        with torch.inference_mode():
+            warm_up(compiled, example.clone())  # an inference tensor, as the batches are: no recompile on CPU
+        return compiled
+    return _usual(model, device, example, optimize, bf16)
+
+
+def _usual(model: nn.Module, device: torch.device, example: torch.Tensor, optimize: bool, bf16: bool = False):
     if not optimize or device.type != "cpu":
         return model
     try:

@@ -18,7 +18,7 @@ import signal
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -28,9 +28,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from extract import gpudecode
 from extract.backbones import Backbone
 from extract.datasets import Dataset, Item, assign_splits
-from extract.device import autocast, cores, default_workers, pick_device, uses_amp
+from extract.device import (
+    amp_dtype,
+    autocast,
+    claim,
+    cores,
+    default_batch_size,
+    default_workers,
+    pick_device,
+    to_host,
+    uses_amp,
+)
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.quantize import Calibration, calibration_set, check_precision, quantized_model
@@ -44,16 +55,19 @@ from features.writer import Journal, Record, Row, RowSource, store_lock, write_s
 
 @dataclass
 class Options:
-    """How to run an extraction (none of these change the embeddings, except `dtype`, `amp` and `precision`)."""
+    """How to run an extraction (none of these change the embeddings, except `dtype`, the AMP settings,
+    `precision` and `gpu_decode`: those are in the reuse key)."""
     device: str = "auto"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: `default_batch_size` of the device
     workers: int = -1  # -1: auto (CPU: one embedding worker per core; GPU: `default_workers` decoders)
     dtype: str = "float32"
     amp: bool = True
+    amp_dtype: str | None = None  # CUDA autocast type; None: `amp_dtype`'s default
     precision: str = "fp32"  # CPU model arithmetic: fp32, bf16 or int8 (`extract.quantize`)
     overwrite: bool = False
     optimize: bool = True  # CPU: frozen TorchScript with BatchNorm folded (same results to ~1e-6)
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
+    gpu_decode: bool = False  # JPEGs decoded on the device (`extract.gpudecode`)
     progress: bool | None = None  # None: only on a terminal
     max_image_bytes: int = 256 * 2**20  # larger files are skipped unread
 
@@ -90,7 +104,8 @@ def embeds_in_workers(device: torch.device, options: Options) -> bool:
     decoder takes one of their cores. Needs `fork` (the workers share the prepared model's weights;
     OpenMP is only fork-safe with one thread per worker); not with `torch.compile`.
     """
-    return device.type == "cpu" and options.workers != 0 and not options.compile and sys.platform == "linux"
+    return (device.type == "cpu" and options.workers != 0 and not options.compile and not options.gpu_decode
+            and sys.platform == "linux")
 
 
 def worker_count(device: torch.device, options: Options) -> int:
@@ -197,11 +212,14 @@ class Read(NamedTuple):
 class _Images(torch.utils.data.Dataset):
     """Reads (`read_file`), hashes and preprocesses one listed file; never raises for a bad file.
 
-    Files whose content hash is in `known` are not decoded: their embedding already exists.
+    Files whose content hash is in `known` are not decoded: their embedding already exists. With
+    `gpu_decode`, JPEGs the device decodes come as their bytes (`gpudecode.on_device`).
     """
 
-    def __init__(self, items, preprocess, known: frozenset = frozenset(), max_bytes: int = Options.max_image_bytes):
+    def __init__(self, items, preprocess, known: frozenset = frozenset(), max_bytes: int = Options.max_image_bytes,
+                 gpu_decode: bool = False):
         self.items, self.preprocess, self.known, self.max_bytes = items, preprocess, known, max_bytes
+        self.gpu_decode = gpu_decode
 
     def __len__(self):
         return len(self.items)
@@ -212,6 +230,8 @@ class _Images(torch.utils.data.Dataset):
             digest = content_hash(data)
             if digest in self.known:
                 return Read(i, digest, stamp, "", False), None
+            if self.gpu_decode and gpudecode.on_device(data, self.preprocess):
+                return Read(i, digest, stamp, "", True), torch.frombuffer(bytearray(data), dtype=torch.uint8)
             return Read(i, digest, stamp, "", True), load(data, self.preprocess)
         except BadImage as e:
             return Read(i, "", "", str(e), False), None
@@ -242,15 +262,22 @@ def _end_with_parent(main: int, worker_id: int) -> None:
         os._exit(1)
 
 
-def _collate(batch) -> tuple[list[Read], np.ndarray | None]:
+def _collate(batch, tensor: bool = False) -> tuple[list[Read], np.ndarray | torch.Tensor | None]:
     """In the worker: the batch's reads and one uint8 array of the decoded images.
 
     A numpy array, not a tensor: tensors arriving through torch's shared memory made the CPU graph of
     `optimize_for_inference` grow the main process with every batch; arrays sent through the pipe
-    keep it flat.
+    keep it flat. For a GPU (`tensor`), a tensor, which the loader copies into pinned memory so that
+    its copy to the device does not block.
     """
     tensors = [t for _, t in batch if t is not None]
-    return [r for r, _ in batch], torch.stack(tensors).numpy() if tensors else None
+    x = torch.stack(tensors) if tensors else None
+    return [r for r, _ in batch], x if tensor or x is None else x.numpy()
+
+
+def _collate_mixed(batch) -> tuple[list[Read], list[torch.Tensor] | None]:
+    """`--gpu-decode`: the batch's reads and its images as they are, decoded (CHW) or JPEG bytes (1-D)."""
+    return [r for r, _ in batch], [t for _, t in batch if t is not None] or None
 
 
 class _EmbedBatch:
@@ -265,12 +292,19 @@ class _EmbedBatch:
             return reads, None if x is None else self.embed(x)
 
 
-def _provenance(backbone: Backbone, amp: bool, precision: str = "fp32", calibration: dict | None = None) -> dict:
+def _provenance(backbone: Backbone, amp: str | None, gpu_decode: bool = False, precision: str = "fp32",
+                calibration: dict | None = None) -> dict:
     """What decides whether stored rows can be reused: backbone, weights, preprocessing, readout (None: the
-    default), effective AMP and precision (with int8, the calibration images)."""
+    default), effective AMP (`amp`: its type, None without), JPEGs decoded on the device, and precision (with
+    int8, the calibration images). AMP's type and device decoding are recorded only when in effect, so stores
+    made before they were kept stay reusable."""
     prov = {"backbone": backbone.name, "weights_fingerprint": backbone.weights["fingerprint"],
-            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": amp,
+            "preprocess": backbone.preprocess.as_dict(), "readout": backbone.readout.as_dict(), "amp": bool(amp),
             "precision": precision}
+    if amp:
+        prov["amp_dtype"] = amp
+    if gpu_decode:
+        prov["gpu_decode"] = True
     if calibration is not None:
         prov["calibration"] = calibration
     return json.loads(json.dumps(prov))  # as it reads back from JSON (tuples become lists)
@@ -289,8 +323,8 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         except StoreError as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
         if store is not None and {k: getattr(store.meta, k) for k in prov} != prov:
-            print(f"note: {path} was made with other weights, preprocessing, readout, AMP or precision; recomputing",
-                  file=sys.stderr)
+            print(f"note: {path} was made with other weights, preprocessing, readout, AMP, decoding or precision; "
+                  "recomputing", file=sys.stderr)
             store.close()
             store = None
         if store is not None:
@@ -325,6 +359,8 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     """
     device = pick_device(options.device)
     check_precision(options.precision, device, options.compile, options.optimize)
+    claim(device)
+    options = replace(options, batch_size=options.batch_size or default_batch_size(device))
     path = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     if shard:
         path = shard_path(path, *shard)
@@ -364,8 +400,8 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
     calibration = calibration_set(dataset.items, backbone.preprocess) if options.precision == "int8" else None
-    prov = _provenance(backbone, uses_amp(device, options.amp), options.precision,
-                       calibration.record if calibration else None)
+    prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None,
+                       options.gpu_decode, options.precision, calibration.record if calibration else None)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
     by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
@@ -466,30 +502,40 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     The model is the fastest exact form for the device (`inference_model`) under the one autocast
     decision; with `options.precision` bf16 its bfloat16 graph, with int8 the graph quantised on
     `calibration` (`quantized_model`). On CPU the forked workers both decode and embed (`embeds_in_workers`).
+    On a GPU, batches come in pinned memory and are copied asynchronously; one batch computes while the
+    previous one's embeddings are copied back and written.
     """
     cuda = device.type == "cuda"
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
 
-    def forward(x: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(x).to(device)
+    def run(net, x: np.ndarray | torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """One batch through `net` as every batch goes (the compile warm-up too): its embeddings, on the device."""
+        if isinstance(x, list):
+            x = gpudecode.decode_batch(x, backbone.preprocess, device)
+        x = torch.as_tensor(x).to(device, non_blocking=True)
         n = len(x)
         if options.compile and n < options.batch_size:  # one shape: no recompiling for short batches
             x = torch.cat([x, x.new_zeros((options.batch_size - n, *x.shape[1:]))])
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, options.amp):
-            return model(x)[:n].float().cpu().numpy()
+        with autocast(device, options.amp, options.amp_dtype):
+            return net(x)[:n].float()
+
+    def forward(x: np.ndarray | torch.Tensor | list[torch.Tensor]):
+        """The embeddings array, or on a GPU a call that waits for it (`to_host`)."""
+        return to_host(run(model, x)) if cuda else run(model, x).cpu().numpy()
     in_workers = embeds_in_workers(device, options)
-    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile,
-                      options.precision == "bf16")
+    prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile, run,
+                      bf16=options.precision == "bf16")
     if options.precision == "int8":
         prepare = partial(quantized_model, backbone.model, calibration.images, options.optimize)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
-        _Images(items, backbone.preprocess, known, options.max_image_bytes), batch_sampler=blocks,
+        _Images(items, backbone.preprocess, known, options.max_image_bytes, options.gpu_decode), batch_sampler=blocks,
         num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(forward) if in_workers else _collate,
+        collate_fn=_EmbedBatch(forward) if in_workers else _collate_mixed if options.gpu_decode else
+        partial(_collate, tensor=cuda), pin_memory=cuda,
         multiprocessing_context="fork" if in_workers else None,
         worker_init_fn=partial(_end_with_parent, os.getpid()),
         in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
@@ -497,18 +543,28 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         model = prepare()  # the decoding workers have started meanwhile
     bar = tqdm(total=len(items), unit="img", desc=f"{desc} {backbone.name}", file=sys.stderr, dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
+
+    def done(reads: list[Read], feats) -> tuple[list[Read], np.ndarray]:
+        feats = feats() if callable(feats) else feats
+        if not np.isfinite(feats).all():
+            fresh = [r.pos for r in reads if r.decoded]
+            bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
+            raise FeatbenchError(f"{bad[0]}: the backbone produced non-finite features "
+                                 f"({len(bad)} images); try --no-amp or --device cpu")
+        bar.update(len(reads))
+        return reads, feats
+
     with bar, torch.inference_mode():
+        ahead, in_flight = [], 1 if cuda else 0  # on a GPU, a batch is finished after the next one is launched
         for reads, x in batches:
             feats = np.zeros((0, backbone.dim), np.float32)
             if x is not None:
                 feats = x if in_workers else forward(x)  # workers send embeddings
-            if not np.isfinite(feats).all():
-                fresh = [r.pos for r in reads if r.decoded]
-                bad = [items[i].rel for i, row in zip(fresh, feats) if not np.isfinite(row).all()]
-                raise FeatbenchError(f"{bad[0]}: the backbone produced non-finite features "
-                                     f"({len(bad)} images); try --no-amp or --device cpu")
-            yield reads, feats
-            bar.update(len(reads))
+            ahead.append((reads, feats))
+            if len(ahead) > in_flight:
+                yield done(*ahead.pop(0))
+        if ahead:
+            yield done(*ahead.pop())
 
 
 def _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration) -> int:
@@ -535,6 +591,7 @@ def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.n
     where it could not be embedded; the reason per file, "" when it was embedded)."""
     items = [Item(Path(f), str(f)) for f in files]
     device = pick_device(options.device)
+    options = replace(options, batch_size=options.batch_size or default_batch_size(device))
     blocks = [list(range(k, min(k + options.batch_size, len(items)))) for k in range(0, len(items), options.batch_size)]
     feats = np.full((len(items), backbone.dim), np.nan, np.float32)
     reasons = [""] * len(items)

@@ -59,7 +59,9 @@ class Extraction:
     weights_fingerprint: str | None = None
     preprocess: dict | None = None  # `Preprocess.as_dict()`
     readout: dict | None = None  # `Readout.as_dict()`: pool, blocks, image_size, tta where not the defaults
-    amp: bool | None = None  # fp16 autocast was in effect
+    amp: bool | None = None  # CUDA autocast was in effect
+    amp_dtype: str | None = None  # its type (float16 or bfloat16) where `amp`; None in stores before it was kept
+    gpu_decode: bool | None = None  # JPEGs decoded on the GPU (`--gpu-decode`); None: on the CPU
     precision: str = "fp32"  # the model's arithmetic on CPU: fp32, bf16 or int8 (stores before it: fp32)
     calibration: dict | None = None  # int8: {images, sha256} of the calibration images (`extract.quantize`)
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}

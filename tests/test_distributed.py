@@ -72,6 +72,7 @@ def test_torchrun_two_ranks_equals_one_process(pics, tmp_path, backbone):
     assert len(lines) == 3 and {ln[:9] for ln in lines[:2]} == {"rank 0/2:", "rank 1/2:"}, r.stdout
     merged = tmp_path / "out" / "pics" / STORE
     assert lines[2].startswith(f"{merged}: 10 images stored (10 embedded, 0 reused), 2 skipped"), lines[2]
+    assert all(ln.endswith(" on cpu") for ln in lines[:2]) and lines[2].endswith(" on 2 ranks (cpu, cpu)")  # rank by rank
     assert_equal_stores(merged, ref)
     with FeatureStore(merged) as s:
         assert s.meta.merged_from == 2 and s.meta.shard is None and s.meta.images_embedded == 10

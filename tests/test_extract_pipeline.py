@@ -131,15 +131,18 @@ def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, 
 
 
 def test_effective_amp_decides_reuse(dvc_folder, tmp_path, tiny):
-    """Rows embedded on CPU in fp32 are reused on CPU, never under CUDA autocast (fp16)."""
+    """Rows embedded on CPU in fp32 are reused on CPU, never under CUDA autocast (fp16 or bf16); an fp32 store
+    records `amp: false` and no type, as before the type was kept."""
     summary = run(dvc_folder, tmp_path / "out", tiny)
     journal = Journal(summary.path)
-    fp32, fp16 = _provenance(tiny, amp=False), _provenance(tiny, amp=True)
+    fp32, fp16, bf16 = (_provenance(tiny, amp=a) for a in (None, "float16", "bfloat16"))
+    assert fp32["amp"] is False and "amp_dtype" not in fp32 and fp16["amp"] is True and fp16 != bf16
     known, store = _known_rows(summary.path, journal, fp32, overwrite=False)
-    assert store is not None and len(known) == 24
+    assert store is not None and len(known) == 24 and store.meta.amp_dtype is None
     store.close()
-    known, store = _known_rows(summary.path, journal, fp16, overwrite=False)
-    assert store is None and not known
+    for amp in (fp16, bf16):
+        known, store = _known_rows(summary.path, journal, amp, overwrite=False)
+        assert store is None and not known
     journal.start(fp32, {"root": str(dvc_folder)})
     journal.append(["cat.0.jpg"], ["0:0"], ["h"], [""], np.zeros((1, tiny.dim), np.float32))
     assert _known_rows(tmp_path / "none.h5", journal, fp16, overwrite=False) == ({}, None)
@@ -570,3 +573,36 @@ def test_compile_failure_falls_back_to_the_usual_model(dvc_folder, tmp_path, tin
     monkeypatch.setattr(torch, "compile", broken)
     summary = run(dvc_folder, tmp_path / "c", tiny, compile=True)
     assert summary.rows == 24 and "not compiled (RuntimeError: no C++ compiler here)" in capsys.readouterr().err
+
+
+def test_compile_failure_on_the_first_real_batch_falls_back_too(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """A compiled model that warms up but fails on the first real batch (a recompile, say) runs the usual form."""
+    def fails_after_warm_up(model, **kw):
+        calls = []
+
+        def call(x):
+            calls.append(x.shape)
+            if len(calls) > 1:
+                raise RuntimeError("recompiled and failed")
+            return model(x)
+        return call
+    monkeypatch.setattr(torch, "compile", fails_after_warm_up)
+    summary = run(dvc_folder, tmp_path / "c", tiny, compile=True)
+    assert summary.rows == 24 and "not compiled (RuntimeError: recompiled and failed)" in capsys.readouterr().err
+    assert_same(contents(summary.path), contents(run(dvc_folder, tmp_path / "plain", tiny).path))
+
+
+def test_compile_warms_up_exactly_as_the_batches_run(dvc_folder, tmp_path, tiny, monkeypatch):
+    """The warm-up goes through the batches' own path: same shape, dtype, memory format and autocast."""
+    seen = []
+
+    def recording(model, **kw):
+        def call(x):
+            seen.append((x.shape, x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last),
+                         torch.is_autocast_enabled(x.device.type), torch.is_inference_mode_enabled()))
+            return model(x)
+        return call
+    monkeypatch.setattr(torch, "compile", recording)
+    (dvc_folder / "cat.99.jpg").write_bytes(b"not a jpeg")  # a short batch, padded
+    run(dvc_folder, tmp_path / "c", tiny, compile=True)
+    assert len(seen) == 1 + 4 and len(set(seen)) == 1 and seen[0][0][0] == QUIET.batch_size  # 25 files, batch 8

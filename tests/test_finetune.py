@@ -213,3 +213,21 @@ def test_cli_flags_reach_the_recipe(tinted, tmp_path, capsys):
     assert (r["lrs"], r["calibrate"], r["augment"], r["label_smoothing"], r["head_init"]) == ([2e-3], False, "flip", 0.0,
                                                                                               "random")
     assert m["params"]["temperature"] == 1.0
+
+
+def test_scores_leave_the_device_as_float32_and_become_float64_on_the_cpu(monkeypatch):
+    """MPS has no float64: `outputs` (predict's logits) never asks the device for it; softmax is float64 numpy."""
+    m = model().eval()
+    x = torch.randint(0, 255, (5, 3, 64, 64), dtype=torch.uint8)
+    loader = [(x[:3], torch.zeros(3), torch.arange(3)), None, (x[3:], torch.zeros(2), torch.arange(3, 5))]
+    dev = ft.Device(torch.device("cpu"), False, 0, 3)
+    with torch.inference_mode():
+        expected = m(x.contiguous(memory_format=torch.channels_last)).numpy()
+
+    def no_float64(*args, **kw):
+        raise AssertionError("float64 asked of the device")
+    monkeypatch.setattr(torch.Tensor, "double", no_float64)
+    logits, seen = ft.outputs(m, loader, dev, 5)
+    assert logits.dtype == np.float32 and seen.all()
+    probs = softmax(logits)
+    assert probs.dtype == np.float64 and np.allclose(probs, softmax(expected), atol=1e-6)

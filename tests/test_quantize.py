@@ -69,7 +69,7 @@ def test_each_precision_has_its_own_store(tiny):
     names = {p: store_path("runs", "dvc", tiny, None, "float32", p).name for p in ("fp32", "bf16", "int8")}
     assert names == {"fp32": "test_efficientnet-random-init.h5", "bf16": "test_efficientnet-random-init-bf16.h5",
                      "int8": "test_efficientnet-random-init-int8.h5"}
-    assert len({str(_provenance(tiny, False, p)) for p in ("fp32", "bf16", "int8")}) == 3
+    assert len({str(_provenance(tiny, None, precision=p)) for p in ("fp32", "bf16", "int8")}) == 3
 
 
 def test_plain_batch_norm_is_exact(tiny):
@@ -96,10 +96,10 @@ def test_reuse_key_separates_precisions_and_ensembles_refuse_mixing(dvc_folder, 
         x, y = s.embeddings(np.arange(24)), f.embeddings(np.arange(24))
     assert 0.9 < cosines(torch.from_numpy(x), torch.from_numpy(y)).min() < 1 - 1e-6
     assert extract(ds, tiny, tmp_path, options=Options(precision="int8", **opts)).embedded == 0  # reused
-    calibrated = _provenance(tiny, False, "int8", s.meta.calibration)
+    calibrated = _provenance(tiny, None, precision="int8", calibration=s.meta.calibration)
     known, store = _known_rows(fp32.path, Journal(fp32.path), calibrated, overwrite=False)
     assert store is None and not known  # fp32 rows are never reused as int8
-    other = _provenance(tiny, False, "int8", {**s.meta.calibration, "sha256": "0" * 64})
+    other = _provenance(tiny, None, precision="int8", calibration={**s.meta.calibration, "sha256": "0" * 64})
     known, store = _known_rows(int8.path, Journal(int8.path), other, overwrite=False)
     assert store is None and not known  # nor int8 rows of another calibration
     with pytest.raises(StoreError, match="different precisions"):

@@ -1,0 +1,58 @@
+"""`--gpu-decode`: JPEGs decoded on the GPU (nvJPEG through torchvision), a batch at a time, for when CPU
+decoding caps throughput.
+
+A worker still reads and hashes each file; a JPEG that `resize_crop` would resize with torch (RGB or
+grayscale, upright: no EXIF turn, bilinear or bicubic) goes to the device as its bytes, and is decoded
+there at full size, resized and cropped as `resize_crop` does (antialiased, in float32, rounded to
+uint8). Every other file is decoded on the CPU as without the flag. The CPU decodes in draft mode (a
+DCT-scaled image), so the two paths' pixels differ slightly; their embeddings agree (the tests: cosine).
+"""
+import io
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from extract.backbones import Preprocess
+from extract.images import BadImage, by_torch, geometry, load
+from features.errors import FeatbenchError
+
+
+def on_device(data: bytes, pre: Preprocess) -> bool:
+    """Whether the device decodes this file: a JPEG whose CPU path would be `resize_crop`'s torch resize."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.getexif().get(0x0112, 1) != 1:
+            return False
+        w, h = img.size
+    except Exception:  # noqa: BLE001 - anything PIL cannot open: the CPU path says why
+        return False
+    return by_torch(pre, *geometry(h, w, pre))
+
+
+def resize_crop(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """CHW uint8 on any device → CHW uint8 `pre.size` square: `images.resize_crop`'s torch path, in float32."""
+    nh, nw, top, left = geometry(x.shape[1], x.shape[2], pre)
+    y = F.interpolate(x[None].float(), (nh, nw), mode=pre.interpolation, antialias=True)[0]
+    return y[:, top:top + pre.size, left:left + pre.size].round().clamp(0, 255).to(torch.uint8)
+
+
+def decode_batch(images: list[torch.Tensor], pre: Preprocess, device: torch.device) -> torch.Tensor:
+    """A batch's images, each decoded (CHW) or JPEG bytes (1-D), as one (N, 3, S, S) uint8 tensor on `device`:
+    the JPEGs decoded there in one call. A JPEG the device cannot decode is decoded by the CPU path."""
+    jpegs = [x for x in images if x.ndim == 1]
+    try:
+        decoded = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device) if jpegs else [])
+        decoded = iter([resize_crop(x, pre) for x in decoded])
+    except RuntimeError:  # one bad file fails the whole call: take the files one by one on the CPU
+        decoded = iter([_on_cpu(x, pre).to(device) for x in jpegs])
+    return torch.stack([next(decoded) if x.ndim == 1 else x.to(device, non_blocking=True) for x in images])
+
+
+def _on_cpu(data: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    try:
+        return load(data.cpu().numpy().tobytes(), pre)
+    except BadImage as e:
+        raise FeatbenchError(f"a JPEG of this batch is corrupt ({e}), which --gpu-decode cannot skip; "
+                             "run without --gpu-decode") from None
