@@ -47,8 +47,8 @@ def test_the_compile_check_catches_a_warm_up_unlike_the_batches(photos, monkeypa
     assert gpucheck.check_compile(photos[:5], device="cpu", batch_size=2).ok
     real = pipeline.inference_model
 
-    def warm_up_smaller(model, device, example, optimize, compile, warm_up):
-        return real(model, device, example, optimize, compile, lambda net, x: warm_up(net, x[..., 32:, 32:]))
+    def warm_up_smaller(model, device, example, optimize, compile, warm_up, **kw):
+        return real(model, device, example, optimize, compile, lambda net, x: warm_up(net, x[..., 32:, 32:]), **kw)
     monkeypatch.setattr(pipeline, "inference_model", warm_up_smaller)
     check = gpucheck.check_compile(photos[:5], device="cpu", batch_size=2)
     assert not check.ok and "not compiled (RecompileError" in check.detail
