@@ -510,7 +510,7 @@ def test_usage_and_subcommand_dispatch(capsys):
     assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, audit, scale" in err
     with pytest.raises(SystemExit) as e:
         main(["--help"])
-    assert e.value.code == 0 and "  run       backbones × heads" in capsys.readouterr().out
+    assert e.value.code == 0 and "  run        backbones × heads" in capsys.readouterr().out
     rc, _, err = cli(capsys, "fly")
     assert rc == 2 and "unknown command 'fly'" in err
     with pytest.raises(SystemExit) as e:
