@@ -142,6 +142,14 @@ def _timed_forwards(model, x, batches: int, threads: int = 0) -> tuple[float, fl
     return start, time.perf_counter(), batches * len(x)
 
 
+def timm_arch(backbone) -> str | None:
+    """The timm architecture that runs `backbone`: its trunk's own (efficientnet_lite0 is timm's
+    tf_efficientnet_lite0, not timm's efficientnet_lite0), else its name where timm has that model (torchvision's
+    resnet50 is timm's), else None."""
+    cfg = getattr(backbone.model.trunk, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or (backbone.name if timm.is_model(backbone.name) else None)
+
+
 def timm_synthetic(arch: str, device: torch.device, batch_size: int, n_images: int) -> float:
     """img/s of timm's own inference benchmark (its benchmark.py): `arch` random-init in eval mode, a synthetic
     float batch, channels-last and AMP on CUDA, synchronised timing after warm-up."""
@@ -283,8 +291,9 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     for p in precisions:
         out[p] = reduced_precision(p, backbone, device, batch_size, n_model, procs, store, reduced[p][1], root)
     out["featbench_vs_seed"] = out["featbench_img_s"] / out["seed_style_img_s"]
-    if timm.is_model(name):  # e.g. resnet50: featbench end to end against timm's own synthetic benchmark
-        out["timm_synthetic_img_s"] = timm_synthetic(name, device, batch_size, n_model)
+    arch = timm_arch(backbone)
+    if arch:  # e.g. resnet50: featbench end to end against timm's own synthetic benchmark
+        out["timm_synthetic_img_s"] = timm_synthetic(arch, device, batch_size, n_model)
         out["featbench_vs_timm"] = out["featbench_img_s"] / out["timm_synthetic_img_s"]
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
         out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)

@@ -43,7 +43,7 @@ def check_precision(precision: str, device: torch.device, compile: bool = False,
         return
     if device.type != "cpu":
         raise FeatbenchError(f"--precision {precision} runs on CPU only, not {device.type}; use --device cpu, or fp32 "
-                             "(on CUDA it runs under fp16 autocast)")
+                             "(on CUDA it runs under autocast: --amp-dtype)")
     if compile or (precision == "bf16" and not optimize):
         raise FeatbenchError(f"--precision {precision} runs its own frozen graph; drop --compile and --no-optimize")
     if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
