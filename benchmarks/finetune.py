@@ -282,7 +282,7 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
     ema = ModelEmaV3(model, decay=1 - 1 / max(len(train), 2), use_warmup=True) if recipe.ema else None
     scored = ema.module if ema else model
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                pct_start=recipe.pct_start)
+                                                pct_start=warm_up_share(recipe.pct_start, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=dev.amp)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     y_val = data.labels["val"]
@@ -405,6 +405,12 @@ def _compute(model: Finetuned, runs: list[Run], replicas: list[Run], probe: Prob
             "seeds_images_seen": sum(r.images_seen for r in replicas),
             "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
             "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__}
+
+
+def warm_up_share(pct_start: float, steps: int) -> float:
+    """`pct_start` for OneCycleLR over `steps`, except where its warm-up would be exactly one step: OneCycleLR
+    divides by the warm-up's length in steps minus one, so a half step stands for it (no warm-up)."""
+    return pct_start / 2 if pct_start * steps == 1 else pct_start
 
 
 def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, recipe: Recipe | None = None,

@@ -231,3 +231,15 @@ def test_scores_leave_the_device_as_float32_and_become_float64_on_the_cpu(monkey
     assert logits.dtype == np.float32 and seen.all()
     probs = softmax(logits)
     assert probs.dtype == np.float64 and np.allclose(probs, softmax(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8, 9])
+def test_one_cycle_runs_however_few_steps(steps):
+    """OneCycleLR divides by zero when its warm-up is exactly one step (4 steps at pct_start 0.25)."""
+    for pct in (0.25, 0.3, 0.5):
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps,
+                                                    pct_start=ft.warm_up_share(pct, steps))
+        for _ in range(steps):
+            opt.step()
+            sched.step()
