@@ -230,6 +230,8 @@ def test_synthetic_audit_without_map_flags_planted_duplicates(tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["npy", "parquet"])
 def test_export_round_trips(tmp_path, capsys, fmt):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow", reason="the [parquet] extra (in [test]) is not installed")
     X = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     y = np.arange(40) % 3
     y[-4:] = -1  # unlabelled test images
@@ -298,6 +300,7 @@ def test_audit_benchmark_prints_peak_rss_per_size(capsys):
 
 def test_beyond_exact_max_a_faiss_index_finds_what_exact_search_finds(monkeypatch):
     """With every list probed the index is exact: the same pairs and kNN similarities as the blocked search."""
+    pytest.importorskip("faiss", reason="the [index] extra (in [test]) is not installed")
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 16)).astype(np.float32)
     X[50] = X[10] + 0.01
