@@ -12,7 +12,7 @@ import os
 import pickle
 import socket
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -388,7 +388,7 @@ def _spec(name: str) -> Spec:
         return clip.spec(name)
     import timm
     try:
-        with hub_or_cache():  # an hf-hub: name reads its config from the Hub
+        with hub_or_cache() if name.startswith("hf-hub:") else nullcontext():  # its config is on the Hub
             model = timm.create_model(name, pretrained=False)
     except Exception as e:  # noqa: BLE001 - unknown names and tags, a folder without config.json, no hub: one line
         raise FeatbenchError(_timm_failure(name, e)) from None
@@ -531,7 +531,7 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
             raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))
         else:
             try:
-                with hub_or_cache():
+                with hub_or_cache() if spec.name not in _TORCHVISION_NAMES else nullcontext():  # timm, open_clip
                     trunk, head = spec.online()
             except FeatbenchError:
                 raise
