@@ -71,6 +71,10 @@ class Options:
     progress: bool | None = None  # None: only on a terminal
     max_image_bytes: int = 256 * 2**20  # larger files are skipped unread
 
+    def on(self, device: torch.device) -> "Options":
+        """These options with the batch size settled for `device` (`default_batch_size` where not given)."""
+        return replace(self, batch_size=self.batch_size or default_batch_size(device))
+
 
 @dataclass
 class Summary:
@@ -360,7 +364,7 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     device = pick_device(options.device)
     check_precision(options.precision, device, options.compile, options.optimize)
     claim(device)
-    options = replace(options, batch_size=options.batch_size or default_batch_size(device))
+    options = options.on(device)
     path = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     if shard:
         path = shard_path(path, *shard)
@@ -591,7 +595,7 @@ def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.n
     where it could not be embedded; the reason per file, "" when it was embedded)."""
     items = [Item(Path(f), str(f)) for f in files]
     device = pick_device(options.device)
-    options = replace(options, batch_size=options.batch_size or default_batch_size(device))
+    options = options.on(device)
     blocks = [list(range(k, min(k + options.batch_size, len(items)))) for k in range(0, len(items), options.batch_size)]
     feats = np.full((len(items), backbone.dim), np.nan, np.float32)
     reasons = [""] * len(items)
