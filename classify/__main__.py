@@ -151,6 +151,9 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outlier-z", type=float, default=audit.OUTLIER_Z,
                    help="outliers: kNN distance this many robust standard deviations above the median "
                         f"(default {audit.OUTLIER_Z:g})")
+    p.add_argument("--fit-rows", type=int, default=audit.FIT_ROWS,
+                   help="label issues: each out-of-fold logreg fits on at most this many rows, a stratified "
+                        f"sample; every row is still scored (default {audit.FIT_ROWS:,}: bounds memory)")
     p.add_argument("--no-map", action="store_true", help="skip the UMAP map (map.png, map.csv)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataset_args(p)
@@ -159,7 +162,7 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
 def audit_command(args) -> int:
     paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    a = audit.audit(paths, args.threshold, args.neighbours, args.outlier_z, not args.no_map, log)
+    a = audit.audit(paths, args.threshold, args.neighbours, args.outlier_z, not args.no_map, args.fit_rows, log)
     folder = audit_folder(paths[0], args.out if args.features else None)
     written = audit.write(a, folder)
     print(audit.summary(a))

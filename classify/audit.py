@@ -44,6 +44,8 @@ THRESHOLD = 0.95  # near duplicates: cosine ≥ this (the README's Audit section
 NEIGHBOURS = 10
 OUTLIER_Z = 4.5  # outliers: robust standard deviations above the median (the README's Audit section says why)
 FOLDS = 5
+FIT_ROWS = 25_000  # the label step's logregs each fit on at most this many rows (float64: ~20 bytes per value)
+CHUNK_ROWS = 8192  # rows read and scored at a time
 BLOCK_BYTES = 64 * 2**20  # one block of similarities (float32 rows × n)
 EXACT_MAX = 100_000  # rows searched exactly; beyond, a faiss index
 NPROBE = 32  # the index's lists searched per query
@@ -92,7 +94,7 @@ class Audit:
                  "split": SPLITS[self.splits[f.row]], "path": self.paths[f.row]} for f in self.findings]
 
 
-def normalised(paths: list, chunk_rows: int = 8192) -> np.ndarray:
+def normalised(paths: list, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """The stores' rows, each store's L2-normalised and scaled by 1/√(stores), side by side (float32)."""
     with FeatureStore(paths[0]) as fs:
         n = len(fs.paths)
@@ -215,35 +217,58 @@ def duplicate_findings(X, hashes, splits, groups) -> tuple[list[Finding], dict]:
     return found, dict(leaks)
 
 
-def out_of_fold(path, folds: int = FOLDS, log=lambda msg: None) -> tuple[np.ndarray, np.ndarray]:
+def capped(rows: np.ndarray, y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """`rows` (sorted) if there are at most `cap`, else about `cap` of them drawn per class in proportion (every
+    class keeps one row at least), sorted."""
+    if len(rows) <= cap:
+        return rows
+    rng = np.random.default_rng(seed)
+    take = [rng.choice(rows[y == c], max(1, round(cap * (y == c).mean())), replace=False) for c in np.unique(y)]
+    return np.sort(np.concatenate(take))
+
+
+def out_of_fold(path, folds: int = FOLDS, fit_rows: int = FIT_ROWS, log=lambda msg: None) -> tuple:
     """(store rows, probabilities) of every labelled row, each from a logreg that never saw it: its C chosen on
-    train → val, K-fold over train+val, test from the model fitted on train+val."""
-    s = load_store(path)
+    train → val, K-fold over train+val, test from the model fitted on train+val.
+
+    Each fit reads at most `fit_rows` rows (a stratified sample) from the store, and rows are scored a chunk at
+    a time, so memory is bounded by `fit_rows`, not by the store's size."""
+    s = load_store(path, features=False)
     k = len(s.class_names)
-    X = np.vstack([s.train.X, s.val.X])
-    y = np.concatenate([s.train.y, s.val.y])
+    rows = np.concatenate([s.train.rows, s.val.rows])
+    order = np.argsort(rows)
+    rows, y = rows[order], np.concatenate([s.train.y, s.val.y])[order]
     smallest = int(np.bincount(y, minlength=k)[np.unique(y)].min())
     if smallest < 2:
         raise FeatbenchError(f"{path}: a class has one image in train+val; out-of-fold probabilities need two "
                              "or more images of every class")
     template = HEADS["logreg"].make()
-    with threadpool_limits(limits=BLAS_THREADS):
-        chosen = sweep(template, HEADS["logreg"].grid(len(s.train)), s.train.X, s.train.y, s.val.X, s.val.y, k)
+    with FeatureStore(path) as fs, threadpool_limits(limits=BLAS_THREADS):
+        def read(r, labels):
+            r = capped(r, labels, fit_rows)
+            return fs.embeddings(r), fs.labels[r]
+
+        def scored(model, r):
+            return np.vstack([proba(model, X, k) for X, _ in fs.iter_chunks(r, CHUNK_ROWS)])
+
+        chosen = sweep(template, HEADS["logreg"].grid(min(len(s.train), fit_rows)), *read(s.train.rows, s.train.y),
+                       *read(s.val.rows, s.val.y), k)
         p = np.zeros((len(y), k))
-        for fit, held in StratifiedKFold(min(folds, smallest), shuffle=True, random_state=0).split(X, y):
-            p[held] = proba(fit_fixed(template, chosen.fixed, X[fit], y[fit]), X[held], k)
-        p_test = proba(fit_fixed(template, chosen.fixed, X, y), s.test.X, k)
-    log(f"{s.name}: out-of-fold logreg probabilities (C chosen on val: {chosen.params})")
-    return np.concatenate([s.train.rows, s.val.rows, s.test.rows]), np.vstack([p, p_test])
+        for fit, held in StratifiedKFold(min(folds, smallest), shuffle=True, random_state=0).split(rows, y):
+            p[held] = scored(fit_fixed(template, chosen.fixed, *read(rows[fit], y[fit])), rows[held])
+        p_test = scored(fit_fixed(template, chosen.fixed, *read(rows, y)), s.test.rows)
+    sampled = f", each fit on at most {fit_rows:,} rows" if len(rows) > fit_rows else ""
+    log(f"{s.name}: out-of-fold logreg probabilities (C chosen on val: {chosen.params}{sampled})")
+    return np.concatenate([rows, s.test.rows]), np.vstack([p, p_test])
 
 
-def label_findings(paths: list, labels: np.ndarray, log=lambda msg: None) -> list[Finding]:
+def label_findings(paths: list, labels: np.ndarray, fit_rows: int = FIT_ROWS, log=lambda msg: None) -> list[Finding]:
     """cleanlab's label issues among the labelled rows, ranked by self-confidence (worst first)."""
     from cleanlab.filter import find_label_issues
 
     rows, p = None, 0
     for path in paths:
-        r, q = out_of_fold(path, log=log)
+        r, q = out_of_fold(path, fit_rows=fit_rows, log=log)
         rows, p = r, p + q / len(paths)  # same rows in the same order for every matching store
     given = labels[rows]
     ranked = find_label_issues(given, p, return_indices_ranked_by="self_confidence", n_jobs=1)
@@ -278,12 +303,15 @@ def check_labels(paths: list) -> None:
 
 
 def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlier_z: float = OUTLIER_Z,
-          make_map: bool = True, log=lambda msg: None) -> Audit:
-    """Audit the stores at `paths` (one dataset); `make_map=False` skips the UMAP map."""
+          make_map: bool = True, fit_rows: int = FIT_ROWS, log=lambda msg: None) -> Audit:
+    """Audit the stores at `paths` (one dataset); `make_map=False` skips the UMAP map; `fit_rows` caps the rows each
+    label-step model is fitted on."""
     if not 0 < threshold <= 1:
         raise FeatbenchError(f"--threshold {threshold}: a cosine similarity in (0, 1]")
     if k < 1:
         raise FeatbenchError(f"--neighbours {k}: at least 1")
+    if fit_rows < 2:
+        raise FeatbenchError(f"--fit-rows {fit_rows}: at least 2")
     check_labels(paths)
     if len(paths) > 1:
         check_matching([load_store(p, features=False) for p in paths])
@@ -303,7 +331,7 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
         seconds["map"] = time.perf_counter() - t
     del X  # the label step reads each store's features again: only one copy in memory at a time
     t = time.perf_counter()
-    labelled = label_findings(paths, labels, log)
+    labelled = label_findings(paths, labels, fit_rows, log)
     seconds["labels"] = time.perf_counter() - t
     outliers, outlier_line = outlier_findings(knn, outlier_z)
     found = dupes + labelled + outliers
