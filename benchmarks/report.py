@@ -32,7 +32,7 @@ from classify.audit import KINDS as AUDIT_KINDS
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import interval
 from classify.models import SUFFIX
-from classify.train import short_params
+from classify.train import exclusion_pairs, short_params
 from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
@@ -204,11 +204,9 @@ def audit_texts(c: Collected) -> tuple[str, tuple, tuple | None]:
              f"({c.audit['folder']}/audit.csv, one row per image and kind; scores: higher is surer). Duplicate "
              f"groups spanning splits (leakage), per split pair: {leak}.")
     table = (["kind", "flagged"], [[k, counts.get(k, 0)] for k in AUDIT_KINDS])
-    twins = {m.model.replace("-excluded", ""): m for m in c.excluded}
     side = [[m.model.removesuffix(SUFFIX), pct(m.accuracy), pct(m.exclude["accuracy_not_flagged"]),
-             pct(twins[m.model].accuracy) if m.model in twins else "-",
-             pct(twins[m.model].exclude["accuracy_not_flagged"]) if m.model in twins else "-"]
-            for m in c.metrics if m.exclude]
+             pct(twin.accuracy) if twin else "-", pct(twin.exclude["accuracy_not_flagged"]) if twin else "-"]
+            for m, twin in exclusion_pairs(c.metrics + c.excluded)]
     if not side:
         return intro, table, None
     e = next(m.exclude for m in c.metrics if m.exclude)

@@ -478,25 +478,29 @@ def table(results: list[ModelMetrics]) -> str:
     return "\n".join(lines)
 
 
+def exclusion_pairs(results: list[ModelMetrics]) -> list[tuple[ModelMetrics, ModelMetrics | None]]:
+    """Each model trained on every train image under `--exclude`, with its `-excluded` twin (None when missing)."""
+    twins = {r.model.replace("-excluded", ""): r for r in results if r.exclude and r.exclude["trained_without_flagged"]}
+    return [(r, twins.get(r.model)) for r in results if r.exclude and not r.exclude["trained_without_flagged"]]
+
+
 def exclusion_table(results: list[ModelMetrics]) -> str:
     """Each model's test accuracy, trained on every train image and without the flagged ones, each scored on every
     test image and on those not flagged: the four numbers side by side."""
-    pairs = {r.model.removesuffix(SUFFIX): r for r in results if r.exclude}
-    first = next(iter(pairs.values()))
-    removed = max(r.exclude["train_removed"] for r in pairs.values())
-    width = max(map(len, pairs)) + 2
+    pairs = exclusion_pairs(results)
+    first = pairs[0][0]
+    removed = max(r.exclude["train_removed"] for r in results if r.exclude)
+    width = max(len(r.model.removesuffix(SUFFIX)) for r, _ in pairs) + 2
     lines = [f"--exclude {first.exclude['audit']}: {removed} flagged train images left out; test scored on all "
              f"{first.n_test} images and on the {first.exclude['n_test_not_flagged']} not flagged",
              f"{'model':<{width}}{'trained on all':>28}{'trained without flagged':>28}",
              f"{'':<{width}}" + f"{'test all':>14}{'not flagged':>14}" * 2]
     lines.append("-" * len(lines[-1]))
-    for name, r in pairs.items():
-        if r.exclude["trained_without_flagged"]:
-            continue
-        other = pairs.get(name.replace("-refit", "") + "-excluded" + ("-refit" if r.refit else ""))
+    for r, other in pairs:
         cells = [r.accuracy, r.exclude["accuracy_not_flagged"]]
         cells += [other.accuracy, other.exclude["accuracy_not_flagged"]] if other else [None, None]
-        lines.append(f"{name:<{width}}" + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
+        lines.append(f"{r.model.removesuffix(SUFFIX):<{width}}"
+                     + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
     return "\n".join(lines)
 
 

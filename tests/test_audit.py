@@ -301,6 +301,11 @@ def test_exclude_trains_again_without_flagged_train_images_and_shows_both_scores
     for m in (every, without):
         assert m.exclude["test_flagged"] == 3 and m.exclude["n_test_not_flagged"] == m.n_test - 3
         assert 0 <= m.exclude["accuracy_not_flagged"] <= 1
+    from benchmarks.report import Collected, audit_texts, pct
+    c = Collected([every], [], [], {}, audit={"rows": [], "folder": tmp_path}, excluded=[without])
+    _, _, (_, side) = audit_texts(c)  # the report pairs each model with its twin as classify's table does
+    assert side == [["s-logreg", pct(every.accuracy), pct(every.exclude["accuracy_not_flagged"]),
+                     pct(without.accuracy), pct(without.exclude["accuracy_not_flagged"])]]
     (tmp_path / "other.csv").write_text("kind,path\noutlier,elsewhere/1.jpg\n")
     assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "other.csv")]) == 2
     assert "none of its 1 flagged images" in capsys.readouterr().err
