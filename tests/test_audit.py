@@ -4,6 +4,7 @@ The planted dataset is a CSV of 400 Dogs vs. Cats photos copied into tmp_path wi
 byte-for-byte copies in another split, 10 resized and recompressed copies in another split, 10 swapped labels
 and 10 images that are not photos. Its store is extracted with mobilenet_v2's real weights."""
 import csv
+import re
 import shutil
 
 import numpy as np
@@ -327,6 +328,16 @@ def test_audit_benchmark_prints_peak_rss_per_size(capsys):
     assert run_cli(benchmarks_main, ["audit", "--rows", "300", "--dim", "16"]) == 0
     out = capsys.readouterr().out
     assert "CPU cores" in out and "300 x 16 synthetic rows:" in out and "peak RSS" in out
+
+
+def test_audit_benchmark_measures_the_index_against_exact_search(capsys):
+    pytest.importorskip("faiss", reason="the [index] extra (in [test]) is not installed")
+    from benchmarks.__main__ import main as benchmarks_main
+    assert run_cli(benchmarks_main, ["audit", "--rows", "--recall", "3000", "--dim", "64"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "faiss index vs exact search" in line and "30 of 30 found (0 not in exact)" in line, line
+    found, of = map(int, re.search(r"outliers: (\d+) of (\d+) \(0 more\)", line).groups())
+    assert found == of >= 3, line  # the 3 planted far rows at least
 
 
 def test_beyond_exact_max_a_faiss_index_finds_what_exact_search_finds(monkeypatch):
