@@ -18,11 +18,13 @@ like classify's, with head `finetune-MODE`, `compute` and `seeds`) and the weigh
 """
 import argparse
 import copy
+import hashlib
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
+from benchmarks import recipes, splits
 from benchmarks.recipes import (
     DEFAULT_RECIPE,
     MODES,
@@ -331,11 +334,24 @@ def model_name(store_stem: str, mode: str, recipe: str | None = None) -> str:
     return f"{store_stem}-finetune-{mode}" + (f"-{recipe}" if recipe and recipe != DEFAULT_RECIPE[mode] else "")
 
 
+@cache
+def code_fingerprint() -> str:
+    """12 hex digits of sha256 over this module's, its recipes' and its splits' source and the torch, torchvision
+    and timm versions: a fine-tune cached by other code is trained again, not reused."""
+    import timm
+    import torchvision
+
+    digest = hashlib.sha256(f"{torch.__version__} {torchvision.__version__} {timm.__version__}".encode())
+    for module in (sys.modules[__name__], recipes, splits):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def budget_params(mode: str, recipe: Recipe, epochs: int, epoch_images: int, batch_size: int, seeds: int,
                   train_seed: int) -> dict:
     """The settings a fine-tune's metrics record (`params`), which decide whether it can be reused."""
     return {"mode": mode, "recipe": recipe.as_dict(), "epochs": epochs, "epoch_images": epoch_images,
-            "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed}
+            "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed, "code": code_fingerprint()}
 
 
 def reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMetrics | None:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from benchmarks.__main__ import main
-from benchmarks.finetune import Finetuned
+from benchmarks.finetune import Finetuned, code_fingerprint
 from benchmarks.grid import curve_settings, read_config
 from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
@@ -191,6 +191,13 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     rc, _, err = cli(capsys, *args)
     assert rc == 0 and "resnet10t-random-init-finetune-bn-head: reused" in err and metrics.read_text() == before
     assert re.search(r"this run: \d+ s wall; extraction \d+ s, frozen heads \d+ s, audit \d+ s, fine-tunes \d+ s \(\d+%", err)
+    doc = json.loads(before)
+    assert doc["params"]["code"] == code_fingerprint()
+    doc["params"]["code"] = "0" * 12  # cached by other fine-tune code (or torch/timm): trained again
+    metrics.write_text(json.dumps(doc))
+    rc, _, err = cli(capsys, *args)
+    assert rc == 0 and "finetune-bn-head: reused" not in err and "finetune-bn-head: fine-tuning" in err
+    assert json.loads(metrics.read_text())["params"]["code"] == code_fingerprint()
     config.write_text(config.read_text() + "lr = 0.01\n")  # one recipe setting changed: trained again
     rc, _, err = cli(capsys, *args)
     assert rc == 0 and "finetune-bn-head: fine-tuning (seed recipe; peak lr 0.01; epochs per run: 1; seeds: 1)" in err
