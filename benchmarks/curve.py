@@ -63,6 +63,14 @@ class Point:
     seconds: float = 0.0  # to fit (and choose) this point
 
 
+def finetune_shots(value, device: str) -> list[int]:
+    """`--finetune-shots` or `[curve] finetune_shots` as subset sizes: "auto" is the device's default
+    (`FINETUNE_SHOTS`), "" none, else "8,64,all" or a list already parsed."""
+    if value == "auto":
+        value = FINETUNE_SHOTS.get(pick_device(device).type, FINETUNE_SHOTS["cpu"])
+    return parse_shots(value) if isinstance(value, str) and value.strip() else list(value or [])
+
+
 def parse_shots(text: str) -> list[int]:
     """`1,2,4,all` → [1, 2, 4, ALL]; zero, negative or unparsable values are one line."""
     shots = []
@@ -370,9 +378,7 @@ def main(args) -> int:
     if not set(heads) <= set(HEADS):
         raise FeatbenchError("curves take single heads only (no ensembles or `all`): " + ", ".join(HEADS))
     shots = parse_shots(args.shots)
-    ft = args.finetune_shots
-    ft_shots = parse_shots(FINETUNE_SHOTS.get(pick_device(args.device).type, FINETUNE_SHOTS["cpu"])
-                           if ft == "auto" else ft) if ft else []
+    ft_shots = finetune_shots(args.finetune_shots, args.device)
     if args.finetune_repeats < 1:
         raise FeatbenchError(f"--finetune-repeats must be at least 1 (got {args.finetune_repeats})")
     paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))

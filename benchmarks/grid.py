@@ -34,7 +34,7 @@ dataset flags override it):
     repeats = 5                # nested subsets drawn per n, seeds subset_seed + r (defaults 5, 0)
     subset_seed = 0
     backbones = ["mobilenet_v2"]         # default: every store of the run (`--backbone` narrows both)
-    finetune_shots = "8,64"    # fine-tuned points at these n (default none; `--no-finetune` skips them)
+    finetune_shots = "8,64"    # fine-tuned points at these n (default none; "auto": by device; `--no-finetune`: none)
     finetune_repeats = 3
     finetune_mode = "full"     # full | bn-head | head
     finetune_backbones = ["mobilenet_v2"]  # default: the curve's first backbone (each costs minutes a point on CPU)
@@ -48,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.curve import parse_shots, run_curve
+from benchmarks.curve import finetune_shots, parse_shots, run_curve
 from benchmarks.finetune import budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, OVERRIDES, recipe_for
 from benchmarks.report import build, files_line, markdown_table, read_audit
@@ -120,7 +120,8 @@ def curve_settings(table: dict) -> dict:
             raise FeatbenchError(f"{key} = {c[key]!r}: a whole number, at least 1")
     if not isinstance(c["subset_seed"], int):
         raise FeatbenchError(f"subset_seed = {c['subset_seed']!r}: a whole number")
-    return {**c, "shots": _shots(c["shots"]), "finetune_shots": _shots(c["finetune_shots"])}
+    ft = c["finetune_shots"]
+    return {**c, "shots": _shots(c["shots"]), "finetune_shots": ft if ft == "auto" else _shots(ft)}
 
 
 def _recipe(entry: dict):
@@ -246,12 +247,13 @@ def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes:
               for n in c["backbones"] or () if n not in built]
     if not names:
         return None
-    if c["finetune_shots"] and not finetunes:
+    ft = finetune_shots(c["finetune_shots"], device)
+    if ft and not finetunes:
         notes.append("label-efficiency curve: fine-tuned points skipped (--no-finetune)")
     log(f"label-efficiency curve: {', '.join(names)} × {', '.join(c['heads'])}")
     doc, folder = run_curve([built[n][2] for n in names], c["heads"], c["shots"], c["repeats"],
                             subset_seed=c["subset_seed"], out=out,
-                            finetune_shots=c["finetune_shots"] if finetunes else [],
+                            finetune_shots=ft if finetunes else [],
                             finetune_repeats=c["finetune_repeats"], finetune_mode=c["finetune_mode"],
                             finetune_backbones=c["finetune_backbones"] or names[:1], device=device,
                             weights={n: w for n, (_, w, _) in built.items() if w}, log=log)

@@ -628,3 +628,5 @@ def test_curve_table_becomes_the_run_curve_call(monkeypatch, tmp_path):
     grid._curve(grid.curve_settings({"finetune_shots": "8"}), built, False, tmp_path, "cpu", notes, print)
     assert calls[1][0][0] == [tmp_path / "a.h5", tmp_path / "b.h5"] and calls[1][1]["finetune_shots"] == []
     assert notes[-1] == "label-efficiency curve: fine-tuned points skipped (--no-finetune)"
+    grid._curve(grid.curve_settings({"finetune_shots": "auto"}), built, True, tmp_path, "cpu", notes, print)
+    assert calls[2][1]["finetune_shots"] == [8, 64]  # "auto": the device's default, as --finetune-shots auto
