@@ -19,7 +19,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from itertools import combinations
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +28,7 @@ from benchmarks import plots
 from benchmarks.published import published_for, task_of
 from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.audit import KINDS as AUDIT_KINDS
+from classify.audit import leaking_pairs
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import interval
 from classify.models import SUFFIX
@@ -183,22 +183,11 @@ def read_audit(folder: Path) -> dict | None:
     return {"folder": str(folder), "rows": rows, "map": png.read_bytes() if png.is_file() else None}
 
 
-def leaking_pairs(rows: list[dict]) -> Counter:
-    """Duplicate groups spanning splits, per split pair, from audit.csv's leakage rows."""
-    spans: dict[str, set] = {}
-    for r in rows:
-        if r["kind"] == "leakage":
-            spans.setdefault(r["group"], set()).add(r["split"])
-    order = {s: i for i, s in enumerate(("train", "val", "test"))}
-    return Counter(pair for splits in spans.values()
-                   for pair in combinations(sorted(splits, key=lambda s: order.get(s, 3)), 2))
-
-
 def audit_texts(c: Collected) -> tuple[str, tuple, tuple | None]:
     """The audit section's sentence, its counts table and (with --exclude models) the side-by-side table."""
     rows = c.audit["rows"]
     counts = Counter(r["kind"] for r in rows)
-    pairs = leaking_pairs(rows)
+    pairs = leaking_pairs((r["group"], r["split"]) for r in rows if r["kind"] == "leakage")
     leak = ", ".join(f"{a}-{b} {n}" for (a, b), n in sorted(pairs.items())) or "none"
     intro = (f"`python -m classify audit` flagged {plural(len({r['path'] for r in rows}), 'image')} "
              f"({c.audit['folder']}/audit.csv, one row per image and kind; scores: higher is surer). Duplicate "

@@ -200,7 +200,7 @@ def duplicate_groups(hashes: list, left: np.ndarray, right: np.ndarray) -> np.nd
 def duplicate_findings(X, hashes, splits, groups) -> tuple[list[Finding], dict]:
     """Duplicates (every row of a group but its first) and leakage (every row of a group spanning splits), and
     the number of leaking groups per split pair."""
-    found, leaks = [], Counter()
+    found = []
     grouped = np.flatnonzero(groups >= 0)
     grouped = grouped[np.argsort(groups[grouped], kind="stable")]  # by group, rows in order within each
     for rows in np.split(grouped, np.flatnonzero(np.diff(groups[grouped])) + 1) if len(grouped) else []:
@@ -210,11 +210,19 @@ def duplicate_findings(X, hashes, splits, groups) -> tuple[list[Finding], dict]:
             exact = hashes[r] == hashes[first]
             found.append(Finding("exact_duplicate" if exact else "near_duplicate", int(r), 1.0 if exact else float(s),
                                  g))
-        spanned = sorted(set(splits[rows].tolist()))
-        if len(spanned) > 1:
+        if len(set(splits[rows].tolist())) > 1:
             found += [Finding("leakage", int(r), float(s), g) for r, s in zip(rows, sims)]
-            leaks.update(combinations([SPLITS[s] for s in spanned], 2))
+    leaks = leaking_pairs((f.group, SPLITS[splits[f.row]]) for f in found if f.kind == "leakage")
     return found, dict(leaks)
+
+
+def leaking_pairs(leakage) -> Counter:
+    """Duplicate groups spanning splits, per split pair, from the (group, split name) of each leakage row."""
+    spans: dict = {}
+    for group, split in leakage:
+        spans.setdefault(group, set()).add(split)
+    order = lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s)  # noqa: E731
+    return Counter(pair for names in spans.values() for pair in combinations(sorted(names, key=order), 2))
 
 
 def capped(rows: np.ndarray, y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
