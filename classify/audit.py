@@ -252,12 +252,17 @@ def out_of_fold(path, folds: int = FOLDS, fit_rows: int = FIT_ROWS, log=lambda m
                              "or more images of every class")
     template = HEADS["logreg"].make()
     with FeatureStore(path) as fs, threadpool_limits(limits=BLAS_THREADS):
+        def features(r):
+            X = fs.embeddings(r)
+            fs.check_finite(X, r, "labelled")
+            return X
+
         def read(r, labels):
             r = capped(r, labels, fit_rows)
-            return fs.embeddings(r), fs.labels[r]
+            return features(r), fs.labels[r]
 
         def scored(model, r):
-            return np.vstack([proba(model, X, k) for X, _ in fs.iter_chunks(r, CHUNK_ROWS)])
+            return np.vstack([proba(model, features(r[i:i + CHUNK_ROWS]), k) for i in range(0, len(r), CHUNK_ROWS)])
 
         chosen = sweep(template, HEADS["logreg"].grid(min(len(s.train), fit_rows)), *read(s.train.rows, s.train.y),
                        *read(s.val.rows, s.val.y), k)

@@ -225,6 +225,18 @@ def test_one_class_is_one_line(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "two classes" in err
 
 
+def test_store_with_nan_features_is_one_line(tmp_path, capsys):
+    """In a store without checksums (older featbench), where no checksum tells the damage."""
+    import h5py
+    X = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    store = make_store(tmp_path / "synth" / "a.h5", X, np.arange(60) % 2, np.arange(60) % 3, "alpha")
+    with h5py.File(store, "r+") as f:
+        f["embeddings"][3, 2] = np.nan
+        del f["checksums"]
+    rc, out, err = cli(capsys, "--features", store, "--no-map")
+    assert rc == 2 and err.count("\n") == 1 and "NaN/inf" in err and "--overwrite" in err, err
+
+
 def test_bad_threshold_and_exclude_file_are_one_line(tmp_path, capsys):
     store = synthetic_store(tmp_path / "synth" / "s.h5", 200, 16, 2)
     rc, _, err = cli(capsys, "--features", store, "--threshold", "1.5", "--no-map")
