@@ -47,7 +47,7 @@ def backbone_record(stem: str, meta: StoreMeta) -> dict:
     return {"name": meta.backbone, "store": stem, "dim": meta.dim, "preprocess": meta.preprocess,
             "readout": meta.readout, "weights": meta.weights, "weights_fingerprint": meta.weights_fingerprint,
             "store_fingerprint": meta.fingerprint, "amp": meta.amp,
-            "amp_dtype": meta.amp_dtype}
+            "amp_dtype": meta.amp_dtype, "precision": meta.precision}
 
 
 def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], split_fingerprint: str,

@@ -6,6 +6,7 @@ submission (`id,label`, label = P(dog), sorted by numeric id).
 import csv
 import io
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import numpy as np
 from classify.metrics import proba
 from classify.models import build_backbones, load_model
 from extract.datasets import IMAGE_EXT
+from extract.device import pick_device
 from extract.pipeline import Options, embed_files
+from extract.quantize import check_precision
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
 
@@ -37,6 +40,25 @@ def image_files(inputs) -> list[Path]:
     return out
 
 
+def embedding_precision(record: dict, device: str) -> str:
+    """The precision to embed new images in for a model trained on `record`'s store: its own where it can be
+    reproduced here (bf16, on a CPU with bf16 arithmetic), else fp32 with a note on stderr (int8's graph is
+    calibrated on the training images, which a model does not carry)."""
+    precision = record.get("precision") or "fp32"
+    if precision == "fp32":
+        return precision
+    try:
+        check_precision(precision, pick_device(device))
+        if precision == "bf16":
+            return precision
+        why = "its int8 graph was calibrated on the training images"
+    except FeatbenchError as e:
+        why = str(e)
+    print(f"note: {record['store']} was extracted in {precision}; embedding these images in fp32 ({why})",
+          file=sys.stderr)
+    return "fp32"
+
+
 def probabilities(model: dict, model_path, files: list[Path], device: str = "auto") -> tuple[np.ndarray, list]:
     """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok)).
 
@@ -47,7 +69,8 @@ def probabilities(model: dict, model_path, files: list[Path], device: str = "aut
         # autocast (CUDA) only where the training store had it, in its type (fp16 before the type was kept);
         # models before `amp` was kept: the default
         X, why = embed_files(bb, files, Options(device=device, amp=record.get("amp") is not False,
-                                                amp_dtype=record.get("amp_dtype") or "float16", progress=False))
+                                                amp_dtype=record.get("amp_dtype") or "float16",
+                                                precision=embedding_precision(record, device), progress=False))
         blocks.append(X)
         reasons = [r or w for r, w in zip(reasons, why)]
     ok = np.array([not r for r in reasons])

@@ -10,10 +10,13 @@ import sys
 import joblib
 import numpy as np
 import pytest
+import torch
 
+from classify import predict
 from classify.__main__ import main
 from classify.metrics import proba
 from classify.models import build_backbones, load_model, save_model
+from classify.predict import embedding_precision, probabilities
 from classify.train import load_store, run
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
@@ -91,6 +94,28 @@ def test_predict_embeds_a_stored_image_as_extraction_stored_it(trained):
             stored = fs.embeddings(np.arange(len(files)))
             assert not any(reasons) and X.shape == stored.shape
             np.testing.assert_allclose(X, stored, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_predict_embeds_in_the_precision_of_the_training_store(trained, tmp_path, capsys, monkeypatch):
+    """A model trained on a bf16 store embeds new images in bf16, as its training images were; an int8 one in fp32,
+    with a note (its graph was calibrated on the training images)."""
+    data = trained[0]
+    store = extract(load_dataset(data), create_backbone("resnet10t", random_init=True), tmp_path,
+                    options=Options(progress=False, batch_size=8, workers=0, precision="bf16")).path
+    path, = [r.path for r in run([store], ["logreg"])]
+    model = load_model(path)
+    assert model["backbones"][0]["precision"] == "bf16"
+    files = sorted(data.glob("*.jpg"))
+    asked = []
+    monkeypatch.setattr(predict, "embed_files", lambda bb, f, o: asked.append(o.precision) or embed_files(bb, f, o))
+    P, reasons = probabilities(model, path, files, "cpu")
+    assert asked == ["bf16"]
+    want = expected(path, [store])
+    assert not any(reasons)
+    np.testing.assert_allclose(P.max(axis=1), [want[f.name][1] for f in files], atol=2e-3)
+    assert embedding_precision({"store": "s-int8", "precision": "int8"}, "cpu") == "fp32"
+    assert "note: s-int8 was extracted in int8; embedding these images in fp32" in capsys.readouterr().err
 
 
 def test_model_with_other_weights_is_refused(trained, tmp_path, capsys):
