@@ -194,19 +194,6 @@ def matmul_peak(device, n: int | None = None, seconds: float = 0.5, tries: int =
     return best
 
 
-def fp32_ops(graph) -> list[str]:
-    """The compute ops a quantised TorchScript graph runs on float tensors: those outside each stretch from a
-    `quantize_per_tensor` to a `dequantize` (in graph order), each with its count."""
-    counts, fp32 = {}, True
-    for node in graph.nodes():
-        kind = node.kind()
-        if kind in ("aten::quantize_per_tensor", "aten::dequantize"):
-            fp32 = kind == "aten::dequantize"
-        elif fp32 and kind.startswith("aten::") and kind not in ("aten::size", "aten::slice", "aten::contiguous"):
-            counts[kind] = counts.get(kind, 0) + 1
-    return [f"{k.removeprefix('aten::')}" + (f" x{n}" if n > 1 else "") for k, n in counts.items()]
-
-
 def store_cosines(a: Path, b: Path) -> np.ndarray:
     """Per-row cosine between two stores of the same images (rows matched by path)."""
     with FeatureStore(a) as sa, FeatureStore(b) as sb:
@@ -323,7 +310,7 @@ def reduced_precision(precision: str, backbone, device, batch_size: int, n_model
         size = backbone.preprocess.size
         model = inference_model(backbone.model, device, torch.zeros(2, 3, size, size, dtype=torch.uint8), bf16=True)
     out = {"prepare_seconds": time.perf_counter() - start,
-           "fp32_ops": fp32_ops(model.graph) if precision == "int8" else None,
+           "fp32_ops": model.fp32_ops() if precision == "int8" else None,
            "fp32_model_only_img_s": model_only(backbone, device, batch_size, n_model, processes=procs),  # A/B
            "model_only_img_s": model_only(backbone, device, batch_size, n_model, model=model, processes=procs)}
     cos = store_cosines(store, fp32_store)

@@ -504,8 +504,9 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     and the embeddings of its decoded images, in order. Files whose hash is in `known` are not decoded.
 
     The model is the fastest exact form for the device (`inference_model`) under the one autocast
-    decision; with `options.precision` bf16 its bfloat16 graph, with int8 the graph quantised on
-    `calibration` (`quantized_model`). On CPU the forked workers both decode and embed (`embeds_in_workers`).
+    decision; with `options.precision` bf16 its bfloat16 graph, with int8 the ONNX Runtime int8 model
+    quantised on `calibration` (`quantized_model`; each process runs its own session). On CPU the forked
+    workers both decode and embed (`embeds_in_workers`).
     On a GPU, batches come in pinned memory and are copied asynchronously; one batch computes while the
     previous one's embeddings are copied back and written.
     """
