@@ -44,7 +44,7 @@ from extract.device import (
 )
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
-from extract.quantize import Calibration, calibration_set, check_precision, quantized_model
+from extract.quantize import Calibration, calibration_set, check_precision, kept_model
 from features.errors import FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
@@ -407,6 +407,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None,
                        options.gpu_decode, options.precision, calibration.record if calibration else None)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
+    calibration = calibration.kept_at(path, prov) if calibration else None
     by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
     todo = []
@@ -505,8 +506,8 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
 
     The model is the fastest exact form for the device (`inference_model`) under the one autocast
     decision; with `options.precision` bf16 its bfloat16 graph, with int8 the ONNX Runtime int8 model
-    quantised on `calibration` (`quantized_model`; each process runs its own session). On CPU the forked
-    workers both decode and embed (`embeds_in_workers`).
+    quantised on `calibration`, or kept from an earlier run (`kept_model`; each process runs its own
+    session). On CPU the forked workers both decode and embed (`embeds_in_workers`).
     On a GPU, batches come in pinned memory and are copied asynchronously; one batch computes while the
     previous one's embeddings are copied back and written.
     """
@@ -534,7 +535,7 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     prepare = partial(inference_model, backbone.model, device, example, options.optimize, options.compile, run,
                       bf16=options.precision == "bf16")
     if options.precision == "int8":
-        prepare = partial(quantized_model, backbone.model, calibration.images, options.optimize)
+        prepare = partial(kept_model, backbone.model, calibration, options.optimize)
     model = prepare() if in_workers else None  # before the fork: the workers share it
     batches = iter(torch.utils.data.DataLoader(
         _Images(items, backbone.preprocess, known, options.max_image_bytes, options.gpu_decode), batch_sampler=blocks,

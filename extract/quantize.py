@@ -17,6 +17,7 @@ import contextlib
 import copy
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -29,6 +30,7 @@ from torch import nn
 
 from extract.backbones import Preprocess
 from extract.images import BadImage, content_hash, load
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -36,12 +38,28 @@ CALIBRATION_IMAGES = 32
 PERCENTILE = 99.99  # activation ranges: this percentile of |x| (MinMax: min cosine 0.80 on mobilenet_v2)
 FP32_CONVS = 3  # the first convolutions stay fp32 (mobilenet_v2: min cosine 0.94 -> 0.985)
 INSTALL = "pip install 'featbench[onnx]'"
+KEY = "featbench_key"  # the kept model's metadata entry: `Calibration.key`
 
 
 class Calibration(NamedTuple):
-    """The calibration images (uint8 NCHW) and their record for the store's provenance."""
+    """The calibration images (uint8 NCHW), their record for the store's provenance and, for a store, where its
+    quantised model is kept (`kept_model`)."""
     images: torch.Tensor
     record: dict  # {images: count, sha256: of the images' relative paths and content hashes}
+    keep: Path | None = None  # the .onnx beside the store; None: quantised afresh, not kept
+    key: str = ""  # what the kept model must have been made from: the store's provenance, settings and versions
+
+    def kept_at(self, store: Path, provenance: dict) -> "Calibration":
+        """This calibration, its quantised model kept beside `store` (`NAME-int8.onnx`) under a key of
+        `provenance` (weights, preprocessing, readout, calibration), the quantisation settings and the torch, timm,
+        onnx and onnxruntime versions."""
+        import onnx
+        import onnxruntime
+        import timm
+
+        versions = [torch.__version__, timm.__version__, onnx.__version__, onnxruntime.__version__]
+        key = json.dumps([provenance, CALIBRATION_IMAGES, PERCENTILE, FP32_CONVS, versions], sort_keys=True)
+        return self._replace(keep=store.with_suffix(".onnx"), key=hashlib.sha256(key.encode()).hexdigest())
 
 
 def check_precision(precision: str, device: torch.device, compile: bool = False, optimize: bool = True) -> None:
@@ -206,3 +224,24 @@ def quantized_model(model: nn.Module, calibration: torch.Tensor, optimize: bool 
             return OrtModel(int8.read_bytes(), optimize)
         finally:
             logging.getLogger().setLevel(quiet)
+
+
+def kept_model(model: nn.Module, calibration: Calibration, optimize: bool = True) -> OrtModel:
+    """`quantized_model`, or without quantising again the one kept at `calibration.keep` when it was made under the
+    same key; a model quantised afresh is kept there (written atomically, the key in its metadata)."""
+    import onnx
+
+    keep = calibration.keep
+    if keep is not None and keep.is_file() and not keep.is_symlink():
+        try:
+            kept = onnx.load_from_string(keep.read_bytes())
+            if {p.key: p.value for p in kept.metadata_props}.get(KEY) == calibration.key:
+                return OrtModel(kept.SerializeToString(), optimize)
+        except Exception:  # unreadable, or not an ONNX model: quantised again and replaced
+            pass
+    fresh = quantized_model(model, calibration.images, optimize)
+    if keep is not None:
+        graph = onnx.load_from_string(fresh.onnx)
+        onnx.helper.set_model_props(graph, {KEY: calibration.key})
+        atomic_write(keep, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
+    return fresh

@@ -144,6 +144,34 @@ def test_reuse_key_separates_precisions_and_ensembles_refuse_mixing(dvc_folder, 
         check_matching([load_store(fp32.path), load_store(int8.path)])
 
 
+def test_quantised_model_is_kept_beside_the_store_and_used_again(dvc_folder, tmp_path, tiny, monkeypatch):
+    """The first int8 run keeps its quantised model as NAME-int8.onnx; a later run (here --overwrite, so every
+    image is embedded again) uses it instead of quantising, and gives the same rows; a damaged or other one
+    is quantised again and replaced."""
+    import onnx
+
+    from extract import quantize
+    ds, opts = load_dataset(dvc_folder), dict(progress=False, batch_size=8, workers=0, precision="int8")
+    first = extract(ds, tiny, tmp_path, options=Options(**opts))
+    kept = first.path.with_suffix(".onnx")
+    assert kept.name == "test_efficientnet-random-init-int8.onnx"
+    key = {p.key: p.value for p in onnx.load(kept).metadata_props}[quantize.KEY]
+    with FeatureStore(first.path) as fs:
+        before = fs.embeddings(np.arange(24))
+
+    def no_quantising(*args, **kwargs):
+        raise AssertionError("quantised again")
+    monkeypatch.setattr(quantize, "quantized_model", no_quantising)
+    again = extract(ds, tiny, tmp_path, options=Options(overwrite=True, **opts))
+    assert again.embedded == 24
+    with FeatureStore(again.path) as fs:
+        np.testing.assert_array_equal(fs.embeddings(np.arange(24)), before)
+    monkeypatch.undo()
+    kept.write_bytes(b"not an onnx model")
+    assert extract(ds, tiny, tmp_path, options=Options(overwrite=True, **opts)).embedded == 24
+    assert {p.key: p.value for p in onnx.load(kept).metadata_props}[quantize.KEY] == key  # quantised again, kept
+
+
 def test_unsupported_precision_is_a_one_line_error(dvc_folder):
     for precision in ("bf16", "int8"):
         with pytest.raises(FeatbenchError, match=f"--precision {precision} runs on CPU only, not cuda"):
