@@ -12,6 +12,25 @@ from torch import nn
 from features.errors import FeatbenchError
 
 
+def same_conv_inputs(model: nn.Module, example: torch.Tensor, which) -> dict:
+    """Each module of `model` that `which` picks (timm's `Conv2dSame`s) → its input's (height, width) for the
+    size of `example`, from one forward pass."""
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m, args[0].shape[-2:]))
+             for m in model.modules() if which(m)]
+    with torch.inference_mode():
+        model(example[:1])
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
+def same_pads(conv: nn.Conv2d, size) -> list[int]:
+    """The total (height, width) padding TensorFlow's "same" gives `conv` on an input of `size`."""
+    return [max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            for n, k, s, d in zip(size, conv.kernel_size, conv.stride, conv.dilation)]
+
+
 def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of `model` whose TensorFlow-style "same" convolutions (timm's `Conv2dSame`) pad statically.
 
@@ -28,21 +47,11 @@ def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
     if not any(map(same, model.modules())):
         return model
     model = copy.deepcopy(model)
-    inputs = {}
-
-    def record(module, args):
-        inputs[module] = args[0].shape[-2:]
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if same(m)]
-    with torch.inference_mode():
-        model(example[:1])  # records each convolution's input size
-    for h in hooks:
-        h.remove()
+    inputs = same_conv_inputs(model, example, same)
     for name, conv in list(model.named_modules()):
         if conv not in inputs:
             continue
-        pads = [max((-(-size // s) - 1) * s + k - size, 0)
-                for size, k, s in zip(inputs[conv], conv.kernel_size, conv.stride)]
+        pads = same_pads(conv, inputs[conv])
         weight = F.pad(conv.weight.detach(), (pads[1] % 2, 0, pads[0] % 2, 0))  # odd padding: a leading zero tap
         plain = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[-2:]), conv.stride,
                           tuple(p - p // 2 for p in pads), groups=conv.groups, bias=conv.bias is not None,

@@ -30,6 +30,7 @@ from torch import nn
 
 from extract.backbones import Preprocess
 from extract.images import BadImage, content_hash, load
+from extract.inference import same_conv_inputs, same_pads
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
 
@@ -173,18 +174,12 @@ def explicit_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
     if not any(isinstance(m, Conv2dSame) for m in model.modules()):
         return copy.deepcopy(model)
-    model, inputs = copy.deepcopy(model), {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m, args[0].shape[-2:]))
-             for m in model.modules() if isinstance(m, Conv2dSame)]
-    with torch.inference_mode():
-        model(example[:1])  # records each convolution's input size
-    for h in hooks:
-        h.remove()
+    model = copy.deepcopy(model)
+    inputs = same_conv_inputs(model, example, lambda m: isinstance(m, Conv2dSame))
     for name, conv in list(model.named_modules()):
         if conv not in inputs:
             continue
-        ph, pw = (max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-                  for size, k, s, d in zip(inputs[conv], conv.kernel_size, conv.stride, conv.dilation))
+        ph, pw = same_pads(conv, inputs[conv])
         plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
                           conv.groups, conv.bias is not None)
         plain.load_state_dict(conv.state_dict())
