@@ -47,13 +47,13 @@ def embedding_precision(record: dict, device: str) -> str:
     precision = record.get("precision") or "fp32"
     if precision == "fp32":
         return precision
-    try:
-        check_precision(precision, pick_device(device))
-        if precision == "bf16":
+    why = "its int8 graph was calibrated on the training images"
+    if precision == "bf16":
+        try:
+            check_precision(precision, pick_device(device))
             return precision
-        why = "its int8 graph was calibrated on the training images"
-    except FeatbenchError as e:
-        why = str(e)
+        except FeatbenchError as e:
+            why = str(e)
     print(f"note: {record['store']} was extracted in {precision}; embedding these images in fp32 ({why})",
           file=sys.stderr)
     return "fp32"
