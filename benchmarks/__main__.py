@@ -19,6 +19,8 @@ CLI = CommandLine("python -m benchmarks", __doc__, {
     "curve": lazy("label-efficiency curves: frozen heads on nested train subsets of 1, 2, 4, … images per class",
                   "benchmarks.curve"),
     "speed": lazy("extraction images/second against the seed notebooks' pipeline", "benchmarks.speed"),
+    "precision": lazy("what --precision bf16/int8 costs downstream: cosine, test and out-of-fold logreg vs fp32",
+                      "benchmarks.precision"),
     "audit": lazy("classify audit: its time on a real store (minus the map) and peak RSS on large synthetic stores",
                   "benchmarks.audit"),
     "scale": lazy("logreg out of core on a large synthetic store: time and peak RSS", "benchmarks.scale"),

@@ -514,7 +514,7 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
 
 def test_usage_and_subcommand_dispatch(capsys):
     rc, out, err = cli(capsys)
-    assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, audit, scale" in err
+    assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, precision, audit, scale" in err
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "  run        backbones × heads" in capsys.readouterr().out

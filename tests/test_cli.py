@@ -26,7 +26,8 @@ from test_classify import make_store, synthetic, view
 ROOT = Path(__file__).resolve().parents[1]
 CLIS = {"extract": EXTRACT, "classify": CLASSIFY, "benchmarks": BENCHMARKS, "features": FEATURES}
 COMMANDS = {"extract": ["embed", "list-backbones", "fetch-weights"], "classify": ["train", "predict", "audit", "submit"],
-            "benchmarks": ["run", "finetune", "report", "curve", "speed", "audit", "scale", "gpu-check"],
+            "benchmarks": ["run", "finetune", "report", "curve", "speed", "precision", "audit", "scale",
+                           "gpu-check"],
             "features": ["info", "verify", "merge", "export"]}
 DEFAULTS = {"extract": "embed", "classify": "train"}
 

@@ -1,4 +1,5 @@
 """--precision bf16/int8: models stay close to fp32, precisions never share rows, refusals are one line."""
+import json
 import subprocess
 import sys
 
@@ -185,3 +186,28 @@ def test_unsupported_precision_is_a_one_line_error(dvc_folder):
     r = subprocess.run([sys.executable, "-m", "extract", "--backbone", "test_resnet", "--random-init", "--data",
                         str(dvc_folder), "--precision", "int8", "--compile"], capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "drop --compile" in r.stderr
+
+
+def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_folder, tmp_path, tiny, capsys,
+                                                                          monkeypatch):
+    """`python -m benchmarks precision`: int8 against fp32 on every labelled image, the same folds for both; a
+    store against itself changes nothing."""
+    from benchmarks import precision
+    from benchmarks.__main__ import CLI
+
+    monkeypatch.setattr(precision, "create_backbone", lambda name: tiny)
+    args = CLI.parse(["precision", "--backbone", "tiny", "--data", str(dvc_folder), "--precision", "int8", "--folds",
+                      "3", "--out", str(tmp_path), "--json", str(tmp_path / "p.json")])
+    assert precision.main(args) == 0
+    out = capsys.readouterr().out
+    assert "tiny on dvc (24 labelled images), int8 vs fp32:" in out and "exact McNemar p" in out
+    [r] = json.loads((tmp_path / "p.json").read_text())
+    assert r["images"] == 24 and r["folds"] == 3 and 0.9 < r["min_cosine"] <= r["median_cosine"] < 1
+    assert r["changed_predictions"] >= r["right_to_wrong"] + r["wrong_to_right"]
+    assert r["accuracy_points"] == pytest.approx((r["oof_accuracy"] - r["fp32_oof_accuracy"]) * 100)
+    assert f"bars (accuracy within 0.3 points, log-loss within +10%, out of fold): " \
+           f"{'PASS' if r['within_bars'] else 'FAIL'}" in out
+    fp32 = tmp_path / "dvc" / "test_efficientnet-random-init.h5"
+    same = precision.compare(fp32, fp32, folds=3)
+    assert same["changed_predictions"] == 0 and same["mcnemar_p"] == 1 and same["within_bars"]
+    assert same["accuracy_points"] == 0 and same["log_loss_change"] == 0 and same["min_cosine"] > 0.99999
