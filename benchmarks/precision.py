@@ -9,7 +9,9 @@ split for each store, as `classify` chooses it):
                small sets one image moves accuracy by more than the bar)
   out of fold  logreg out of fold over every labelled image, the same folds for both stores: accuracy and
                log-loss at several times the test split's resolution, the images whose predicted class
-               changes, and an exact McNemar test of the right-to-wrong against the wrong-to-right ones
+               changes, and an exact McNemar test of the right-to-wrong against the wrong-to-right ones;
+               and the reduced store's fold models on the fp32 rows (`classify predict` embeds new images
+               for an int8 store's model in fp32)
 and the bars: accuracy within ACCURACY_POINTS of fp32 and log-loss within LOG_LOSS_SHARE, out of fold.
 """
 import argparse
@@ -43,16 +45,28 @@ ACCURACY_POINTS = 0.3  # the bars of issue 21: accuracy within 0.3 points of fp3
 LOG_LOSS_SHARE = 0.10  # ... and log-loss within 10%
 
 
-def out_of_fold(path: Path, folds: int = FOLDS) -> tuple[list, np.ndarray, np.ndarray, dict]:
-    """(relative paths, labels, probabilities, chosen C) of every labelled image of the store, sorted by path:
-    logreg's C chosen on train → val, then each image scored by a logreg fitted on the other folds. The folds
-    depend only on the paths and labels, so two stores of the same images get the same folds."""
+def labelled(path: Path):
+    """(the store, relative paths, features, labels) of every labelled image of the store, sorted by path."""
     s = load_store(path)
-    k = len(s.class_names)
     parts = [s.train, s.val, s.test]
     paths = [p for part in parts for p in part.paths]
     order = np.argsort(paths)
     X, y = np.vstack([part.X for part in parts])[order], np.concatenate([part.y for part in parts])[order]
+    return s, [paths[i] for i in order], X, y
+
+
+def out_of_fold(path: Path, folds: int = FOLDS, fp32: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(labels, probabilities, chosen C) of every labelled image of the store, sorted by path: logreg's C chosen on
+    train → val, then each image scored by a logreg fitted on the other folds, which depend only on the paths and
+    labels (two stores of the same images get the same folds). With `fp32`, a store of the same images, the
+    probabilities are those of the same fold models on its rows instead."""
+    s, paths, X, y = labelled(path)
+    X_scored = X
+    if fp32 is not None:
+        _, paths_fp32, X_scored, y_fp32 = labelled(fp32)
+        if paths_fp32 != paths or not np.array_equal(y, y_fp32):
+            raise FeatbenchError(f"{path}: not the same labelled images as {fp32}; extract both from one dataset")
+    k = len(s.class_names)
     template = HEADS["logreg"].make()
     p = np.zeros((len(y), k))
     with threadpool_limits(limits=BLAS_THREADS):
@@ -61,19 +75,18 @@ def out_of_fold(path: Path, folds: int = FOLDS) -> tuple[list, np.ndarray, np.nd
             warnings.simplefilter("ignore", UserWarning)
             split = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y))
         for fit, held in split:
-            p[held] = proba(fit_fixed(template, chosen.fixed, X[fit], y[fit]), X[held], k)
-    return [paths[i] for i in order], y, p, chosen.params
+            p[held] = proba(fit_fixed(template, chosen.fixed, X[fit], y[fit]), X_scored[held], k)
+    return y, p, chosen.params
 
 
 def compare(store: Path, fp32: Path, folds: int = FOLDS) -> dict:
     """One reduced-precision store against the fp32 store of the same images (the module docstring's figures),
     as a flat dict."""
+    _, p_on_fp32, _ = out_of_fold(store, folds, fp32)  # first: it checks that both hold the same images
     cos = store_cosines(store, fp32)
     test, test_fp32 = logreg_test(store), logreg_test(fp32)
-    paths, y, p, params = out_of_fold(store, folds)
-    paths_fp32, y_fp32, p_fp32, params_fp32 = out_of_fold(fp32, folds)
-    if paths != paths_fp32 or not np.array_equal(y, y_fp32):
-        raise FeatbenchError(f"{store}: not the same labelled images as {fp32}; extract both from one dataset")
+    y, p, params = out_of_fold(store, folds)
+    _, p_fp32, params_fp32 = out_of_fold(fp32, folds)
     labels = list(range(p.shape[1]))
     right, right_fp32 = p.argmax(1) == y, p_fp32.argmax(1) == y
     out = {"images": len(y), "min_cosine": float(cos.min()), "median_cosine": float(np.median(cos)),
@@ -84,7 +97,9 @@ def compare(store: Path, fp32: Path, folds: int = FOLDS) -> dict:
            "fp32_oof_accuracy": float(right_fp32.mean()),
            "fp32_oof_log_loss": float(log_loss(y, p_fp32, labels=labels)),
            "changed_predictions": int((p.argmax(1) != p_fp32.argmax(1)).sum()),
-           "right_to_wrong": int((right_fp32 & ~right).sum()), "wrong_to_right": int((~right_fp32 & right).sum())}
+           "right_to_wrong": int((right_fp32 & ~right).sum()), "wrong_to_right": int((~right_fp32 & right).sum()),
+           "on_fp32_accuracy": float((p_on_fp32.argmax(1) == y).mean()),
+           "on_fp32_log_loss": float(log_loss(y, p_on_fp32, labels=labels))}
     flips = out["right_to_wrong"] + out["wrong_to_right"]
     out["mcnemar_p"] = float(binomtest(out["right_to_wrong"], flips).pvalue) if flips else 1.0
     out["accuracy_points"] = (out["oof_accuracy"] - out["fp32_oof_accuracy"]) * 100
@@ -107,6 +122,9 @@ def print_row(r: dict) -> None:
           f"{r['right_to_wrong']} right to wrong, {r['wrong_to_right']} wrong to right "
           f"(exact McNemar p = {r['mcnemar_p']:.2f}: "
           f"{'a real difference' if r['mcnemar_p'] < 0.05 else 'no more than chance would give'})")
+    if r["precision"] == "int8":  # `classify predict` embeds new images in fp32 for an int8 store's model
+        print(f"  on fp32 rows      the int8 fold models on fp32 embeddings, as predict gives them: accuracy "
+              f"{r['on_fp32_accuracy']:.2%}, log-loss {r['on_fp32_log_loss']:.4f}")
     print(f"  bars (accuracy within {ACCURACY_POINTS} points, log-loss within +{LOG_LOSS_SHARE:.0%}, out of fold): "
           f"{'PASS' if r['within_bars'] else 'FAIL'}")
 

@@ -188,8 +188,8 @@ def test_unsupported_precision_is_a_one_line_error(dvc_folder):
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "drop --compile" in r.stderr
 
 
-def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_folder, tmp_path, tiny, capsys,
-                                                                          monkeypatch):
+def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_folder, images, tmp_path, tiny,
+                                                                          capsys, monkeypatch):
     """`python -m benchmarks precision`: int8 against fp32 on every labelled image, the same folds for both; a
     store against itself changes nothing."""
     from benchmarks import precision
@@ -209,5 +209,9 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
            f"{'PASS' if r['within_bars'] else 'FAIL'}" in out
     fp32 = tmp_path / "dvc" / "test_efficientnet-random-init.h5"
     same = precision.compare(fp32, fp32, folds=3)
+    assert (same["on_fp32_accuracy"], same["on_fp32_log_loss"]) == (same["oof_accuracy"], same["oof_log_loss"])
     assert same["changed_predictions"] == 0 and same["mcnemar_p"] == 1 and same["within_bars"]
     assert same["accuracy_points"] == 0 and same["log_loss_change"] == 0 and same["min_cosine"] > 0.99999
+    other = extract(images, tiny, tmp_path, options=Options(progress=False, batch_size=8, workers=0)).path
+    with pytest.raises(FeatbenchError, match="not the same labelled images"):
+        precision.compare(other, fp32, folds=3)
