@@ -23,15 +23,16 @@
 learning rate for every layer, weight decay on everything, flips only, plain cross-entropy.
 """
 from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
-from timm.optim import param_groups_layer_decay
-from timm.optim._param_groups import auto_group_layers
-from torch import nn
 
 from features.errors import FeatbenchError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODES = {"full": "every layer trained",
          "bn-head": "BatchNorm layers and a new linear head trained (the seeds' ResNet recipe)",
@@ -113,13 +114,15 @@ def recipe_for(mode: str, name: str | None = None, **overrides) -> Recipe:
     return r
 
 
-def param_groups(model: nn.Module, recipe: Recipe, head_prefix: str = "head") -> list[dict]:
+def param_groups(model: "nn.Module", recipe: Recipe, head_prefix: str = "head") -> list[dict]:
     """AdamW parameter groups of `model`'s trainable parameters, each with its `lr_scale`.
 
     timm's `param_groups_layer_decay` groups the trunk's parameters in order of depth (12 tensors a
     group) and the `head_prefix` ones last; the scale grows geometrically from 1/layer_ratio at the
     stem to 1 at the head. Norm weights and biases (every 1-D tensor) get no weight decay unless
     `recipe.decay_norm_bias`."""
+    from timm.optim import param_groups_layer_decay
+    from timm.optim._param_groups import auto_group_layers
     model.pretrained_cfg = {"classifier": head_prefix}  # how timm's auto grouping finds the head
     try:
         layers = max(auto_group_layers(model).values()) + 1

@@ -17,7 +17,6 @@ from joblib.parallel import BACKENDS
 from classify import audit
 from classify.heads import ENSEMBLES, HEADS
 from classify.models import SUFFIX
-from classify.predict import predict, submit
 from classify.train import Exclusion, asked_heads, dataset_stores, exclusion_table, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags
 from features.cli import Command, CommandLine, parse_size, run_cli
@@ -116,6 +115,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def predict_command(args) -> int:
+    from classify.predict import predict  # embedding images: loads torch
     print(predict(args.model, args.images, args.device, args.csv, args.trust_pickle))
     return 0
 
@@ -132,6 +132,7 @@ def add_submit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def submit_command(args) -> int:
+    from classify.predict import submit  # embedding images: loads torch
     path, n, failed = submit(args.model, args.folder, args.out / "submission.csv", args.clip, args.device,
                              args.trust_pickle)
     print(f"{path}: {n} rows" + (f" ({failed} unreadable images set to 0.5)" if failed else ""))

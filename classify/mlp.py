@@ -10,18 +10,22 @@ A fitted model pickles, copies and saves (`classify.models`) its module as numpy
 the optimiser: no torch object is in its state.
 
 Torch runs on `n_threads` threads (default 1) while fitting and predicting: with batches this
-small, a second thread costs more than it gives, several times more on a busy machine.
+small, a second thread costs more than it gives, several times more on a busy machine. Torch is
+imported only when a model is fitted, loaded or used: building or cloning the head does not load it.
 """
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from torch import nn
 
 from classify.scaling import ModeratedScaler
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class TorchMLP(ClassifierMixin, BaseEstimator):
@@ -39,15 +43,18 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def _module(self, dim: int, n_classes: int) -> nn.Module:
+    def _module(self, dim: int, n_classes: int) -> "nn.Module":
+        from torch import nn
         return nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
                              nn.Linear(self.hidden, n_classes))
 
-    def _tensor(self, X) -> torch.Tensor:
+    def _tensor(self, X) -> "torch.Tensor":
+        import torch
         return torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32))
 
     @contextmanager
     def _threads(self):
+        import torch
         before = torch.get_num_threads()
         torch.set_num_threads(self.n_threads)
         try:
@@ -61,6 +68,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
 
     def _start(self, X, classes) -> None:
         """Classes, standardisation (moderated variances, from X) and a fresh module; `_epoch` makes the optimiser."""
+        import torch
         self.classes_ = np.unique(classes)
         scaler = ModeratedScaler().fit(X)
         self.mean_, self.scale_ = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
@@ -68,20 +76,22 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         self.module_ = self._module(X.shape[1], len(self.classes_))
         self.optimizer_ = self.generator_ = None
 
-    def _targets(self, y) -> torch.Tensor:
+    def _targets(self, y) -> "torch.Tensor":
+        import torch
         yi = np.searchsorted(self.classes_, np.asarray(y))
         if (yi >= len(self.classes_)).any() or (self.classes_[np.minimum(yi, len(self.classes_) - 1)] != y).any():
             raise ValueError(f"labels {sorted(set(np.asarray(y).tolist()) - set(self.classes_.tolist()))} "
                              "are not among the classes seen in training")
         return torch.from_numpy(yi.astype(np.int64))
 
-    def _epoch(self, xt: torch.Tensor, yt: torch.Tensor) -> None:
+    def _epoch(self, xt: "torch.Tensor", yt: "torch.Tensor") -> None:
         """One pass over (xt, yt); the optimiser state lives until `fit` ends (kept by `partial_fit`)."""
+        import torch
         if self.optimizer_ is None:
             self.generator_ = torch.Generator().manual_seed(self.random_state)
             self.optimizer_ = torch.optim.AdamW(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         self.module_.train()
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = torch.nn.CrossEntropyLoss()
         for idx in torch.randperm(len(xt), generator=self.generator_).split(self.batch_size):
             self.optimizer_.zero_grad()
             loss_fn(self.module_(xt[idx]), yt[idx]).backward()
@@ -101,10 +111,11 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit(self, X, y, eval_set):
+        import torch
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self._start(X, np.unique(y))
-        module, loss_fn = self.module_, nn.CrossEntropyLoss()
+        module, loss_fn = self.module_, torch.nn.CrossEntropyLoss()
         xt, yt = self._tensor(X), self._targets(y)
         if eval_set is not None:
             xv = self._tensor(validate_data(self, eval_set[0], dtype=np.float32, reset=False))
@@ -144,9 +155,12 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         state = dict(state)
         weights = state.pop("module_", None)
         super().__setstate__(state)
-        if isinstance(weights, nn.Module):  # pickled by an older featbench, optimiser included
+        if weights is None:
+            return
+        import torch
+        if isinstance(weights, torch.nn.Module):  # pickled by an older featbench, optimiser included
             self.module_ = weights
-        elif weights is not None:
+        else:
             with torch.device("meta"):  # no random initialisation: the weights are assigned next
                 module = self._module(self.n_features_in_, len(self.classes_))
             module.load_state_dict({k: torch.tensor(v) for k, v in weights.items()}, assign=True)
@@ -154,6 +168,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             self.optimizer_ = self.generator_ = None
 
     def predict_proba(self, X):
+        import torch
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
         with torch.no_grad(), self._threads():

@@ -17,21 +17,22 @@ import sys
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import sklearn
-import skops.io
-from skops.io.exceptions import UntrustedTypesFoundException
 
 from classify.ensembles import BlockScaler
 from classify.heads import PlattSVM, SmoothedKNN
 from classify.mlp import TorchMLP
 from classify.scaling import ModeratedScaler
-from extract.backbones import Backbone, Readout, create_backbone
 from features.atomic import atomic_write
 from features.errors import FeatbenchError
 from features.records import StoreMeta
 from features.schema import featbench_version, library_versions
+
+if TYPE_CHECKING:
+    from extract.backbones import Backbone
 
 FORMAT = "featbench-model"
 FORMAT_VERSION = 1
@@ -59,8 +60,24 @@ def bundle(estimator, *, head: str, class_names: list, backbones: list[dict], sp
             "versions": versions, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _skops_io():
+    """skops.io, imported without torch: skops lists the types it trusts with scikit-learn's `all_estimators`, which
+    imports every scikit-learn package, torch's array-API adapter (no estimator in it) among them. The adapter is
+    kept out while skops loads (the walk skips a package it cannot import), so the list is the same."""
+    adapter = "sklearn.externals.array_api_compat.torch"
+    block = adapter not in sys.modules
+    if block:
+        sys.modules[adapter] = None  # importing it raises ImportError
+    try:
+        import skops.io
+    finally:
+        if block:
+            del sys.modules[adapter]
+    return skops.io
+
+
 def save_model(path: Path, model: dict) -> None:
-    atomic_write(path, lambda tmp: skops.io.dump(model, tmp))
+    atomic_write(path, lambda tmp: _skops_io().dump(model, tmp))
 
 
 def load_model(path, trust_pickle: bool = False) -> dict:
@@ -77,10 +94,11 @@ def load_model(path, trust_pickle: bool = False) -> dict:
                              "--trust-pickle if you trust the file's source")
     if pickled:
         print(f"warning: {path}: unpickling it (--trust-pickle) runs any code it holds", file=sys.stderr)
+    sio = _skops_io()
     try:
-        model = joblib.load(path) if pickled else skops.io.load(path, trusted=TRUSTED)
-    except UntrustedTypesFoundException:
-        unknown = sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED))
+        model = joblib.load(path) if pickled else sio.load(path, trusted=TRUSTED)
+    except sio.exceptions.UntrustedTypesFoundException:
+        unknown = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED))
         if all(t.startswith("sklearn.calibration.") for t in unknown):
             raise FeatbenchError(f"{path}: an svm saved by an older featbench (Platt calibration, replaced on "
                                  "2026-12-02 by one sound at a few images per class); retrain it with "
@@ -101,8 +119,9 @@ def _weights_file(name: str, weights: dict) -> str | None:
     return None if source.startswith(DEFAULT_SOURCES) or source == name else source
 
 
-def build_backbones(model: dict, path) -> list[Backbone]:
+def build_backbones(model: dict, path) -> list["Backbone"]:
     """The model's backbones, built here; refuses when weights or preprocessing differ from training."""
+    from extract.backbones import Readout, create_backbone
     out = []
     for rec in model["backbones"]:
         bb = create_backbone(rec["name"], _weights_file(rec["name"], rec["weights"]),

@@ -4,19 +4,22 @@ Handles truncated/corrupt files, zero-byte files, GIF/PNG named `.jpg`, CMYK, gr
 palette PNGs, alpha (composited on white), EXIF rotation and decompression bombs. JPEGs are decoded
 in draft mode (DCT-domain downscaling) when that still leaves at least the resize target; RGB and
 grayscale JPEGs by libjpeg-turbo straight into an array (simplejpeg: PIL's pixels in half its time).
+Decoding alone does not load torch; resizing to a tensor does.
 """
 import hashlib
 import io
 import warnings
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simplejpeg
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from extract.backbones import Preprocess
+if TYPE_CHECKING:
+    import torch
+
+    from extract.backbones import Preprocess
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
             "lanczos": Image.LANCZOS}
@@ -108,7 +111,7 @@ def decode_array(data: bytes, min_side: int = 0) -> np.ndarray:
         return np.array(_upright_rgb(img))
 
 
-def geometry(h: int, w: int, pre: Preprocess) -> tuple[int, int, int, int]:
+def geometry(h: int, w: int, pre: "Preprocess") -> tuple[int, int, int, int]:
     """(height, width, top, left): the size an h × w image is resized to and the corner of its centre crop."""
     if pre.resize == 0:
         nw = nh = pre.size
@@ -119,13 +122,13 @@ def geometry(h: int, w: int, pre: Preprocess) -> tuple[int, int, int, int]:
     return nh, nw, int(round((nh - pre.size) / 2)), int(round((nw - pre.size) / 2))
 
 
-def by_torch(pre: Preprocess, nh: int, nw: int, top: int, left: int) -> bool:
+def by_torch(pre: "Preprocess", nh: int, nw: int, top: int, left: int) -> bool:
     """Whether `resize_crop` resizes with torch's antialiased interpolation (else PIL's)."""
     return (pre.interpolation in ("bilinear", "bicubic") and min(left, top) >= 0
             and max(nw, nh) <= 8 * max(pre.resize, pre.size))
 
 
-def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
+def resize_crop(img: np.ndarray, pre: "Preprocess") -> "torch.Tensor":
     """HWC uint8 RGB → CHW uint8: shorter side to `pre.resize`, centre crop `pre.size`, as torchvision does
     (resize=0: squash).
 
@@ -134,11 +137,12 @@ def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
     the whole resized image would take gigabytes, use PIL: downscales resample only the source region
     under the crop (`box`, float32: a small share of pixels a level off).
     """
+    import torch
     h, w = img.shape[:2]
     nh, nw, top, left = geometry(h, w, pre)
     if by_torch(pre, nh, nw, top, left):
-        x = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], (nh, nw), mode=pre.interpolation,
-                          antialias=True)[0]
+        x = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], (nh, nw),
+                                            mode=pre.interpolation, antialias=True)[0]
         return x[:, top:top + pre.size, left:left + pre.size].contiguous()
     crop, resample = (left, top, left + pre.size, top + pre.size), RESAMPLE[pre.interpolation]
     pil = Image.fromarray(img)
@@ -153,11 +157,11 @@ def resize_crop(img: np.ndarray, pre: Preprocess) -> torch.Tensor:
     return torch.from_numpy(np.array(region)).permute(2, 0, 1).contiguous()
 
 
-def min_decode_side(pre: Preprocess) -> int:
+def min_decode_side(pre: "Preprocess") -> int:
     return pre.resize or pre.size
 
 
-def load(data: bytes, pre: Preprocess, draft: bool = True) -> torch.Tensor:
+def load(data: bytes, pre: "Preprocess", draft: bool = True) -> "torch.Tensor":
     """Bytes → uint8 CHW tensor ready for the backbone (raises BadImage, also when memory runs out)."""
     try:
         return resize_crop(decode_array(data, min_decode_side(pre) if draft else 0), pre)

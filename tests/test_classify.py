@@ -3,6 +3,8 @@ import copyreg
 import json
 import pickle
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -367,6 +369,38 @@ def test_mlp_early_stops_and_refits_with_fixed_epochs():
     assert m.val_losses_[m.best_epoch_ - 1] == min(m.val_losses_)
     fixed = TorchMLP(max_epochs=m.best_epoch_).fit(X[tr], y[tr])
     assert fixed.best_epoch_ == m.best_epoch_ and fixed.score(X[va], y[va]) > 0.75
+
+
+def test_torch_loads_only_when_a_torch_model_runs(tmp_path):
+    """A fresh process trains and saves a logreg, audits and reports without torch, timm or torchvision; it builds
+    and clones an MLP head without them too, and a saved MLP model loads torch when read and predicts as before."""
+    latent, y, splits = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    store = make_store(tmp_path / "synth" / "alpha.h5", X, y, splits, "alpha")
+    mlp = TorchMLP(max_epochs=5).fit(X, y)
+    save_model(tmp_path / f"m{SUFFIX}", {"format": "featbench-model", "estimator": mlp, "class_names": CLASSES})
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "P.npy", mlp.predict_proba(X))
+    code = f"""
+import sys
+import numpy as np
+import classify.__main__, classify.train, classify.audit, benchmarks.report
+from sklearn.base import clone
+from classify.heads import HEADS
+from classify.models import load_model
+assert classify.__main__.main(["--features", {str(store)!r}, "--head", "logreg", "--quiet"]) == 0
+clone(HEADS["mlp"].make()).get_params()
+heavy = {{"torch", "torchvision", "timm"}} & set(sys.modules)
+assert not heavy, heavy
+model = load_model({str(tmp_path / f"m{SUFFIX}")!r})
+assert "torch" in sys.modules
+np.testing.assert_array_equal(model["estimator"].predict_proba(np.load({str(tmp_path / "X.npy")!r})),
+                              np.load({str(tmp_path / "P.npy")!r}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "synth" / "models" / f"alpha-logreg{SUFFIX}").is_file()
 
 
 def test_block_scaler_gives_each_backbone_equal_weight():
