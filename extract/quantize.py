@@ -16,10 +16,12 @@ store's provenance and reuse key, so every row of a store comes from one quantis
 import contextlib
 import copy
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -38,6 +40,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 CALIBRATION_IMAGES = 32
 PERCENTILE = 99.99  # activation ranges: this percentile of |x| (MinMax: min cosine 0.80 on mobilenet_v2)
 FP32_CONVS = 3  # the first convolutions stay fp32 (mobilenet_v2: min cosine 0.94 -> 0.985)
+ORT_MIN = (1, 28)  # the first onnxruntime that quantises Flatten (pyproject.toml's floor)
 INSTALL = "pip install 'featbench[onnx]'"
 KEY = "featbench_key"  # the kept model's metadata entry: `Calibration.key`
 
@@ -100,7 +103,14 @@ def calibration_set(items, preprocess: Preprocess, n: int = CALIBRATION_IMAGES) 
 
 
 def _onnxruntime():
-    """onnxruntime, or a one-line FeatbenchError saying how to install it."""
+    """onnxruntime, or a one-line FeatbenchError saying how to install it (or, older than `ORT_MIN`, upgrade it)."""
+    try:
+        have = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        have = None
+    if have and tuple(int(x) for x in re.findall(r"\d+", have)[:2]) < ORT_MIN:
+        raise FeatbenchError(f"--precision int8 needs onnxruntime {'.'.join(map(str, ORT_MIN))} or newer, not {have}: "
+                             f"{INSTALL.replace('install', 'install -U')}")
     try:
         import onnx  # noqa: F401 - the export and the quantiser need it
         import onnxruntime

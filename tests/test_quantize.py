@@ -99,6 +99,16 @@ def test_int8_without_onnxruntime_is_a_one_line_error(monkeypatch):
         check_precision("int8", torch.device("cpu"))
 
 
+def test_int8_with_an_onnxruntime_below_the_floor_is_a_one_line_error(monkeypatch):
+    import importlib.metadata
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.17.3" if name == "onnxruntime" else real(name))
+    with pytest.raises(FeatbenchError, match=r"onnxruntime 1.28 or newer, not 1.17.3: pip install -U 'featbench\[onnx\]'"):
+        check_precision("int8", torch.device("cpu"))
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.28.0" if name == "onnxruntime" else real(name))
+    check_precision("int8", torch.device("cpu"))
+
+
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
 def test_bf16_graph_embeds_within_tolerance_of_fp32(tiny, images):
     x = calibration_set(images.items, tiny.preprocess, 16).images
