@@ -43,11 +43,16 @@ def decode_batch(images: list[torch.Tensor], pre: Preprocess, device: torch.devi
     the JPEGs decoded there in one call. A JPEG the device cannot decode is decoded by the CPU path."""
     jpegs = [x for x in images if x.ndim == 1]
     try:
-        decoded = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device) if jpegs else [])
-        decoded = iter([resize_crop(x, pre) for x in decoded])
+        decoded = iter(device_decode(jpegs, pre, device))
     except RuntimeError:  # one bad file fails the whole call: take the files one by one on the CPU
         decoded = iter([_on_cpu(x, pre).to(device) for x in jpegs])
     return torch.stack([next(decoded) if x.ndim == 1 else x.to(device, non_blocking=True) for x in images])
+
+
+def device_decode(jpegs: list[torch.Tensor], pre: Preprocess, device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes (1-D uint8 tensors) → CHW uint8 `pre.size` squares, decoded on `device` in one call and
+    resized there; a RuntimeError when the device cannot decode one of them."""
+    return [resize_crop(x, pre) for x in decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)] if jpegs else []
 
 
 def _on_cpu(data: torch.Tensor, pre: Preprocess) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from extract import gpudecode
-from extract.backbones import Backbone
+from extract.backbones import Backbone, Preprocess
 from extract.datasets import Dataset, Item, assign_splits
 from extract.device import (
     amp_dtype,
@@ -490,12 +490,28 @@ def _store_is_current(store, sources, stamps, labels, splits, skipped, class_nam
             and store.meta.dtype == dtype)
 
 
-def _blocks(todo: list[int], size: int) -> list[list[int]]:
+def blocks_of(todo: list[int], size: int) -> list[list[int]]:
     """Group pending items by their fixed block of the full listing (block = index // size)."""
     out: dict[int, list[int]] = {}
     for pos, i in enumerate(todo):
         out.setdefault(i // size, []).append(pos)
     return list(out.values())
+
+
+def batch_loader(items: list[Item], preprocess: Preprocess, device: torch.device, options: Options,
+                 blocks: list[list[int]], known: frozenset = frozenset(), embed=None) -> torch.utils.data.DataLoader:
+    """`embed_batches`' DataLoader: each block's reads and images, read, hashed and decoded by its workers (for
+    a GPU a pinned tensor; with `gpu_decode` the images as they are), or with `embed` (`embeds_in_workers`)
+    their embeddings. Each batch as it is ready: a slow batch does not hold up the other workers."""
+    cuda = device.type == "cuda"
+    return torch.utils.data.DataLoader(
+        _Images(items, preprocess, known, options.max_image_bytes, options.gpu_decode), batch_sampler=blocks,
+        num_workers=worker_count(device, options),
+        collate_fn=_EmbedBatch(embed) if embed else _collate_mixed if options.gpu_decode else
+        partial(_collate, tensor=cuda), pin_memory=cuda,
+        multiprocessing_context="fork" if embed else None,
+        worker_init_fn=partial(_end_with_parent, os.getpid()),
+        in_order=False)
 
 
 def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, options: Options,
@@ -537,14 +553,8 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     if options.precision == "int8":
         prepare = partial(kept_model, backbone.model, calibration, options.optimize)
     model = prepare() if in_workers else None  # before the fork: the workers share it
-    batches = iter(torch.utils.data.DataLoader(
-        _Images(items, backbone.preprocess, known, options.max_image_bytes, options.gpu_decode), batch_sampler=blocks,
-        num_workers=worker_count(device, options),
-        collate_fn=_EmbedBatch(forward) if in_workers else _collate_mixed if options.gpu_decode else
-        partial(_collate, tensor=cuda), pin_memory=cuda,
-        multiprocessing_context="fork" if in_workers else None,
-        worker_init_fn=partial(_end_with_parent, os.getpid()),
-        in_order=False))  # each batch as it is ready: a slow batch does not hold up the other workers
+    batches = iter(batch_loader(items, backbone.preprocess, device, options, blocks, known,
+                                forward if in_workers else None))
     if not in_workers:
         model = prepare()  # the decoding workers have started meanwhile
     bar = tqdm(total=len(items), unit="img", desc=f"{desc} {backbone.name}", file=sys.stderr, dynamic_ncols=True,
@@ -577,7 +587,7 @@ def _embed(items, todo, records, by_hash, backbone, device, journal, options, ca
     """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
     computed = 0
     for reads, feats in embed_batches([items[i] for i in todo], backbone, device, options,
-                                      _blocks(todo, options.batch_size), frozenset(by_hash), calibration=calibration):
+                                      blocks_of(todo, options.batch_size), frozenset(by_hash), calibration=calibration):
         new = [r for r in reads if r.decoded or r.reason]
         npy = journal.append([items[todo[r.pos]].rel for r in new], [r.stamp for r in new],
                              [r.hash for r in new], [r.reason for r in new], feats)
@@ -598,7 +608,7 @@ def embed_files(backbone: Backbone, files: list, options: Options) -> tuple[np.n
     items = [Item(Path(f), str(f)) for f in files]
     device = pick_device(options.device)
     options = options.on(device)
-    blocks = [list(range(k, min(k + options.batch_size, len(items)))) for k in range(0, len(items), options.batch_size)]
+    blocks = blocks_of(list(range(len(items))), options.batch_size)
     feats = np.full((len(items), backbone.dim), np.nan, np.float32)
     reasons = [""] * len(items)
     for reads, x in embed_batches(items, backbone, device, options, blocks, desc="embed"):
