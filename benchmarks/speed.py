@@ -12,7 +12,7 @@ and the same featbench and model-only rows with `--compile` (torch.compile), com
 plus FLOPs/image against a measured matrix-multiply peak, and a cosine check of featbench's embeddings
 against an fp32 reference of the same preprocessing (full decode, torchvision's Resize + CenterCrop).
 
-Each reduced `--precision` (bf16, int8) runs end to end right after each fp32 featbench run (int8's
+Each reduced `--precision` (bf16, int8; on CPU only) runs end to end right after each fp32 featbench run (int8's
 calibration and quantisation included; then int8 again beside that store, as a later run does, with the
 quantised model kept there), with its model-only rate (int8: and what its graph leaves in fp32), the cosine
 of its store's rows to the fp32 store's, and logreg's test accuracy and log-loss on both.
@@ -34,7 +34,7 @@ from extract.datasets import load_dataset
 from extract.device import autocast, default_workers, pick_device
 from extract.images import decode
 from extract.inference import inference_model
-from extract.pipeline import Options, embeds_in_workers, extract, worker_count
+from extract.pipeline import Options, batch_loader, blocks_of, embeds_in_workers, extract, worker_count
 from extract.quantize import PRECISIONS, calibration_set, quantized_model
 from features import FeatureStore
 
@@ -69,6 +69,8 @@ def seed_style(name: str, files, device: str, batch_size, workers) -> float:
     with torch.no_grad():
         for x in loader:
             trunk(x.to(device))
+    if torch.device(device).type == "cuda":  # the last batch's forward has finished
+        torch.cuda.synchronize()
     return len(files) / (time.perf_counter() - start)
 
 
@@ -80,13 +82,13 @@ def in_fresh_process(fn, *args):
 
 
 def featbench(backbone, folder, device, batch_size, workers, compile: bool = False, precision: str = "fp32",
-              again: Path | None = None) -> tuple[float, Path, str]:
+              again: Path | None = None, gpu_decode: bool = False) -> tuple[float, Path, str]:
     """(img/s end to end, the store, the images' root) of a fresh extraction, or with `again` (an earlier store)
     of every image embedded again beside it (`--overwrite`: int8 uses the quantised model kept there)."""
     out = again.parent.parent if again else Path(tempfile.mkdtemp(prefix="featbench-speed-"))
     ds = load_dataset(folder)
     opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False, compile=compile,
-                   precision=precision, overwrite=again is not None)
+                   precision=precision, overwrite=again is not None, gpu_decode=gpu_decode)
     start = time.perf_counter()
     summary = extract(ds, backbone, out, options=opts)
     return summary.rows / (time.perf_counter() - start), summary.path, str(ds.root)
@@ -97,7 +99,8 @@ def model_only(backbone, device, batch_size, n_images, optimize: bool = True, co
     """Forward passes on one in-memory batch, in the form featbench runs the model (or eager, or `model`);
     with `processes` > 1, in that many forked processes of one torch thread each, all at once."""
     size = backbone.preprocess.size
-    x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    with torch.inference_mode():  # as the batches are: a compiled model's warm-up input must match (no recompile)
+        x = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     if model is None:
@@ -117,6 +120,17 @@ def model_only(backbone, device, batch_size, n_images, optimize: bool = True, co
     for p in procs:
         p.join()
     return sum(n for *_, n in runs) / (max(end for _, end, _ in runs) - min(start for start, _, _ in runs))
+
+
+def loader_only(backbone, folder, device, batch_size, workers) -> float:
+    """img/s of featbench's DataLoader alone (`batch_loader`: its workers reading, hashing and decoding every
+    image, a GPU's batches pinned), no model: the most end to end can reach with CPU decoding."""
+    items = load_dataset(folder).items
+    opts = Options(device=str(device), batch_size=batch_size, workers=workers)
+    start = time.perf_counter()
+    for _ in batch_loader(items, backbone.preprocess, device, opts, blocks_of(list(range(len(items))), batch_size)):
+        pass
+    return len(items) / (time.perf_counter() - start)
 
 
 def _forward(model, x):
@@ -339,13 +353,14 @@ def synthetic_folder(n: int, root: Path) -> Path:
 
 
 def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet", precision: str = "fp32") -> list[dict]:
-    """Peak RSS of `python -m extract` (main process and its largest worker) as the dataset grows."""
+    """Peak RSS of `python -m extract --device cpu` (main process and its largest worker) as the dataset grows:
+    a CPU measurement, whatever device the throughput section uses."""
     base = Path(tempfile.mkdtemp(prefix="featbench-mem-"))
     rows = []
     for n in sizes:
         folder = synthetic_folder(n, base / f"data{n}")
         args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet",
-                "--precision", precision]
+                "--precision", precision, "--device", "cpu"]
         start = time.perf_counter()
         _, main_mib, worker_mib = run_measured("extract", args)
         rows.append({"images": n, "precision": precision, "seconds": time.perf_counter() - start,
@@ -447,8 +462,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="featbench runs per backbone, each between model-only measurements; "
                         "medians are printed (default 3)")
     p.add_argument("--precision", nargs="*", default=list(PRECISIONS[1:]), choices=PRECISIONS[1:],
-                   help="reduced precisions measured beside fp32, end to end and downstream, and in the memory "
-                        f"section; none: only fp32 (default {' '.join(PRECISIONS[1:])})")
+                   help="reduced precisions measured beside fp32, end to end and downstream (on CPU only), and "
+                        f"in the memory section; none: only fp32 (default {' '.join(PRECISIONS[1:])})")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
@@ -458,14 +473,17 @@ def main(args: argparse.Namespace) -> int:
     seed_workers = args.workers if args.workers >= 0 else default_workers(device)
     results = {"throughput": [], "memory": [], "heads": None}
     if "throughput" in sections:
+        precisions = args.precision if device.type == "cpu" else []
+        if args.precision and not precisions:
+            print(f"--precision {' '.join(args.precision)}: skipped on {device.type} (reduced precisions run on "
+                  "CPU only; the memory section, on CPU, keeps them)")
         peak = matmul_peak(device)  # once, before any pipeline runs: a property of the machine
         for name in args.backbone:
             results["throughput"].append(bench(name, args.images, device, args.batch_size, args.workers, seed_workers,
-                                               args.limit, peak, not args.no_compile, args.repeats,
-                                               args.precision))
+                                               args.limit, peak, not args.no_compile, args.repeats, precisions))
             print_row(results["throughput"][-1])
     if "memory" in sections:
-        print("extraction peak RSS (synthetic 64x48 JPEGs, test_resnet random-init):")
+        print("extraction peak RSS on CPU (synthetic 64x48 JPEGs, test_resnet random-init):")
         for r in [r for p in ["fp32", *args.precision] for r in extraction_memory(precision=p)]:
             results["memory"].append(r)
             print(f"  {r['precision']:>4} {r['images']:>6} images: main process {r['peak_rss_mib']:.0f} MiB, "
