@@ -1,10 +1,13 @@
 """The GPU acceptance check, as far as a machine without a GPU can run it: each check's code on the CPU."""
+import subprocess
+
+import numpy as np
 import pytest
 import torch
 
 from benchmarks import gpucheck
 from benchmarks.__main__ import main
-from extract import pipeline
+from extract import gpudecode, pipeline
 from features.cli import run_cli
 
 
@@ -57,3 +60,93 @@ def test_the_compile_check_catches_a_warm_up_unlike_the_batches(photos, monkeypa
 def test_the_finetune_check_runs_one_epoch(tmp_path):
     check = gpucheck.check_finetune(gpucheck.write_images(tmp_path / "tinted", 120, (64, 48)), device="cpu", batch_size=8)
     assert check.name == "finetune" and "after 1 epoch (amp False)" in check.detail and check.ok, check.line()
+
+
+def test_the_gpu_decode_check_counts_the_images_the_device_decoded(photos):
+    check = gpucheck.check_gpu_decode(photos, device="cpu")
+    assert check.detail.startswith(f"nvJPEG decoded {len(photos)} of {len(photos)} images"), check.line()
+
+
+def test_the_gpu_decode_check_fails_when_nvjpeg_fails_or_the_cpu_fallback_is_taken(photos, monkeypatch):
+    """A device that cannot decode: the direct call's error is the line; one that decodes a single file but
+    not a batch: the run falls back to the CPU (same embeddings), and the count makes it a FAIL."""
+    real = gpudecode.decode_jpeg
+
+    def fails(jpegs, **kw):
+        raise RuntimeError("nvjpeg: no decoder")
+    monkeypatch.setattr(gpudecode, "decode_jpeg", fails)
+    check = gpucheck.check_gpu_decode(photos, device="cpu")
+    assert not check.ok and check.detail == f"nvJPEG on {photos[0].name}: RuntimeError: nvjpeg: no decoder"
+
+    def fails_on_batches(jpegs, **kw):
+        return fails(jpegs) if len(jpegs) > 1 else real(jpegs, **kw)
+    monkeypatch.setattr(gpudecode, "decode_jpeg", fails_on_batches)
+    check = gpucheck.check_gpu_decode(photos, device="cpu")
+    assert not check.ok and check.detail.startswith(f"nvJPEG decoded 0 of {len(photos)} images"), check.line()
+    assert "min cosine 1.00000" in check.detail  # what passed before the count
+
+
+def test_a_crash_fails_only_its_own_line(photos, monkeypatch):
+    def embed(name, files, device, **options):
+        if options.get("amp_dtype") == "float16" and name == gpucheck.CONVNET:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return np.ones((len(files), 4), np.float32)
+    monkeypatch.setattr(gpucheck, "embed", embed)
+    checks = gpucheck.check_matches_cpu(photos, device="cpu")
+    assert [c.ok for c in checks] == [True, False, True, True, True, True]
+    assert checks[1].line() == (f"FAIL  amp float16 {gpucheck.CONVNET}: RuntimeError: CUDA error: an illegal memory "
+                                "access was encountered")
+
+
+def test_torchrun_expects_rank_r_on_gpu_r_modulo_the_gpus(tmp_path, monkeypatch):
+    """One GPU: 2 ranks, both on cuda:0; two: one each. Without torch.distributed, a NOTE line."""
+    runs = []
+
+    def torchrun(folder, out, ranks, devices=("cuda:0", "cuda:0")):
+        runs.append(ranks)
+        lines = "".join(f"rank {r}/{ranks}: x.h5: 8 images stored; 1.0s, 8.0 img/s on {d}\n" for r, d in enumerate(devices))
+        return subprocess.CompletedProcess([], 0, lines, "")
+    monkeypatch.setattr(gpucheck, "torchrun", torchrun)
+    checks = gpucheck.check_torchrun(tmp_path, gpus=1)
+    assert runs == [2, 2] and all(c.ok for c in checks), [c.line() for c in checks]
+    assert checks[0].line() == "PASS  torchrun ranks' GPUs: 2 ranks on cuda:0, cuda:0 (expected cuda:0, cuda:0)"
+    assert not gpucheck.check_torchrun(tmp_path, gpus=2)[0].ok  # 2 GPUs, both ranks on cuda:0
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    assert [c.ok for c in gpucheck.check_torchrun(tmp_path, gpus=1)] == [None]
+
+
+def test_throughput_sets_end_to_end_against_the_slower_of_model_and_loader(tmp_path):
+    checks = gpucheck.check_throughput(tmp_path, device="cpu", name="test_resnet", batch_size=4, batches=3, distinct=4)
+    assert [c.name for c in checks] == ["throughput", "throughput --gpu-decode"], [c.line() for c in checks]
+    assert checks[0].ok is not None and "12 images" in checks[0].detail and " binds); end to end / " in checks[0].detail
+    assert checks[1].ok is None and checks[1].detail.endswith("; not judged)")
+    linked = sorted((tmp_path / "linked").iterdir())
+    assert len(linked) == 12 and {f.stat().st_nlink for f in linked} == {4}  # 3 names and the written one
+
+
+def test_only_picks_checks_in_their_order_and_names_the_known_ones(capsys):
+    assert gpucheck.chosen("throughput, compile") == ["compile", "throughput"]
+    assert gpucheck.chosen(None) == list(gpucheck.STEPS)
+    assert run_cli(main, ["gpu-check", "--only", "compile,nvjpeg"]) == 2
+    assert "unknown check 'nvjpeg'; use cuda-vs-cpu, gpu-decode, compile" in capsys.readouterr().err
+
+
+def test_main_prints_the_machine_then_a_line_per_check_of_only(monkeypatch, capsys):
+    """The whole run, its GPU faked: the environment line, a crashed check's FAIL line, a NOTE not counted."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
+
+    def crashes(files):
+        raise RuntimeError("CUDA error: no kernel image is available")
+    monkeypatch.setattr(gpucheck, "check_compile", crashes)
+    monkeypatch.setattr(gpucheck, "check_throughput", lambda root: [gpucheck.Check("throughput", True, "fast"),
+                                                                     gpucheck.Check("throughput x", None, "info")])
+    assert run_cli(main, ["gpu-check", "--only", "throughput,compile"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("gpu-check on Fake GPU (1 visible), torch ") and "torchvision " in out[0]
+    assert "timm " in out[0] and " CPU cores usable of " in out[0] and "/dev/shm" in out[0]
+    assert [line.rsplit(" (", 1)[0] for line in out[1:4]] == [
+        "FAIL  compile: RuntimeError: CUDA error: no kernel image is available", "PASS  throughput: fast",
+        "NOTE  throughput x: info"]
+    assert out[4].startswith("1 FAILED in ")
