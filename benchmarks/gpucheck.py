@@ -248,7 +248,12 @@ def check_throughput(root: Path, device: str = "cuda", name: str = CONVNET, batc
     backbone = create_backbone(name, random_init=True)
     folder = linked_images(root, batch_size * batches, distinct)
     dev = torch.device(device)
-    end_to_end = max(featbench(backbone, folder, dev, batch_size, -1)[0] for _ in range(2))
+
+    def end_to_end_rate(gpu_decode: bool = False) -> float:
+        rate, store, _ = featbench(backbone, folder, dev, batch_size, -1, gpu_decode=gpu_decode)
+        shutil.rmtree(store.parent.parent)  # featbench's temporary folder
+        return rate
+    end_to_end = max(end_to_end_rate() for _ in range(2))
     model = model_only(backbone, dev, batch_size, batch_size * batches)
     loader = loader_only(backbone, folder, dev, batch_size, -1)
     ceiling, binds = min((model, "model-only"), (loader, "loader-only"))
@@ -259,7 +264,7 @@ def check_throughput(root: Path, device: str = "cuda", name: str = CONVNET, batc
                  f"{ratio:.2f} (>= {MIN_RATIO})")]
 
     def gpu_decode() -> Check:
-        rate = featbench(backbone, folder, dev, batch_size, -1, gpu_decode=True)[0]
+        rate = end_to_end_rate(gpu_decode=True)
         return Check("throughput --gpu-decode", None, f"end to end {rate:.0f} img/s ({rate / model:.2f} x model-only, "
                                                       f"{rate / end_to_end:.2f} x with CPU decoding; not judged)")
     return out + attempt("throughput --gpu-decode", gpu_decode)
@@ -272,6 +277,8 @@ def environment() -> str:
     try:
         shm = shutil.disk_usage("/dev/shm")
         shm_text = f"/dev/shm {shm.total / 2**30:.1f} GiB ({shm.free / 2**30:.1f} free)"
+        if shm.free < 2**30:
+            shm_text += ": under 1 GiB, the DataLoader's workers may die (bus error) handing over batches of 256"
     except OSError:
         shm_text = "no /dev/shm"
     return (f"gpu-check on {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible), torch "

@@ -24,8 +24,9 @@ def test_model_only_compiles_once(monkeypatch):
     assert rate > 0 and "not compiled" not in err.getvalue(), err.getvalue()
 
 
-def test_reduced_precisions_are_skipped_off_cpu_and_memory_runs_on_cpu(monkeypatch, capsys):
+def test_reduced_precisions_are_skipped_off_cpu_and_memory_runs_on_cpu(monkeypatch, capsys, tmp_path):
     benched, measured = [], []
+    monkeypatch.setattr(speed.tempfile, "mkdtemp", lambda prefix: str(tmp_path))
     monkeypatch.setattr(speed, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(speed, "matmul_peak", lambda device: 1.0)
     monkeypatch.setattr(speed, "bench", lambda *a: benched.append(a[-1]) or {})
