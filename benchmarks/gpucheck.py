@@ -6,7 +6,8 @@ DataLoader's workers hand over their batches).
   cuda-vs-cpu  extraction on cuda (fp32) matches cpu: cosine >= 0.999, all finite, for a convnet and a ViT;
                with it, amp: fp16 and bf16 autocast both finite, cosine >= 0.99 against cpu fp32 (a line each)
   gpu-decode   nvJPEG decodes one file when called directly; then --gpu-decode against the CPU's decoding,
-               both fp32 on cuda: every image decoded by nvJPEG (none by the CPU fallback), cosine >= 0.999
+               both fp32 on cuda, 4 batches of 16: every image decoded by nvJPEG (none by the CPU
+               fallback), cosine >= 0.999
   compile      --compile: no recompile after the warm-up, short last batch included
   finetune     a 1-epoch fine-tune (fp16 autocast with GradScaler) lowers the val log-loss
   torchrun     ranks on cuda:RANK % GPUs (2 ranks sharing the GPU when there is one), and a dataset with
@@ -136,16 +137,17 @@ def check_matches_cpu(files: list, device: str = "cuda") -> list[Check]:
     return out
 
 
-def check_gpu_decode(files: list, device: str = "cuda") -> Check:
+def check_gpu_decode(files: list, device: str = "cuda", batch_size: int = 16) -> Check:
     """nvJPEG called directly on one file (its error is the FAIL line), then `--gpu-decode` against the CPU's
-    decoding, counting the images the device decoded: a fallback to the CPU is a FAIL, not a silent pass."""
+    decoding, counting the images the device decoded: a fallback to the CPU is a FAIL, not a silent pass.
+    Several batches, so that a batch decodes while the previous one computes."""
     pre = create_backbone(CONVNET, random_init=True).preprocess
     jpeg = torch.frombuffer(bytearray(files[0].read_bytes()), dtype=torch.uint8)
     try:
         gpudecode.device_decode([jpeg], pre, torch.device(device))
     except RuntimeError as e:
         return Check("gpu-decode", False, f"nvJPEG on {files[0].name}: {_why(e)}")
-    cpu_decoded = embed(CONVNET, files, device, amp=False)
+    cpu_decoded = embed(CONVNET, files, device, amp=False, batch_size=batch_size)
     decoded, real = 0, gpudecode.device_decode
 
     def counted(*args):
@@ -155,7 +157,7 @@ def check_gpu_decode(files: list, device: str = "cuda") -> Check:
         return out
     gpudecode.device_decode = counted
     try:
-        gpu_decoded = embed(CONVNET, files, device, amp=False, gpu_decode=True)
+        gpu_decoded = embed(CONVNET, files, device, amp=False, gpu_decode=True, batch_size=batch_size)
     finally:
         gpudecode.device_decode = real
     check = agrees("gpu-decode", cpu_decoded, gpu_decoded, MIN_COSINE, "CPU decoding")

@@ -51,8 +51,16 @@ def decode_batch(images: list[torch.Tensor], pre: Preprocess, device: torch.devi
 
 def device_decode(jpegs: list[torch.Tensor], pre: Preprocess, device: torch.device) -> list[torch.Tensor]:
     """JPEG bytes (1-D uint8 tensors) → CHW uint8 `pre.size` squares, decoded on `device` in one call and
-    resized there; a RuntimeError when the device cannot decode one of them."""
-    return [resize_crop(x, pre) for x in decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)] if jpegs else []
+    resized there; a RuntimeError when the device cannot decode one of them.
+
+    On CUDA the queued work (the previous batch's forward) finishes first: nvJPEG's hardware engine can write
+    its output into memory the caching allocator has freed but queued kernels still read (torchvision
+    pull 9606; torchcodec pull 1634 added the same wait)."""
+    if not jpegs:
+        return []
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return [resize_crop(x, pre) for x in decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)]
 
 
 def _on_cpu(data: torch.Tensor, pre: Preprocess) -> torch.Tensor:

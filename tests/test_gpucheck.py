@@ -63,7 +63,7 @@ def test_the_finetune_check_runs_one_epoch(tmp_path):
 
 
 def test_the_gpu_decode_check_counts_the_images_the_device_decoded(photos):
-    check = gpucheck.check_gpu_decode(photos, device="cpu")
+    check = gpucheck.check_gpu_decode(photos, device="cpu", batch_size=4)  # 2 batches
     assert check.detail.startswith(f"nvJPEG decoded {len(photos)} of {len(photos)} images"), check.line()
 
 
