@@ -5,6 +5,7 @@ import re
 import shlex
 import subprocess
 import sys
+from itertools import takewhile
 from pathlib import Path
 
 import h5py
@@ -216,8 +217,9 @@ def test_renamed_and_removed_flags():
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(package, argv) of every `python -m PACKAGE …` (or `torchrun … -m PACKAGE …`) command line in README.md,
-    in code blocks and inline code; a synopsis's [optional] parts are taken and the first of a|b|c."""
+    """(package, argv) of every `python -m PACKAGE …` (or `torchrun … -m PACKAGE …`) command line in README.md, up
+    to a pipe or redirection, in code blocks and inline code; a synopsis's [optional] parts are taken and the first
+    of a|b|c."""
     code, prose, inside = [], [], False
     for line in (ROOT / "README.md").read_text().splitlines():
         if line.startswith("```"):
@@ -229,6 +231,7 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     for line in (ln for ln in lines if "──►" not in ln):  # not the pipeline diagram
         for part in (p for p in line.split("&&") if " -m " in p):
             tokens = shlex.split(part.replace("[", "").replace("]", ""), comments=True)
+            tokens = list(takewhile(lambda t: t not in ("|", ";") and not t.startswith((">", "2>")), tokens))
             at = next((i for i, t in enumerate(tokens[:-1]) if t == "-m" and tokens[i + 1] in CLIS), None)
             if at is not None:
                 found.append((tokens[at + 1], [t.split("|")[0] for t in tokens[at + 2:]]))
