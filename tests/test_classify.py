@@ -372,8 +372,9 @@ def test_mlp_early_stops_and_refits_with_fixed_epochs():
 
 
 def test_torch_loads_only_when_a_torch_model_runs(tmp_path):
-    """A fresh process trains and saves a logreg, audits and reports without torch, timm or torchvision; it builds
-    and clones an MLP head without them too, and a saved MLP model loads torch when read and predicts as before."""
+    """A fresh process imports classify's CLI, audit and the report and trains and saves a logreg without torch, timm
+    or torchvision; it builds and clones an MLP head without them too, and a saved MLP model loads torch when read
+    and predicts as before."""
     latent, y, splits = synthetic(5, n=120)
     X = view(latent, 24, 6)
     store = make_store(tmp_path / "synth" / "alpha.h5", X, y, splits, "alpha")
