@@ -218,6 +218,10 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
     assert f"bars (accuracy within 0.3 points, log-loss within +10%, out of fold): " \
            f"{'PASS' if r['within_bars'] else 'FAIL'}" in out
     fp32 = tmp_path / "dvc" / "test_efficientnet-random-init.h5"
+    int8 = fp32.with_name("test_efficientnet-random-init-int8.h5")
+    y, own, _ = precision.out_of_fold(int8, folds=3)
+    y_fp32, on_fp32, _ = precision.out_of_fold(int8, folds=3, fp32=fp32)  # int8's fold models, fp32's rows
+    assert np.array_equal(y, y_fp32) and own.shape == on_fp32.shape and not np.allclose(own, on_fp32)
     same = precision.compare(fp32, fp32, folds=3)
     assert (same["on_fp32_accuracy"], same["on_fp32_log_loss"]) == (same["oof_accuracy"], same["oof_log_loss"])
     assert same["changed_predictions"] == 0 and same["mcnemar_p"] == 1 and same["within_bars"]
