@@ -55,38 +55,41 @@ def labelled(path: Path):
     return s, [paths[i] for i in order], X, y
 
 
-def out_of_fold(path: Path, folds: int = FOLDS, fp32: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(labels, probabilities, chosen C) of every labelled image of the store, sorted by path: logreg's C chosen on
-    train → val, then each image scored by a logreg fitted on the other folds, which depend only on the paths and
-    labels (two stores of the same images get the same folds). With `fp32`, a store of the same images, the
-    probabilities are those of the same fold models on its rows instead."""
+def out_of_fold(path: Path, folds: int = FOLDS, fp32: Path | None = None) -> tuple:
+    """(labels, probabilities, the same on `fp32`'s rows, chosen C) of every labelled image of the store, sorted
+    by path: logreg's C chosen on train → val, then each image scored by a logreg fitted on the other folds, which
+    depend only on the paths and labels (two stores of the same images get the same folds). With `fp32`, a store
+    of the same images, the same fold models also score its rows (else None)."""
     s, paths, X, y = labelled(path)
-    X_scored = X
+    p = np.zeros((len(y), len(s.class_names)))
+    X_fp32 = p_fp32 = None
     if fp32 is not None:
-        _, paths_fp32, X_scored, y_fp32 = labelled(fp32)
+        _, paths_fp32, X_fp32, y_fp32 = labelled(fp32)
         if paths_fp32 != paths or not np.array_equal(y, y_fp32):
             raise FeatbenchError(f"{path}: not the same labelled images as {fp32}; extract both from one dataset")
-    k = len(s.class_names)
+        p_fp32 = np.zeros_like(p)
+    k = p.shape[1]
     template = HEADS["logreg"].make()
-    p = np.zeros((len(y), k))
     with threadpool_limits(limits=BLAS_THREADS):
         chosen = sweep(template, HEADS["logreg"].grid(len(s.train)), s.train.X, s.train.y, s.val.X, s.val.y, k)
         with warnings.catch_warnings():  # a class with fewer images than folds: held out, it is never learnt
             warnings.simplefilter("ignore", UserWarning)
             split = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y))
         for fit, held in split:
-            p[held] = proba(fit_fixed(template, chosen.fixed, X[fit], y[fit]), X_scored[held], k)
-    return y, p, chosen.params
+            model = fit_fixed(template, chosen.fixed, X[fit], y[fit])
+            p[held] = proba(model, X[held], k)
+            if p_fp32 is not None:
+                p_fp32[held] = proba(model, X_fp32[held], k)
+    return y, p, p_fp32, chosen.params
 
 
 def compare(store: Path, fp32: Path, folds: int = FOLDS) -> dict:
     """One reduced-precision store against the fp32 store of the same images (the module docstring's figures),
     as a flat dict."""
-    _, p_on_fp32, _ = out_of_fold(store, folds, fp32)  # first: it checks that both hold the same images
+    y, p, p_on_fp32, params = out_of_fold(store, folds, fp32)  # first: it checks that both hold the same images
     cos = store_cosines(store, fp32)
     test, test_fp32 = logreg_test(store), logreg_test(fp32)
-    y, p, params = out_of_fold(store, folds)
-    _, p_fp32, params_fp32 = out_of_fold(fp32, folds)
+    _, p_fp32, _, params_fp32 = out_of_fold(fp32, folds)
     labels = list(range(p.shape[1]))
     right, right_fp32 = p.argmax(1) == y, p_fp32.argmax(1) == y
     out = {"images": len(y), "min_cosine": float(cos.min()), "median_cosine": float(np.median(cos)),

@@ -219,9 +219,10 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
            f"{'PASS' if r['within_bars'] else 'FAIL'}" in out
     fp32 = tmp_path / "dvc" / "test_efficientnet-random-init.h5"
     int8 = fp32.with_name("test_efficientnet-random-init-int8.h5")
-    y, own, _ = precision.out_of_fold(int8, folds=3)
-    y_fp32, on_fp32, _ = precision.out_of_fold(int8, folds=3, fp32=fp32)  # int8's fold models, fp32's rows
-    assert np.array_equal(y, y_fp32) and own.shape == on_fp32.shape and not np.allclose(own, on_fp32)
+    y, own, none, _ = precision.out_of_fold(int8, folds=3)
+    y_fp32, own_again, on_fp32, _ = precision.out_of_fold(int8, folds=3, fp32=fp32)  # also fp32's rows
+    assert none is None and np.array_equal(y, y_fp32) and np.array_equal(own, own_again)
+    assert own.shape == on_fp32.shape and not np.allclose(own, on_fp32)  # int8's fold models, fp32's rows
     same = precision.compare(fp32, fp32, folds=3)
     assert (same["on_fp32_accuracy"], same["on_fp32_log_loss"]) == (same["oof_accuracy"], same["oof_log_loss"])
     assert same["changed_predictions"] == 0 and same["mcnemar_p"] == 1 and same["within_bars"]
