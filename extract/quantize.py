@@ -239,9 +239,9 @@ def kept_model(model: nn.Module, calibration: Calibration, optimize: bool = True
     keep = calibration.keep
     if keep is not None and keep.is_file() and not keep.is_symlink():
         try:
-            kept = onnx.load_from_string(keep.read_bytes())
-            if {p.key: p.value for p in kept.metadata_props}.get(KEY) == calibration.key:
-                return OrtModel(kept.SerializeToString(), optimize)
+            data = keep.read_bytes()
+            if {p.key: p.value for p in onnx.load_from_string(data).metadata_props}.get(KEY) == calibration.key:
+                return OrtModel(data, optimize)
         except Exception:  # unreadable, or not an ONNX model: quantised again and replaced
             pass
     fresh = quantized_model(model, calibration.images, optimize)
