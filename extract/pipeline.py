@@ -365,14 +365,13 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     check_precision(options.precision, device, options.compile, options.optimize)
     claim(device)
     options = options.on(device)
-    path = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
-    if shard:
-        path = shard_path(path, *shard)
+    store = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
+    path = shard_path(store, *shard) if shard else store
     path.parent.mkdir(parents=True, exist_ok=True)
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank
             _refuse_other_dataset(path, dataset)
-        return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard)
+        return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard, store)
 
 
 def _refuse_other_dataset(path: Path, dataset: Dataset) -> None:
@@ -393,7 +392,8 @@ def _dataset_record(dataset: Dataset, path: Path) -> dict:
     return {**dataset.describe(), "root_from_store": os.path.relpath(dataset.root, path.parent.resolve())}
 
 
-def _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard) -> Summary:
+def _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard, store) -> Summary:
+    """`extract` under the lock of `path` (the store, or a shard of `store`)."""
     started = time.perf_counter()
     items, unlisted = dataset.items, dataset.unlisted
     codes = assign_splits(items, fractions, seed)  # stratified over the whole listing, shard or not
@@ -407,7 +407,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None,
                        options.gpu_decode, options.precision, calibration.record if calibration else None)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)
-    calibration = calibration.kept_at(path, prov) if calibration else None
+    calibration = calibration.kept_at(store, prov) if calibration else None  # shards share the store's
     by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
     records: list[Record | None] = [None] * len(items)
     todo = []

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from extract.backbones import Preprocess
@@ -233,11 +234,19 @@ def quantized_model(model: nn.Module, calibration: torch.Tensor, optimize: bool 
 
 def kept_model(model: nn.Module, calibration: Calibration, optimize: bool = True) -> OrtModel:
     """`quantized_model`, or without quantising again the one kept at `calibration.keep` when it was made under the
-    same key; a model quantised afresh is kept there (written atomically, the key in its metadata)."""
+    same key; a model quantised afresh is kept there (written atomically, the key in its metadata). The torchrun
+    ranks of one store share it: one quantises while the others wait on `NAME-int8.onnx.lock`, then read it."""
+    if calibration.keep is None:
+        return quantized_model(model, calibration.images, optimize)
+    with FileLock(str(calibration.keep) + ".lock"):
+        return _kept_model(model, calibration, optimize)
+
+
+def _kept_model(model: nn.Module, calibration: Calibration, optimize: bool) -> OrtModel:
     import onnx
 
     keep = calibration.keep
-    if keep is not None and keep.is_file() and not keep.is_symlink():
+    if keep.is_file() and not keep.is_symlink():
         try:
             data = keep.read_bytes()
             if {p.key: p.value for p in onnx.load_from_string(data).metadata_props}.get(KEY) == calibration.key:
@@ -245,8 +254,7 @@ def kept_model(model: nn.Module, calibration: Calibration, optimize: bool = True
         except Exception:  # unreadable, or not an ONNX model: quantised again and replaced
             pass
     fresh = quantized_model(model, calibration.images, optimize)
-    if keep is not None:
-        graph = onnx.load_from_string(fresh.onnx)
-        onnx.helper.set_model_props(graph, {KEY: calibration.key})
-        atomic_write(keep, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
+    graph = onnx.load_from_string(fresh.onnx)
+    onnx.helper.set_model_props(graph, {KEY: calibration.key})
+    atomic_write(keep, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
     return fresh

@@ -177,6 +177,9 @@ def test_quantised_model_is_kept_beside_the_store_and_used_again(dvc_folder, tmp
     assert again.embedded == 24
     with FeatureStore(again.path) as fs:
         np.testing.assert_array_equal(fs.embeddings(np.arange(24)), before)
+    shards = [extract(ds, tiny, tmp_path, options=Options(**opts), shard=(r, 2)).path for r in (0, 1)]
+    assert [s.parent.name for s in shards] == ["shards"] * 2  # torchrun's ranks use the store's kept model
+    assert not list(shards[0].parent.glob("*.onnx"))
     monkeypatch.undo()
     kept.write_bytes(b"not an onnx model")
     assert extract(ds, tiny, tmp_path, options=Options(overwrite=True, **opts)).embedded == 24
