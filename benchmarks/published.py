@@ -16,6 +16,9 @@ FASTAI_SPLIT = "random 20% validation split of the 7,390 Oxford-IIIT Pets images
 CLIP = "Radford et al., \"Learning Transferable Visual Models From Natural Language Supervision\" (2021), Table 10"
 
 
+TASK_CLASSES = {"dogs-vs-cats": 2, "oxford-pets-breed": 37}  # the classes the published numbers are over
+
+
 @dataclass(frozen=True)
 class Published:
     """One number from the literature: what was done, how well, where it was measured, who says so."""

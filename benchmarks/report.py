@@ -25,7 +25,7 @@ import matplotlib
 import sklearn
 
 from benchmarks import plots
-from benchmarks.published import published_for, task_of
+from benchmarks.published import TASK_CLASSES, published_for, task_of
 from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.audit import KINDS as AUDIT_KINDS
 from classify.audit import leaking_pairs
@@ -146,10 +146,12 @@ class Collected:
     excluded: list = field(default_factory=list)  # models trained without the audit's flagged images (--exclude)
 
     def best(self, kind: str, backbone: str | None = None) -> dict | None:
-        """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test."""
+        """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (a
+        `-refit` model carries its twin's val scores) go to the model not refitted, then val accuracy, then name."""
         rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None
                 and backbone in (None, r["backbone"])]
-        return min(rows, key=lambda r: (r["val_log_loss"], -r["accuracy"])) if rows else None
+        return min(rows, key=lambda r: (r["val_log_loss"], bool(r.get("refit")), -(r.get("val_accuracy") or 0),
+                                        r.get("model", ""))) if rows else None
 
     def metrics_of(self, row: dict) -> ModelMetrics:
         return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])
@@ -237,6 +239,15 @@ def secs(x) -> str:
     return "—" if x is None else f"{x:.1f}" if x < 1000 else f"{x:.0f}"
 
 
+def published_note(c: Collected) -> str:
+    """Why the published rows are orientation only: other splits and, where it differs, another class set."""
+    note = "Published rows were measured on other splits (listed below)"
+    task, classes = c.published[0]["task"], len(c.metrics[0].classes)
+    if TASK_CLASSES.get(task, classes) != classes:
+        note += f", over {TASK_CLASSES[task]} classes where this dataset has {classes}"
+    return note + ", and are shown for orientation, not as like-for-like comparisons."
+
+
 def main_table(c: Collected) -> tuple[list, list, list]:
     """(header, rows, sources): measured rows (★ = best of its kind by val log-loss), then published ones."""
     best = {id(c.best("frozen")), id(c.best("fine-tuned"))}
@@ -314,9 +325,24 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
                 if images else "every image embedded once")
     tried = _pool(pool) if len(pool) > 1 else f"{r.get('configurations') or 0} configurations scored on val"
     chosen = f"{r['head']} {short_params(m.params)}".rstrip()
-    return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} "
-            f"(resize + centre crop, no augmentation), the head fitted on {r['n_train']} train images; "
+    fitted = (f"the head refitted on {r['n_train']} train + val images" if r.get("refit") else
+              f"the head fitted on {r['n_train']} train images")
+    treated = _treatment([c.metas[s] for s in m.features if s in c.metas])
+    return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} ({treated}), {fitted}; "
             f"{_compute_words(r)}{_more_seeds(m)}")
+
+
+def _treatment(metas: list) -> str:
+    """How the stores read their images: resize, crop, readout and arithmetic as recorded, and no augmentation."""
+    words = {"pool": "pool {}", "blocks": "last {} blocks", "tta": "{}-averaged features"}
+    parts = []
+    for s in metas:
+        p = s.preprocess or {}
+        crop = f"resize {p['resize']} + centre crop {p['size']} {p['interpolation']}" if p else "resize + centre crop"
+        readout = [words.get(k, k + " {}").format(v) for k, v in (s.readout or {}).items() if k != "image_size"]
+        precision = [f"{s.precision} arithmetic"] if s.precision != "fp32" else []
+        parts.append(", ".join([crop, *readout, *precision]))
+    return "; ".join(dict.fromkeys(parts or ["resize + centre crop"])) + ", no augmentation"
 
 
 def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
@@ -661,8 +687,7 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
              f"the same test split. Compute: frozen = extraction of every image + head fit (selection "
              f"included); fine-tuned = training (its validation passes included). "
              f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.")
-    note = ("Published rows were measured on other splits (listed below) and are shown for orientation, "
-            "not as like-for-like comparisons.") if sources else ""
+    note = published_note(c) if sources else ""
     md = [f"# {title}", intro, "## Results", _md_table(header, rows)]
     md += [note, "\n".join(f"{i}. {s}" for i, s in enumerate(sources, 1))] if sources else []
     curve = [f for f in figs if f.name == CURVE_FILES[1]]

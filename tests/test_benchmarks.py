@@ -449,6 +449,7 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     assert "| alpha | logreg |" in md and "| beta | logreg |" not in md
     assert "beta-logreg.skops: scored on another split" in md
     assert "59.21%" in md and "96.70%" in md and "98.60%" not in md  # Pets numbers only
+    assert "other splits (listed below), over 37 classes where this dataset has 3, and are shown" in md
     assert "| 0.5 | 120.0 |" in md and "cuda" in md  # extraction time from the store: 60 / 120 img/s
     assert "confusion.png" in md and "top_losses.png" in md
 
@@ -554,6 +555,26 @@ def test_verdict_words_a_tie_and_names_a_non_default_recipe():
     assert "mobilenet_v2 + finetune-full (seed recipe) — test accuracy" in seed
     lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft")], published=[], metas={}))
     assert "mobilenet_v2 + finetune-full — test accuracy" in lpft
+
+
+def test_best_breaks_a_val_tie_without_looking_at_test():
+    """A `-refit` model carries its twin's val scores: the tie goes to the model not refitted, whatever test says."""
+    from benchmarks.report import Collected
+    row = {"kind": "frozen", "backbone": "b", "head": "logreg", "val_log_loss": 0.1, "val_accuracy": 0.9}
+    for better in (0.95, 0.85):
+        rows = [dict(row, model="b-logreg", accuracy=0.9), dict(row, model="b-logreg-refit", refit=True,
+                                                                 accuracy=better)]
+        assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "b-logreg"
+
+
+def test_frozen_budget_says_how_the_stores_read_their_images():
+    from benchmarks.report import _treatment
+    pre = {"size": 224, "resize": 256, "interpolation": "bicubic"}
+    plain = Extraction(preprocess=pre)
+    assert _treatment([plain, plain]) == "resize 256 + centre crop 224 bicubic, no augmentation"
+    read = Extraction(preprocess=pre, readout={"pool": "avg", "blocks": 4, "tta": "flip"}, precision="int8")
+    assert _treatment([read]) == ("resize 256 + centre crop 224 bicubic, pool avg, last 4 blocks, flip-averaged "
+                                  "features, int8 arithmetic, no augmentation")
 
 
 # ---- curve with fine-tuned points ---------------------------------------------------------------------
