@@ -7,7 +7,8 @@ store × head × n × repeat is chosen on val when val is no larger than the sub
 k-fold CV inside the subset (k = min(3, smallest class, at least 2); a class with fewer images stays
 on every fold's training side), else (one image per class) fitted with the head's default parameters
 (kNN: k = 1); the `selection`
-column says which; `--select val` chooses every point on the full val split. Every fit is scored on
+column says which, `val_log_loss` the score that chose it (none for defaults); `--select val` chooses every
+point on the full val split. Every fit is scored on
 the full test split. `all` is the full train split, fitted once (as `python -m classify`).
 
 `--finetune-shots 8,64` adds fine-tuned points (`benchmarks finetune`'s recipe, on the images of the
@@ -61,6 +62,7 @@ class Point:
     log_loss: float
     kind: str = "frozen"  # frozen | finetune
     seconds: float = 0.0  # to fit (and choose) this point
+    val_log_loss: float | None = None  # what chose it: val log-loss (`val`), mean held-out CV log-loss (`cvK`); None
 
 
 def finetune_shots(value, device: str) -> list[int]:
@@ -119,39 +121,40 @@ def defaults(head: str, smallest: int) -> dict:
     return {"n_neighbors": min(k, smallest)} if k else {}
 
 
-def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str]:
-    """The head chosen by k-fold CV inside (X, y) (k = min(3, smallest class, at least 2); classes with fewer
-    than k images stay on every fold's training side: `CoveringFolds`), refitted on all of it; or, when no
-    class has two images, the head's defaults. An early-stopped head (mlp) is refitted for the median of its
-    folds' best epochs at the chosen point."""
+def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str, float | None]:
+    """(model, selection, its mean held-out log-loss over the folds): the head chosen by k-fold CV inside (X, y)
+    (k = min(3, smallest class, at least 2); classes with fewer than k images stay on every fold's training side:
+    `CoveringFolds`), refitted on all of it; or, when no class has two images, the head's defaults (no score).
+    An early-stopped head (mlp) is refitted for the median of its folds' best epochs at the chosen point."""
     counts = np.bincount(y)[np.unique(y)]
     if counts.max() < 2:
-        return fit_fixed(HEADS[head].make(), defaults(head, 1), X, y), "default"
+        return fit_fixed(HEADS[head].make(), defaults(head, 1), X, y), "default", None
     k = min(CV_FOLDS, max(2, int(counts.min())))
     folds = list(CoveringFolds(k, seed).split(X, y))
     grid = HEADS[head].grid(min(len(tr) for tr, _ in folds))
     rows = [sweep(HEADS[head].make(), grid, X[tr], y[tr], X[held], y[held], n_classes).sweep for tr, held in folds]
-    best = int(np.sum([[row["val_log_loss"] for row in fold] for fold in rows], axis=0).argmin())
+    losses = np.mean([[row["val_log_loss"] for row in fold] for fold in rows], axis=0)
+    best = int(losses.argmin())
     epochs = [fold[best]["epochs"] for fold in rows if "epochs" in fold[best]]
     fixed = {**grid[best], **({"max_epochs": max(1, round(float(np.median(epochs))))} if epochs else {})}
-    return fit_fixed(HEADS[head].make(), fixed, X, y), f"cv{k}"
+    return fit_fixed(HEADS[head].make(), fixed, X, y), f"cv{k}", float(losses[best])
 
 
-def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select: str = "auto"
-              ) -> tuple[float, float, str]:
-    """(accuracy, log-loss, selection) of `head` fitted on the train rows `idx` (None: all of train), chosen
-    on val when `select` is `val` or val is no larger than the subset, else by CV inside the subset."""
+def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select: str = "auto") -> dict:
+    """`Point`'s selection, accuracy, log_loss and val_log_loss of `head` fitted on the train rows `idx` (None:
+    all of train), chosen on val when `select` is `val` or val is no larger than the subset, else by CV inside
+    the subset."""
     X, y = (store.train.X, store.train.y) if idx is None else (store.train.X[idx], store.train.y[idx])
     if len(np.unique(y)) < 2:
         raise ValueError("the subset holds a single class")
     n_classes = len(store.class_names)
     if len(store.val) and (select == "val" or len(store.val) <= len(y)):
-        model = sweep(HEADS[head].make(), HEADS[head].grid(len(y)), X, y, store.val.X, store.val.y, n_classes).model
-        mode = "val"
+        chosen = sweep(HEADS[head].make(), HEADS[head].grid(len(y)), X, y, store.val.X, store.val.y, n_classes)
+        model, mode, val_loss = chosen.model, "val", chosen.val_log_loss
     else:
-        model, mode = choose_cv(head, X, y, n_classes, seed)
+        model, mode, val_loss = choose_cv(head, X, y, n_classes, seed)
     loss, acc = score(model, store.test.X, store.test.y, n_classes)
-    return acc, loss, mode
+    return {"selection": mode, "accuracy": acc, "log_loss": loss, "val_log_loss": val_loss}
 
 
 def check_same_images(stores: list[Store]) -> None:
@@ -179,14 +182,14 @@ def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int,
                     idx = None if n == ALL else subset(perms[r], n)
                     started = time.perf_counter()
                     try:
-                        acc, loss, mode = fit_point(s, head, idx, seed + r, select)
+                        fit = fit_point(s, head, idx, seed + r, select)
                     except ValueError as e:
                         why = str(e).splitlines()[0]
                         skipped.append({"store": s.name, "head": head, "n": shot_name(n), "repeat": r, "why": why})
                         log(f"note: {s.name}-{head} n={shot_name(n)} repeat {r} skipped: {why}")
                         continue
                     points.append(Point(s.name, head, shot_name(n), r, seed + r,
-                                        len(s.train) if idx is None else len(idx), mode, acc, loss,
+                                        len(s.train) if idx is None else len(idx), **fit,
                                         seconds=round(time.perf_counter() - started, 3)))
     return points, skipped
 
@@ -255,7 +258,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                         log(f"note: {what} skipped: {why}")
                         continue
                 points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
-                                    m.log_loss, "finetune", m.fit_seconds))
+                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss))
         notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {len(recipe.lrs)} peak rates × "
                      f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (or the whole subset), each point's rate, "
                      f"epoch and temperature chosen on the full val split ({len(data.paths['val'])} images)")

@@ -482,22 +482,38 @@ def within_one_point(doc: dict) -> list[str]:
     return out
 
 
-def best_frozen(doc: dict, n: str, repeats: set) -> dict | None:
-    """The frozen store + head with the highest mean test accuracy at `n`, over the subsets `repeats` (a
-    fine-tune's: both sides then score the same subsets) where the points say which, else over all of its."""
-    scores = {}
+def frozen_opponent(doc: dict, n: str, repeats: set) -> dict | None:
+    """The frozen store + head a fine-tune at `n` is compared with, over its subsets `repeats` (both sides then
+    score the same subsets): of those with a point on each, the lowest mean validation log-loss (each point's
+    own `val_log_loss`); where a point records none (curve.json files before it, heads fitted with their
+    defaults), the highest mean test accuracy, `by` saying so. Its mean accuracy and interval are over `repeats`."""
+    found = {}
     for p in doc["points"]:
         if curve_kind(p) == "frozen" and p["n"] == n and p.get("repeat") in repeats:
-            scores.setdefault((p["store"], p["head"]), []).append(p["accuracy"])
-    matched = [{"store": s, "head": h, "n": n, "repeats": len(a), **dict(zip(("accuracy", "accuracy_ci"), interval(a))),
-                "matched": True} for (s, h), a in scores.items()]
-    rows = matched or [r for r in doc["summaries"] if curve_kind(r) == "frozen" and r["n"] == n]
-    return max(rows, key=lambda r: r["accuracy"], default=None)
+            found.setdefault((p["store"], p["head"]), []).append(p)
+    candidates = [ps for ps in found.values() if len(ps) == len(repeats)]
+    if not candidates:
+        return None
+    by_val = all(p.get("val_log_loss") is not None for ps in candidates for p in ps)
+    ps = (min(candidates, key=lambda ps: sum(p["val_log_loss"] for p in ps)) if by_val else
+          max(candidates, key=lambda ps: sum(p["accuracy"] for p in ps)))
+    acc, ci = interval([p["accuracy"] for p in ps])
+    return {"store": ps[0]["store"], "head": ps[0]["head"], "n": n, "repeats": len(ps), "accuracy": acc,
+            "accuracy_ci": ci, "by": "val" if by_val else "test"}
+
+
+def _chosen(f: dict) -> str:
+    """How the frozen opponent `f` was chosen, for a sentence."""
+    if f["by"] == "val":
+        return "the frozen store + head with the lowest validation log-loss there"
+    return ("the frozen store + head with the highest test accuracy there, as its points record no validation "
+            "score: a choice that favours the frozen side")
 
 
 def overtakes(doc: dict) -> list[str]:
-    """Per fine-tuned series: the smallest measured n from which its mean test accuracy is above the best frozen
-    store + head's at the same n (on the same subsets), at that n and every larger fine-tuned one."""
+    """Per fine-tuned series: the smallest measured n from which its mean test accuracy is above its frozen
+    opponent's (`frozen_opponent`) at the same n and on the same subsets, at that n and every larger fine-tuned
+    one."""
     series = curve_series(doc)
     tuned = {k: rows for k, rows in series.items() if k[0] != "frozen"}
     if not tuned:
@@ -509,7 +525,7 @@ def overtakes(doc: dict) -> list[str]:
         for r in rows:
             repeats = {p.get("repeat") for p in doc["points"]
                        if (p["store"], p["head"], p["n"]) == (store, head, r["n"])}
-            if (f := best_frozen(doc, r["n"], repeats)) is not None:
+            if (f := frozen_opponent(doc, r["n"], repeats)) is not None:
                 best[r["n"]] = f
         pairs = [(r, best[r["n"]]) for r in rows if r["n"] in best]
         name = f"Fine-tuning {store} ({head})"
@@ -522,9 +538,8 @@ def overtakes(doc: dict) -> list[str]:
         start = next((i for i in range(len(pairs)) if all(t["accuracy"] > f["accuracy"] for t, f in pairs[i:])),
                      None)
         t, f = pairs[-1 if start is None else start]
-        same = f", on the same {plural(f['repeats'], 'subset')}" if "matched" in f else ""
-        versus = (f"at n = {t['n']}, {_mean_ci(t)} against {_mean_ci(f)} for the best frozen store + head there "
-                  f"({f['store']} + {f['head']}{same})")
+        versus = (f"at n = {t['n']}, {_mean_ci(t)} against {_mean_ci(f)} for {f['store']} + {f['head']} on the "
+                  f"same {plural(f['repeats'], 'subset')} ({_chosen(f)})")
         if start is None:
             out.append(f"{name} does not overtake frozen features within the measured range (n = {ns}): {versus}"
                        f"{alone}.")

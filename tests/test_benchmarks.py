@@ -270,12 +270,16 @@ def test_report_command_finds_the_curve_or_takes_one(curved, tmp_path, capsys):
     doc = json.loads((folder / "curve" / "curve.json").read_text())
     tuned = {**doc["summaries"][0], "store": "resnet10t-random-init", "head": "finetune-full", "n": "2",
              "kind": "finetune", "accuracy": 1.0}
+    points = [{**p, "head": "finetune-full", "kind": "finetune", "accuracy": 1.0} for p in doc["points"]
+              if (p["head"], p["n"]) == ("logreg", "2")]
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({**doc, "summaries": doc["summaries"] + [tuned]}))
+    other.write_text(json.dumps({**doc, "points": doc["points"] + points, "summaries": doc["summaries"] + [tuned]}))
     rc, out, err = cli(capsys, "report", folder, "--out", tmp_path / "given", "--curve", other)
     assert rc == 0, err
     md = (tmp_path / "given" / "dvc" / "report" / "report.md").read_text()
-    assert "Fine-tuning resnet10t-random-init (finetune-full) overtakes frozen features from n = 2" in md
+    [sentence] = [line for line in md.splitlines() if line.startswith("- Fine-tuning resnet10t-random-init")]
+    assert "(finetune-full)" in sentence and "on the same 2 subsets (the frozen store + head with the lowest " \
+        "validation log-loss there)" in sentence
     assert "| fine-tuned | resnet10t-random-init | finetune-full | 2 |" in md
     other.write_text(json.dumps({**doc, "dataset": "pets"}))
     rc, _, err = cli(capsys, "report", folder, "--curve", other)

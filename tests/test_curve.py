@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from benchmarks.__main__ import main
 from benchmarks.curve import ALL, curve, fit_point, parse_shots, permutations, subset, summarise
@@ -80,7 +81,7 @@ def test_cv_refit_of_an_early_stopped_head_keeps_the_folds_epochs(stores, monkey
     idx = subset(permutations(s.train.y, s.train.paths, 0), 6)
     fits = []
     monkeypatch.setattr(cv, "fit_fixed", lambda est, fixed, X, y: fits.append(fixed) or fit_fixed(est, fixed, X, y))
-    model, mode = cv.choose_cv("mlp", s.train.X[idx], s.train.y[idx], len(s.class_names), 0)
+    model, mode, _ = cv.choose_cv("mlp", s.train.X[idx], s.train.y[idx], len(s.class_names), 0)
     assert mode == "cv3" and fits[0]["max_epochs"] == model.max_epochs < 60  # not the full 60 epochs
 
 
@@ -94,7 +95,7 @@ def test_cv_keeps_a_one_image_class_in_training(stores, monkeypatch):
     held = []
     real = cv.sweep
     monkeypatch.setattr(cv, "sweep", lambda est, grid, X, y, Xv, yv, n: held.append(yv) or real(est, grid, X, y, Xv, yv, n))
-    _, mode = cv.choose_cv("logreg", s.train.X[idx], s.train.y[idx], len(s.class_names), 0)
+    _, mode, _ = cv.choose_cv("logreg", s.train.X[idx], s.train.y[idx], len(s.class_names), 0)
     assert mode == "cv2" and len(held) == 2 and not any((h == 0).any() for h in held)
 
 
@@ -144,7 +145,7 @@ def test_cli_outputs_short_and_no_val(tmp_path, capsys):
     short = {(s["head"], s["n"]): s["short"] for s in doc["summaries"]}
     assert short[("logreg", "8")] == "cat" and short[("logreg", "2")] == ""
     csv = (tmp_path / "out" / "synth" / "curve" / "curve.csv").read_text().splitlines()
-    assert csv[0] == "store,head,n,repeat,subset_seed,n_train,selection,accuracy,log_loss,kind,seconds"
+    assert csv[0] == "store,head,n,repeat,subset_seed,n_train,selection,accuracy,log_loss,kind,seconds,val_log_loss"
     assert len(csv) == 1 + len(doc["points"]) == 1 + 2 * (2 + 2 + 1)
     assert "seconds" in doc and "points (0 skipped) in" in out.out
 
@@ -167,18 +168,38 @@ def test_summaries_group_by_store(stores):
 
 # ---- the report's curve section: sentences and plot from a hand-made curve.json -----------------------
 
-def summary(store, head, n, acc, kind=None):
-    s = {"store": store, "head": head, "n": n, "repeats": 1 if n == "all" else 3, "accuracy": acc,
-         "accuracy_ci": None if n == "all" else 0.01, "log_loss": 1 - acc, "log_loss_ci": None, "selection": "val",
-         "short": ""}
-    return {**s, "kind": kind} if kind else s  # curve.json files before fine-tuned points have no kind
+def series_points(store, head, n, accs, kind, val=None) -> list[dict]:
+    """One series' points at n, one per repeat (`val`: their validation log-loss, default 1 - accuracy)."""
+    return [{"store": store, "head": head, "n": n, "repeat": r, "subset_seed": r, "n_train": 1, "selection": "val",
+             "accuracy": a, "log_loss": 1 - a, "kind": kind, "seconds": 0.0,
+             "val_log_loss": 1 - a if val is None else val} for r, a in enumerate(accs)]
 
 
-def curve_doc(frozen: dict, tuned: dict | None = None) -> dict:
-    """{(store, head): {n: accuracy}} → a curve.json doc (frozen summaries without `kind`, tuned with)."""
-    summaries = [summary(s, h, n, a) for (s, h), accs in frozen.items() for n, a in accs.items()]
-    summaries += [summary(s, h, n, a, "finetune") for (s, h), accs in (tuned or {}).items() for n, a in accs.items()]
-    return {"dataset": "synth", "points": [], "summaries": summaries, "skipped": [], "seconds": 1.0, "notes": []}
+def summary_of(points: list[dict]) -> dict:
+    acc, ci = interval([p["accuracy"] for p in points])
+    p = points[0]
+    return {"store": p["store"], "head": p["head"], "n": p["n"], "kind": p["kind"], "repeats": len(points),
+            "accuracy": acc, "accuracy_ci": ci, "log_loss": 1 - acc, "log_loss_ci": None, "selection": "val",
+            "short": ""}
+
+
+SPREAD = 0.01 * np.sqrt(3) / stats.t.ppf(0.975, 2)  # 3 repeats a - SPREAD, a, a + SPREAD: a ± 1.00%
+
+
+def curve_doc(frozen: dict, tuned: dict | None = None, val: dict | None = None) -> dict:
+    """{(store, head): {n: accuracy, or a list of one per repeat}} → a curve.json doc (a single accuracy: 3
+    repeats, a ± 1.00%, one at `all`); `val`: {(store, head): validation log-loss of its points}."""
+    points = []
+    for kind, series in (("frozen", frozen), ("finetune", tuned or {})):
+        for (s, h), accs in series.items():
+            for n, a in accs.items():
+                a = a if isinstance(a, list) else [a] if n == "all" else [a - SPREAD, a, a + SPREAD]
+                points += series_points(s, h, n, a, kind, (val or {}).get((s, h)))
+    groups = {}
+    for p in points:
+        groups.setdefault((p["store"], p["head"], p["n"]), []).append(p)
+    return {"dataset": "synth", "points": points, "summaries": [summary_of(ps) for ps in groups.values()],
+            "skipped": [], "seconds": 1.0, "notes": []}
 
 
 FROZEN = {("a", "logreg"): {"1": 0.6, "2": 0.7, "4": 0.8, "8": 0.975, "16": 0.99, "64": 0.9, "all": 0.98},
@@ -195,21 +216,64 @@ def test_within_one_point_of_the_full_split():
 
 def test_fine_tuning_overtakes_from_the_n_where_it_stays_above():
     from benchmarks.report import overtakes
-    # above at 8, below at 16, above (against b + svm, the best frozen there) at 64: from 64, not from 8
+    # above at 8, below at 16, above (against b + svm, the frozen opponent there) at 64: from 64, not from 8
     [text] = overtakes(curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "16": 0.95, "64": 0.95}}))
     assert text == ("Fine-tuning a (finetune-full) overtakes frozen features from n = 64 and stays above at every "
                     "larger fine-tuned n (measured: n = 8, 16, 64): at n = 64, 95.00 ± 1.00% against "
-                    "94.00 ± 1.00% for the best frozen store + head there (b + svm).")
-    # the kind comes from the head where a summary has none
+                    "94.00 ± 1.00% for b + svm on the same 3 subsets (the frozen store + head with the lowest "
+                    "validation log-loss there).")
+    # the kind comes from the head where a point has none
     doc = curve_doc(FROZEN)
-    doc["summaries"] += [summary("a", "finetune-full", "64", 0.93)]
+    tuned = series_points("a", "finetune-full", "64", [0.93] * 3, "finetune")
+    doc["points"] += [{k: v for k, v in p.items() if k != "kind"} for p in tuned]
+    doc["summaries"] += [{k: v for k, v in summary_of(tuned).items() if k != "kind"}]
     [never] = overtakes(doc)
     assert never.startswith("Fine-tuning a (finetune-full) does not overtake frozen features within the measured "
-                            "range (n = 64): at n = 64, 93.00 ± 1.00% against 94.00 ± 1.00%")
+                            "range (n = 64): at n = 64, 93.00 ± 0.00% against 94.00 ± 1.00%")
     [above_below] = overtakes(curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "64": 0.9, "32": 0.99}}))
     assert "does not overtake" in above_below and "(n = 8, 64)" in above_below and "no frozen point at n = 32" \
         in above_below
     assert overtakes(curve_doc(FROZEN))[0].startswith("No fine-tuned points on this curve")
+
+
+def test_frozen_opponent_is_chosen_on_validation_not_on_test():
+    """a + logreg scores best on test but worst on val: the fine-tune is compared with b + svm, chosen on val."""
+    from benchmarks.report import frozen_opponent, overtakes
+    frozen = {("a", "logreg"): {"8": 0.97}, ("b", "svm"): {"8": 0.95}, ("b", "knn"): {"8": 0.93}}
+    doc = curve_doc(frozen, {("a", "finetune-full"): {"8": 0.96}},
+                    val={("a", "logreg"): 0.30, ("b", "svm"): 0.10, ("b", "knn"): 0.20})
+    f = frozen_opponent(doc, "8", {0, 1, 2})
+    assert (f["store"], f["head"], f["by"]) == ("b", "svm", "val") and f["accuracy"] == pytest.approx(0.95)
+    [text] = overtakes(doc)
+    assert "for b + svm on the same 3 subsets (the frozen store + head with the lowest validation log-loss there)" \
+        in text
+
+
+def test_a_curve_without_validation_scores_says_its_opponent_was_chosen_on_test():
+    """curve.json files before `val_log_loss`: the test-accuracy choice, stated as favouring the frozen side."""
+    from benchmarks.report import frozen_opponent, overtakes
+    doc = curve_doc({("a", "logreg"): {"8": 0.97}, ("b", "svm"): {"8": 0.95}}, {("a", "finetune-full"): {"8": 0.96}})
+    for p in doc["points"]:
+        del p["val_log_loss"]
+    assert frozen_opponent(doc, "8", {0, 1, 2})["by"] == "test"
+    [text] = overtakes(doc)
+    assert ("94.00" not in text and "for a + logreg on the same 3 subsets (the frozen store + head with the highest "
+            "test accuracy there, as its points record no validation score: a choice that favours the frozen side)"
+            in text)
+
+
+def test_points_record_the_score_that_chose_them(stores):
+    """val: the chosen configuration's val log-loss; cvK: its mean held-out log-loss; default: none."""
+    from classify.heads import HEADS
+    from classify.select import sweep
+    s = load_store(stores[0])
+    points, _ = curve([s], ["logreg"], [1, 2, ALL], 1)
+    by_n = {p.n: p for p in points}
+    assert by_n["1"].selection == "default" and by_n["1"].val_log_loss is None
+    assert by_n["2"].selection == "cv2" and 0 < by_n["2"].val_log_loss < 5
+    chosen = sweep(HEADS["logreg"].make(), HEADS["logreg"].grid(len(s.train)), s.train.X, s.train.y, s.val.X,
+                   s.val.y, len(s.class_names))
+    assert by_n["all"].val_log_loss == pytest.approx(chosen.val_log_loss)
 
 
 @pytest.mark.parametrize("tuned", [False, True])
@@ -236,13 +300,7 @@ def test_overtaking_compares_the_same_subsets():
     """Frozen scored on 5 subsets, fine-tuned on the first 3: the comparison uses those 3 on both sides."""
     from benchmarks.report import overtakes
     frozen = [0.90, 0.90, 0.90, 0.99, 0.99]  # mean over all 5: 0.936
-    points = [{"store": "a", "head": "logreg", "n": "8", "repeat": r, "accuracy": a, "kind": "frozen"}
-              for r, a in enumerate(frozen)]
-    points += [{"store": "a", "head": "finetune-full", "n": "8", "repeat": r, "accuracy": 0.93, "kind": "finetune"}
-               for r in range(3)]
-    doc = curve_doc({("a", "logreg"): {"8": float(np.mean(frozen))}}, {("a", "finetune-full"): {"8": 0.93}})
-    [text] = overtakes({**doc, "points": points})
-    assert "overtakes frozen features from n = 8" in text and "90.00 ± 0.00% for the best frozen" in text
-    assert "on the same 3 subsets" in text
-    [unmatched] = overtakes(doc)  # without points, the summaries (all 5 subsets) are all there is
-    assert "does not overtake" in unmatched
+    doc = curve_doc({("a", "logreg"): {"8": frozen}}, {("a", "finetune-full"): {"8": [0.93] * 3}})
+    [text] = overtakes(doc)
+    assert "overtakes frozen features from n = 8" in text and "90.00 ± 0.00% for a + logreg on the same 3 subsets" \
+        in text
