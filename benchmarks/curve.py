@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,15 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.finetune import DEFAULT_EPOCHS, budget_params, default_epochs, finetune, model_name, reusable
 from benchmarks.recipes import MODES, recipe_for
-from benchmarks.report import short_count
+from benchmarks.report import curve_csv, short_count
 from benchmarks.splits import SplitImages, from_store
 from classify.heads import HEADS, CoveringFolds
-from classify.metrics import interval
+from classify.metrics import correct_mask, interval, proba
 from classify.select import fit_fixed, score, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
 from extract.config import add_dataset_args, dataset_flags
 from extract.device import pick_device
-from features.atomic import atomic_write, csv_text
+from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 from features.schema import SPLITS, split_fingerprint
 
@@ -63,6 +63,7 @@ class Point:
     kind: str = "frozen"  # frozen | finetune
     seconds: float = 0.0  # to fit (and choose) this point
     val_log_loss: float | None = None  # what chose it: val log-loss (`val`), mean held-out CV log-loss (`cvK`); None
+    test_correct: str | None = None  # `classify.metrics.correct_mask` of the test split (curve.json only)
 
 
 def finetune_shots(value, device: str) -> list[int]:
@@ -141,9 +142,9 @@ def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str, 
 
 
 def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select: str = "auto") -> dict:
-    """`Point`'s selection, accuracy, log_loss and val_log_loss of `head` fitted on the train rows `idx` (None:
-    all of train), chosen on val when `select` is `val` or val is no larger than the subset, else by CV inside
-    the subset."""
+    """`Point`'s selection, accuracy, log_loss, val_log_loss and test_correct of `head` fitted on the train rows
+    `idx` (None: all of train), chosen on val when `select` is `val` or val is no larger than the subset, else by
+    CV inside the subset."""
     X, y = (store.train.X, store.train.y) if idx is None else (store.train.X[idx], store.train.y[idx])
     if len(np.unique(y)) < 2:
         raise ValueError("the subset holds a single class")
@@ -154,16 +155,21 @@ def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select
     else:
         model, mode, val_loss = choose_cv(head, X, y, n_classes, seed)
     loss, acc = score(model, store.test.X, store.test.y, n_classes)
-    return {"selection": mode, "accuracy": acc, "log_loss": loss, "val_log_loss": val_loss}
+    right = proba(model, store.test.X, n_classes).argmax(1) == store.test.y
+    return {"selection": mode, "accuracy": acc, "log_loss": loss, "val_log_loss": val_loss,
+            "test_correct": correct_mask(right, store.test.paths)}
 
 
 def check_same_images(stores: list[Store]) -> None:
-    """Subsets are mapped by path: every store must hold the same labelled train images and classes."""
+    """Subsets are mapped by path, test images paired by path: every store must hold the same labelled train and
+    test images and classes."""
     first = stores[0]
-    key = dict(zip(first.train.paths, first.train.y.tolist()))
+
+    def key(s: Store) -> tuple:
+        return s.class_names, *(dict(zip(part.paths, part.y.tolist())) for part in (s.train, s.test))
     for s in stores[1:]:
-        if s.class_names != first.class_names or dict(zip(s.train.paths, s.train.y.tolist())) != key:
-            raise StoreError(f"{s.path} and {first.path} do not hold the same train images and labels; "
+        if key(s) != key(first):
+            raise StoreError(f"{s.path} and {first.path} do not hold the same train and test images and labels; "
                              "curves compare stores of one dataset extracted with the same --splits and --seed")
 
 
@@ -258,7 +264,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                         log(f"note: {what} skipped: {why}")
                         continue
                 points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
-                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss))
+                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss, m.test_correct))
         notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {len(recipe.lrs)} peak rates × "
                      f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (or the whole subset), each point's rate, "
                      f"epoch and temperature chosen on the full val split ({len(data.paths['val'])} images)")
@@ -299,7 +305,7 @@ def table(summaries: list[dict]) -> str:
 
 def write(folder: Path, doc: dict) -> Path:
     """`curve.csv` (one row per point) and `curve.json` (the whole doc)."""
-    text = csv_text(doc["points"], [f.name for f in fields(Point)])
+    text = curve_csv(doc["points"])
     atomic_write(folder / "curve.csv", lambda tmp: tmp.write_text(text))
     atomic_write(folder / "curve.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
     return folder

@@ -48,7 +48,7 @@ from benchmarks.recipes import (
 )
 from benchmarks.splits import SplitImages, same_split
 from classify.heads import HEADS
-from classify.metrics import evaluate, over_seeds
+from classify.metrics import correct_mask, evaluate, over_seeds
 from classify.select import sweep
 from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, dataset_flags, resolve
@@ -485,6 +485,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         split_fingerprint=data.fingerprint, split_source=data.source, dataset_root=str(data.root),
         weights=backbone.weights, compute=_compute(model, runs, replicas, probe, recipe, epochs, dev),
         seeds=over_seeds(seed_rows) if seeds > 1 else None, path=str(model_path),
+        test_correct=correct_mask(seen & (p.argmax(1) == data.labels["test"]), data.paths["test"]),
         featbench_version=featbench_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if save_weights:
         atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,

@@ -21,14 +21,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binomtest
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from benchmarks.speed import logreg_test, store_cosines
 from classify.heads import HEADS
-from classify.metrics import proba
+from classify.metrics import mcnemar_p, proba
 from classify.select import fit_fixed, sweep
 from classify.train import BLAS_THREADS, load_store
 from extract.backbones import create_backbone
@@ -103,8 +102,7 @@ def compare(store: Path, fp32: Path, folds: int = FOLDS) -> dict:
            "right_to_wrong": int((right_fp32 & ~right).sum()), "wrong_to_right": int((~right_fp32 & right).sum()),
            "on_fp32_accuracy": float((p_on_fp32.argmax(1) == y).mean()),
            "on_fp32_log_loss": float(log_loss(y, p_on_fp32, labels=labels))}
-    flips = out["right_to_wrong"] + out["wrong_to_right"]
-    out["mcnemar_p"] = float(binomtest(out["right_to_wrong"], flips).pvalue) if flips else 1.0
+    out["mcnemar_p"] = mcnemar_p(out["right_to_wrong"], out["wrong_to_right"])
     out["accuracy_points"] = (out["oof_accuracy"] - out["fp32_oof_accuracy"]) * 100
     out["log_loss_change"] = out["oof_log_loss"] / out["fp32_oof_log_loss"] - 1
     out["within_bars"] = out["accuracy_points"] >= -ACCURACY_POINTS and out["log_loss_change"] <= LOG_LOSS_SHARE

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import sklearn
 
 from benchmarks import plots
@@ -30,7 +31,7 @@ from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.audit import KINDS as AUDIT_KINDS
 from classify.audit import leaking_pairs
 from classify.heads import ENSEMBLES, HEADS
-from classify.metrics import interval
+from classify.metrics import discordant, interval, mcnemar_p
 from classify.models import SUFFIX
 from classify.train import exclusion_pairs, short_params
 from features.atomic import atomic_write, csv_text
@@ -499,7 +500,7 @@ def frozen_opponent(doc: dict, n: str, repeats: set) -> dict | None:
           max(candidates, key=lambda ps: sum(p["accuracy"] for p in ps)))
     acc, ci = interval([p["accuracy"] for p in ps])
     return {"store": ps[0]["store"], "head": ps[0]["head"], "n": n, "repeats": len(ps), "accuracy": acc,
-            "accuracy_ci": ci, "by": "val" if by_val else "test"}
+            "accuracy_ci": ci, "by": "val" if by_val else "test", "points": ps}
 
 
 def _chosen(f: dict) -> str:
@@ -510,10 +511,33 @@ def _chosen(f: dict) -> str:
             "score: a choice that favours the frozen side")
 
 
+def paired(tuned: list[dict], frozen: list[dict]) -> tuple[int, str]:
+    """(1 | -1 | 0: the fine-tune significantly above | below its frozen opponent | neither, in words) of the
+    fine-tune's points against the opponent's on the same subsets: with two or more, the 95% t-interval of the
+    per-subset accuracy differences; with one, an exact McNemar test on the test images each got right."""
+    by_repeat = {p.get("repeat"): p for p in frozen}
+    diffs = [t["accuracy"] - by_repeat[t.get("repeat")]["accuracy"] for t in tuned]
+    if len(diffs) > 1:
+        d, ci = interval(diffs)
+        return (0 if abs(d) <= ci else int(np.sign(d)), f"paired difference {100 * d:+.2f} ± {100 * ci:.2f} points "
+                f"(95% t-interval over {len(diffs)} subsets)")
+    t, f = tuned[0], by_repeat[tuned[0].get("repeat")]
+    if not (t.get("test_correct") and f.get("test_correct")):
+        return 0, f"difference {100 * diffs[0]:+.2f} points, one fit a side and no per-image results to test it"
+    only_tuned, only_frozen = discordant(t["test_correct"], f["test_correct"])
+    p = mcnemar_p(only_tuned, only_frozen)
+    return (int(np.sign(only_tuned - only_frozen)) if p < 0.05 else 0,
+            f"difference {100 * diffs[0]:+.2f} points, one fit a side: {only_tuned} test images right only "
+            f"fine-tuned, {only_frozen} only frozen (exact McNemar p = {p:.2g})")
+
+
+PAIRED_WORDS = {1: "above", -1: "below", 0: "not distinguishable"}
+
+
 def overtakes(doc: dict) -> list[str]:
-    """Per fine-tuned series: the smallest measured n from which its mean test accuracy is above its frozen
-    opponent's (`frozen_opponent`) at the same n and on the same subsets, at that n and every larger fine-tuned
-    one."""
+    """Per fine-tuned series, against its frozen opponent (`frozen_opponent`) at each n on the same subsets
+    (`paired`): the smallest measured n from which it is significantly above, at that n and every larger
+    fine-tuned one; each n's outcome (above, below, not distinguishable)."""
     series = curve_series(doc)
     tuned = {k: rows for k, rows in series.items() if k[0] != "frozen"}
     if not tuned:
@@ -521,31 +545,30 @@ def overtakes(doc: dict) -> list[str]:
                 "(`finetune_shots` in the config's [curve] table adds them)."]
     out = []
     for (_, store, head), rows in tuned.items():
-        best = {}
+        compared, alone = [], []
         for r in rows:
-            repeats = {p.get("repeat") for p in doc["points"]
-                       if (p["store"], p["head"], p["n"]) == (store, head, r["n"])}
-            if (f := frozen_opponent(doc, r["n"], repeats)) is not None:
-                best[r["n"]] = f
-        pairs = [(r, best[r["n"]]) for r in rows if r["n"] in best]
+            mine = [p for p in doc["points"] if (p["store"], p["head"], p["n"]) == (store, head, r["n"])]
+            f = frozen_opponent(doc, r["n"], {p.get("repeat") for p in mine})
+            if f is None:
+                alone.append(r["n"])
+            else:
+                compared.append((r, f, *paired(mine, f["points"])))
         name = f"Fine-tuning {store} ({head})"
-        alone = [r["n"] for r in rows if r["n"] not in best]
         alone = f"; no frozen point at n = {', '.join(alone)}" if alone else ""
-        if not pairs:
+        if not compared:
             out.append(f"{name}: no frozen point at the same n to compare with{alone}.")
             continue
-        ns = ", ".join(r["n"] for r, _ in pairs)
-        start = next((i for i in range(len(pairs)) if all(t["accuracy"] > f["accuracy"] for t, f in pairs[i:])),
-                     None)
-        t, f = pairs[-1 if start is None else start]
+        outcomes = ", ".join(f"{r['n']}: {PAIRED_WORDS[sign]}" for r, _, sign, _ in compared)
+        start = next((i for i in range(len(compared)) if all(c[2] == 1 for c in compared[i:])), None)
+        t, f, _, difference = compared[-1 if start is None else start]
         versus = (f"at n = {t['n']}, {_mean_ci(t)} against {_mean_ci(f)} for {f['store']} + {f['head']} on the "
-                  f"same {plural(f['repeats'], 'subset')} ({_chosen(f)})")
+                  f"same {plural(f['repeats'], 'subset')} ({_chosen(f)}); {difference}")
         if start is None:
-            out.append(f"{name} does not overtake frozen features within the measured range (n = {ns}): {versus}"
-                       f"{alone}.")
+            out.append(f"{name} does not significantly overtake frozen features within the measured range "
+                       f"(n = {outcomes}): {versus}{alone}.")
         else:
-            out.append(f"{name} overtakes frozen features from n = {t['n']} and stays above at every larger "
-                       f"fine-tuned n (measured: n = {ns}): {versus}{alone}.")
+            out.append(f"{name} overtakes frozen features from n = {t['n']}, significantly above there and at every "
+                       f"larger fine-tuned n (n = {outcomes}): {versus}{alone}.")
     return out
 
 
@@ -569,6 +592,9 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
              f"images for every store and head), each fitted once and scored on the full test split "
              f"({c.metrics[0].n_test} images); mean test accuracy ± the 95% t-interval over repeats. "
              + (f"`all` is the full train split ({full} images), fitted once. " if full else "")
+             + ("A fine-tune is set against its frozen opponent on the same subsets: the per-subset accuracy "
+                "difference with its 95% t-interval, or with one fit a side an exact McNemar test on the test "
+                "images; it is above or below only where the interval excludes 0 (p < 0.05). " if tuned else "")
              + (f"{plural(len(doc.get('skipped', [])), 'point')} skipped (results.json). " if doc.get("skipped")
                 else "")
              + "Every point is in curve.csv with its subset seed.")
@@ -579,6 +605,11 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
               + (f" Fine-tuned — {plural(len(tuned), 'point')}: {_selections(tuned)}." if tuned else "")
               + "".join(f" {n.rstrip('.')}." for n in doc.get("notes", [])))
     return intro, within_one_point(doc) + overtakes(doc), budget
+
+
+def curve_csv(points: list[dict]) -> str:
+    """curve.csv: a row per point, every field but its per-image `test_correct` (in curve.json)."""
+    return csv_text([{k: v for k, v in p.items() if k != "test_correct"} for p in points])
 
 
 def short_count(summary: dict) -> str:
@@ -761,7 +792,7 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     texts = {"report.md": markdown, "report.html": page, "results.csv": csv_text(c.rows + c.published),
              "results.json": json.dumps(data, indent=1, default=str) + "\n"}
     if c.curve:
-        texts[CURVE_FILES[0]] = csv_text(c.curve["points"])
+        texts[CURVE_FILES[0]] = curve_csv(c.curve["points"])
     written = {}
     for name, text in texts.items():
         atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text))

@@ -69,6 +69,27 @@ def over_seeds(runs: list[dict]) -> dict:
             "log_loss_mean": float(ll.mean()), "log_loss_std": float(ll.std(ddof=ddof)), "runs": runs}
 
 
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar p of paired right/wrong outcomes: `a_only` pairs right only on one side, `b_only`
+    right only on the other (1 when none differ)."""
+    flips = a_only + b_only
+    return float(stats.binomtest(a_only, flips).pvalue) if flips else 1.0
+
+
+def correct_mask(right: np.ndarray, paths: list) -> str:
+    """Which images were classified right, as hex: bit i is the i-th of `paths` in sorted order, so two models
+    scored on the same images, in whatever row order, can be paired (`discordant`)."""
+    order = np.argsort(np.asarray(paths, dtype=object), kind="stable")
+    bits = np.packbits(np.asarray(right, bool)[order], bitorder="little")
+    return format(int.from_bytes(bits.tobytes(), "little"), "x")
+
+
+def discordant(a: str, b: str) -> tuple[int, int]:
+    """(images right only in `a`, right only in `b`) of two `correct_mask`s of the same images."""
+    x, y = int(a, 16), int(b, 16)
+    return (x & ~y).bit_count(), (y & ~x).bit_count()
+
+
 def interval(values: list[float]) -> tuple[float, float | None]:
     """(mean, half-width of the 95% t-interval over repeats; None for one repeat)."""
     v = np.asarray(values, dtype=float)

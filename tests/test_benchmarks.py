@@ -235,6 +235,7 @@ def test_run_with_a_curve_table_reports_every_point(curved):
         rows = list(csv.DictReader(fh))
     assert [(r["head"], r["n"], int(r["subset_seed"]), float(r["accuracy"])) for r in rows] == \
         [(p["head"], p["n"], p["subset_seed"], p["accuracy"]) for p in points]
+    assert "test_correct" not in rows[0] and all(p["test_correct"] for p in points)  # the masks: curve.json only
     md = (folder / "report" / "report.md").read_text()
     section = md.split("## Label-efficiency curve")[1].split("## Extraction")[0]
     assert "![Label-efficiency curve" in section and "(label_efficiency.png)" in section
@@ -608,6 +609,8 @@ def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path,
         sub = cv.subset_split(cv.from_store(store), [frozen.train.paths[i] for i in cv.subset(perms, 2)])
         assert m["split_fingerprint"] == sub.fingerprint and m["n_train"] == 4
         assert m["params"]["epoch_images"] == 8 and m["compute"]["images_seen"] == 8
+    for p in tuned:  # the fine-tune's test images right, as a mask to pair with the frozen points'
+        assert int(p["test_correct"], 16).bit_count() == round(p["accuracy"] * len(frozen.test))
     summary = {(s["head"], s["n"]): s for s in doc["summaries"]}
     assert summary[("finetune-full", "2")]["kind"] == "finetune" and summary[("finetune-full", "2")]["repeats"] == 2
 
