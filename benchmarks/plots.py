@@ -82,7 +82,8 @@ def accuracy_vs_compute(rows: list[dict]) -> bytes:
 def label_efficiency(series: dict[tuple, list[dict]], all_x: float | None) -> bytes:
     """Mean test accuracy against labelled train images per class (log x), one series per (kind, store, head),
     its summaries in increasing n: frozen ones as lines in shaded 95% bands, fine-tuned ones as points with
-    95% error bars; `all` at the full train split's images per class (`all_x`; left out when None)."""
+    95% error bars, labelled with their subsets per n; `all` at the full train split's images per class (`all_x`;
+    left out when None)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     where = lambda n: all_x if n == "all" else int(n)  # noqa: E731
     for i, ((kind, store, head), rows) in enumerate(series.items()):
@@ -95,8 +96,9 @@ def label_efficiency(series: dict[tuple, list[dict]], all_x: float | None) -> by
             ax.plot(x, y, marker=MARKERS.get(head, "o"), color=colour, label=f"{store} + {head}")
             ax.fill_between(x, y - ci, y + ci, color=colour, alpha=0.15, linewidth=0)
         else:
+            subsets = "/".join(str(r["repeats"]) for r in rows)
             ax.errorbar(x, y, yerr=ci, fmt="^", color=colour, markeredgecolor="black", markersize=9, capsize=4,
-                        label=f"{store} {head} (fine-tuned)")
+                        label=f"{store} {head} (fine-tuned; subsets: {subsets})")
     ns = sorted({int(r["n"]) for rows in series.values() for r in rows if r["n"] != "all"})
     ax.set_xscale("log")
     ax.set_xticks(ns + ([all_x] if all_x else []),

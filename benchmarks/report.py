@@ -631,6 +631,21 @@ def curve_table(doc: dict) -> tuple[list, list]:
     return header, rows
 
 
+def unmatched_note(doc: dict) -> str:
+    """A line under the curve table where a fine-tuned row averages fewer subsets than the frozen rows at its n
+    (else "")."""
+    frozen = {}
+    for s in doc["summaries"]:
+        if curve_kind(s) == "frozen":
+            frozen[s["n"]] = max(frozen.get(s["n"], 0), s["repeats"])
+    fewer = [s["n"] for s in doc["summaries"] if curve_kind(s) != "frozen" and s["repeats"] < frozen.get(s["n"], 0)]
+    if not fewer:
+        return ""
+    return (f"At n = {', '.join(dict.fromkeys(fewer))} the fine-tuned rows average fewer subsets (the first of the "
+            "frozen rows', `repeats`) than the frozen rows, so the table and the plot do not set them side by side "
+            "on the same subsets; the sentences below do.")
+
+
 @dataclass
 class Figure:
     name: str
@@ -742,7 +757,8 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     if c.curve:
         curve_intro, sentences, budget = curve_texts(c)
         md += ["## Label-efficiency curve", curve_intro, *(f"![{f.title}]({f.name})" for f in curve),
-               _md_table(*curve_table(c.curve)), "\n".join(f"- {t}" for t in sentences), budget]
+               _md_table(*curve_table(c.curve)), unmatched_note(c.curve), "\n".join(f"- {t}" for t in sentences),
+               budget]
     audited = [f for f in figs if f.name.startswith("audit_")]
     figs = [f for f in figs if not f.name.startswith("audit_")]
     if c.audit:
@@ -764,6 +780,7 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     if c.curve:
         h += ["<h2>Label-efficiency curve</h2>", f"<p>{_inline(curve_intro)}</p>", *map(_html_figure, curve),
               _html_table(*curve_table(c.curve), "curve"),
+              *([f"<p>{_inline(unmatched)}</p>"] if (unmatched := unmatched_note(c.curve)) else []),
               "<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in sentences) + "</ul>", f"<p>{_inline(budget)}</p>"]
     if c.audit:
         h += ["<h2>Data audit</h2>", f"<p>{_inline(audit_intro)}</p>", _html_table(*counts, "audit"),

@@ -349,6 +349,17 @@ def test_label_efficiency_plot(tuned, monkeypatch):
     assert lines["b + svm"].get_ydata()[-1] == pytest.approx(96)
     assert len(ax.collections) == 2 + tuned  # a shaded band per frozen series (+ the fine-tune's error bars)
     assert len(ax.containers) == tuned
+    assert ("a finetune-full (fine-tuned; subsets: 3/3)" in [t.get_text() for t in ax.get_legend().get_texts()]) \
+        == tuned
+
+
+def test_the_table_says_where_fine_tunes_average_fewer_subsets():
+    """Frozen rows over 5 subsets, fine-tuned over the first 3: a line under the table says so; none when equal."""
+    from benchmarks.report import unmatched_note
+    frozen = {("a", "logreg"): {"8": [0.9] * 5, "64": [0.95] * 3}}
+    note = unmatched_note(curve_doc(frozen, {("a", "finetune-full"): {"8": [0.92] * 3, "64": [0.96] * 3}}))
+    assert note.startswith("At n = 8 the fine-tuned rows average fewer subsets") and "the sentences below do" in note
+    assert unmatched_note(curve_doc(frozen, {("a", "finetune-full"): {"64": [0.96] * 3}})) == ""
 
 
 def test_overtaking_compares_the_same_subsets():
