@@ -36,6 +36,7 @@ from classify.heads import HEADS, CoveringFolds
 from classify.metrics import correct_mask, interval, proba
 from classify.select import fit_fixed, score, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
+from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags
 from extract.device import pick_device
 from features.atomic import atomic_write
@@ -224,16 +225,52 @@ class Finetunes:
     backbones: list[str] | None = None  # only these stores' backbones (default: every store's)
 
 
+def check_readout(s: Store) -> None:
+    """Refuse, in one line, fine-tuning a store read out otherwise than by default: a fine-tune trains the
+    backbone as it pools by default, not these features."""
+    if s.meta.readout:
+        given = ", ".join(f"{k} {v}" for k, v in s.meta.readout.items())
+        raise FeatbenchError(f"{s.path.name}: its features are read out with {given}, which a fine-tune does not "
+                             "reproduce; fine-tune a store extracted with the default readout, or leave this one out "
+                             "(--finetune-backbone)")
+
+
+def start_weights(s: Store, given: str | None) -> str | None:
+    """The weights file a fine-tune of store `s` starts from (`given`, else the file its features were extracted
+    with where it is still there; None: the backbone's default), checked to load the weights of its features;
+    else one line."""
+    w = s.meta.weights or {}
+    source = w.get("source")
+    weights = given or (source if w.get("file_sha256") and source and Path(source).is_file() else None)
+    made = create_backbone(s.meta.backbone, weights, bool(w.get("random_init"))).weights
+    if made["fingerprint"] != w.get("fingerprint"):
+        raise FeatbenchError(f"{s.path.name}: its features come from weights {w.get('fingerprint')} "
+                             f"({source or 'unrecorded'}), a fine-tune would start from {made['fingerprint']} "
+                             f"({made['source']}); give the store's weights file ([benchmark.weights] in a "
+                             "`benchmarks run` config), or leave this store out (--finetune-backbone)")
+    return weights
+
+
+def tuned_stores(stores: list[Store], spec: Finetunes) -> list[Store]:
+    """The stores whose backbones are fine-tuned, each checked for a default readout (`check_readout`)."""
+    chosen = [s for s in stores if not spec.backbones or s.meta.backbone in spec.backbones]
+    for s in chosen:
+        check_readout(s)
+    return chosen
+
+
 def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Path,
                     log=lambda msg: None) -> tuple[list[Point], list[dict], list[str]]:
     """Fine-tuned points on the frozen points' subsets, reusing any already trained (cached by subset,
-    weights and settings in `folder`); (points, skipped, budget notes)."""
+    weights and settings in `folder`), each starting from its store's weights (`start_weights`); (points,
+    skipped, budget notes)."""
     if spec.mode not in MODES:
         raise FeatbenchError(f"--finetune-mode {spec.mode!r}: choose {', '.join(MODES)}")
     points, skipped, notes = [], [], []
     recipe, epochs = recipe_for(spec.mode), spec.epochs or default_epochs(pick_device(spec.device))
-    for s in (s for s in stores if not spec.backbones or s.meta.backbone in spec.backbones):
+    for s in tuned_stores(stores, spec):
         backbone, w = s.meta.backbone, s.meta.weights or {}
+        checked, weights = False, None
         data = from_store(s.path)
         perms = [permutations(s.train.y, s.train.paths, seed + r) for r in range(spec.repeats)]
         stem = model_name(s.name, spec.mode, recipe.name)
@@ -250,11 +287,13 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                 if m:
                     log(f"{what}: reused ({path.name})")
                 else:
+                    if not checked:  # once a store, before its first fine-tune (reused ones match its weights)
+                        weights, checked = start_weights(s, (spec.weights or {}).get(backbone)), True
                     log(f"{what}: fine-tuning on {n_train} images ({epochs} epochs of {per_epoch} × "
                         f"{len(recipe.lrs)} peak rates)")
                     try:
                         m = finetune(sub, backbone, spec.mode, folder.parent.parent.parent, recipe=recipe,
-                                     device=spec.device, weights=(spec.weights or {}).get(backbone),
+                                     device=spec.device, weights=weights,
                                      random_init=bool(w.get("random_init")), path=path, save_weights=False,
                                      **budget)
                     except (FeatbenchError, ValueError) as e:
@@ -340,11 +379,13 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
     for note in notes:
         log(f"note: {note}")
     folder = (Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve"
+    spec = Finetunes(list(finetune_shots), min(finetune_repeats, repeats), finetune_mode, finetune_epochs, device,
+                     weights, finetune_backbones)
+    if finetune_shots:
+        tuned_stores(loaded, spec)  # refused before the frozen points, not after
     with threadpool_limits(limits=BLAS_THREADS):
         points, skipped = curve(loaded, heads, shots, repeats, subset_seed, log, select)
     if finetune_shots:
-        spec = Finetunes(list(finetune_shots), min(finetune_repeats, repeats), finetune_mode, finetune_epochs, device,
-                         weights, finetune_backbones)
         more, gone, budget = finetune_points(loaded, spec, subset_seed, folder / "finetune", log)
         points, skipped, notes = points + more, skipped + gone, notes + budget
     doc = {"dataset": loaded[0].dataset, "points": [asdict(p) for p in points],

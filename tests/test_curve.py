@@ -383,3 +383,44 @@ def test_stores_with_other_test_images_are_refused(tmp_path):
     b = load_store(make_store(tmp_path / "s" / "b.h5", view(latent, 8, 2), y, other, "b"))
     with pytest.raises(StoreError, match="same train and test images"):
         curve([a, b], ["logreg"], [2], 1)
+
+
+# ---- a curve's fine-tunes start from the store's backbone, weights and readout ----------------------------
+
+def fake_store(tmp_path, readout=None, weights=None):
+    from types import SimpleNamespace
+    meta = SimpleNamespace(backbone="mobilenet_v2", readout=readout, weights=weights)
+    return SimpleNamespace(path=tmp_path / "mobilenet_v2-w1234abcd.h5", meta=meta)
+
+
+def test_a_store_with_another_readout_is_not_fine_tuned(tmp_path):
+    from benchmarks.curve import check_readout
+    with pytest.raises(FeatbenchError) as e:
+        check_readout(fake_store(tmp_path, readout={"pool": "avg", "blocks": 4}))
+    assert str(e.value).startswith("mobilenet_v2-w1234abcd.h5: its features are read out with pool avg, blocks 4, "
+                                   "which a fine-tune does not reproduce") and "\n" not in str(e.value)
+    check_readout(fake_store(tmp_path))  # the default readout: fine
+
+
+def test_fine_tunes_start_from_the_stores_weights_or_are_refused(tmp_path, monkeypatch):
+    """The store's weights file is carried to the fine-tune; weights a fine-tune would not load are one line."""
+    from types import SimpleNamespace
+
+    import benchmarks.curve as cv
+    built = []
+
+    def backbone(name, weights=None, random_init=False):
+        built.append((name, weights, random_init))
+        return SimpleNamespace(weights={"fingerprint": "custom" if weights else "default", "source": "online"})
+    monkeypatch.setattr(cv, "create_backbone", backbone)
+    file = tmp_path / "mine.pth"
+    file.write_bytes(b"weights")
+    custom = fake_store(tmp_path, weights={"fingerprint": "custom", "source": str(file), "file_sha256": "ab"})
+    assert cv.start_weights(custom, None) == str(file) and built[-1] == ("mobilenet_v2", str(file), False)
+    file.unlink()  # the file the features came from is gone: the default weights would be fine-tuned instead
+    with pytest.raises(FeatbenchError) as e:
+        cv.start_weights(custom, None)
+    assert str(e.value).startswith(f"mobilenet_v2-w1234abcd.h5: its features come from weights custom ({file}), a "
+                                   "fine-tune would start from default (online); give the store's weights file")
+    assert "\n" not in str(e.value)
+    assert cv.start_weights(fake_store(tmp_path, weights={"fingerprint": "default", "source": "online"}), None) is None
