@@ -10,12 +10,10 @@ Sharding (`torchrun`, `--shard R/N`): rank R embeds a contiguous block of the so
 own shard store (same lock, journal and reuse); `features.merge` concatenates them in rank order.
 """
 import ctypes
-import errno
 import json
 import os
 import re
 import signal
-import stat
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -42,6 +40,7 @@ from extract.device import (
     to_host,
     uses_amp,
 )
+from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model
@@ -69,7 +68,7 @@ class Options:
     compile: bool = False  # torch.compile (inductor); opt-in: slower than `optimize` on CPU here (benchmarks speed)
     gpu_decode: bool = False  # JPEGs decoded on the device (`extract.gpudecode`)
     progress: bool | None = None  # None: only on a terminal
-    max_image_bytes: int = 256 * 2**20  # larger files are skipped unread
+    max_image_bytes: int = MAX_IMAGE_BYTES  # larger files are skipped unread
 
     def on(self, device: torch.device) -> "Options":
         """These options with the batch size settled for `device` (`default_batch_size` where not given)."""
@@ -134,74 +133,6 @@ def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | 
     if dtype == "float16":
         stem += "-f16"
     return Path(out) / dataset / f"{stem}.h5"
-
-
-def _stamp(st: os.stat_result) -> str:
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def file_stamp(path: Path) -> str:
-    try:
-        return _stamp(path.stat())
-    except OSError:
-        return ""
-
-
-NOT_REGULAR = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
-               stat.S_IFSOCK: "socket"}
-
-
-def _unreadable(path: Path, e: OSError) -> str:
-    if e.errno == errno.ELOOP:
-        return "symbolic link loop"
-    if e.errno == errno.ENOENT and path.is_symlink():
-        return "broken symbolic link"
-    return f"unreadable file ({e.strerror or type(e).__name__})"
-
-
-def _too_large(max_bytes: int) -> BadImage:
-    cap = f"{max_bytes / 2**20:g} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
-    return BadImage(f"larger than the {cap} cap (--max-image-bytes)")
-
-
-def _refuse(st: os.stat_result, max_bytes: int) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        raise BadImage("a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise BadImage(f"not a regular file ({NOT_REGULAR.get(stat.S_IFMT(st.st_mode), 'unknown type')})")
-    if st.st_size > max_bytes:
-        raise _too_large(max_bytes)
-
-
-def read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
-    """The bytes of a regular file (symbolic links followed) and its stamp, or BadImage with why not.
-
-    Anything else (FIFO, device, socket, folder) is refused by its `stat` without being opened; the open
-    descriptor is checked again (non-blocking, so a FIFO swapped in meanwhile cannot hang the read), and
-    no more than `max_bytes` are read (files whose size says 0, as in /proc, included).
-    """
-    try:
-        _refuse(os.stat(path), max_bytes)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise BadImage(_unreadable(path, e)) from None
-    try:
-        st = os.fstat(fd)
-        _refuse(st, max_bytes)
-        parts, total = [], 0
-        while total <= max_bytes:
-            part = os.read(fd, min(max_bytes + 1 - total, max(st.st_size + 1 - total, 1 << 16)))
-            if not part:
-                break
-            parts.append(part)
-            total += len(part)
-        if total > max_bytes:
-            raise _too_large(max_bytes)
-        return b"".join(parts), _stamp(st)
-    except OSError as e:
-        raise BadImage(_unreadable(path, e)) from None
-    finally:
-        os.close(fd)
 
 
 class Read(NamedTuple):
@@ -403,7 +334,8 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    calibration = calibration_set(dataset.items, backbone.preprocess) if options.precision == "int8" else None
+    calibration = calibration_set(dataset.items, backbone.preprocess, max_bytes=options.max_image_bytes) \
+        if options.precision == "int8" else None
     prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None,
                        options.gpu_decode, options.precision, calibration.record if calibration else None)
     known, old_store = _known_rows(path, journal, prov, options.overwrite)

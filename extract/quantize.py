@@ -32,6 +32,7 @@ from filelock import FileLock
 from torch import nn
 
 from extract.backbones import Preprocess
+from extract.files import MAX_IMAGE_BYTES, read_file
 from extract.images import BadImage, content_hash, load
 from extract.inference import same_conv_inputs, same_pads
 from features.atomic import atomic_write
@@ -85,15 +86,17 @@ def check_precision(precision: str, device: torch.device, compile: bool = False,
         _onnxruntime()
 
 
-def calibration_set(items, preprocess: Preprocess, n: int = CALIBRATION_IMAGES) -> Calibration:
-    """Up to `n` decodable images of `items` (`Item`s), those whose relative path hashes lowest."""
+def calibration_set(items, preprocess: Preprocess, n: int = CALIBRATION_IMAGES,
+                    max_bytes: int = MAX_IMAGE_BYTES) -> Calibration:
+    """Up to `n` decodable images of `items` (`Item`s), those whose relative path hashes lowest, read as the
+    pipeline reads them (`read_file`: regular files of at most `max_bytes`)."""
     ranked = sorted(items, key=lambda it: hashlib.sha256(it.rel.encode()).digest())
     images, digest = [], hashlib.sha256()
     for it in ranked:
         if len(images) == n:
             break
         try:
-            data = it.path.read_bytes()
+            data, _ = read_file(it.path, max_bytes)
             images.append(load(data, preprocess))
         except (OSError, BadImage):
             continue

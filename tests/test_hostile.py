@@ -18,8 +18,9 @@ from test_images import BAD, RGB, hostile_files
 
 from extract import pipeline
 from extract.datasets import load_dataset
+from extract.files import file_stamp, read_file
 from extract.images import BadImage
-from extract.pipeline import Options, extract, file_stamp, read_file
+from extract.pipeline import Options, extract
 from features import FeatureStore
 from features.__main__ import main as features_main
 from features.__main__ import skipped_lines

@@ -127,6 +127,17 @@ def test_each_precision_has_its_own_store(tiny):
     assert len({str(_provenance(tiny, None, precision=p)) for p in ("fp32", "bf16", "int8")}) == 3
 
 
+def test_calibration_reads_files_as_the_pipeline_does(dvc_folder, tiny):
+    """A FIFO (which a plain read would wait on forever), a link to /dev/zero and a file over the byte cap are
+    passed over, not read."""
+    import os
+    os.mkfifo(dvc_folder / "cat.100.jpg")
+    (dvc_folder / "cat.101.jpg").symlink_to("/dev/zero")
+    (dvc_folder / "cat.102.jpg").write_bytes(b"\xff" * 2**21)
+    calibration = calibration_set(load_dataset(dvc_folder).items, tiny.preprocess, 32, max_bytes=2**20)
+    assert calibration.record["images"] == 24
+
+
 def test_calibration_set_depends_on_the_images_not_their_order(tiny, images):
     first = calibration_set(images.items, tiny.preprocess, 8)
     assert calibration_set(images.items[::-1], tiny.preprocess, 8).record == first.record

@@ -1,0 +1,77 @@
+"""Reading a listed file safely: regular files only, never more than a byte cap, a reason when not."""
+import errno
+import os
+import stat
+from pathlib import Path
+
+from extract.images import BadImage
+
+MAX_IMAGE_BYTES = 256 * 2**20  # larger files are skipped unread (--max-image-bytes)
+
+
+def _stamp(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_stamp(path: Path) -> str:
+    try:
+        return _stamp(path.stat())
+    except OSError:
+        return ""
+
+
+NOT_REGULAR = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+               stat.S_IFSOCK: "socket"}
+
+
+def _unreadable(path: Path, e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if e.errno == errno.ENOENT and path.is_symlink():
+        return "broken symbolic link"
+    return f"unreadable file ({e.strerror or type(e).__name__})"
+
+
+def _too_large(max_bytes: int) -> BadImage:
+    cap = f"{max_bytes / 2**20:g} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
+    return BadImage(f"larger than the {cap} cap (--max-image-bytes)")
+
+
+def _refuse(st: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise BadImage("a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage(f"not a regular file ({NOT_REGULAR.get(stat.S_IFMT(st.st_mode), 'unknown type')})")
+    if st.st_size > max_bytes:
+        raise _too_large(max_bytes)
+
+
+def read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
+    """The bytes of a regular file (symbolic links followed) and its stamp, or BadImage with why not.
+
+    Anything else (FIFO, device, socket, folder) is refused by its `stat` without being opened; the open
+    descriptor is checked again (non-blocking, so a FIFO swapped in meanwhile cannot hang the read), and
+    no more than `max_bytes` are read (files whose size says 0, as in /proc, included).
+    """
+    try:
+        _refuse(os.stat(path), max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadImage(_unreadable(path, e)) from None
+    try:
+        st = os.fstat(fd)
+        _refuse(st, max_bytes)
+        parts, total = [], 0
+        while total <= max_bytes:
+            part = os.read(fd, min(max_bytes + 1 - total, max(st.st_size + 1 - total, 1 << 16)))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+        if total > max_bytes:
+            raise _too_large(max_bytes)
+        return b"".join(parts), _stamp(st)
+    except OSError as e:
+        raise BadImage(_unreadable(path, e)) from None
+    finally:
+        os.close(fd)
