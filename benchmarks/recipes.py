@@ -140,22 +140,27 @@ def log_loss_at(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature that minimises the cross-entropy of softmax(logits / T) against the labels of
-    `y`, smoothed by Laplace's rule of succession: each image's label keeps 1 - 1/(n + 2) of the mass.
+    """The temperature with the lowest plain log-loss of softmax(logits / T) on the labels `y`, but no
+    sharper than Laplace's rule of succession allows, and that limit never above T = 1.
 
     Plain log-loss has no minimum when every val image is classified correctly: T shrinks to 0 and
-    every prediction becomes certain (an Oxford-IIIT Pets species fine-tune: val accuracy 100%, T at
-    the search bound), so one test error costs tens of nats. n images all right support a
-    confidence of (n + 1)/(n + 2), no more; with errors in val the smoothing barely moves T."""
+    every prediction becomes certain, so one test error costs tens of nats. n images all right
+    support a confidence of (n + 1)/(n + 2), no more: T is kept at or above the temperature fitted
+    to labels smoothed that way, unless that one is above 1, where it would make the model less sure
+    than it is and worse on val; the plain log-loss at the result is never above the one at T = 1."""
     n, k = logits.shape
     alpha = 1 / (n + 2)
     target = np.full((n, k), alpha / max(k - 1, 1))
     target[np.arange(n), y] = 1 - alpha
+    smoothed = _argmin_temperature(lambda t: float(-(target * log_softmax(logits / t, axis=1)).sum(1).mean()))
+    plain = _argmin_temperature(lambda t: log_loss_at(logits, y, t))
+    return max(plain, min(smoothed, 1.0))
 
-    def loss(t: float) -> float:
-        return float(-(target * log_softmax(logits / np.exp(t), axis=1)).sum(1).mean())
 
-    return float(np.exp(minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-4}).x))
+def _argmin_temperature(loss) -> float:
+    """The temperature in [e^-5, e^5] that minimises `loss(T)` (searched on log T)."""
+    return float(np.exp(minimize_scalar(lambda t: loss(np.exp(t)), bounds=(-5.0, 5.0), method="bounded",
+                                        options={"xatol": 1e-4}).x))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import log_loss
 
 import benchmarks.finetune as ft
 from benchmarks.recipes import LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for, softmax
@@ -92,6 +93,21 @@ def test_temperature_stays_finite_when_val_has_no_error():
     assert 0.3 < t < 1 and p.mean() <= 1 - 1 / (len(y) + 2)  # no more confident than 30 right of 30 supports
 
 
+def test_temperature_never_makes_val_log_loss_worse_than_the_models_own():
+    """All 16 val images right and confident: the Laplace-smoothed fit alone would soften them (T > 1) and put
+    a floor of about 1/(n + 2) under the log-loss; the temperature stays 1 instead. With errors in val it
+    never scores worse than T = 1 either."""
+    rng = np.random.default_rng(1)
+    sure = np.array([[-4.0, 4.0], [3.5, -3.5]] * 8) + rng.normal(size=(16, 2)) * 0.3
+    y = sure.argmax(1)
+    assert fit_temperature(sure, y) == 1.0 and log_loss_at(sure, y, 1.0) < 1 / (len(y) + 2)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        logits = rng.normal(size=(30, 3)) * rng.uniform(0.5, 8)
+        y = np.where(rng.random(30) < 0.8, logits.argmax(1), rng.integers(0, 3, 30))
+        assert log_loss_at(logits, y, fit_temperature(logits, y)) <= log_loss_at(logits, y, 1.0) + 1e-9
+
+
 def test_recipe_overrides_and_refusals():
     assert recipe_for("full") == LP_FT and recipe_for("bn-head").lrs == (2e-3,) and recipe_for("full", "seed").lrs == (5e-4,)
     r = recipe_for("full", lrs=1e-3, label_smoothing=0.0, augment="flip")
@@ -125,6 +141,17 @@ def small(data, out, **kw):
     return ft.finetune(data, "resnet10t", kw.pop("mode", "full"), out, **kw)
 
 
+def saved_val_log_loss(m, data) -> float:
+    """The plain val log-loss of the probabilities a saved fine-tune is scored with: its weights, its temperature."""
+    saved = torch.load(m.path, weights_only=True)
+    net = model(saved["mode"], len(data.class_names))
+    net.load_state_dict(saved["state_dict"])
+    dev = ft.Device(torch.device("cpu"), False, 0, 8)
+    images = ft._Images(data, "val", create_backbone("resnet10t", random_init=True).preprocess)
+    logits, seen = ft.outputs(net, ft._loader(images, dev), dev, len(data.paths["val"]))
+    return log_loss(data.labels["val"][seen], softmax(logits[seen], saved["temperature"]), labels=[0, 1])
+
+
 def test_a_tiny_random_init_run_learns(tinted):
     data, out = tinted
     m = small(data, out, recipe=recipe_for("full", "seed", lrs=3e-3), epochs=3)
@@ -138,6 +165,7 @@ def test_a_tiny_random_init_run_learns(tinted):
     assert (c["runs"], c["epochs"], c["epochs_run"], c["configurations"]) == (1, 3, 3, 3)
     assert c["images_seen"] == 3 * 3 * 8  # 24 train images, three full batches of 8 an epoch
     assert m.model == "resnet10t-random-init-finetune-full-seed.pt"
+    assert m.val_log_loss == pytest.approx(saved_val_log_loss(m, data), abs=1e-5)  # uncalibrated: T = 1
 
 
 def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatch):
@@ -181,6 +209,7 @@ def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
     assert m.seeds["n"] == 2 and c["seeds_images_seen"] == 24 and m.seeds_seconds > 0
     assert "RandomResizedCrop" in c["augment"] and "label smoothing 0.1" in c["augment"]
     saved = torch.load(out / "dvc" / "models" / m.model, weights_only=True)
+    assert m.val_log_loss == pytest.approx(saved_val_log_loss(m, data), abs=1e-5)  # at its fitted temperature
     assert saved["temperature"] == p["temperature"] and json.loads(
         (out / "dvc" / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())["params"] == p
 
