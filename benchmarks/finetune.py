@@ -7,11 +7,12 @@ layer-wise learning rates, one-cycle AdamW, RandomResizedCrop + flip, label smoo
 rate and a temperature fitted on val), `bn-head` and `head` to the seeds' `seed` recipe. Every
 setting is a flag here and a key of a benchmark config's [[finetune]] table.
 
-Each run keeps its best epoch by validation log-loss; the run with the lowest one wins, and the
-test split is scored once, with that model. `--seeds N` then repeats the winning configuration
-with N-1 further seeds and records each seed's test scores and their mean ± std. Evaluation reads
-images exactly as extraction does. The budget (runs, epochs, images seen, seconds, device) is
-recorded for the report's verdicts.
+Each run keeps its best epoch by validation log-loss, epoch 0 (the starting point, before any
+step) included: a fine-tune that only does harm on val reports its start, not its least bad
+epoch. The run with the lowest one wins, and the test split is scored once, with that model.
+`--seeds N` then repeats the winning configuration with N-1 further seeds and records each
+seed's test scores and their mean ± std. Evaluation reads images exactly as extraction does.
+The budget (runs, epochs, images seen, seconds, device) is recorded for the report's verdicts.
 
 Writes `OUT/DATASET/models/BACKBONE-finetune-MODE[-RECIPE].metrics.json` (a `ModelMetrics`
 like classify's, with head `finetune-MODE`, `compute` and `seeds`) and the weights as `.pt`.
@@ -257,7 +258,7 @@ class Run:
     lr: float
     seed: int
     curve: list[Epoch]  # from epoch 0 (before training)
-    best: Epoch  # the trained epoch with the lowest validation log-loss
+    best: Epoch  # the epoch (0: the starting point) with the lowest validation log-loss
     state: dict  # that epoch's weights
     images_seen: int
     seconds: float
@@ -266,7 +267,8 @@ class Run:
 def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Recipe, lr: float, seed: int,
               epochs: int, per_epoch: int, dev: Device, log) -> Run:
     """Train from `start` (pretrained trunk, initial head) for `epochs`, scoring val before and after each
-    (the weights' moving average with `recipe.ema`); the best trained epoch by validation log-loss is kept."""
+    (the weights' moving average with `recipe.ema`); the best epoch by validation log-loss is kept, the
+    start (epoch 0) included."""
     model.load_state_dict(start)
     torch.manual_seed(seed)
     if recipe.head_init == "random":
@@ -291,7 +293,7 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
     y_val = data.labels["val"]
     curve, best, state, images_seen, step = [], None, None, 0, 0
     started = time.perf_counter()
-    for epoch in range(epochs + 1):  # epoch 0 scores the starting point (the probe's head), for the curve only
+    for epoch in range(epochs + 1):  # epoch 0 scores the starting point (the probe's head)
         total, count = 0.0, 0
         model.train()
         for batch in train if epoch else ():
@@ -323,7 +325,7 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
         log(f"lr {lr:g} seed {seed} epoch {epoch}/{epochs}: train loss {row.train_loss or 0:.4f}, val log-loss "
             f"{row.val_log_loss:.4f} (T {temperature:.2f}; raw {row.val_log_loss_raw:.4f}), val acc "
             f"{row.val_accuracy:.4f} ({row.seconds:.0f}s)")
-        if epoch and (best is None or row.val_log_loss < best.val_log_loss):
+        if best is None or row.val_log_loss < best.val_log_loss:
             best, state = row, copy.deepcopy(scored.state_dict())
     return Run(lr, seed, curve, best, state, images_seen, time.perf_counter() - started)
 
@@ -412,12 +414,14 @@ def _seed_scores(run: Run, p: np.ndarray, seen: np.ndarray, data: SplitImages) -
 
 def _compute(model: Finetuned, runs: list[Run], replicas: list[Run], probe: Probe | None, recipe: Recipe,
              epochs: int, dev: Device) -> dict:
-    """The budget a fine-tune was given, as the report states it beside the frozen heads'."""
+    """The budget a fine-tune was given, as the report states it beside the frozen heads'. Configurations:
+    every trained epoch of every run, and the runs' shared starting point (epoch 0): the probe's C values,
+    among them the one it starts from, or the random head."""
     epochs_run = sum(len(r.curve) - 1 for r in runs)
     return {"device": dev.device.type, "device_name": dev.name(), "amp": dev.amp, "channels_last": True,
             "runs": len(runs), "epochs": epochs, "epochs_run": epochs_run,
             "images_seen": sum(r.images_seen for r in runs), "probe_images": probe.images if probe else 0,
-            "configurations": epochs_run + (probe.configurations if probe else 0), "augment": recipe.describe(),
+            "configurations": epochs_run + (probe.configurations if probe else 1), "augment": recipe.describe(),
             "seeds_images_seen": sum(r.images_seen for r in replicas),
             "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
             "total_params": sum(q.numel() for q in model.parameters()), "torch": torch.__version__}
@@ -573,7 +577,8 @@ def main(args: argparse.Namespace) -> int:
               f"{100 * m.seeds['accuracy_std']:.2f}%, log-loss {m.seeds['log_loss_mean']:.4f} ± "
               f"{m.seeds['log_loss_std']:.4f}") if m.seeds else ""
     print(f"{m.model.removesuffix('.pt')}: test accuracy {m.accuracy:.4f}, log-loss {m.log_loss:.4f} "
-          f"(lr {prm['lr']:g}, epoch {prm['best_epoch']}/{prm['epochs']}; val {m.val_accuracy:.4f}, "
+          f"(lr {prm['lr']:g}, epoch {prm['best_epoch']}/{prm['epochs']}"
+          f"{', the starting point' if prm['best_epoch'] == 0 else ''}; val {m.val_accuracy:.4f}, "
           f"{m.val_log_loss:.4f}; {c['runs']} runs, {c['images_seen']} images seen, {m.fit_seconds:.0f}s on "
           f"{c['device_name']}){spread}; {Path(m.path).with_suffix('.metrics.json')}")
     return 0

@@ -113,7 +113,8 @@ def measured_row(m: ModelMetrics, metas: dict) -> dict:
     if finetuned:
         c = m.compute or {}
         recipe = m.params.get("recipe", {}).get("name")
-        row.update(recipe=recipe, configurations=c.get("configurations"), images_seen=c.get("images_seen"),
+        row.update(recipe=recipe, best_epoch=m.params.get("best_epoch"), configurations=c.get("configurations"),
+                   images_seen=c.get("images_seen"),
                    extract_seconds=None, images_per_second=None, compute_seconds=m.fit_seconds,
                    device=c.get("device", ""), device_name=c.get("device_name", ""))
     else:
@@ -284,6 +285,15 @@ def spread(r: dict) -> str:
             f"{r['log_loss_std']:.4f} ({r['seeds']} seeds)")
 
 
+def _qualifiers(r: dict) -> str:
+    """` (seed recipe; …)`: what a verdict says beside a fine-tune's name: a recipe not its mode's default, and
+    that val chose its starting point (0 epochs of training); empty for the rest."""
+    words = [] if _default_recipe(r) else [f"{r['recipe']} recipe"]
+    if r.get("best_epoch") == 0:
+        words.append("its starting point: 0 epochs of training chosen on val")
+    return f" ({'; '.join(words)})" if words else ""
+
+
 def _compute_words(r: dict) -> str:
     if r["kind"] == "fine-tuned":
         return f"{secs(r['compute_seconds'])} s of training on {r['device_name'] or r['device']}"
@@ -354,12 +364,15 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     lrs = ", ".join(f"{x:g}" for x in recipe.get("lrs", [p.get("lr", 0)]))
     probe = f" + {cp['probe_images']} images embedded for the linear probe" if cp.get("probe_images") else ""
     pooled = _pool(pool) + "; " if len(pool) > 1 else ""
-    counted = "run × epoch, + probe C values" if probe else "run × epoch"
+    counted = "run × epoch, + probe C values, the start among them" if probe else "run × epoch, + the start"
+    chosen = (f"chosen: its starting point, epoch 0, before any training step (the pretrained trunk with "
+              f"{'the linear probe' if probe else 'a random head'}; no trained epoch scored lower on val)"
+              if p.get("best_epoch") == 0 else f"chosen lr {p.get('lr', 0):g}, epoch {p.get('best_epoch', '?')}")
     return (f"fine-tuned — {pooled}{r['head']}, {recipe.get('name', '?')} recipe ({cp.get('augment', '?')}): "
             f"{plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, {plural(p.get('epochs', 0), 'epoch')} each, "
             f"{cp.get('configurations', '?')} configurations ({counted}) scored on val; "
-            f"{cp.get('images_seen', '?')} training images seen{probe}; chosen lr {p.get('lr', 0):g}, "
-            f"epoch {p.get('best_epoch', '?')} ({_gap(r)}); {secs(r['compute_seconds'])} s of training on "
+            f"{cp.get('images_seen', '?')} training images seen{probe}; {chosen} ({_gap(r)}); "
+            f"{secs(r['compute_seconds'])} s of training on "
             f"{r['device_name'] or r['device']}{_more_seeds(m)}")
 
 
@@ -382,8 +395,8 @@ def verdict(c: Collected) -> str:
     lines = []
     for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
         if r is not None:
-            recipe = "" if _default_recipe(r) else f" ({r['recipe']} recipe)"
-            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}{recipe} — "
+            lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}"
+                         f"{_qualifiers(r)} — "
                          f"test accuracy {pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; "
                          f"compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
@@ -393,9 +406,9 @@ def verdict(c: Collected) -> str:
         f = c.best("frozen", t["backbone"])
         if f and f["compute_seconds"] and t["compute_seconds"]:
             mine = [r for r in frozen_rows if r["backbone"] == t["backbone"]]
-            recipe = "" if _default_recipe(t) else f" ({t['recipe']} recipe)"
             lines.append(f"Same backbone, {t['backbone']}: frozen + {f['head']} (its best head by validation "
-                         f"log-loss) against {t['head']}{recipe}: {_versus(f, t)}. " + _budgets(c, f, t, mine, [t]))
+                         f"log-loss) against {t['head']}{_qualifiers(t)}: {_versus(f, t)}. "
+                         + _budgets(c, f, t, mine, [t]))
     if not tuned:
         lines.append("No fine-tuned baseline was measured on this split (`python -m benchmarks finetune`).")
     return "\n\n".join(lines)

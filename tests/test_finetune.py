@@ -162,7 +162,7 @@ def test_a_tiny_random_init_run_learns(tinted):
     assert curve[-1]["train_loss"] < curve[1]["train_loss"]
     assert m.params["best_epoch"] == best["epoch"] and m.val_log_loss == best["val_log_loss"]
     c = m.compute
-    assert (c["runs"], c["epochs"], c["epochs_run"], c["configurations"]) == (1, 3, 3, 3)
+    assert (c["runs"], c["epochs"], c["epochs_run"], c["configurations"]) == (1, 3, 3, 4)  # + the random start
     assert c["images_seen"] == 3 * 3 * 8  # 24 train images, three full batches of 8 an epoch
     assert m.model == "resnet10t-random-init-finetune-full-seed.pt"
     assert m.val_log_loss == pytest.approx(saved_val_log_loss(m, data), abs=1e-5)  # uncalibrated: T = 1
@@ -193,7 +193,7 @@ def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatc
     assert m.params["lr"] == 1e-3 and m.val_log_loss == 0.20 and m.params["temperature"] == 1.5
     assert used[0] == pytest.approx(1e-3)  # test scored with the chosen run's weights
     assert [r["seed"] for r in m.seeds["runs"]] == [0, 1, 2] and m.seeds["n"] == 3
-    assert m.compute["configurations"] == 3 and m.compute["runs"] == 3
+    assert m.compute["configurations"] == 3 + 1 and m.compute["runs"] == 3  # the runs share one start
 
 
 def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
@@ -212,6 +212,22 @@ def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
     assert m.val_log_loss == pytest.approx(saved_val_log_loss(m, data), abs=1e-5)  # at its fitted temperature
     assert saved["temperature"] == p["temperature"] and json.loads(
         (out / "dvc" / "models" / "resnet10t-random-init-finetune-full.metrics.json").read_text())["params"] == p
+
+
+def test_a_fine_tune_that_only_does_harm_reports_its_start(tinted):
+    """A peak rate far too high wrecks the probe in one epoch: val chooses epoch 0, the probe itself, and the
+    report says the chosen fine-tune is its starting point."""
+    from benchmarks.report import collect, finetune_budget, verdict
+    data, out = tinted
+    m = small(data, out, recipe=recipe_for("full", lrs=[0.3]), epochs=1, save_weights=False)
+    start, trained = m.sweep
+    assert start["val_accuracy"] == 1.0 and trained["val_log_loss"] > start["val_log_loss"]
+    assert m.params["best_epoch"] == 0 and (m.val_log_loss, m.val_accuracy) == (start["val_log_loss"], 1.0)
+    assert m.compute["configurations"] == 1 + 13  # one trained epoch, the probe's C values (its start among them)
+    c = collect([m])
+    assert "finetune-full (its starting point: 0 epochs of training chosen on val) — test accuracy" in verdict(c)
+    assert ("chosen: its starting point, epoch 0, before any training step (the pretrained trunk with the linear "
+            "probe; no trained epoch scored lower on val)") in finetune_budget(c, c.rows[0], c.rows)
 
 
 def test_augmented_images_vary_and_evaluation_reads_as_extraction(tinted):
