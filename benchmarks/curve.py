@@ -14,9 +14,10 @@ the full test split. `all` is the full train split, fitted once (as `python -m c
 `--finetune-shots 8,64` adds fine-tuned points (`benchmarks finetune`'s recipe, on the images of the
 same subsets, the first `--finetune-repeats` repeats): each chooses its peak rate, epoch and
 temperature on the full val split, so with fine-tunes the frozen points do too (`--select val` by
-default) and both sides see the same labels. An epoch is at least MIN_EPOCH_IMAGES images (a small
-subset's images repeat, each augmented afresh). Fine-tunes are cached in OUT/DATASET/curve/finetune/
-by subset, weights and settings: re-running with more frozen heads trains nothing again.
+default) and both sides see the same labels. An epoch is at least `benchmarks finetune`'s
+MIN_EPOCH_IMAGES images (a small subset's images repeat, each augmented afresh). Fine-tunes are
+cached in OUT/DATASET/curve/finetune/ by subset, weights and settings: re-running with more frozen
+heads trains nothing again.
 """
 import argparse
 import json
@@ -28,7 +29,16 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.finetune import DEFAULT_EPOCHS, budget_params, default_epochs, finetune, model_name, reusable
+from benchmarks.finetune import (
+    DEFAULT_EPOCHS,
+    MIN_EPOCH_IMAGES,
+    budget_params,
+    default_epochs,
+    epoch_size,
+    finetune,
+    model_name,
+    reusable,
+)
 from benchmarks.recipes import MODES, recipe_for
 from benchmarks.report import curve_csv, short_count
 from benchmarks.splits import SplitImages, from_store
@@ -45,7 +55,6 @@ from features.schema import SPLITS, split_fingerprint
 
 ALL = 0  # the `all` shot: the full train split
 CV_FOLDS = 3
-MIN_EPOCH_IMAGES = 320  # a fine-tune's epoch on a small subset: ten batches of 32
 FINETUNE_SHOTS = {"cpu": "8,64", "mps": "8,64", "cuda": "2,8,32,all"}  # `--finetune-shots auto`, by device
 
 
@@ -278,7 +287,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
             for r in range(1 if n == ALL else spec.repeats):
                 sub = data if n == ALL else subset_split(data, [s.train.paths[i] for i in subset(perms[r], n)])
                 n_train = len(sub.paths["train"])
-                per_epoch = max(n_train, MIN_EPOCH_IMAGES) if n != ALL else n_train
+                per_epoch = epoch_size(n_train)
                 budget = {"epochs": epochs, "epoch_images": per_epoch, "batch_size": 32, "seeds": 1,
                           "train_seed": seed + r}
                 path = folder / f"{stem}-n{shot_name(n)}-r{r}.metrics.json"
@@ -305,8 +314,9 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                 points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
                                     m.log_loss, "finetune", m.fit_seconds, m.val_log_loss, m.test_correct))
         notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {len(recipe.lrs)} peak rates × "
-                     f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (or the whole subset), each point's rate, "
-                     f"epoch and temperature chosen on the full val split ({len(data.paths['val'])} images)")
+                     f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (the whole subset if larger), each "
+                     f"point's rate, epoch and temperature chosen on the full val split ({len(data.paths['val'])} "
+                     "images)")
     return points, skipped, notes
 
 

@@ -63,10 +63,17 @@ from features.records import ModelMetrics
 from features.schema import SPLITS, featbench_version
 
 DEFAULT_EPOCHS = {"cuda": 10, "cpu": 5, "mps": 5}  # per run; a GPU affords more
+MIN_EPOCH_IMAGES = 320  # an epoch of a small train split: ten batches of 32
 
 
 def default_epochs(device: torch.device) -> int:
     return DEFAULT_EPOCHS.get(device.type, DEFAULT_EPOCHS["cpu"])
+
+
+def epoch_size(n_train: int, epoch_images: int = 0) -> int:
+    """Images an epoch trains on: `epoch_images` if given, else the train split but at least MIN_EPOCH_IMAGES (a
+    small split's images repeat, each augmented afresh), so that the one-cycle schedule has steps to warm up in."""
+    return epoch_images or max(n_train, MIN_EPOCH_IMAGES)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -445,7 +452,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     dev = Device.choose(device, amp, workers, batch_size)
     epochs = epochs or default_epochs(dev.device)
     n_train = len(data.paths["train"])
-    per_epoch = epoch_images or n_train
+    per_epoch = epoch_size(n_train, epoch_images)
     backbone = create_backbone(backbone_name, weights, random_init)
     started = time.perf_counter()
     model, probe = starting_model(backbone, data, mode, recipe, dev, train_seed, log)
@@ -540,8 +547,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs of each run (default: " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_EPOCHS.items())
                         + ")")
     p.add_argument("--epoch-images", type=int, default=0,
-                   help="train on a random N of the train images per epoch (default: all of them; more than "
-                        "there are repeats them, each augmented afresh)")
+                   help="train on a random N of the train images per epoch (default: all of them, but at least "
+                        f"{MIN_EPOCH_IMAGES}; more than there are repeats them, each augmented afresh)")
     p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="N seeds in all (default 1): the chosen configuration is repeated with N-1 more seeds, and "

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 from benchmarks.curve import finetune_shots, parse_shots, run_curve
-from benchmarks.finetune import budget_params, default_epochs, finetune, model_name, reusable
+from benchmarks.finetune import budget_params, default_epochs, epoch_size, finetune, model_name, reusable
 from benchmarks.recipes import MODES, OVERRIDES, recipe_for
 from benchmarks.report import build, files_line, markdown_table, read_audit
 from benchmarks.splits import same_split
@@ -136,7 +136,7 @@ def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
     budget = {"epochs": entry.get("epochs") or default_epochs(pick_device(device)),
               "epoch_images": entry.get("epoch_images", 0), "batch_size": entry.get("batch_size", 32),
               "seeds": entry.get("seeds", 1), "train_seed": entry.get("train_seed", 0)}
-    per_epoch = budget["epoch_images"] or n_train
+    per_epoch = epoch_size(n_train, budget["epoch_images"])
     recorded = budget_params(mode, recipe, **{**budget, "epoch_images": per_epoch})
     return recipe, budget, recorded
 

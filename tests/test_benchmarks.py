@@ -80,7 +80,7 @@ def synthetic(tmp_path_factory):
     # every head but `stack`: on 16 training images its 5-fold CV can leave fewer images than the k
     # that knn chose on all 16 (a classify limitation at this size, not a benchmarks one)
     config = write_config(root / "grid.toml", "dvc", ["resnet10t", "no_such_backbone", "resnet14t"], HEADS,
-                          [{"backbone": "resnet10t", "mode": "bn-head", "epochs": 1}])
+                          [{"backbone": "resnet10t", "mode": "bn-head", "epochs": 1, "epoch_images": 16}])
     rc = run_cli(main, ["run", str(config), "--random-init", "--out", str(root / "runs"), "--quiet"])
     assert rc == 0
     return root / "runs" / "dvc"
@@ -589,11 +589,12 @@ def test_frozen_budget_says_how_the_stores_read_their_images():
 
 def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path, monkeypatch):
     import benchmarks.curve as cv
+    import benchmarks.finetune as ft
     from benchmarks.recipes import recipe_for
     store = tmp_path / "dvc" / "resnet10t-random-init.h5"
     store.parent.mkdir()
     shutil.copy(synthetic / store.name, store)
-    monkeypatch.setattr(cv, "MIN_EPOCH_IMAGES", 8)
+    monkeypatch.setattr(ft, "MIN_EPOCH_IMAGES", 8)
     monkeypatch.setattr(cv, "recipe_for", lambda mode: recipe_for(mode, lrs=(1e-3,)))
     logs = []
     doc, folder = cv.run_curve([store], ["logreg"], [1, 2], 2, finetune_shots=[2], finetune_repeats=2,

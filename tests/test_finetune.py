@@ -137,7 +137,8 @@ def tinted(tmp_path_factory):
 
 
 def small(data, out, **kw):
-    kw = {"epochs": 2, "batch_size": 8, "workers": 0, "random_init": True, **kw}
+    kw = {"epochs": 2, "epoch_images": len(data.paths["train"]), "batch_size": 8, "workers": 0, "random_init": True,
+          **kw}
     return ft.finetune(data, "resnet10t", kw.pop("mode", "full"), out, **kw)
 
 
@@ -196,6 +197,26 @@ def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatc
     assert m.compute["configurations"] == 3 + 1 and m.compute["runs"] == 3  # the runs share one start
 
 
+def test_a_small_train_split_still_gets_a_schedule_of_steps(tinted, monkeypatch):
+    """24 train images at batch 32 would be one optimizer step an epoch, a one-cycle schedule that starts at its
+    peak: an epoch is MIN_EPOCH_IMAGES images unless --epoch-images says otherwise, and the budget records it."""
+    data, out = tinted
+    asked = []
+
+    def train_run(model, start, data, pre, recipe, lr, seed, epochs, per_epoch, dev, log):
+        asked.append(per_epoch)
+        row = ft.Epoch(lr, seed, 0, None, 0.5, 0.5, 0.5, 1.0, 0.1)
+        return ft.Run(lr, seed, [row], row, copy.deepcopy(start), 0, 0.1)
+    monkeypatch.setattr(ft, "train_run", train_run)
+    monkeypatch.setattr(ft, "_test_scores", lambda model, run, test, dev, data: (
+        np.full((len(data.paths["test"]), 2), 0.5), np.ones(len(data.paths["test"]), bool)))
+    recipe = recipe_for("full", "seed")
+    m = ft.finetune(data, "resnet10t", "full", out, recipe=recipe, epochs=2, random_init=True, save_weights=False)
+    assert asked == [ft.MIN_EPOCH_IMAGES] == [m.params["epoch_images"]] and ft.MIN_EPOCH_IMAGES > 24
+    small(data, out, recipe=recipe, epoch_images=24, save_weights=False)
+    assert asked[-1] == 24
+
+
 def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
     data, out = tinted
     m = small(data, out, recipe=recipe_for("full", lrs=[1e-4, 1e-3]), epochs=1, seeds=2)
@@ -247,7 +268,8 @@ def test_cli_flags_reach_the_recipe(tinted, tmp_path, capsys):
     shutil.copytree(data.root, tmp_path / "dvc")
     from benchmarks.__main__ import main
     rc = main(["finetune", "--backbone", "resnet10t", "--random-init", "--data", str(tmp_path / "dvc"),
-               "--splits", "0.6,0.2,0.2", "--out", str(tmp_path / "runs"), "--epochs", "1", "--batch-size", "8",
+               "--splits", "0.6,0.2,0.2", "--out", str(tmp_path / "runs"), "--epochs", "1", "--epoch-images", "24",
+               "--batch-size", "8",
                "--workers", "0", "--lr", "2e-3", "--no-calibrate", "--augment", "flip", "--label-smoothing", "0",
                "--head-init", "random", "--quiet"])
     assert rc == 0
