@@ -112,8 +112,9 @@ def measured_row(m: ModelMetrics, metas: dict) -> dict:
     row.update(seeds=seeds.get("n"), **{k: seeds.get(k) for k in SEED_KEYS})
     if finetuned:
         c = m.compute or {}
-        recipe = m.params.get("recipe", {}).get("name")
-        row.update(recipe=recipe, best_epoch=m.params.get("best_epoch"), configurations=c.get("configurations"),
+        recipe = m.params.get("recipe", {})
+        row.update(recipe=recipe.get("name"), peak_lrs=" ".join(f"{x:g}" for x in recipe.get("lrs", [])),
+                   best_epoch=m.params.get("best_epoch"), configurations=c.get("configurations"),
                    images_seen=c.get("images_seen"),
                    extract_seconds=None, images_per_second=None, compute_seconds=m.fit_seconds,
                    device=c.get("device", ""), device_name=c.get("device_name", ""))
@@ -286,9 +287,12 @@ def spread(r: dict) -> str:
 
 
 def _qualifiers(r: dict) -> str:
-    """` (seed recipe; …)`: what a verdict says beside a fine-tune's name: a recipe not its mode's default, and
-    that val chose its starting point (0 epochs of training); empty for the rest."""
+    """` (seed recipe; …)`: what a verdict says beside a fine-tune's name: a recipe not its mode's default, one
+    peak learning rate rather than a sweep (an untuned ablation), and that val chose its starting point (0 epochs
+    of training); empty for the rest."""
     words = [] if _default_recipe(r) else [f"{r['recipe']} recipe"]
+    if len((r.get("peak_lrs") or "").split()) == 1:
+        words.append(f"an untuned ablation: one peak lr, {r['peak_lrs']}, not swept on val")
     if r.get("best_epoch") == 0:
         words.append("its starting point: 0 epochs of training chosen on val")
     return f" ({'; '.join(words)})" if words else ""

@@ -122,6 +122,7 @@ def test_report_sections_carry_the_metrics_numbers(synthetic):
     assert "**Best frozen-feature model**" in md and "**Best fine-tuned model**" in md
     verdicts = [p for p in md.split("\n\n") if "against" in p and "Budgets:" in p]
     assert len(verdicts) == 2  # best against best, and the same-backbone line
+    assert "against finetune-bn-head (an untuned ablation: one peak lr, 0.002, not swept on val" in md
     tuned = next(m for m in metrics_files(synthetic) if m["head"] == "finetune-bn-head")
     frozen = [m for m in metrics_files(synthetic) if not m["head"].startswith("finetune-")]
     for text in verdicts:
@@ -559,9 +560,11 @@ def test_verdict_words_a_tie_and_names_a_non_default_recipe():
     assert _versus(f, dict(f, accuracy=1.0)).startswith("1.00 points below in test accuracy")
     row = {"kind": "fine-tuned", "backbone": "mobilenet_v2", "head": "finetune-full", "val_log_loss": 0.1,
            "accuracy": 0.9, "log_loss": 0.2, "compute_seconds": 5.0, "device_name": "cpu", "device": "cpu"}
-    seed = verdict(Collected(metrics=[], rows=[dict(row, recipe="seed")], published=[], metas={}))
-    assert "mobilenet_v2 + finetune-full (seed recipe) — test accuracy" in seed
-    lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft")], published=[], metas={}))
+    seed = verdict(Collected(metrics=[], rows=[dict(row, recipe="seed", peak_lrs="0.0005")], published=[], metas={}))
+    assert ("mobilenet_v2 + finetune-full (seed recipe; an untuned ablation: one peak lr, 0.0005, not swept on val) "
+            "— test accuracy") in seed
+    lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft", peak_lrs="0.0001 0.0003 0.001")],
+                             published=[], metas={}))
     assert "mobilenet_v2 + finetune-full — test accuracy" in lpft
 
 

@@ -246,7 +246,8 @@ def test_a_fine_tune_that_only_does_harm_reports_its_start(tinted):
     assert m.params["best_epoch"] == 0 and (m.val_log_loss, m.val_accuracy) == (start["val_log_loss"], 1.0)
     assert m.compute["configurations"] == 1 + 13  # one trained epoch, the probe's C values (its start among them)
     c = collect([m])
-    assert "finetune-full (its starting point: 0 epochs of training chosen on val) — test accuracy" in verdict(c)
+    assert ("finetune-full (an untuned ablation: one peak lr, 0.3, not swept on val; its starting point: 0 epochs of "
+            "training chosen on val) — test accuracy") in verdict(c)
     assert ("chosen: its starting point, epoch 0, before any training step (the pretrained trunk with the linear "
             "probe; no trained epoch scored lower on val)") in finetune_budget(c, c.rows[0], c.rows)
 
