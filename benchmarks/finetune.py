@@ -551,8 +551,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{MIN_EPOCH_IMAGES}; more than there are repeats them, each augmented afresh)")
     p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="N seeds in all (default 1): the chosen configuration is repeated with N-1 more seeds, and "
-                        "the test scores' mean ± std over the N are recorded")
+                   help="N seeds in all (default 1): the chosen peak rate is trained again with N-1 more seeds (not "
+                        "swept again; each seed's epoch and temperature chosen on val), and the test scores' "
+                        "mean ± std over the N are recorded")
     p.add_argument("--train-seed", type=int, default=0,
                    help="first training seed: head, order, augmentation (default 0)")
     add_recipe_args(p)

@@ -344,7 +344,7 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
               f"the head fitted on {r['n_train']} train images")
     treated = _treatment([c.metas[s] for s in m.features if s in c.metas])
     return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} ({treated}), {fitted}; "
-            f"{_compute_words(r)}{_more_seeds(m)}")
+            f"{_compute_words(r)}{_more_seeds(m, 'each sweeps its grid on val again')}")
 
 
 def _treatment(metas: list) -> str:
@@ -372,18 +372,21 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     chosen = (f"chosen: its starting point, epoch 0, before any training step (the pretrained trunk with "
               f"{'the linear probe' if probe else 'a random head'}; no trained epoch scored lower on val)"
               if p.get("best_epoch") == 0 else f"chosen lr {p.get('lr', 0):g}, epoch {p.get('best_epoch', '?')}")
+    again = (f"each trains the chosen peak lr {p.get('lr', 0):g} again, its epoch "
+             f"{'and temperature ' if recipe.get('calibrate') else ''}chosen on val; unlike a frozen head's seeds, "
+             "which sweep its grid again, the lr is not swept again")
     return (f"fine-tuned — {pooled}{r['head']}, {recipe.get('name', '?')} recipe ({cp.get('augment', '?')}): "
             f"{plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, {plural(p.get('epochs', 0), 'epoch')} each, "
             f"{cp.get('configurations', '?')} configurations ({counted}) scored on val; "
             f"{cp.get('images_seen', '?')} training images seen{probe}; {chosen} ({_gap(r)}); "
             f"{secs(r['compute_seconds'])} s of training on "
-            f"{r['device_name'] or r['device']}{_more_seeds(m)}")
+            f"{r['device_name'] or r['device']}{_more_seeds(m, again)}")
 
 
-def _more_seeds(m: ModelMetrics) -> str:
-    """The extra seeds' cost, which the compute figures leave out."""
+def _more_seeds(m: ModelMetrics, how: str) -> str:
+    """The extra seeds' cost, which the compute figures leave out, and `how` each was chosen."""
     n = (m.seeds or {}).get("n", 1)
-    return f"; {plural(n - 1, 'more seed')}: {secs(m.seeds_seconds)} s more" if n > 1 else ""
+    return f"; {plural(n - 1, 'more seed')} ({how}): {secs(m.seeds_seconds)} s more" if n > 1 else ""
 
 
 def _budgets(c: Collected, frozen: dict, tuned: dict, frozen_pool: list, tuned_pool: list) -> str:

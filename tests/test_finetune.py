@@ -228,6 +228,11 @@ def test_lp_ft_starts_from_the_probe_and_records_its_budget(tinted):
     assert c["probe_images"] == 24 + 8 and c["configurations"] == 2 + 13 and c["images_seen"] == 2 * 24
     assert p["recipe"]["name"] == "lp-ft" and p["lr"] in (1e-4, 1e-3) and "probe_C" in p
     assert m.seeds["n"] == 2 and c["seeds_images_seen"] == 24 and m.seeds_seconds > 0
+    from benchmarks.report import collect, finetune_budget
+    report = collect([m])
+    assert (f"; 1 more seed (each trains the chosen peak lr {p['lr']:g} again, its epoch and temperature chosen on "
+            "val; unlike a frozen head's seeds, which sweep its grid again, the lr is not swept again): "
+            ) in finetune_budget(report, report.rows[0], report.rows)
     assert "RandomResizedCrop" in c["augment"] and "label smoothing 0.1" in c["augment"]
     saved = torch.load(out / "dvc" / "models" / m.model, weights_only=True)
     assert m.val_log_loss == pytest.approx(saved_val_log_loss(m, data), abs=1e-5)  # at its fitted temperature
