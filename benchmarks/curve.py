@@ -283,6 +283,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
         data = from_store(s.path)
         perms = [permutations(s.train.y, s.train.paths, seed + r) for r in range(spec.repeats)]
         stem = model_name(s.name, spec.mode, recipe.name)
+        starts = []  # points whose val chose the starting point (epoch 0) over every trained epoch
         for n in spec.shots:
             for r in range(1 if n == ALL else spec.repeats):
                 sub = data if n == ALL else subset_split(data, [s.train.paths[i] for i in subset(perms[r], n)])
@@ -313,10 +314,14 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                         continue
                 points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
                                     m.log_loss, "finetune", m.fit_seconds, m.val_log_loss, m.test_correct))
+                if m.params.get("best_epoch") == 0:
+                    starts.append(f"n = {shot_name(n)} repeat {r}")
+        chose_start = (f"; val chose the starting point (epoch 0, no training step) at {', '.join(starts)}"
+                       if starts else "")
         notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {len(recipe.lrs)} peak rates × "
                      f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (the whole subset if larger), each "
-                     f"point's rate, epoch and temperature chosen on the full val split ({len(data.paths['val'])} "
-                     "images)")
+                     f"point's rate, epoch (0, its start, included) and temperature chosen on the full val split "
+                     f"({len(data.paths['val'])} images){chose_start}")
     return points, skipped, notes
 
 

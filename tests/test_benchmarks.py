@@ -616,6 +616,8 @@ def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path,
         sub = cv.subset_split(cv.from_store(store), [frozen.train.paths[i] for i in cv.subset(perms, 2)])
         assert m["split_fingerprint"] == sub.fingerprint and m["n_train"] == 4
         assert m["params"]["epoch_images"] == 8 and m["compute"]["images_seen"] == 8
+        started = f"n = 2 repeat {r}" in next(n for n in doc["notes"] if "finetune-full: lp-ft recipe" in n)
+        assert started == (m["params"]["best_epoch"] == 0)  # the notes name every point that kept its start
     for p in tuned:  # the fine-tune's test images right, as a mask to pair with the frozen points'
         assert int(p["test_correct"], 16).bit_count() == round(p["accuracy"] * len(frozen.test))
     summary = {(s["head"], s["n"]): s for s in doc["summaries"]}
