@@ -7,7 +7,8 @@ splits) and flags rows of five kinds, each with a score where higher means surer
 - `near_duplicate`: cosine similarity ≥ `threshold` to its group's first row (score: that similarity);
 - `leakage`: every row of a group (exact or near duplicates, joined transitively) spanning splits;
 - `label_issue`: cleanlab's confident learning on out-of-fold probabilities of the logreg head (K folds over
-  train+val, test scored by a model fitted on train+val, so no row is scored by a model that saw it); score
+  train+val, test scored by a model fitted on train+val, so no row is scored by a model that saw it), train+val
+  rows judged among train+val rows only (test labels never change which train images are flagged); score
   1 - the probability of its given label, with the most probable class as the suggested label;
 - `outlier`: far from every other image: score 1 - the mean cosine similarity to its `neighbours` nearest rows,
   flagged above the median by `outlier_z` robust standard deviations (1.4826 × the median absolute deviation).
@@ -275,8 +276,13 @@ def out_of_fold(path, folds: int = FOLDS, fit_rows: int = FIT_ROWS, log=lambda m
     return np.concatenate([rows, s.test.rows]), np.vstack([p, p_test])
 
 
-def label_findings(paths: list, labels: np.ndarray, fit_rows: int = FIT_ROWS, log=lambda msg: None) -> list[Finding]:
-    """cleanlab's label issues among the labelled rows, ranked by self-confidence (worst first)."""
+def label_findings(paths: list, labels: np.ndarray, splits: np.ndarray, fit_rows: int = FIT_ROWS,
+                   log=lambda msg: None) -> list[Finding]:
+    """cleanlab's label issues among the labelled rows, ranked by self-confidence (worst first).
+
+    Train and val rows are judged among train and val rows only, so test labels cannot change which of them are
+    flagged (and so which train images `--exclude` removes); test rows are judged among all labelled rows, and
+    only their flags are kept from that pass."""
     from cleanlab.filter import find_label_issues
 
     rows, p = None, 0
@@ -284,9 +290,18 @@ def label_findings(paths: list, labels: np.ndarray, fit_rows: int = FIT_ROWS, lo
         r, q = out_of_fold(path, fit_rows=fit_rows, log=log)
         rows, p = r, p + q / len(paths)  # same rows in the same order for every matching store
     given = labels[rows]
-    ranked = find_label_issues(given, p, return_indices_ranked_by="self_confidence", n_jobs=1)
+    test = splits[rows] == SPLITS.index("test")
+
+    def issues(among: np.ndarray) -> np.ndarray:
+        return among[find_label_issues(given[among], p[among], return_indices_ranked_by="self_confidence", n_jobs=1)]
+
+    found = issues(np.flatnonzero(~test))
+    if test.any():
+        every = issues(np.arange(len(rows)))
+        found = np.concatenate([found, every[test[every]]])
+    found = found[np.argsort(p[found, given[found]], kind="stable")]
     return [Finding("label_issue", int(rows[i]), float(1 - p[i, given[i]]), suggested=int(p[i].argmax()))
-            for i in ranked]
+            for i in found]
 
 
 def outlier_findings(knn: np.ndarray, z: float) -> tuple[list[Finding], str]:
@@ -344,7 +359,7 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
         seconds["map"] = time.perf_counter() - t
     del X  # the label step reads each store's features again: only one copy in memory at a time
     t = time.perf_counter()
-    labelled = label_findings(paths, labels, fit_rows, log)
+    labelled = label_findings(paths, labels, splits, fit_rows, log)
     seconds["labels"] = time.perf_counter() - t
     outliers, outlier_line = outlier_findings(knn, outlier_z)
     found = dupes + labelled + outliers

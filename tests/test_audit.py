@@ -162,12 +162,29 @@ def test_label_step_fitted_on_a_sample_still_scores_every_row_and_finds_the_swap
     model that never saw it, and the swaps still rank first."""
     store, kinds = planted
     with FeatureStore(store) as fs:
-        labels, paths = fs.labels, fs.paths
+        labels, splits, paths = fs.labels, fs.splits, fs.paths
     rows, p = audit.out_of_fold(store, fit_rows=120)
     assert sorted(rows.tolist()) == np.flatnonzero(labels >= 0).tolist() and np.allclose(p.sum(axis=1), 1)
-    found = [paths[f.row] for f in audit.label_findings([store], labels, fit_rows=120)]
+    found = [paths[f.row] for f in audit.label_findings([store], labels, splits, fit_rows=120)]
     share, false = found_and_false(found, kinds["swapped"], PLANTED)
     assert share >= BAR and false <= FALSE_MAX, found[:PLANTED]
+
+
+def test_test_labels_cannot_change_which_train_and_val_images_are_flagged(tmp_path):
+    """Two stores of the same features, one with half its test labels changed: the train and val rows flagged as
+    label issues (those `--exclude` acts on) are the same; the changed test rows are flagged."""
+    latent, y, splits = synthetic(0, n=600)
+    X = view(latent, 16, 0, noise=3.0)
+    changed = np.flatnonzero(splits == 2)[::2]
+    other = y.copy()
+    other[changed] = (other[changed] + 1) % 3
+    flags = {}
+    for name, labels in (("given", y), ("changed", other)):
+        store = make_store(tmp_path / name / "s.h5", X, labels, splits, "s")
+        found = audit.label_findings([store], labels, splits)
+        flags[name] = {f.row for f in found if splits[f.row] != 2}, {f.row for f in found if splits[f.row] == 2}
+    assert flags["given"][0] and flags["given"][0] == flags["changed"][0]
+    assert len(flags["changed"][1] & set(changed.tolist())) > len(flags["given"][1] & set(changed.tolist()))
 
 
 def test_capped_sample_keeps_each_class_share_and_every_class():
