@@ -9,7 +9,8 @@ splits) and flags rows of five kinds, each with a score where higher means surer
 - `label_issue`: cleanlab's confident learning on out-of-fold probabilities of the logreg head (K folds over
   train+val, test scored by a model fitted on train+val, so no row is scored by a model that saw it), train+val
   rows judged among train+val rows only (test labels never change which train images are flagged); score
-  1 - the probability of its given label, with the most probable class as the suggested label;
+  1 - the probability of its given label, with the most probable class as the suggested label; the images of
+  a class with fewer than two train+val images are not label-checked (the summary names those classes);
 - `outlier`: far from every other image: score 1 - the mean cosine similarity to its `neighbours` nearest rows,
   flagged above the median by `outlier_z` robust standard deviations (1.4826 × the median absolute deviation).
 
@@ -78,6 +79,7 @@ class Audit:
     threshold: float
     nearest: dict = field(default_factory=dict)  # quantile → each image's cosine similarity to its nearest other
     outliers: str = ""  # where the outlier threshold sits among the kNN distances
+    unchecked: str = ""  # the classes the label step could not check (`unchecked_note`)
     seconds: dict = field(default_factory=dict)  # step → seconds
     coords: np.ndarray | None = None  # the 2-D map, a row per image
 
@@ -236,21 +238,44 @@ def capped(rows: np.ndarray, y: np.ndarray, cap: int, seed: int = 0) -> np.ndarr
     return np.sort(np.concatenate(take))
 
 
-def out_of_fold(path, folds: int = FOLDS, fit_rows: int = FIT_ROWS, log=lambda msg: None) -> tuple:
-    """(store rows, probabilities) of every labelled row, each from a logreg that never saw it: its C chosen on
-    train → val, K-fold over train+val, test from the model fitted on train+val.
+def label_classes(labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """The classes the label step checks: those with two or more train+val images (out-of-fold probabilities need
+    one to fit on and one to score)."""
+    counts = np.bincount(labels[(splits != SPLITS.index("test")) & (labels != NO_LABEL)])
+    return np.flatnonzero(counts >= 2)
+
+
+def unchecked_note(labels: np.ndarray, classes: np.ndarray, names: list) -> str:
+    """A line naming the labelled classes outside `classes` and how many images they leave unchecked ('' if none)."""
+    left = np.setdiff1d(np.unique(labels[labels != NO_LABEL]), classes)
+    if not len(left):
+        return ""
+    none = "" if len(classes) >= 2 else "; fewer than two classes remain, so no label is checked"
+    return (f"not checked for {len(left)} {'class' if len(left) == 1 else 'classes'} with fewer than two train+val "
+            f"images ({', '.join(names[c] for c in left)}; {int(np.isin(labels, left).sum())} images){none}")
+
+
+def of_classes(part, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(store rows, labels) of a split's rows whose label is one of `classes`."""
+    m = np.isin(part.y, classes)
+    return part.rows[m], part.y[m]
+
+
+def out_of_fold(path, classes: np.ndarray, folds: int = FOLDS, fit_rows: int = FIT_ROWS,
+                log=lambda msg: None) -> tuple:
+    """(store rows, probabilities) of every labelled row of `classes` (each with two or more train+val images), each
+    from a logreg that never saw it: its C chosen on train → val, K-fold over train+val, test from the model fitted
+    on train+val. The probabilities have a column per entry of `classes`, in that order.
 
     Each fit reads at most `fit_rows` rows (a stratified sample) from the store, and rows are scored a chunk at
     a time, so memory is bounded by `fit_rows`, not by the store's size."""
     s = load_store(path, features=False)
     k = len(s.class_names)
-    rows = np.concatenate([s.train.rows, s.val.rows])
+    train, val, test = (of_classes(part, classes) for part in (s.train, s.val, s.test))
+    rows = np.concatenate([train[0], val[0]])
     order = np.argsort(rows)
-    rows, y = rows[order], np.concatenate([s.train.y, s.val.y])[order]
-    smallest = int(np.bincount(y, minlength=k)[np.unique(y)].min())
-    if smallest < 2:
-        raise FeatbenchError(f"{path}: a class has one image in train+val; out-of-fold probabilities need two "
-                             "or more images of every class")
+    rows, y = rows[order], np.concatenate([train[1], val[1]])[order]
+    smallest = int(np.bincount(y)[classes].min())
     template = HEADS["logreg"].make()
     with FeatureStore(path) as fs, threadpool_limits(limits=BLAS_THREADS):
         def features(r):
@@ -263,33 +288,37 @@ def out_of_fold(path, folds: int = FOLDS, fit_rows: int = FIT_ROWS, log=lambda m
             return features(r), fs.labels[r]
 
         def scored(model, r):
-            return np.vstack([proba(model, features(r[i:i + CHUNK_ROWS]), k) for i in range(0, len(r), CHUNK_ROWS)])
+            return np.vstack([proba(model, features(r[i:i + CHUNK_ROWS]), k)[:, classes]
+                              for i in range(0, len(r), CHUNK_ROWS)])
 
-        chosen = sweep(template, HEADS["logreg"].grid(min(len(s.train), fit_rows)), *read(s.train.rows, s.train.y),
-                       *read(s.val.rows, s.val.y), k)
-        p = np.zeros((len(y), k))
+        chosen = sweep(template, HEADS["logreg"].grid(min(len(train[0]), fit_rows)), *read(*train), *read(*val), k)
+        p = np.zeros((len(y), len(classes)))
         for fit, held in StratifiedKFold(min(folds, smallest), shuffle=True, random_state=0).split(rows, y):
             p[held] = scored(fit_fixed(template, chosen.fixed, *read(rows[fit], y[fit])), rows[held])
-        p_test = scored(fit_fixed(template, chosen.fixed, *read(rows, y)), s.test.rows)
+        p_test = scored(fit_fixed(template, chosen.fixed, *read(rows, y)), test[0])
     sampled = f", each fit on at most {fit_rows:,} rows" if len(rows) > fit_rows else ""
     log(f"{s.name}: out-of-fold logreg probabilities (C chosen on val: {chosen.params}{sampled})")
-    return np.concatenate([rows, s.test.rows]), np.vstack([p, p_test])
+    return np.concatenate([rows, test[0]]), np.vstack([p, p_test])
 
 
 def label_findings(paths: list, labels: np.ndarray, splits: np.ndarray, fit_rows: int = FIT_ROWS,
                    log=lambda msg: None) -> list[Finding]:
-    """cleanlab's label issues among the labelled rows, ranked by self-confidence (worst first).
+    """cleanlab's label issues among the labelled rows of the `label_classes`, ranked by self-confidence (worst
+    first); none when fewer than two classes have two or more train+val images.
 
     Train and val rows are judged among train and val rows only, so test labels cannot change which of them are
     flagged (and so which train images `--exclude` removes); test rows are judged among all labelled rows, and
     only their flags are kept from that pass."""
     from cleanlab.filter import find_label_issues
 
+    classes = label_classes(labels, splits)
+    if len(classes) < 2:
+        return []
     rows, p = None, 0
     for path in paths:
-        r, q = out_of_fold(path, fit_rows=fit_rows, log=log)
+        r, q = out_of_fold(path, classes, fit_rows=fit_rows, log=log)
         rows, p = r, p + q / len(paths)  # same rows in the same order for every matching store
-    given = labels[rows]
+    given = np.searchsorted(classes, labels[rows])  # a column of p
     test = splits[rows] == SPLITS.index("test")
 
     def issues(among: np.ndarray) -> np.ndarray:
@@ -300,7 +329,7 @@ def label_findings(paths: list, labels: np.ndarray, splits: np.ndarray, fit_rows
         every = issues(np.arange(len(rows)))
         found = np.concatenate([found, every[test[every]]])
     found = found[np.argsort(p[found, given[found]], kind="stable")]
-    return [Finding("label_issue", int(rows[i]), float(1 - p[i, given[i]]), suggested=int(p[i].argmax()))
+    return [Finding("label_issue", int(rows[i]), float(1 - p[i, given[i]]), suggested=int(classes[p[i].argmax()]))
             for i in found]
 
 
@@ -359,6 +388,9 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
         seconds["map"] = time.perf_counter() - t
     del X  # the label step reads each store's features again: only one copy in memory at a time
     t = time.perf_counter()
+    unchecked = unchecked_note(labels, label_classes(labels, splits), names)
+    if unchecked:
+        log(f"note: {unchecked}")
     labelled = label_findings(paths, labels, splits, fit_rows, log)
     seconds["labels"] = time.perf_counter() - t
     outliers, outlier_line = outlier_findings(knn, outlier_z)
@@ -367,7 +399,7 @@ def audit(paths: list, threshold: float = THRESHOLD, k: int = NEIGHBOURS, outlie
     found.sort(key=lambda f: (order[f.kind], -f.score if f.kind in ("label_issue", "outlier") else f.group, f.row))
     spread = {q: float(np.quantile(nearest, q)) for q in NEAREST_QUANTILES}
     return Audit(list(paths), rows, labels, splits, names, found, leaks, int(groups.max() + 1), threshold, spread,
-                 outlier_line, seconds, coords)
+                 outlier_line, unchecked, seconds, coords)
 
 
 def umap_coords(X: np.ndarray) -> np.ndarray:
@@ -452,6 +484,8 @@ def summary(a: Audit, top: int = 5) -> str:
                  + ", ".join(f"{'max' if q == 1 else 'median' if q == 0.5 else f'{100 * q:g}%'} {v:.3f}"
                              for q, v in a.nearest.items()))
     lines.append(f"  outliers: {a.outliers}")
+    if a.unchecked:
+        lines.append(f"  label issues: {a.unchecked}")
     lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in a.seconds.items()))
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from features.errors import FeatbenchError
 from features.reader import FeatureStore
 
 from conftest import DOGS_VS_CATS, needs, skip_without_weights
-from test_classify import make_store, synthetic, view
+from test_classify import CLASSES, make_store, synthetic, view
 
 PLANTED = 10
 BAR = 0.9  # found ≥ 90% of each kind
@@ -163,7 +163,7 @@ def test_label_step_fitted_on_a_sample_still_scores_every_row_and_finds_the_swap
     store, kinds = planted
     with FeatureStore(store) as fs:
         labels, splits, paths = fs.labels, fs.splits, fs.paths
-    rows, p = audit.out_of_fold(store, fit_rows=120)
+    rows, p = audit.out_of_fold(store, audit.label_classes(labels, splits), fit_rows=120)
     assert sorted(rows.tolist()) == np.flatnonzero(labels >= 0).tolist() and np.allclose(p.sum(axis=1), 1)
     found = [paths[f.row] for f in audit.label_findings([store], labels, splits, fit_rows=120)]
     share, false = found_and_false(found, kinds["swapped"], PLANTED)
@@ -185,6 +185,23 @@ def test_test_labels_cannot_change_which_train_and_val_images_are_flagged(tmp_pa
         flags[name] = {f.row for f in found if splits[f.row] != 2}, {f.row for f in found if splits[f.row] == 2}
     assert flags["given"][0] and flags["given"][0] == flags["changed"][0]
     assert len(flags["changed"][1] & set(changed.tolist())) > len(flags["given"][1] & set(changed.tolist()))
+
+
+def test_a_class_with_one_train_val_image_is_left_out_of_the_label_step_only(tmp_path, capsys):
+    """A fourth class with one train image and one test image: the audit runs, says which class and how many images
+    the label step left out, checks the other classes' labels and still finds duplicates."""
+    latent, y, splits = synthetic(0)
+    y, splits = np.r_[y, 3, 3], np.r_[splits, 0, 2]
+    X = np.vstack([view(latent, 16, 0), latent[:2] @ np.ones((6, 16))])
+    hashes = [f"{i:064x}" for i in range(len(y))]
+    hashes[5] = hashes[4]  # an exact duplicate
+    store = make_store(tmp_path / "synth" / "s.h5", X, y, splits, "s", class_names=[*CLASSES, "dodo"], hashes=hashes)
+    rc, out, err = cli(capsys, "--features", store, "--no-map")
+    assert rc == 0, err
+    assert "label issues: not checked for 1 class with fewer than two train+val images (dodo; 2 images)" in out
+    result = audit.audit([store], make_map=False)
+    assert result.of("label_issue") and all(result.labels[f.row] != 3 for f in result.of("label_issue"))
+    assert [f.row for f in result.of("exact_duplicate")] == [5]
 
 
 def test_capped_sample_keeps_each_class_share_and_every_class():
