@@ -290,10 +290,14 @@ class Exclusion:
     audit: Path
     flagged: set
 
+    def kept(self, paths: list) -> np.ndarray:
+        """Whether each of `paths` is not flagged."""
+        return np.array([p not in self.flagged for p in paths], bool)
+
     def without(self, store: Store) -> Store:
         """The store with its flagged train images removed (val and test unchanged)."""
         t = store.train
-        keep = np.array([p not in self.flagged for p in t.paths], bool)
+        keep = self.kept(t.paths)
         train = SplitData(t.X[keep], t.y[keep], [p for p, k in zip(t.paths, keep) if k], t.rows[keep])
         return replace(store, train=train)
 
@@ -301,7 +305,7 @@ class Exclusion:
         """The `exclude` record of a finished model: how many flagged train images it was fitted without, and its
         test accuracy and log-loss on the test images the audit did not flag (`removed` None: fitted on them all)."""
         X, y = c.features("test")
-        keep = np.array([q not in self.flagged for q in c.stores[0].test.paths], bool)
+        keep = self.kept(c.stores[0].test.paths)
         loss, acc = score(c.chosen.model, X[keep], y[keep], len(c.stores[0].class_names)) if keep.any() else (None,
                                                                                                              None)
         return {"audit": str(self.audit), "trained_without_flagged": removed is not None,
@@ -309,11 +313,19 @@ class Exclusion:
                 "n_test_not_flagged": int(keep.sum()), "accuracy_not_flagged": acc, "log_loss_not_flagged": loss}
 
     def check(self, stores: list[Store]) -> None:
-        """Refuse an audit that flags none of the stores' images (an audit of another dataset)."""
-        s = stores[0]
-        if not self.flagged & {p for part in (s.train, s.val, s.test) for p in part.paths}:
-            raise FeatbenchError(f"--exclude {self.audit}: none of its {len(self.flagged)} flagged images is in "
-                                 f"{s.path}; pass the audit.csv of this dataset (`python -m classify audit`)")
+        """Refuse, before any training, an audit that flags none of a store's images (an audit of another dataset)
+        or every train image of a class (no head could learn that class without them)."""
+        for s in stores:
+            if not self.flagged & {p for part in (s.train, s.val, s.test) for p in part.paths}:
+                raise FeatbenchError(f"--exclude {self.audit}: none of its {len(self.flagged)} flagged images is in "
+                                     f"{s.path}; pass the audit.csv of this dataset (`python -m classify audit`)")
+            before = np.bincount(s.train.y, minlength=len(s.class_names))
+            after = np.bincount(s.train.y[self.kept(s.train.paths)], minlength=len(s.class_names))
+            gone = np.flatnonzero((before > 0) & (after == 0))
+            if len(gone):
+                raise FeatbenchError(f"--exclude {self.audit}: it flags all {before[gone[0]]} train images of class "
+                                     f"{s.class_names[gone[0]]!r} in {s.path}, so no train images would be left for "
+                                     "it; drop that class's rows from the audit file or train without --exclude")
 
 
 def finish(c: Candidate, refit: bool) -> ModelMetrics:
@@ -439,11 +451,12 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
             print("note: out of core, each head is trained with its default seed only", file=sys.stderr)
         return run_streamed(list(unique.values()), heads, refit, log, limit, need, out)
     stores = [load_store(p) for p in unique.values()]
+    if exclude:
+        exclude.check(stores)
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
         if exclude:
-            exclude.check(stores)
             kept = [exclude.without(s) for s in stores]
             removed = len(stores[0].train) - len(kept[0].train)
             log(f"--exclude {exclude.audit}: {removed} flagged train images left out; every head chosen again")

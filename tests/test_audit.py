@@ -358,6 +358,27 @@ def test_exclude_trains_again_without_flagged_train_images_and_shows_both_scores
     assert "none of its 1 flagged images" in capsys.readouterr().err
 
 
+def test_a_wrong_exclude_file_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
+    """An audit of another dataset, and one that flags every train image of a class: one line naming the audit
+    file (and the class), before a single head is chosen, and nothing written."""
+    from classify import train
+    from classify.__main__ import main as classify_main
+    store = synthetic_store(tmp_path / "synth" / "s.h5", 300, 16, 3)
+    with FeatureStore(store) as fs:
+        class1 = [fs.paths[i] for i in fs.rows("train") if fs.labels[i] == 1]
+    (tmp_path / "other.csv").write_text("kind,path\noutlier,elsewhere/1.jpg\n")
+    (tmp_path / "class1.csv").write_text("kind,path\n" + "".join(f"outlier,{p}\n" for p in class1))
+    chosen = []
+    monkeypatch.setattr(train, "choose", lambda *a, **k: chosen.append(a) or [])
+    for audit_file, words in (("other.csv", ["none of its 1 flagged images"]),
+                              ("class1.csv", [f"all {len(class1)} train images of class 'class1'", "s.h5"])):
+        rc = run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / audit_file), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and str(tmp_path / audit_file) in err, err
+        assert all(w in err for w in words), err
+    assert not chosen and not (tmp_path / "synth" / "models").exists()
+
+
 def test_two_stores_are_audited_together_and_must_match(tmp_path, capsys):
     latent, y, splits = synthetic()
     a = make_store(tmp_path / "synth" / "a.h5", view(latent, 24, 1), y, splits, "alpha")
