@@ -34,7 +34,7 @@ heads:
 Stores come from --features, or OUT/DATASET/*.h5 for the dataset of --data or ./{CONFIG_NAME}
 (--backbone NAME… picks OUT/DATASET/NAME.h5). Hyper-parameters are chosen on the val split; the
 test split is scored once, at the end. Models and metrics go to OUT/DATASET/models/ (DATASET: the
-stores' dataset; with --features and no --out, the models/ folder beside the first store):
+store's dataset; with --features and no --out, the models/ folder beside the store):
 BACKBONES-HEAD[-refit].skops and .metrics.json.
 """
 
@@ -202,7 +202,8 @@ def train(args) -> int:
               f"{sd['accuracy_mean']:.4f} ± {sd['accuracy_std']:.4f}, log-loss {sd['log_loss_mean']:.4f} ± "
               f"{sd['log_loss_std']:.4f}")
     refit = " (refit on train+val)" if args.refit else ""
-    print(f"\ntest split scored once per model{refit}; models and metrics in {Path(results[0].path).parent}")
+    folders = ", ".join(dict.fromkeys(str(Path(r.path).parent) for r in results))
+    print(f"\ntest split scored once per model{refit}; models and metrics in {folders}")
     return 0
 
 

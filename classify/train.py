@@ -423,7 +423,8 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
         max_memory: int | None = None, seeds: int = 1, out: Path | None = None,
         exclude: Exclusion | None = None) -> list[ModelMetrics]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
-    Models are written to `models_folder(first store, out)`.
+    Each model is written to `models_folder(its first store, out)`: stores of several datasets each get their
+    own dataset's folder (an ensemble's stores share one dataset).
 
     `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
     their test scores (`seeds` in the metrics); the saved model is the default seed's.
@@ -439,7 +440,8 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
         unique.setdefault(Path(p).resolve(), Path(p))
     names = [p.stem for p in unique.values()]
     if len(set(names)) < len(names):
-        raise FeatbenchError(f"two feature stores share a name ({names}); pass stores of one dataset folder")
+        raise FeatbenchError(f"two feature stores share a name ({names}); models are named after their stores, "
+                             "so train them in separate runs")
     limit = default_max_memory() if max_memory is None else max_memory
     need = sum(feature_bytes(p) for p in unique.values())
     if seeds < 1:
@@ -466,8 +468,7 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
             results = [replace(m, exclude=exclude.scores(c, None)) for c, m in zip(candidates, results)]
             results += [replace(finish(c, refit), exclude=exclude.scores(c, removed)) for c in again]
             candidates += again
-    folder = models_folder(stores[0], out)
-    return [write(c, metrics, folder) for c, metrics in zip(candidates, results)]
+    return [write(c, metrics, models_folder(c.stores[0], out)) for c, metrics in zip(candidates, results)]
 
 
 def short_params(params: dict) -> str:
@@ -556,5 +557,4 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                 for c, p, predict_seconds in zip(candidates, probs, seconds):
                     written.append((c, replace(report(c, p, predict_seconds, len(fitted), refit),
                                                out_of_core=True)))
-    folder = models_folder(stores[0], out)
-    return [write(c, metrics, folder) for c, metrics in written]
+    return [write(c, metrics, models_folder(c.stores[0], out)) for c, metrics in written]

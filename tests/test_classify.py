@@ -569,6 +569,25 @@ def test_ensemble_of_different_datasets(good, capsys):
     one_line_error(*cli(capsys, "--features", a, "--head", "stack"), "at least two feature stores")
 
 
+def test_stores_of_two_datasets_each_save_to_their_own_dataset_folder(good, capsys):
+    """Single heads on stores of two datasets: each model in OUT/ITS DATASET/models (or beside its own store),
+    never in the first store's folder."""
+    folder, X, y, splits = good
+    a = make_store(folder / "a" / "alpha.h5", X, y, splits, "alpha")
+    b = make_store(folder / "b" / "beta.h5", X, y, splits, "beta", dataset="other",
+                   paths=[f"other/{i}.jpg" for i in range(len(y))])
+    out = folder / "out"
+    rc, printed, err = cli(capsys, "--features", a, b, "--head", "knn", "--out", out, "--quiet")
+    assert rc == 0, err
+    for dataset, name in (("synth", "alpha"), ("other", "beta")):
+        models = out / dataset / "models"
+        assert sorted(p.name for p in models.iterdir()) == [f"{name}-knn.metrics.json", f"{name}-knn.skops"]
+        assert str(models) in printed
+    assert run_cli(main, ["--features", str(a), str(b), "--head", "knn", "--quiet"]) == 0
+    assert (folder / "a" / "models" / "alpha-knn.skops").is_file() and not (folder / "a" / "models" / "beta-knn.skops").exists()
+    assert (folder / "b" / "models" / "beta-knn.skops").is_file()
+
+
 @pytest.mark.parametrize("head", ENSEMBLES)
 def test_ensemble_of_stores_whose_images_changed(good, capsys, head):
     """Same paths, labels and splits, but two images had other bytes when the second store was extracted."""
