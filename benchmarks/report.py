@@ -33,7 +33,7 @@ from classify.audit import leaking_pairs
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import discordant, interval, mcnemar_p
 from classify.models import SUFFIX
-from classify.train import exclusion_pairs, short_params
+from classify.train import exclusion_pairs, flagged_test_note, short_params
 from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
@@ -206,7 +206,8 @@ def audit_texts(c: Collected) -> tuple[str, tuple, tuple | None]:
     e = next(m.exclude for m in c.metrics if m.exclude)
     removed = max((m.exclude["train_removed"] for m in c.excluded), default=0)
     intro += (f" Trained again without the {removed} flagged train images of {e['audit']} (val unchanged); test "
-              f"scored on all {c.metrics[0].n_test} images and on the {e['n_test_not_flagged']} not flagged.")
+              f"scored on all {c.metrics[0].n_test} images and on the {e['n_test_not_flagged']} not flagged. "
+              f"{flagged_test_note(e)}").rstrip()
     return intro, table, (["model", "trained on all: test all", "not flagged", "without flagged: test all",
                            "not flagged"], side)
 

@@ -490,8 +490,9 @@ def summary(a: Audit, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def read_flagged(path) -> set[str]:
-    """The image paths an audit.csv flags (any kind), for `--exclude`; a file that is not one is one line."""
+def read_flagged(path) -> dict[str, set[str]]:
+    """Each image path an audit.csv flags → the kinds it is flagged as, for `--exclude`; a file that is not one is
+    one line."""
     path = Path(path)
     try:
         with open(path, newline="") as fh:
@@ -499,6 +500,9 @@ def read_flagged(path) -> set[str]:
             if not {"kind", "path"} <= set(reader.fieldnames or ()):
                 raise FeatbenchError(f"{path}: not an audit.csv (needs kind and path columns; write one with "
                                      "`python -m classify audit`)")
-            return {r["path"] for r in reader}
+            flagged: dict[str, set[str]] = {}
+            for r in reader:
+                flagged.setdefault(r["path"], set()).add(r["kind"])
+            return flagged
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise FeatbenchError(f"{path}: cannot read the audit file ({e})") from None

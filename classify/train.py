@@ -14,6 +14,7 @@ the incremental heads of `classify.stream` fed from disk.
 import os
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -285,10 +286,10 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: i
 
 @dataclass
 class Exclusion:
-    """`--exclude AUDIT.csv`: the flagged images' paths, left out of train when a model is `trained_without` them,
-    and left out of test for the second score every model gets."""
+    """`--exclude AUDIT.csv`: the flagged images' paths (each → the kinds it is flagged as), left out of train when a
+    model is `trained_without` them, and left out of test for the second score every model gets."""
     audit: Path
-    flagged: set
+    flagged: dict
 
     def kept(self, paths: list) -> np.ndarray:
         """Whether each of `paths` is not flagged."""
@@ -302,21 +303,24 @@ class Exclusion:
         return replace(store, train=train)
 
     def scores(self, c: Candidate, removed: int | None) -> dict:
-        """The `exclude` record of a finished model: how many flagged train images it was fitted without, and its
-        test accuracy and log-loss on the test images the audit did not flag (`removed` None: fitted on them all)."""
+        """The `exclude` record of a finished model: how many flagged train images it was fitted without, how many
+        test images the audit flags (in all and per kind), and its test accuracy and log-loss on the test images
+        the audit did not flag (`removed` None: fitted on them all)."""
         X, y = c.features("test")
         keep = self.kept(c.stores[0].test.paths)
+        kinds = Counter(k for p in c.stores[0].test.paths if p in self.flagged for k in self.flagged[p])
         loss, acc = score(c.chosen.model, X[keep], y[keep], len(c.stores[0].class_names)) if keep.any() else (None,
                                                                                                              None)
         return {"audit": str(self.audit), "trained_without_flagged": removed is not None,
                 "train_removed": removed or 0, "test_flagged": int((~keep).sum()),
+                "test_flagged_kinds": dict(sorted(kinds.items())),
                 "n_test_not_flagged": int(keep.sum()), "accuracy_not_flagged": acc, "log_loss_not_flagged": loss}
 
     def check(self, stores: list[Store]) -> None:
         """Refuse, before any training, an audit that flags none of a store's images (an audit of another dataset)
         or every train image of a class (no head could learn that class without them)."""
         for s in stores:
-            if not self.flagged & {p for part in (s.train, s.val, s.test) for p in part.paths}:
+            if not self.flagged.keys() & {p for part in (s.train, s.val, s.test) for p in part.paths}:
                 raise FeatbenchError(f"--exclude {self.audit}: none of its {len(self.flagged)} flagged images is in "
                                      f"{s.path}; pass the audit.csv of this dataset (`python -m classify audit`)")
             before = np.bincount(s.train.y, minlength=len(s.class_names))
@@ -515,7 +519,21 @@ def exclusion_table(results: list[ModelMetrics]) -> str:
         cells += [other.accuracy, other.exclude["accuracy_not_flagged"]] if other else [None, None]
         lines.append(f"{r.model.removesuffix(SUFFIX):<{width}}"
                      + "".join(f"{'-' if v is None else f'{v:.4f}':>14}" for v in cells))
-    return "\n".join(lines)
+    return "\n".join([*lines, *filter(None, [flagged_test_note(first.exclude)])])
+
+
+def flagged_test_note(e: dict) -> str:
+    """A sentence on the test images an `exclude` record leaves out of its not-flagged scores, per kind, and why
+    leaving out label issues favours every model ('' when none is left out)."""
+    if not e["test_flagged"]:
+        return ""
+    kinds = e.get("test_flagged_kinds")  # absent from metrics written before kinds were counted
+    note = f"Flagged test images left out of the not-flagged scores: {e['test_flagged']}"
+    note += f" ({', '.join(f'{k} {n}' for k, n in kinds.items())})" if kinds else ""
+    if kinds is None or "label_issue" in kinds:
+        note += ("; label issues are flagged where a model on these features disagreed with the label, so leaving "
+                 "them out favours every model: only the test-all columns compare like for like")
+    return note + "."
 
 
 def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int,

@@ -232,7 +232,7 @@ def test_audit_csv_and_map(audited):
     assert {r["kind"] for r in rows} == set(audit.KINDS)
     swapped = next(r for r in rows if r["kind"] == "label_issue")
     assert swapped["suggested"] != swapped["label"]
-    assert audit.read_flagged(written["audit.csv"]) == result.flagged()
+    assert set(audit.read_flagged(written["audit.csv"])) == result.flagged()
     with open(written["map.csv"], newline="") as fh:
         coords = list(csv.DictReader(fh))
     assert len(coords) == len(result.paths) and all(np.isfinite(float(c["x"])) for c in coords)
@@ -356,6 +356,37 @@ def test_exclude_trains_again_without_flagged_train_images_and_shows_both_scores
     (tmp_path / "other.csv").write_text("kind,path\noutlier,elsewhere/1.jpg\n")
     assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "other.csv")]) == 2
     assert "none of its 1 flagged images" in capsys.readouterr().err
+
+
+def test_test_images_left_out_are_counted_per_kind_and_label_issues_said_to_favour_every_model(tmp_path, capsys):
+    """classify's table, the metrics and the report's audit section say how many test images of each kind the
+    not-flagged score leaves out and, when label issues are among them, that leaving those out favours every model;
+    without label issues among them, only the counts."""
+    from benchmarks.report import Collected, audit_texts
+    from classify.__main__ import main as classify_main
+    from features.records import ModelMetrics
+    store = synthetic_store(tmp_path / "synth" / "s.h5", 300, 16, 2)
+    with FeatureStore(store) as fs:
+        train, test = [fs.paths[i] for i in fs.rows("train")[:4]], [fs.paths[i] for i in fs.rows("test")[:3]]
+    flags = [("outlier", train[0]), ("label_issue", test[0]), ("label_issue", test[1]), ("leakage", test[1]),
+             ("outlier", test[2])]
+    for name, rows in (("issues.csv", flags), ("no-issues.csv", [("outlier", p) for p in (train[0], test[2])])):
+        (tmp_path / name).write_text("kind,path\n" + "".join(f"{k},{p}\n" for k, p in rows))
+    assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "issues.csv"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    note = ("Flagged test images left out of the not-flagged scores: 3 (label_issue 2, leakage 1, outlier 1); label "
+            "issues are flagged where a model on these features disagreed with the label, so leaving them out favours "
+            "every model: only the test-all columns compare like for like.")
+    assert note in out
+    every = ModelMetrics.read(tmp_path / "synth" / "models" / "s-logreg.metrics.json")
+    without = ModelMetrics.read(tmp_path / "synth" / "models" / "s-logreg-excluded.metrics.json")
+    assert every.exclude["test_flagged_kinds"] == {"label_issue": 2, "leakage": 1, "outlier": 1}
+    intro, _, _ = audit_texts(Collected([every], [], [], {}, audit={"rows": [], "folder": tmp_path}, excluded=[without]))
+    assert intro.endswith(note)
+    assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "no-issues.csv"),
+                                   "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Flagged test images left out of the not-flagged scores: 1 (outlier 1)." in out and "favours" not in out
 
 
 def test_a_wrong_exclude_file_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
