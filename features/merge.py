@@ -13,8 +13,8 @@ from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
 from features.writer import store_lock, write_store
 
-SAME = ("backbone", "weights_fingerprint", "preprocess", "readout", "amp", "precision", "calibration", "dtype",
-        "split_fractions", "split_seed", "class_names")
+SAME = ("backbone", "weights_fingerprint", "preprocess", "readout", "amp", "amp_dtype", "gpu_decode", "precision",
+        "calibration", "dtype", "split_fractions", "split_seed", "class_names")  # the reuse key's parts, and the split
 SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+\.h5$")
 
 

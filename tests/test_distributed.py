@@ -117,12 +117,16 @@ def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone)
     amp = extract(ds, backbone, tmp_path / "c", options=OPTIONS, shard=(1, 2)).path
     with h5py.File(amp, "r+") as f:  # as if re-run on a GPU with fp16 autocast
         f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "amp": True})
+    decoded = extract(ds, backbone, tmp_path / "e", options=OPTIONS, shard=(1, 2)).path
+    with h5py.File(decoded, "r+") as f:  # as if that rank were re-run without --gpu-decode, or in another autocast
+        f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "gpu_decode": True, "amp_dtype": "bfloat16"})
     damaged = extract(ds, backbone, tmp_path / "d", options=OPTIONS, shard=(1, 2)).path
     with h5py.File(damaged, "r+") as f:  # rows changed after the shard was written: never merged into a store
         f["embeddings"][1, 0] = 1e30
     for files, expected in [([s0], "shard 1 of 2 missing"),
                             ([s0, s1], "split_seed differs"),
                             ([s0, amp], "amp differs"),
+                            ([s0, decoded], "amp_dtype differs"),
                             ([s0, damaged], f"{damaged.name}: 5 damaged rows (rows 0-4; first dog.0.jpg)"),
                             ([s0, s0], "shard 0 of 2 given twice"),
                             ([s0.parent / "nothing.shard-1-of-2.h5"], "no feature store here")]:
