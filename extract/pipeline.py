@@ -44,7 +44,7 @@ from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model
-from features.errors import FeatbenchError, StoreError
+from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
 from features.records import Extraction
@@ -254,8 +254,8 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         return known, None
     if path.exists():
         try:
-            store = FeatureStore(path)
-        except StoreError as e:
+            store = _existing_store(path)
+        except DamagedStore as e:
             print(f"note: ignoring the existing store ({e})", file=sys.stderr)
         if store is not None and {k: getattr(store.meta, k) for k in prov} != prov:
             print(f"note: {path} was made with other weights, preprocessing, readout, AMP, decoding or precision; "
@@ -301,16 +301,29 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     path.parent.mkdir(parents=True, exist_ok=True)
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank
-            _refuse_other_dataset(path, dataset)
+            _refuse_other_dataset(path, dataset, options.overwrite)
         return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard, store)
 
 
-def _refuse_other_dataset(path: Path, dataset: Dataset) -> None:
+def _existing_store(path: Path) -> FeatureStore:
+    """The store at `path`; DamagedStore where nothing in it can be read (a re-run replaces it), and a one-line
+    refusal for a store this run must not replace: newer, foreign or unreadable by this user."""
+    try:
+        return FeatureStore(path)
+    except DamagedStore:
+        raise
+    except StoreError as e:
+        raise StoreError(f"{e}; or replace it: --overwrite") from None
+
+
+def _refuse_other_dataset(path: Path, dataset: Dataset, overwrite: bool) -> None:
     """Refuse to replace the store, or resume the journal, of another dataset folder with this one's name."""
     try:
-        store = FeatureStore(path)
-    except StoreError:
-        store = None  # none, or unreadable: `_known_rows` notes it and a new store is written
+        store = _existing_store(path) if path.exists() else None
+    except StoreError as e:
+        if not (overwrite or isinstance(e, DamagedStore)):
+            raise
+        store = None  # damaged (`_known_rows` notes it) or to be overwritten: a new store is written
     if store is not None:
         with store:
             store.check_made_from(dataset.root)

@@ -7,3 +7,7 @@ class FeatbenchError(Exception):
 
 class StoreError(FeatbenchError):
     """A feature store is missing, foreign, truncated or inconsistent."""
+
+
+class DamagedStore(StoreError):
+    """A store file that is truncated, corrupt or unfinished: nothing in it can be read, so a re-run replaces it."""

@@ -1,5 +1,6 @@
 """Reading a featbench store: numpy arrays by split, metadata, skipped images."""
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -7,7 +8,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from features.errors import StoreError
+from features.errors import DamagedStore, StoreError
 from features.records import StoreMeta
 from features.schema import FORMAT, NO_LABEL, ROW_DATASETS, SKIPPED_COLUMNS, SPLITS, crc
 
@@ -33,17 +34,19 @@ class FeatureStore:
         self.path = Path(path)
         if not self.path.is_file():
             raise StoreError(f"{self.path}: no feature store here; run `python -m extract` first")
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"{self.path}: not readable (permission denied); give this user read access to it")
         try:
             self.h5 = h5py.File(self.path, "r")
         except OSError as e:
-            raise StoreError(f"{self.path}: not a readable HDF5 file (truncated or corrupt: {e}); "
-                             "delete it and re-run `python -m extract`") from None
+            raise DamagedStore(f"{self.path}: not a readable HDF5 file (truncated or corrupt: {e}); "
+                               "delete it and re-run `python -m extract`") from None
         try:
             attrs = self.h5.attrs
             if attrs.get("format") != FORMAT:
                 raise StoreError(f"{self.path}: an HDF5 file but not a featbench feature store")
             if not attrs.get("complete", False):
-                raise StoreError(f"{self.path}: incomplete store; re-run `python -m extract` to finish it")
+                raise DamagedStore(f"{self.path}: incomplete store; re-run `python -m extract` to finish it")
             self.meta = StoreMeta.from_json(json.loads(attrs["meta"]), self.path)
             self.labels = self.h5["labels"][:]
             self.splits = self.h5["splits"][:]

@@ -606,3 +606,31 @@ def test_compile_warms_up_exactly_as_the_batches_run(dvc_folder, tmp_path, tiny,
     (dvc_folder / "cat.99.jpg").write_bytes(b"not a jpeg")  # a short batch, padded
     run(dvc_folder, tmp_path / "c", tiny, compile=True)
     assert len(seen) == 1 + 4 and len(set(seen)) == 1 and seen[0][0][0] == QUIET.batch_size  # 25 files, batch 8
+
+
+def test_a_store_this_run_cannot_read_is_refused_not_replaced(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """A newer featbench's store, a foreign HDF5 file or one this user cannot read stay as they are (one line;
+    --overwrite replaces them); a truncated store, of which nothing can be read, is recomputed with a note."""
+    import json
+
+    import features.reader
+    path = run(dvc_folder, tmp_path, tiny).path
+    with h5py.File(path, "r+") as f:
+        f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "version": 99})
+    newer = path.read_bytes()
+    with pytest.raises(FeatbenchError, match="newer than this featbench reads .*; or replace it: --overwrite"):
+        run(dvc_folder, tmp_path, tiny)
+    assert path.read_bytes() == newer
+    with h5py.File(path, "w") as f:
+        f["data"] = [1, 2, 3]
+    with pytest.raises(FeatbenchError, match="not a featbench feature store; or replace it"):
+        run(dvc_folder, tmp_path, tiny)
+    monkeypatch.setattr(features.reader.os, "access", lambda p, mode: False)
+    with pytest.raises(FeatbenchError, match="not readable .permission denied.; give this user read access"):
+        run(dvc_folder, tmp_path, tiny)
+    monkeypatch.undo()
+    assert run(dvc_folder, tmp_path, tiny, overwrite=True).embedded == 24
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    assert run(dvc_folder, tmp_path, tiny).embedded == 24
+    assert "note: ignoring the existing store" in capsys.readouterr().err
