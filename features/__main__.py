@@ -25,6 +25,8 @@ def info(path) -> str:
                  f"  backbone     {_known(m.backbone)} ({(m.weights or {}).get('source', '?')}, "
                  f"weights fingerprint {_known(m.weights_fingerprint)})",
                  f"  preprocess   {_known(m.preprocess)}",
+                 f"  readout      {', '.join(f'{k} {v}' for k, v in (m.readout or {}).items()) or 'default'}",
+                 f"  arithmetic   {_arithmetic(m)}",
                  f"  dataset      {ds.get('name', '?')} ({ds.get('format', '?')}) at {ds.get('root', '?')}",
                  f"  embeddings   {len(store.paths)} x {store.dim} {m.dtype}, fingerprint {m.fingerprint}",
                  f"  classes      {len(store.class_names)}: {', '.join(store.class_names[:8])}"
@@ -44,6 +46,18 @@ def info(path) -> str:
                      f"{_known(m.extraction_seconds)}s" + (f", {rate} img/s" if rate else ""))
         lines.append("  versions     " + (", ".join(f"{k} {v}" for k, v in (m.versions or {}).items()) or "?"))
     return "\n".join(lines)
+
+
+def _arithmetic(m) -> str:
+    """How a store's model ran: precision (int8's calibration set), CUDA autocast, JPEGs decoded on the GPU."""
+    words = [m.precision]
+    if m.calibration:
+        words[0] += f" (calibrated on {m.calibration['images']} images, sha256 {m.calibration['sha256'][:12]})"
+    if m.amp:
+        words.append(f"CUDA autocast {m.amp_dtype or '?'}")
+    if m.gpu_decode:
+        words.append("JPEGs decoded on the GPU")
+    return ", ".join(words)
 
 
 def _shown(text: str) -> str:

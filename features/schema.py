@@ -24,7 +24,8 @@ def featbench_version() -> str:
 def library_versions() -> dict:
     """Versions of everything that can change an embedding."""
     out = {"python": platform.python_version(), "featbench": featbench_version()}
-    for name in ("torch", "torchvision", "timm", "numpy", "h5py", "pillow", "open_clip_torch"):  # None: not installed
+    for name in ("torch", "torchvision", "timm", "numpy", "h5py", "pillow", "simplejpeg", "open_clip_torch",
+                 "onnxruntime", "onnx"):  # None: not installed
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

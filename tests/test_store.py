@@ -513,3 +513,21 @@ def test_old_and_foreign_metrics_files(tmp_path):
         with pytest.raises(FeatbenchError) as e:
             ModelMetrics.read(path)
         assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_info_says_how_the_embeddings_were_made(tmp_path):
+    """Readout, precision (int8's calibration), CUDA autocast and GPU decoding: a flip-averaged int8 store does
+    not look like a plain fp32 one."""
+    from features.__main__ import info
+    make_store(tmp_path / "plain.h5")
+    assert "  readout      default\n  arithmetic   fp32\n" in info(tmp_path / "plain.h5")
+    meta = Extraction(backbone="toy", readout={"tta": "flip"}, precision="int8", amp=True, amp_dtype="bfloat16",
+                      gpu_decode=True, calibration={"images": 32, "sha256": "ab" * 32})
+    write_store(tmp_path / "made.h5", dim=2, chunks=[np.ones((2, 2), np.float32)], labels=[0, 1], paths=["a", "b"],
+                splits=[0, 0], hashes=["", ""], stamps=["", ""], skipped=[], class_names=["x", "y"], meta=meta)
+    text = info(tmp_path / "made.h5")
+    assert "  readout      tta flip\n" in text
+    assert ("  arithmetic   int8 (calibrated on 32 images, sha256 abababababab), CUDA autocast bfloat16, JPEGs "
+            "decoded on the GPU\n") in text
+    from features.schema import library_versions
+    assert {"simplejpeg", "onnxruntime", "onnx"} <= library_versions().keys()  # they decide decoding and int8
