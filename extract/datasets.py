@@ -44,11 +44,44 @@ class Dataset:
                 "classes": len(self.class_names), "files": len(self.items) + len(self.unlisted)}
 
 
-def _files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Every entry but hidden ones and sub-folders: FIFOs, sockets, devices, broken or looping links and folders
-    named like images are listed too, so that extraction skips them with a reason instead of losing them."""
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if not p.name.startswith(".") and (not p.is_dir() or p.suffix.lower() in IMAGE_EXT))
+def _listed(entry: Path) -> bool:
+    """Whether a folder's entry is listed as a file: anything not hidden but a sub-folder not named like an image."""
+    return not entry.name.startswith(".") and (not entry.is_dir() or entry.suffix.lower() in IMAGE_EXT)
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every entry `_listed`: FIFOs, sockets, devices, broken or looping links and folders named like images are
+    listed too, so that extraction skips them with a reason instead of losing them."""
+    return sorted(p for p in folder.iterdir() if _listed(p))
+
+
+def _walk(top: Path, root: Path, seen: dict) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The `_listed` entries under `top`, sub-folders and symbolic links to folders followed, and the folders
+    not walked, each (path relative to `root`, reason): unreadable ones, and those whose real path `seen` holds
+    (real path → where it was listed), a link loop included, so that each folder is listed once."""
+    files, unlisted = [], []
+
+    def rel(path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    def first_visit(folder: Path) -> bool:
+        real = os.path.realpath(folder)
+        if real in seen:
+            unlisted.append((rel(folder), f"a symbolic link to a folder listed already ({seen[real]})"))
+            return False
+        seen[real] = rel(folder)
+        return True
+
+    def unreadable(e: OSError) -> None:
+        unlisted.append((rel(e.filename), f"unreadable folder ({e.strerror or type(e).__name__})"))
+
+    if first_visit(top):
+        for folder, dirs, names in os.walk(top, onerror=unreadable, followlinks=True):
+            entries = [Path(folder, n) for n in sorted(dirs + names)]
+            files += [p for p in entries if _listed(p)]
+            dirs[:] = [p.name for p in entries if p.name in dirs and not _listed(p) and not p.name.startswith(".")
+                       and first_visit(p)]
+    return files, unlisted
 
 
 def _image_names(folder: Path) -> list[str]:
@@ -123,12 +156,26 @@ def _oxford_pets(root: Path, target: str):
 
 
 def _imagefolder(root: Path):
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    """One class per sub-folder with an image in it (walked to any depth, links followed, each folder once);
+    files at the root and the entries of a folder without images are unlisted, with the reason."""
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
         raise FeatbenchError(f"{root}: no class sub-folders; an imagefolder dataset has one folder per class")
-    items = [Item(p, p.relative_to(root).as_posix(), i)
-             for i, c in enumerate(classes) for p in _files(root / c, recursive=True)]
-    return classes, items, []
+    unlisted = [(p.name, "not in a class folder (an imagefolder dataset has one folder per class)")
+                for p in _files(root) if not p.is_dir()]
+    seen, found = {os.path.realpath(root): "the dataset folder"}, {}
+    for c in folders:
+        files, unwalked = _walk(root / c, root, seen)
+        unlisted += unwalked
+        if any(p.suffix.lower() in IMAGE_EXT for p in files):
+            found[c] = files
+            continue
+        unlisted += [(p.relative_to(root).as_posix(), f"in {c}, a folder with no images, so no class")
+                     for p in files]
+        if c not in {rel for rel, _ in unwalked}:
+            unlisted.append((c, "a folder with no images, so no class"))
+    items = [Item(p, p.relative_to(root).as_posix(), i) for i, files in enumerate(found.values()) for p in files]
+    return list(found), items, unlisted
 
 
 def _csv(path: Path):

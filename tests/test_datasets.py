@@ -1,5 +1,7 @@
 """Dataset formats, label parsing and deterministic stratified splits."""
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,6 +208,7 @@ def test_imagefolder_skips_hidden_folders_and_loose_files(tmp_path):
     ds = load_dataset(tmp_path / "train", "imagefolder")
     assert ds.class_names == ["a", "b"] and ds.name == f"{tmp_path.name.lower()}-train"
     assert [(it.rel, it.label) for it in ds.items] == [("a/0.jpg", 0), ("a/1.jpg", 0), ("b/0.jpg", 1), ("b/1.jpg", 1)]
+    assert ds.unlisted == [("loose.jpg", "not in a class folder (an imagefolder dataset has one folder per class)")]
     (tmp_path / "flat").mkdir()
     write_image(tmp_path / "flat" / "x.jpg", 0)
     with pytest.raises(FeatbenchError, match="flat: no class sub-folders; an imagefolder dataset has one folder"):
@@ -336,3 +339,43 @@ def test_csv_labelled_rows_without_split_are_assigned_later(tmp_path):
         load_dataset(tmp_path / "twice.csv")
     with pytest.raises(FeatbenchError, match="choose one of dogs-vs-cats, oxford-pets, imagefolder, csv$"):
         load_dataset(tmp_path / "list.csv", "tfrecord")
+
+
+def test_imagefolder_follows_linked_folders_once_and_lists_what_it_cannot_walk(tmp_path, monkeypatch):
+    """Linked sub-folders are walked, a folder reached twice (a second link, a loop) is listed once and the other
+    way in is unlisted with the reason, as is an unreadable folder; a folder without images is no class."""
+    outside = tmp_path / "outside"
+    for i in range(2):
+        write_image(tmp_path / "data" / "cats" / f"{i}.jpg", i)
+        write_image(outside / f"{i}.jpg", 10 + i)
+        write_image(tmp_path / "data" / "cats" / "locked" / f"{i}.jpg", 20 + i)
+    root = tmp_path / "data"
+    (root / "dogs").mkdir()
+    (root / "dogs" / "sub").symlink_to(outside)
+    (root / "wolves").symlink_to(outside)
+    (root / "cats" / "up").symlink_to(root)
+    (root / "empty").mkdir()
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("x")
+    write_image(root / "stray.jpg", 30)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # root reads a mode-000 folder, so refuse it here
+    ds = load_dataset(root, "imagefolder")
+    assert ds.class_names == ["cats", "dogs"]
+    assert [(it.rel, it.label) for it in ds.items] == [("cats/0.jpg", 0), ("cats/1.jpg", 0),
+                                                       ("dogs/sub/0.jpg", 1), ("dogs/sub/1.jpg", 1)]
+    assert sorted(ds.unlisted) == [
+        ("cats/locked", "unreadable folder (Permission denied)"),
+        ("cats/up", "a symbolic link to a folder listed already (the dataset folder)"),
+        ("empty", "a folder with no images, so no class"),
+        ("notes", "a folder with no images, so no class"),
+        ("notes/readme.txt", "in notes, a folder with no images, so no class"),
+        ("stray.jpg", "not in a class folder (an imagefolder dataset has one folder per class)"),
+        ("wolves", "a symbolic link to a folder listed already (dogs/sub)")]
+    assert ds.describe()["classes"] == 2

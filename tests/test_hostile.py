@@ -269,3 +269,25 @@ def test_fuzzed_files_are_embedded_or_skipped(tmp_path, tiny):  # noqa: F811
     assert all(why and "\n" not in why for _, why in summary.skipped)
     with FeatureStore(summary.path) as s:
         assert np.isfinite(s.embeddings(np.arange(len(s.paths)))).all()
+
+
+def test_imagefolder_store_keeps_linked_images_and_skips_the_rest_with_reasons(tmp_path, tiny):  # noqa: F811
+    """The store of a class-folder dataset with a linked sub-folder, a second link to it, a stray file at the root
+    and an empty folder: every image of the linked folder is a row, the rest skipped, the classes those with rows."""
+    for i in range(3):
+        write_image(tmp_path / "data" / "cats" / f"{i}.jpg", i)
+        write_image(tmp_path / "linked" / f"{i}.jpg", 10 + i)
+    root = tmp_path / "data"
+    (root / "dogs").mkdir()
+    (root / "dogs" / "sub").symlink_to(tmp_path / "linked")
+    (root / "wolves").symlink_to(tmp_path / "linked")
+    (root / "empty").mkdir()
+    write_image(root / "stray.jpg", 20)
+    summary = run(root, tmp_path / "out", tiny)
+    with FeatureStore(summary.path) as s:
+        assert s.class_names == ["cats", "dogs"] and sorted(set(s.labels.tolist())) == [0, 1]
+        assert s.paths == [f"cats/{i}.jpg" for i in range(3)] + [f"dogs/sub/{i}.jpg" for i in range(3)]
+        assert {p: why for p, why, *_ in s.skipped} == {
+            "stray.jpg": "not in a class folder (an imagefolder dataset has one folder per class)",
+            "wolves": "a symbolic link to a folder listed already (dogs/sub)",
+            "empty": "a folder with no images, so no class"}
