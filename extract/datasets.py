@@ -123,10 +123,30 @@ def _slug(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-").lower()
 
 
+def _unread_folders(folder: Path, read: list[Path], root: Path, reason: str) -> list[tuple[str, str]]:
+    """The sub-folders of `folder` that are not in `read`, not hidden, not named like an image (those are listed
+    as files) and not empty, each (path relative to `root`, reason)."""
+    def has_entries(d: Path) -> bool:
+        try:
+            return any(not n.startswith(".") for n in os.listdir(d))
+        except OSError:
+            return True
+    return [(d.relative_to(root).as_posix(), reason) for d in sorted(folder.iterdir())
+            if d.is_dir() and d not in read and not _listed(d) and not d.name.startswith(".") and has_entries(d)]
+
+
+DVC_FOLDERS = ("train", "test", "test1")
+DVC_UNREAD = ("not read: a Dogs vs. Cats dataset's images are at its root, or in train/, test/ and test1/ when the "
+              "root has none; list these in a CSV of path,label[,split] to use them")
+
+
 def _dogs_vs_cats(root: Path):
-    folders = [root] if _image_names(root) else [d for d in (root / "train", root / "test", root / "test1")
-                                                  if d.is_dir()]
+    """Labels from cat.N/dog.N names (N.jpg: unlabelled test images) at the root, or in the Kaggle folders when
+    the root has none; other non-empty sub-folders are unlisted, unread, with the reason."""
+    folders = [root] if _image_names(root) else [root / d for d in DVC_FOLDERS if (root / d).is_dir()]
     items, unlisted = [], []
+    for folder in dict.fromkeys([root, *folders]):
+        unlisted += _unread_folders(folder, folders, root, DVC_UNREAD)
     for folder in folders:
         for p in _files(folder):
             rel = p.relative_to(root).as_posix()

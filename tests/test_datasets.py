@@ -379,3 +379,24 @@ def test_imagefolder_follows_linked_folders_once_and_lists_what_it_cannot_walk(t
         ("stray.jpg", "not in a class folder (an imagefolder dataset has one folder per class)"),
         ("wolves", "a symbolic link to a folder listed already (dogs/sub)")]
     assert ds.describe()["classes"] == 2
+
+
+def test_dogs_vs_cats_unread_sub_folders_are_listed_with_the_reason(tmp_path):
+    """A Kaggle root's valid/ (or any other non-empty sub-folder, nested ones too) is not read, and not lost:
+    it is unlisted with the reason; a flat folder's sub-folders alike; an empty or hidden one is nothing."""
+    for i in range(3):
+        write_image(tmp_path / "kaggle" / "train" / f"cat.{i}.jpg", i)
+        write_image(tmp_path / "kaggle" / "train" / f"dog.{i}.jpg", 10 + i)
+        write_image(tmp_path / "kaggle" / "test1" / f"{i + 1}.jpg", 20 + i)
+        write_image(tmp_path / "kaggle" / "valid" / f"cat.{40 + i}.jpg", 30 + i)
+    write_image(tmp_path / "kaggle" / "train" / "more" / "dog.9.jpg", 40)
+    (tmp_path / "kaggle" / "empty").mkdir()
+    write_image(tmp_path / "kaggle" / ".cache" / "cat.1.jpg", 41)
+    ds = load_dataset(tmp_path / "kaggle")
+    assert ds.format == "dogs-vs-cats" and len(ds.items) == 9
+    unread = ("not read: a Dogs vs. Cats dataset's images are at its root, or in train/, test/ and test1/ when the "
+              "root has none; list these in a CSV of path,label[,split] to use them")
+    assert sorted(ds.unlisted) == [("train/more", unread), ("valid", unread)]
+    write_image(tmp_path / "flat" / "cat.0.jpg", 0)
+    write_image(tmp_path / "flat" / "train" / "dog.0.jpg", 1)
+    assert load_dataset(tmp_path / "flat").unlisted == [("train", unread)]
