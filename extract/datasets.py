@@ -198,27 +198,69 @@ def _imagefolder(root: Path):
     return list(found), items, unlisted
 
 
+def _field_count(where: str, n: int, header: list[str]) -> FeatbenchError:
+    """The one-line refusal of a row with `n` fields under `header`, and what to do."""
+    return FeatbenchError(f"{where}: {n} field{'s' * (n != 1)} where the header has {len(header)} "
+                          f"({','.join(header)}); put a path or label with a comma in double quotes, and give "
+                          "every row each column (an empty label: a trailing comma)")
+
+
+def _csv_rows(path: Path) -> list[tuple[int, dict]]:
+    """Each non-blank row as (its first line, {column: field without surrounding whitespace}); a header
+    without path and label or with a column twice, a row whose field count is not the header's, malformed CSV
+    or text that is not UTF-8 is one line naming the file (and line)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
+            reader, line = csv.reader(fh), 1
+            header = [h.strip() for h in next(reader, [])]
+            if not {"path", "label"} <= set(header):
+                raise FeatbenchError(f"{path}: needs a header with columns path,label[,split]")
+            twice = sorted({h for h in header if header.count(h) > 1})
+            if twice:
+                raise FeatbenchError(f"{path}:1: column {twice[0]!r} is in the header twice; keep one")
+            rows, line = [], reader.line_num + 1
+            for fields in reader:
+                if fields and len(fields) != len(header):
+                    raise _field_count(f"{path}:{line}", len(fields), header)
+                if fields:
+                    rows.append((line, {h: f.strip() for h, f in zip(header, fields)}))
+                line = reader.line_num + 1
+    except UnicodeDecodeError as e:
+        raise FeatbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
+    except csv.Error as e:
+        raise FeatbenchError(f"{path}:{line}: not valid CSV ({e})") from None
+    return rows
+
+
+def _csv_labels(path: Path, rows: list[tuple[int, dict]]) -> list[str]:
+    """The sorted labels of the rows; two that differ only by case are one line naming both spellings."""
+    first: dict[str, tuple[str, int]] = {}
+    for line, r in rows:
+        label = r["label"]
+        if label:
+            spelled, at = first.setdefault(label.casefold(), (label, line))
+            if spelled != label:
+                raise FeatbenchError(f"{path}:{line}: label {label!r} differs only by case from {spelled!r} "
+                                     f"(line {at}); spell each class one way")
+    if rows and not first:
+        raise FeatbenchError(f"{path}: no row has a label, so there is no class to learn; fill in the label "
+                             "column (unlabelled rows are test images beside labelled ones)")
+    return sorted(spelled for spelled, _ in first.values())
+
+
 def _csv(path: Path):
     """Rows of path,label[,split]; an unlabelled row without a split is a test image; each path once."""
     root = path.parent
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise FeatbenchError(f"{path}: needs a header with columns path,label[,split]")
-            rows = list(reader)
-    except UnicodeDecodeError as e:
-        raise FeatbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
-    labels = sorted({r["label"] for r in rows if r["label"]})
-    if rows and not labels:
-        raise FeatbenchError(f"{path}: no row has a label, so there is no class to learn; fill in the label "
-                             "column (unlabelled rows are test images beside labelled ones)")
+    rows = _csv_rows(path)
+    labels = _csv_labels(path, rows)
     index = {c: i for i, c in enumerate(labels)}
     items, first_line = [], {}
-    for line, r in enumerate(rows, start=2):
-        split = (r.get("split") or "").strip() or ("" if r["label"] else "test")
+    for line, r in rows:
+        split = r.get("split") or ("" if r["label"] else "test")
         if split and split not in SPLITS:
             raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if not r["path"]:
+            raise FeatbenchError(f"{path}:{line}: the path is empty; fill it in or delete the row")
         if "\0" in r["path"]:
             raise FeatbenchError(f"{path}:{line}: the path contains a NUL byte")
         p = Path(r["path"])

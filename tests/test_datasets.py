@@ -233,11 +233,30 @@ def test_csv_paths_quoting_and_names(tmp_path):
     ("path,split\nx.jpg,train\n", r"needs a header with columns path,label\[,split\]"),
     ("path,label,split\nx.jpg,a,dev\n", r"list.csv:2: split 'dev' is not one of train, val, test"),
     ("path,label\nx.jpg,a\nx\0.jpg,a\n", r"list.csv:3: the path contains a NUL byte$"),
+    ("path,label\nimgs/a,b.jpg,cat\n", r"list.csv:2: 3 fields where the header has 2 \(path,label\); put a path or "
+     r"label with a comma in double quotes, and give every row each column \(an empty label: a trailing comma\)$"),
+    ("path,label\na.jpg,cat\n\nb.jpg\n", r"list.csv:4: 1 field where the header has 2 \(path,label\)"),
+    ('path,label\n"multi\nline.jpg",cat\nc.jpg,dog,train\n', r"list.csv:4: 3 fields where the header has 2"),
+    ("path,label\n,cat\n", r"list.csv:2: the path is empty; fill it in or delete the row$"),
+    ("path,label,path\na.jpg,cat,b.jpg\n", r"list.csv:1: column 'path' is in the header twice; keep one$"),
+    ("path,label\na.jpg,dog\nb.jpg,cat\nc.jpg, Dog\n",
+     r"list.csv:4: label 'Dog' differs only by case from 'dog' \(line 2\); spell each class one way$"),
+    ("path,label\na.jpg,cat\n" + "x" * 200_000 + ",cat\n", r"list.csv:3: not valid CSV \(field larger than"),
 ])
 def test_csv_errors_name_the_file_and_line(tmp_path, text, message):
     (tmp_path / "list.csv").write_text(text)
-    with pytest.raises(FeatbenchError, match=message):
+    with pytest.raises(FeatbenchError, match=message) as err:
         load_dataset(tmp_path / "list.csv")
+    assert "\n" not in str(err.value)
+
+
+def test_csv_fields_lose_surrounding_whitespace(tmp_path):
+    """` dog`, `dog ` and `dog` are one class; a path and a header name lose their surrounding spaces too."""
+    (tmp_path / "list.csv").write_text("path , label\n a.jpg ,dog\nb.jpg, dog\nc.jpg,dog \nd.jpg,cat\n")
+    ds = load_dataset(tmp_path / "list.csv")
+    assert ds.class_names == ["cat", "dog"]
+    assert [(it.rel, it.path, it.label) for it in ds.items] == [
+        (n, tmp_path / n, label) for n, label in [("a.jpg", 1), ("b.jpg", 1), ("c.jpg", 1), ("d.jpg", 0)]]
 
 
 def test_load_dataset_argument_errors(tmp_path, dvc_folder):
