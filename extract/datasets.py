@@ -275,7 +275,11 @@ def _csv(path: Path):
 
 
 def load_dataset(path, format: str = "auto", target: str = "breed", name: str = "") -> Dataset:
-    """List a dataset (no image is opened): items sorted by relative path, with labels."""
+    """List a dataset (no image is opened): items sorted by relative path, with labels; `name`, if given, is
+    one folder name (no separator, not starting with '.'), else the name comes from the path."""
+    if name and (name.startswith(".") or any(c in name for c in "/\\\0")):
+        raise FeatbenchError(f"dataset name {name!r} (--name, or [dataset] name): it names one folder in --out; "
+                             "use no '/' or '\\' and do not start it with '.'")
     root = Path(path).expanduser()
     fmt = detect_format(root) if format in ("", "auto", None) else format
     if fmt not in FORMATS:

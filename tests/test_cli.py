@@ -266,3 +266,20 @@ def test_bad_splits_are_one_line_and_write_nothing(tmp_path, capsys, splits):
     with pytest.raises(FeatbenchError, match="sum to 1"):
         resolve(data=str(data), splits=[0.5, 0.5, 0.5])
     assert resolve(data=str(data), splits="0.6,0.2,0.2").splits == (0.6, 0.2, 0.2)
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".hidden", "a\\b"])
+def test_a_name_that_is_not_one_folder_name_is_one_line_and_writes_nothing(tmp_path, capsys, name):
+    """--name is the store's folder under --out: a separator, `..` or a leading dot would write elsewhere, nest
+    folders or hide the folder, so the run stops before anything is written."""
+    data = tmp_path / "pics"
+    for i in range(3):
+        write_image(data / "a" / f"{i}.jpg", i)
+        write_image(data / "b" / f"{i}.jpg", 10 + i)
+    out = tmp_path / "deep" / "er" / "runs"
+    rc = run_cli(EXTRACT.main, ["--backbone", "resnet10t", "--random-init", "--data", str(data), "--name", name,
+                                "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"dataset name {name!r} (--name, or [dataset] name): it names one folder in --out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pics"]
