@@ -90,7 +90,8 @@ def _image_names(folder: Path) -> list[str]:
 
 def detect_format(path: Path) -> str:
     """Guess the format from mostly cat.N/dog.N names, two or more Breed_N breeds, or class folders;
-    raise with the choices when it is ambiguous (numbered N.jpg files alone carry no label)."""
+    raise with the choices when it is ambiguous (numbered N.jpg files alone carry no label), or say so when
+    no file at any depth is named like an image."""
     if path.is_file():
         if path.suffix.lower() == ".csv":
             return "csv"
@@ -109,6 +110,9 @@ def detect_format(path: Path) -> str:
             return "oxford-pets"
     if any(d.is_dir() and _image_names(d) for d in path.iterdir()):
         return "imagefolder"
+    if not any(p.suffix.lower() in IMAGE_EXT for p in _walk(path, path, {})[0]):
+        raise FeatbenchError(f"{path}: no image files in this folder or its sub-folders (named "
+                             f"{', '.join(sorted(IMAGE_EXT))}); check --data or the [dataset] path in featbench.toml")
     raise FeatbenchError(f"{path}: cannot tell the dataset format; pass --format "
                          f"{'|'.join(FORMATS)}")
 

@@ -147,9 +147,24 @@ def test_csv_unlabelled_rows_without_split_go_to_test(tmp_path):
 def test_ambiguous_or_missing(tmp_path):
     with pytest.raises(FeatbenchError, match="no such dataset folder"):
         load_dataset(tmp_path / "nope")
-    (tmp_path / "x.txt").write_text("hello")
-    with pytest.raises(FeatbenchError, match="--format"):
+    write_image(tmp_path / "a" / "b" / "0.jpg", 0)  # an image, but in no layout
+    with pytest.raises(FeatbenchError, match="cannot tell the dataset format; pass --format"):
         load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("entries", [[], ["notes.txt", ".hidden.jpg"], ["empty/", "deeper/still/", "a/readme.md"]])
+def test_a_folder_without_images_says_so(tmp_path, entries):
+    """An empty folder, or one with no file named like an image at any depth, is not an unknown format."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for e in entries:
+        (root / e).parent.mkdir(parents=True, exist_ok=True)
+        (root / e).mkdir() if e.endswith("/") else (root / e).write_text("x")
+    with pytest.raises(FeatbenchError) as err:
+        load_dataset(root)
+    assert str(err.value) == (f"{root}: no image files in this folder or its sub-folders (named .bmp, .gif, .jpeg, "
+                              ".jpg, .png, .ppm, .tif, .tiff, .webp); check --data or the [dataset] path in "
+                              "featbench.toml")
 
 
 def _items(n_per_class=(100, 40, 7)):

@@ -462,7 +462,7 @@ def test_cli_errors_are_one_line(tmp_path, dvc_folder):
     (tmp_path / "odd" / "readme.txt").write_text("no images here")
     for args, expected in [(["--data", str(tmp_path / "missing")], "no such dataset folder"),
                            ([], "no dataset configured"),
-                           (["--data", str(tmp_path / "odd")], "cannot tell the dataset format"),
+                           (["--data", str(tmp_path / "odd")], "odd: no image files in this folder or its"),
                            (["--data", str(dvc_folder), "--backbone", "nope_net"], "unknown backbone"),
                            (["--data", str(dvc_folder), "--batch-size", "0"], "--batch-size must be")]:
         r = subprocess.run([sys.executable, "-m", "extract", "--backbone", "resnet18", "--random-init", *args],
