@@ -380,15 +380,17 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype):
         seconds = time.perf_counter() - started
+        run = dict(versions=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   device=str(device), optimized=options.optimize and device.type == "cpu", compiled=options.compile,
+                   batch_size=options.batch_size, extraction_seconds=round(seconds, 3), images_embedded=embedded,
+                   images_per_second=round(embedded / seconds, 2) if embedded else None)
+        if old_store is not None:
+            _note_relabelled(path, old_store, dataset.class_names, list(fractions), seed)
+            if not embedded:  # every row reused: the run that computed them stays on record
+                run = {k: getattr(old_store.meta, k) for k in run}
         meta = Extraction(**prov, weights=backbone.weights, dataset=_dataset_record(dataset, path),
-                          split_fractions=list(fractions), split_seed=seed, versions=library_versions(),
-                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          device=str(device),
-                          optimized=options.optimize and device.type == "cpu", compiled=options.compile,
-                          batch_size=options.batch_size, extraction_seconds=round(seconds, 3),
-                          images_embedded=embedded,
-                          images_per_second=round(embedded / seconds, 2) if embedded else None,
-                          shard=list(shard) if shard else None)
+                          split_fractions=list(fractions), split_seed=seed, shard=list(shard) if shard else None,
+                          **run)
         source = RowSource(old_store.h5 if old_store else None)
         write_store(path, dim=backbone.dim, chunks=source.chunks([records[i].source for i in rows], 4096),
                     labels=labels, paths=[items[i].rel for i in rows], splits=splits,
@@ -424,6 +426,20 @@ def _recheck(items, todo, known, by_hash, records, preprocess, max_bytes: int) -
         except BadImage as e:
             records[i] = Record("", "", str(e), None)
     return left
+
+
+def _note_relabelled(path: Path, store: FeatureStore, class_names: list, fractions: list, seed: int) -> None:
+    """A note for each thing the rewritten store changes besides its rows: the classes (say, another --target)
+    and the split (--seed, --splits), which other backbones' stores of the dataset then no longer share."""
+    def names(c: list) -> str:
+        return f"{len(c)} ({', '.join(c[:4])}{', …' if len(c) > 4 else ''})"
+    if store.class_names != list(class_names):
+        print(f"note: {path}: the classes change from {names(store.class_names)} to {names(list(class_names))}; "
+              "embeddings reused", file=sys.stderr)
+    if (store.meta.split_fractions, store.meta.split_seed) not in ((None, None), (fractions, seed)):
+        print(f"note: {path}: the split changes (fractions {store.meta.split_fractions} → {fractions}, seed "
+              f"{store.meta.split_seed} → {seed}); embeddings reused; re-run the dataset's other backbones the "
+              "same way before comparing or ensembling them", file=sys.stderr)
 
 
 def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype) -> bool:

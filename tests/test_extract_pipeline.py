@@ -634,3 +634,24 @@ def test_a_store_this_run_cannot_read_is_refused_not_replaced(dvc_folder, tmp_pa
     capsys.readouterr()
     assert run(dvc_folder, tmp_path, tiny).embedded == 24
     assert "note: ignoring the existing store" in capsys.readouterr().err
+
+
+def test_a_new_split_or_new_classes_rewrite_the_store_with_a_note_keeping_its_run_on_record(dvc_folder, tmp_path,
+                                                                                           tiny, capsys):
+    first = run(dvc_folder, tmp_path, tiny)
+    with FeatureStore(first.path) as s:
+        made = s.meta
+    capsys.readouterr()
+    again = extract(load_dataset(dvc_folder), tiny, tmp_path, seed=1, options=QUIET)
+    assert again.embedded == 0
+    assert "the split changes (fractions [0.7, 0.15, 0.15] → [0.7, 0.15, 0.15], seed 0 → 1)" in capsys.readouterr().err
+    with FeatureStore(first.path) as s:
+        assert s.meta.split_seed == 1  # rewritten, but the run that computed the rows stays on record
+        assert (s.meta.created, s.meta.images_embedded, s.meta.extraction_seconds, s.meta.batch_size) == \
+            (made.created, 24, made.extraction_seconds, made.batch_size)
+    (dvc_folder / "cat.0.jpg").rename(dvc_folder / "fox.0.jpg")  # a third class
+    csv = dvc_folder / "list.csv"
+    csv.write_text("path,label\n" + "".join(f"{p.name},{p.name.split('.')[0]}\n" for p in sorted(dvc_folder.iterdir())
+                                            if p.suffix == ".jpg"))
+    extract(load_dataset(csv, name="dvc"), tiny, tmp_path, seed=1, options=QUIET)
+    assert "the classes change from 2 (cat, dog) to 3 (cat, dog, fox)" in capsys.readouterr().err
