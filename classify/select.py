@@ -48,8 +48,8 @@ def quiet():
 
 
 def short(params: dict) -> dict:
-    """`logreg__C` → `C`: the names a report shows."""
-    return {k.rsplit("__", 1)[-1]: v for k, v in params.items()}
+    """`logreg__C` → `C`: the names a report shows (a solver's tolerance is not one: `fixed` keeps it)."""
+    return {k.rsplit("__", 1)[-1]: v for k, v in params.items() if not k.endswith("tol")}
 
 
 def score(model, X, y, n_classes: int) -> tuple[float, float]:
