@@ -10,11 +10,13 @@ paths are held in memory; embeddings are read a chunk at a time:
    standardised features) over `alpha`, the torch MLP over its learning rate;
 3. after each epoch, val is read once and every grid point scored; per head, the (grid point,
    epoch) with the lowest validation log-loss wins, and a head stops training once none of its
-   grid points has improved that by MIN_GAIN for PATIENCE epochs;
+   grid points has improved that by MIN_GAIN for PATIENCE epochs, or at MAX_EPOCHS (with a warning on stderr
+   when it was still improving: its model is under-trained);
 4. with refit, the winner's configuration is retrained on train+val for its number of epochs;
 5. test is read once, at the end, for every chosen model at once.
 """
 import copy
+import sys
 import time
 
 import numpy as np
@@ -148,9 +150,20 @@ def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: Str
             best[h]["seconds"] = time.perf_counter() - started
             log(f"{store.path.stem}-{h} (out of core): epoch {epoch}, best val log-loss "
                 f"{best[h]['val_log_loss']:.4f} ({best[h]['seconds']:.0f}s)")
+    for h in still_improving(best):
+        print(f"warning: {store.path.stem}-{h} (out of core): still improving on val when training stopped at "
+              f"{MAX_EPOCHS} epochs, so its model is under-trained; raise --max-memory to train it in memory",
+              file=sys.stderr)
     for b in best.values():
         b["model"] = usable(b["model"], scaler)
     return best
+
+
+def still_improving(best: dict[str, dict]) -> list[str]:
+    """The heads whose patience had not run out when `select` stopped at MAX_EPOCHS: their val log-loss gained
+    MIN_GAIN within the last PATIENCE epochs, so more epochs would likely have given a better model."""
+    return [h for h, b in best.items() if b["sweep"] and b["sweep"][-1]["epochs"] == MAX_EPOCHS
+            and b["waited"] < PATIENCE]
 
 
 def refit(head: str, best: dict, store: FeatureStore, data: StreamedSplit):

@@ -84,6 +84,14 @@ def test_out_of_core_matches_in_memory_logreg(big):
     assert streamed.accuracy >= memory.accuracy - 0.02, (streamed.accuracy, memory.accuracy)
 
 
+def test_out_of_core_warns_when_a_head_is_still_improving_at_the_epoch_cap(big, monkeypatch, capsys):
+    """One epoch allowed: logreg is still gaining on val when it stops, and says so on stderr (one line)."""
+    monkeypatch.setattr(stream, "MAX_EPOCHS", 1)
+    run([big], ["logreg"], max_memory=1)
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "alpha-logreg" in warned[0] and "1 epochs" in warned[0] and "--max-memory" in warned[0]
+
+
 def test_out_of_core_refuses_heads_that_cannot_stream(big, capsys):
     one_line_error(*cli(capsys, "--features", big, "--head", "knn", "--max-memory", "1K"),
                    "--max-memory", "logreg, mlp")
