@@ -19,6 +19,7 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.models import SUFFIX
 from classify.train import Exclusion, asked_heads, dataset_stores, exclusion_table, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags
+from features.atomic import check_folder
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
@@ -162,9 +163,9 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
 
 def audit_command(args) -> int:
     paths = dataset_stores(args.features, args.backbone, **dataset_flags(args))
+    folder = check_folder(audit_folder(paths[0], args.out if args.features else None))
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     a = audit.audit(paths, args.threshold, args.neighbours, args.outlier_z, not args.no_map, args.fit_rows, log)
-    folder = audit_folder(paths[0], args.out if args.features else None)
     written = audit.write(a, folder)
     print(audit.summary(a))
     print(f"\n{len(a.findings)} flagged rows in {written['audit.csv']}"

@@ -29,7 +29,7 @@ from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, fit_fixed, score, sweep
 from extract.config import resolve
 from extract.datasets import load_dataset
-from features.atomic import atomic_write
+from features.atomic import atomic_write, check_folder
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
 from features.records import ModelMetrics, StoreMeta
@@ -428,7 +428,8 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
         exclude: Exclusion | None = None) -> list[ModelMetrics]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
     Each model is written to `models_folder(its first store, out)`: stores of several datasets each get their
-    own dataset's folder (an ensemble's stores share one dataset).
+    own dataset's folder (an ensemble's stores share one dataset). Each folder is checked
+    (`check_folder`) before any training.
 
     `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
     their test scores (`seeds` in the metrics); the saved model is the default seed's.
@@ -459,6 +460,8 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     stores = [load_store(p) for p in unique.values()]
     if exclude:
         exclude.check(stores)
+    for folder in dict.fromkeys(models_folder(s, out) for s in stores):
+        check_folder(folder)
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
@@ -545,6 +548,8 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
         raise FeatbenchError(f"{gib}: out of core only the {', '.join(stream.STREAM_HEADS)} heads learn "
                              "incrementally; pass --head logreg or mlp, or raise --max-memory")
     stores = [load_store(p, features=False) for p in paths]
+    for folder in dict.fromkeys(models_folder(s, out) for s in stores):
+        check_folder(folder)
     dropped = [h for h in heads if h not in wanted]
     print(f"note: {gib}: streaming features from disk"
           + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)

@@ -44,6 +44,7 @@ from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model
+from features.atomic import make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
@@ -298,7 +299,7 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     options = options.on(device)
     store = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     path = shard_path(store, *shard) if shard else store
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank
             _refuse_other_dataset(path, dataset, options.overwrite)

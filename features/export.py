@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.atomic import atomic_write
+from features.atomic import atomic_write, make_folder
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS
@@ -26,7 +26,7 @@ def columns(store: FeatureStore) -> dict[str, np.ndarray]:
 
 
 def export_npy(store: FeatureStore, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     rows = np.arange(len(store.paths))
 
     def embeddings(tmp: Path) -> None:

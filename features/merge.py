@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.atomic import make_folder
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
 from features.writer import store_lock, write_store
@@ -103,7 +104,7 @@ def merge(shard_paths: list, out=None) -> Path:
         meta = replace(metas[0], shard=None, images_embedded=embedded, extraction_seconds=seconds,
                        merged_from=len(stores),
                        images_per_second=round(embedded / seconds, 2) if embedded and seconds else None)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(out.parent)
         with store_lock(out):
             write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,
                         labels=np.concatenate([s.labels for s in stores]),

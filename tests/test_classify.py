@@ -17,7 +17,7 @@ import torch
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classify import ensembles, stream
+from classify import audit, ensembles, stream
 from classify.__main__ import main
 from classify.ensembles import BlockScaler
 from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKNN
@@ -486,6 +486,28 @@ def nothing_written(folder):
 def good(tmp_path):
     latent, y, splits = synthetic(11, n=120)
     return tmp_path / "ds", view(latent, 12, 12), y, splits
+
+
+@pytest.mark.parametrize("command", ["train", "audit"])
+def test_out_that_is_a_file_is_refused_before_any_work(good, capsys, monkeypatch, command):
+    """`--out` at a file (or inside one): one line naming it, before a head is chosen or an audit runs."""
+    from classify import train
+    root, X, y, splits = good
+    store = make_store(root / "alpha.h5", X, y, splits, "alpha")
+    monkeypatch.setattr(train, "choose", lambda *a, **k: pytest.fail("trained before checking --out"))
+    monkeypatch.setattr(audit, "audit", lambda *a, **k: pytest.fail("audited before checking --out"))
+    afile = root / "afile"
+    afile.write_text("")
+    for out in (afile, afile / "deeper"):
+        one_line_error(*cli(capsys, command, "--features", store, "--out", out), str(afile), "is a file", "--out")
+    nothing_written(root)
+
+
+def test_atomic_write_under_a_file_is_one_featbench_error(tmp_path):
+    from features.atomic import atomic_write
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FeatbenchError, match="afile/x: cannot create this output folder"):
+        atomic_write(tmp_path / "afile" / "x" / "m.json", lambda tmp: tmp.write_text("{}"))
 
 
 def test_unknown_head(good, capsys):
