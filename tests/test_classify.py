@@ -315,6 +315,40 @@ def test_a_crafted_model_file_runs_no_code(tmp_path, capsys):
     assert rc == 2 and marker.read_text() == "ran" and err.startswith("warning: ") and err.count("\n") == 2, err
 
 
+def small_bundle() -> dict:
+    """A model bundle as `python -m classify` saves one: a knn on a 24-d 'alpha' backbone."""
+    from classify.models import bundle
+    latent, y, _ = synthetic(5, n=60)
+    knn = SmoothedKNN(3).fit(view(latent, 24, 6), y)
+    record = {"name": "alpha", "store": "alpha", "dim": 24, "preprocess": {}, "readout": None,
+              "weights": {"source": "random-init", "fingerprint": "0" * 16, "random_init": True},
+              "weights_fingerprint": "0" * 16, "store_fingerprint": "f", "amp": False, "amp_dtype": None,
+              "precision": "fp32"}
+    return bundle(knn, head="knn", class_names=CLASSES, backbones=[record], split_fingerprint="s", dataset="synth",
+                  refit=False, params={"n_neighbors": 3})
+
+
+def test_a_truncated_or_empty_model_is_damaged_not_a_pickle(tmp_path):
+    """Cut short (head or tail), emptied or not a model at all: one line that never suggests trusting pickles;
+    a real pickle still names --trust-pickle."""
+    good = tmp_path / "good.skops"
+    save_model(good, small_bundle())
+    data = good.read_bytes()
+    assert load_model(good)["head"] == "knn"
+    for name, content in {"half": data[:len(data) // 2], "tail": data[:-10], "empty": b""}.items():
+        (tmp_path / f"{name}.skops").write_bytes(content)
+        with pytest.raises(FeatbenchError, match="truncated or damaged model file; re-train") as e:
+            load_model(tmp_path / f"{name}.skops")
+        assert "pickle" not in str(e.value) and f"{name}.skops" in str(e.value)
+    (tmp_path / "text.skops").write_text("hello")
+    with pytest.raises(FeatbenchError, match="not a featbench model") as e:
+        load_model(tmp_path / "text.skops")
+    assert "--trust-pickle" not in str(e.value)
+    joblib.dump({"format": "featbench-model"}, tmp_path / "old.skops")
+    with pytest.raises(FeatbenchError, match="--trust-pickle"):
+        load_model(tmp_path / "old.skops")
+
+
 def test_an_older_platt_svm_is_named_with_what_to_do(tmp_path, capsys):
     """An svm saved before the small-n calibration (sklearn's CalibratedClassifierCV inside) is one line
     saying what it is and how to replace it, not an 'untrusted types' refusal."""
