@@ -80,12 +80,15 @@ def probabilities(model: dict, model_path, files: list[Path], device: str = "aut
     return P, reasons
 
 
-def predict(model_path, inputs, device: str = "auto", as_csv: bool = False, trust_pickle: bool = False) -> str:
-    """A table (or CSV) of path, label, probability of that label; failed images name their reason."""
+def predict(model_path, inputs, device: str = "auto", as_csv: bool = False,
+            trust_pickle: bool = False) -> tuple[str, int, int]:
+    """(a table (or CSV) of path, label, probability of that label, failed images naming their reason; how many
+    images were predicted; how many were given)."""
     files = image_files(inputs)
     model = load_model(model_path, trust_pickle)
     P, reasons = probabilities(model, model_path, files, device)
     names = model["class_names"]
+    predicted = sum(not why for why in reasons)
     rows = [(str(f), "", "", why) if why else (str(f), names[int(p.argmax())], f"{p.max():.4f}", "")
             for f, p, why in zip(files, P, reasons)]
     if as_csv:
@@ -93,13 +96,13 @@ def predict(model_path, inputs, device: str = "auto", as_csv: bool = False, trus
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["path", "label", "probability", "error"])
         writer.writerows(rows)
-        return buf.getvalue().rstrip("\n")
+        return buf.getvalue().rstrip("\n"), predicted, len(rows)
     width = max(len(r[0]) for r in rows) + 2
     label_w = max(len(n) for n in ["label", *names]) + 2
     lines = [f"{'image':<{width}}{'label':<{label_w}}probability"]
     lines += [f"{f:<{width}}{'(skipped: ' + why + ')' if why else f'{lab:<{label_w}}{prob}'}"
               for f, lab, prob, why in rows]
-    return "\n".join(lines)
+    return "\n".join(lines), predicted, len(rows)
 
 
 def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",

@@ -64,6 +64,17 @@ def expected(model_path, stores) -> dict:
     return out
 
 
+def test_predict_fails_when_no_image_could_be_predicted(trained, tmp_path, capsys):
+    """Every image unreadable: each listed with its reason, one summary line on stderr, exit 1 (not 0)."""
+    _, _, models = trained
+    broken = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for b in broken:
+        b.write_bytes(b"not a jpeg")
+    rc, out, err = cli(capsys, "predict", "--model", models["avg"], *broken)
+    assert rc == 1 and out.count("(skipped: ") == 2
+    assert err.count("\n") == 1 and err.startswith("error: none of the 2 images could be predicted"), err
+
+
 @pytest.mark.parametrize("head", ["resnet18-random-init", "avg"])
 def test_predict_matches_the_stored_features(trained, tmp_path, capsys, head):
     data, stores, models = trained
