@@ -138,9 +138,9 @@ def test_model_with_other_weights_is_refused(trained, tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "weights feedfeedfeedfeed" in err and "resnet10t" in err
     (tmp_path / "junk.skops").write_bytes(b"junk")
     rc, out, err = cli(capsys, "predict", "--model", tmp_path / "junk.skops", trained[0])
-    assert rc == 2 and "not a .skops model" in err and err.count("\n") == 1
+    assert rc == 2 and "not a featbench model" in err and err.count("\n") == 1
     rc, out, err = cli(capsys, "predict", "--model", tmp_path / "junk.skops", trained[0], "--trust-pickle")
-    assert rc == 2 and "not a readable featbench model" in err.splitlines()[-1]
+    assert rc == 2 and "not a featbench model" in err.splitlines()[-1]  # junk is no pickle: never unpickled
 
 
 def test_older_joblib_model_predicts_only_with_trust_pickle(trained, tmp_path, capsys):
