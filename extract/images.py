@@ -61,7 +61,7 @@ def _reasons():
         try:
             yield
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise BadImage(f"decompression bomb refused ({e})".split(" could be")[0] + ")") from None
+            raise BadImage(f"decompression bomb refused ({str(e).split(' could be')[0].rstrip(', ')})") from None
         except UnidentifiedImageError:
             raise BadImage("not an image PIL can read") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
