@@ -44,7 +44,7 @@ from benchmarks.report import curve_csv, short_count
 from benchmarks.splits import SplitImages, from_store
 from classify.heads import HEADS, CoveringFolds
 from classify.metrics import correct_mask, interval, proba
-from classify.select import fit_fixed, score, sweep
+from classify.select import fit_fixed, scores, sweep
 from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, parse_heads
 from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags
@@ -164,8 +164,9 @@ def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select
         model, mode, val_loss = chosen.model, "val", chosen.val_log_loss
     else:
         model, mode, val_loss = choose_cv(head, X, y, n_classes, seed)
-    loss, acc = score(model, store.test.X, store.test.y, n_classes)
-    right = proba(model, store.test.X, n_classes).argmax(1) == store.test.y
+    p = proba(model, store.test.X, n_classes)
+    loss, acc = scores(p, store.test.y, n_classes)
+    right = p.argmax(1) == store.test.y
     return {"selection": mode, "accuracy": acc, "log_loss": loss, "val_log_loss": val_loss,
             "test_correct": correct_mask(right, store.test.paths)}
 

@@ -54,7 +54,11 @@ def short(params: dict) -> dict:
 
 def score(model, X, y, n_classes: int) -> tuple[float, float]:
     """(log-loss, accuracy) of a fitted model."""
-    p = proba(model, X, n_classes)
+    return scores(proba(model, X, n_classes), y, n_classes)
+
+
+def scores(p: np.ndarray, y, n_classes: int) -> tuple[float, float]:
+    """(log-loss, accuracy) of probabilities `p` (a row per image) against labels `y`."""
     return float(log_loss(y, p, labels=range(n_classes))), float(accuracy_score(y, p.argmax(axis=1)))
 
 

@@ -418,6 +418,12 @@ def feature_bytes(path) -> int:
         return len(fs.paths) * fs.dim * 4
 
 
+def check_models_folders(stores: list, out: Path | None) -> None:
+    """`check_folder` each models folder the stores' models go to, before any training."""
+    for folder in dict.fromkeys(models_folder(s, out) for s in stores):
+        check_folder(folder)
+
+
 def models_folder(store: Store, out: Path | None) -> Path:
     """Where models go: OUT/DATASET/models, or without `out` the models/ folder beside the store."""
     return Path(out) / store.dataset / "models" if out is not None else store.path.parent / "models"
@@ -460,8 +466,7 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
     stores = [load_store(p) for p in unique.values()]
     if exclude:
         exclude.check(stores)
-    for folder in dict.fromkeys(models_folder(s, out) for s in stores):
-        check_folder(folder)
+    check_models_folders(stores, out)
     with threadpool_limits(limits=BLAS_THREADS):
         candidates = choose(stores, heads, log, seeds)
         results = [finish(c, refit) for c in candidates]
@@ -548,8 +553,7 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
         raise FeatbenchError(f"{gib}: out of core only the {', '.join(stream.STREAM_HEADS)} heads learn "
                              "incrementally; pass --head logreg or mlp, or raise --max-memory")
     stores = [load_store(p, features=False) for p in paths]
-    for folder in dict.fromkeys(models_folder(s, out) for s in stores):
-        check_folder(folder)
+    check_models_folders(stores, out)
     dropped = [h for h in heads if h not in wanted]
     print(f"note: {gib}: streaming features from disk"
           + (f"; skipping {', '.join(dropped)} (they do not learn incrementally)" if dropped else ""), file=sys.stderr)
