@@ -327,9 +327,24 @@ def _gap(r: dict) -> str:
             f"{num(r['log_loss'])}" + (f"; test over seeds {spread(r)}" if r.get("seeds") else ""))
 
 
-def _pool(rows: list[dict]) -> str:
+def _pool(c: Collected, rows: list[dict]) -> str:
+    """How many models and configurations the choice was made among, and what computing all of them took."""
     configs = sum(r.get("configurations") or 0 for r in rows)
-    return f"best by val log-loss of {len(rows)} models, {configs} configurations scored on val in all"
+    return (f"best by val log-loss of {len(rows)} models, {configs} configurations scored on val in all, "
+            f"{_pool_seconds(c, rows)}")
+
+
+def _pool_seconds(c: Collected, rows: list[dict]) -> str:
+    """The whole pool's compute: fine-tunes' training; frozen: each store's extraction once + every head fit."""
+    fits = sum(r["fit_seconds"] or 0 for r in rows)
+    if rows[0]["kind"] == "fine-tuned":
+        return f"{secs(fits)} s of training for all of them"
+    stores = dict.fromkeys(s for r in rows for s in c.metrics_of(r).features)
+    extracts = [_extract_seconds(c.metas.get(s)) for s in stores]
+    if None in extracts:
+        return f"{secs(fits)} s of head fits for all of them (extraction time not recorded for every store)"
+    return (f"{secs(sum(extracts) + fits)} s for all of them ({plural(len(stores), 'store')} extracted once: "
+            f"{secs(sum(extracts))} s, + {secs(fits)} s of head fits)")
 
 
 def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
@@ -339,7 +354,7 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     stores = len(m.features) or 1
     embedded = (f"each of {images} images embedded once{f' by each of {stores} backbones' if stores > 1 else ''}"
                 if images else "every image embedded once")
-    tried = _pool(pool) if len(pool) > 1 else f"{r.get('configurations') or 0} configurations scored on val"
+    tried = _pool(c, pool) if len(pool) > 1 else f"{r.get('configurations') or 0} configurations scored on val"
     chosen = f"{r['head']} {short_params(m.params)}".rstrip()
     fitted = (f"the head refitted on {r['n_train']} train + val images" if r.get("refit") else
               f"the head fitted on {r['n_train']} train images")
@@ -368,7 +383,7 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     recipe = p.get("recipe", {})
     lrs = ", ".join(f"{x:g}" for x in recipe.get("lrs", [p.get("lr", 0)]))
     probe = f" + {cp['probe_images']} images embedded for the linear probe" if cp.get("probe_images") else ""
-    pooled = _pool(pool) + "; " if len(pool) > 1 else ""
+    pooled = _pool(c, pool) + "; " if len(pool) > 1 else ""
     counted = "run × epoch, + probe C values, the start among them" if probe else "run × epoch, + the start"
     chosen = (f"chosen: its starting point, epoch 0, before any training step (the pretrained trunk with "
               f"{'the linear probe' if probe else 'a random head'}; no trained epoch scored lower on val)"

@@ -140,6 +140,14 @@ def test_report_sections_carry_the_metrics_numbers(synthetic):
             assert words in tuned_side, words
     total = sum(m["configurations"] for m in frozen)
     assert f"of {len(frozen)} models, {total} configurations scored on val in all" in verdicts[0]
+    stores = {s for m in frozen for s in m["features"]}
+    extracts = 0.0
+    for s in stores:
+        with FeatureStore(synthetic / f"{s}.h5") as fs:
+            extracts += round(len(fs.paths) / fs.meta.images_per_second, 3)
+    fits = sum(m["fit_seconds"] for m in frozen)
+    assert (f"{secs(extracts + fits)} s for all of them ({len(stores)} stores extracted once: {secs(extracts)} s, "
+            f"+ {secs(fits)} s of head fits)") in verdicts[0]
     for p in (p for p in PUBLISHED if p.task == "dogs-vs-cats"):  # Kaggle-style names: dogs-vs-cats format
         assert p.source in md
     assert md.count("| published [") == sum(p.task == "dogs-vs-cats" for p in PUBLISHED)
