@@ -616,6 +616,12 @@ def _selections(points: list[dict]) -> str:
     return ", ".join(f"{n} {words(mode)}" for mode, n in sorted(Counter(p["selection"] for p in points).items()))
 
 
+def _fit_seconds(points: list[dict], what: str) -> str:
+    """`; 12.3 s of WHAT`: the seconds a side's points took, where recorded."""
+    seconds = [p["seconds"] for p in points if p.get("seconds") is not None]
+    return f"; {secs(sum(seconds))} s of {what}" if seconds else ""
+
+
 def curve_texts(c: Collected) -> tuple[str, list[str], str]:
     """(what the curve is, its sentences, each side's budget) from the curve's own numbers."""
     doc = c.curve
@@ -634,11 +640,11 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
              + (f"{plural(len(doc.get('skipped', [])), 'point')} skipped (results.json). " if doc.get("skipped")
                 else "")
              + "Every point is in curve.csv with its subset seed.")
-    seconds = [p["seconds"] for p in points if p.get("seconds") is not None]
-    fit = f" ({secs(sum(seconds))} s of fits in all)" if seconds else ""
-    budget = (f"Budgets: frozen — {plural(len(frozen), 'point')}: {_selections(frozen) or 'none'}; "
-              f"the curve took {secs(doc.get('seconds'))} s{fit}."
-              + (f" Fine-tuned — {plural(len(tuned), 'point')}: {_selections(tuned)}." if tuned else "")
+    budget = (f"Budgets: frozen — {plural(len(frozen), 'point')}: {_selections(frozen) or 'none'}"
+              f"{_fit_seconds(frozen, 'head fits on the stores, each image embedded once, no augmentation')}."
+              + (f" Fine-tuned — {plural(len(tuned), 'point')}: {_selections(tuned)}"
+                 f"{_fit_seconds(tuned, 'training')}." if tuned else "")
+              + f" The curve took {secs(doc.get('seconds'))} s."
               + "".join(f" {n.rstrip('.')}." for n in doc.get("notes", [])))
     return intro, within_one_point(doc) + overtakes(doc), budget
 

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -260,8 +261,10 @@ def test_run_with_a_curve_table_reports_every_point(curved):
         assert (f"- frozen resnet10t-random-init + {head} reaches {within} at n = {hit} ({pct(mine[hit])[:5]}"
                 if hit else f"- frozen resnet10t-random-init + {head} does not reach {within} below") in section
     assert "- No fine-tuned points on this curve" in section
+    fits = secs(sum(p["seconds"] for p in points))
     assert ("Budgets: frozen — 10 points: 4 fitted with the head's defaults (a class with one image), 6 chosen on "
-            "val; the curve took ") in section
+            f"val; {fits} s of head fits on the stores, each image embedded once, no augmentation. The curve "
+            "took ") in section
     assert "absent: not in the label-efficiency curve" in md.split("## Notes")[1]
     page = (folder / "report" / "report.html").read_text()
     assert "<h2>Label-efficiency curve</h2>" in page and '<table class="curve">' in page
@@ -630,6 +633,11 @@ def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path,
         assert int(p["test_correct"], 16).bit_count() == round(p["accuracy"] * len(frozen.test))
     summary = {(s["head"], s["n"]): s for s in doc["summaries"]}
     assert summary[("finetune-full", "2")]["kind"] == "finetune" and summary[("finetune-full", "2")]["repeats"] == 2
+    from benchmarks.report import curve_texts
+    _, _, budget = curve_texts(SimpleNamespace(curve=doc, metrics=[SimpleNamespace(n_test=len(frozen.test))]))
+    frozen_seconds = secs(sum(p["seconds"] for p in doc["points"] if p["kind"] != "finetune"))
+    assert f"; {frozen_seconds} s of head fits on the stores" in budget  # each side's own seconds
+    assert f"; {secs(sum(p['seconds'] for p in tuned))} s of training." in budget
 
     def no_training(*a, **k):
         raise AssertionError("a cached fine-tune was trained again")
