@@ -252,8 +252,8 @@ def check_throughput(root: Path, device: str = "cuda", name: str = CONVNET, batc
     dev = torch.device(device)
 
     def end_to_end_rate(gpu_decode: bool = False) -> float:
-        rate, store, _ = featbench(backbone, folder, dev, batch_size, -1, gpu_decode=gpu_decode)
-        shutil.rmtree(store.parent.parent)  # featbench's temporary folder
+        rate, store, _ = featbench(backbone, folder, dev, batch_size, -1, gpu_decode=gpu_decode, scratch=root)
+        shutil.rmtree(store.parent.parent)  # this run's store: the next starts afresh
         return rate
     end_to_end = max(end_to_end_rate() for _ in range(2))
     model = model_only(backbone, dev, batch_size, batch_size * batches)

@@ -82,10 +82,11 @@ def in_fresh_process(fn, *args):
 
 
 def featbench(backbone, folder, device, batch_size, workers, compile: bool = False, precision: str = "fp32",
-              again: Path | None = None, gpu_decode: bool = False) -> tuple[float, Path, str]:
-    """(img/s end to end, the store, the images' root) of a fresh extraction, or with `again` (an earlier store)
-    of every image embedded again beside it (`--overwrite`: int8 uses the quantised model kept there)."""
-    out = again.parent.parent if again else Path(tempfile.mkdtemp(prefix="featbench-speed-"))
+              again: Path | None = None, gpu_decode: bool = False, *, scratch: Path) -> tuple[float, Path, str]:
+    """(img/s end to end, the store, the images' root) of a fresh extraction into a new folder in `scratch`, or
+    with `again` (an earlier store) of every image embedded again beside it (`--overwrite`: int8 uses the
+    quantised model kept there)."""
+    out = again.parent.parent if again else Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
     ds = load_dataset(folder)
     opts = Options(device=str(device), batch_size=batch_size, workers=workers, progress=False, compile=compile,
                    precision=precision, overwrite=again is not None, gpu_decode=gpu_decode)
@@ -221,9 +222,11 @@ def store_cosines(a: Path, b: Path) -> np.ndarray:
 
 
 def logreg_test(store: Path) -> dict:
-    """`classify --head logreg` on one store: test accuracy and log-loss (models written to a temp folder)."""
+    """`classify --head logreg` on one store: test accuracy and log-loss (models written to a temporary folder,
+    deleted afterwards)."""
     from classify.train import run
-    m = run([store], ["logreg"], out=Path(tempfile.mkdtemp(prefix="featbench-speed-models-")))[0]
+    with tempfile.TemporaryDirectory(prefix="featbench-speed-models-") as tmp:
+        m = run([store], ["logreg"], out=Path(tmp))[0]
     return {"accuracy": m.accuracy, "log_loss": m.log_loss, "n_test": m.n_test}
 
 
@@ -247,8 +250,10 @@ def reference_cosines(backbone, store_path: Path, root: str, n: int) -> np.ndarr
 
 
 def bench(name: str, folder: Path, device: torch.device, batch_size: int, workers: int, seed_workers: int,
-          limit: int, peak_flop_s: float, compile: bool = True, repeats: int = 3, precisions=()) -> dict:
-    """`workers`: featbench's `--workers` (-1: its default); `seed_workers`: the seed-style DataLoader's.
+          limit: int, peak_flop_s: float, scratch: Path, compile: bool = True, repeats: int = 3,
+          precisions=()) -> dict:
+    """`workers`: featbench's `--workers` (-1: its default); `seed_workers`: the seed-style DataLoader's; the
+    stores (and a subset's links) go to `scratch`.
 
     featbench runs `repeats` times, each between two model-only measurements; its ratio to model-only
     is taken per run (against the ceiling either side of it), and every figure is the median of the runs.
@@ -257,7 +262,7 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     backbone = create_backbone(name)
     files = sorted(p for p in folder.iterdir() if p.is_file())[:limit] if limit else None
     if files is not None and len(files) < len(list(folder.iterdir())):  # a subset: link it into a temp folder
-        sub = Path(tempfile.mkdtemp(prefix="featbench-speed-data-"))
+        sub = Path(tempfile.mkdtemp(prefix="data-", dir=scratch))
         for f in files:
             os.symlink(f, sub / f.name)
         folder = sub
@@ -278,11 +283,12 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
         return rates
     ceilings, runs = [ceiling()], []  # featbench runs between model-only measurements: shared machines drift
     for _ in range(repeats):
-        rate, store, root = featbench(backbone, folder, device, batch_size, workers)
-        reduced = {p: featbench(backbone, folder, device, batch_size, workers, precision=p) for p in precisions}
+        rate, store, root = featbench(backbone, folder, device, batch_size, workers, scratch=scratch)
+        reduced = {p: featbench(backbone, folder, device, batch_size, workers, precision=p, scratch=scratch)
+                   for p in precisions}
         if "int8" in reduced:  # a later run: the quantised model kept beside the store, not quantised again
             reduced["int8_kept"] = featbench(backbone, folder, device, batch_size, workers, precision="int8",
-                                             again=reduced["int8"][1])
+                                             again=reduced["int8"][1], scratch=scratch)
         ceilings.append(ceiling())
         around = {k: (ceilings[-2][k] + ceilings[-1][k]) / 2 for k in ceilings[-1]}
         top = max(around.values())
@@ -305,7 +311,7 @@ def bench(name: str, folder: Path, device: torch.device, batch_size: int, worker
     if compile:  # model-only first: its compile fills inductor's on-disk cache, as any earlier run would
         out["model_only_compiled_img_s"] = model_only(backbone, device, batch_size, n_model, compile=True)
         out["featbench_compiled_img_s"], compiled_store, _ = featbench(backbone, folder, device, batch_size, workers,
-                                                                       compile=True)
+                                                                       compile=True, scratch=scratch)
         out["featbench_compiled_vs_seed"] = out["featbench_compiled_img_s"] / out["seed_style_img_s"]
         out["featbench_compiled_vs_model_only"] = out["featbench_compiled_img_s"] / out["model_only_compiled_img_s"]
     out["gflops_per_image"] = flops_per_image(backbone) / 1e9
@@ -355,17 +361,19 @@ def synthetic_folder(n: int, root: Path) -> Path:
 def extraction_memory(sizes=(2000, 20000), backbone: str = "test_resnet", precision: str = "fp32") -> list[dict]:
     """Peak RSS of `python -m extract --device cpu` (main process and its largest worker) as the dataset grows:
     a CPU measurement, whatever device the throughput section uses."""
-    base = Path(tempfile.mkdtemp(prefix="featbench-mem-"))
-    rows = []
-    for n in sizes:
-        folder = synthetic_folder(n, base / f"data{n}")
-        args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet",
-                "--precision", precision, "--device", "cpu"]
-        start = time.perf_counter()
-        _, main_mib, worker_mib = run_measured("extract", args)
-        rows.append({"images": n, "precision": precision, "seconds": time.perf_counter() - start,
-                     "peak_rss_mib": main_mib, "worker_peak_rss_mib": worker_mib})
-    return rows
+    with tempfile.TemporaryDirectory(prefix="featbench-mem-") as tmp:
+        return [extraction_peak(n, Path(tmp), backbone, precision) for n in sizes]
+
+
+def extraction_peak(n: int, base: Path, backbone: str, precision: str) -> dict:
+    """One `extraction_memory` row: n synthetic images in `base`, extracted by a child process."""
+    folder = synthetic_folder(n, base / f"data{n}")
+    args = ["--backbone", backbone, "--random-init", "--data", str(folder), "--out", str(base / "out"), "--quiet",
+            "--precision", precision, "--device", "cpu"]
+    start = time.perf_counter()
+    _, main_mib, worker_mib = run_measured("extract", args)
+    return {"images": n, "precision": precision, "seconds": time.perf_counter() - start,
+            "peak_rss_mib": main_mib, "worker_peak_rss_mib": worker_mib}
 
 
 def logreg_sweep_seconds(n: int = 25000, dim: int = 1280, classes: int = 2) -> dict:
@@ -479,8 +487,10 @@ def main(args: argparse.Namespace) -> int:
                   "CPU only; the memory section, on CPU, keeps them)")
         peak = matmul_peak(device)  # once, before any pipeline runs: a property of the machine
         for name in args.backbone:
-            results["throughput"].append(bench(name, args.images, device, args.batch_size, args.workers, seed_workers,
-                                               args.limit, peak, not args.no_compile, args.repeats, precisions))
+            with tempfile.TemporaryDirectory(prefix="featbench-speed-") as scratch:
+                results["throughput"].append(bench(name, args.images, device, args.batch_size, args.workers,
+                                                   seed_workers, args.limit, peak, Path(scratch),
+                                                   not args.no_compile, args.repeats, precisions))
             print_row(results["throughput"][-1])
     if "memory" in sections:
         print("extraction peak RSS on CPU (synthetic 64x48 JPEGs, test_resnet random-init):")

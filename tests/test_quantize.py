@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -220,6 +221,9 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
     from benchmarks.__main__ import CLI
 
     monkeypatch.setattr(precision, "create_backbone", lambda name: tiny)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     args = CLI.parse(["precision", "--backbone", "tiny", "--data", str(dvc_folder), "--precision", "int8", "--folds",
                       "3", "--out", str(tmp_path), "--json", str(tmp_path / "p.json")])
     assert precision.main(args) == 0
@@ -244,3 +248,4 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
     other = extract(images, tiny, tmp_path, options=Options(progress=False, batch_size=8, workers=0)).path
     with pytest.raises(FeatbenchError, match="not the same labelled images"):
         precision.compare(other, fp32, folds=3)
+    assert not list(scratch.iterdir())  # the logreg models of every comparison went to deleted folders

@@ -26,7 +26,7 @@ def test_model_only_compiles_once(monkeypatch):
 
 def test_reduced_precisions_are_skipped_off_cpu_and_memory_runs_on_cpu(monkeypatch, capsys, tmp_path):
     benched, measured = [], []
-    monkeypatch.setattr(speed.tempfile, "mkdtemp", lambda prefix: str(tmp_path))
+    monkeypatch.setattr(speed.tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(speed, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(speed, "matmul_peak", lambda device: 1.0)
     monkeypatch.setattr(speed, "bench", lambda *a: benched.append(a[-1]) or {})
@@ -37,3 +37,4 @@ def test_reduced_precisions_are_skipped_off_cpu_and_memory_runs_on_cpu(monkeypat
     out = capsys.readouterr().out
     assert benched == [[]] and "--precision bf16 int8: skipped on cuda (reduced precisions run on CPU only" in out
     assert len(measured) == 2 * 3 and all(args[-2:] == ["--device", "cpu"] for args in measured)
+    assert not list(tmp_path.iterdir())  # the memory section's images and stores: deleted
