@@ -43,7 +43,7 @@ from extract.device import (
 from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
-from extract.quantize import Calibration, calibration_set, check_precision, kept_model
+from extract.quantize import Calibration, calibration_set, check_precision, kept_model, recorded_calibration
 from features.atomic import make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.merge import shard_path
@@ -348,22 +348,29 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         items, codes = items[lo:hi], codes[lo:hi]
         unlisted = unlisted if rank == world - 1 else []  # last, as in a single run's store
     journal = Journal(path)
-    calibration = calibration_set(dataset.items, backbone.preprocess, max_bytes=options.max_image_bytes) \
-        if options.precision == "int8" else None
-    prov = _provenance(backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp) else None,
-                       options.gpu_decode, options.precision, calibration.record if calibration else None)
-    known, old_store = _known_rows(path, journal, prov, options.overwrite)
+    provenance = partial(_provenance, backbone, amp_dtype(options.amp_dtype) if uses_amp(device, options.amp)
+                         else None, options.gpu_decode, options.precision)
+    calibration = None
+    if options.precision == "int8":
+        calibration = _calibration(dataset, backbone, [store, path] if shard else [path], journal, provenance(),
+                                   options)
+    prov = provenance(calibration=calibration.record if calibration else None)
     calibration = calibration.kept_at(store, prov) if calibration else None  # shards share the store's
-    by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
-    records: list[Record | None] = [None] * len(items)
-    todo = []
-    for i, it in enumerate(items):
-        r = known.get(it.rel)
-        if r is not None and not r.reason and r.stamp and r.stamp == file_stamp(it.path):
-            records[i] = r
-        else:
-            todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
-    todo = _recheck(items, todo, known, by_hash, records, backbone.preprocess, options.max_image_bytes)
+    known, old_store = _known_rows(path, journal, prov, options.overwrite)
+    records, todo, by_hash = _pending(items, known, backbone.preprocess, options.max_image_bytes)
+    if calibration and calibration.images is None and (todo or shard) and not calibration.model_kept():
+        # the store's calibration images changed or went, and so did its quantised model: nothing can embed
+        # new images as its rows were, so it is calibrated afresh (every rank of a torchrun alike)
+        print(f"note: {path}: the quantised model its rows came from ({calibration.keep.name}) is gone or was made "
+              "otherwise, and its calibration images are no longer all in the dataset unchanged; calibrating "
+              "afresh", file=sys.stderr)
+        if old_store is not None:
+            old_store.close()
+        calibration = calibration_set(dataset.items, backbone.preprocess, max_bytes=options.max_image_bytes)
+        prov = provenance(calibration=calibration.record)
+        calibration = calibration.kept_at(store, prov)
+        known, old_store = _known_rows(path, journal, prov, options.overwrite)
+        records, todo, by_hash = _pending(items, known, backbone.preprocess, options.max_image_bytes)
 
     embedded = 0
     if todo:
@@ -402,6 +409,55 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     journal.clear()
     return Summary(path, len(rows), embedded, len(rows) - embedded, [(p, why) for p, why, *_ in skipped],
                    time.perf_counter() - started, str(device))
+
+
+def _calibration(dataset: Dataset, backbone: Backbone, stores: list[Path], journal: Journal, base: dict,
+                 options: Options) -> Calibration:
+    """int8's calibration: the one recorded by the first of `stores` (for a shard: the merged store, then its
+    own) or else the journal made as `base` says but for the calibration, its images read again where they
+    are all there (`recorded_calibration`), so new images never recompute a store; else, or with `overwrite`,
+    the dataset's own (`calibration_set`)."""
+    args = dict(preprocess=backbone.preprocess, max_bytes=options.max_image_bytes)
+    if not options.overwrite:
+        for path in stores:
+            try:
+                with FeatureStore(path) as s:  # one this run cannot read: `_known_rows` says so, or it is not ours
+                    record, made, rows = s.meta.calibration, {k: getattr(s.meta, k) for k in base}, s.paths
+            except (OSError, StoreError):
+                continue
+            if made == base and _is_calibration(record):
+                return recorded_calibration(dataset.items, record, rows=rows, **args)
+        if journal.parts():
+            try:
+                made = json.loads((journal.dir / "provenance.json").read_text())
+            except (OSError, ValueError):
+                made = {}
+            record = made.pop("calibration", None) if isinstance(made, dict) else None
+            if made == base and _is_calibration(record):
+                return recorded_calibration(dataset.items, record, **args)
+    return calibration_set(dataset.items, **args)
+
+
+def _is_calibration(record) -> bool:
+    """A calibration record as `calibration_set` writes it (or wrote it before its paths were listed)."""
+    paths = record.get("paths", []) if isinstance(record, dict) else None
+    return isinstance(paths, list) and all(isinstance(p, str) for p in paths) \
+        and isinstance(record.get("images"), int) and isinstance(record.get("sha256"), str)
+
+
+def _pending(items, known, preprocess, max_bytes: int) -> tuple[list[Record | None], list[int], dict]:
+    """Each item's record where `known` settles it, the indices of those to embed, and the known rows by hash."""
+    by_hash = {r.hash: r for r in known.values() if r.hash and r.source}
+    records: list[Record | None] = [None] * len(items)
+    todo = []
+    for i, it in enumerate(items):
+        r = known.get(it.rel)
+        if r is not None and not r.reason and r.stamp and r.stamp == file_stamp(it.path):
+            records[i] = r
+        else:
+            todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
+    todo = _recheck(items, todo, known, by_hash, records, preprocess, max_bytes)
+    return records, todo, by_hash
 
 
 def _recheck(items, todo, known, by_hash, records, preprocess, max_bytes: int) -> list[int]:

@@ -10,8 +10,10 @@ stay fp32. The embeddings are not those of fp32: `python -m benchmarks speed` me
 fp32 and the downstream cost.
 
 Calibration uses images of the dataset itself: the `CALIBRATION_IMAGES` listed files whose path hashes
-lowest (stable as images are added, spread over the classes), by their content hashes part of the
-store's provenance and reuse key, so every row of a store comes from one quantised model.
+lowest (spread over the classes), their paths and (a hash of their paths and contents) part of the store's
+provenance and reuse key, so every row of a store comes from one quantised model. Once a store has them, they
+are the store's: a later run keeps its calibration record and embeds new images with its kept model, even
+where new files hash lower (`recorded_calibration`); `--overwrite` calibrates afresh.
 """
 import contextlib
 import copy
@@ -50,8 +52,8 @@ KEY = "featbench_key"  # the kept model's metadata entry: `Calibration.key`
 class Calibration(NamedTuple):
     """The calibration images (uint8 NCHW), their record for the store's provenance and, for a store, where its
     quantised model is kept (`kept_model`)."""
-    images: torch.Tensor
-    record: dict  # {images: count, sha256: of the images' relative paths and content hashes}
+    images: torch.Tensor | None  # None: a store's recorded images no longer all in the listing, unchanged
+    record: dict  # {images: count, sha256: of the images' relative paths and content hashes, paths: in order}
     keep: Path | None = None  # the .onnx beside the store; None: quantised afresh, not kept
     key: str = ""  # what the kept model must have been made from: the store's provenance, settings and versions
 
@@ -66,6 +68,13 @@ class Calibration(NamedTuple):
         versions = [torch.__version__, timm.__version__, onnx.__version__, onnxruntime.__version__]
         key = json.dumps([provenance, CALIBRATION_IMAGES, PERCENTILE, FP32_CONVS, versions], sort_keys=True)
         return self._replace(keep=store.with_suffix(".onnx"), key=hashlib.sha256(key.encode()).hexdigest())
+
+    def model_kept(self) -> bool:
+        """True when the model kept at `keep` was made under `key` (checked under the lock `kept_model` takes)."""
+        if self.keep is None:
+            return False
+        with FileLock(str(self.keep) + ".lock"):
+            return _kept_bytes(self) is not None
 
 
 def check_precision(precision: str, device: torch.device, compile: bool = False, optimize: bool = True) -> None:
@@ -91,19 +100,55 @@ def calibration_set(items, preprocess: Preprocess, n: int = CALIBRATION_IMAGES,
     """Up to `n` decodable images of `items` (`Item`s), those whose relative path hashes lowest, read as the
     pipeline reads them (`read_file`: regular files of at most `max_bytes`)."""
     ranked = sorted(items, key=lambda it: hashlib.sha256(it.rel.encode()).digest())
-    images, digest = [], hashlib.sha256()
+    images, paths, digest = [], [], hashlib.sha256()
     for it in ranked:
         if len(images) == n:
             break
         try:
-            data, _ = read_file(it.path, max_bytes)
-            images.append(load(data, preprocess))
+            image, line = _read(it, preprocess, max_bytes)
         except (OSError, BadImage):
             continue
-        digest.update(f"{it.rel}\0{content_hash(data)}\n".encode())
+        images.append(image)
+        paths.append(it.rel)
+        digest.update(line)
     if not images:
         raise FeatbenchError("--precision int8: no image of the dataset could be decoded to calibrate on")
-    return Calibration(torch.stack(images), {"images": len(images), "sha256": digest.hexdigest()})
+    return Calibration(torch.stack(images), {"images": len(images), "sha256": digest.hexdigest(), "paths": paths})
+
+
+def recorded_calibration(items, record: dict, preprocess: Preprocess, max_bytes: int = MAX_IMAGE_BYTES,
+                         rows=()) -> Calibration:
+    """The calibration a store records (`record`), its images read again from `items` where they are all
+    there unchanged, else None (then only the store's kept model can embed its new images). A record before
+    its paths were listed is found again as the calibration set of the listing or of the store's `rows` (paths)."""
+    if "paths" not in record:
+        rows = set(rows)
+        for among in (items, [it for it in items if it.rel in rows]):
+            try:
+                found = calibration_set(among, preprocess, record["images"], max_bytes)
+            except FeatbenchError:
+                continue
+            if found.record["sha256"] == record["sha256"]:
+                return found._replace(record=record)
+        return Calibration(None, record)
+    by_rel = {it.rel: it for it in items}
+    images, digest = [], hashlib.sha256()
+    for rel in record["paths"]:
+        try:
+            image, line = _read(by_rel[rel], preprocess, max_bytes)
+        except (KeyError, OSError, BadImage):
+            return Calibration(None, record)
+        images.append(image)
+        digest.update(line)
+    if not images or digest.hexdigest() != record["sha256"]:
+        return Calibration(None, record)
+    return Calibration(torch.stack(images), record)
+
+
+def _read(item, preprocess: Preprocess, max_bytes: int) -> tuple[torch.Tensor, bytes]:
+    """One calibration image, and its line of the calibration set's hash."""
+    data, _ = read_file(item.path, max_bytes)
+    return load(data, preprocess), f"{item.rel}\0{content_hash(data)}\n".encode()
 
 
 def _onnxruntime():
@@ -248,16 +293,30 @@ def kept_model(model: nn.Module, calibration: Calibration, optimize: bool = True
 def _kept_model(model: nn.Module, calibration: Calibration, optimize: bool) -> OrtModel:
     import onnx
 
+    data = _kept_bytes(calibration)
+    if data is not None:
+        return OrtModel(data, optimize)
+    if calibration.images is None:
+        raise FeatbenchError(f"{calibration.keep}: gone or made otherwise, and the store's calibration images are "
+                             "no longer all in the dataset unchanged; re-run to calibrate afresh (or --overwrite)")
+    fresh = quantized_model(model, calibration.images, optimize)
+    graph = onnx.load_from_string(fresh.onnx)
+    onnx.helper.set_model_props(graph, {KEY: calibration.key})
+    atomic_write(calibration.keep, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
+    return fresh
+
+
+def _kept_bytes(calibration: Calibration) -> bytes | None:
+    """The model kept at `calibration.keep` when it was made under `calibration.key`; None where it is missing,
+    unreadable, not an ONNX model or made under another key."""
+    import onnx
+
     keep = calibration.keep
     if keep.is_file() and not keep.is_symlink():
         try:
             data = keep.read_bytes()
             if {p.key: p.value for p in onnx.load_from_string(data).metadata_props}.get(KEY) == calibration.key:
-                return OrtModel(data, optimize)
+                return data
         except Exception:  # unreadable, or not an ONNX model: quantised again and replaced
             pass
-    fresh = quantized_model(model, calibration.images, optimize)
-    graph = onnx.load_from_string(fresh.onnx)
-    onnx.helper.set_model_props(graph, {KEY: calibration.key})
-    atomic_write(keep, lambda tmp: tmp.write_bytes(graph.SerializeToString()))
-    return fresh
+    return None

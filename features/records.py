@@ -63,7 +63,7 @@ class Extraction:
     amp_dtype: str | None = None  # its type (float16 or bfloat16) where `amp`; None in stores before it was kept
     gpu_decode: bool | None = None  # JPEGs decoded on the GPU (`--gpu-decode`); None: on the CPU
     precision: str = "fp32"  # the model's arithmetic on CPU: fp32, bf16 or int8 (stores before it: fp32)
-    calibration: dict | None = None  # int8: {images, sha256} of the calibration images (`extract.quantize`)
+    calibration: dict | None = None  # int8: {images, sha256, paths (older stores: none)} of its calibration images
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
     dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
     split_fractions: list | None = None

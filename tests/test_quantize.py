@@ -249,3 +249,178 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
     with pytest.raises(FeatbenchError, match="not the same labelled images"):
         precision.compare(other, fp32, folds=3)
     assert not list(scratch.iterdir())  # the logreg models of every comparison went to deleted folders
+
+
+def _grow(folder, tiny, into: int = 1, outside: int = 1) -> tuple[list[str], list[str]]:
+    """Write new images into `folder`: `into` that `calibration_set` puts among the calibration images of the
+    grown listing, `outside` that it does not; returns their names."""
+    from extract.datasets import Item
+
+    items = load_dataset(folder).items
+    base = calibration_set(items, tiny.preprocess).record["sha256"]
+    names = {True: [], False: []}
+    for i in range(1000, 1400):
+        if len(names[True]) == into and len(names[False]) == outside:
+            break
+        path = write_image(folder / f"cat.{i}.jpg", i)
+        moved = calibration_set([*items, Item(path, path.name)], tiny.preprocess).record["sha256"] != base
+        if len(names[moved]) < (into if moved else outside):
+            names[moved].append(path.name)
+        else:
+            path.unlink()
+    assert (len(names[True]), len(names[False])) == (into, outside)
+    return names[True], names[False]
+
+
+@pytest.fixture
+def forty(tmp_path):
+    """40 synthetic images: more than the 32 calibration images, so only some new images hash among them."""
+    root = tmp_path / "forty"
+    for i in range(20):
+        write_image(root / f"cat.{i}.jpg", i)
+        write_image(root / f"dog.{i}.jpg", 100 + i)
+    return root
+
+
+INT8 = dict(progress=False, batch_size=8, workers=0, precision="int8")
+
+
+def _rows(path) -> dict:
+    with FeatureStore(path) as fs:
+        return dict(zip(fs.paths, fs.embeddings(np.arange(len(fs.paths)))))
+
+
+def test_new_images_hashing_into_the_calibration_set_keep_the_stores_rows_and_model(forty, tmp_path, tiny,
+                                                                                      monkeypatch):
+    """Once a store has an int8 model, the calibration set is the store's: new images (here one that hashes
+    among the lowest 32, one that does not) are embedded with the kept model; the existing rows, the calibration
+    record and the kept model stay as they are, and nothing is quantised again (torchrun's ranks alike)."""
+    from extract import quantize
+    from extract.images import load
+    from extract.quantize import OrtModel
+
+    first = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    assert first.embedded == 40
+    kept = first.path.with_suffix(".onnx")
+    model = kept.read_bytes()
+    before = _rows(first.path)
+    with FeatureStore(first.path) as fs:
+        record = fs.meta.calibration
+    assert len(record["paths"]) == record["images"] == 32  # which images, in the store's provenance
+    into, outside = _grow(forty, tiny)
+
+    def no_quantising(*args, **kwargs):
+        raise AssertionError("quantised again")
+    monkeypatch.setattr(quantize, "quantized_model", no_quantising)
+    again = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    assert (again.embedded, again.reused, again.rows) == (2, 40, 42)
+    assert kept.read_bytes() == model
+    rows = _rows(again.path)
+    with FeatureStore(again.path) as fs:
+        assert fs.meta.calibration == record and fs.meta.images_embedded == 2
+    assert set(rows) == set(before) | {*into, *outside}
+    for p, row in before.items():
+        assert rows[p].tobytes() == row.tobytes(), p
+    new = sorted(into + outside)
+    x = torch.stack([load((forty / p).read_bytes(), tiny.preprocess) for p in new])
+    with torch.inference_mode():
+        np.testing.assert_allclose(np.stack([rows[p] for p in new]), OrtModel(model)(x).numpy(), rtol=1e-5,
+                                   atol=1e-5)
+    for r in (0, 1):  # torchrun's ranks take the merged store's calibration and share its kept model
+        shard = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8), shard=(r, 2)).path
+        with FeatureStore(shard) as fs:
+            assert fs.meta.calibration == record
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["paths-listed", "before-paths-were-listed"])
+def test_a_stores_gone_model_is_quantised_again_on_the_stores_calibration_images(forty, tmp_path, tiny, monkeypatch,
+                                                                                 listed):
+    """Without its kept model, a grown store's model is quantised again on the images its record names (or, for
+    a record of before their paths were listed, those of its rows that give its hash), not on the grown
+    listing's lowest-hashing ones: its rows stay."""
+    from extract import pipeline, quantize
+
+    if not listed:
+        real = pipeline.calibration_set
+
+        def unlisted(*args, **kwargs):
+            c = real(*args, **kwargs)
+            return c._replace(record={k: v for k, v in c.record.items() if k != "paths"})
+        monkeypatch.setattr(pipeline, "calibration_set", unlisted)
+    first = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    before = _rows(first.path)
+    with FeatureStore(first.path) as fs:
+        record = fs.meta.calibration
+    assert ("paths" in record) == listed
+    calibration = calibration_set(load_dataset(forty).items, tiny.preprocess).images
+    _grow(forty, tiny, into=2, outside=0)
+    first.path.with_suffix(".onnx").unlink()
+    real_quantised, used = quantize.quantized_model, []
+
+    def quantised(model, images, *args):
+        used.append(images)
+        return real_quantised(model, images, *args)
+    monkeypatch.setattr(quantize, "quantized_model", quantised)
+    again = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    assert (again.embedded, again.reused) == (2, 40) and len(used) == 1 and torch.equal(used[0], calibration)
+    with FeatureStore(again.path) as fs:
+        assert fs.meta.calibration == record
+    rows = _rows(again.path)
+    assert all(rows[p].tobytes() == row.tobytes() for p, row in before.items())
+    assert first.path.with_suffix(".onnx").is_file()  # kept again
+
+
+def test_a_store_whose_calibration_images_and_model_are_both_gone_is_calibrated_afresh(forty, tmp_path, tiny,
+                                                                                       capsys):
+    """A calibration image changed: while the kept model is there, the store keeps its calibration (that
+    image is embedded again with it, alone); once the model is gone too, nothing can embed new images as the
+    rows were, so the store is calibrated afresh on the listing and recomputed, with a note."""
+    first = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    with FeatureStore(first.path) as fs:
+        record = fs.meta.calibration
+    changed = record["paths"][0]
+    write_image(forty / changed, 999)
+    again = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    assert (again.embedded, again.reused) == (1, 39)
+    with FeatureStore(again.path) as fs:
+        assert fs.meta.calibration == record
+    first.path.with_suffix(".onnx").unlink()
+    assert extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8)).embedded == 0  # no need
+    capsys.readouterr()
+    _grow(forty, tiny, into=0, outside=1)
+    fresh = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    assert (fresh.embedded, fresh.reused) == (41, 0)
+    assert "calibrating afresh" in capsys.readouterr().err
+    with FeatureStore(fresh.path) as fs:
+        assert fs.meta.calibration == calibration_set(load_dataset(forty).items, tiny.preprocess).record != record
+    assert first.path.with_suffix(".onnx").is_file()
+
+
+def test_an_interrupted_int8_run_resumes_with_its_calibration_when_images_are_added(forty, tmp_path, tiny,
+                                                                                    monkeypatch):
+    """The journal of an interrupted first run keeps its calibration too: images added before the re-run do not
+    throw its finished batches away."""
+    from extract import quantize
+
+    calls = []
+    real_append = Journal.append
+
+    def crash_after_two_batches(self, *args):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real_append(self, *args)
+    monkeypatch.setattr(Journal, "append", crash_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    monkeypatch.undo()
+    record = calibration_set(load_dataset(forty).items, tiny.preprocess).record
+    _grow(forty, tiny, into=1, outside=0)
+
+    def no_quantising(*args, **kwargs):
+        raise AssertionError("quantised again")
+    monkeypatch.setattr(quantize, "quantized_model", no_quantising)
+    resumed = extract(load_dataset(forty), tiny, tmp_path / "out", options=Options(**INT8))
+    assert (resumed.embedded, resumed.reused) == (41 - 16, 16)
+    with FeatureStore(resumed.path) as fs:
+        assert fs.meta.calibration == record
