@@ -6,7 +6,7 @@ split (a fine-tune whose metrics already exist for this split, weights and setti
 then the report in OUT/DATASET/report/. The config (its [dataset] table as featbench.toml's; the
 dataset flags override it):
 
-    [dataset]                  # a relative path is relative to the config file
+    [dataset]                  # a relative path (path, out) is relative to the config file
     path = "../../../shared/data/dogs-vs-cats/train"
     splits = [0.7, 0.15, 0.15]
     seed = 0

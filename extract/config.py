@@ -11,7 +11,8 @@ The config file is `featbench.toml` in the working directory (or `--config FILE`
     seed = 0                 # the split seed (--seed)
     out = "runs"             # the output folder (--out): OUT/DATASET/ holds stores, models and reports
 
-Each key has the flag of the same name (`path`: --data); `resolve` merges them, flags first.
+Each key has the flag of the same name (`path`: --data); `resolve` merges them, flags first. A relative
+`path` or `out` in the file is relative to the file's folder; the flags' are relative to the working directory.
 """
 import argparse
 import tomllib
@@ -44,7 +45,8 @@ def add_dataset_args(parser: argparse.ArgumentParser, config: bool = True) -> No
     """The dataset flags; `config=False` leaves out --config (for a command that reads its own config)."""
     g = parser.add_argument_group("dataset (flags override the config's [dataset] table)")
     if config:
-        g.add_argument("--config", type=Path, help=f"config file (default: ./{CONFIG_NAME} if present)")
+        g.add_argument("--config", type=Path, help=f"config file (default: ./{CONFIG_NAME} if present); a relative "
+                                                   "path or out in it is relative to its folder")
     g.add_argument("--data", help="dataset folder or CSV file")
     g.add_argument("--format", help="dogs-vs-cats | oxford-pets | imagefolder | csv (default: auto-detect)")
     g.add_argument("--target", help="oxford-pets: breed (37 classes, default) or species (cat/dog)")
@@ -99,8 +101,14 @@ def resolve(config: Path | None = None, data=None, format: str | None = None, ta
     merged.update({k: v for k, v in given.items() if v is not None})
     if need_data and not merged["path"]:
         raise FeatbenchError(f"no dataset configured: pass --data PATH or write a [dataset] path in ./{CONFIG_NAME}")
-    path = Path(merged["path"]) if merged["path"] else None
-    if path is not None and not path.is_absolute() and data is None and config:
-        path = config.parent / path  # a config's path is relative to the config file
+    path = _located(merged["path"], config if data is None else None) if merged["path"] else None
+    out = _located(merged["out"], config if out is None and "out" in cfg else None)
     return DatasetSettings(path, merged["format"], merged["target"], merged["name"],
-                           split_fractions(merged["splits"]), int(merged["seed"]), Path(merged["out"]))
+                           split_fractions(merged["splits"]), int(merged["seed"]), out)
+
+
+def _located(value, config: Path | None) -> Path:
+    """A path setting: relative to the folder of `config` when it comes from that file, else to the working
+    directory (a flag, a default, or ./featbench.toml, whose folder that is)."""
+    path = Path(value)
+    return config.parent / path if config and not path.is_absolute() else path

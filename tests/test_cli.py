@@ -283,3 +283,19 @@ def test_a_name_that_is_not_one_folder_name_is_one_line_and_writes_nothing(tmp_p
     assert rc == 2 and err.count("\n") == 1
     assert f"dataset name {name!r} (--name, or [dataset] name): it names one folder in --out" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pics"]
+
+
+def test_a_config_files_relative_paths_are_relative_to_it_and_flags_to_the_working_directory(tmp_path, monkeypatch):
+    """A config file's `path` and `out` are read from its folder (as `path` always was); the same values given
+    as --data and --out are read from the working directory, and `out`'s default, `runs`, is too."""
+    config = tmp_path / "project" / "conf" / "bench.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[dataset]\npath = "../pics"\nout = "../stores"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = resolve(config=Path("project/conf/bench.toml"))
+    assert settings.path == Path("project/conf/../pics") and settings.out == Path("project/conf/../stores")
+    flags = resolve(config=Path("project/conf/bench.toml"), data="pics", out=Path("stores"))
+    assert flags.path == Path("pics") and flags.out == Path("stores")
+    config.write_text('[dataset]\npath = "/abs/pics"\n')
+    settings = resolve(config=Path("project/conf/bench.toml"))
+    assert settings.path == Path("/abs/pics") and settings.out == Path("runs")
