@@ -163,10 +163,15 @@ def _dogs_vs_cats(root: Path):
     return ["cat", "dog"], items, unlisted
 
 
+def _pets_images(root: Path) -> Path:
+    """An Oxford-IIIT Pet dataset's folder of images: `root/images` when the images are there (the release's
+    layout), so that the release's folder and its images/ are one dataset: one root, paths, splits and name."""
+    return root / "images" if (root / "images").is_dir() and not _image_names(root) else root
+
+
 def _oxford_pets(root: Path, target: str):
-    folder = root / "images" if (root / "images").is_dir() and not _image_names(root) else root
     found, unlisted = [], []
-    for p in _files(folder):
+    for p in _files(root):
         rel = p.relative_to(root).as_posix()
         m = PETS.match(p.name)
         if m is None:
@@ -295,6 +300,8 @@ def load_dataset(path, format: str = "auto", target: str = "breed", name: str = 
                              "--data FILE.csv, a CSV of path,label[,split] (or drop --format csv for a folder)")
     if target not in ("breed", "species"):
         raise FeatbenchError(f"unknown --target {target!r}; choose breed or species")
+    if fmt == "oxford-pets":
+        root = _pets_images(root)
     if fmt == "dogs-vs-cats":
         classes, items, unlisted = _dogs_vs_cats(root)
     elif fmt == "oxford-pets":

@@ -196,13 +196,14 @@ def test_oxford_pets_from_its_root_lists_what_it_cannot_label(tmp_path):
     for i, n in enumerate(names):
         write_image(root / "images" / n, i)
     ds = load_dataset(root, target="species")  # 10 of 11 names are Breed_N: detected as oxford-pets
-    assert ds.format == "oxford-pets" and ds.name == "my-pets-species" and ds.root == root.resolve()
-    assert [it.rel for it in ds.items] == [f"images/{n}" for n in sorted(names[:-1])]
+    images = (root / "images").resolve()  # the root is images/, as with --data root/images: one dataset
+    assert ds.format == "oxford-pets" and ds.name == "my-pets-species" and ds.root == images
+    assert [it.rel for it in ds.items] == sorted(names[:-1])
     assert [it.label for it in ds.items] == [0] * 5 + [1] * 5 and ds.class_names == ["cat", "dog"]
-    assert ds.unlisted == [("images/README.jpg", "no breed in file name (expected Breed_N.jpg)")]
-    assert ds.describe() == {"root": str(root.resolve()), "format": "oxford-pets", "name": "my-pets-species",
+    assert ds.unlisted == [("README.jpg", "no breed in file name (expected Breed_N.jpg)")]
+    assert ds.describe() == {"root": str(images), "format": "oxford-pets", "name": "my-pets-species",
                              "target": "species", "classes": 2, "files": 11}
-    assert load_dataset(root / "images").name == "my-pets-breed"  # images/ is named after its parent
+    assert load_dataset(root / "images", target="species") == ds  # images/ is named after its parent
 
 
 def test_dogs_vs_cats_lists_unlabelled_names_with_the_reason(dvc_folder):

@@ -197,6 +197,23 @@ def test_two_datasets_with_one_name_do_not_share_a_store(tmp_path, tiny, monkeyp
     assert run(a, tmp_path / "resumed", tiny).embedded == 0
 
 
+def test_an_oxford_pets_folder_and_its_images_folder_are_one_dataset(tmp_path, tiny):
+    """`--data pets` (the release's layout, images in images/) and `--data pets/images` are both `pets-breed`:
+    one dataset, with one root, the same paths and splits, so the second run reuses every row of the first."""
+    for i in range(4):
+        write_image(tmp_path / "pets" / "images" / f"Bengal_{i}.jpg", i)
+        write_image(tmp_path / "pets" / "images" / f"pug_{i}.jpg", 50 + i)
+    (tmp_path / "pets" / "annotations").mkdir()
+    first = run(tmp_path / "pets", tmp_path / "out", tiny)
+    second = run(tmp_path / "pets" / "images", tmp_path / "out", tiny)
+    assert first.path == second.path == tmp_path / "out" / "pets-breed" / "resnet10t-random-init.h5"
+    assert (second.embedded, second.reused) == (0, 8)
+    with FeatureStore(second.path) as s:
+        assert s.meta.dataset["root"] == str((tmp_path / "pets" / "images").resolve())
+        assert s.paths == sorted(f"{b}_{i}.jpg" for b in ("Bengal", "pug") for i in range(4))
+    assert run(tmp_path / "pets", tmp_path / "out", tiny).reused == 8
+
+
 def test_a_damaged_block_alone_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
     """Values written over a store's rows (NaN, and 1e30, which is finite) fail their block's checksum: a
     re-run re-embeds that block only, and the store is then bit for bit the one a clean run writes."""
