@@ -87,7 +87,7 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def verify_command(args) -> int:
-    """One line per store (OK, damaged rows, or unverified); exit 1 when any store is damaged."""
+    """One line per store (OK, what is wrong with it, or unverified); exit 1 when anything is wrong."""
     results = [verify(f) for f in args.files]
     print("\n".join(line for _, line in results))
     return 0 if all(ok for ok, _ in results) else 1
@@ -124,8 +124,8 @@ def export_command(args) -> int:
 
 CLI = CommandLine("python -m features", __doc__, {
     "info": Command("summarise stores: what they hold and how they were made", add_info_arguments, info_command),
-    "verify": Command("check each block of a store's embeddings against its checksum", add_verify_arguments,
-                      verify_command),
+    "verify": Command("check a store's embeddings against their checksums, and its labels and splits",
+                      add_verify_arguments, verify_command),
     "merge": Command("merge shards 0..N-1 of a distributed extraction into one store", add_merge_arguments,
                      merge_command),
     "export": Command("write a store's embeddings, paths, labels and splits as npy arrays or a parquet table",

@@ -10,7 +10,9 @@ import numpy as np
 
 from features.errors import DamagedStore, StoreError
 from features.records import StoreMeta
-from features.schema import FORMAT, NO_LABEL, ROW_DATASETS, SKIPPED_COLUMNS, SPLITS, crc
+from features.schema import FORMAT, NO_LABEL, ROW_DATASETS, SKIPPED_COLUMNS, SPLITS, crc, split_fingerprint
+
+REWRITE = "rewrite them (it reuses the embeddings that are intact)"
 
 
 @dataclass
@@ -188,8 +190,34 @@ class FeatureStore:
         return (f"{sum(hi - lo for lo, hi in ranges)} damaged rows (rows {shown}{more}; first "
                 f"{self.paths[ranges[0][0]]})")
 
+    def row_problems(self) -> list[str]:
+        """What is wrong with the labels, splits and paths (cheap next to the checksums): labels outside the
+        store's classes (-1: unlabelled), split codes outside `SPLITS`, and values that no longer hash to the
+        split fingerprint written with them (edited after writing); [] when nothing is."""
+        problems = [self._out_of_range("label", self.labels, NO_LABEL, len(self.class_names),
+                                       f"its {len(self.class_names)} classes"),
+                    self._out_of_range("split code", self.splits, 0, len(SPLITS),
+                                       f"0-{len(SPLITS) - 1}, {'/'.join(SPLITS)}")]
+        problems = [p for p in problems if p]
+        if not problems and split_fingerprint(self.paths, self.labels, self.splits) != self.split_fingerprint:
+            problems.append("labels, splits or paths that differ from those written (not their split fingerprint)")
+        return problems
+
+    def _out_of_range(self, what: str, values: np.ndarray, lo: int, hi: int, within: str) -> str | None:
+        """`N labels outside its 3 classes (row 4, img/4.jpg: 7)` for the values not in [lo, hi), or None."""
+        bad = np.flatnonzero((values < lo) | (values >= hi))
+        if not len(bad):
+            return None
+        i = int(bad[0])
+        return f"{len(bad)} {what}{'s' * (len(bad) > 1)} outside {within} (row {i}, {self.paths[i]}: {values[i]})"
+
     def check_intact(self) -> None:
-        """Refuse, with one line naming the rows, a store whose embeddings no longer match their checksums."""
+        """Refuse, with one line, a store whose labels, splits or paths are not as written (`row_problems`) or
+        whose embeddings no longer match their checksums (naming the rows)."""
+        problems = self.row_problems()
+        if problems:
+            raise StoreError(f"{self.path}: {'; '.join(problems)}; see `python -m features verify {self.path}`, "
+                             f"and re-run `python -m extract` on its dataset to {REWRITE}")
         bad = self.damaged_rows()
         if bad:
             raise StoreError(f"{self.path}: {self.describe_damage(bad)}: the embeddings changed after they were "
@@ -222,10 +250,14 @@ def check_root(where: Path, dataset: dict | None, root) -> None:
 
 
 def verify(path) -> tuple[bool, str]:
-    """Check a store's embeddings against their checksums: (False when some are damaged, one line saying
-    `OK`, the damaged rows, or `unverified` for a store written without checksums)."""
+    """Check a store's labels, splits and paths (`row_problems`) and its embeddings against their checksums:
+    (False when something is wrong, one line saying `OK`, what is wrong, or `unverified` for a store whose
+    embeddings were written without checksums)."""
     with FeatureStore(path) as store:
-        bad = store.damaged_rows()
+        problems, bad = store.row_problems(), store.damaged_rows()
+        if problems:
+            found = "; ".join(problems + ([store.describe_damage(bad)] if bad else []))
+            return False, f"{store.path}: {found}; re-run `python -m extract` on its dataset to {REWRITE}"
         if bad is None:
             return True, (f"{store.path}: unverified ({len(store.paths)} rows, written without checksums); "
                           "`python -m extract --overwrite` rewrites it with them")

@@ -1,6 +1,7 @@
 """The feature store: round trip, split access, streaming, and clear errors for foreign or broken files;
 the versioned records of a store's metadata and a model's metrics."""
 import json
+import re
 import subprocess
 import sys
 
@@ -340,6 +341,37 @@ def test_a_store_without_checksums_reads_and_is_unverified(tmp_path):
         np.testing.assert_array_equal(s.embeddings(np.arange(50)), X)
     assert verify(path) == (True, (f"{path}: unverified (50 rows, written without checksums); `python -m extract "
                                    "--overwrite` rewrites it with them"))
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("labels", 3, "1 label outside its 3 classes (row 4, img/4.jpg: 3)"),
+    ("labels", -2, "1 label outside its 3 classes (row 4, img/4.jpg: -2)"),
+    ("splits", 3, "1 split code outside 0-2, train/val/test (row 4, img/4.jpg: 3)"),
+    ("splits", -1, "1 split code outside 0-2, train/val/test (row 4, img/4.jpg: -1)"),
+    ("labels", None, "labels, splits or paths that differ from those written (not their split fingerprint)"),
+    ("paths", "img/elsewhere.jpg", "labels, splits or paths that differ from those written"),
+])
+def test_verify_and_export_find_labels_and_splits_changed_after_writing(tmp_path, capsys, name, value, expected):
+    """A label outside the store's classes or a split code outside train/val/test (a hand-edited or damaged store)
+    fails verify, and export, classify and merge (`check_intact`) refuse it in one line naming the store, as they
+    do labels, splits or paths edited in range (the split fingerprint no longer matches); export used to raise an
+    IndexError, or write a split code of -1 as `test`, and verify checked the embeddings only."""
+    from features.__main__ import main as features_main
+    from features.cli import run_cli
+    from features.reader import verify
+    path = tmp_path / "s.h5"
+    _, labels, *_ = make_store(path)
+    with h5py.File(path, "r+") as f:
+        f[name][4] = (labels[4] + 1) % 3 if value is None else value
+    ok, line = verify(path)
+    assert not ok and line.startswith(f"{path}: {expected}") and "re-run `python -m extract`" in line
+    with FeatureStore(path) as s, pytest.raises(StoreError, match=f"^{re.escape(f'{path}: {expected}')}"):
+        s.check_intact()
+    assert run_cli(features_main, ["export", str(path), "--format", "npy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {expected}") and err.count("\n") == 1
+    assert f"python -m features verify {path}" in err and "re-run `python -m extract`" in err
+    assert not (tmp_path / "s-export").exists()
 
 
 @pytest.mark.parametrize("name,expected", [
