@@ -154,6 +154,8 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     exclusion = Exclusion(exclude, audit.read_flagged(exclude)) if exclude else None
     settings = resolve(config, **overrides)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
+    if exclusion:
+        exclusion.check_listing(dataset, settings.splits, settings.seed)  # before the extraction, not after it
     names = backbones or bench["backbones"]
     weight_files = {k: str(config.parent / v) for k, v in bench.get("weights", {}).items()}
     notes, stores, built = [], [], {}

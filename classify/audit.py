@@ -492,8 +492,12 @@ def summary(a: Audit, top: int = 5) -> str:
 
 def read_flagged(path) -> dict[str, set[str]]:
     """Each image path an audit.csv flags → the kinds it is flagged as, for `--exclude`; a file that is not one is
-    one line."""
+    one line: missing or not a regular file (never opened: a FIFO would hang), not CSV, without kind and path
+    columns, a row without a path or of another kind than `KINDS`, or no row at all."""
     path = Path(path)
+    if not path.is_file():
+        raise FeatbenchError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}; pass an "
+                             "audit.csv written by `python -m classify audit`")
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -502,7 +506,13 @@ def read_flagged(path) -> dict[str, set[str]]:
                                      "`python -m classify audit`)")
             flagged: dict[str, set[str]] = {}
             for r in reader:
+                if r["kind"] not in KINDS or not r["path"]:
+                    raise FeatbenchError(f"{path}:{reader.line_num}: not an audit.csv row (a kind of "
+                                         f"{', '.join(KINDS)} and a path expected, got {r['kind']!r}, "
+                                         f"{r['path']!r}); write one with `python -m classify audit`")
                 flagged.setdefault(r["path"], set()).add(r["kind"])
-            return flagged
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise FeatbenchError(f"{path}: cannot read the audit file ({e})") from None
+    if not flagged:
+        raise FeatbenchError(f"{path}: flags no image, so --exclude would leave nothing out; drop --exclude")
+    return flagged

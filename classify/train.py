@@ -28,12 +28,12 @@ from classify.metrics import evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, fit_fixed, score, sweep
 from extract.config import resolve
-from extract.datasets import load_dataset
+from extract.datasets import Dataset, assign_splits, load_dataset
 from features.atomic import atomic_write, check_folder
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
 from features.records import ModelMetrics, StoreMeta
-from features.schema import NO_LABEL, featbench_version
+from features.schema import NO_LABEL, SPLITS, featbench_version
 
 # BLAS runs single-threaded while heads train: these dense problems are small, and a second
 # OpenBLAS thread only spins when cores are shared (lbfgs on a small many-class store took many
@@ -320,16 +320,27 @@ class Exclusion:
         """Refuse, before any training, an audit that flags none of a store's images (an audit of another dataset)
         or every train image of a class (no head could learn that class without them)."""
         for s in stores:
-            if not self.flagged.keys() & {p for part in (s.train, s.val, s.test) for p in part.paths}:
-                raise FeatbenchError(f"--exclude {self.audit}: none of its {len(self.flagged)} flagged images is in "
-                                     f"{s.path}; pass the audit.csv of this dataset (`python -m classify audit`)")
-            before = np.bincount(s.train.y, minlength=len(s.class_names))
-            after = np.bincount(s.train.y[self.kept(s.train.paths)], minlength=len(s.class_names))
-            gone = np.flatnonzero((before > 0) & (after == 0))
-            if len(gone):
-                raise FeatbenchError(f"--exclude {self.audit}: it flags all {before[gone[0]]} train images of class "
-                                     f"{s.class_names[gone[0]]!r} in {s.path}, so no train images would be left for "
-                                     "it; drop that class's rows from the audit file or train without --exclude")
+            self._check(s.path, [p for part in (s.train, s.val, s.test) for p in part.paths], s.train.paths,
+                        s.train.y, s.class_names)
+
+    def check_listing(self, dataset: Dataset, fractions, seed: int) -> None:
+        """`check` on a dataset's listing, split as its stores will be: before they are extracted."""
+        codes = assign_splits(dataset.items, fractions, seed)
+        train = [it for it, c in zip(dataset.items, codes) if SPLITS[c] == "train" and it.label != NO_LABEL]
+        self._check(dataset.root, [it.rel for it in dataset.items], [it.rel for it in train],
+                    np.array([it.label for it in train], int), dataset.class_names)
+
+    def _check(self, where, paths: list, train_paths: list, train_y: np.ndarray, class_names: list) -> None:
+        if not self.flagged.keys() & set(paths):
+            raise FeatbenchError(f"--exclude {self.audit}: none of its {len(self.flagged)} flagged images is in "
+                                 f"{where}; pass the audit.csv of this dataset (`python -m classify audit`)")
+        before = np.bincount(train_y, minlength=len(class_names))
+        after = np.bincount(train_y[self.kept(train_paths)], minlength=len(class_names))
+        gone = np.flatnonzero((before > 0) & (after == 0))
+        if len(gone):
+            raise FeatbenchError(f"--exclude {self.audit}: it flags all {before[gone[0]]} train images of class "
+                                 f"{class_names[gone[0]]!r} in {where}, so no train images would be left for "
+                                 "it; drop that class's rows from the audit file or train without --exclude")
 
 
 def finish(c: Candidate, refit: bool) -> ModelMetrics:

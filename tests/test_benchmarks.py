@@ -533,6 +533,39 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
     assert rc == 2 and "no *.metrics.json" in err
 
 
+def test_a_bad_exclude_file_is_refused_before_any_extraction(tmp_path, capsys, monkeypatch):
+    """`run --exclude AUDIT`: a missing file, a folder, a file that is not an audit.csv (other columns, a kind
+    `classify audit` does not write, an empty path, no row), the audit of another dataset, one that flags every train
+    image of a class and a FIFO (opened, it would hang) are each one line naming the file, before any backbone is
+    made or extracted (all but the first two used to be found after the whole extraction, or hang)."""
+    from benchmarks import grid
+    for i in range(12):
+        write_image(tmp_path / "dvc" / f"cat.{i}.jpg", i)
+        write_image(tmp_path / "dvc" / f"dog.{i}.jpg", 100 + i)
+    config = write_config(tmp_path / "grid.toml", "dvc", ["resnet10t"], ["logreg"])
+    started = []
+    monkeypatch.setattr(grid, "create_backbone", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(grid, "extract", lambda *a, **k: started.append(a))
+    (tmp_path / "folder.csv").mkdir()
+    os.mkfifo(tmp_path / "fifo.csv")
+    cases = {"missing.csv": (None, "no such file"), "folder.csv": (None, ""),
+             "columns.csv": ("a,b\n1,2\n", "needs kind and path columns"),
+             "kind.csv": ("kind,path\noutlier,cat.1.jpg\nsideways,cat.2.jpg\n", "kind.csv:3: not an audit.csv row"),
+             "no-path.csv": ("kind,path\noutlier,\n", "no-path.csv:2: not an audit.csv row"),
+             "no-row.csv": ("kind,path\n", "flags no image"),
+             "other.csv": ("kind,path\noutlier,elsewhere/1.jpg\n", "none of its 1 flagged images is in"),
+             "cats.csv": ("kind,path\n" + "".join(f"outlier,cat.{i}.jpg\n" for i in range(12)),
+                          "train images of class 'cat'"),
+             "fifo.csv": (None, "not a regular file")}
+    for name, (text, words) in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        rc, _, err = cli(capsys, "run", config, "--random-init", "--exclude", tmp_path / name, "--quiet",
+                         "--out", tmp_path / "runs")
+        assert rc == 2 and err.count("\n") == 1 and str(tmp_path / name) in err and words in err.lower(), (name, err)
+    assert started == [] and not (tmp_path / "runs").exists()
+
+
 def test_usage_and_subcommand_dispatch(capsys):
     rc, out, err = cli(capsys)
     assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, precision, audit, scale" in err
