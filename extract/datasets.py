@@ -4,6 +4,7 @@ import hashlib
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,6 +291,23 @@ def load_dataset(path, format: str = "auto", target: str = "breed", name: str = 
         raise FeatbenchError(f"dataset name {name!r} (--name, or [dataset] name): it names one folder in --out; "
                              "use no '/' or '\\' and do not start it with '.'")
     root = Path(path).expanduser()
+    with _readable(root):
+        return _load(root, format, target, name)
+
+
+@contextmanager
+def _readable(root: Path):
+    """A folder or file of the dataset this user may not read (a mode-000 root, a sub-folder, the CSV list),
+    whatever the format, as one line naming it and what to do."""
+    try:
+        yield
+    except OSError as e:
+        raise FeatbenchError(f"{e.filename or root}: cannot read it ({e.strerror or type(e).__name__}); make the "
+                             f"dataset readable (chmod -R u+rX {root}) or pass another --data") from None
+
+
+def _load(root: Path, format: str, target: str, name: str) -> Dataset:
+    """`load_dataset` of the path `root`."""
     fmt = detect_format(root) if format in ("", "auto", None) else format
     if fmt not in FORMATS:
         raise FeatbenchError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -435,3 +435,46 @@ def test_dogs_vs_cats_unread_sub_folders_are_listed_with_the_reason(tmp_path):
     write_image(tmp_path / "flat" / "cat.0.jpg", 0)
     write_image(tmp_path / "flat" / "train" / "dog.0.jpg", 1)
     assert load_dataset(tmp_path / "flat").unlisted == [("train", unread)]
+
+
+def deny(monkeypatch, locked: Path) -> None:
+    """`locked` acts as a mode-000 path does for a user other than root (tests may run as root, whom chmod does
+    not stop): listing or opening it fails with EACCES, and so does the stat of anything inside it."""
+    def refused(p):
+        return PermissionError(13, "Permission denied", str(p))
+
+    def at(p) -> Path | None:
+        return Path(p) if isinstance(p, (str, os.PathLike)) else None
+
+    def guard(real, inside: bool = False):
+        def call(p=".", *a, **k):
+            q = at(p)
+            if q is not None and (locked in q.parents if inside else q == locked):
+                raise refused(p)
+            return real(p, *a, **k)
+        return call
+    for name in ("listdir", "scandir"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    monkeypatch.setattr(os, "stat", guard(os.stat, inside=True))
+    monkeypatch.setattr("builtins.open", guard(open))
+
+
+@pytest.mark.parametrize("fmt", ["dogs-vs-cats", "oxford-pets", "imagefolder", "csv", "auto"])
+def test_unreadable_dataset_is_one_line_naming_it(tmp_path, monkeypatch, fmt):
+    """A dataset folder (or CSV list) this user may not read is one line naming it and what to do, whatever the
+    format, never a PermissionError's traceback."""
+    names = {"dogs-vs-cats": ["cat.0.jpg", "dog.0.jpg"], "oxford-pets": ["Abyssinian_1.jpg", "beagle_1.jpg"],
+             "imagefolder": ["cats/0.jpg", "dogs/0.jpg"], "auto": ["cat.0.jpg", "dog.0.jpg"]}
+    root = tmp_path / "data"
+    for i, name in enumerate(names.get(fmt, ["0.jpg"])):
+        write_image(root / name, i)
+    locked = root
+    if fmt == "csv":
+        locked = tmp_path / "list.csv"
+        locked.write_text("path,label\ndata/0.jpg,a\n")
+    deny(monkeypatch, locked)
+    with pytest.raises(FeatbenchError) as err:
+        load_dataset(locked, fmt)
+    where = locked / "images" if fmt == "oxford-pets" else locked  # looked for first, as the folder's images
+    assert str(err.value) == (f"{where}: cannot read it (Permission denied); make the dataset readable "
+                              f"(chmod -R u+rX {locked}) or pass another --data")
