@@ -16,11 +16,12 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -91,14 +92,16 @@ class Summary:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        reasons: dict[str, int] = {}
-        for _, why in self.skipped:
-            key = why.split(" (")[0]
-            reasons[key] = reasons.get(key, 0) + 1
-        why = "; ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
+        why = reason_counts(why for _, why in self.skipped)
         return (f"{self.path}: {self.rows} images stored ({self.embedded} embedded, {self.reused} reused), "
                 f"{len(self.skipped)} skipped{f' ({why})' if why else ''}; {self.seconds:.1f}s, "
                 f"{self.rate:.1f} img/s on {self.device}")
+
+
+def reason_counts(reasons: Iterable[str]) -> str:
+    """How many skips there are of each reason (its text before any ' ('): `3 empty file; 1 symbolic link loop`."""
+    counts = Counter(why.split(" (")[0] for why in reasons)
+    return "; ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
 def embeds_in_workers(device: torch.device, options: Options) -> bool:
@@ -381,8 +384,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     skipped = [(items[i].rel, r.reason, r.stamp, r.hash) for i, r in enumerate(records) if r.reason]
     skipped += [(rel, why, "", "") for rel, why in unlisted]
     if not rows and not shard:
-        raise FeatbenchError(f"{dataset.root}: none of the {len(items)} images could be embedded "
-                             f"(first reason: {skipped[0][1] if skipped else 'none'})")
+        raise _nothing_embedded(dataset.root, items, records, journal)
     labels, splits = [items[i].label for i in rows], codes[rows]
     stamps = [records[i].stamp for i in rows]
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
@@ -458,6 +460,15 @@ def _pending(items, known, preprocess, max_bytes: int) -> tuple[list[Record | No
             todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
     todo = _recheck(items, todo, known, by_hash, records, preprocess, max_bytes)
     return records, todo, by_hash
+
+
+def _nothing_embedded(root: Path, items: list[Item], records: list[Record], journal: Journal) -> FeatbenchError:
+    """The one-line refusal of a run that embedded no image, with its reasons. The journal keeps only the
+    embeddings it holds (an interrupted run's, reused once the files read again), else it goes."""
+    journal.prune()
+    return FeatbenchError(f"{root}: none of the {len(items)} images could be embedded "
+                          f"({reason_counts(r.reason for r in records)}; first: {items[0].rel}: {records[0].reason}); "
+                          "check --data")
 
 
 def _recheck(items, todo, known, by_hash, records, preprocess, max_bytes: int) -> list[int]:

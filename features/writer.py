@@ -107,6 +107,20 @@ class Journal:
                 out[path] = Record(stamp, digest, reason, src)
         return out
 
+    def prune(self) -> None:
+        """Remove the parts that hold no embedding (skips alone: every run judges those again), and the journal
+        when no part is left; a part whose record does not read is kept."""
+        for meta_file in self.parts():
+            try:
+                rows = "" in json.loads(meta_file.read_text())["reasons"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not rows:
+                meta_file.unlink()  # first: the commit point
+                meta_file.with_suffix(".npy").unlink(missing_ok=True)
+        if not self.parts():
+            self.clear()
+
     def append(self, paths, stamps, hashes, reasons, embeddings: np.ndarray) -> Path:
         """Add one finished batch; `embeddings` has a row per image whose reason is empty.
 

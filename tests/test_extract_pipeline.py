@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_images import BAD, hostile_files
 
+from extract import pipeline
 from extract.backbones import create_backbone
 from extract.datasets import load_dataset
 from extract.device import pick_device
@@ -118,6 +119,37 @@ def test_skip_reasons_say_why(dvc_folder, tmp_path, tiny, monkeypatch):
         why = {p: reason for p, reason, *_ in s.skipped}
     assert why.keys() == {"cat.90.jpg", "dog.91.jpg"}
     assert "decompression bomb" in why["cat.90.jpg"] and "Permission denied" in why["dog.91.jpg"]
+
+
+def test_nothing_embeddable_is_one_line_with_the_reasons_and_leaves_no_journal(dvc_folder, tmp_path, tiny,
+                                                                               monkeypatch):
+    """Every image corrupt: one line counting the reasons and naming the first, and no journal left behind (it
+    held skips alone, judged again on every run). A journal holding an interrupted run's embeddings is kept,
+    so that they are reused once the files read again."""
+    originals = {p: p.read_bytes() for p in dvc_folder.iterdir()}
+    for p in originals:
+        p.write_bytes(b"" if p.name.startswith("dog") else b"not an image")
+    journal = Journal(tmp_path / "out" / "dvc" / "resnet10t-random-init.h5").dir
+    with pytest.raises(FeatbenchError) as err:
+        run(dvc_folder, tmp_path / "out", tiny)
+    assert str(err.value) == (f"{dvc_folder}: none of the 24 images could be embedded (12 empty file; 12 not an "
+                              "image PIL can read; first: cat.0.jpg: not an image PIL can read); check --data")
+    assert not journal.exists()
+
+    for p, data in originals.items():
+        p.write_bytes(data)
+    monkeypatch.setattr(pipeline, "write_store", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # killed once every batch is in the journal
+        run(dvc_folder, tmp_path / "out", tiny)
+    monkeypatch.undo()
+    for p in originals:
+        p.write_bytes(b"")
+    with pytest.raises(FeatbenchError, match="none of the 24 images could be embedded"):
+        run(dvc_folder, tmp_path / "out", tiny)
+    assert journal.is_dir()
+    for p, data in originals.items():
+        p.write_bytes(data)
+    assert run(dvc_folder, tmp_path / "out", tiny).reused == 24
 
 
 def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, tiny):
