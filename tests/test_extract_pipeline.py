@@ -506,6 +506,26 @@ def test_second_extraction_process_refused_by_lock(tmp_path):
         assert len(s.paths) == 7 and np.isfinite(s.embeddings(np.arange(7))).all()
 
 
+def test_second_writer_refused_before_loading_the_backbone(dvc_folder, tmp_path, monkeypatch, capsys):
+    """The store's lock is taken before the weights load: a second writer fails fast, with the lock's line."""
+    from dataclasses import replace
+
+    from extract import backbones
+    from extract.__main__ import main
+    from features.cli import run_cli
+    from features.writer import store_lock
+    spec = backbones.REGISTRY["resnet18"]
+    monkeypatch.setitem(backbones.REGISTRY, "resnet18",
+                        replace(spec, arch=lambda: pytest.fail("the backbone was loaded before the lock")))
+    store = tmp_path / "out" / "dvc" / "resnet18-random-init.h5"
+    store.parent.mkdir(parents=True)
+    with store_lock(store):
+        assert run_cli(main, ["--data", str(dvc_folder), "--backbone", "resnet18", "--random-init", "--out",
+                              str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: {store}: another extraction is writing this store right now; wait "
+                                       f"for it to finish (or remove {store}.lock if no featbench process is running)\n")
+
+
 def test_cli_errors_are_one_line(tmp_path, dvc_folder):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "readme.txt").write_text("no images here")
