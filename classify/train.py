@@ -137,7 +137,19 @@ def load_store(path, features: bool = True, need_val: bool = True) -> Store:
             raise StoreError(f"{where}: class {names[unseen[0]]!r} has {split} images but none in train "
                              f"({len(unseen)} such classes); give every class train images (--splits, or the "
                              "CSV split column)")
+    _warn_absent_classes(where, names, parts)
     return Store(Path(path), Path(path).stem, meta, parts["train"], parts["val"], parts["test"])
+
+
+def _warn_absent_classes(where: Path, names: list, parts: dict) -> None:
+    """Warn of the classes of the store's list with no image in any split (each skipped at extraction)."""
+    present = {int(c) for data in parts.values() for c in data.y}
+    absent = [repr(c) for i, c in enumerate(names) if i not in present]
+    if absent:
+        absent = f"class{'es' * (len(absent) > 1)} {', '.join(absent)}"
+        print(f"warning: {where}: no image of {absent} is in this store (each was skipped at extraction: "
+              f"python -m features info {where} --skipped); the models never predict {absent}, whose test "
+              "precision and recall read 0", file=sys.stderr)
 
 
 def check_matching(stores: list[Store]) -> None:

@@ -412,6 +412,8 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     if old_store is not None:
         old_store.close()
     journal.clear()
+    if not shard:  # a shard may lack a class that the others hold
+        _warn_empty_classes(path, dataset.class_names, items, records)
     return Summary(path, len(rows), embedded, len(rows) - embedded, [(p, why) for p, why, *_ in skipped],
                    time.perf_counter() - started, str(device))
 
@@ -463,6 +465,20 @@ def _pending(items, known, preprocess, max_bytes: int) -> tuple[list[Record | No
             todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
     todo = _recheck(items, todo, known, by_hash, records, preprocess, max_bytes)
     return records, todo, by_hash
+
+
+def _warn_empty_classes(path: Path, class_names: list, items: list[Item], records: list[Record]) -> None:
+    """Warn of each class none of whose images was embedded. It stays in the class list: labels are indices into
+    it, shared by the dataset's stores of every backbone, and a later run that embeds its images keeps them."""
+    embedded = {it.label for it, r in zip(items, records) if not r.reason}
+    for c, name in enumerate(class_names):
+        if c in embedded:
+            continue
+        reasons = [r.reason for it, r in zip(items, records) if it.label == c]
+        what = (f"none of the {len(reasons)} images of class {name!r} could be embedded ({reason_counts(reasons)})"
+                if reasons else f"no image of class {name!r} is in the dataset")
+        print(f"warning: {path}: {what}; it stays in the class list, so labels keep their indices, but no model can "
+              "learn it: fix its images or take them out of the dataset", file=sys.stderr)
 
 
 def _nothing_embedded(root: Path, items: list[Item], records: list[Record], journal: Journal) -> FeatbenchError:

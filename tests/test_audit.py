@@ -263,7 +263,8 @@ def test_store_with_nan_features_is_one_line(tmp_path, capsys):
     """In a store without checksums (older featbench), where no checksum tells the damage."""
     import h5py
     X = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
-    store = make_store(tmp_path / "synth" / "a.h5", X, np.arange(60) % 2, np.arange(60) % 3, "alpha")
+    store = make_store(tmp_path / "synth" / "a.h5", X, np.arange(60) % 2, np.arange(60) % 3, "alpha",
+                       class_names=CLASSES[:2])
     with h5py.File(store, "r+") as f:
         f["embeddings"][3, 2] = np.nan
         del f["checksums"]

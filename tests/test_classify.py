@@ -605,6 +605,19 @@ def test_class_missing_in_train(good, capsys):
     nothing_written(folder)
 
 
+def test_a_class_without_images_is_named_in_a_warning(good, capsys):
+    """A class of the store's list with no image at all (each skipped at extraction) is named in a warning: the
+    models never predict it, and its precision and recall read 0."""
+    folder, X, y, splits = good
+    keep = y != 2
+    store = make_store(folder / "a.h5", X[keep], y[keep], splits[keep], "a")
+    rc, out, err = cli(capsys, "--features", store, "--head", "logreg", "--quiet")
+    assert rc == 0, err
+    assert err.startswith(f"warning: {store}: no image of class 'cat' is in this store (each was skipped at "
+                          f"extraction: python -m features info {store} --skipped); the models never predict "
+                          "class 'cat', whose test precision and recall read 0\n"), err
+
+
 def test_single_heads_on_stores_with_different_classes(good, capsys):
     folder, X, y, splits = good
     a = make_store(folder / "a.h5", X, y, splits, "a")
@@ -712,7 +725,7 @@ def test_too_few_images_for_stacking_folds(tmp_path, capsys):
     y = np.repeat([0, 1], 7)
     splits = np.tile([0, 0, 0, 0, 1, 1, 2], 2)  # 4 training images per class, fewer than 5 folds
     X = view(np.eye(2)[y] * 3, 8, 14, 0.3)
-    a, b = (make_store(tmp_path / f"{n}.h5", X, y, splits, n) for n in ("a", "b"))
+    a, b = (make_store(tmp_path / f"{n}.h5", X, y, splits, n, class_names=CLASSES[:2]) for n in ("a", "b"))
     rc_out_err = cli(capsys, "--features", a, b, "--head", "logreg", "stack", "--quiet")
     one_line_error(*rc_out_err, "stack head cannot be trained")
     nothing_written(tmp_path)

@@ -152,6 +152,25 @@ def test_nothing_embeddable_is_one_line_with_the_reasons_and_leaves_no_journal(d
     assert run(dvc_folder, tmp_path / "out", tiny).reused == 24
 
 
+def test_a_class_with_no_embedded_image_is_named_in_a_warning(tmp_path, tiny, capsys):
+    """A class whose every image is skipped stays in the class list (labels are indices into it, shared by the
+    dataset's stores of every backbone), and the run warns that no model can learn it, on every run."""
+    root = tmp_path / "fruit"
+    (root / "plums").mkdir(parents=True)
+    for i in range(3):
+        write_image(root / "apples" / f"{i}.jpg", i)
+        write_image(root / "pears" / f"{i}.jpg", 10 + i)
+        (root / "plums" / f"{i}.jpg").write_bytes(b"not an image")
+    warning = ("warning: {}: none of the 3 images of class 'plums' could be embedded (3 not an image PIL can "
+               "read); it stays in the class list, so labels keep their indices, but no model can learn it: fix "
+               "its images or take them out of the dataset\n")
+    for _ in range(2):
+        summary = run(root, tmp_path / "out", tiny)
+        assert capsys.readouterr().err == warning.format(summary.path)
+    with FeatureStore(summary.path) as s:
+        assert s.class_names == ["apples", "pears", "plums"] and sorted(set(s.labels.tolist())) == [0, 1]
+
+
 def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, tiny):
     path = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
     journal = Journal(path)
