@@ -204,7 +204,7 @@ def finetune_curves(metrics: list[ModelMetrics]) -> bytes | None:
 
 def _thumbnail(path: Path, side: int = 224) -> np.ndarray | None:
     try:
-        img = decode(path.read_bytes())
+        img = decode(path.read_bytes(), side)  # draft: a 200 MP photo decodes at the scale of its thumbnail
     except (OSError, BadImage):
         return None
     img.thumbnail((side, side))

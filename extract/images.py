@@ -1,9 +1,10 @@
 """Turning any file into model input, or into a reason why not.
 
 Handles truncated/corrupt files, zero-byte files, GIF/PNG named `.jpg`, CMYK, grayscale, 16-bit and
-palette PNGs, alpha (composited on white), EXIF rotation and decompression bombs. JPEGs are decoded
-in draft mode (DCT-domain downscaling) when that still leaves at least the resize target; RGB and
-grayscale JPEGs by libjpeg-turbo straight into an array (simplejpeg: PIL's pixels in half its time).
+palette PNGs, alpha (composited on white), EXIF rotation and decompression bombs (judged by the pixels
+decoded, so 100-200 MP photos pass). JPEGs are decoded in draft mode (DCT-domain downscaling) when that
+still leaves at least the resize target; RGB and grayscale JPEGs by libjpeg-turbo straight into an array
+(simplejpeg: PIL's pixels in half its time).
 Decoding alone does not load torch; resizing to a tensor does.
 """
 import hashlib
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 if TYPE_CHECKING:
     import torch
@@ -70,16 +71,38 @@ def _reasons():
             raise BadImage(OUT_OF_MEMORY) from None
 
 
+JPEG_START = b"\xff\xd8\xff"  # the start of image and the next marker's first byte, as PIL tells a JPEG
+
+
 def _open(data: bytes, min_side: int) -> Image.Image:
-    """The lazily opened image, its JPEG decoder set to downscale by 2/4/8 while the shorter side stays ≥ min_side."""
+    """The lazily opened image, its JPEG decoder set to downscale by 2/4/8 while the shorter side stays ≥ min_side;
+    refused as a decompression bomb when it would decode more pixels than PIL's limit.
+
+    The limit (`Image.MAX_IMAGE_PIXELS`: 89.5 MP, 256 MiB as 8-bit RGB) bounds what one decode takes, so it is
+    applied to the pixels decoded. PIL judges the size a header claims: a JPEG it refuses for that is opened
+    again without the check and judged at the size draft mode decodes, so a 200 MP phone photo decodes at 1/8
+    (3 MP) for a 256-pixel resize, while a PNG claiming 50,000 × 50,000, or a JPEG decoded whole, is refused."""
     if not data:
         raise BadImage("empty file")
-    img = Image.open(io.BytesIO(data))
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        if not data.startswith(JPEG_START):
+            raise
+        img = JpegImagePlugin.jpeg_factory(io.BytesIO(data))  # what Image.open ran, before its size check
     if min_side and img.format == "JPEG" and img.mode in ("RGB", "L"):
         w, h = img.size
         scale = min_side / min(w, h)
         img.draft(img.mode, (int(w * scale + 1), int(h * scale + 1)))
+    _refuse_bomb(*img.size)
     return img
+
+
+def _refuse_bomb(w: int, h: int) -> None:
+    """BadImage when a w × h decode is over PIL's limit (as PIL words it, for one reason in the store)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise BadImage(f"decompression bomb refused (Image size ({w * h} pixels) exceeds limit of {limit} pixels)")
 
 
 def _upright_rgb(img: Image.Image) -> Image.Image:

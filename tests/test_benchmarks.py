@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_images import big_jpeg
 
 from benchmarks.__main__ import main
 from benchmarks.finetune import Finetuned, code_fingerprint
@@ -345,6 +346,14 @@ def test_html_renders_tables_and_images_in_headless_chromium(synthetic, tmp_path
                    capture_output=True, timeout=90, env=env)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # text, table rules and figures, not a blank page
+
+
+def test_a_200_megapixel_photo_has_a_thumbnail(tmp_path):
+    """The report's image grids decode a photo at the scale of its thumbnail (draft), so a 200 MP one shows."""
+    from benchmarks.plots import _thumbnail
+    (tmp_path / "big.jpg").write_bytes(big_jpeg(16320, 12240))
+    thumb = _thumbnail(tmp_path / "big.jpg")
+    assert thumb is not None and thumb.shape == (168, 224, 3)
 
 
 # ---- run, real photos --------------------------------------------------------------------------------

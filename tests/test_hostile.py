@@ -4,17 +4,15 @@ import io
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from test_extract_pipeline import QUIET, contents, run, tiny  # noqa: F401 (tiny: the fixture)
-from test_images import BAD, RGB, hostile_files
+from test_images import BAD, RGB, hostile_files, png_header_only
 
 from extract import pipeline
 from extract.datasets import load_dataset
@@ -29,14 +27,6 @@ from features.cli import run_cli
 from conftest import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares width × height RGB pixels, with a few bytes of pixel data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def _image(img: Image.Image, fmt: str) -> bytes:
@@ -60,7 +50,7 @@ def corpus(folder: Path) -> dict[str, str | None]:
              **{f"{n}.jpg": (d, why) for n, (d, why) in BAD.items()},  # zero-byte, truncated, text
              "random-bytes.jpg": (np.random.default_rng(0).bytes(5000), "not an image"),
              "1x1.png": (_image(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), EMBEDDED),
-             "bomb-50000x50000.png": (_png_header_only(50000, 50000), "decompression bomb"),
+             "bomb-50000x50000.png": (png_header_only(50000, 50000), "decompression bomb"),
              "with space.jpg": (_image(RGB, "JPEG"), EMBEDDED),
              "ünïcödé 猫.jpg": (_image(RGB.rotate(90), "JPEG"), EMBEDDED),
              "new\nline.jpg": (_image(RGB.rotate(180), "JPEG"), EMBEDDED),

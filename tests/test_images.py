@@ -1,7 +1,9 @@
 """Hostile inputs: every kind of bad or unusual file is embedded after conversion or refused with a reason."""
 import io
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,27 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", **kw)
     return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width × height RGB pixels, with a few bytes of pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def big_jpeg(width: int, height: int) -> bytes:
+    """A solid grey width × height JPEG (4:2:0; sides multiples of 16) made in milliseconds: two rows of 16-pixel
+    blocks encoded with a restart marker after each, the first row's coded data repeated (each after its RSTn
+    marker) and the height in the frame header set."""
+    data = _jpeg(Image.new("RGB", (width, 32), (128, 128, 128)), quality=50, restart_marker_rows=1)
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + struct.unpack(">H", data[sos + 2:sos + 4])[0]
+    row = data[start:data.index(b"\xff\xd0", start)]
+    scan = row + b"".join(bytes([0xFF, 0xD0 + i % 8]) + row for i in range(height // 16 - 1))
+    sof = data.index(b"\xff\xc0")
+    return data[:sof + 5] + struct.pack(">H", height) + data[sof + 7:start] + scan + b"\xff\xd9"
 
 
 RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
@@ -100,6 +123,26 @@ def test_decompression_bomb_refused(monkeypatch):
     with pytest.raises(BadImage, match=r"decompression bomb refused \(Image size \(4800 pixels\) exceeds limit of \d+ "
                                        r"pixels\)$"):
         decode(_png(RGB))
+
+
+@pytest.mark.parametrize("width, height", [(12000, 9008), (16320, 12240)])  # 108 MP and 200 MP phone sensors
+def test_large_photos_are_judged_by_the_pixels_decoded(width, height):
+    """PIL's limit (89.5 MP, 256 MiB as 8-bit RGB) bounds what is decoded: a JPEG whose header claims more is
+    decoded in draft mode at the scale the resize needs (here 1/8: 1.7 and 3 MP) and embedded; decoded at full
+    size it is refused, with the reason."""
+    data = big_jpeg(width, height)
+    x = load(data, Preprocess(224, 256))
+    assert x.shape == (3, 224, 224) and x.min() == x.max() == 128
+    assert decode_array(data, 256).shape == (height // 8, width // 8, 3)
+    with pytest.raises(BadImage, match=rf"^decompression bomb refused \(Image size \({width * height} pixels\) "
+                                       rf"exceeds limit of {Image.MAX_IMAGE_PIXELS} pixels\)$"):
+        decode(data)
+
+
+def test_a_png_claiming_50000_by_50000_is_refused():
+    with pytest.raises(BadImage, match=rf"^decompression bomb refused \(Image size \(2500000000 pixels\) exceeds "
+                                       rf"limit of {2 * Image.MAX_IMAGE_PIXELS} pixels\)$"):
+        load(png_header_only(50000, 50000), PRE)
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
