@@ -32,9 +32,19 @@ def _unreadable(path: Path, e: OSError) -> str:
     return f"unreadable file ({e.strerror or type(e).__name__})"
 
 
+def within(stamp: str, max_bytes: int) -> bool:
+    """Whether the file a stamp was taken of is at most `max_bytes` long (True for a stamp that says no size)."""
+    size = stamp.partition(":")[0]
+    return not size.isdigit() or int(size) <= max_bytes
+
+
+def size_text(max_bytes: int) -> str:
+    """`256 MiB`, or `100000 bytes` where the size is no whole number of MiB."""
+    return f"{max_bytes / 2**20:g} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
+
+
 def _too_large(max_bytes: int) -> BadImage:
-    cap = f"{max_bytes / 2**20:g} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
-    return BadImage(f"larger than the {cap} cap (--max-image-bytes)")
+    return BadImage(f"larger than the {size_text(max_bytes)} cap (--max-image-bytes)")
 
 
 def _refuse(st: os.stat_result, max_bytes: int) -> None:

@@ -41,7 +41,7 @@ from extract.device import (
     to_host,
     uses_amp,
 )
-from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file
+from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file, size_text, within
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model, recorded_calibration
@@ -391,17 +391,18 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     labels, splits = [items[i].label for i in rows], codes[rows]
     stamps = [records[i].stamp for i in rows]
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
-                             dataset.class_names, options.dtype):
+                             dataset.class_names, options.dtype, options.max_image_bytes):
         seconds = time.perf_counter() - started
         run = dict(versions=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    device=str(device), optimized=options.optimize and device.type == "cpu", compiled=options.compile,
                    batch_size=options.batch_size, extraction_seconds=round(seconds, 3), images_embedded=embedded,
                    images_per_second=round(embedded / seconds, 2) if embedded else None)
         if old_store is not None:
-            _note_relabelled(path, old_store, dataset.class_names, list(fractions), seed)
+            _note_relabelled(path, old_store, dataset.class_names, list(fractions), seed, options.max_image_bytes)
             if not embedded:  # every row reused: the run that computed them stays on record
                 run = {k: getattr(old_store.meta, k) for k in run}
-        meta = Extraction(**prov, weights=backbone.weights, dataset=_dataset_record(dataset, path),
+        meta = Extraction(**prov, weights=backbone.weights, max_image_bytes=options.max_image_bytes,
+                          dataset=_dataset_record(dataset, path),
                           split_fractions=list(fractions), split_seed=seed, shard=list(shard) if shard else None,
                           **run)
         source = RowSource(old_store.h5 if old_store else None)
@@ -459,10 +460,10 @@ def _pending(items, known, preprocess, max_bytes: int) -> tuple[list[Record | No
     todo = []
     for i, it in enumerate(items):
         r = known.get(it.rel)
-        if r is not None and not r.reason and r.stamp and r.stamp == file_stamp(it.path):
+        if r is not None and not r.reason and r.stamp and r.stamp == file_stamp(it.path) and within(r.stamp, max_bytes):
             records[i] = r
         else:
-            todo.append(i)  # new, changed, or skipped before (a skip is judged again on every run)
+            todo.append(i)  # new, changed, over the cap, or skipped before (a skip is judged again on every run)
     todo = _recheck(items, todo, known, by_hash, records, preprocess, max_bytes)
     return records, todo, by_hash
 
@@ -515,9 +516,11 @@ def _recheck(items, todo, known, by_hash, records, preprocess, max_bytes: int) -
     return left
 
 
-def _note_relabelled(path: Path, store: FeatureStore, class_names: list, fractions: list, seed: int) -> None:
-    """A note for each thing the rewritten store changes besides its rows: the classes (say, another --target)
-    and the split (--seed, --splits), which other backbones' stores of the dataset then no longer share."""
+def _note_relabelled(path: Path, store: FeatureStore, class_names: list, fractions: list, seed: int,
+                     max_bytes: int) -> None:
+    """A note for each thing the rewritten store changes besides its embeddings: the classes (say, another
+    --target) and the split (--seed, --splits), which other backbones' stores of the dataset then no longer
+    share, and the file size cap (--max-image-bytes), which decides which files are read."""
     def names(c: list) -> str:
         return f"{len(c)} ({', '.join(c[:4])}{', …' if len(c) > 4 else ''})"
     if store.class_names != list(class_names):
@@ -527,15 +530,21 @@ def _note_relabelled(path: Path, store: FeatureStore, class_names: list, fractio
         print(f"note: {path}: the split changes (fractions {store.meta.split_fractions} → {fractions}, seed "
               f"{store.meta.split_seed} → {seed}); embeddings reused; re-run the dataset's other backbones the "
               "same way before comparing or ensembling them", file=sys.stderr)
+    if store.meta.max_image_bytes not in (None, max_bytes):
+        over = sum(not within(st, max_bytes) for st in store.stamps)
+        print(f"note: {path}: --max-image-bytes changes from {size_text(store.meta.max_image_bytes)} to "
+              f"{size_text(max_bytes)}: {over} stored image{'s' * (over != 1)} over it {'is' if over == 1 else 'are'} "
+              "skipped now, and files skipped as over the old cap are read again", file=sys.stderr)
 
 
-def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype) -> bool:
-    """True when the existing store already holds exactly these rows, stamps, labels, splits and skips."""
+def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype, max_bytes) -> bool:
+    """True when the existing store already holds exactly these rows, stamps, labels, splits and skips, read
+    under this file size cap (or one it does not record)."""
     return (store is not None and sources == [Row(None, k) for k in range(len(store.paths))]
             and store.stamps == stamps
             and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
             and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
-            and store.meta.dtype == dtype)
+            and store.meta.dtype == dtype and store.meta.max_image_bytes in (None, max_bytes))
 
 
 def blocks_of(todo: list[int], size: int) -> list[list[int]]:

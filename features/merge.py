@@ -15,7 +15,8 @@ from features.reader import FeatureStore
 from features.writer import store_lock, write_store
 
 SAME = ("backbone", "weights_fingerprint", "preprocess", "readout", "amp", "amp_dtype", "gpu_decode", "precision",
-        "calibration", "dtype", "split_fractions", "split_seed", "class_names")  # the reuse key's parts, and the split
+        "calibration", "dtype", "split_fractions", "split_seed", "class_names",
+        "max_image_bytes")  # the reuse key's parts, the split, and which files were read
 SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+\.h5$")
 
 

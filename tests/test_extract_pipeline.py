@@ -171,6 +171,30 @@ def test_a_class_with_no_embedded_image_is_named_in_a_warning(tmp_path, tiny, ca
         assert s.class_names == ["apples", "pears", "plums"] and sorted(set(s.labels.tolist())) == [0, 1]
 
 
+def test_another_max_image_bytes_applies_to_stored_rows_too(dvc_folder, tmp_path, tiny, capsys):
+    """The store records --max-image-bytes; a run with another cap applies it to every file, the stored rows too,
+    with a note, so that the store is the one a fresh run with that cap writes, whatever ran before."""
+    write_image(dvc_folder / "cat.0.jpg", 0, size=(400, 300))  # about 200 KB; the others about 5 KB
+    first = run(dvc_folder, tmp_path / "out", tiny)
+    assert first.rows == 24
+    with FeatureStore(first.path) as s:
+        assert s.meta.max_image_bytes == 256 * 2**20
+    capsys.readouterr()
+    lowered = run(dvc_folder, tmp_path / "out", tiny, max_image_bytes=100_000)
+    assert (lowered.rows, lowered.embedded) == (23, 0)
+    assert lowered.skipped == [("cat.0.jpg", "larger than the 100000 bytes cap (--max-image-bytes)")]
+    assert capsys.readouterr().err == (f"note: {first.path}: --max-image-bytes changes from 256 MiB to 100000 bytes: "
+                                       "1 stored image over it is skipped now, and files skipped as over the old "
+                                       "cap are read again\n")
+    fresh = run(dvc_folder, tmp_path / "fresh", tiny, max_image_bytes=100_000)
+    assert_same(contents(fresh.path), contents(lowered.path))
+    with FeatureStore(lowered.path) as s:
+        assert s.meta.max_image_bytes == 100_000
+    raised = run(dvc_folder, tmp_path / "out", tiny)
+    assert (raised.rows, raised.embedded, raised.skipped) == (24, 1, [])
+    assert_same(contents(first.path), contents(raised.path))
+
+
 def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, tiny):
     path = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
     journal = Journal(path)
