@@ -5,7 +5,8 @@ its `models/*.metrics.json` and the feature stores beside them, without training
 
 Every measured model becomes one flat row (CLIP_benchmark style): `kind` (frozen | fine-tuned),
 backbone, head, the test metrics, `fit_seconds`, `extract_seconds` and `images_per_second` (from
-the stores), `compute_seconds` (frozen: extraction + head fit; fine-tuned: training) and `device`.
+the stores: over every run that embedded their rows, `Extraction.cost`), `compute_seconds` (frozen:
+extraction + head fit; fine-tuned: training) and `device`.
 Published rows (`benchmarks.published`) follow with their sources, never mixed into the measured ones.
 A label-efficiency curve (`curve.json` of `benchmarks curve` or `run`) adds a section, its plot and
 `curve.csv` (every point, with its subset seed).
@@ -94,10 +95,10 @@ def store_metas(metrics: list[ModelMetrics]) -> dict[str, StoreMeta]:
 
 
 def _extract_seconds(meta: StoreMeta | None) -> float | None:
-    """Time to embed every image of a store at its measured rate (None when it has no timing)."""
-    if not meta or not meta.images_per_second:
+    """Time to embed every image of a store at the rate of the runs that embedded its rows (None: no timing)."""
+    if not meta or not meta.embedding_rate:
         return None
-    return round(meta.rows / meta.images_per_second, 3)
+    return round(meta.rows / meta.embedding_rate, 3)
 
 
 def measured_row(m: ModelMetrics, metas: dict) -> dict:
@@ -123,7 +124,7 @@ def measured_row(m: ModelMetrics, metas: dict) -> dict:
         parts = [_extract_seconds(s) for s in stores]
         extract = round(sum(parts), 3) if parts and None not in parts else None
         row.update(extract_seconds=extract,
-                   images_per_second=stores[0].images_per_second if len(stores) == 1 and stores[0] else None,
+                   images_per_second=stores[0].embedding_rate if len(stores) == 1 and stores[0] else None,
                    compute_seconds=round(extract + m.fit_seconds, 3) if extract is not None else None,
                    device="+".join(sorted({s.device for s in stores if s})) or "",
                    device_name="")
@@ -440,7 +441,7 @@ def verdict(c: Collected) -> str:
 def extraction_table(c: Collected) -> tuple[list, list]:
     header = ["backbone", "store", "dim", "images", "extraction s", "images/s", "device", "weights"]
     rows = [[m.backbone, stem, str(m.dim), str(m.rows), secs(_extract_seconds(m)),
-             num(m.images_per_second, 1), m.device, m.weights.get("source", "?")]
+             num(m.embedding_rate, 1), m.device, m.weights.get("source", "?")]
             for stem, m in sorted(c.metas.items())]
     return header, rows
 

@@ -49,7 +49,7 @@ from features.atomic import make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
-from features.records import Extraction
+from features.records import Cost, Extraction, StoreMeta
 from features.schema import library_versions
 from features.writer import Journal, Record, Row, RowSource, store_lock, write_store
 
@@ -392,11 +392,13 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     stamps = [records[i].stamp for i in rows]
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype, options.max_image_bytes):
-        seconds = time.perf_counter() - started
+        seconds = round(time.perf_counter() - started, 3)
+        total = _total_cost(old_store.meta if old_store else None, embedded, seconds)
         run = dict(versions=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    device=str(device), optimized=options.optimize and device.type == "cpu", compiled=options.compile,
-                   batch_size=options.batch_size, extraction_seconds=round(seconds, 3), images_embedded=embedded,
-                   images_per_second=round(embedded / seconds, 2) if embedded else None)
+                   batch_size=options.batch_size, extraction_seconds=seconds, images_embedded=embedded,
+                   images_per_second=Cost(embedded, seconds).rate, images_embedded_total=total.images,
+                   extraction_seconds_total=total.seconds)
         if old_store is not None:
             _note_relabelled(path, old_store, dataset.class_names, list(fractions), seed, options.max_image_bytes)
             if not embedded:  # every row reused: the run that computed them stays on record
@@ -417,6 +419,12 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         _warn_empty_classes(path, dataset.class_names, items, records)
     return Summary(path, len(rows), embedded, len(rows) - embedded, [(p, why) for p, why, *_ in skipped],
                    time.perf_counter() - started, str(device))
+
+
+def _total_cost(old: StoreMeta | None, embedded: int, seconds: float) -> Cost:
+    """The store's `Extraction.cost` after this run: the old store's, plus this run where it embedded rows."""
+    before = old.cost() if old else Cost(0, 0.0)
+    return Cost(before.images + embedded, round(before.seconds + seconds, 3)) if embedded else before
 
 
 def _calibration(dataset: Dataset, backbone: Backbone, stores: list[Path], journal: Journal, base: dict,

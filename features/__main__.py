@@ -44,6 +44,10 @@ def info(path) -> str:
         rate = m.images_per_second
         lines.append(f"  made         {_known(m.created)} on {_known(m.device)}, "
                      f"{_known(m.extraction_seconds)}s" + (f", {rate} img/s" if rate else ""))
+        if m.images_embedded_total is not None:
+            cost = m.cost()
+            lines.append(f"  cost         {cost.images} images embedded in {cost.seconds}s over its runs"
+                         + (f", {cost.rate} img/s" if cost.rate else ""))
         lines.append("  versions     " + (", ".join(f"{k} {v}" for k, v in (m.versions or {}).items()) or "?"))
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ import numpy as np
 from features.atomic import make_folder
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
+from features.records import Cost
 from features.writer import store_lock, write_store
 
 SAME = ("backbone", "weights_fingerprint", "preprocess", "readout", "amp", "amp_dtype", "gpu_decode", "precision",
@@ -79,6 +80,11 @@ def _embeddings(stores: list[FeatureStore], rows: int = 4096):
         yield from (X for X, _ in s.iter_chunks(np.arange(len(s.paths)), rows))
 
 
+def _side_by_side(costs: list[Cost]) -> Cost:
+    """What shards embedded side by side took: all their images, in the slowest one's seconds."""
+    return Cost(sum(c.images for c in costs), max(c.seconds for c in costs))
+
+
 def merge(shard_paths: list, out=None) -> Path:
     """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path:
     OUT/DATASET/NAME.h5 with an `out` folder, else DATASET/NAME.h5 beside the shards/ folder."""
@@ -100,11 +106,11 @@ def merge(shard_paths: list, out=None) -> Path:
             raise StoreError(f"none of the shards' images could be embedded (first reason: {why})")
         metas = [s.meta for s in stores]
         out = merged_path(stores[0].path, out and Path(out) / metas[0].dataset["name"])
-        embedded = sum(m.images_embedded for m in metas)
-        seconds = max(m.extraction_seconds for m in metas)
-        meta = replace(metas[0], shard=None, images_embedded=embedded, extraction_seconds=seconds,
-                       merged_from=len(stores),
-                       images_per_second=round(embedded / seconds, 2) if embedded and seconds else None)
+        last = _side_by_side([Cost(m.images_embedded, m.extraction_seconds) for m in metas])
+        total = _side_by_side([m.cost() for m in metas])
+        meta = replace(metas[0], shard=None, images_embedded=last.images, extraction_seconds=last.seconds,
+                       images_per_second=last.rate, images_embedded_total=total.images,
+                       extraction_seconds_total=total.seconds, merged_from=len(stores))
         make_folder(out.parent)
         with store_lock(out):
             write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,

@@ -7,7 +7,7 @@ is refused. Keys this featbench does not know are kept in `extra` and written ba
 import json
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from features.errors import FeatbenchError, StoreError
 
@@ -51,6 +51,17 @@ class _Json:
                    extra={k: v for k, v in data.items() if k not in names and k != "version"})
 
 
+class Cost(NamedTuple):
+    """Images embedded into a store and the seconds of the runs that embedded them."""
+    images: int
+    seconds: float
+
+    @property
+    def rate(self) -> float | None:
+        """Images per second; None without an image or a time."""
+        return round(self.images / self.seconds, 2) if self.images and self.seconds else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Extraction:
     """How a store's embeddings were made, as `extract` records it; None where a store does not say
@@ -75,12 +86,27 @@ class Extraction:
     optimized: bool | None = None
     compiled: bool | None = None
     batch_size: int | None = None
-    extraction_seconds: float | None = None
+    extraction_seconds: float | None = None  # this run's
     images_embedded: int | None = None  # computed in this run (not reused)
-    images_per_second: float | None = None
+    images_per_second: float | None = None  # this run's
+    images_embedded_total: int | None = None  # `cost()`: over every run that embedded rows (None: stores before it)
+    extraction_seconds_total: float | None = None  # those runs' seconds (a merge: its slowest shard's)
     shard: list | None = None  # [rank, world] of a shard store
     merged_from: int | None = None  # number of shards merged into this store
     extra: dict = field(default_factory=dict)  # keys this featbench does not know, as read
+
+    def cost(self) -> Cost:
+        """What the runs that embedded this store's rows took, all of them (a reused row is not paid again); a
+        store from before the totals: its last run."""
+        if self.images_embedded_total is None:
+            return Cost(self.images_embedded or 0, self.extraction_seconds or 0.0)
+        return Cost(self.images_embedded_total, self.extraction_seconds_total or 0.0)
+
+    @property
+    def embedding_rate(self) -> float | None:
+        """Images per second over every run that embedded rows: rows / this is what embedding them took (a store
+        from before the totals: its last run's rate, as recorded)."""
+        return self.images_per_second if self.images_embedded_total is None else self.cost().rate
 
 
 @dataclass(frozen=True, kw_only=True)

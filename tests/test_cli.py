@@ -186,6 +186,7 @@ def test_merge_out_is_the_output_folder(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"{merged}\n")
     with FeatureStore(merged) as s:
         assert s.paths == ["a/0.jpg", "a/1.jpg", "b/0.jpg"] and s.meta.merged_from == 2
+        assert s.meta.cost() == (3, 1.0) and s.meta.embedding_rate == 3.0  # side by side: the slowest shard's time
 
 
 def test_scale_out_keeps_its_store_and_models(tmp_path, capsys):

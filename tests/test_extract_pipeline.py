@@ -1,4 +1,5 @@
 """End-to-end extraction: the store's contents, resume after kill -9, reuse, hostile files, lock, CLI."""
+import json
 import multiprocessing
 import os
 import re
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -73,6 +75,39 @@ def test_rerun_does_nothing_and_new_images_only_are_embedded(dvc_folder, tmp_pat
     assert more.embedded == 2 and more.rows == 26
     fresh = run(dvc_folder, tmp_path / "fresh", tiny)
     assert_same(contents(more.path), contents(fresh.path))
+
+
+def test_extraction_seconds_are_every_run_that_embedded_rows(dvc_folder, tmp_path, tiny, monkeypatch):
+    """A re-run that embeds 2 new images adds its seconds to the store's cost, and one that embeds none adds
+    nothing: the report's extraction time is what the store's rows cost, never rows / the last run's rate."""
+    from benchmarks.report import _extract_seconds
+    clock = SimpleNamespace(now=0.0, step=0.0)  # each read of the run's clock is `step` seconds after the last
+
+    def timed(seconds: float):
+        clock.step = seconds
+        summary = run(dvc_folder, tmp_path / "out", tiny)
+        with FeatureStore(summary.path) as s:
+            return summary, s.meta
+
+    def tick():
+        clock.now += clock.step
+        return clock.now
+
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(perf_counter=tick))
+    done, first = timed(20.0)  # 24 images in 20 s
+    assert first.cost() == (24, 20.0) and _extract_seconds(first) == 20.0
+    with h5py.File(done.path, "r+") as f:  # as a store from before the totals: its last run starts them
+        f.attrs["meta"] = json.dumps({k: v for k, v in json.loads(f.attrs["meta"]).items() if "total" not in k})
+    write_image(dvc_folder / "cat.100.jpg", 500)
+    write_image(dvc_folder / "dog.100.jpg", 501)
+    more, meta = timed(6.0)  # 2 more in 6 s, model preparation mostly
+    assert more.embedded == 2 and meta.extraction_seconds == 6.0 and meta.images_per_second == round(2 / 6, 2)
+    assert _extract_seconds(meta) == 26.0  # 26 rows embedded in 26 s; not 26 / (2 / 6) = 78 s
+    (dvc_folder / "dog.100.jpg").unlink()
+    fewer, meta = timed(5.0)  # embeds nothing, rewrites the store without the row
+    assert fewer.embedded == 0 and fewer.rows == 25 and _extract_seconds(meta) == 25.0
+    again, meta = timed(4.0)  # nothing to do: the store is not rewritten
+    assert again.embedded == 0 and _extract_seconds(meta) == 25.0
 
 
 def test_float16_store(dvc_folder, tmp_path, tiny):

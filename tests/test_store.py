@@ -474,6 +474,7 @@ def test_a_store_written_before_the_metadata_had_a_version_still_reads(tmp_path)
         m = s.meta
         assert m.version == 0 and m.backbone == "toy" and m.dataset["name"] == "pics" and m.amp is False
         assert m.optimized is None and m.shard is None and m.images_per_second is None and m.extra == {}
+        assert m.cost() == (50, 1.5) and m.embedding_rate is None  # its last run's, and the rate as recorded
         assert s.dim == 8 and s.class_names == ["a", "b", "c"] and len(s.split("train")) > 0
     text = info(tmp_path / "old.h5")
     assert "backbone     toy (pypi:toy, weights fingerprint 0123456789abcdef)" in text and "made         2026" in text
