@@ -28,7 +28,7 @@ class Selection:
     model: object
     params: dict  # chosen hyper-parameters, short names (plus `epochs` when early-stopped)
     fixed: dict  # full parameter names that rebuild the winner without a validation set
-    sweep: list  # one row per grid point: its params, val_log_loss, val_accuracy
+    sweep: list  # one row per grid point: its params, val_log_loss, val_accuracy (early-stopped: val_epochs)
     val_log_loss: float
     val_accuracy: float
     seconds: float
@@ -91,12 +91,19 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) 
         fixed = dict(point)
         if early_stops:
             row["epochs"] = int(est.best_epoch_)
+            row["val_epochs"] = len(est.val_losses_)  # the epoch checkpoints it scored on val to keep the best
             fixed["max_epochs"] = int(est.best_epoch_)
         curve.append(row)
         if best is None or loss < best.val_log_loss:
             params = {k: v for k, v in row.items() if not k.startswith("val_")}
             best = Selection(copy.deepcopy(est), params, fixed, [], loss, acc, 0.0)
     return best, curve
+
+
+def configurations(sel: Selection) -> int:
+    """The configurations scored on val to choose `sel`: a grid point each, an early-stopped one each epoch it scored
+    (as an out-of-core head's sweep has a row per point and epoch, and a fine-tune counts each run and epoch)."""
+    return sum(row.get("val_epochs", 1) for row in sel.sweep)
 
 
 def fit_fixed(estimator, fixed: dict, X, y):

@@ -26,7 +26,7 @@ from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
-from classify.select import Selection, fit_fixed, score, sweep
+from classify.select import Selection, configurations, fit_fixed, score, sweep
 from extract.config import resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from features.atomic import atomic_write, check_folder
@@ -204,7 +204,7 @@ class Candidate:
     template: object  # unfitted estimator; `chosen.fixed` params rebuild the chosen model without val
     chosen: Selection  # the chosen model, fitted on train, and the sweep that chose it
     members: dict = field(default_factory=dict)  # ensembles: each store's head
-    configurations: int = 0  # grid points scored on val to choose this model
+    configurations: int = 0  # `classify.select.configurations` scored on val to choose this model
     replicas: dict = field(default_factory=dict)  # seed → Selection of the same head with that random state
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +219,7 @@ def side_by_side(stores: list[Store], split: str) -> tuple[np.ndarray, np.ndarra
 
 def _single(store: Store, head: str, sel, replicas: dict) -> Candidate:
     return Candidate(f"{store.name}-{head}", head, [store], HEADS[head].make(), sel,
-                     configurations=len(sel.sweep), replicas=replicas)
+                     configurations=configurations(sel), replicas=replicas)
 
 
 def seeded(head: str) -> bool:
@@ -234,7 +234,7 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     Xv, yv = side_by_side(stores, "val")
     if head == "concat":
         sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes)
-        return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=len(sel.sweep))
+        return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=configurations(sel))
     best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
             for s in stores}
     members = {n: HEADS[h].make().set_params(**sel.fixed) for n, (h, sel) in best.items()}
@@ -246,7 +246,7 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     chosen = Selection(model, {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, {}, [], loss, acc,
                        seconds)
     return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
-                     configurations=sum(len(selections[s.name, h].sweep) for s in stores for h in HEADS))
+                     configurations=sum(configurations(selections[s.name, h]) for s in stores for h in HEADS))
 
 
 @contextmanager
@@ -597,7 +597,7 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                     params = {**best["point"], "epochs": best["epochs"]}
                     sel = Selection(best["model"], params, params, best["sweep"], best["val_log_loss"],
                                     best["val_accuracy"], best["seconds"])
-                    c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=len(sel.sweep))
+                    c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=configurations(sel))
                     if refit:
                         started = time.perf_counter()
                         c.chosen = replace(c.chosen, model=stream.refit(head, best, fs, fitted),

@@ -160,7 +160,7 @@ class ModelMetrics(_Json):
     params: dict  # chosen hyper-parameters (`avg`/`stack`: {store: {head, ...}})
     sweep: list  # the validation curve: a row per grid point (fine-tunes: per run and epoch)
     members: dict  # {store: head} of `avg`/`stack`, else {}
-    configurations: int | None = None  # points scored on val to choose it, members' too (fine-tunes: `compute`)
+    configurations: int | None = None  # scored on val, members' too; early-stopped: each epoch (fine-tunes: `compute`)
     fit_seconds: float  # features to final model, selection (ensembles: members' too) included
     predict_seconds: float
     seeds_seconds: float | None = None  # the extra seeds' time

@@ -445,6 +445,21 @@ def test_mlp_early_stops_and_refits_with_fixed_epochs():
     assert fixed.best_epoch_ == m.best_epoch_ and fixed.score(X[va], y[va]) > 0.75
 
 
+def test_mlp_configurations_are_the_epochs_it_scored_on_val(tmp_path):
+    """Each learning rate scores its epochs on val and keeps the best: every one is a configuration, as a fine-tune
+    counts each (run, epoch) and the out-of-core MLP each (point, epoch)."""
+    from classify.train import run
+    latent, y, splits = synthetic(3, n=150)
+    store = make_store(tmp_path / "synth" / "alpha.h5", view(latent, 16, 4), y, splits, "alpha")
+    result = run([store], ["mlp"])[0]
+    X, y, splits = _arrays(store)
+    tr, va = splits == 0, splits == 1
+    scored = [len(TorchMLP(**point).fit(X[tr], y[tr], eval_set=(X[va], y[va])).val_losses_)
+              for point in HEADS["mlp"].grid(int(tr.sum()))]
+    assert result.configurations == sum(scored) > len(scored)
+    assert [row["val_epochs"] for row in result.sweep] == scored
+
+
 def test_torch_loads_only_when_a_torch_model_runs(tmp_path):
     """A fresh process imports classify's CLI, audit and the report and trains and saves a logreg without torch, timm
     or torchvision; it builds and clones an MLP head without them too, and a saved MLP model loads torch when read
