@@ -328,16 +328,44 @@ def _gap(r: dict) -> str:
             f"{num(r['log_loss'])}" + (f"; test over seeds {spread(r)}" if r.get("seeds") else ""))
 
 
+@dataclass
+class Pool:
+    """What a pool of models took to fit and choose, each (store, head) sweep counted once."""
+    seconds: float
+    configurations: int
+    reused: int  # `avg`/`stack` models whose single-head sweeps are counted once
+    recounted: int  # `avg`/`stack` models whose metrics do not name the sweeps they include (counted again)
+
+
+def pool_totals(c: Collected, rows: list[dict]) -> Pool:
+    """Every model's own fit and configurations; an `avg` or `stack` includes every single head's sweep on its stores
+    (`member_sweeps`), so each counts once: by the pool's row of that store and head, else by one ensemble naming it."""
+    rows_of = {f"{r['backbone']}-{r['head']}" for r in rows}
+    seconds, configs, shared, reused, recounted = 0.0, 0, {}, 0, 0
+    for r in rows:
+        m = c.metrics_of(r)
+        sweeps = m.member_sweeps or {}
+        reused += bool(sweeps)
+        recounted += bool(m.members) and m.member_sweeps is None
+        seconds += (r["fit_seconds"] or 0) - sum(s["seconds"] for s in sweeps.values())
+        configs += (r.get("configurations") or 0) - sum(s["configurations"] for s in sweeps.values())
+        shared.update((k, s) for k, s in sweeps.items() if k not in rows_of)
+    return Pool(seconds + sum(s["seconds"] for s in shared.values()),
+                configs + sum(s["configurations"] for s in shared.values()), reused, recounted)
+
+
 def _pool(c: Collected, rows: list[dict]) -> str:
     """How many models and configurations the choice was made among, and what computing all of them took."""
-    configs = sum(r.get("configurations") or 0 for r in rows)
-    return (f"best by val log-loss of {len(rows)} models, {configs} configurations scored on val in all, "
-            f"{_pool_seconds(c, rows)}")
+    pool = pool_totals(c, rows)
+    once = " (the single heads' sweeps that avg and stack reuse counted once)" if pool.reused else ""
+    recounted = (f" ({pool.recounted} ensembles' metrics do not name the single-head sweeps they include, which are "
+                 "counted again)" if pool.recounted else "")
+    return (f"best by val log-loss of {len(rows)} models, {pool.configurations} configurations scored on val in all"
+            f"{once}, {_pool_seconds(c, rows, pool.seconds)}{recounted}")
 
 
-def _pool_seconds(c: Collected, rows: list[dict]) -> str:
-    """The whole pool's compute: fine-tunes' training; frozen: each store's extraction once + every head fit."""
-    fits = sum(r["fit_seconds"] or 0 for r in rows)
+def _pool_seconds(c: Collected, rows: list[dict], fits: float) -> str:
+    """The whole pool's compute: fine-tunes' training; frozen: each store's extraction once + the head fits."""
     if rows[0]["kind"] == "fine-tuned":
         return f"{secs(fits)} s of training for all of them"
     stores = dict.fromkeys(s for r in rows for s in c.metrics_of(r).features)

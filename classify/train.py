@@ -205,6 +205,7 @@ class Candidate:
     chosen: Selection  # the chosen model, fitted on train, and the sweep that chose it
     members: dict = field(default_factory=dict)  # ensembles: each store's head
     configurations: int = 0  # `classify.select.configurations` scored on val to choose this model
+    member_sweeps: dict | None = None  # avg/stack: `ModelMetrics.member_sweeps`
     replicas: dict = field(default_factory=dict)  # seed → Selection of the same head with that random state
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -241,12 +242,15 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     template = (ensembles.average if head == "avg" else ensembles.stack)(members, dims)
     started = time.perf_counter()
     model = fit_fixed(template, {}, X, y)
-    seconds = time.perf_counter() - started + sum(selections[s.name, h].seconds for s in stores for h in HEADS)
     loss, acc = score(model, Xv, yv, n_classes)
+    sweeps = {f"{s.name}-{h}": selections[s.name, h] for s in stores for h in HEADS}  # as `_single` names them
+    seconds = time.perf_counter() - started + sum(sel.seconds for sel in sweeps.values())
     chosen = Selection(model, {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, {}, [], loss, acc,
                        seconds)
     return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
-                     configurations=sum(configurations(selections[s.name, h]) for s in stores for h in HEADS))
+                     configurations=1 + sum(configurations(sel) for sel in sweeps.values()),
+                     member_sweeps={k: {"seconds": round(sel.seconds, 3), "configurations": configurations(sel)}
+                                    for k, sel in sweeps.items()})
 
 
 @contextmanager
@@ -407,7 +411,7 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
                         classes=store.class_names, n_train=n_train, n_val=len(store.val), n_test=len(y),
                         **evaluate(y, p, store.test.paths, store.class_names),
                         val_log_loss=c.chosen.val_log_loss, val_accuracy=c.chosen.val_accuracy,
-                        params=c.chosen.params, sweep=c.chosen.sweep, members=c.members,
+                        params=c.chosen.params, sweep=c.chosen.sweep, members=c.members, member_sweeps=c.member_sweeps,
                         configurations=c.configurations, fit_seconds=round(c.chosen.seconds, 3),
                         predict_seconds=round(predict_seconds, 4),
                         features={s.name: s.meta.fingerprint for s in c.stores},

@@ -160,7 +160,10 @@ class ModelMetrics(_Json):
     params: dict  # chosen hyper-parameters (`avg`/`stack`: {store: {head, ...}})
     sweep: list  # the validation curve: a row per grid point (fine-tunes: per run and epoch)
     members: dict  # {store: head} of `avg`/`stack`, else {}
-    configurations: int | None = None  # scored on val, members' too; early-stopped: each epoch (fine-tunes: `compute`)
+    member_sweeps: dict | None = None  # `avg`/`stack`: {"STORE-HEAD": {seconds, configurations}} of every single
+    # head's sweep that `fit_seconds` and `configurations` include (a report's pool counts each once); else None
+    configurations: int | None = None  # checkpoints scored on val to choose it (early-stopped heads: each epoch;
+    # `avg`/`stack`: their members' sweeps and their own val score; fine-tunes: `compute`)
     fit_seconds: float  # features to final model, selection (ensembles: members' too) included
     predict_seconds: float
     seeds_seconds: float | None = None  # the extra seeds' time

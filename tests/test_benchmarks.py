@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,8 @@ from extract.config import DatasetSettings
 from features import Extraction, FeatureStore, write_store
 from features.cli import run_cli
 from features.errors import FeatbenchError
+from features.records import ModelMetrics, StoreMeta
+from features.schema import SPLITS
 
 from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 
@@ -140,14 +143,20 @@ def test_report_sections_carry_the_metrics_numbers(synthetic):
                       f"{secs(tuned['fit_seconds'])} s of training on ",
                       c["device_name"], f"val {pct(tuned['val_accuracy'])}", f"test {pct(tuned['accuracy'])}"):
             assert words in tuned_side, words
-    total = sum(m["configurations"] for m in frozen)
+    singles = {model_name(m) for m in frozen if "+" not in m["backbone"]}
+    assert all(set(m["member_sweeps"]) == singles for m in frozen if m["head"] == "avg")
+
+    def own(m, key, part):  # less the single heads' sweeps an avg includes: each is counted by its own row
+        return m[key] - sum(s[part] for s in m.get("member_sweeps", {}).values())
+    total = sum(own(m, "configurations", "configurations") for m in frozen)
+    assert total < sum(m["configurations"] for m in frozen)
     assert f"of {len(frozen)} models, {total} configurations scored on val in all" in verdicts[0]
     stores = {s for m in frozen for s in m["features"]}
     extracts = 0.0
     for s in stores:
         with FeatureStore(synthetic / f"{s}.h5") as fs:
             extracts += round(len(fs.paths) / fs.meta.images_per_second, 3)
-    fits = sum(m["fit_seconds"] for m in frozen)
+    fits = sum(own(m, "fit_seconds", "seconds") for m in frozen)
     assert (f"{secs(extracts + fits)} s for all of them ({len(stores)} stores extracted once: {secs(extracts)} s, "
             f"+ {secs(fits)} s of head fits)") in verdicts[0]
     for p in (p for p in PUBLISHED if p.task == "dogs-vs-cats"):  # Kaggle-style names: dogs-vs-cats format
@@ -619,6 +628,48 @@ def test_verdict_words_a_tie_and_names_a_non_default_recipe():
     lpft = verdict(Collected(metrics=[], rows=[dict(row, recipe="lp-ft", peak_lrs="0.0001 0.0003 0.001")],
                              published=[], metas={}))
     assert "mobilenet_v2 + finetune-full — test accuracy" in lpft
+
+
+def fake_metrics(backbone: str, head: str, **changes) -> ModelMetrics:
+    """A model's metrics as classify or a fine-tune writes them, on a 300-image test split."""
+    fields = dict(dataset="dvc", backbone=backbone, backbones=backbone.split("+"), head=head,
+                  model=f"{backbone}-{head}.skops", refit=False, classes=["cat", "dog"], n_train=1400, n_val=300,
+                  n_test=300, accuracy=0.99, balanced_accuracy=0.99, log_loss=0.05, ece=0.01, precision={}, recall={},
+                  confusion=[[150, 0], [0, 150]], most_confused=[], top_losses=[], val_log_loss=0.05,
+                  val_accuracy=0.99, params={}, sweep=[], members={}, configurations=1, fit_seconds=1.0,
+                  predict_seconds=0.01, features={b: "f" * 16 for b in backbone.split("+")},
+                  split_fingerprint="s" * 16, featbench_version="0")
+    return ModelMetrics(**{**fields, **changes})
+
+
+def fake_report(metrics: list[ModelMetrics]):
+    """The report's collection of `metrics`, each store 2,000 images extracted at 100 images/s on the cpu."""
+    from benchmarks.report import Collected, _order, measured_row
+    metas = {s: StoreMeta(class_names=["cat", "dog"], split_names=list(SPLITS), dim=8, rows=2000, dtype="float32",
+                          skipped=0, fingerprint="f" * 16, split_fingerprint="s" * 16, images_per_second=100.0,
+                          device="cpu") for m in metrics for s in m.features}
+    return Collected(metrics, sorted((measured_row(m, metas) for m in metrics), key=_order), [], metas)
+
+
+def test_the_frozen_pool_counts_each_head_sweep_once():
+    """`avg` and `stack` include every single head's sweep on their stores: the pool counts each sweep once, whether a
+    single-head row counts it (a-logreg, a-svm, b-logreg) or not (b-svm), and the ensembles' own fits on top."""
+    from benchmarks.report import _pool
+    sweeps = {"a-logreg": {"seconds": 2.0, "configurations": 13}, "a-svm": {"seconds": 3.0, "configurations": 7},
+              "b-logreg": {"seconds": 1.0, "configurations": 13}, "b-svm": {"seconds": 4.0, "configurations": 7}}
+    singles = [fake_metrics(*name.split("-"), fit_seconds=s["seconds"], configurations=s["configurations"])
+               for name, s in sweeps.items() if name != "b-svm"]
+    ensembles = [fake_metrics("a+b", head, fit_seconds=10.0 + own, configurations=1 + 40,
+                              members={"a": "svm", "b": "logreg"}, member_sweeps=sweeps)
+                 for head, own in (("avg", 0.5), ("stack", 1.5))]
+    c = fake_report(singles + ensembles)
+    pool = _pool(c, c.rows)  # the plain sums: 115 configurations, 28.0 s of head fits
+    assert "of 5 models, 42 configurations scored on val in all" in pool
+    assert "52.0 s for all of them (2 stores extracted once: 40.0 s, + 12.0 s of head fits" in pool
+    older = fake_report(singles + [replace(m, member_sweeps=None) for m in ensembles])  # metrics before the record
+    pool = _pool(older, older.rows)
+    assert "115 configurations" in pool and "28.0 s of head fits" in pool
+    assert "2 ensembles' metrics do not name the single-head sweeps they include, which are counted again" in pool
 
 
 def test_best_breaks_a_val_tie_without_looking_at_test():

@@ -100,6 +100,20 @@ def test_every_head_and_ensemble_beats_chance(all_results):
             assert r.accuracy >= min(singles), (r.head, r.accuracy, singles)
 
 
+def test_avg_and_stack_name_the_member_sweeps_their_figures_include(all_results):
+    """`avg` and `stack` choose each store's best head from every head's sweep: their fit_seconds and configurations
+    include those sweeps, plus their own fit and val score, and `member_sweeps` names each, so a pool counts it once."""
+    singles = {r.model.removesuffix(SUFFIX): r for r in all_results if r.head in HEADS}
+    for r in all_results:
+        if r.head not in ("avg", "stack"):
+            assert r.member_sweeps is None, r.model
+            continue
+        assert r.member_sweeps == {name: {"seconds": s.fit_seconds, "configurations": s.configurations}
+                                   for name, s in singles.items()}
+        assert r.configurations == 1 + sum(s.configurations for s in singles.values())
+        assert r.fit_seconds > sum(s.fit_seconds for s in singles.values())
+
+
 def test_outputs_and_metric_keys(all_results, two_stores):
     folder = two_stores[0].parent / "models"
     names = sorted(p.name for p in folder.iterdir())
