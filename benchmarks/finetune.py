@@ -373,11 +373,10 @@ def reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMetr
     return replace(m, path=str(path.with_name(m.model))) if same else None
 
 
-def _test_scores(model: Finetuned, run: Run, test, dev: Device, data: SplitImages) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, readable rows) of the test split under `run`'s best weights and temperature."""
+def _test_logits(model: Finetuned, run: Run, test, dev: Device, data: SplitImages) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, readable rows) of the test split under `run`'s best weights (its temperature not applied)."""
     model.load_state_dict(run.state)
-    logits, seen = outputs(model, test, dev, len(data.paths["test"]))
-    return softmax(logits, run.best.temperature), seen
+    return outputs(model, test, dev, len(data.paths["test"]))
 
 
 def _check(data: SplitImages, mode: str, epochs: int | None, batch_size: int, seeds: int, epoch_images: int):
@@ -411,9 +410,9 @@ def starting_model(backbone: Backbone, data: SplitImages, mode: str, recipe: Rec
     return model, probe
 
 
-def _seed_scores(run: Run, p: np.ndarray, seen: np.ndarray, data: SplitImages) -> dict:
-    """One seed's row of `over_seeds`: its chosen epoch on val and its test scores."""
-    y = data.labels["test"][seen]
+def _seed_scores(run: Run, logits: np.ndarray, seen: np.ndarray, data: SplitImages) -> dict:
+    """One seed's row of `over_seeds`: its chosen epoch on val and its test scores at its temperature."""
+    y, p = data.labels["test"][seen], softmax(logits, run.best.temperature)
     return {"seed": run.seed, "best_epoch": run.best.epoch, "val_log_loss": run.best.val_log_loss,
             "val_accuracy": run.best.val_accuracy, "accuracy": float(accuracy_score(y, p[seen].argmax(1))),
             "log_loss": float(log_loss(y, p[seen], labels=range(len(data.class_names))))}
@@ -466,17 +465,18 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
 
     test = _loader(_Images(data, "test", backbone.preprocess), dev)
     t0 = time.perf_counter()
-    p, seen = _test_scores(model, chosen, test, dev, data)
+    logits, seen = _test_logits(model, chosen, test, dev, data)
+    p = softmax(logits, chosen.best.temperature)
     predict_seconds = time.perf_counter() - t0
     if not seen.any():
         raise FeatbenchError(f"{data.root}: none of the test images could be read")
     final = copy.deepcopy(model.state_dict())
-    scores = evaluate(data.labels["test"][seen], p[seen], [q for q, s in zip(data.paths["test"], seen) if s],
-                      data.class_names)
+    y_test = data.labels["test"][seen]
+    scores = evaluate(y_test, p[seen], [q for q, s in zip(data.paths["test"], seen) if s], data.class_names)
     t0 = time.perf_counter()
     replicas = [train(chosen.lr, seed) for seed in range(train_seed + 1, train_seed + seeds)]  # other seeds
-    seed_rows = [_seed_scores(chosen, p, seen, data)] + [_seed_scores(r, *_test_scores(model, r, test, dev, data),
-                                                                      data) for r in replicas]
+    seed_rows = [_seed_scores(chosen, logits, seen, data)] + [
+        _seed_scores(r, *_test_logits(model, r, test, dev, data), data) for r in replicas]
     seeds_seconds = time.perf_counter() - t0
 
     stem = store_path(out, data.dataset["name"], backbone, weights, "float32").stem  # as classify names it
@@ -486,6 +486,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         dataset=data.dataset["name"], backbone=stem, backbones=[backbone.name],
         head=f"finetune-{mode}", model=model_path.name, refit=False, classes=data.class_names,
         n_train=n_train, n_val=len(data.paths["val"]), n_test=int(seen.sum()), **scores,
+        log_loss_raw=float(log_loss(y_test, softmax(logits[seen]), labels=range(len(data.class_names)))),
         val_log_loss=chosen.best.val_log_loss, val_accuracy=chosen.best.val_accuracy,
         params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
                 "lr": chosen.lr, "best_epoch": chosen.best.epoch, "temperature": chosen.best.temperature,

@@ -116,6 +116,8 @@ def measured_row(m: ModelMetrics, metas: dict) -> dict:
         recipe = m.params.get("recipe", {})
         row.update(recipe=recipe.get("name"), peak_lrs=" ".join(f"{x:g}" for x in recipe.get("lrs", [])),
                    best_epoch=m.params.get("best_epoch"), configurations=c.get("configurations"),
+                   temperature=m.params.get("temperature") if recipe.get("calibrate") else None,
+                   log_loss_raw=m.log_loss_raw,
                    images_seen=c.get("images_seen"),
                    extract_seconds=None, images_per_second=None, compute_seconds=m.fit_seconds,
                    device=c.get("device", ""), device_name=c.get("device_name", ""))
@@ -309,13 +311,23 @@ def _compute_words(r: dict) -> str:
             f"+ {secs(r['fit_seconds'])} s head fit on cpu")
 
 
+def _log_loss_words(r: dict) -> str:
+    """A row's test log-loss; a fine-tune's with its calibration: its val temperature and the raw (T = 1) one."""
+    if r.get("kind") == "frozen":
+        return num(r["log_loss"])
+    if r.get("temperature") is None:
+        return f"{num(r['log_loss'])} with no val temperature"
+    raw = f"{num(r['log_loss_raw'])} raw" if r.get("log_loss_raw") is not None else "raw not recorded"
+    return f"{num(r['log_loss'])} after its val temperature T = {r['temperature']:.2f}, {raw}"
+
+
 def _versus(frozen: dict, tuned: dict) -> str:
     ratio = tuned["compute_seconds"] / frozen["compute_seconds"]
     gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
     where = "equal in test accuracy" if round(gap, 2) == 0 else \
         f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'} in test accuracy"
     return (f"{where} "
-            f"(log-loss {num(frozen['log_loss'])} against {num(tuned['log_loss'])}), with "
+            f"(log-loss {num(frozen['log_loss'])} against {_log_loss_words(tuned)}), with "
             f"{max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
             f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
 
@@ -388,8 +400,16 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
     fitted = (f"the head refitted on {r['n_train']} train + val images" if r.get("refit") else
               f"the head fitted on {r['n_train']} train images")
     treated = _treatment([c.metas[s] for s in m.features if s in c.metas])
-    return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} ({treated}), {fitted}; "
-            f"{_compute_words(r)}{_more_seeds(m, 'each sweeps its grid on val again')}")
+    return (f"frozen — {tried}; chosen {chosen} ({_gap(r)}); {embedded} ({treated}), {fitted}, "
+            f"{_frozen_calibration(m)}; {_compute_words(r)}{_more_seeds(m, 'each sweeps its grid on val again')}")
+
+
+def _frozen_calibration(m: ModelMetrics) -> str:
+    """How a frozen model's probabilities are made: never with a val temperature; an SVM's β fitted on train folds."""
+    if m.head == "svm":
+        return "probabilities softmax(β·margins) with β fitted on train folds, no val temperature"
+    svm = " (its SVM members': β fitted on train folds)" if "svm" in m.members.values() else ""
+    return f"probabilities as the {'ensemble' if m.members else 'head'} gives them{svm}, no val temperature"
 
 
 def _treatment(metas: list) -> str:
@@ -424,8 +444,18 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
             f"{plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, {plural(p.get('epochs', 0), 'epoch')} each, "
             f"{cp.get('configurations', '?')} configurations ({counted}) scored on val; "
             f"{cp.get('images_seen', '?')} training images seen{probe}; {chosen} ({_gap(r)}); "
-            f"{secs(r['compute_seconds'])} s of training on "
+            f"{_tuned_calibration(r)}; {secs(r['compute_seconds'])} s of training on "
             f"{r['device_name'] or r['device']}{_more_seeds(m, again)}")
+
+
+def _tuned_calibration(r: dict) -> str:
+    """How a fine-tune's test probabilities are made: at the temperature fitted on val (with the raw log-loss), or
+    as its softmax gives them."""
+    if r.get("temperature") is None:
+        return "probabilities as its softmax gives them, no val temperature"
+    raw = (f"test log-loss {num(r['log_loss_raw'])} at T = 1" if r.get("log_loss_raw") is not None
+           else "raw test log-loss not recorded")
+    return f"test probabilities at temperature T = {r['temperature']:.2f} fitted on val ({raw})"
 
 
 def _more_seeds(m: ModelMetrics, how: str) -> str:
@@ -449,7 +479,7 @@ def verdict(c: Collected) -> str:
         if r is not None:
             lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}"
                          f"{_qualifiers(r)} — "
-                         f"test accuracy {pct(r['accuracy'])}, log-loss {num(r['log_loss'])}; "
+                         f"test accuracy {pct(r['accuracy'])}, log-loss {_log_loss_words(r)}; "
                          f"compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
         lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}. "

@@ -149,6 +149,7 @@ class ModelMetrics(_Json):
     accuracy: float
     balanced_accuracy: float
     log_loss: float
+    log_loss_raw: float | None = None  # fine-tunes: test log-loss at temperature 1 (`log_loss` is at the val one)
     ece: float  # expected calibration error of the top-label confidence, 15 equal-width bins
     precision: dict
     recall: dict

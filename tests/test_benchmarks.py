@@ -672,6 +672,38 @@ def test_the_frozen_pool_counts_each_head_sweep_once():
     assert "2 ensembles' metrics do not name the single-head sweeps they include, which are counted again" in pool
 
 
+def fake_finetune(recipe: str, temperature: float, **changes) -> ModelMetrics:
+    """A fine-tune of mobilenet_v2 as `benchmarks finetune` writes it."""
+    params = {"recipe": {"name": recipe, "lrs": [1e-4, 3e-4, 1e-3] if recipe == "lp-ft" else [5e-4],
+                         "calibrate": recipe == "lp-ft"}, "lr": 3e-4, "best_epoch": 4, "epochs": 5,
+              "temperature": temperature}
+    compute = {"device": "cpu", "device_name": "x86_64 (2 threads)", "runs": 3, "configurations": 28,
+               "images_seen": 20640, "augment": "RandomResizedCrop(scale 0.35-1) + flip"}
+    return fake_metrics("mobilenet_v2", "finetune-full", **{"model": "mobilenet_v2-finetune-full.pt", "features": {},
+                        "fit_seconds": 730.0, "params": params, "compute": compute, **changes})
+
+
+def test_verdict_and_budgets_say_how_each_side_is_calibrated():
+    """lp-ft scores test at its val temperature, the frozen heads at none: the verdict gives the fine-tune's raw
+    log-loss (T = 1) beside the calibrated one, and each budget says how its side's probabilities were made."""
+    from benchmarks.report import verdict
+    svm = fake_metrics("mobilenet_v2", "svm", log_loss=0.0554)
+    text = verdict(fake_report([svm, fake_finetune("lp-ft", 0.5093, log_loss=0.0575, log_loss_raw=0.0612)]))
+    assert "mobilenet_v2 + finetune-full — test accuracy 99.00%, log-loss 0.0575 after its val temperature T = 0.51, " \
+           "0.0612 raw; compute" in text
+    assert "(log-loss 0.0554 against 0.0575 after its val temperature T = 0.51, 0.0612 raw)" in text
+    assert ("the head fitted on 1400 train images, probabilities softmax(β·margins) with β fitted on train folds, no "
+            "val temperature;") in text
+    assert "; test probabilities at temperature T = 0.51 fitted on val (test log-loss 0.0612 at T = 1); " in text
+    older = verdict(fake_report([svm, fake_finetune("lp-ft", 0.5093, log_loss=0.0575)]))  # before the raw one was kept
+    assert "0.0575 after its val temperature T = 0.51, raw not recorded" in older
+    logreg = replace(svm, head="logreg", model="mobilenet_v2-logreg.skops")
+    seed = verdict(fake_report([logreg, fake_finetune("seed", 1.0, log_loss=0.108, log_loss_raw=0.108)]))
+    assert "(log-loss 0.0554 against 0.1080 with no val temperature)" in seed
+    assert "the head fitted on 1400 train images, probabilities as the head gives them, no val temperature;" in seed
+    assert "; probabilities as its softmax gives them, no val temperature; " in seed
+
+
 def test_best_breaks_a_val_tie_without_looking_at_test():
     """A `-refit` model carries its twin's val scores: the tie goes to the model not refitted, whatever test says."""
     from benchmarks.report import Collected

@@ -189,12 +189,29 @@ def test_the_sweep_picks_the_run_with_the_lowest_val_log_loss(tinted, monkeypatc
         return np.tile([0.6, 0.4], (n, 1)), np.ones(n, bool)
 
     monkeypatch.setattr(ft, "train_run", train_run)
-    monkeypatch.setattr(ft, "_test_scores", scores)
+    monkeypatch.setattr(ft, "_test_logits", scores)
     m = small(data, out, recipe=recipe_for("full", head_init="random", lrs=list(fake)), seeds=3)
     assert m.params["lr"] == 1e-3 and m.val_log_loss == 0.20 and m.params["temperature"] == 1.5
     assert used[0] == pytest.approx(1e-3)  # test scored with the chosen run's weights
     assert [r["seed"] for r in m.seeds["runs"]] == [0, 1, 2] and m.seeds["n"] == 3
     assert m.compute["configurations"] == 3 + 1 and m.compute["runs"] == 3  # the runs share one start
+
+
+def test_the_test_log_loss_is_at_the_val_temperature_and_the_raw_one_is_kept(tinted, monkeypatch):
+    """The run's val temperature (T = 1.5 here) scores the test split; the metrics keep the raw log-loss (T = 1)."""
+    data, out = tinted
+    logits = np.tile([2.0, 0.0], (len(data.paths["test"]), 1))  # every test image: a sure cat
+
+    def train_run(model, start, data, pre, recipe, lr, seed, epochs, per_epoch, dev, log):
+        row = ft.Epoch(lr, seed, 1, 0.1, 0.2, 0.3, 0.9, 1.5, 0.1)
+        return ft.Run(lr, seed, [replace(row, epoch=0, train_loss=None), row], row, copy.deepcopy(start), 24, 0.1)
+    monkeypatch.setattr(ft, "train_run", train_run)
+    monkeypatch.setattr(ft, "_test_logits", lambda model, run, test, dev, data: (logits, np.ones(len(logits), bool)))
+    m = small(data, out, recipe=recipe_for("full", head_init="random", lrs=[1e-3]), save_weights=False)
+    y = data.labels["test"]
+    assert m.params["temperature"] == 1.5
+    assert m.log_loss == pytest.approx(log_loss(y, softmax(logits, 1.5), labels=[0, 1]))
+    assert m.log_loss_raw == pytest.approx(log_loss(y, softmax(logits), labels=[0, 1])) != m.log_loss
 
 
 def test_a_small_train_split_still_gets_a_schedule_of_steps(tinted, monkeypatch):
@@ -208,7 +225,7 @@ def test_a_small_train_split_still_gets_a_schedule_of_steps(tinted, monkeypatch)
         row = ft.Epoch(lr, seed, 0, None, 0.5, 0.5, 0.5, 1.0, 0.1)
         return ft.Run(lr, seed, [row], row, copy.deepcopy(start), 0, 0.1)
     monkeypatch.setattr(ft, "train_run", train_run)
-    monkeypatch.setattr(ft, "_test_scores", lambda model, run, test, dev, data: (
+    monkeypatch.setattr(ft, "_test_logits", lambda model, run, test, dev, data: (
         np.full((len(data.paths["test"]), 2), 0.5), np.ones(len(data.paths["test"]), bool)))
     recipe = recipe_for("full", "seed")
     m = ft.finetune(data, "resnet10t", "full", out, recipe=recipe, epochs=2, random_init=True, save_weights=False)
