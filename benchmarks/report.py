@@ -332,6 +332,18 @@ def _versus(frozen: dict, tuned: dict) -> str:
             f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
 
 
+def _significance(c: Collected, frozen: dict, tuned: dict) -> str:
+    """`; …`: an exact McNemar test on the test images only one side got right, where both models record which
+    (`test_correct`) on the same test images; else that the difference is not tested."""
+    f, t = c.metrics_of(frozen), c.metrics_of(tuned)
+    if not (f.test_correct and t.test_correct) or (f.n_test, f.split_fingerprint) != (t.n_test, t.split_fingerprint):
+        return "; not tested for significance (no per-image results of both on the same test images)"
+    only_frozen, only_tuned = discordant(f.test_correct, t.test_correct)
+    p = mcnemar_p(only_frozen, only_tuned)
+    return (f"; {only_frozen} test images right only frozen, {only_tuned} only fine-tuned (exact McNemar p = {p:.2g}): "
+            f"{'a significant difference' if p < 0.05 else 'not distinguishable'} on {f.n_test} test images")
+
+
 def _gap(r: dict) -> str:
     """The chosen configuration's validation scores next to its test scores."""
     if r.get("val_accuracy") is None:
@@ -482,14 +494,14 @@ def verdict(c: Collected) -> str:
                          f"test accuracy {pct(r['accuracy'])}, log-loss {_log_loss_words(r)}; "
                          f"compute {_compute_words(r)}.")
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
-        lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}. "
-                     + _budgets(c, frozen, tuned, frozen_rows, tuned_rows))
+        lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}"
+                     f"{_significance(c, frozen, tuned)}. " + _budgets(c, frozen, tuned, frozen_rows, tuned_rows))
     for t in tuned_rows:
         f = c.best("frozen", t["backbone"])
         if f and f["compute_seconds"] and t["compute_seconds"]:
             mine = [r for r in frozen_rows if r["backbone"] == t["backbone"]]
             lines.append(f"Same backbone, {t['backbone']}: frozen + {f['head']} (its best head by validation "
-                         f"log-loss) against {t['head']}{_qualifiers(t)}: {_versus(f, t)}. "
+                         f"log-loss) against {t['head']}{_qualifiers(t)}: {_versus(f, t)}{_significance(c, f, t)}. "
                          + _budgets(c, f, t, mine, [t]))
     if not tuned:
         lines.append("No fine-tuned baseline was measured on this split (`python -m benchmarks finetune`).")

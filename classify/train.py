@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from classify import ensembles, stream
 from classify.heads import ENSEMBLES, HEADS
-from classify.metrics import evaluate, over_seeds, proba
+from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, configurations, fit_fixed, score, sweep
 from extract.config import resolve
@@ -415,7 +415,8 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
                         configurations=c.configurations, fit_seconds=round(c.chosen.seconds, 3),
                         predict_seconds=round(predict_seconds, 4),
                         features={s.name: s.meta.fingerprint for s in c.stores},
-                        split_fingerprint=store.meta.split_fingerprint, featbench_version=featbench_version())
+                        split_fingerprint=store.meta.split_fingerprint, featbench_version=featbench_version(),
+                        test_correct=correct_mask(p.argmax(1) == y, store.test.paths))
 
 
 def write(c: Candidate, metrics: ModelMetrics, folder: Path) -> ModelMetrics:

@@ -178,7 +178,8 @@ class ModelMetrics(_Json):
     seeds: dict | None = None  # with --seeds N > 1: `over_seeds` of a run per seed, the saved model's first
     out_of_core: bool = False  # trained on features streamed from disk
     exclude: dict | None = None  # with --exclude AUDIT.csv: `classify.train.Exclusion.scores` of this model
-    test_correct: str | None = None  # fine-tunes: `classify.metrics.correct_mask` of the test split (unread: wrong)
+    test_correct: str | None = None  # `classify.metrics.correct_mask` of the test split (fine-tunes: an unread
+    # image is wrong); None in metrics written before classify recorded it
     created: str | None = None  # when saved
     path: str | None = None  # the model file
     extra: dict = field(default_factory=dict)  # keys this featbench does not know, as read

@@ -22,6 +22,7 @@ from benchmarks.peak_rss import run_measured
 from benchmarks.published import PUBLISHED
 from benchmarks.report import num, pct, secs
 from benchmarks.splits import SplitImages, same_split
+from classify.metrics import correct_mask
 from classify.train import load_store
 from extract.backbones import create_backbone, weights_here
 from extract.config import DatasetSettings
@@ -702,6 +703,28 @@ def test_verdict_and_budgets_say_how_each_side_is_calibrated():
     assert "(log-loss 0.0554 against 0.1080 with no val temperature)" in seed
     assert "the head fitted on 1400 train images, probabilities as the head gives them, no val temperature;" in seed
     assert "; probabilities as its softmax gives them, no val temperature; " in seed
+
+
+def test_each_verdict_tests_its_accuracy_difference():
+    """An exact McNemar test on the test images each side got right: one image apart is not distinguishable, 28 are;
+    without both sides' per-image results on the same images the verdict says it cannot test."""
+    from benchmarks.report import verdict
+    paths = [f"{i:03d}.jpg" for i in range(300)]
+
+    def wrong(images) -> dict:
+        return {"accuracy": 1 - len(images) / 300, "test_correct": correct_mask(~np.isin(range(300), images), paths)}
+    frozen = fake_metrics("mobilenet_v2", "logreg", **wrong([0, 1, 2]))
+    close = verdict(fake_report([frozen, fake_finetune("lp-ft", 0.51, **wrong([0, 1]))]))
+    assert close.count("; 0 test images right only frozen, 1 only fine-tuned (exact McNemar p = 1): not "
+                       "distinguishable on 300 test images. Budgets:") == 2  # best against best, and same backbone
+    far = verdict(fake_report([fake_metrics("mobilenet_v2", "logreg", **wrong(list(range(30)))),
+                               fake_finetune("lp-ft", 0.51, **wrong([30, 31]))]))
+    assert ("; 2 test images right only frozen, 30 only fine-tuned (exact McNemar p = 2.5e-07): a significant "
+            "difference on 300 test images. Budgets:") in far
+    cannot = "; not tested for significance (no per-image results of both on the same test images). Budgets:"
+    assert cannot in verdict(fake_report([frozen, fake_finetune("lp-ft", 0.51)]))  # metrics before test_correct
+    fewer = fake_finetune("lp-ft", 0.51, n_test=299, **wrong([0, 1]))  # a test image it could not read
+    assert cannot in verdict(fake_report([frozen, fewer]))
 
 
 def test_best_breaks_a_val_tie_without_looking_at_test():

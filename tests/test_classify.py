@@ -114,6 +114,18 @@ def test_avg_and_stack_name_the_member_sweeps_their_figures_include(all_results)
         assert r.fit_seconds > sum(s.fit_seconds for s in singles.values())
 
 
+def test_metrics_record_which_test_images_each_model_got_right(all_results, two_stores):
+    """`test_correct`, as fine-tunes record it: bit i is the i-th test image in path order, set where it was right."""
+    from classify.metrics import correct_mask, proba
+    from classify.train import load_store
+    for r in all_results:
+        assert int(r.test_correct, 16).bit_count() == round(r.accuracy * r.n_test), r.model
+    test = load_store(two_stores[0]).test
+    model = load_model(two_stores[0].parent / "models" / "alpha-svm.skops")["estimator"]
+    right = proba(model, test.X, len(CLASSES)).argmax(1) == test.y
+    assert next(r for r in all_results if r.model == "alpha-svm.skops").test_correct == correct_mask(right, test.paths)
+
+
 def test_outputs_and_metric_keys(all_results, two_stores):
     folder = two_stores[0].parent / "models"
     names = sorted(p.name for p in folder.iterdir())
