@@ -382,8 +382,8 @@ def _pool(c: Collected, rows: list[dict]) -> str:
     """How many models and configurations the choice was made among, and what computing all of them took."""
     pool = pool_totals(c, rows)
     once = " (the single heads' sweeps that avg and stack reuse counted once)" if pool.reused else ""
-    recounted = (f" ({pool.recounted} ensembles' metrics do not name the single-head sweeps they include, which are "
-                 "counted again)" if pool.recounted else "")
+    recounted = (f", counting again the single-head sweeps included by {plural(pool.recounted, 'ensemble')} whose "
+                 "metrics predate `member_sweeps`" if pool.recounted else "")
     return (f"best by val log-loss of {len(rows)} models, {pool.configurations} configurations scored on val in all"
             f"{once}, {_pool_seconds(c, rows, pool.seconds)}{recounted}")
 
