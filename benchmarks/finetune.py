@@ -15,7 +15,8 @@ seed's test scores and their mean ± std. Evaluation reads images exactly as ext
 The budget (runs, epochs, images seen, seconds, device) is recorded for the report's verdicts.
 
 Writes `OUT/DATASET/models/BACKBONE-finetune-MODE[-RECIPE].metrics.json` (a `ModelMetrics`
-like classify's, with head `finetune-MODE`, `compute` and `seeds`) and the weights as `.pt`.
+like classify's, with head `finetune-MODE`, `compute`, `seeds` and `log_loss_raw`, the test log-loss
+before the val temperature) and the weights as `.pt`.
 """
 import argparse
 import copy
