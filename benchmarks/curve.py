@@ -13,8 +13,8 @@ the full test split. `all` is the full train split, fitted once (as `python -m c
 
 `--finetune-shots 8,64` adds fine-tuned points (`benchmarks finetune`'s recipe, on the images of the
 same subsets, the first `--finetune-repeats` repeats): each chooses its peak rate, epoch and
-temperature on the full val split, so with fine-tunes the frozen points do too (`--select val` by
-default) and both sides see the same labels. An epoch is at least `benchmarks finetune`'s
+temperature on the full val split, so with fine-tunes the frozen points do too (`--select val`; `auto`
+is refused) and both sides see the same labels. An epoch is at least `benchmarks finetune`'s
 MIN_EPOCH_IMAGES images (a small subset's images repeat, each augmented afresh). Fine-tunes are
 cached in OUT/DATASET/curve/finetune/ by subset, weights and settings: re-running with more frozen
 heads trains nothing again.
@@ -373,11 +373,15 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
               log=lambda msg: None) -> tuple[dict, Path]:
     """The curve of `stores` (one dataset), written to OUT/DATASET/curve (OUT: `out`, else beside the
     stores); returns (the doc curve.json holds, that folder). `select`: auto, or val (the default with
-    fine-tunes)."""
+    fine-tunes, and the only choice with them: both sides then see the same labels)."""
     started = time.perf_counter()
     select = select or ("val" if finetune_shots else "auto")
     if select not in ("auto", "val"):
         raise FeatbenchError(f"--select {select!r}: choose auto or val")
+    if select == "auto" and finetune_shots:
+        raise FeatbenchError("--select auto with fine-tuned points: the fine-tunes choose on the full val split, "
+                             "the frozen points would choose inside their subsets, on fewer labels; drop --select "
+                             "auto (val is the default with fine-tunes) or the fine-tuned shots")
     loaded = [load_store(p, need_val=bool(finetune_shots)) for p in dict.fromkeys(Path(p).resolve() for p in stores)]
     notes = []
     for s in (s for s in loaded if not len(s.val)):
@@ -422,7 +426,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="repeat r draws its subsets with seed S+r, the same for every store and head (default 0)")
     p.add_argument("--select", choices=["auto", "val"],
                    help="auto: val when no larger than the subset, else CV inside it; val: the full val split "
-                        "(default: val with fine-tunes, else auto)")
+                        "(default: val with fine-tunes, the only choice with them; else auto)")
     g = p.add_argument_group("fine-tuned points")
     g.add_argument("--finetune-shots", metavar="N,…",
                    help="fine-tune each store's backbone on these subsets too, e.g. 8,64,all; auto: "

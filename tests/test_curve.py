@@ -157,6 +157,16 @@ def test_cli_bad_shots_one_line(stores, capsys):
     assert len(err.splitlines()) == 1 and "--shots" in err
 
 
+def test_select_auto_with_fine_tuned_points_is_refused(stores, capsys):
+    """Fine-tunes choose on the full val split: frozen points chosen by CV inside their subsets would see fewer
+    labels, so `--select auto` with fine-tuned points is one line, before anything is fitted."""
+    rc = run_cli(main, ["curve", "--features", str(stores[0]), "--shots", "2", "--repeats", "1", "--select", "auto",
+                        "--finetune-shots", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: --select auto with fine-tuned points") and "drop --select auto" in err
+
+
 def test_summaries_group_by_store(stores):
     s = [load_store(p) for p in stores]
     points, _ = curve(s, ["knn"], [4], 3)
