@@ -228,6 +228,23 @@ def read_curve(path: Path) -> dict:
     return doc
 
 
+def check_curve(doc: dict, path: Path, metrics: list[ModelMetrics]) -> list[str]:
+    """Refuse, in one line naming `path`, a curve of another dataset or split than the models the report keeps
+    (`one_split`); a curve.json that records no split (older ones) is a note, returned."""
+    kept = one_split(metrics)[0][0]
+    if doc.get("dataset", kept.dataset) != kept.dataset:
+        raise FeatbenchError(f"{path}: a curve of {doc['dataset']}, not of {kept.dataset}")
+    split = doc.get("split_fingerprint")
+    if split is None:
+        return [f"{path}: records no split fingerprint (written before curves did), so the report cannot check "
+                "that it was drawn on its models' split; re-run the curve to check"]
+    if split != kept.split_fingerprint:
+        raise FeatbenchError(f"{path}: a curve drawn on split {split}, not on the report's models' split "
+                             f"({kept.split_fingerprint}); re-run the curve on their stores (python -m benchmarks "
+                             "curve)")
+    return []
+
+
 # ---- formatting -------------------------------------------------------------------------------------
 
 def plural(n: int, word: str) -> str:
@@ -970,9 +987,8 @@ def main(args: argparse.Namespace) -> int:
     folder = (args.out / metrics[0].dataset if args.out else here) / "report"
     found = here / "curve" / "curve.json"
     curve = read_curve(args.curve) if args.curve else read_curve(found) if found.is_file() else None
-    if curve and curve.get("dataset", metrics[0].dataset) != metrics[0].dataset:
-        raise FeatbenchError(f"{args.curve or found}: a curve of {curve['dataset']}, not of {metrics[0].dataset}")
-    c, written = build(metrics, folder, args.title, curve=curve, audit=read_audit(here / "audit"))
+    notes = check_curve(curve, args.curve or found, metrics) if curve else []
+    c, written = build(metrics, folder, args.title, notes, curve, read_audit(here / "audit"))
     print(markdown_table(c))
     print(files_line(written))
     return 0

@@ -260,6 +260,8 @@ def test_run_with_a_curve_table_reports_every_point(curved):
     assert [(r["head"], r["n"], int(r["subset_seed"]), float(r["accuracy"])) for r in rows] == \
         [(p["head"], p["n"], p["subset_seed"], p["accuracy"]) for p in points]
     assert "test_correct" not in rows[0] and all(p["test_correct"] for p in points)  # the masks: curve.json only
+    models = [json.loads(f.read_text()) for f in (folder / "models").glob("*.metrics.json")]
+    assert {m["split_fingerprint"] for m in models} == {doc["split_fingerprint"]}  # the stores' split, recorded
     md = (folder / "report" / "report.md").read_text()
     section = md.split("## Label-efficiency curve")[1].split("## Extraction")[0]
     assert "![Label-efficiency curve" in section and "(label_efficiency.png)" in section
@@ -313,6 +315,25 @@ def test_report_command_finds_the_curve_or_takes_one(curved, tmp_path, capsys):
     assert rc == 2 and "a curve of pets, not of dvc" in err
     rc, _, err = cli(capsys, "report", folder, "--curve", tmp_path / "missing.json")
     assert rc == 2 and "no such curve file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_refuses_a_curve_of_another_split(curved, tmp_path, capsys):
+    """A curve.json of another split is one line naming it; one from before the split was recorded is a note."""
+    folder = curved[0] / "runs" / "dvc"
+    doc = json.loads((folder / "curve" / "curve.json").read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**doc, "split_fingerprint": "0123456789abcdef"}))
+    rc, _, err = cli(capsys, "report", folder, "--out", tmp_path / "refused", "--curve", other)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {other}: a curve drawn on split 0123456789abcdef, not on the report's models' "
+                          f"split ({doc['split_fingerprint']}); re-run the curve")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in doc.items() if k != "split_fingerprint"}))
+    rc, _, err = cli(capsys, "report", folder, "--out", tmp_path / "old", "--curve", old)
+    assert rc == 0, err
+    notes = (tmp_path / "old" / "dvc" / "report" / "report.md").read_text().split("## Notes")[1]
+    assert f"- {old}: records no split fingerprint (written before curves did), so the report cannot check that " \
+        "it was drawn on its models' split; re-run the curve to check" in notes
 
 
 def test_no_curve_skips_the_curve(curved, capsys):
