@@ -409,7 +409,7 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
         more, gone, budget = finetune_points(loaded, spec, subset_seed, folder / "finetune", log)
         points, skipped, notes = points + more, skipped + gone, notes + budget
     doc = {"dataset": loaded[0].dataset, "split_fingerprint": loaded[0].meta.split_fingerprint,
-           "points": [asdict(p) for p in points],
+           "n_test": len(loaded[0].test), "points": [asdict(p) for p in points],
            "summaries": summarise(points, loaded), "skipped": skipped, "select": select, "notes": notes,
            "seconds": round(time.perf_counter() - started, 2)}
     return doc, write(folder, doc)

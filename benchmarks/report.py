@@ -32,7 +32,7 @@ from benchmarks.recipes import DEFAULT_RECIPE, MODES
 from classify.audit import KINDS as AUDIT_KINDS
 from classify.audit import leaking_pairs
 from classify.heads import ENSEMBLES, HEADS
-from classify.metrics import discordant, interval, mcnemar_p
+from classify.metrics import BOOTSTRAP_RESAMPLES, discordant, interval, mask_bits, mcnemar_p, two_way_bootstrap
 from classify.models import SUFFIX
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from features.atomic import atomic_write, csv_text
@@ -635,23 +635,37 @@ def _chosen(f: dict) -> str:
             "score: a choice that favours the frozen side")
 
 
-def paired(tuned: list[dict], frozen: list[dict]) -> tuple[int, str]:
+def test_images(doc: dict) -> int | None:
+    """How many test images the points' `test_correct` masks cover: curve.json's `n_test`, or in one written before
+    it, a frozen point's right images over its accuracy (frozen points score every test image); None: no masks."""
+    if doc.get("n_test"):
+        return doc["n_test"]
+    p = next((p for p in doc["points"] if curve_kind(p) == "frozen" and p.get("test_correct") and p["accuracy"]), None)
+    return round(int(p["test_correct"], 16).bit_count() / p["accuracy"]) if p else None
+
+
+def paired(tuned: list[dict], frozen: list[dict], n_test: int | None) -> tuple[int, str]:
     """(1 | -1 | 0: the fine-tune significantly above | below its frozen opponent | neither, in words) of the
-    fine-tune's points against the opponent's on the same subsets: with two or more, the 95% t-interval of the
-    per-subset accuracy differences; with one, an exact McNemar test on the test images each got right."""
-    by_repeat = {p.get("repeat"): p for p in frozen}
-    diffs = [t["accuracy"] - by_repeat[t.get("repeat")]["accuracy"] for t in tuned]
-    if len(diffs) > 1:
-        d, ci = interval(diffs)
-        return (0 if abs(d) <= ci else int(np.sign(d)), f"paired difference {100 * d:+.2f} ± {100 * ci:.2f} points "
-                f"(95% t-interval over {len(diffs)} subsets)")
-    t, f = tuned[0], by_repeat[tuned[0].get("repeat")]
-    if not (t.get("test_correct") and f.get("test_correct")):
-        return 0, f"difference {100 * diffs[0]:+.2f} points, one fit a side and no per-image results to test it"
+    fine-tune's points against the opponent's on the same subsets, from the `n_test` test images each got right:
+    with two or more subsets, the 95% interval of the mean paired difference by `two_way_bootstrap` (test images and
+    subsets resampled); with one, an exact McNemar test."""
+    pairs = [(t, next(f for f in frozen if f.get("repeat") == t.get("repeat"))) for t in tuned]
+    if not n_test or not all(t.get("test_correct") and f.get("test_correct") for t, f in pairs):
+        diff = np.mean([t["accuracy"] - f["accuracy"] for t, f in pairs])
+        return 0, f"difference {100 * diff:+.2f} points, no per-image results to test it"
+    if len(pairs) > 1:
+        d = np.array([mask_bits(t["test_correct"], n_test).astype(np.int8) - mask_bits(f["test_correct"], n_test)
+                      for t, f in pairs])
+        mean, low, high = two_way_bootstrap(d)
+        return (1 if low > 0 else -1 if high < 0 else 0,
+                f"paired difference {100 * mean:+.2f} points, 95% interval {100 * low:+.2f} to {100 * high:+.2f} "
+                f"(bootstrap of the {n_test} test images and the {len(pairs)} subsets)")
+    (t, f), = pairs
+    diff = t["accuracy"] - f["accuracy"]
     only_tuned, only_frozen = discordant(t["test_correct"], f["test_correct"])
     p = mcnemar_p(only_tuned, only_frozen)
     return (int(np.sign(only_tuned - only_frozen)) if p < 0.05 else 0,
-            f"difference {100 * diffs[0]:+.2f} points, one fit a side: {only_tuned} test images right only "
+            f"difference {100 * diff:+.2f} points, one fit a side: {only_tuned} test images right only "
             f"fine-tuned, {only_frozen} only frozen (exact McNemar p = {p:.2g})")
 
 
@@ -662,7 +676,7 @@ def overtakes(doc: dict) -> list[str]:
     """Per fine-tuned series, against its frozen opponent (`frozen_opponent`) at each n on the same subsets
     (`paired`): the smallest measured n from which it is significantly above, at that n and every larger
     fine-tuned one; each n's outcome (above, below, not distinguishable)."""
-    series = curve_series(doc)
+    series, n_test = curve_series(doc), test_images(doc)
     tuned = {k: rows for k, rows in series.items() if k[0] != "frozen"}
     if not tuned:
         return ["No fine-tuned points on this curve: fine-tuning is not compared at small n "
@@ -676,7 +690,7 @@ def overtakes(doc: dict) -> list[str]:
             if f is None:
                 alone.append(r["n"])
             else:
-                compared.append((r, f, *paired(mine, f["points"])))
+                compared.append((r, f, *paired(mine, f["points"], n_test)))
         name = f"Fine-tuning {store} ({head})"
         alone = f"; no frozen point at n = {', '.join(alone)}" if alone else ""
         if not compared:
@@ -722,9 +736,12 @@ def curve_texts(c: Collected) -> tuple[str, list[str], str]:
              f"images for every store and head), each fitted once and scored on the full test split "
              f"({c.metrics[0].n_test} images); mean test accuracy ± the 95% t-interval over repeats. "
              + (f"`all` is the full train split ({full} images), fitted once. " if full else "")
-             + ("A fine-tune is set against its frozen opponent on the same subsets: the per-subset accuracy "
-                "difference with its 95% t-interval, or with one fit a side an exact McNemar test on the test "
-                "images; it is above or below only where the interval excludes 0 (p < 0.05). " if tuned else "")
+             + ("A fine-tune is set against its frozen opponent on the same subsets, image by image: the mean "
+                "paired accuracy difference with a 95% interval from "
+                f"{BOOTSTRAP_RESAMPLES} bootstrap resamples of the test images (one draw for both sides and every "
+                "subset, which share them) and of the subsets, so it carries both the test set's sampling noise "
+                "and the subsets' spread; with one fit a side, an exact McNemar test on the test images; it is "
+                "above or below only where the interval excludes 0 (p < 0.05). " if tuned else "")
              + (f"{plural(len(doc.get('skipped', [])), 'point')} skipped (results.json). " if doc.get("skipped")
                 else "")
              + "Every point is in curve.csv with its subset seed.")

@@ -12,6 +12,7 @@ from sklearn.metrics import (
 
 ECE_BINS = 15
 TOP_LOSSES = 10
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def proba(model, X, n_classes: int) -> np.ndarray:
@@ -82,6 +83,31 @@ def correct_mask(right: np.ndarray, paths: list) -> str:
     order = np.argsort(np.asarray(paths, dtype=object), kind="stable")
     bits = np.packbits(np.asarray(right, bool)[order], bitorder="little")
     return format(int.from_bytes(bits.tobytes(), "little"), "x")
+
+
+def mask_bits(mask: str, n: int) -> np.ndarray:
+    """A `correct_mask` of n images back as booleans, in path order."""
+    raw = np.frombuffer(int(mask, 16).to_bytes((n + 7) // 8, "little"), np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+
+def two_way_bootstrap(d: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `d`, a subsets × test images matrix (e.g. a paired right/wrong difference),
+    and its 95% basic (reverse-percentile) bootstrap interval, the test images and the subsets resampled
+    independently, both with replacement: one draw of images for every subset, as they share them, so the interval
+    carries the test set's sampling noise and the subsets' spread. Basic, not percentile: with few images that
+    differ, the resampled means pile up at 0 and a percentile interval is too eager to exclude it. Images alike in
+    every subset are drawn as one group (a multinomial's margins), those that differ nowhere as the remainder.
+    Deterministic (`seed`)."""
+    rows, n = d.shape
+    rng = np.random.default_rng(seed)
+    patterns, sizes = np.unique(d[:, d.any(axis=0)].T, axis=0, return_counts=True)
+    counts = rng.multinomial(n, [*(sizes / n), 1 - sizes.sum() / n], size=resamples)[:, :len(sizes)]
+    per_subset = counts @ patterns / n  # resamples × subsets
+    means = np.take_along_axis(per_subset, rng.integers(rows, size=(resamples, rows)), axis=1).mean(axis=1)
+    mean = float(d.mean())
+    q_low, q_high = np.quantile(means, [0.025, 0.975])
+    return mean, float(2 * mean - q_high), float(2 * mean - q_low)
 
 
 def discordant(a: str, b: str) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """benchmarks curve on synthetic stores: nested stratified subsets, intervals, the `all` point, edge cases."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from scipy import stats
 
 from benchmarks.__main__ import main
 from benchmarks.curve import ALL, curve, fit_point, parse_shots, permutations, subset, summarise
-from classify.metrics import interval
+from classify.metrics import correct_mask, interval
 from classify.select import fit_fixed
 from classify.train import load_store, run
 from features.cli import run_cli
@@ -142,6 +143,7 @@ def test_cli_outputs_short_and_no_val(tmp_path, capsys):
     assert "no val split" in out.err and "Classes with fewer train images than n use all they have (`short` column): 1 at n=8 of 3 (first: cat)" in out.err
     doc = json.loads((tmp_path / "out" / "synth" / "curve" / "curve.json").read_text())
     assert {p["selection"] for p in doc["points"]} <= {"cv2", "cv3"}
+    assert doc["n_test"] == len(load_store(path, need_val=False).test)  # the images each `test_correct` covers
     short = {(s["head"], s["n"]): s["short"] for s in doc["summaries"]}
     assert short[("logreg", "8")] == "cat" and short[("logreg", "2")] == ""
     csv = (tmp_path / "out" / "synth" / "curve" / "curve.csv").read_text().splitlines()
@@ -178,11 +180,20 @@ def test_summaries_group_by_store(stores):
 
 # ---- the report's curve section: sentences and plot from a hand-made curve.json -----------------------
 
+TEST_IMAGES = 300
+
+
+def masks(n: int, right: set) -> str:
+    return correct_mask(np.isin(np.arange(n), list(right)), [f"{i:04d}.jpg" for i in range(n)])
+
+
 def series_points(store, head, n, accs, kind, val=None) -> list[dict]:
-    """One series' points at n, one per repeat (`val`: their validation log-loss, default 1 - accuracy)."""
+    """One series' points at n, one per repeat (`val`: their validation log-loss, default 1 - accuracy), each right
+    on the first accuracy × 300 test images."""
     return [{"store": store, "head": head, "n": n, "repeat": r, "subset_seed": r, "n_train": 1, "selection": "val",
              "accuracy": a, "log_loss": 1 - a, "kind": kind, "seconds": 0.0,
-             "val_log_loss": 1 - a if val is None else val} for r, a in enumerate(accs)]
+             "val_log_loss": 1 - a if val is None else val,
+             "test_correct": masks(TEST_IMAGES, set(range(round(a * TEST_IMAGES))))} for r, a in enumerate(accs)]
 
 
 def summary_of(points: list[dict]) -> dict:
@@ -197,8 +208,8 @@ SPREAD = 0.01 * np.sqrt(3) / stats.t.ppf(0.975, 2)  # 3 repeats a - SPREAD, a, a
 
 
 def curve_doc(frozen: dict, tuned: dict | None = None, val: dict | None = None) -> dict:
-    """{(store, head): {n: accuracy, or a list of one per repeat}} → a curve.json doc (a single accuracy: 3
-    repeats, a ± 1.00%, one at `all`); `val`: {(store, head): validation log-loss of its points}."""
+    """{(store, head): {n: accuracy, or a list of one per repeat}} → a curve.json doc over 300 test images (a single
+    accuracy: 3 repeats, a ± 1.00%, one at `all`); `val`: {(store, head): validation log-loss of its points}."""
     points = []
     for kind, series in (("frozen", frozen), ("finetune", tuned or {})):
         for (s, h), accs in series.items():
@@ -208,8 +219,8 @@ def curve_doc(frozen: dict, tuned: dict | None = None, val: dict | None = None) 
     groups = {}
     for p in points:
         groups.setdefault((p["store"], p["head"], p["n"]), []).append(p)
-    return {"dataset": "synth", "points": points, "summaries": [summary_of(ps) for ps in groups.values()],
-            "skipped": [], "seconds": 1.0, "notes": []}
+    return {"dataset": "synth", "n_test": TEST_IMAGES, "points": points,
+            "summaries": [summary_of(ps) for ps in groups.values()], "skipped": [], "seconds": 1.0, "notes": []}
 
 
 FROZEN = {("a", "logreg"): {"1": 0.6, "2": 0.7, "4": 0.8, "8": 0.975, "16": 0.99, "64": 0.9, "all": 0.98},
@@ -224,15 +235,31 @@ def test_within_one_point_of_the_full_split():
         "(at n = 64, the largest measured below it: 94.00 ± 1.00%)"]
 
 
+INTERVAL = r"95% interval ([+-]\d+\.\d\d) to ([+-]\d+\.\d\d) \(bootstrap of the 300 test images and the 3 subsets\)"
+# frozen series the fine-tunes below differ from by clear-cut margins (10, 5 points) or by one point (3 images)
+TUNED_FROZEN = {("a", "logreg"): {"8": 0.8, "16": 0.9, "64": 0.9}, ("b", "svm"): {"8": 0.7, "16": 0.85, "64": 0.94}}
+
+
 def test_fine_tuning_overtakes_from_the_n_where_it_stays_above():
     from benchmarks.report import overtakes
-    # above at 8, below at 16, above (against b + svm, the frozen opponent there) at 64: from 64, not from 8
-    [text] = overtakes(curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "16": 0.95, "64": 0.95}}))
-    assert text == ("Fine-tuning a (finetune-full) overtakes frozen features from n = 64, significantly above there "
-                    "and at every larger fine-tuned n (n = 8: above, 16: below, 64: above): at n = 64, 95.00 ± 1.00% "
-                    "against 94.00 ± 1.00% for b + svm on the same 3 subsets (the frozen store + head with the "
-                    "lowest validation log-loss there); paired difference +1.00 ± 0.00 points (95% t-interval over "
-                    "3 subsets).")
+    # 10 points above at 8, 5 below at 16, and at 64 one point (3 of 300 test images) above b + svm, the frozen
+    # opponent there, on every subset: steady, but within the test images' sampling noise, so not distinguishable
+    [text] = overtakes(curve_doc(TUNED_FROZEN, {("a", "finetune-full"): {"8": 0.9, "16": 0.85, "64": 0.95}}))
+    assert text.startswith("Fine-tuning a (finetune-full) does not significantly overtake frozen features within the "
+                           "measured range (n = 8: above, 16: below, 64: not distinguishable): at n = 64, 95.00 ± 1.00% "
+                           "against 94.00 ± 1.00% for b + svm on the same 3 subsets (the frozen store + head with the "
+                           "lowest validation log-loss there); paired difference +1.00 points, 95% interval ")
+    low, high = map(float, re.search(INTERVAL, text).groups())
+    assert low <= 0 < 1 < high
+    # five points above at 64: from 64, not from 8
+    [text] = overtakes(curve_doc(TUNED_FROZEN, {("a", "finetune-full"): {"8": 0.9, "16": 0.85, "64": 0.99}}))
+    assert text.startswith("Fine-tuning a (finetune-full) overtakes frozen features from n = 64, significantly above "
+                           "there and at every larger fine-tuned n (n = 8: above, 16: below, 64: above): at n = 64, "
+                           "99.00 ± 1.00% against 94.00 ± 1.00% for b + svm on the same 3 subsets (the frozen store + "
+                           "head with the lowest validation log-loss there); paired difference +5.00 points, 95% "
+                           "interval ")
+    low, high = map(float, re.search(INTERVAL, text).groups())
+    assert 0 < low < 5 < high
     # the kind comes from the head where a point has none
     doc = curve_doc(FROZEN)
     tuned = series_points("a", "finetune-full", "64", [0.93] * 3, "finetune")
@@ -241,7 +268,7 @@ def test_fine_tuning_overtakes_from_the_n_where_it_stays_above():
     [never] = overtakes(doc)
     assert never.startswith("Fine-tuning a (finetune-full) does not significantly overtake frozen features within the "
                             "measured range (n = 64: not distinguishable): at n = 64, 93.00 ± 0.00% against 94.00 ± 1.00%")
-    [above_below] = overtakes(curve_doc(FROZEN, {("a", "finetune-full"): {"8": 0.99, "64": 0.9, "32": 0.99}}))
+    [above_below] = overtakes(curve_doc(TUNED_FROZEN, {("a", "finetune-full"): {"8": 0.9, "64": 0.9, "32": 0.99}}))
     assert "does not significantly overtake" in above_below and "(n = 8: above, 64: below)" in above_below and \
         "no frozen point at n = 32" in above_below
     assert overtakes(curve_doc(FROZEN))[0].startswith("No fine-tuned points on this curve")
@@ -249,20 +276,17 @@ def test_fine_tuning_overtakes_from_the_n_where_it_stays_above():
 
 def test_a_higher_mean_is_not_overtaking_unless_the_paired_difference_is_significant():
     """Paired per subset: a mean 1.3 points above with differences +4, -2, +2 is not distinguishable; +2 on every
-    subset is above."""
+    subset (6 other test images each) is above."""
     from benchmarks.report import overtakes
     noisy = curve_doc({("a", "logreg"): {"8": [0.95] * 3}}, {("a", "finetune-full"): {"8": [0.99, 0.93, 0.97]}})
     [text] = overtakes(noisy)
     assert text.startswith("Fine-tuning a (finetune-full) does not significantly overtake frozen features within "
                            "the measured range (n = 8: not distinguishable): at n = 8, 96.33 ± 7.59% against 95.00")
-    assert "paired difference +1.33 ± 7.59 points (95% t-interval over 3 subsets)" in text
+    assert "paired difference +1.33 points, 95% interval " in text
+    low, high = map(float, re.search(INTERVAL, text).groups())
+    assert low < 0 < high
     steady = curve_doc({("a", "logreg"): {"8": [0.90, 0.93, 0.96]}}, {("a", "finetune-full"): {"8": [0.92, 0.95, 0.98]}})
     assert "overtakes frozen features from n = 8" in overtakes(steady)[0]
-
-
-def masks(n: int, right: set) -> str:
-    from classify.metrics import correct_mask
-    return correct_mask(np.isin(np.arange(n), list(right)), [f"{i:04d}.jpg" for i in range(n)])
 
 
 @pytest.mark.parametrize("only_tuned, only_frozen, words", [
@@ -282,6 +306,65 @@ def test_one_fit_a_side_is_tested_on_the_test_images(only_tuned, only_frozen, wo
         del p["test_correct"]
     assert "n = all: not distinguishable" in overtakes(doc)[0] and "no per-image results to test it" in \
         overtakes(doc)[0]
+
+
+def discordant_doc(only_tuned: int, only_frozen: int, subsets: int = 3) -> dict:
+    """n = 8 over 300 test images: on each subset both sides get the same 200 right, the fine-tune `only_tuned` more
+    and the frozen head `only_frozen` more, other images on each subset."""
+    doc = curve_doc({("a", "logreg"): {"8": [(200 + only_frozen) / 300] * subsets}},
+                    {("a", "finetune-full"): {"8": [(200 + only_tuned) / 300] * subsets}})
+    for p in doc["points"]:
+        start = 200 + p["repeat"] * (only_tuned + only_frozen) + (0 if p["kind"] == "finetune" else only_tuned)
+        p["test_correct"] = masks(300, set(range(200)) | set(range(start, start + (
+            only_tuned if p["kind"] == "finetune" else only_frozen))))
+    return doc
+
+
+def test_a_steady_gain_within_the_test_images_noise_is_not_distinguishable():
+    """+1 image in 300 on each of 3 subsets (5 right only fine-tuned, 4 only frozen): steady across subsets, so a
+    t-interval over subsets alone has zero width, but well within the test images' sampling noise."""
+    from benchmarks.report import overtakes
+    [text] = overtakes(discordant_doc(5, 4))
+    assert text.startswith("Fine-tuning a (finetune-full) does not significantly overtake frozen features within the "
+                           "measured range (n = 8: not distinguishable)")
+    assert "paired difference +0.33 points, 95% interval " in text
+    low, high = map(float, re.search(INTERVAL, text).groups())
+    assert low < 0 < 0.33 < high
+
+
+def test_a_large_steady_gain_is_significant():
+    """+30 images in 300 on each of 3 subsets: above; a curve.json without `n_test` (older ones) counts the test
+    images from a frozen point; one without per-image results at all is not tested."""
+    from benchmarks.report import overtakes
+    doc = discordant_doc(30, 0)
+    [text] = overtakes(doc)
+    assert "overtakes frozen features from n = 8" in text and "paired difference +10.00 points, 95% interval " in text
+    low, high = map(float, re.search(INTERVAL, text).groups())
+    assert 5 < low < 10 < high < 15
+    del doc["n_test"]
+    assert overtakes(doc) == [text]
+    for p in doc["points"]:
+        del p["test_correct"]
+    [untested] = overtakes(doc)
+    assert "(n = 8: not distinguishable)" in untested and "no per-image results to test it" in untested
+
+
+def test_the_bootstrap_resamples_the_test_images_and_the_subsets():
+    """One image right only on one side in every subset: not distinguishable from none (it is left out of a third
+    of the resamples); +30 images on two subsets and -30 on a third: the subsets' spread crosses 0, where one subset
+    of +30 alone is above 0. Deterministic."""
+    from classify.metrics import two_way_bootstrap
+    one = np.zeros((3, 300))
+    one[:, 0] = 1
+    mean, low, high = two_way_bootstrap(one)
+    assert mean == pytest.approx(1 / 300) and low < 0 < mean < high
+    assert two_way_bootstrap(one) == (mean, low, high)
+    assert two_way_bootstrap(np.zeros((3, 300))) == (0, 0, 0)
+    mixed = np.zeros((3, 300))
+    mixed[[0, 1], :30], mixed[2, 30:60] = 1, -1
+    mean, low, high = two_way_bootstrap(mixed)
+    assert mean == pytest.approx(10 / 300) and low < 0 < high
+    assert two_way_bootstrap(mixed[:1])[1] > 0
 
 
 def test_correct_masks_pair_images_by_path():
@@ -379,7 +462,7 @@ def test_overtaking_compares_the_same_subsets():
     doc = curve_doc({("a", "logreg"): {"8": frozen}}, {("a", "finetune-full"): {"8": [0.93] * 3}})
     [text] = overtakes(doc)
     assert "overtakes frozen features from n = 8" in text and "90.00 ± 0.00% for a + logreg on the same 3 subsets" \
-        in text and "paired difference +3.00 ± 0.00 points" in text
+        in text and "paired difference +3.00 points, 95% interval +" in text
 
 
 def test_stores_with_other_test_images_are_refused(tmp_path):
