@@ -392,11 +392,24 @@ def _spec(name: str) -> Spec:
             model = timm.create_model(name, pretrained=False)
     except Exception as e:  # noqa: BLE001 - unknown names and tags, a folder without config.json, no hub: one line
         raise FeatbenchError(_timm_failure(name, e)) from None
-    cfg = timm.data.resolve_model_data_config(model)
-    size = cfg["input_size"][-1]
-    pre = Preprocess(size, int(size / cfg.get("crop_pct", 0.875)), cfg.get("interpolation", "bicubic"),
-                     tuple(cfg["mean"]), tuple(cfg["std"]))
+    pre = _timm_preprocess(name, timm.data.resolve_model_data_config(model))
     return Spec(name, None, pre, *_timm(name), note="timm")
+
+
+def _timm_preprocess(name: str, cfg: dict) -> Preprocess:
+    """timm's eval transform for `cfg` as a featbench Preprocess: crop_mode 'center' resizes the shorter side to
+    size / crop_pct and centre-crops, 'squash' (crop_pct 1) resizes to size×size; a squash that then crops,
+    'border' (padding) and non-square input have no equivalent here."""
+    _, height, size = cfg["input_size"]
+    mode, pct = cfg.get("crop_mode") or "center", cfg.get("crop_pct") or 0.875
+    why = (f"input_size {tuple(cfg['input_size'])} (not square)" if height != size else
+           f"crop_mode {mode!r}" if mode not in ("center", "squash") else
+           f"crop_mode 'squash' with crop_pct {pct}" if mode == "squash" and pct != 1 else "")
+    if why:
+        raise FeatbenchError(f"{name}: timm preprocesses it with {why}, which featbench cannot reproduce; "
+                             "pick another model or tag")
+    return Preprocess(size, 0 if mode == "squash" else int(size / pct), cfg.get("interpolation", "bicubic"),
+                      tuple(cfg["mean"]), tuple(cfg["std"]))
 
 
 @contextmanager

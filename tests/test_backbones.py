@@ -9,14 +9,14 @@ import torchvision
 
 from classify.models import backbone_record, build_backbones
 from extract import weights as pypi
-from extract.backbones import REGISTRY, create_backbone, list_backbones
+from extract.backbones import REGISTRY, Preprocess, create_backbone, list_backbones, plan_backbone
 from extract.datasets import load_dataset
 from extract.images import load, resize_crop
 from extract.pipeline import Options, extract
 from features import FeatureStore
 from features.errors import FeatbenchError
 
-from conftest import skip_without_weights, write_image
+from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
 
 CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -367,3 +367,39 @@ def test_an_unreachable_hub_is_read_from_the_cache_only_at_once(monkeypatch):
     with pytest.raises(FeatbenchError):
         create_backbone("resnet10t")
     assert seen == [True, False]
+
+
+SQUASH_TAG = "convnextv2_nano.fcmae_ft_in22k_in1k_384"  # timm squashes it to 384×384 (crop_mode 'squash', crop_pct 1)
+
+
+def test_a_squash_tag_is_squashed_and_crops_featbench_cannot_follow_are_refused(monkeypatch):
+    import timm
+    assert plan_backbone(SQUASH_TAG, random_init=True).spec.preprocess == Preprocess(384, 0, "bicubic")
+    create = timm.create_model
+    cases = {"crop_mode 'border'": {"crop_mode": "border"},
+             "crop_mode 'squash' with crop_pct 0.9": {"crop_mode": "squash", "crop_pct": 0.9},
+             "input_size (3, 96, 128) (not square)": {"input_size": (3, 96, 128)}}
+    for words, overlay in cases.items():
+        monkeypatch.setattr(timm, "create_model", partial(create, pretrained_cfg_overlay=overlay))
+        with pytest.raises(FeatbenchError) as err:
+            plan_backbone("resnet10t", random_init=True)
+        msg = str(err.value)
+        assert msg.startswith("resnet10t: ") and words in msg and "\n" not in msg, msg
+
+
+@needs(DOGS_VS_CATS)
+@pytest.mark.parametrize("tag", ["resnet10t.c3_in1k", SQUASH_TAG])
+def test_a_timm_tag_reads_a_photo_as_timm_transforms_it(tag):
+    """What the pipeline feeds the model (`load`, then `Normalized`'s mean/std) is timm's eval transform of a
+    non-square photo: centre crop for one tag, squash for the other."""
+    import timm
+    from PIL import Image
+    from timm.models import get_pretrained_cfg
+    photo = DOGS_VS_CATS / "cat.0.jpg"  # 500×374
+    pre = plan_backbone(tag, random_init=True).spec.preprocess
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (pre.mean, pre.std))
+    ours = (load(photo.read_bytes(), pre) / 255 - mean) / std
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(
+        pretrained_cfg=get_pretrained_cfg(tag).to_dict()))
+    theirs = transform(Image.open(photo).convert("RGB"))
+    assert ours.shape == theirs.shape and (ours - theirs).abs().mean() < 0.02
