@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.datasets import assign_splits, load_dataset
+from extract.names import store_stem
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS, split_fingerprint
 
@@ -41,7 +42,7 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
         return from_store(features)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     folder = settings.out / dataset.name
-    candidates = [folder / f"{backbone}.h5"] + sorted(folder.glob("*.h5"))
+    candidates = [folder / f"{store_stem(backbone)}.h5"] + sorted(folder.glob("*.h5"))
     for path in dict.fromkeys(candidates):
         if not path.is_file():
             continue

@@ -33,9 +33,10 @@ heads:
   all     every head and every ensemble (ensembles when there are two stores or more)
 
 Stores come from --features, or OUT/DATASET/*.h5 for the dataset of --data or ./{CONFIG_NAME}
-(--backbone NAME… picks OUT/DATASET/NAME.h5). Hyper-parameters are chosen on the val split; the
-test split is scored once, at the end. Models and metrics go to OUT/DATASET/models/ (DATASET: the
-store's dataset; with --features and no --out, the models/ folder beside the store):
+(--backbone NAME… picks the store extract wrote for NAME, or OUT/DATASET/NAME.h5). Hyper-parameters
+are chosen on the val split; the test split is scored once, at the end. Models and metrics go to
+OUT/DATASET/models/ (DATASET: the store's dataset; with --features and no --out, the models/ folder
+beside the store):
 BACKBONES-HEAD[-refit].skops and .metrics.json.
 """
 

@@ -29,6 +29,7 @@ from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, configurations, fit_fixed, score, sweep
 from extract.config import resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
+from extract.names import store_stem
 from features.atomic import atomic_write, check_folder
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
@@ -61,17 +62,20 @@ class Store:
 
 
 def find_stores(folder: Path, backbones: list[str] | None = None, root=None) -> list[Path]:
-    """The stores in a dataset's folder: all of them, or `{folder}/{name}.h5` for each backbone name.
+    """The stores in a dataset's folder: all of them, or the one of each backbone name, as extract names it
+    (`store_stem`) or, failing that, with the name as its stem (`NAME-cls+avg`).
 
     With the dataset's `root`, a store extracted from another folder of the same name is refused."""
     found = sorted(folder.glob("*.h5")) if folder.is_dir() else []
     if backbones:
-        missing = [b for b in backbones if not (folder / f"{b}.h5").is_file()]
+        by_stem = {p.stem: p for p in found if p.is_file()}
+        picked = [by_stem.get(store_stem(b)) or by_stem.get(b) for b in backbones]
+        missing = [b for b, p in zip(backbones, picked) if p is None]
         if missing:
             have = ", ".join(p.stem for p in found) or "none"
             raise StoreError(f"{folder}: no feature store for {', '.join(missing)} (stores here: {have}); "
                              f"run `python -m extract --backbone {missing[0]}` first")
-        found = [folder / f"{b}.h5" for b in backbones]
+        found = picked
     if not found:
         raise StoreError(f"{folder}: no feature stores; run `python -m extract --backbone NAME` for this "
                          "dataset first, or pass --features FILE")

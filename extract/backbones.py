@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from extract import weights as pypi
+from extract.names import canonical
 from features.errors import FeatbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,7 +180,6 @@ class Spec:
 
 
 REGISTRY: dict[str, Spec] = {}
-ALIASES = {"ResNet152V2": "resnet152v2", "resnetv2_152": "resnet152v2"}
 
 
 def register(spec: Spec) -> Spec:
@@ -344,10 +344,6 @@ register(Spec("inception_v3_fid", 2048, Preprocess(299, 0, "bilinear", HALF, HAL
 
 
 # ---- the factory -----------------------------------------------------------------------------------
-
-def canonical(name: str) -> str:
-    return ALIASES.get(name, name)
-
 
 def state_fingerprint(*modules: nn.Module | None) -> str:
     """sha256 over every parameter and buffer: identifies the weights whatever file they came from."""

@@ -12,7 +12,6 @@ own shard store (same lock, journal and reuse); `features.merge` concatenates th
 import ctypes
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -44,6 +43,7 @@ from extract.device import (
 from extract.files import MAX_IMAGE_BYTES, file_stamp, read_file, size_text, within
 from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
+from extract.names import store_stem
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model, recorded_calibration
 from features.atomic import make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
@@ -127,7 +127,7 @@ def store_path(out: Path, dataset: str, backbone: Backbone | Planned, weights_fi
     """`{out}/{dataset}/{backbone}[READOUT][-random-init|-w<sha8>][-bf16|-int8][-f16].h5`: one store per distinct
     embedding (the backbone's name with characters other than letters, digits, `._-` as `_`: hf-hub:ORG/NAME,
     local-dir:FOLDER; READOUT as `Readout.suffix` shows a non-default pool, blocks, image size or TTA)."""
-    stem = re.sub(r"[^\w.-]", "_", backbone.name) + backbone.readout.suffix()
+    stem = store_stem(backbone.name) + backbone.readout.suffix()
     if backbone.weights.get("random_init"):
         stem += "-random-init"
     elif weights_file:

@@ -704,6 +704,20 @@ def test_stores_of_another_dataset_folder_are_refused(good):
     assert "\n" not in str(err.value)
 
 
+def test_stores_are_found_by_the_backbone_names_extract_takes(good):
+    """--backbone finds the store extract wrote for that name: an alias's (canonical name) and one whose characters
+    outside letters, digits and `._-` extract writes as `_` (open_clip:, hf-hub:, local-dir:); a store's own
+    stem finds it too (`-cls+avg`: the readout suffix as written)."""
+    from classify.train import find_stores
+    folder, X, y, splits = good
+    stems = {"open_clip:ViT-B-32/laion2b_s34b_b79k": "open_clip_ViT-B-32_laion2b_s34b_b79k",
+             "ResNet152V2": "resnet152v2", "local-dir:/models/my net": "local-dir__models_my_net",
+             "vit_small_patch16_224-cls+avg": "vit_small_patch16_224-cls+avg", "a-flip": "a-flip"}
+    for name, stem in stems.items():
+        make_store(folder / f"{stem}.h5", X, y, splits, name)
+    assert find_stores(folder, list(stems)) == [folder / f"{stem}.h5" for stem in stems.values()]
+
+
 def test_ensemble_of_different_datasets(good, capsys):
     folder, X, y, splits = good
     a = make_store(folder / "a.h5", X, y, splits, "a")
