@@ -854,3 +854,31 @@ def test_curve_table_becomes_the_run_curve_call(monkeypatch, tmp_path):
     assert notes[-1] == "label-efficiency curve: fine-tuned points skipped (--no-finetune)"
     grid._curve(grid.curve_settings({"finetune_shots": "auto"}), built, True, tmp_path, "cpu", notes, print)
     assert calls[2][1]["finetune_shots"] == [8, 64]  # "auto": the device's default, as --finetune-shots auto
+
+
+def test_scale_rewrites_a_kept_store_of_another_size_and_reads_max_memory_first(tmp_path, capsys, monkeypatch):
+    """`scale --out` keeps its synthetic store: a later run asking for another size rewrites it (and says so), one
+    asking for the same size reuses it (and says so); a bad --max-memory fails before any store is written."""
+    from benchmarks import scale
+    asked = []
+
+    def classify_stub(store, max_memory):
+        asked.append(max_memory)
+        return {"seconds": 1.0, "peak_rss_gib": 0.1, "accuracy": 0.5, "params": {}, "out_of_core": True, "log": []}
+
+    monkeypatch.setattr(scale, "out_of_core", classify_stub)
+    store = tmp_path / "synthetic" / "features.h5"
+    with pytest.raises(SystemExit) as e:
+        main(["scale", "--rows", "40", "--dim", "4", "--max-memory", "lots", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "'lots' is not a positive size" in capsys.readouterr().err
+    assert not store.exists() and asked == []
+    errs = []
+    for rows, dim, words in ((40, 4, "s to write)"), (60, 3, "s to write)"), (60, 3, "(reused)")):
+        rc, out, err = cli(capsys, "scale", "--rows", rows, "--dim", dim, "--max-memory", "2M", "--out", tmp_path)
+        assert rc == 0 and f"store: {rows:,} rows x {dim} float32" in out and words in out, out
+        with FeatureStore(store) as fs:
+            assert (fs.meta.rows, fs.dim) == (rows, dim)
+        errs.append(err)
+    assert errs == ["", f"note: {store} holds 40 rows x 4 features in 2 classes, not the 60 x 3 in 2 asked for: "
+                        "rewriting it\n", ""]
+    assert asked == [2 * 2**20] * 3
