@@ -161,8 +161,8 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     notes, stores, built = [], [], {}
     options = Options(device=device, progress=False if quiet else None)
     for name in names:
-        weights = weight_files.get(name)
-        if weights and not Path(weights).is_file() and not random_init:
+        weights = None if random_init else weight_files.get(name)  # --random-init: every backbone random
+        if weights and not Path(weights).is_file():
             notes.append(f"{name}: skipped, weights file {weights} not found")
             print(f"note: {notes[-1]}", file=sys.stderr)
             continue

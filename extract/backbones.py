@@ -511,6 +511,8 @@ def plan_backbone(name: str, weights: str | Path | None = None, random_init: boo
                   readout: Readout = DEFAULT_READOUT) -> Planned:
     """Everything `create_backbone` checks before it loads weights: the name, the readout, `random_init` and the
     weights file (found, its sha256 that of a weights file and, for published weights, the published one)."""
+    if random_init and weights:
+        raise FeatbenchError(f"--random-init and --weights {weights}: pass one (random weights or the file's)")
     spec = _spec(name)
     if readout.image_size == spec.preprocess.size:
         readout = replace(readout, image_size=None)  # its own size: the default store

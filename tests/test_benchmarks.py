@@ -882,3 +882,23 @@ def test_scale_rewrites_a_kept_store_of_another_size_and_reads_max_memory_first(
     assert errs == ["", f"note: {store} holds 40 rows x 4 features in 2 classes, not the 60 x 3 in 2 asked for: "
                         "rewriting it\n", ""]
     assert asked == [2 * 2**20] * 3
+
+
+def test_run_random_init_makes_every_backbone_random_whatever_weights_the_config_names(tmp_path, capsys, monkeypatch):
+    """`run --random-init` (tests only) builds each backbone with random weights and no weights file: the config's
+    [benchmark.weights] are not passed along (create_backbone refuses random weights with a file)."""
+    import benchmarks.grid as grid
+    seen = []
+
+    def create(name, weights, random_init):
+        seen.append((name, weights, random_init))
+        raise FeatbenchError("stub: nothing built")
+
+    monkeypatch.setattr(grid, "create_backbone", create)
+    for i in range(2):
+        write_image(tmp_path / "dvc" / f"cat.{i}.jpg", i)
+    config = write_config(tmp_path / "grid.toml", "dvc", ["resnet10t"], ["logreg"])
+    config.write_text(config.read_text() + '\n[benchmark.weights]\nresnet10t = "w.pth"\n')
+    rc, _, err = cli(capsys, "run", config, "--random-init", "--out", tmp_path / "runs", "--quiet")
+    assert rc == 2 and "none of the backbones resnet10t has weights here" in err
+    assert seen == [("resnet10t", None, True)]

@@ -269,6 +269,21 @@ def test_bad_splits_are_one_line_and_write_nothing(tmp_path, capsys, splits):
     assert resolve(data=str(data), splits="0.6,0.2,0.2").splits == (0.6, 0.2, 0.2)
 
 
+def test_random_init_with_a_weights_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """--random-init and --weights FILE contradict each other: the run stops (it used to embed random weights and
+    ignore the file)."""
+    data = tmp_path / "pics"
+    for i in range(3):
+        write_image(data / "a" / f"{i}.jpg", i)
+        write_image(data / "b" / f"{i}.jpg", 10 + i)
+    (tmp_path / "w.pth").write_bytes(b"\x80")
+    rc = run_cli(EXTRACT.main, ["--backbone", "resnet10t", "--random-init", "--weights", str(tmp_path / "w.pth"),
+                                "--data", str(data), "--out", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--random-init" in err and "--weights" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".hidden", "a\\b"])
 def test_a_name_that_is_not_one_folder_name_is_one_line_and_writes_nothing(tmp_path, capsys, name):
     """--name is the store's folder under --out: a separator, `..` or a leading dot would write elsewhere, nest
