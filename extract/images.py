@@ -56,7 +56,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 @contextmanager
 def _reasons():
-    """Turn whatever decoding raises into BadImage with the reason (decompression bomb warnings too)."""
+    """Turn whatever decoding raises into BadImage with the reason (decompression bomb warnings too; any other
+    exception named by its type)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -69,6 +70,10 @@ def _reasons():
             raise BadImage(f"corrupt or truncated image ({str(e) or type(e).__name__})") from None
         except MemoryError:
             raise BadImage(OUT_OF_MEMORY) from None
+        except BadImage:
+            raise
+        except Exception as e:  # noqa: BLE001 - a decoder's bug on odd input (a TIFF tag of the wrong type): a skip
+            raise BadImage(f"unreadable image ({type(e).__name__}: {e})") from None
 
 
 JPEG_START = b"\xff\xd8\xff"  # the start of image and the next marker's first byte, as PIL tells a JPEG

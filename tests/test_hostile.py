@@ -4,6 +4,7 @@ import io
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from test_images import BAD, RGB, hostile_files, png_header_only
 from extract import pipeline
 from extract.datasets import load_dataset
 from extract.files import file_stamp, read_file
-from extract.images import BadImage
+from extract.images import BadImage, load
 from extract.pipeline import Options, extract
 from features import FeatureStore
 from features.__main__ import main as features_main
@@ -281,3 +282,27 @@ def test_imagefolder_store_keeps_linked_images_and_skips_the_rest_with_reasons(t
             "stray.jpg": "not in a class folder (an imagefolder dataset has one folder per class)",
             "wolves": "a symbolic link to a folder listed already (dogs/sub)",
             "empty": "a folder with no images, so no class"}
+
+
+def tiff_with_bytes_for_offsets() -> bytes:
+    """An 8 × 8 TIFF whose StripOffsets tag (273) says UNDEFINED (7) instead of LONG (4): PIL raises TypeError."""
+    b = bytearray(_image(Image.new("RGB", (8, 8), (1, 2, 3)), "TIFF"))
+    ifd = struct.unpack_from("<I", b, 4)[0]
+    entries = [ifd + 2 + 12 * k for k in range(struct.unpack_from("<H", b, ifd)[0])]
+    at = next(e for e in entries if struct.unpack_from("<H", b, e)[0] == 273)
+    struct.pack_into("<H", b, at + 2, 7)
+    return bytes(b)
+
+
+def test_any_decoding_error_is_a_skip_reason(tmp_path, tiny):  # noqa: F811
+    """An exception PIL raises beyond the usual ones (a TIFF tag of the wrong type: TypeError) is a skip reason
+    naming it, not a crash of the run."""
+    data = tiff_with_bytes_for_offsets()
+    with pytest.raises(BadImage, match=r"^unreadable image \(TypeError: .+\)$"):
+        load(data, tiny.preprocess)
+    write_image(tmp_path / "data" / "a" / "0.jpg", 0)
+    write_image(tmp_path / "data" / "b" / "1.jpg", 1)
+    (tmp_path / "data" / "b" / "odd.tif").write_bytes(data)
+    summary = run(tmp_path / "data", tmp_path / "out", tiny)
+    assert summary.rows == 2 and [p for p, _ in summary.skipped] == ["b/odd.tif"]
+    assert summary.skipped[0][1].startswith("unreadable image (TypeError: ")
