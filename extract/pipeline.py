@@ -285,8 +285,33 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
                 print(f"note: {len(journal.damaged)} parts of {journal.dir} fail their checksum (first "
                       f"{journal.damaged[0].name}); re-embedding their images", file=sys.stderr)
         else:
-            journal.clear()
+            _keep_aside(journal, prov)
     return known, store
+
+
+def _keep_aside(journal: Journal, prov: dict) -> None:
+    """Keep aside, with a note, an interrupted run's journal made otherwise than `prov` (AMP on a GPU, resumed on
+    CPU): nothing computed is deleted. One that holds no embedding (skips alone) goes."""
+    made, embeddings = journal.provenance(), journal.embeddings()
+    if not embeddings:
+        journal.clear()
+        return
+    aside = journal.keep_aside()
+    print(f"note: {journal.dir}: an interrupted run's {embeddings} embeddings were made with other settings "
+          f"({_differences(made, prov)}); kept aside as {aside}: to resume from them, move it back to {journal.dir} "
+          "and re-run with those settings", file=sys.stderr)
+
+
+def _differences(made: dict | None, now: dict) -> str:
+    """The provenance keys whose values differ, each `key old → new` (a nested record: its key alone)."""
+    if made is None:
+        return "unknown: its provenance.json does not read"
+
+    def text(v) -> str:
+        return "none" if v is None else json.dumps(v)
+    keys = sorted(k for k in made.keys() | now.keys() if made.get(k) != now.get(k))
+    return ", ".join(k if isinstance(made.get(k), dict) or isinstance(now.get(k), dict)
+                     else f"{k} {text(made.get(k))} → {text(now.get(k))}" for k in keys)
 
 
 def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fractions=(0.7, 0.15, 0.15), seed: int = 0,
@@ -444,11 +469,8 @@ def _calibration(dataset: Dataset, backbone: Backbone, stores: list[Path], journ
             if made == base and _is_calibration(record):
                 return recorded_calibration(dataset.items, record, rows=rows, **args)
         if journal.parts():
-            try:
-                made = json.loads((journal.dir / "provenance.json").read_text())
-            except (OSError, ValueError):
-                made = {}
-            record = made.pop("calibration", None) if isinstance(made, dict) else None
+            made = journal.provenance() or {}
+            record = made.pop("calibration", None)
             if made == base and _is_calibration(record):
                 return recorded_calibration(dataset.items, record, **args)
     return calibration_set(dataset.items, **args)

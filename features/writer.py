@@ -82,12 +82,21 @@ class Journal:
         except (OSError, ValueError):
             return None
 
+    def provenance(self) -> dict | None:
+        """What the parts were made with (as `start` recorded it); None when missing or unreadable."""
+        try:
+            made = json.loads((self.dir / "provenance.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return made if isinstance(made, dict) else None
+
     def made_with(self, provenance: dict) -> bool:
         """True when the parts were made with `provenance`; a missing or unreadable record is False."""
-        try:
-            return json.loads((self.dir / "provenance.json").read_text()) == provenance
-        except (OSError, ValueError):
-            return False
+        return self.provenance() == provenance
+
+    def embeddings(self) -> int:
+        """How many embeddings the parts hold (those whose record reads)."""
+        return sum(meta["reasons"].count("") for meta in map(_part_meta, self.parts()) if meta)
 
     def records(self) -> dict[str, Record]:
         """What the parts know (a later part's record of a path wins). A part whose embeddings fail their
@@ -111,11 +120,8 @@ class Journal:
         """Remove the parts that hold no embedding (skips alone: every run judges those again), and the journal
         when no part is left; a part whose record does not read is kept."""
         for meta_file in self.parts():
-            try:
-                rows = "" in json.loads(meta_file.read_text())["reasons"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if not rows:
+            meta = _part_meta(meta_file)
+            if meta is not None and "" not in meta["reasons"]:
                 meta_file.unlink()  # first: the commit point
                 meta_file.with_suffix(".npy").unlink(missing_ok=True)
         if not self.parts():
@@ -146,6 +152,31 @@ class Journal:
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         self._next = -1
+
+    def keep_aside(self) -> Path:
+        """Rename the journal to the first free `NAME.h5.partial-N`, which no run resumes or deletes; returns it."""
+        n = 1
+        while Path(f"{self.dir}-{n}").exists():
+            n += 1
+        aside = Path(f"{self.dir}-{n}")
+        self.dir.rename(aside)
+        self._next = -1
+        return aside
+
+
+COLUMNS = ("paths", "stamps", "hashes", "reasons")  # a part's record: one entry per image in each
+
+
+def _part_meta(meta_file: Path) -> dict | None:
+    """A part's record (`append`), or None where it does not read as one (empty, cut short, edited)."""
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return None
+    columns = [meta.get(k) for k in COLUMNS] if isinstance(meta, dict) else [None]
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:
+        return None
+    return meta
 
 
 def _part_intact(npy: Path, expected: int | None) -> bool:

@@ -230,13 +230,16 @@ def test_another_max_image_bytes_applies_to_stored_rows_too(dvc_folder, tmp_path
     assert_same(contents(first.path), contents(raised.path))
 
 
-def test_unreadable_journal_provenance_clears_the_journal(dvc_folder, tmp_path, tiny):
+def test_unreadable_journal_provenance_keeps_the_journal_aside(dvc_folder, tmp_path, tiny, capsys):
     path = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5"
     journal = Journal(path)
     journal.append(["cat.0.jpg"], ["0:0"], ["h"], [""], np.full((1, tiny.dim), 7, np.float32))  # stale part
-    (journal.dir / "provenance.json").write_text('{"backbone": "resn')  # cut short by a crash
+    (journal.dir / "provenance.json").write_text('{"backbone": "resn')  # cut short
     summary = run(dvc_folder, tmp_path / "out", tiny)
     assert summary.embedded == 24 and not journal.dir.exists()
+    assert (tmp_path / "out" / "dvc" / "resnet10t-random-init.h5.partial-1" / "part-0000000.npy").is_file()
+    assert "1 embeddings were made with other settings (unknown: its provenance.json does not read)" in \
+        capsys.readouterr().err
     assert_same(contents(summary.path), contents(run(dvc_folder, tmp_path / "fresh", tiny).path))
 
 
@@ -256,7 +259,42 @@ def test_effective_amp_decides_reuse(dvc_folder, tmp_path, tiny):
     journal.start(fp32, {"root": str(dvc_folder)})
     journal.append(["cat.0.jpg"], ["0:0"], ["h"], [""], np.zeros((1, tiny.dim), np.float32))
     assert _known_rows(tmp_path / "none.h5", journal, fp16, overwrite=False) == ({}, None)
-    assert not journal.dir.exists()  # parts of another precision are dropped
+    assert not journal.dir.exists()  # parts of another precision are kept aside
+    assert Path(f"{journal.dir}-1").is_dir()
+
+
+def interrupt_after_two_batches(folder: Path, out: Path, backbone, monkeypatch) -> Path:
+    """Run an extraction killed (Ctrl-C) once two batches are in its journal; returns the journal's folder."""
+    append, calls = Journal.append, []
+
+    def crash_after_two_batches(self, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return append(self, *args)
+    monkeypatch.setattr(Journal, "append", crash_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        run(folder, out, backbone)
+    monkeypatch.undo()
+    return Journal(out / folder.name / "resnet10t-random-init.h5").dir
+
+
+def test_a_journal_made_otherwise_is_kept_aside_with_a_note(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
+    """An interrupted run's journal made with other settings (a CUDA run's AMP, resumed on CPU) is not resumed
+    from, nor deleted: it is kept aside under another name, and a note names it, its embeddings and what differs."""
+    journal = interrupt_after_two_batches(dvc_folder, tmp_path / "out", tiny, monkeypatch)
+    made = json.loads((journal / "provenance.json").read_text())
+    (journal / "provenance.json").write_text(json.dumps({**made, "amp": True, "amp_dtype": "float16"}))
+    parts = sorted(p.name for p in journal.iterdir())
+    capsys.readouterr()
+    resumed = run(dvc_folder, tmp_path / "out", tiny)
+    assert (resumed.embedded, resumed.reused) == (24, 0) and not journal.exists()
+    aside = journal.with_name(journal.name + "-1")
+    assert sorted(p.name for p in aside.iterdir()) == parts
+    assert capsys.readouterr().err == (
+        f"note: {journal}: an interrupted run's 16 embeddings were made with other settings (amp true → false, "
+        f"amp_dtype \"float16\" → none); kept aside as {aside}: to resume from them, move it back to {journal} and "
+        "re-run with those settings\n")
 
 
 def pets_folder(root: Path, seed: int) -> Path:
@@ -350,18 +388,7 @@ def test_a_damaged_block_alone_is_re_embedded(dvc_folder, tmp_path, tiny, monkey
 def test_a_damaged_journal_part_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys):
     """An interrupted run's part whose rows changed on disk is not resumed from: its images are embedded again."""
     clean = contents(run(dvc_folder, tmp_path / "clean", tiny).path)
-    append, calls = Journal.append, []
-
-    def crash_after_two_batches(self, *args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return append(self, *args)
-    monkeypatch.setattr(Journal, "append", crash_after_two_batches)
-    with pytest.raises(KeyboardInterrupt):
-        run(dvc_folder, tmp_path / "out", tiny)
-    monkeypatch.undo()
-    part = tmp_path / "out" / "dvc" / "resnet10t-random-init.h5.partial" / "part-0000001.npy"
+    part = interrupt_after_two_batches(dvc_folder, tmp_path / "out", tiny, monkeypatch) / "part-0000001.npy"
     rows = np.load(part)
     rows[3, 7] = 1e30
     np.save(part, rows)
