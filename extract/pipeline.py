@@ -282,7 +282,7 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
         if journal.made_with(prov):
             known.update(journal.records())
             if journal.damaged:
-                print(f"note: {len(journal.damaged)} parts of {journal.dir} fail their checksum (first "
+                print(f"note: {len(journal.damaged)} parts of {journal.dir} are damaged (first "
                       f"{journal.damaged[0].name}); re-embedding their images", file=sys.stderr)
         else:
             _keep_aside(journal, prov)

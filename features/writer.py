@@ -99,15 +99,16 @@ class Journal:
         return sum(meta["reasons"].count("") for meta in map(_part_meta, self.parts()) if meta)
 
     def records(self) -> dict[str, Record]:
-        """What the parts know (a later part's record of a path wins). A part whose embeddings fail their
-        checksum (or do not read) is left out, so its images are embedded again, and listed in `damaged`."""
+        """What the parts know (a later part's record of a path wins). A part whose record does not read, or whose
+        embeddings fail their checksum (or do not read), is left out, so its images are embedded again, and its
+        damaged file is listed in `damaged`."""
         out = {}
         self.damaged = []
         for meta_file in self.parts():
-            meta = json.loads(meta_file.read_text())
+            meta = _part_meta(meta_file)
             npy = meta_file.with_suffix(".npy")
-            if not _part_intact(npy, meta.get("crc")):
-                self.damaged.append(npy)
+            if meta is None or not _part_intact(npy, meta.get("crc")):
+                self.damaged.append(meta_file if meta is None else npy)
                 continue
             row = 0
             for path, stamp, digest, reason in zip(meta["paths"], meta["stamps"], meta["hashes"], meta["reasons"]):
@@ -174,7 +175,8 @@ def _part_meta(meta_file: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     columns = [meta.get(k) for k in COLUMNS] if isinstance(meta, dict) else [None]
-    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:
+    if not all(isinstance(c, list) and all(isinstance(v, str) for v in c) for c in columns) \
+            or len({len(c) for c in columns}) != 1:
         return None
     return meta
 

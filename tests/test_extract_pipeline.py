@@ -398,6 +398,22 @@ def test_a_damaged_journal_part_is_re_embedded(dvc_folder, tmp_path, tiny, monke
     assert_same(clean, contents(resumed.path))
 
 
+@pytest.mark.parametrize("record", ["", "{\"paths\": [\"cat.0.jpg\"]}", "[1, 2]",
+                                    '{"paths": [[1]], "stamps": [""], "hashes": [""], "reasons": [""]}'])
+def test_a_journal_part_whose_record_does_not_read_is_re_embedded(dvc_folder, tmp_path, tiny, monkeypatch, capsys,
+                                                                    record):
+    """An interrupted run's part whose JSON record is empty or malformed counts as damaged: its images are embedded
+    again, with a note, not a traceback on every re-run."""
+    clean = contents(run(dvc_folder, tmp_path / "clean", tiny).path)
+    journal = interrupt_after_two_batches(dvc_folder, tmp_path / "out", tiny, monkeypatch)
+    (journal / "part-0000000.json").write_text(record)
+    resumed = run(dvc_folder, tmp_path / "out", tiny)
+    assert (resumed.embedded, resumed.reused) == (16, 8)
+    assert f"note: 1 parts of {journal} are damaged (first part-0000000.json); re-embedding their images" in \
+        capsys.readouterr().err
+    assert_same(clean, contents(resumed.path))
+
+
 def test_file_vanishing_mid_run_is_skipped(dvc_folder, tmp_path, tiny, monkeypatch):
     ds = load_dataset(dvc_folder)
     (dvc_folder / "cat.0.jpg").unlink()  # listed, then gone before it is read
