@@ -187,12 +187,15 @@ def _oxford_pets(root: Path, target: str):
 
 def _imagefolder(root: Path):
     """One class per sub-folder with an image in it (walked to any depth, links followed, each folder once);
-    files at the root and the entries of a folder without images are unlisted, with the reason."""
+    files at the root, the entries of a folder without images and a folder whose name is not UTF-8 (no class
+    name a store can keep) are unlisted, with the reason."""
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise FeatbenchError(f"{root}: no class sub-folders; an imagefolder dataset has one folder per class")
     unlisted = [(p.name, "not in a class folder (an imagefolder dataset has one folder per class)")
                 for p in _files(root) if not p.is_dir()]
+    unlisted += [(c, NOT_UTF8) for c in folders if not _utf8(c)]
+    folders = [c for c in folders if _utf8(c)]
     seen, found = {os.path.realpath(root): "the dataset folder"}, {}
     for c in folders:
         files, unwalked = _walk(root / c, root, seen)
@@ -206,6 +209,27 @@ def _imagefolder(root: Path):
             unlisted.append((c, "a folder with no images, so no class"))
     items = [Item(p, p.relative_to(root).as_posix(), i) for i, files in enumerate(found.values()) for p in files]
     return list(found), items, unlisted
+
+
+NOT_UTF8 = "path is not valid UTF-8; rename it"
+
+
+def _utf8(text: str) -> bool:
+    """Whether a path is valid UTF-8 (not a name whose bytes are Latin-1, say, which Python holds as surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8_only(items: list[Item], unlisted: list) -> tuple[list[Item], list]:
+    """The items whose path is valid UTF-8, the text a store keeps, and the unlisted entries with the others added
+    (`NOT_UTF8`), each path shown with the bytes that are not UTF-8 escaped (`caf\\xe9.jpg`)."""
+    def shown(rel: str) -> str:
+        return rel.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    unlisted = unlisted + [(it.rel, NOT_UTF8) for it in items if not _utf8(it.rel)]
+    return [it for it in items if _utf8(it.rel)], [(shown(rel), why) for rel, why in unlisted]
 
 
 def _field_count(where: str, n: int, header: list[str]) -> FeatbenchError:
@@ -328,6 +352,7 @@ def _load(root: Path, format: str, target: str, name: str) -> Dataset:
         classes, items, unlisted = _imagefolder(root)
     else:
         classes, items, unlisted = _csv(root)
+    items, unlisted = _utf8_only(items, unlisted)
     if not items:
         raise FeatbenchError(f"{root}: no images found for format {fmt}")
     items.sort(key=lambda it: it.rel)

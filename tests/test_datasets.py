@@ -437,6 +437,38 @@ def test_dogs_vs_cats_unread_sub_folders_are_listed_with_the_reason(tmp_path):
     assert load_dataset(tmp_path / "flat").unlisted == [("train", unread)]
 
 
+NOT_UTF8 = "path is not valid UTF-8; rename it"
+
+
+def latin1(root: Path, rel: bytes, seed: int) -> None:
+    """An image at `root`/`rel`, named by bytes that are not UTF-8 (Latin-1, as a Windows archive writes them)."""
+    path = os.fsencode(root) + b"/" + rel
+    os.rename(write_image(Path(os.fsdecode(path + b".jpg")), seed), path)
+
+
+def test_names_not_valid_utf8_are_unlisted_with_the_reason(tmp_path):
+    """A store keeps UTF-8 text, so an entry whose path is not valid UTF-8 (café.jpg from a Latin-1 archive) is
+    unlisted in every folder format with the reason, its name shown with the bytes escaped; an imagefolder's
+    class folder so named is no class. (A CSV is UTF-8 text, so its paths always are.)"""
+    for i in range(2):
+        write_image(tmp_path / "dvc" / f"cat.{i}.jpg", i)
+        write_image(tmp_path / "dvc" / f"dog.{i}.jpg", 10 + i)
+        write_image(tmp_path / "pets" / f"Bengal_{i}.jpg", i)
+        write_image(tmp_path / "pets" / f"pug_{i}.jpg", 10 + i)
+        write_image(tmp_path / "folders" / "a" / f"{i}.jpg", i)
+    latin1(tmp_path / "dvc", b"cat.7.jp\xe9g", 20)
+    latin1(tmp_path / "pets", b"pug_7.jp\xe9g", 21)
+    latin1(tmp_path / "folders", b"a/caf\xe9.jpg", 22)
+    latin1(tmp_path / "folders", b"caf\xe9/0.jpg", 23)
+    for fmt, name, unlisted in [("dogs-vs-cats", "dvc", ["cat.7.jp\\xe9g"]), ("oxford-pets", "pets", ["pug_7.jp\\xe9g"]),
+                                ("imagefolder", "folders", ["a/caf\\xe9.jpg", "caf\\xe9"])]:
+        ds = load_dataset(tmp_path / name)
+        assert ds.format == fmt and len(ds.items) == 4 - 2 * (fmt == "imagefolder")
+        assert sorted(ds.unlisted) == [(rel, NOT_UTF8) for rel in unlisted]
+        assert all(c.isascii() for c in ds.class_names) and assign_splits(ds.items).shape == (len(ds.items),)
+    assert load_dataset(tmp_path / "folders").class_names == ["a"]
+
+
 def deny(monkeypatch, locked: Path) -> None:
     """`locked` acts as a mode-000 path does for a user other than root (tests may run as root, whom chmod does
     not stop): listing or opening it fails with EACCES, and so does the stat of anything inside it."""

@@ -306,3 +306,16 @@ def test_any_decoding_error_is_a_skip_reason(tmp_path, tiny):  # noqa: F811
     summary = run(tmp_path / "data", tmp_path / "out", tiny)
     assert summary.rows == 2 and [p for p, _ in summary.skipped] == ["b/odd.tif"]
     assert summary.skipped[0][1].startswith("unreadable image (TypeError: ")
+
+
+def test_a_name_not_valid_utf8_is_skipped_not_a_stop(tmp_path, tiny, capsys):  # noqa: F811
+    """One file named in Latin-1 (café.jpg from an old archive) is skipped with the reason, and listed by
+    `features info --skipped`, instead of stopping the dataset's extraction."""
+    for i in range(2):
+        write_image(tmp_path / "data" / "a" / f"{i}.jpg", i)
+        write_image(tmp_path / "data" / "b" / f"{i}.jpg", 10 + i)
+    write_image(Path(os.fsdecode(os.fsencode(tmp_path / "data" / "b") + b"/caf\xe9.jpg")), 20)
+    summary = run(tmp_path / "data", tmp_path / "out", tiny)
+    assert summary.rows == 4 and summary.skipped == [("b/caf\\xe9.jpg", "path is not valid UTF-8; rename it")]
+    assert run_cli(features_main, ["info", str(summary.path), "--skipped"]) == 0
+    assert capsys.readouterr().out.endswith("  b/caf\\xe9.jpg: path is not valid UTF-8; rename it\n")
