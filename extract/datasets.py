@@ -170,8 +170,14 @@ def _pets_images(root: Path) -> Path:
     return root / "images" if (root / "images").is_dir() and not _image_names(root) else root
 
 
+PETS_UNREAD = ("not read: an Oxford-IIIT Pet dataset's images are in one folder; list these in a CSV of "
+               "path,label[,split] to use them")
+
+
 def _oxford_pets(root: Path, target: str):
-    found, unlisted = [], []
+    """Labels from Breed_N names (a capital letter: a cat breed) in the one folder of images; its non-empty
+    sub-folders are unlisted, unread, with the reason."""
+    found, unlisted = [], _unread_folders(root, [], root, PETS_UNREAD)
     for p in _files(root):
         rel = p.relative_to(root).as_posix()
         m = PETS.match(p.name)

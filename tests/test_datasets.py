@@ -206,6 +206,21 @@ def test_oxford_pets_from_its_root_lists_what_it_cannot_label(tmp_path):
     assert load_dataset(root / "images", target="species") == ds  # images/ is named after its parent
 
 
+def test_oxford_pets_unread_sub_folders_are_listed_with_the_reason(tmp_path):
+    """A sub-folder of the pets' images folder is not read, and not lost: it is unlisted with the reason; an empty
+    or hidden one is nothing."""
+    for i, n in enumerate(f"{breed}_{k}.jpg" for breed in ("Abyssinian", "beagle") for k in range(3)):
+        write_image(tmp_path / "pets" / "images" / n, i)
+    write_image(tmp_path / "pets" / "images" / "more" / "Abyssinian_9.jpg", 10)
+    write_image(tmp_path / "pets" / "images" / "more" / "beagle_9.jpg", 11)
+    write_image(tmp_path / "pets" / "images" / ".cache" / "beagle_8.jpg", 12)
+    (tmp_path / "pets" / "images" / "empty").mkdir()
+    ds = load_dataset(tmp_path / "pets")
+    assert ds.format == "oxford-pets" and len(ds.items) == 6
+    assert ds.unlisted == [("more", "not read: an Oxford-IIIT Pet dataset's images are in one folder; list these "
+                                    "in a CSV of path,label[,split] to use them")]
+
+
 def test_dogs_vs_cats_lists_unlabelled_names_with_the_reason(dvc_folder):
     write_image(dvc_folder / "horse.1.jpg", 1)
     ds = load_dataset(dvc_folder, "dogs-vs-cats", name="mine")
