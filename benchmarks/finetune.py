@@ -55,6 +55,7 @@ from classify.select import sweep
 from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, dataset_flags, resolve
 from extract.device import autocast, default_workers, pick_device, uses_amp
+from extract.files import read_file
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
 from extract.pipeline import store_path
@@ -78,7 +79,8 @@ def epoch_size(n_train: int, epoch_images: int = 0) -> int:
 
 
 class _Images(torch.utils.data.Dataset):
-    """(uint8 CHW image, label, index) of one split; None for a file that cannot be read.
+    """(uint8 CHW image, label, index) of one split; None for a file that cannot be read (`read_file`: regular
+    files only, up to the store's byte cap) or decoded.
 
     Without `recipe` an image is read exactly as extraction reads it (resize, centre crop); with it,
     it is augmented: RandomResizedCrop of the upright decoded image (`rrc`) or the extraction crop
@@ -86,6 +88,7 @@ class _Images(torch.utils.data.Dataset):
 
     def __init__(self, data: SplitImages, split: str, pre, recipe: Recipe | None = None):
         self.root, self.paths, self.labels, self.pre = data.root, data.paths[split], data.labels[split], pre
+        self.max_bytes = data.max_bytes
         self.augment = recipe.augment if recipe else None
         if self.augment == "rrc":
             self.crop = v2.RandomResizedCrop(pre.size, scale=(recipe.crop_scale, 1.0),
@@ -96,12 +99,12 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            data = (self.root / self.paths[i]).read_bytes()
+            data, _ = read_file(self.root / self.paths[i], self.max_bytes)
             if self.augment == "rrc":
                 x = self.crop(torch.from_numpy(decode_array(data, min_decode_side(self.pre))).permute(2, 0, 1))
             else:
                 x = load(data, self.pre)
-        except (OSError, BadImage, MemoryError):
+        except (BadImage, MemoryError):
             return None, int(self.labels[i]), i
         if self.augment and torch.rand(()) < 0.5:
             x = x.flip(2)

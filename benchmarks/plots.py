@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
+from extract.files import MAX_IMAGE_BYTES, read_file  # noqa: E402
 from extract.images import BadImage, decode  # noqa: E402
 from features.records import ModelMetrics  # noqa: E402
 
@@ -203,9 +204,10 @@ def finetune_curves(metrics: list[ModelMetrics]) -> bytes | None:
 
 
 def _thumbnail(path: Path, side: int = 224) -> np.ndarray | None:
+    """The image at `path` as a thumbnail, read as extraction reads it (`read_file`); None where it cannot be."""
     try:
-        img = decode(path.read_bytes(), side)  # draft: a 200 MP photo decodes at the scale of its thumbnail
-    except (OSError, BadImage):
+        img = decode(read_file(path, MAX_IMAGE_BYTES)[0], side)  # draft: a 200 MP photo decodes at thumbnail scale
+    except BadImage:
         return None
     img.thumbnail((side, side))
     return np.asarray(img)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.datasets import assign_splits, load_dataset
+from extract.files import MAX_IMAGE_BYTES
 from extract.names import store_stem
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS, split_fingerprint
@@ -24,6 +25,7 @@ class SplitImages:
     labels: dict  # split → np.ndarray
     fingerprint: str
     source: str
+    max_bytes: int = MAX_IMAGE_BYTES  # files larger are not read: the store's --max-image-bytes
 
 
 def from_store(path: Path) -> SplitImages:
@@ -32,7 +34,8 @@ def from_store(path: Path) -> SplitImages:
     keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
     return SplitImages(Path(meta.dataset["root"]), meta.dataset, meta.class_names,
                        {s: [paths[i] for i in rows] for s, rows in keep.items()},
-                       {s: labels[rows] for s, rows in keep.items()}, meta.split_fingerprint, f"store {path}")
+                       {s: labels[rows] for s, rows in keep.items()}, meta.split_fingerprint, f"store {path}",
+                       meta.max_image_bytes or MAX_IMAGE_BYTES)
 
 
 def same_split(settings, backbone: str, features: Path | None = None) -> SplitImages:

@@ -1,5 +1,6 @@
 """Shared fixtures: where the real photos are, and small synthetic image folders."""
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,16 @@ def skip_without_weights(reason: str):
     if os.environ.get("FEATBENCH_REQUIRE_WEIGHTS") == "1":
         pytest.fail(f"{reason} (FEATBENCH_REQUIRE_WEIGHTS=1)", pytrace=False)
     pytest.skip(reason)
+
+
+def promptly(call, timeout: float = 20.0):
+    """`call()`'s result, failing the test if it has not returned within `timeout` seconds (a FIFO read hangs)."""
+    out = []
+    worker = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert not worker.is_alive(), "still running"
+    return out[0]
 
 
 def write_image(path: Path, seed: int, size=(64, 48)) -> Path:

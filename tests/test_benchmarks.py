@@ -32,7 +32,7 @@ from features.errors import FeatbenchError
 from features.records import ModelMetrics, StoreMeta
 from features.schema import SPLITS
 
-from conftest import DOGS_VS_CATS, needs, skip_without_weights, write_image
+from conftest import DOGS_VS_CATS, needs, promptly, skip_without_weights, write_image
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 HEADS = ["logreg", "mlp", "svm", "knn", "avg", "concat"]
@@ -378,6 +378,13 @@ def test_html_renders_tables_and_images_in_headless_chromium(synthetic, tmp_path
                    capture_output=True, timeout=90, env=env)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # text, table rules and figures, not a blank page
+
+
+def test_a_thumbnail_reads_only_regular_files(tmp_path):
+    """A FIFO in a report's top losses is "image not found", not a hang: the thumbnail reads as extraction does."""
+    from benchmarks.plots import _thumbnail
+    os.mkfifo(tmp_path / "fifo.jpg")
+    assert promptly(lambda: _thumbnail(tmp_path / "fifo.jpg")) is None
 
 
 def test_a_200_megapixel_photo_has_a_thumbnail(tmp_path):

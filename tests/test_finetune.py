@@ -2,6 +2,7 @@
 selection on val, seeds, and a tiny run that learns."""
 import copy
 import json
+import os
 import shutil
 from dataclasses import replace
 
@@ -13,13 +14,13 @@ from sklearn.metrics import log_loss
 
 import benchmarks.finetune as ft
 from benchmarks.recipes import LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for, softmax
-from benchmarks.splits import same_split
+from benchmarks.splits import SplitImages, same_split
 from classify.heads import logreg
 from extract.backbones import create_backbone
 from extract.config import DatasetSettings
 from features.errors import FeatbenchError
 
-from conftest import write_image
+from conftest import promptly, write_image
 
 
 def model(mode="full", classes=2):
@@ -284,6 +285,24 @@ def test_augmented_images_vary_and_evaluation_reads_as_extraction(tinted):
     assert a.shape == b.shape == (3, pre.size, pre.size) and a.dtype == torch.uint8 and not torch.equal(a, b)
     from extract.images import load
     assert torch.equal(plain[0][0], load((data.root / data.paths["train"][0]).read_bytes(), pre))
+
+
+def test_the_loader_reads_only_capped_regular_files(tmp_path):
+    """The fine-tune reads a listed file as extraction does (`read_file`): a FIFO, a link to /dev/zero or a
+    file whose decoder fails oddly is an unreadable row, promptly, not a hang, an endless read or a crash."""
+    from test_hostile import tiff_with_bytes_for_offsets
+    write_image(tmp_path / "ok.jpg", 0)
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "odd.tif").write_bytes(tiff_with_bytes_for_offsets())
+    names = ["fifo.jpg", "zero.jpg", "odd.tif", "ok.jpg"]
+    data = SplitImages(tmp_path, {}, ["a"], {"train": names}, {"train": np.zeros(4, int)}, "", "test")
+    pre = create_backbone("resnet10t", random_init=True).preprocess
+    for recipe in (None, LP_FT):
+        images = ft._Images(data, "train", pre, recipe)
+        got = [promptly(lambda: images[i]) for i in range(4)]
+        assert [x is None for x, *_ in got] == [True, True, True, False]
+        assert [(y, i) for _, y, i in got] == [(0, i) for i in range(4)]
 
 
 def test_cli_flags_reach_the_recipe(tinted, tmp_path, capsys):
