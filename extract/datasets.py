@@ -217,7 +217,7 @@ def _imagefolder(root: Path):
     return list(found), items, unlisted
 
 
-NOT_UTF8 = "path is not valid UTF-8; rename it"
+NOT_UTF8 = "path is not valid UTF-8 (rename it)"
 
 
 def _utf8(text: str) -> bool:

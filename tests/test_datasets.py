@@ -452,7 +452,7 @@ def test_dogs_vs_cats_unread_sub_folders_are_listed_with_the_reason(tmp_path):
     assert load_dataset(tmp_path / "flat").unlisted == [("train", unread)]
 
 
-NOT_UTF8 = "path is not valid UTF-8; rename it"
+NOT_UTF8 = "path is not valid UTF-8 (rename it)"
 
 
 def latin1(root: Path, rel: bytes, seed: int) -> None:

@@ -316,6 +316,6 @@ def test_a_name_not_valid_utf8_is_skipped_not_a_stop(tmp_path, tiny, capsys):  #
         write_image(tmp_path / "data" / "b" / f"{i}.jpg", 10 + i)
     write_image(Path(os.fsdecode(os.fsencode(tmp_path / "data" / "b") + b"/caf\xe9.jpg")), 20)
     summary = run(tmp_path / "data", tmp_path / "out", tiny)
-    assert summary.rows == 4 and summary.skipped == [("b/caf\\xe9.jpg", "path is not valid UTF-8; rename it")]
+    assert summary.rows == 4 and summary.skipped == [("b/caf\\xe9.jpg", "path is not valid UTF-8 (rename it)")]
     assert run_cli(features_main, ["info", str(summary.path), "--skipped"]) == 0
-    assert capsys.readouterr().out.endswith("  b/caf\\xe9.jpg: path is not valid UTF-8; rename it\n")
+    assert capsys.readouterr().out.endswith("  b/caf\\xe9.jpg: path is not valid UTF-8 (rename it)\n")
