@@ -44,6 +44,8 @@ HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
 SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_accuracy", "fit_seconds",
            "predict_seconds", "n_train", "n_val", "n_test", "refit", "configurations", "split_fingerprint")
 SEED_KEYS = ("accuracy_mean", "accuracy_std", "log_loss_mean", "log_loss_std")
+EXCLUDE_KEYS = ("trained_without_flagged", "train_removed", "test_flagged", "n_test_not_flagged",
+                "accuracy_not_flagged", "log_loss_not_flagged")  # `--exclude`: the record's numbers, flat
 FILES = ("report.md", "report.html", "results.csv", "results.json")
 CURVE_FILES = ("curve.csv", "label_efficiency.png")  # with a curve
 SELECTION_WORDS = {"val": "chosen on val", "default": "fitted with the head's defaults (a class with one image)"}
@@ -111,6 +113,7 @@ def measured_row(m: ModelMetrics, metas: dict) -> dict:
     row["params"] = json.dumps(m.params, sort_keys=True)
     seeds = m.seeds or {}
     row.update(seeds=seeds.get("n"), **{k: seeds.get(k) for k in SEED_KEYS})
+    row.update({f"exclude/{k}": (m.exclude or {}).get(k) for k in EXCLUDE_KEYS})
     if finetuned:
         c = m.compute or {}
         recipe = m.params.get("recipe", {})
@@ -942,6 +945,12 @@ def render(c: Collected, figs: list[Figure], title: str) -> tuple[str, str]:
     return markdown, page
 
 
+def results_rows(c: Collected) -> list[dict]:
+    """results.csv: every measured row, then the models trained without an audit's flagged images (never in a
+    verdict), then the published ones."""
+    return c.rows + sorted((measured_row(m, c.metas) for m in c.excluded), key=_order) + c.published
+
+
 def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
     """Write report.md, report.html, results.csv, results.json, the figures' PNGs and, with a curve, curve.csv
     into `folder`."""
@@ -953,7 +962,7 @@ def write_report(c: Collected, folder: Path, title: str) -> dict[str, Path]:
             "environment": environment(c), "notes": c.notes, "metrics": [m.to_json() for m in c.metrics],
             "curve": c.curve, "audit": {"folder": c.audit["folder"], "rows": c.audit["rows"]} if c.audit else None,
             "excluded": [m.to_json() for m in c.excluded]}
-    texts = {"report.md": markdown, "report.html": page, "results.csv": csv_text(c.rows + c.published),
+    texts = {"report.md": markdown, "report.html": page, "results.csv": csv_text(results_rows(c)),
              "results.json": json.dumps(data, indent=1, default=str) + "\n"}
     if c.curve:
         texts[CURVE_FILES[0]] = curve_csv(c.curve["points"])

@@ -354,6 +354,15 @@ def test_exclude_trains_again_without_flagged_train_images_and_shows_both_scores
     _, _, (_, side) = audit_texts(c)  # the report pairs each model with its twin as classify's table does
     assert side == [["s-logreg", pct(every.accuracy), pct(every.exclude["accuracy_not_flagged"]),
                      pct(without.accuracy), pct(without.exclude["accuracy_not_flagged"])]]
+    from benchmarks.report import measured_row, results_rows
+    c.rows = [measured_row(every, {})]
+    flat = {r["model"]: r for r in results_rows(c)}  # results.csv: both models, the four numbers as columns
+    assert flat.keys() == {"s-logreg", "s-logreg-excluded"}
+    for m in (every, without):
+        r = flat[m.model.rsplit(".", 1)[0]]
+        assert r["exclude/trained_without_flagged"] is (m is without) and r["exclude/test_flagged"] == 3
+        assert (r["exclude/accuracy_not_flagged"], r["exclude/log_loss_not_flagged"]) == (
+            m.exclude["accuracy_not_flagged"], m.exclude["log_loss_not_flagged"])
     (tmp_path / "other.csv").write_text("kind,path\noutlier,elsewhere/1.jpg\n")
     assert run_cli(classify_main, ["--features", str(store), "--exclude", str(tmp_path / "other.csv")]) == 2
     assert "none of its 1 flagged images" in capsys.readouterr().err
