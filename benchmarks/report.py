@@ -450,7 +450,9 @@ def _treatment(metas: list) -> str:
     parts = []
     for s in metas:
         p = s.preprocess or {}
-        crop = f"resize {p['resize']} + centre crop {p['size']} {p['interpolation']}" if p else "resize + centre crop"
+        crop = ("resize + centre crop" if not p else
+                f"resize to {p['size']}×{p['size']} {p['interpolation']} (squash, no crop)" if not p["resize"] else
+                f"resize {p['resize']} + centre crop {p['size']} {p['interpolation']}")
         readout = [words.get(k, k + " {}").format(v) for k, v in (s.readout or {}).items() if k != "image_size"]
         precision = [f"{s.precision} arithmetic"] if s.precision != "fp32" else []
         parts.append(", ".join([crop, *readout, *precision]))

@@ -777,6 +777,8 @@ def test_frozen_budget_says_how_the_stores_read_their_images():
     read = Extraction(preprocess=pre, readout={"pool": "avg", "blocks": 4, "tta": "flip"}, precision="int8")
     assert _treatment([read]) == ("resize 256 + centre crop 224 bicubic, pool avg, last 4 blocks, flip-averaged "
                                   "features, int8 arithmetic, no augmentation")
+    squashed = Extraction(preprocess={"size": 299, "resize": 0, "interpolation": "bilinear"})
+    assert _treatment([squashed]) == "resize to 299×299 bilinear (squash, no crop), no augmentation"
 
 
 # ---- curve with fine-tuned points ---------------------------------------------------------------------
