@@ -152,7 +152,7 @@ def embed(args) -> int:
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
                   weights_file=args.weights, options=options, shard=shard)
     if world > 1:
-        return _distributed(run)
+        return _distributed(run, args.overwrite)
     summary = run()
     if shard is None:
         print(summary.line())
@@ -173,8 +173,9 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     return rank, world
 
 
-def _distributed(run) -> int:
-    """A torchrun rank: embed this rank's shard, wait for every rank, then rank 0 merges and prints the total."""
+def _distributed(run, overwrite: bool) -> int:
+    """A torchrun rank: embed this rank's shard, wait for every rank, then rank 0 merges and prints the total
+    (replacing a store made from another folder only with `overwrite`)."""
     import torch.distributed as dist
     started = time.perf_counter()
     dist.init_process_group("gloo", timeout=timedelta(hours=24))  # only to wait for each other
@@ -186,7 +187,7 @@ def _distributed(run) -> int:
         dist.gather_object(summary, summaries, dst=0)
         if rank == 0:
             store = merged_path(summary.path)  # every shard as this node sees the shared --out
-            path = merge([shard_path(store, r, world) for r in range(world)])
+            path = merge([shard_path(store, r, world) for r in range(world)], overwrite=overwrite, keep_rows=False)
             devices = ", ".join(s.device for s in summaries)  # rank by rank
             print(Summary(path, sum(s.rows for s in summaries), sum(s.embedded for s in summaries),
                           sum(s.reused for s in summaries), [k for s in summaries for k in s.skipped],

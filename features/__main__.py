@@ -101,10 +101,12 @@ def add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="SHARD", help="DATASET/shards/NAME.shard-R-of-N.h5 files")
     p.add_argument("--out", type=Path,
                    help="output folder: the store goes to OUT/DATASET/NAME.h5 (default: beside the shards/ folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the store there even when made from another folder or holding rows the shards lack")
 
 
 def merge_command(args) -> int:
-    print(info(merge(args.files, args.out)))
+    print(info(merge(args.files, args.out, args.overwrite)))
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from features.atomic import make_folder
-from features.errors import FeatbenchError, StoreError
+from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.reader import FeatureStore
 from features.records import Cost
 from features.writer import store_lock, write_store
@@ -85,9 +85,34 @@ def _side_by_side(costs: list[Cost]) -> Cost:
     return Cost(sum(c.images for c in costs), max(c.seconds for c in costs))
 
 
-def merge(shard_paths: list, out=None) -> Path:
+def _check_replaceable(out: Path, root: str | None, paths: list, keep_rows: bool) -> None:
+    """Refuse, in one line, to replace the store at `out` when this featbench cannot read it as its own (a
+    damaged one is replaced, as extract replaces it), when it was made from another dataset folder than `root`
+    (`check_made_from`), or, with `keep_rows`, when it has rows that `paths` lack (older shards merged again)."""
+    if not out.exists():
+        return
+    try:
+        with FeatureStore(out) as existing:
+            if root:
+                existing.check_made_from(root)
+            lost = sorted(set(existing.paths) - set(paths)) if keep_rows else []
+    except DamagedStore:
+        return
+    except StoreError as e:
+        raise StoreError(f"{e}; or replace it: --overwrite") from None
+    if lost:
+        raise StoreError(f"{out}: {len(lost)} row{'s' * (len(lost) > 1)} the shards lack ({lost[0]}"
+                         f"{', …' if len(lost) > 1 else ''}): the shards are older than it, or those images left "
+                         "the dataset; re-run the ranks (--shard R/N) and merge again, or replace it: --overwrite")
+
+
+def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool = True) -> Path:
     """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path:
-    OUT/DATASET/NAME.h5 with an `out` folder, else DATASET/NAME.h5 beside the shards/ folder."""
+    OUT/DATASET/NAME.h5 with an `out` folder, else DATASET/NAME.h5 beside the shards/ folder.
+
+    Unless `overwrite`, a store already there is replaced only as `_check_replaceable` allows; `keep_rows=False`
+    (torchrun, whose shards this run made from the current listing) drops rows of images gone from the dataset,
+    as a single run does."""
     stores: list[FeatureStore] = []
     try:
         for p in shard_paths:
@@ -113,6 +138,8 @@ def merge(shard_paths: list, out=None) -> Path:
                        extraction_seconds_total=total.seconds, merged_from=len(stores))
         make_folder(out.parent)
         with store_lock(out):
+            if not overwrite:
+                _check_replaceable(out, metas[0].dataset.get("root"), paths, keep_rows)
             write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,
                         labels=np.concatenate([s.labels for s in stores]),
                         splits=np.concatenate([s.splits for s in stores]),

@@ -189,6 +189,38 @@ def test_merge_out_is_the_output_folder(tmp_path, capsys):
         assert s.meta.cost() == (3, 1.0) and s.meta.embedding_rate == 3.0  # side by side: the slowest shard's time
 
 
+def test_merge_keeps_a_store_of_another_folder_and_rows_the_shards_lack(tmp_path, capsys):
+    """Merging replaces no store made from another dataset folder of the same name, nor one with rows the
+    shards lack (stale shards merged again), unless --overwrite; the same shards merged again are fine."""
+    files = [shard(tmp_path / "s" / "b.shard-0-of-2.h5", 0, 2, ["a/0.jpg", "a/1.jpg"]),
+             shard(tmp_path / "s" / "b.shard-1-of-2.h5", 1, 2, ["b/0.jpg", "b/1.jpg"])]
+    merge = ["merge", *map(str, files), "--out", str(tmp_path / "runs")]
+    merged = tmp_path / "runs" / "pics" / "b.h5"
+    merged.parent.mkdir(parents=True)
+    write_store(merged, dim=4, chunks=[np.zeros((1, 4), np.float32)], labels=[0], paths=["a/0.jpg"], splits=[0],
+                hashes=[""], stamps=[""], skipped=[], class_names=["a", "b"],
+                meta=Extraction(dataset={"name": "pics", "root": "/A/pics"}))
+    assert run_cli(FEATURES.main, merge) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {merged}: made from /A/pics, not /pics") and err.count("\n") == 1, err
+    assert err.rstrip().endswith("--overwrite")
+    with FeatureStore(merged) as s:
+        assert s.paths == ["a/0.jpg"]
+    assert run_cli(FEATURES.main, [*merge, "--overwrite"]) == 0
+    assert run_cli(FEATURES.main, merge) == 0  # the same shards again
+    shard(files[1], 1, 2, ["b/0.jpg"])  # as an older run wrote it
+    capsys.readouterr()
+    assert run_cli(FEATURES.main, merge) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {merged}: 1 row the shards lack (b/1.jpg)") and err.count("\n") == 1, err
+    assert err.rstrip().endswith("--overwrite")
+    with FeatureStore(merged) as s:
+        assert len(s.paths) == 4
+    assert run_cli(FEATURES.main, [*merge, "--overwrite"]) == 0
+    with FeatureStore(merged) as s:
+        assert len(s.paths) == 3
+
+
 def test_scale_out_keeps_its_store_and_models(tmp_path, capsys):
     assert BENCHMARKS.main(["scale", "--rows", "3000", "--dim", "8", "--max-memory", "50K",
                             "--out", str(tmp_path)]) == 0
