@@ -118,12 +118,13 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="npy (a folder of arrays) or parquet (one table)")
     p.add_argument("--out", type=Path,
                    help="where to write (default: beside the store, STEM-export/ for npy, STEM.parquet for parquet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
 
 
 def export_command(args) -> int:
     with FeatureStore(args.file) as store:
         n, dim = len(store.paths), store.dim
-    written = exporting.export(args.file, args.format, args.out)
+    written = exporting.export(args.file, args.format, args.out, args.overwrite)
     print(f"{written}: {n} rows x {dim} float32, with paths, labels and splits")
     return 0
 

@@ -3,7 +3,8 @@
 npy: a folder of four arrays, row i of each the same image, all readable with `np.load(allow_pickle=False)`:
 `embeddings.npy` (float32, n × dim), `paths.npy`, `labels.npy` (class names, "" for an unlabelled image) and
 `splits.npy` (train | val | test). parquet: one table with the columns path, label (null when unlabelled), split
-and embedding (a fixed-size list of float32). Both are written a chunk of rows at a time, then moved into place.
+and embedding (a fixed-size list of float32). Both are written a chunk of rows at a time, then moved into place;
+an earlier export is replaced only with `--overwrite`, and the store itself never.
 """
 from pathlib import Path
 
@@ -25,7 +26,21 @@ def columns(store: FeatureStore) -> dict[str, np.ndarray]:
             "splits": np.array(SPLITS)[store.splits]}
 
 
-def export_npy(store: FeatureStore, folder: Path) -> Path:
+def check_target(target: Path, store: FeatureStore, overwrite: bool) -> None:
+    """Refuse, in one line, to write `target` where it is the store being exported, a folder, or (unless
+    `overwrite`) a file already there."""
+    if target.resolve() == store.path.resolve():
+        raise FeatbenchError(f"{target}: is the store being exported; pass another --out")
+    if target.is_dir():
+        raise FeatbenchError(f"{target}: a folder, where the export writes a file; pass another --out")
+    if not overwrite and (target.exists() or target.is_symlink()):
+        raise FeatbenchError(f"{target}: already there; pass --overwrite to replace it, or another --out")
+
+
+def export_npy(store: FeatureStore, folder: Path, overwrite: bool = False) -> Path:
+    cols = columns(store)
+    for name in ("embeddings", *cols):
+        check_target(folder / f"{name}.npy", store, overwrite)
     make_folder(folder)
     rows = np.arange(len(store.paths))
 
@@ -37,7 +52,7 @@ def export_npy(store: FeatureStore, folder: Path) -> Path:
         del out
 
     atomic_write(folder / "embeddings.npy", embeddings)
-    for name, values in columns(store).items():
+    for name, values in cols.items():
         atomic_write(folder / f"{name}.npy", lambda tmp, v=values: _save(tmp, v))
     return folder
 
@@ -47,7 +62,8 @@ def _save(path: Path, values: np.ndarray) -> None:
         np.save(fh, values, allow_pickle=False)
 
 
-def export_parquet(store: FeatureStore, path: Path) -> Path:
+def export_parquet(store: FeatureStore, path: Path, overwrite: bool = False) -> Path:
+    check_target(path, store, overwrite)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -72,13 +88,15 @@ def export_parquet(store: FeatureStore, path: Path) -> Path:
     return atomic_write(path, write)
 
 
-def export(path, fmt: str, out: Path | None = None) -> Path:
+def export(path, fmt: str, out: Path | None = None, overwrite: bool = False) -> Path:
     """Export the store at `path` as `fmt` to `out` (default: beside the store, STEM-export/ for npy,
-    STEM.parquet for parquet); returns what was written."""
+    STEM.parquet for parquet); returns what was written. Files already there are replaced only with
+    `overwrite`, and the store itself never."""
     if fmt not in FORMATS:
         raise FeatbenchError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
     with FeatureStore(path) as store:
         store.check_intact()
         if fmt == "npy":
-            return export_npy(store, Path(out) if out else store.path.with_name(f"{store.path.stem}-export"))
-        return export_parquet(store, Path(out) if out else store.path.with_suffix(".parquet"))
+            return export_npy(store, Path(out) if out else store.path.with_name(f"{store.path.stem}-export"),
+                              overwrite)
+        return export_parquet(store, Path(out) if out else store.path.with_suffix(".parquet"), overwrite)

@@ -374,6 +374,40 @@ def test_verify_and_export_find_labels_and_splits_changed_after_writing(tmp_path
     assert not (tmp_path / "s-export").exists()
 
 
+def test_export_replaces_neither_the_store_nor_an_earlier_export_and_names_a_folder(tmp_path, capsys):
+    """`export --out` never writes over the store it reads, replaces an existing export only with --overwrite,
+    and a folder where the parquet file goes is one line (it was an IsADirectoryError)."""
+    pytest.importorskip("pyarrow", reason="the [parquet] extra (in [test]) is not installed")
+    from features.__main__ import main as features_main
+    from features.cli import run_cli
+    path = tmp_path / "s.h5"
+    make_store(path)
+    store = path.read_bytes()
+    export = ["export", str(path), "--format"]
+    (tmp_path / "link.h5").symlink_to(path)
+    for out in (path, tmp_path / "link.h5", tmp_path / "." / "s.h5"):
+        assert run_cli(features_main, [*export, "parquet", "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {out}: is the store being exported; pass another --out\n", err
+    assert path.read_bytes() == store and (tmp_path / "link.h5").is_symlink()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "labels.npy").write_text("mine")
+    assert run_cli(features_main, [*export, "npy", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {mine / 'labels.npy'}: already there; pass --overwrite to replace it, or another "
+                   "--out\n"), err
+    assert [p.name for p in mine.iterdir()] == ["labels.npy"] and (mine / "labels.npy").read_text() == "mine"
+    assert run_cli(features_main, [*export, "npy", "--out", str(mine), "--overwrite"]) == 0
+    assert len(np.load(mine / "labels.npy")) == 50
+    assert run_cli(features_main, [*export, "parquet", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {mine}: a folder, where the export writes a file; pass another --out\n", err
+    assert run_cli(features_main, [*export, "parquet"]) == 0
+    assert run_cli(features_main, [*export, "parquet"]) == 2  # the default target, now there
+    assert "s.parquet: already there" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name,expected", [
     ("skipped", "no skipped/paths dataset"),
     ("skipped/hashes", "no skipped/hashes dataset"),
