@@ -1,26 +1,58 @@
-"""The one atomic write: a temporary file renamed over the target, so readers never see half a file; the output
-folders such writes go to, checked before any work; and the CSV text such writes hold."""
+"""The one atomic write: a temporary file of its own, synced and renamed over the target, so readers never see half
+a file; the output folders such writes go to, checked before any work; and the CSV text such writes hold."""
 import csv
+import glob
 import io
 import os
+import tempfile
 from pathlib import Path
 
 from features.errors import FeatbenchError
 
+UMASK = os.umask(0o022)  # read once, at import: reading it sets it, which other threads would see
+os.umask(UMASK)
+
 
 def atomic_write(path, write) -> Path:
-    """Call `write(tmp_path)`, then rename the temporary file over `path`; returns `path`.
+    """Call `write(tmp_path)` on a new file of its own, `NAME.XXXXXXXX.tmp` beside `path` (made, never followed
+    as a link, with the mode `open` gives), sync it, then rename it over `path`; returns `path`.
 
-    A failure (or a kill) leaves `path` as it was and no temporary file behind."""
+    A failure leaves `path` as it was and no temporary file behind; a kill may leave one (`remove_temporaries`)."""
     path = Path(path)
     make_folder(path.parent)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = Path(name)
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
+        os.close(fd)
         write(tmp)
+        _sync(tmp)
         os.replace(tmp, path)
+        _sync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def remove_temporaries(path) -> None:
+    """Remove the temporary files a killed `atomic_write` of `path` left; only for a caller that holds the
+    lock of `path`, as another writer's file would go too."""
+    path = Path(path)
+    for tmp in path.parent.glob(glob.escape(path.name) + ".????????.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    """fsync a file; a folder best effort (not every system opens or syncs one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
 
 
 def check_folder(folder) -> Path:

@@ -2,7 +2,7 @@
 
 Each finished batch becomes a part (an `.npy` of embeddings plus a JSON of its rows), written to a
 temporary name and renamed, so a kill at any moment leaves only whole parts behind. The store itself
-is written to `NAME.h5.tmp` and renamed over `NAME.h5` once complete.
+is written to a temporary `NAME.h5.XXXXXXXX.tmp` and renamed over `NAME.h5` once complete.
 
 Embeddings carry checksums: a CRC-32 per block of stored rows (`checksums`, whose `rows_per_block`
 attribute gives the block) and per journal part, so bytes changed after writing are found on reuse.
@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from features.atomic import atomic_write
+from features.atomic import atomic_write, remove_temporaries
 from features.errors import FeatbenchError
 from features.records import Extraction, StoreMeta
 from features.schema import FORMAT, FORMAT_VERSION, SKIPPED_COLUMNS, SPLITS, crc, split_fingerprint
@@ -45,7 +45,8 @@ class Record:
 
 @contextmanager
 def store_lock(path: Path):
-    """Hold `NAME.h5.lock` while writing a store; a second writer gets a one-line error instead of waiting."""
+    """Hold `NAME.h5.lock` while writing a store; a second writer gets a one-line error instead of waiting.
+    The temporary files of a killed writer go once it is held."""
     lock = FileLock(str(path) + ".lock", timeout=0)
     try:
         lock.acquire()
@@ -53,6 +54,7 @@ def store_lock(path: Path):
         raise FeatbenchError(f"{path}: another extraction is writing this store right now; wait for it "
                              f"to finish (or remove {path}.lock if no featbench process is running)") from None
     try:
+        remove_temporaries(path)
         yield
     finally:
         lock.release()

@@ -1,6 +1,7 @@
 """The feature store: round trip, split access, streaming, and clear errors for foreign or broken files;
 the versioned records of a store's metadata and a model's metrics."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -198,7 +199,45 @@ def test_store_chunks_rows_and_metadata(tmp_path):
     with pytest.raises(ValueError, match="wrote 2 embedding rows for 3 images"):
         write_store(tmp_path / "short.h5", dim=2, chunks=[np.ones((2, 2))], labels=[0] * 3, paths=list("abc"),
                     splits=[0] * 3, hashes=[""] * 3, stamps=[""] * 3, skipped=[], class_names=["x"], meta=Extraction())
-    assert not (tmp_path / "short.h5").exists() and not (tmp_path / "short.h5.tmp").exists()
+    assert not (tmp_path / "short.h5").exists() and not list(tmp_path.glob("short.h5*.tmp"))
+
+
+def test_atomic_write_follows_no_link_at_a_temporary_name_and_writers_do_not_collide(tmp_path):
+    """The temporary file is a new one of its own (it was always NAME.tmp): a link planted at NAME.h5.tmp is
+    neither followed (the victim was overwritten with the store) nor renamed over the store, and a second
+    writer of the same path meanwhile does not take the first one's file away (a FileNotFoundError)."""
+    from features.atomic import atomic_write
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (tmp_path / "s.h5.tmp").symlink_to(victim)
+    make_store(tmp_path / "s.h5")
+    assert victim.read_text() == "mine" and not (tmp_path / "s.h5").is_symlink()
+    with FeatureStore(tmp_path / "s.h5") as s:
+        assert len(s.paths) == 50
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "s.h5").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it, not mkstemp's 0600
+    target = tmp_path / "m.json"
+
+    def outer(tmp):
+        tmp.write_text("outer")
+        atomic_write(target, lambda inner: inner.write_text("inner"))
+
+    atomic_write(target, outer)
+    assert target.read_text() == "outer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "s.h5", "s.h5.tmp", "victim.txt"]
+
+
+def test_a_store_writer_removes_the_temporary_files_a_killed_one_left(tmp_path):
+    """A kill -9 mid-write leaves NAME.h5.XXXXXXXX.tmp behind; the next writer of that store, holding its lock,
+    removes it (a fixed name was written over instead), and leaves other files alone."""
+    from features.writer import store_lock
+    left = [tmp_path / "s.h5.abcd_123.tmp", tmp_path / "s.h5.tmp", tmp_path / "s2.h5.abcd_123.tmp"]
+    for p in left:
+        p.write_text("half a store")
+    with store_lock(tmp_path / "s.h5"):
+        pass
+    assert [p.exists() for p in left] == [False, True, True]
 
 
 def test_journal_folder_numbering_and_clearing(tmp_path):
