@@ -10,7 +10,15 @@ import numpy as np
 
 from features.errors import DamagedStore, StoreError
 from features.records import StoreMeta
-from features.schema import FORMAT, NO_LABEL, ROW_DATASETS, SKIPPED_COLUMNS, SPLITS, crc, split_fingerprint
+from features.schema import (
+    FORMAT,
+    NO_LABEL,
+    ROW_DATASETS,
+    SKIPPED_COLUMNS,
+    SPLITS,
+    crc,
+    split_fingerprint,
+)
 
 REWRITE = "rewrite them (it reuses the embeddings that are intact)"
 
@@ -49,11 +57,15 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: an HDF5 file but not a featbench feature store")
             if not attrs.get("complete", False):
                 raise DamagedStore(f"{self.path}: incomplete store; re-run `python -m extract` to finish it")
-            self.meta = StoreMeta.from_json(json.loads(attrs["meta"]), self.path)
+            meta = attrs.get("meta")
+            if not isinstance(meta, (str, bytes)):
+                raise self._damaged("no meta attribute of JSON text")
+            self.meta = StoreMeta.from_json(json.loads(meta), self.path)
+            self._check_meta()
+            self._check_layout()
             self.labels = self.h5["labels"][:]
             self.splits = self.h5["splits"][:]
             self.paths = self.h5["paths"].asstr()[:].tolist()
-            self._check_layout()
         except StoreError:
             self.h5.close()
             raise
@@ -61,20 +73,38 @@ class FeatureStore:
             self.h5.close()
             raise self._damaged(e) from None
 
+    def _check_meta(self) -> None:
+        """What the metadata's field types leave open: class names, and the dataset record's name and
+        folders, are text."""
+        if not all(isinstance(c, str) for c in self.meta.class_names):
+            raise self._damaged("class names that are not text")
+        dataset = self.meta.dataset or {}
+        for key in ("name", "root", "root_from_store"):
+            if not isinstance(dataset.get(key, ""), str):
+                raise self._damaged(f"a dataset {key} that is not text")
+
     def _check_layout(self) -> None:
-        """Every dataset of the format present with a row per image (per skip, in `skipped/`), and the
-        checksums' blocks covering the embeddings."""
+        """Every dataset of the format present, of its kind (`_kind_problem`), with a row per image (per skip,
+        in `skipped/`), the embeddings `meta.dim` wide, and the checksums' blocks covering them."""
         names = [*ROW_DATASETS, *(f"skipped/{k}" for k in SKIPPED_COLUMNS)]
         missing = [k for k in names if k not in self.h5]
         if missing:
             raise self._damaged(f"no {missing[0]} dataset")
+        for k in [*names, *(["checksums"] if "checksums" in self.h5 else [])]:
+            problem = _kind_problem(k, self.h5[k])
+            if problem:
+                raise self._damaged(problem)
+        rows = len(self.h5["paths"])
         for k in names:
-            want = len(self.h5["skipped/paths"]) if k.startswith("skipped/") else len(self.paths)
+            want = len(self.h5["skipped/paths"]) if k.startswith("skipped/") else rows
             if len(self.h5[k]) != want:
                 raise self._damaged(f"{k} has {len(self.h5[k])} rows for {want} images")
+        width = self.h5["embeddings"].shape[1]
+        if width != self.meta.dim:
+            raise self._damaged(f"embeddings are {width} wide, not its dim {self.meta.dim}")
         if "checksums" in self.h5:
             per = int(self.h5["checksums"].attrs.get("rows_per_block", 0))
-            if per < 1 or len(self.h5["checksums"]) != -(-len(self.paths) // per):
+            if per < 1 or len(self.h5["checksums"]) != -(-rows // per):
                 raise self._damaged("its checksums do not cover its embeddings")
 
     def _damaged(self, why) -> StoreError:
@@ -230,6 +260,20 @@ class FeatureStore:
         root is where the node that made them mounted the dataset."""
         if not (self.meta.shard or self.meta.merged_from):
             check_root(self.path, self.meta.dataset, root)
+
+
+KINDS = {"embeddings": (2, "f", "float"), "labels": (1, "iu", "integer"), "splits": (1, "iu", "integer"),
+         "checksums": (1, "iu", "integer")}  # (dimensions, numpy dtype kinds, in words)
+TEXT = (1, "", "string")  # every other dataset: h5py's variable-length strings
+
+
+def _kind_problem(name: str, node) -> str | None:
+    """`labels is not a 1-D integer dataset` where `node` is not the dataset `name` should be, else None."""
+    ndim, kinds, what = KINDS.get(name, TEXT)
+    if isinstance(node, h5py.Dataset) and node.ndim == ndim and (
+            node.dtype.kind in kinds if kinds else h5py.check_string_dtype(node.dtype) is not None):
+        return None
+    return f"{name} {'are' if name == 'embeddings' else 'is'} not a {ndim}-D {what} dataset"
 
 
 def check_root(where: Path, dataset: dict | None, root) -> None:

@@ -7,7 +7,7 @@ is refused. Keys this featbench does not know are kept in `extra` and written ba
 import json
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, get_args
 
 from features.errors import FeatbenchError, StoreError
 
@@ -49,6 +49,14 @@ class _Json:
         names = {f.name for f in fields(cls)} - {"extra", "version"}
         return cls(**{k: v for k, v in data.items() if k in names}, version=version,
                    extra={k: v for k, v in data.items() if k not in names and k != "version"})
+
+    def check_types(self, where) -> None:
+        """Refuse, in one line, a field whose value is not of its declared type (an int passes as a float)."""
+        for f in fields(self):
+            kinds, value = get_args(f.type) or (f.type,), getattr(self, f.name)
+            if not (isinstance(value, kinds) or float in kinds and isinstance(value, int)):
+                raise self.ERROR(f"{where}: not a featbench {self.WHAT} ({f.name} {value!r:.40} is not "
+                                 f"{' or '.join(k.__name__ for k in kinds)})")
 
 
 class Cost(NamedTuple):
@@ -124,6 +132,12 @@ class StoreMeta(_Json, Extraction):
     skipped: int  # images not embedded
     fingerprint: str  # of the embeddings' bytes
     split_fingerprint: str  # of which image is in which split with which label
+
+    @classmethod
+    def from_json(cls, data, where):
+        meta = super().from_json(data, where)
+        meta.check_types(where)
+        return meta
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,7 @@ the versioned records of a store's metadata and a model's metrics."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ import pytest
 
 from features import Extraction, FeatbenchError, FeatureStore, StoreError, write_store
 from features.schema import NO_LABEL
+
+from conftest import write_image
 
 
 def make_store(path, n=50, dim=8, dtype="float32", seed=0):
@@ -473,6 +476,80 @@ def test_a_store_missing_a_dataset_is_one_line_in_info(tmp_path, capsys, name, e
     assert run_cli(features_main, ["info", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {path}: damaged featbench store ({expected}); delete it and re-run `python -m extract`\n"
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """A store `extract` wrote of 24 images of two classes, and the command line that wrote it."""
+    from extract.__main__ import main as extract_main
+    root = tmp_path_factory.mktemp("made")
+    for i in range(12):
+        write_image(root / "dvc" / f"cat.{i}.jpg", i)
+        write_image(root / "dvc" / f"dog.{i}.jpg", 100 + i)
+    argv = ["--backbone", "test_resnet", "--random-init", "--device", "cpu", "--workers", "0", "--no-optimize",
+            "--quiet", "--data", str(root / "dvc")]
+    assert extract_main([*argv, "--out", str(root / "runs")]) == 0
+    return root / "runs" / "dvc" / "test_resnet-random-init.h5", argv
+
+
+def _malform(path, change: str) -> None:
+    """Change one dataset or the metadata of the store at `path` as a hand-made or older store might have it."""
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f.attrs["meta"])
+        replaced = {"paths as integers": ("paths", lambda d: np.arange(len(d))),
+                    "byte-string labels": ("labels", lambda d: d[:].astype("S")),
+                    "float splits": ("splits", lambda d: d[:].astype(np.float32)),
+                    "embeddings narrower than dim": ("embeddings", lambda d: d[:, :-1])}
+        if change in replaced:
+            name, value = replaced[change]
+            data = value(f[name])
+            del f[name]
+            f[name] = data
+        elif change == "labels as a group":
+            del f["labels"]
+            f.create_group("labels")
+        elif change == "meta not text":
+            f.attrs["meta"] = 5
+        else:
+            f.attrs["meta"] = json.dumps({**meta, **{"dim as text": {"dim": "many"},
+                                                     "class names not text": {"class_names": [1, 2]},
+                                                     "dataset root not text": {"dataset": {"name": "dvc", "root": 5}},
+                                                     }[change]})
+
+
+@pytest.mark.parametrize("change, why", [
+    ("paths as integers", "paths is not a 1-D string dataset"),
+    ("byte-string labels", "labels is not a 1-D integer dataset"),
+    ("labels as a group", "labels is not a 1-D integer dataset"),
+    ("float splits", "splits is not a 1-D integer dataset"),
+    ("embeddings narrower than dim", "embeddings are 95 wide, not its dim 96"),
+    ("meta not text", "no meta attribute of JSON text"),
+    ("dim as text", "dim 'many' is not int"),
+    ("class names not text", "class names that are not text"),
+    ("dataset root not text", "a dataset root that is not text"),
+])
+def test_a_malformed_store_is_one_line_everywhere_and_overwrite_replaces_it(extracted, tmp_path, capsys, change, why):
+    """A store with a dataset of another type or shape, or metadata of other types (hand-made, or older), is one
+    line naming it in info, verify and classify, as a missing dataset is (they were TypeErrors), and
+    `extract --overwrite` replaces it (it raised the same TypeError)."""
+    from classify.__main__ import main as classify_main
+    from extract.__main__ import main as extract_main
+    from features.__main__ import main as features_main
+    from features.cli import run_cli
+    good, argv = extracted
+    path = tmp_path / "runs" / "dvc" / good.name
+    path.parent.mkdir(parents=True)
+    shutil.copy(good, path)
+    _malform(path, change)
+    line = f"error: {path}: "
+    for cli, args in [(features_main, ["info", str(path)]), (features_main, ["verify", str(path)]),
+                      (classify_main, ["--features", str(path), "--quiet"])]:
+        assert run_cli(cli, args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(line) and why in err and err.count("\n") == 1, err
+    assert run_cli(extract_main, [*argv, "--out", str(tmp_path / "runs"), "--overwrite"]) == 0, capsys.readouterr()
+    with FeatureStore(path) as s:
+        assert len(s.paths) == 24 and s.meta.dataset["name"] == "dvc"
 
 
 def test_journal_leaves_out_parts_whose_embeddings_changed(tmp_path):
