@@ -39,6 +39,7 @@ from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 from features.records import ModelMetrics, StoreMeta
+from features.schema import check_dataset_name
 
 HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
 SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_accuracy", "fit_seconds",
@@ -1012,7 +1013,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     metrics = load_metrics(args.inputs)
     here = Path(metrics[0].path).parent.parent  # OUT/DATASET/models/MODEL → OUT/DATASET
-    folder = (args.out / metrics[0].dataset if args.out else here) / "report"
+    folder = (args.out / check_dataset_name(metrics[0].dataset, f"recorded for {metrics[0].path}") if args.out
+              else here) / "report"
     found = here / "curve" / "curve.json"
     curve = read_curve(args.curve) if args.curve else read_curve(found) if found.is_file() else None
     notes = check_curve(curve, args.curve or found, metrics) if curve else []

@@ -11,6 +11,7 @@ import numpy as np
 from extract.datasets import assign_splits, load_dataset
 from extract.files import MAX_IMAGE_BYTES
 from extract.names import store_stem
+from features.errors import StoreError
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS, split_fingerprint
 
@@ -29,10 +30,15 @@ class SplitImages:
 
 
 def from_store(path: Path) -> SplitImages:
+    """The split of the store at `path`, its dataset named as `FeatureStore.dataset_name` (outputs go under it)."""
     with FeatureStore(path) as fs:
         labels, splits, paths, meta = fs.labels, fs.splits, fs.paths, fs.meta
+        dataset = {**(meta.dataset or {}), "name": fs.dataset_name}
+    if "root" not in dataset:
+        raise StoreError(f"{path}: records no dataset folder, so its images cannot be read; re-run `python -m "
+                         "extract` on the dataset, or give it as --data instead of --features")
     keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
-    return SplitImages(Path(meta.dataset["root"]), meta.dataset, meta.class_names,
+    return SplitImages(Path(dataset["root"]), dataset, meta.class_names,
                        {s: [paths[i] for i in rows] for s, rows in keep.items()},
                        {s: labels[rows] for s, rows in keep.items()}, meta.split_fingerprint, f"store {path}",
                        meta.max_image_bytes or MAX_IMAGE_BYTES)
@@ -51,7 +57,7 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
             continue
         with FeatureStore(path) as fs:
             same = (fs.meta.split_fractions == list(settings.splits) and fs.meta.split_seed == settings.seed
-                    and fs.meta.dataset["root"] == str(dataset.root))
+                    and (fs.meta.dataset or {}).get("root") == str(dataset.root))
         if same:
             return from_store(path)
     codes = assign_splits(dataset.items, settings.splits, settings.seed)

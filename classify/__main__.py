@@ -184,7 +184,7 @@ def audit_folder(store: Path, out: Path | None) -> Path:
     if out is None:
         return Path(store).parent / "audit"
     with FeatureStore(store) as fs:
-        return Path(out) / fs.meta.dataset["name"] / "audit"
+        return Path(out) / fs.dataset_name / "audit"
 
 
 def train(args) -> int:

@@ -44,9 +44,11 @@ BLAS_THREADS = 1
 
 @dataclass
 class Store:
-    """One feature store's checked splits; `name` (the file stem) names the outputs."""
+    """One feature store's checked splits; `name` (the file stem) names the outputs, `dataset` (its
+    `FeatureStore.dataset_name`) their folder under --out."""
     path: Path
     name: str
+    dataset: str
     meta: StoreMeta
     train: SplitData
     val: SplitData
@@ -55,10 +57,6 @@ class Store:
     @property
     def class_names(self) -> list:
         return self.meta.class_names
-
-    @property
-    def dataset(self) -> str:
-        return self.meta.dataset["name"]
 
 
 def find_stores(folder: Path, backbones: list[str] | None = None, root=None) -> list[Path]:
@@ -124,7 +122,7 @@ def load_store(path, features: bool = True, need_val: bool = True) -> Store:
                                  f"{fs.paths[unlabelled[0]]}); label them or put them in the test split")
         parts = {s: fs.split(s, features=features) for s in ("train", "val", "test")}
         names = fs.class_names
-        meta = fs.meta
+        meta, dataset = fs.meta, fs.dataset_name
         for split, data in parts.items():
             if not len(data) and (need_val or split != "val"):
                 raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
@@ -142,7 +140,7 @@ def load_store(path, features: bool = True, need_val: bool = True) -> Store:
                              f"({len(unseen)} such classes); give every class train images (--splits, or the "
                              "CSV split column)")
     _warn_absent_classes(where, names, parts)
-    return Store(Path(path), Path(path).stem, meta, parts["train"], parts["val"], parts["test"])
+    return Store(Path(path), Path(path).stem, dataset, meta, parts["train"], parts["val"], parts["test"])
 
 
 def _warn_absent_classes(where: Path, names: list, parts: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from features.errors import FeatbenchError
-from features.schema import NO_LABEL, SPLITS
+from features.schema import NO_LABEL, SPLITS, check_dataset_name
 
 FORMATS = ("dogs-vs-cats", "oxford-pets", "imagefolder", "csv")
 DVC_LABELLED = re.compile(r"^(cat|dog)\.\d+\.[^.]+$", re.IGNORECASE)
@@ -317,9 +317,8 @@ def _csv(path: Path):
 def load_dataset(path, format: str = "auto", target: str = "breed", name: str = "") -> Dataset:
     """List a dataset (no image is opened): items sorted by relative path, with labels; `name`, if given, is
     one folder name (no separator, not starting with '.'), else the name comes from the path."""
-    if name and (name.startswith(".") or any(c in name for c in "/\\\0")):
-        raise FeatbenchError(f"dataset name {name!r} (--name, or [dataset] name): it names one folder in --out; "
-                             "use no '/' or '\\' and do not start it with '.'")
+    if name:
+        check_dataset_name(name, "--name, or [dataset] name")
     root = Path(path).expanduser()
     with _readable(root):
         return _load(root, format, target, name)

@@ -40,7 +40,7 @@ def merged_path(shard: Path, folder: Path | None = None) -> Path:
 
 
 def _provenance(store: FeatureStore) -> dict:
-    dataset = {k: v for k, v in store.meta.dataset.items()  # nodes may mount it elsewhere
+    dataset = {k: v for k, v in (store.meta.dataset or {}).items()  # nodes may mount it elsewhere
                if k not in ("root", "root_from_store")}
     return {**{k: getattr(store.meta, k) for k in SAME}, "dataset": dataset}
 
@@ -130,7 +130,7 @@ def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool 
             why = next((why for s in stores for _, why, *_ in s.skipped), "none")
             raise StoreError(f"none of the shards' images could be embedded (first reason: {why})")
         metas = [s.meta for s in stores]
-        out = merged_path(stores[0].path, out and Path(out) / metas[0].dataset["name"])
+        out = merged_path(stores[0].path, out and Path(out) / stores[0].dataset_name)
         last = _side_by_side([Cost(m.images_embedded, m.extraction_seconds) for m in metas])
         total = _side_by_side([m.cost() for m in metas])
         meta = replace(metas[0], shard=None, images_embedded=last.images, extraction_seconds=last.seconds,
@@ -139,7 +139,7 @@ def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool 
         make_folder(out.parent)
         with store_lock(out):
             if not overwrite:
-                _check_replaceable(out, metas[0].dataset.get("root"), paths, keep_rows)
+                _check_replaceable(out, (metas[0].dataset or {}).get("root"), paths, keep_rows)
             write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,
                         labels=np.concatenate([s.labels for s in stores]),
                         splits=np.concatenate([s.splits for s in stores]),

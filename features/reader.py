@@ -16,6 +16,7 @@ from features.schema import (
     ROW_DATASETS,
     SKIPPED_COLUMNS,
     SPLITS,
+    check_dataset_name,
     crc,
     split_fingerprint,
 )
@@ -130,6 +131,15 @@ class FeatureStore:
     @property
     def dim(self) -> int:
         return int(self.meta.dim)
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's name, the folder of its outputs under --out: as recorded, or the store's folder's for a
+        store that records none; refused in one line where it is not one folder name (`check_dataset_name`)."""
+        name = (self.meta.dataset or {}).get("name")
+        if name is None:
+            return check_dataset_name(self.path.resolve().parent.name, f"the folder of {self.path}")
+        return check_dataset_name(name, f"recorded in {self.path}")
 
     @property
     def fingerprint(self) -> str:

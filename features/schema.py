@@ -6,12 +6,23 @@ import zlib
 
 import numpy as np
 
+from features.errors import FeatbenchError
+
 FORMAT = "featbench-store"
 FORMAT_VERSION = 2  # 2: per-block checksums of the embeddings (`checksums`)
 SPLITS = ("train", "val", "test")
 NO_LABEL = -1
 ROW_DATASETS = ("embeddings", "labels", "splits", "paths", "hashes", "stamps")  # a row per embedded image
 SKIPPED_COLUMNS = ("paths", "reasons", "stamps", "hashes")  # datasets of the `skipped` group, a row per skip
+
+
+def check_dataset_name(name, source: str) -> str:
+    """`name` where it names one folder in --out (text, no '/', '\\' or NUL, not starting with '.'), else a
+    one-line refusal naming where it came from (`source`)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise FeatbenchError(f"dataset name {name!r} ({source}): it names one folder in --out; use no '/' or "
+                             "'\\' and do not start it with '.'")
+    return name
 
 
 def featbench_version() -> str:

@@ -164,10 +164,10 @@ def test_classify_out_of_core_honours_out_too(tmp_path, capsys):
     assert not (tmp_path / "synth" / "models").exists()
 
 
-def shard(path: Path, rank: int, world: int, names: list[str]) -> Path:
+def shard(path: Path, rank: int, world: int, names: list[str], dataset: str = "pics") -> Path:
     n = len(names)
     meta = Extraction(backbone="b", weights_fingerprint="f", preprocess={}, amp=False,
-                      split_fractions=[0.6, 0.2, 0.2], split_seed=0, dataset={"name": "pics", "root": "/pics"},
+                      split_fractions=[0.6, 0.2, 0.2], split_seed=0, dataset={"name": dataset, "root": "/pics"},
                       shard=[rank, world], images_embedded=n, extraction_seconds=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=4, chunks=[np.full((n, 4), rank, np.float32)], labels=np.arange(n) % 2, paths=names,
@@ -331,6 +331,35 @@ def test_a_name_that_is_not_one_folder_name_is_one_line_and_writes_nothing(tmp_p
     assert rc == 2 and err.count("\n") == 1
     assert f"dataset name {name!r} (--name, or [dataset] name): it names one folder in --out" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pics"]
+
+
+@pytest.mark.parametrize("command", ["train", "train out of core", "audit", "merge", "report"])
+def test_a_dataset_name_read_from_a_store_or_metrics_is_one_folder_name_too(tmp_path, capsys, command):
+    """The dataset name that a store (or a model's metrics) records is its outputs' folder under --out, as --name
+    is: one that is not one folder name is refused in one line (`../../escaped` wrote OUT/../../escaped/)."""
+    name, out = "../../escaped", tmp_path / "a" / "b" / "out"
+    latent, y, splits = synthetic()
+    store = make_store(tmp_path / "synth" / "alpha.h5", view(latent, 12, 1), y, splits, "alpha",
+                       dataset="synth" if command == "report" else name)
+    cli, argv, where = CLASSIFY, ["--features", str(store), "--quiet"], f"recorded in {store}"
+    if command == "merge":
+        files = [shard(tmp_path / "s" / f"b.shard-{r}-of-2.h5", r, 2, [f"{r}.jpg"], name) for r in (0, 1)]
+        cli, argv, where = FEATURES, ["merge", *map(str, files)], f"recorded in {files[0]}"
+    elif command == "report":
+        assert run_cli(CLASSIFY.main, argv) == 0
+        metrics = store.parent / "models" / "alpha-logreg.metrics.json"
+        metrics.write_text(metrics.read_text().replace('"dataset": "synth"', f'"dataset": "{name}"'))
+        cli, argv, where = BENCHMARKS, ["report", str(metrics)], f"recorded for {metrics.parent / 'alpha-logreg.skops'}"
+    elif command == "audit":
+        argv = ["audit", "--no-map", *argv]
+    elif command == "train out of core":
+        argv = [*argv, "--max-memory", "1K"]
+    capsys.readouterr()
+    assert run_cli(cli.main, [*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: dataset name {name!r} ({where}): it names one folder in --out; use no '/' or '\\' and "
+                   "do not start it with '.'\n"), err
+    assert not (tmp_path / "a" / "escaped").exists() and not out.exists()
 
 
 def test_a_config_files_relative_paths_are_relative_to_it_and_flags_to_the_working_directory(tmp_path, monkeypatch):

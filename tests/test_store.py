@@ -552,6 +552,28 @@ def test_a_malformed_store_is_one_line_everywhere_and_overwrite_replaces_it(extr
         assert len(s.paths) == 24 and s.meta.dataset["name"] == "dvc"
 
 
+def test_a_store_that_records_no_dataset_is_named_by_its_folder(extracted, tmp_path, capsys):
+    """A store whose metadata has no dataset record (a minimal or older one) is named by its folder where a
+    command puts its outputs under --out (classify and audit raised a TypeError)."""
+    from classify.__main__ import main as classify_main
+    from features.__main__ import main as features_main
+    from features.cli import run_cli
+    path = tmp_path / "pets" / "s.h5"
+    path.parent.mkdir()
+    shutil.copy(extracted[0], path)
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f.attrs["meta"])
+    set_meta(path, {k: v for k, v in meta.items() if k != "dataset"})
+    with FeatureStore(path) as s:
+        assert s.dataset_name == "pets"
+    assert run_cli(features_main, ["verify", str(path)]) == 0
+    out = tmp_path / "out"
+    assert run_cli(classify_main, ["--features", str(path), "--out", str(out), "--quiet"]) == 0, capsys.readouterr()
+    assert (out / "pets" / "models" / "s-logreg.skops").is_file()
+    assert run_cli(classify_main, ["audit", "--features", str(path), "--out", str(out), "--no-map", "--quiet"]) == 0
+    assert (out / "pets" / "audit" / "audit.csv").is_file()
+
+
 def test_journal_leaves_out_parts_whose_embeddings_changed(tmp_path):
     """A part whose `.npy` no longer matches its checksum, or no longer reads, is left out (its images are
     embedded again) and listed in `damaged`; a part of an older featbench (no checksum) is used as it is."""
