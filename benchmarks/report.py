@@ -35,6 +35,7 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import BOOTSTRAP_RESAMPLES, discordant, interval, mask_bits, mcnemar_p, two_way_bootstrap
 from classify.models import SUFFIX
 from classify.train import exclusion_pairs, flagged_test_note, short_params
+from extract.files import read_given
 from features.atomic import atomic_write, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
@@ -220,12 +221,11 @@ def audit_texts(c: Collected) -> tuple[str, tuple, tuple | None]:
 
 
 def read_curve(path: Path) -> dict:
-    """A curve.json (of `benchmarks curve` or `run`); a missing or unreadable one is one line."""
+    """A curve.json (of `benchmarks curve` or `run`); a missing or unreadable one (`read_given`) is one line."""
+    data = read_given(path, "curve file", "no such curve file (`python -m benchmarks curve` writes one)")
     try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FeatbenchError(f"{path}: no such curve file (`python -m benchmarks curve` writes one)") from None
-    except (OSError, ValueError) as e:
+        doc = json.loads(data)
+    except ValueError as e:
         raise FeatbenchError(f"{path}: not a readable curve.json ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("points"), list) or "summaries" not in doc:
         raise FeatbenchError(f"{path}: not a curve.json (no points and summaries)")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extract.datasets import split_fractions
+from extract.files import read_given
 from features.errors import FeatbenchError
 
 CONFIG_NAME = "featbench.toml"
@@ -64,15 +65,12 @@ def dataset_flags(args: argparse.Namespace) -> dict:
 
 
 def read_toml(path: Path, missing: str = "") -> dict:
-    """A TOML file's tables; a file that is missing (`missing` says where to find one) or invalid is one line."""
+    """A TOML file's tables; a file that is missing (`missing` says where to find one), no readable regular file
+    (`read_given`) or invalid is one line."""
+    data = read_given(path, "config file", f"config file not found{missing}")
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise FeatbenchError(f"{path}: config file not found{missing}") from None
-    except OSError as e:
-        raise FeatbenchError(f"{path}: cannot read the config file ({e.strerror or type(e).__name__})") from None
-    except tomllib.TOMLDecodeError as e:
+        return tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
 
 

@@ -1,10 +1,12 @@
-"""Reading a listed file safely: regular files only, never more than a byte cap, a reason when not."""
+"""Reading a listed file safely: regular files only, never more than a byte cap, a reason when not; and a
+file given on the command line (a config, a curve) the same way."""
 import errno
 import os
 import stat
 from pathlib import Path
 
 from extract.images import BadImage
+from features.errors import FeatbenchError
 
 MAX_IMAGE_BYTES = 256 * 2**20  # larger files are skipped unread (--max-image-bytes)
 
@@ -85,3 +87,18 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
         raise BadImage(_unreadable(path, e)) from None
     finally:
         os.close(fd)
+
+
+def read_given(path, what: str, missing: str) -> bytes:
+    """The bytes of a file given on the command line, a `what` (`config file`), read as `read_file` reads an
+    image; one line naming it when it is not there (`missing`: what to say), a folder, or no readable regular
+    file (a FIFO is refused by its `stat`, never opened)."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatbenchError(f"{path}: {missing}")
+    if path.is_dir():
+        raise FeatbenchError(f"{path}: a folder, not a {what}")
+    try:
+        return read_file(path, MAX_IMAGE_BYTES)[0]
+    except BadImage as e:
+        raise FeatbenchError(f"{path}: cannot read this {what}: {e}") from None

@@ -225,6 +225,25 @@ def test_csv_of_system_paths_finishes_promptly_and_embeds_none_of_them(tmp_path)
     assert SECRET.encode() not in path.read_bytes() and SECRET not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("command", ["extract --config", "benchmarks run", "benchmarks report --curve"])
+def test_a_fifo_given_as_a_config_or_curve_is_one_line_not_a_hang(tmp_path, command):
+    """A config or curve file is read as a listed image is, a regular file only: a FIFO given as one is refused
+    by its `stat`, promptly, in one line (open() waited for a writer for ever)."""
+    from test_store import metrics_record
+    fifo = tmp_path / ("fifo.json" if "curve" in command else "fifo.toml")
+    os.mkfifo(fifo)
+    metrics = tmp_path / "pics" / "models" / "toy-logreg.metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(metrics_record().dumps())
+    argv, what = {"extract --config": (["extract", "--backbone", "resnet10t", "--config", str(fifo)], "config file"),
+                  "benchmarks run": (["benchmarks", "run", str(fifo)], "config file"),
+                  "benchmarks report --curve": (["benchmarks", "report", str(metrics), "--curve", str(fifo)],
+                                                "curve file")}[command]
+    done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and done.stderr == f"error: {fifo}: cannot read this {what}: not a regular file (FIFO)\n", \
+        done.stderr
+
+
 def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
     """One random corruption: flipped bytes, a cut, a spliced run of noise, a zeroed or repeated span."""
     b = bytearray(data)
