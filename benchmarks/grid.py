@@ -58,13 +58,15 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.train import Exclusion, parse_heads
 from classify.train import run as classify
 from extract.backbones import create_backbone
-from extract.config import add_dataset_args, dataset_flags, read_toml, resolve
+from extract.config import FLAG, TEXTS, WHOLE, Kind, add_dataset_args, check_table, dataset_flags, read_toml, resolve
 from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
 
-BENCHMARK_KEYS = {"backbones", "heads", "refit", "weights", "seeds", "audit"}
+BENCHMARK_KINDS = {"backbones": TEXTS, "heads": TEXTS, "refit": FLAG, "seeds": WHOLE, "audit": FLAG,
+                   "weights": Kind('a table of backbone = "FILE"',
+                                   lambda v: isinstance(v, dict) and all(isinstance(f, str) for f in v.values()))}
 BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
 RECIPE_KEYS = {"recipe", "lr", *(k for k in OVERRIDES if k != "lrs")}
 FINETUNE_KEYS = BUDGET_KEYS | RECIPE_KEYS
@@ -75,14 +77,14 @@ CURVE_DEFAULTS = {"heads": ["logreg", "svm", "knn"], "shots": "1,2,4,8,16,32,64,
 
 def read_config(path: Path) -> dict:
     cfg = read_toml(path, " (shipped ones: benchmarks/configs/*.toml)")
-    bench = cfg.get("benchmark", {})
-    unknown = set(bench) - BENCHMARK_KEYS
-    if unknown:
-        raise FeatbenchError(f"{path}: unknown [benchmark] keys {sorted(unknown)}; "
-                             f"known: {', '.join(sorted(BENCHMARK_KEYS))}")
+    bench = check_table(cfg.get("benchmark", {}), path, "benchmark", BENCHMARK_KINDS)
     if not bench.get("backbones"):
         raise FeatbenchError(f"{path}: [benchmark] needs backbones = [\"NAME\", …]")
-    for entry in cfg.get("finetune", []):
+    entries = cfg.get("finetune", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FeatbenchError(f"{path}: finetune = {entries!r:.40} is no list of tables; write each as a "
+                             "[[finetune]] header above its keys")
+    for entry in entries:
         bad = set(entry) - FINETUNE_KEYS - {"backbone", "mode"}
         if bad or entry.get("mode", "full") not in MODES or "backbone" not in entry:
             raise FeatbenchError(f"{path}: [[finetune]] {entry} needs backbone and mode ({'|'.join(MODES)}); "
@@ -107,6 +109,8 @@ def _shots(value) -> list[int]:
 
 def curve_settings(table: dict) -> dict:
     """A [curve] table, defaults filled in and shots parsed; an unknown key or bad value is one line."""
+    if not isinstance(table, dict):
+        raise FeatbenchError(f"curve = {table!r:.40} is no table; write it as a [curve] header above its keys")
     unknown = set(table) - set(CURVE_DEFAULTS)
     if unknown:
         raise FeatbenchError(f"unknown keys {sorted(unknown)}; known: {', '.join(CURVE_DEFAULTS)}")

@@ -18,6 +18,7 @@ import argparse
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from extract.datasets import split_fractions
 from extract.files import read_given
@@ -26,6 +27,41 @@ from features.errors import FeatbenchError
 CONFIG_NAME = "featbench.toml"
 DEFAULTS = {"path": None, "format": "auto", "target": "breed", "name": "", "splits": [0.7, 0.15, 0.15],
             "seed": 0, "out": "runs"}
+
+
+class Kind(NamedTuple):
+    """What a config value must be: `words` for the one-line error, `test` to check it."""
+    words: str
+    test: Callable[[object], bool]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+TEXT = Kind("text", lambda v: isinstance(v, str))
+WHOLE = Kind("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+FLAG = Kind("true or false", lambda v: isinstance(v, bool))
+TEXTS = Kind('a list of text, e.g. ["a", "b"]', lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+FRACTIONS = Kind('three fractions, e.g. [0.7, 0.15, 0.15] or "0.7,0.15,0.15"',
+                 lambda v: isinstance(v, str) or isinstance(v, list) and all(map(_number, v)))
+DATASET_KINDS = {"path": TEXT, "format": TEXT, "target": TEXT, "name": TEXT, "splits": FRACTIONS, "seed": WHOLE,
+                 "out": TEXT}
+
+
+def check_table(table, where, name: str, kinds: dict[str, Kind]) -> dict:
+    """`table`, the `[name]` table of the config file `where`, when it is a table of keys of `kinds`, each
+    holding a value of its kind; else one line naming the file and key."""
+    if not isinstance(table, dict):
+        raise FeatbenchError(f"{where}: {name} = {table!r:.40} is no table; write it as a [{name}] header above "
+                             "its keys")
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise FeatbenchError(f"{where}: unknown [{name}] keys {sorted(unknown)}; known: {', '.join(kinds)}")
+    for key, value in table.items():
+        if not kinds[key].test(value):
+            raise FeatbenchError(f"{where}: [{name}] {key} = {value!r:.40}: {kinds[key].words}")
+    return table
 
 
 @dataclass
@@ -75,12 +111,12 @@ def read_toml(path: Path, missing: str = "") -> dict:
 
 
 def read_config(path: Path | None) -> dict:
-    """The `[dataset]` table of `path`, or of ./featbench.toml when there is one."""
+    """The `[dataset]` table of `path`, or of ./featbench.toml when there is one, checked (`check_table`)."""
     if path is None:
         path = Path(CONFIG_NAME)
         if not path.is_file():
             return {}
-    return read_toml(path).get("dataset", {})
+    return check_table(read_toml(path).get("dataset", {}), path, "dataset", DATASET_KINDS)
 
 
 def resolve(config: Path | None = None, data=None, format: str | None = None, target: str | None = None,
@@ -89,10 +125,6 @@ def resolve(config: Path | None = None, data=None, format: str | None = None, ta
     """The dataset settings: these values where given (not None), else the config's [dataset] table
     (`config`, default ./featbench.toml if present), else the defaults."""
     cfg = read_config(config)
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise FeatbenchError(f"{config or CONFIG_NAME}: unknown [dataset] keys {sorted(unknown)}; "
-                             f"known: {', '.join(DEFAULTS)}")
     merged = {**DEFAULTS, **cfg}
     given = {"path": data, "format": format, "target": target, "name": name, "seed": seed, "out": out,
              "splits": splits}

@@ -362,6 +362,38 @@ def test_a_dataset_name_read_from_a_store_or_metrics_is_one_folder_name_too(tmp_
     assert not (tmp_path / "a" / "escaped").exists() and not out.exists()
 
 
+@pytest.mark.parametrize("command, text, words", [
+    ("extract", "[dataset]\npath = 5", "[dataset] path = 5: text"),
+    ("extract", '[dataset]\nseed = "abc"', "[dataset] seed = 'abc': a whole number"),
+    ("extract", "[dataset]\nsplits = 0.5", "[dataset] splits = 0.5: three fractions"),
+    ("extract", '[dataset]\nsplits = [0.5, "a", 0.5]', "[dataset] splits = [0.5, 'a', 0.5]: three fractions"),
+    ("extract", "[dataset]\nname = 3", "[dataset] name = 3: text"),
+    ("extract", "[dataset]\nout = true", "[dataset] out = True: text"),
+    ("extract", 'dataset = "x"', "dataset = 'x' is no table; write it as a [dataset] header above its keys"),
+    ("extract", '[dataset]\npaht = "x"', "unknown [dataset] keys ['paht']; known: path, format"),
+    ("benchmarks", "[benchmark]\nbackbones = 5", "[benchmark] backbones = 5: a list of text"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\nrefit = "yes"', "[benchmark] refit = 'yes': true or false"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\nseeds = 1.5', "[benchmark] seeds = 1.5: a whole number"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\nweights = ["w.pt"]', "[benchmark] weights = ['w.pt']: a table"),
+    ("benchmarks", 'benchmark = "x"', "benchmark = 'x' is no table"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[dataset]\nseed = "abc"', "[dataset] seed = 'abc'"),
+    ("benchmarks", 'finetune = 3\n[benchmark]\nbackbones = ["a"]', "finetune = 3 is no list of tables"),
+    ("benchmarks", 'curve = 3\n[benchmark]\nbackbones = ["a"]', "[curve] curve = 3 is no table"),
+])
+def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_file_and_key(tmp_path, capsys, command, text, words):
+    """Each config key's value is checked for its type, and each table for being one, before it is used (a number
+    for a path, text for the seed, a number for the splits or the name were tracebacks; `dataset = "x"` was
+    taken for a table with an unknown key)."""
+    config = tmp_path / "bench.toml"
+    config.write_text(text + "\n")
+    argv = (["run", str(config)] if command == "benchmarks" else
+            ["--backbone", "resnet10t", "--random-init", "--config", str(config), "--quiet"])
+    assert run_cli(CLIS[command].main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}: ") and words in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.toml"]
+
+
 def test_a_config_files_relative_paths_are_relative_to_it_and_flags_to_the_working_directory(tmp_path, monkeypatch):
     """A config file's `path` and `out` are read from its folder (as `path` always was); the same values given
     as --data and --out are read from the working directory, and `out`'s default, `runs`, is too."""
