@@ -24,14 +24,14 @@ KAGGLE_ID = re.compile(r"^(\d+)\.[^.]+$")
 
 
 def image_files(inputs) -> list[Path]:
-    """Files as given; folders expanded to their images (recursively, sorted)."""
+    """Entries as given; folders expanded to every entry named like an image (recursively, sorted), whatever it
+    is: a broken link or a FIFO is listed too, and reported with why it could not be read, not dropped."""
     out = []
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXT
-                          and not f.name.startswith("."))
-        elif p.is_file():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXT and not f.name.startswith("."))
+        elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             raise FeatbenchError(f"{p}: no such image or folder")
@@ -109,14 +109,15 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
            trust_pickle: bool = False) -> tuple[Path, int, int]:
     """Write `id,label` (label = P(dog)) for every N.jpg in `folder`; returns (path, rows, failed).
 
-    Images that cannot be read get 0.5 so that the submission still lists every id.
+    Every entry so named is listed, whatever it is; those that cannot be read as images (a broken link, a FIFO,
+    a corrupt file) get 0.5, so that the submission still lists every id.
     """
     folder = Path(folder)
     if not 0 <= clip < 0.5:
         raise FeatbenchError(f"--clip must be in [0, 0.5), got {clip}")
     if not folder.is_dir():
         raise FeatbenchError(f"{folder}: no such test folder")
-    files = sorted((f for f in folder.iterdir() if f.is_file() and KAGGLE_ID.match(f.name)),
+    files = sorted((f for f in folder.iterdir() if KAGGLE_ID.match(f.name)),
                    key=lambda f: int(KAGGLE_ID.match(f.name)[1]))
     if not files:
         raise FeatbenchError(f"{folder}: no test images named N.jpg (the Kaggle Dogs vs. Cats test1 layout)")

@@ -4,6 +4,7 @@ The images are generated and the backbones random-init: what is tested is the ro
 everywhere, with or without ../shared/data and the real weights."""
 import csv
 import io
+import os
 import subprocess
 import sys
 
@@ -174,3 +175,23 @@ def test_kaggle_submission(trained, tmp_path, capsys):
     assert p[2] == pytest.approx(np.clip(prob if label == "dog" else 1 - prob, 0.005, 0.995), abs=1e-3)
     rc, _, err = cli(capsys, "submit", "--model", models["avg"], data, "--out", tmp_path / "no")
     assert rc == 2 and err.startswith("error: ") and "N.jpg" in err and not (tmp_path / "no").exists()
+
+
+def test_every_entry_named_like_an_image_is_listed_and_unreadable_ones_say_why(trained, tmp_path, capsys):
+    """A broken link or a FIFO named like a test image keeps its row: 0.5 in the submission, which Kaggle rejects
+    without every id, and `(skipped: reason)` in predict (both were dropped unseen); neither is opened."""
+    data, _, models = trained
+    test = tmp_path / "test1"
+    test.mkdir()
+    (test / "1.jpg").symlink_to(data / "cat.0.jpg")
+    (test / "2.jpg").symlink_to(data / "dog.0.jpg")
+    (test / "3.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(test / "4.jpg")
+    out = tmp_path / "kaggle"
+    rc, stdout, err = cli(capsys, "submit", "--model", models["avg"], test, "--out", out)
+    assert rc == 0 and "4 rows (2 unreadable images set to 0.5)" in stdout, err
+    rows = [x.split(",") for x in (out / "submission.csv").read_text().splitlines()[1:]]
+    assert [i for i, _ in rows] == ["1", "2", "3", "4"] and [float(p) for _, p in rows[2:]] == [0.5, 0.5]
+    rc, stdout, _ = cli(capsys, "predict", "--model", models["avg"], test)
+    assert rc == 0 and "(skipped: broken symbolic link)" in stdout and "(skipped: not a regular file (FIFO))" in stdout
+    assert len(stdout.splitlines()) == 5
