@@ -274,7 +274,7 @@ class FeatureStore:
 
 KINDS = {"embeddings": (2, "f", "float"), "labels": (1, "iu", "integer"), "splits": (1, "iu", "integer"),
          "checksums": (1, "iu", "integer")}  # (dimensions, numpy dtype kinds, in words)
-TEXT = (1, "", "string")  # every other dataset: h5py's variable-length strings
+TEXT = (1, "", "string")  # every other dataset: strings (h5py.check_string_dtype)
 
 
 def _kind_problem(name: str, node) -> str | None:
