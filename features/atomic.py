@@ -18,7 +18,7 @@ def atomic_write(path, write) -> Path:
     as a link, with the mode `open` gives), sync it, then rename it over `path`; returns `path`.
 
     A failure leaves `path` as it was and no temporary file behind; a kill may leave one (`remove_temporaries`)."""
-    path = Path(path)
+    path = check_file(path)
     make_folder(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     tmp = Path(name)
@@ -67,6 +67,17 @@ def check_folder(folder) -> Path:
         raise FeatbenchError(f"{existing}: not writable, so the output folder {folder} cannot be made there; pass "
                              "an output folder (--out) you can write to")
     return folder
+
+
+def check_file(path) -> Path:
+    """Refuse, before any work, a file to write whose place a folder takes (the rename would fail at the end), or
+    whose folder cannot be made (`check_folder`). Creates nothing; returns `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise FeatbenchError(f"{path}: a folder is where this file goes; move it away or pass another output "
+                             "folder (--out)")
+    check_folder(path.parent)
+    return path
 
 
 def make_folder(folder) -> Path:

@@ -177,7 +177,7 @@ def test_kaggle_submission(trained, tmp_path, capsys):
     assert rc == 2 and err.startswith("error: ") and "N.jpg" in err and not (tmp_path / "no").exists()
 
 
-def test_every_entry_named_like_an_image_is_listed_and_unreadable_ones_say_why(trained, tmp_path, capsys):
+def test_every_entry_named_like_an_image_is_listed_and_unreadable_ones_say_why(trained, tmp_path, capsys, monkeypatch):
     """A broken link or a FIFO named like a test image keeps its row: 0.5 in the submission, which Kaggle rejects
     without every id, and `(skipped: reason)` in predict (both were dropped unseen); neither is opened."""
     data, _, models = trained
@@ -195,3 +195,8 @@ def test_every_entry_named_like_an_image_is_listed_and_unreadable_ones_say_why(t
     rc, stdout, _ = cli(capsys, "predict", "--model", models["avg"], test)
     assert rc == 0 and "(skipped: broken symbolic link)" in stdout and "(skipped: not a regular file (FIFO))" in stdout
     assert len(stdout.splitlines()) == 5
+    (out / "submission.csv").unlink()
+    (out / "submission.csv").mkdir()  # a folder where the submission goes: refused before any image is embedded
+    monkeypatch.setattr("classify.predict.probabilities", lambda *a, **k: pytest.fail("embedded before refusing"))
+    rc, _, err = cli(capsys, "submit", "--model", models["avg"], test, "--out", out)
+    assert rc == 2 and err.count("\n") == 1 and "submission.csv: a folder is where this file goes" in err

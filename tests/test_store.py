@@ -229,6 +229,12 @@ def test_atomic_write_follows_no_link_at_a_temporary_name_and_writers_do_not_col
     atomic_write(target, outer)
     assert target.read_text() == "outer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "s.h5", "s.h5.tmp", "victim.txt"]
+    (tmp_path / "in-the-way").mkdir()  # a folder where the file goes: one line before `write` runs
+    wrote = []
+    with pytest.raises(FeatbenchError, match="in-the-way: a folder is where this file goes"):
+        atomic_write(tmp_path / "in-the-way", wrote.append)
+    assert not wrote and sorted(p.name for p in tmp_path.iterdir()) == ["in-the-way", "m.json", "s.h5", "s.h5.tmp",
+                                                                        "victim.txt"]
 
 
 def test_a_store_writer_removes_the_temporary_files_a_killed_one_left(tmp_path):
