@@ -361,7 +361,8 @@ def _significance(c: Collected, frozen: dict, tuned: dict) -> str:
         return "; not tested for significance (no per-image results of both on the same test images)"
     only_frozen, only_tuned = discordant(f.test_correct, t.test_correct)
     p = mcnemar_p(only_frozen, only_tuned)
-    return (f"; {only_frozen} test images right only frozen, {only_tuned} only fine-tuned (exact McNemar p = {p:.2g}): "
+    return (f"; {plural(only_frozen, 'test image')} right only frozen, {only_tuned} only fine-tuned "
+            f"(exact McNemar p = {p:.2g}): "
             f"{'a significant difference' if p < 0.05 else 'not distinguishable'} on {f.n_test} test images")
 
 

@@ -749,6 +749,9 @@ def test_each_verdict_tests_its_accuracy_difference():
     close = verdict(fake_report([frozen, fake_finetune("lp-ft", 0.51, **wrong([0, 1]))]))
     assert close.count("; 0 test images right only frozen, 1 only fine-tuned (exact McNemar p = 1): not "
                        "distinguishable on 300 test images. Budgets:") == 2  # best against best, and same backbone
+    one = verdict(fake_report([fake_metrics("mobilenet_v2", "logreg", **wrong([0, 1])),
+                               fake_finetune("lp-ft", 0.51, **wrong([0, 1, 2]))]))
+    assert "; 1 test image right only frozen, 0 only fine-tuned (exact McNemar p = 1)" in one
     far = verdict(fake_report([fake_metrics("mobilenet_v2", "logreg", **wrong(list(range(30)))),
                                fake_finetune("lp-ft", 0.51, **wrong([30, 31]))]))
     assert ("; 2 test images right only frozen, 30 only fine-tuned (exact McNemar p = 2.5e-07): a significant "
