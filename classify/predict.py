@@ -17,7 +17,7 @@ from extract.datasets import IMAGE_EXT
 from extract.device import pick_device
 from extract.pipeline import Options, embed_files
 from extract.quantize import check_precision
-from features.atomic import atomic_write, check_file
+from features.atomic import atomic_write, check_file, check_folder
 from features.errors import FeatbenchError
 
 KAGGLE_ID = re.compile(r"^(\d+)\.[^.]+$")
@@ -125,6 +125,7 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
     if len(set(ids)) < len(ids):
         raise FeatbenchError(f"{folder}: two images share a numeric id; Kaggle ids must be unique")
     output = check_file(output)
+    check_folder(output.parent)
     model = load_model(model_path, trust_pickle)
     if "dog" not in model["class_names"]:
         raise FeatbenchError(f"{model_path}: a Dogs vs. Cats submission needs a model with a 'dog' class; "

@@ -70,13 +70,12 @@ def check_folder(folder) -> Path:
 
 
 def check_file(path) -> Path:
-    """Refuse, before any work, a file to write whose place a folder takes (the rename would fail at the end), or
-    whose folder cannot be made (`check_folder`). Creates nothing; returns `path`."""
+    """Refuse, before any work, a file to write whose place a folder takes (the rename would fail at the end).
+    Creates nothing; returns `path`."""
     path = Path(path)
     if path.is_dir():
         raise FeatbenchError(f"{path}: a folder is where this file goes; move it away or pass another output "
                              "folder (--out)")
-    check_folder(path.parent)
     return path
 
 
