@@ -122,10 +122,11 @@ GENERIC_FOLDERS = {"train", "test", "val", "valid", "images", "data", "img", "im
 
 
 def _slug(path: Path) -> str:
-    """Folder name, prefixed by its parent's when it is generic (dogs-vs-cats/train → dogs-vs-cats-train)."""
+    """Folder name, prefixed by its parent's when it is generic (dogs-vs-cats/train → dogs-vs-cats-train), as one
+    folder name `check_dataset_name` accepts: no leading dot, and `dataset` where nothing ASCII is left."""
     path = path.resolve()
     parts = [path.parent.name, path.name] if path.name.lower() in GENERIC_FOLDERS else [path.name]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-").lower()
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-.").lower() or "dataset"
 
 
 def _unread_folders(folder: Path, read: list[Path], root: Path, reason: str) -> list[tuple[str, str]]:

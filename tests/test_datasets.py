@@ -525,3 +525,14 @@ def test_unreadable_dataset_is_one_line_naming_it(tmp_path, monkeypatch, fmt):
     where = locked / "images" if fmt == "oxford-pets" else locked  # looked for first, as the folder's images
     assert str(err.value) == (f"{where}: cannot read it (Permission denied); make the dataset readable "
                               f"(chmod -R u+rX {locked}) or pass another --data")
+
+
+@pytest.mark.parametrize("folder, name", [(".pics", "pics"), ("猫と犬", "dataset"), ("data.", "data")])
+def test_a_name_made_from_the_folder_is_one_folder_name_classify_accepts(tmp_path, folder, name):
+    """The name extract derives from the folder is one `check_dataset_name` accepts (a store named `.pics` or ``
+    was written, then refused by classify, audit and merge): no leading dot, never empty."""
+    from features.schema import check_dataset_name
+    for label in ("cat", "dog"):
+        write_image(tmp_path / folder / label / "a.jpg", 1)
+    made = load_dataset(tmp_path / folder).name
+    assert made == name and check_dataset_name(made, "test") == name
