@@ -11,7 +11,7 @@ import numpy as np
 
 from features.atomic import make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
-from features.reader import FeatureStore
+from features.reader import FeatureStore, check_root
 from features.records import Cost
 from features.writer import store_lock, write_store
 
@@ -88,13 +88,14 @@ def _side_by_side(costs: list[Cost]) -> Cost:
 def _check_replaceable(out: Path, root: str | None, paths: list, keep_rows: bool) -> None:
     """Refuse, in one line, to replace the store at `out` when this featbench cannot read it as its own (a
     damaged one is replaced, as extract replaces it), when it was made from another dataset folder than `root`
-    (`check_made_from`), or, with `keep_rows`, when it has rows that `paths` lack (older shards merged again)."""
+    (`check_root`, whether it is a plain store or an earlier merge), or, with `keep_rows`, when it has rows that
+    `paths` lack (older shards merged again)."""
     if not out.exists():
         return
     try:
         with FeatureStore(out) as existing:
-            if root:
-                existing.check_made_from(root)
+            if root:  # an earlier merge's root too: `check_made_from` lets shard and merged stores pass
+                check_root(out, existing.meta.dataset, root)
             lost = sorted(set(existing.paths) - set(paths)) if keep_rows else []
     except DamagedStore:
         return

@@ -190,8 +190,9 @@ def test_merge_out_is_the_output_folder(tmp_path, capsys):
 
 
 def test_merge_keeps_a_store_of_another_folder_and_rows_the_shards_lack(tmp_path, capsys):
-    """Merging replaces no store made from another dataset folder of the same name, nor one with rows the
-    shards lack (stale shards merged again), unless --overwrite; the same shards merged again are fine."""
+    """Merging replaces no store made from another dataset folder of the same name (an earlier merge's too), nor
+    one with rows the shards lack (stale shards merged again), unless --overwrite; the same shards merged again
+    are fine."""
     files = [shard(tmp_path / "s" / "b.shard-0-of-2.h5", 0, 2, ["a/0.jpg", "a/1.jpg"]),
              shard(tmp_path / "s" / "b.shard-1-of-2.h5", 1, 2, ["b/0.jpg", "b/1.jpg"])]
     merge = ["merge", *map(str, files), "--out", str(tmp_path / "runs")]
@@ -199,7 +200,7 @@ def test_merge_keeps_a_store_of_another_folder_and_rows_the_shards_lack(tmp_path
     merged.parent.mkdir(parents=True)
     write_store(merged, dim=4, chunks=[np.zeros((1, 4), np.float32)], labels=[0], paths=["a/0.jpg"], splits=[0],
                 hashes=[""], stamps=[""], skipped=[], class_names=["a", "b"],
-                meta=Extraction(dataset={"name": "pics", "root": "/A/pics"}))
+                meta=Extraction(dataset={"name": "pics", "root": "/A/pics"}, merged_from=2))  # a merge's, too
     assert run_cli(FEATURES.main, merge) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {merged}: made from /A/pics, not /pics") and err.count("\n") == 1, err
