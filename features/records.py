@@ -51,10 +51,12 @@ class _Json:
                    extra={k: v for k, v in data.items() if k not in names and k != "version"})
 
     def check_types(self, where) -> None:
-        """Refuse, in one line, a field whose value is not of its declared type (an int passes as a float)."""
+        """Refuse, in one line, a field whose value is not of its declared type (an int passes as a float; a bool,
+        which Python counts as an int, only as a bool)."""
         for f in fields(self):
             kinds, value = get_args(f.type) or (f.type,), getattr(self, f.name)
-            if not (isinstance(value, kinds) or float in kinds and isinstance(value, int)):
+            fits = isinstance(value, kinds) or float in kinds and isinstance(value, int)
+            if not fits or isinstance(value, bool) and bool not in kinds:
                 raise self.ERROR(f"{where}: not a featbench {self.WHAT} ({f.name} {value!r:.40} is not "
                                  f"{' or '.join(k.__name__ for k in kinds)})")
 

@@ -742,3 +742,14 @@ def test_info_says_how_the_embeddings_were_made(tmp_path):
             "decoded on the GPU\n") in text
     from features.schema import library_versions
     assert {"simplejpeg", "onnxruntime", "onnx"} <= library_versions().keys()  # they decide decoding and int8
+
+
+def test_metadata_types_take_no_bool_for_a_number():
+    """bool is an int to Python: `rows: true` or `dim: true` (which matched 1-wide embeddings) passed as numbers."""
+    from features.records import StoreMeta
+    good = StoreMeta(rows=2, dim=4, dtype="float32", class_names=["a"], split_names=["train"], skipped=0,
+                     fingerprint="f", split_fingerprint="s").to_json()
+    StoreMeta.from_json(good, "s.h5").check_types("s.h5")
+    for key in ("rows", "dim", "extraction_seconds"):
+        with pytest.raises(StoreError, match=f"{key} True is not"):
+            StoreMeta.from_json({**good, key: True}, "s.h5").check_types("s.h5")
