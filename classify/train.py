@@ -249,10 +249,10 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     seconds = time.perf_counter() - started + sum(sel.seconds for sel in sweeps.values())
     chosen = Selection(model, {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, {}, [], loss, acc,
                        seconds)
+    included = {k: {"seconds": round(sel.seconds, 3), "configurations": configurations(sel)}
+                for k, sel in sweeps.items()}
     return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
-                     configurations=1 + sum(configurations(sel) for sel in sweeps.values()),
-                     member_sweeps={k: {"seconds": round(sel.seconds, 3), "configurations": configurations(sel)}
-                                    for k, sel in sweeps.items()})
+                     configurations=1 + sum(m["configurations"] for m in included.values()), member_sweeps=included)
 
 
 @contextmanager
