@@ -14,10 +14,11 @@ the full test split. `all` is the full train split, fitted once (as `python -m c
 `--finetune-shots 8,64` adds fine-tuned points (`benchmarks finetune`'s recipe, on the images of the
 same subsets, the first `--finetune-repeats` repeats): each chooses its peak rate, epoch and
 temperature on the full val split, so with fine-tunes the frozen points do too (`--select val`; `auto`
-is refused) and both sides see the same labels. An epoch is at least `benchmarks finetune`'s
-MIN_EPOCH_IMAGES images (a small subset's images repeat, each augmented afresh). Fine-tunes are
-cached in OUT/DATASET/curve/finetune/ by subset, weights and settings: re-running with more frozen
-heads trains nothing again.
+is refused) and both sides see the same labels; when the fine-tunes' recipe fits a temperature, each frozen
+point is chosen and scored at a temperature fitted on val too (`python -m classify --temperature`).
+An epoch is at least `benchmarks finetune`'s MIN_EPOCH_IMAGES images (a small subset's images
+repeat, each augmented afresh). Fine-tunes are cached in OUT/DATASET/curve/finetune/ by subset,
+weights and settings: re-running with more frozen heads trains nothing again.
 """
 import argparse
 import json
@@ -74,6 +75,7 @@ class Point:
     seconds: float = 0.0  # to fit (and choose) this point
     val_log_loss: float | None = None  # what chose it: val log-loss (`val`), mean held-out CV log-loss (`cvK`); None
     test_correct: str | None = None  # `classify.metrics.correct_mask` of the test split (curve.json only)
+    temperature: float | None = None  # fitted on val, the test scores' (None: probabilities as the model gives)
 
 
 def finetune_shots(value, device: str) -> list[int]:
@@ -151,24 +153,26 @@ def choose_cv(head: str, X, y, n_classes: int, seed: int) -> tuple[object, str, 
     return fit_fixed(HEADS[head].make(), fixed, X, y), f"cv{k}", float(losses[best])
 
 
-def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select: str = "auto") -> dict:
-    """`Point`'s selection, accuracy, log_loss, val_log_loss and test_correct of `head` fitted on the train rows
-    `idx` (None: all of train), chosen on val when `select` is `val` or val is no larger than the subset, else by
-    CV inside the subset."""
+def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select: str = "auto",
+              temperature: bool = False) -> dict:
+    """`Point`'s selection, accuracy, log_loss, val_log_loss, test_correct and temperature of `head` fitted on the
+    train rows `idx` (None: all of train), chosen on val when `select` is `val` or val is no larger than the subset
+    (with `temperature`, at a temperature fitted on val: `classify.select.sweep`), else by CV inside the subset."""
     X, y = (store.train.X, store.train.y) if idx is None else (store.train.X[idx], store.train.y[idx])
     if len(np.unique(y)) < 2:
         raise ValueError("the subset holds a single class")
     n_classes = len(store.class_names)
     if len(store.val) and (select == "val" or len(store.val) <= len(y)):
-        chosen = sweep(HEADS[head].make(), HEADS[head].grid(len(y)), X, y, store.val.X, store.val.y, n_classes)
-        model, mode, val_loss = chosen.model, "val", chosen.val_log_loss
+        chosen = sweep(HEADS[head].make(), HEADS[head].grid(len(y)), X, y, store.val.X, store.val.y, n_classes,
+                       temperature)
+        model, mode, val_loss, t = chosen.model, "val", chosen.val_log_loss, chosen.temperature
     else:
-        model, mode, val_loss = choose_cv(head, X, y, n_classes, seed)
+        (model, mode, val_loss), t = choose_cv(head, X, y, n_classes, seed), None
     p = proba(model, store.test.X, n_classes)
     loss, acc = scores(p, store.test.y, n_classes)
     right = p.argmax(1) == store.test.y
     return {"selection": mode, "accuracy": acc, "log_loss": loss, "val_log_loss": val_loss,
-            "test_correct": correct_mask(right, store.test.paths)}
+            "test_correct": correct_mask(right, store.test.paths), "temperature": t}
 
 
 def check_same_images(stores: list[Store]) -> None:
@@ -185,8 +189,9 @@ def check_same_images(stores: list[Store]) -> None:
 
 
 def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int, seed: int = 0,
-          log=lambda msg: None, select: str = "auto") -> tuple[list[Point], list[dict]]:
-    """Every frozen point (store × head × n × repeat) and the notes of the points skipped."""
+          log=lambda msg: None, select: str = "auto", temperature: bool = False) -> tuple[list[Point], list[dict]]:
+    """Every frozen point (store × head × n × repeat) and the notes of the points skipped (`temperature`: see
+    `fit_point`)."""
     if repeats < 1:
         raise FeatbenchError(f"--repeats must be at least 1 (got {repeats})")
     check_same_images(stores)
@@ -199,7 +204,7 @@ def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int,
                     idx = None if n == ALL else subset(perms[r], n)
                     started = time.perf_counter()
                     try:
-                        fit = fit_point(s, head, idx, seed + r, select)
+                        fit = fit_point(s, head, idx, seed + r, select, temperature)
                     except ValueError as e:
                         why = str(e).splitlines()[0]
                         skipped.append({"store": s.name, "head": head, "n": shot_name(n), "repeat": r, "why": why})
@@ -314,7 +319,8 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                         log(f"note: {what} skipped: {why}")
                         continue
                 points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
-                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss, m.test_correct))
+                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss, m.test_correct,
+                                    m.params.get("temperature") if recipe.calibrate else None))
                 if m.params.get("best_epoch") == 0:
                     starts.append(f"n = {shot_name(n)} repeat {r}")
         chose_start = (f"; val chose the starting point (epoch 0, no training step) at {', '.join(starts)}"
@@ -393,9 +399,11 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
         notes.append("Classes with fewer train images than n use all they have (`short` column): "
                      + ", ".join(f"{len(c)} at n={n}" for n, c in short.items() if c)
                      + f" of {len(loaded[0].class_names)} (first: {named})")
+    tempered = bool(finetune_shots) and recipe_for(finetune_mode).calibrate
     if select == "val":
         notes.append("Every frozen point is chosen on the full val split (--select val)" +
-                     (", as the fine-tunes are" if finetune_shots else ""))
+                     (", as the fine-tunes are" if finetune_shots else "") +
+                     (", and scored at a temperature fitted on it, as the fine-tunes' are" if tempered else ""))
     for note in notes:
         log(f"note: {note}")
     folder = (Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve"
@@ -404,7 +412,7 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
     if finetune_shots:
         tuned_stores(loaded, spec)  # refused before the frozen points, not after
     with threadpool_limits(limits=BLAS_THREADS):
-        points, skipped = curve(loaded, heads, shots, repeats, subset_seed, log, select)
+        points, skipped = curve(loaded, heads, shots, repeats, subset_seed, log, select, tempered)
     if finetune_shots:
         more, gone, budget = finetune_points(loaded, spec, subset_seed, folder / "finetune", log)
         points, skipped, notes = points + more, skipped + gone, notes + budget

@@ -42,13 +42,11 @@ from benchmarks.recipes import (
     MODES,
     RECIPES,
     Recipe,
-    fit_temperature,
-    log_loss_at,
     param_groups,
     recipe_for,
-    softmax,
 )
 from benchmarks.splits import SplitImages, same_split
+from classify.calibration import fit_temperature, log_loss_at, softmax
 from classify.heads import HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds
 from classify.select import sweep

@@ -16,6 +16,8 @@ dataset flags override it):
     heads = ["all"]            # logreg, mlp, svm, knn, avg, stack, concat, or all
     refit = false              # refit each chosen head on train+val before its test score
     audit = true               # `python -m classify audit` on the run's stores, a report section (--no-audit: off)
+    temperature = true         # frozen heads at a val temperature (classify --temperature); default: as the
+                               # fine-tunes, true when one of them fits a temperature (lp-ft), false when none does
 
     [benchmark.weights]        # weights files for backbones that need one (relative to the config)
     resnet152v2 = "weights/resnet152v2.pth"
@@ -65,6 +67,7 @@ from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
 
 BENCHMARK_KINDS = {"backbones": TEXTS, "heads": TEXTS, "refit": FLAG, "seeds": WHOLE, "audit": FLAG,
+                   "temperature": FLAG,
                    "weights": Kind('a table of backbone = "FILE"',
                                    lambda v: isinstance(v, dict) and all(isinstance(f, str) for f in v.values()))}
 BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
@@ -190,15 +193,16 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
         notes.append("ensembles skipped: they need two feature stores or more")
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     extracted = time.perf_counter()
+    entries = cfg.get("finetune", []) if finetunes else []
+    tempered = bench.get("temperature", any(_recipe(e).calibrate for e in entries))
     metrics = classify(stores, heads, bench.get("refit", False), log, seeds=seeds or bench.get("seeds", 1),
-                       exclude=exclusion)
+                       exclude=exclusion, temperature=tempered)
     classified = time.perf_counter()
     found = None
     if audited and bench.get("audit", True):
         found = _audit(stores, settings.out / dataset.name / "audit", notes, log)
     audit_done = time.perf_counter()
 
-    entries = cfg.get("finetune", []) if finetunes else []
     for entry in entries:
         name, mode = entry["backbone"], entry.get("mode", "full")
         if name not in built:

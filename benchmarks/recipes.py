@@ -1,4 +1,4 @@
-"""How a fine-tune trains: named recipes, layer-wise learning rates, and temperature scaling.
+"""How a fine-tune trains: named recipes and layer-wise learning rates.
 
 `lp-ft`, the default of `--mode full`, is what transfer-learning practice does (fastai's
 `fine_tune`, timm's layer decay, LP-FT):
@@ -16,7 +16,7 @@
 3. the weights scored after each epoch are an exponential moving average over about the last epoch's
    steps (timm's `ModelEmaV3`, as timm's fine-tuning recipes use `--model-ema`): the one-cycle peak
    makes single epochs' weights noisy on a small dataset;
-4. the peak rate is swept (`lrs`), and the run, epoch and temperature (Guo et al. 2017, fitted on
+4. the peak rate is swept (`lrs`), and the run, epoch and temperature (`classify.calibration`, fitted on
    val so that label smoothing does not cost log-loss) with the lowest validation log-loss win.
 
 `seed` is the seed notebooks' recipe (`bn-head`, `head`, and the old `full`): a random head, one
@@ -24,10 +24,6 @@ learning rate for every layer, weight decay on everything, flips only, plain cro
 """
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING
-
-import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 from features.errors import FeatbenchError
 
@@ -132,37 +128,3 @@ def param_groups(model: "nn.Module", recipe: Recipe, head_prefix: str = "head") 
     finally:
         del model.pretrained_cfg
     return groups
-
-
-def log_loss_at(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of labels `y` under softmax(logits / temperature)."""
-    return float(-log_softmax(logits / temperature, axis=1)[np.arange(len(y)), y].mean())
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature with the lowest plain log-loss of softmax(logits / T) on the labels `y`, but no
-    sharper than Laplace's rule of succession allows, and that limit never above T = 1.
-
-    Plain log-loss has no minimum when every val image is classified correctly: T shrinks to 0 and
-    every prediction becomes certain, so one test error costs tens of nats. n images all right
-    support a confidence of (n + 1)/(n + 2), no more: T is kept at or above the temperature fitted
-    to labels smoothed that way, unless that one is above 1, where it would make the model less sure
-    than it is and worse on val; the plain log-loss at the result is never above the one at T = 1."""
-    n, k = logits.shape
-    alpha = 1 / (n + 2)
-    target = np.full((n, k), alpha / max(k - 1, 1))
-    target[np.arange(n), y] = 1 - alpha
-    smoothed = _argmin_temperature(lambda t: float(-(target * log_softmax(logits / t, axis=1)).sum(1).mean()))
-    plain = _argmin_temperature(lambda t: log_loss_at(logits, y, t))
-    return max(plain, min(smoothed, 1.0))
-
-
-def _argmin_temperature(loss) -> float:
-    """The temperature in [e^-5, e^5] that minimises `loss(T)` (searched on log T)."""
-    return float(np.exp(minimize_scalar(lambda t: loss(np.exp(t)), bounds=(-5.0, 5.0), method="bounded",
-                                        options={"xatol": 1e-4}).x))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """float64 probabilities of float logits (rows sum to 1)."""
-    return np.exp(log_softmax(np.asarray(logits, np.float64) / temperature, axis=1))

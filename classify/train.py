@@ -3,8 +3,9 @@
 Order of work, so the test split cannot leak into any choice and nothing is written half-way:
 1. load every store and reject bad input (one-line errors) before any training;
 2. sweep each head's grid on train → val (`classify.select`); ensembles take each backbone's
-   best head by validation log-loss;
-3. with `refit`, refit each chosen configuration on train+val;
+   best head by validation log-loss; with `temperature`, each point is scored at a temperature fitted
+   on its val probabilities, which the chosen model keeps (`classify.calibration`);
+3. with `refit`, refit each chosen configuration on train+val (at its temperature);
 4. predict the test split, once per model;
 5. write `{models folder}/{backbones}-{head}[-refit].skops` and `.metrics.json`, each atomically.
 
@@ -23,10 +24,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from classify import ensembles, stream
+from classify.calibration import Tempered, probability_temperature, temper
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
-from classify.select import Selection, configurations, fit_fixed, score, sweep
+from classify.select import Selection, configurations, fit_fixed, score, scores, sweep
 from extract.config import resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from extract.names import store_stem
@@ -230,13 +232,13 @@ def seeded(head: str) -> bool:
     return "random_state" in HEADS[head].make().get_params()
 
 
-def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) -> Candidate:
+def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, temperature: bool) -> Candidate:
     name = "+".join(s.name for s in stores) + f"-{head}"
     dims = [s.train.X.shape[1] for s in stores]
     X, y = side_by_side(stores, "train")
     Xv, yv = side_by_side(stores, "val")
     if head == "concat":
-        sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes)
+        sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes, temperature)
         return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=configurations(sel))
     best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
             for s in stores}
@@ -244,11 +246,16 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int) 
     template = (ensembles.average if head == "avg" else ensembles.stack)(members, dims)
     started = time.perf_counter()
     model = fit_fixed(template, {}, X, y)
+    p = proba(model, Xv, n_classes)
+    t = probability_temperature(p, yv) if temperature else None
+    if t is not None:
+        model = Tempered.around(model, t)
     loss, acc = score(model, Xv, yv, n_classes)
     sweeps = {f"{s.name}-{h}": selections[s.name, h] for s in stores for h in HEADS}  # as `_single` names them
     seconds = time.perf_counter() - started + sum(sel.seconds for sel in sweeps.values())
-    chosen = Selection(model, {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}, {}, [], loss, acc,
-                       seconds)
+    params = {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}
+    chosen = Selection(model, {**params, **({"temperature": round(t, 4)} if t is not None else {})}, {}, [], loss,
+                       acc, seconds, t)
     included = {k: {"seconds": round(sel.seconds, 3), "configurations": configurations(sel)}
                 for k, sel in sweeps.items()}
     return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
@@ -265,11 +272,13 @@ def refusal(where, head: str):
                              f"({str(e).splitlines()[0]})") from None
 
 
-def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: int = 1) -> list[Candidate]:
+def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: int = 1,
+           temperature: bool = False) -> list[Candidate]:
     """Step 2: every requested head (and ensemble) chosen on train → val; test is not touched.
 
     With `seeds` > 1, each head with a random state is also chosen with random states 1..seeds-1
-    (each seed its own sweep), to measure how much its test score depends on the seed."""
+    (each seed its own sweep), to measure how much its test score depends on the seed. With `temperature`,
+    every model is chosen and kept at a temperature fitted on val (`classify.select.sweep`)."""
     singles = [h for h in heads if h in HEADS]
     wanted = [h for h in heads if h in ENSEMBLES]
     if wanted and len(stores) < 2:
@@ -283,7 +292,7 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: i
         for h in need:
             with refusal(s.path, h):
                 sel = selections[s.name, h] = sweep(HEADS[h].make(), HEADS[h].grid(len(s.train)), s.train.X,
-                                                    s.train.y, s.val.X, s.val.y, len(s.class_names))
+                                                    s.train.y, s.val.X, s.val.y, len(s.class_names), temperature)
             log(f"{s.name}-{h}: {short_params(sel.params)} val log-loss {sel.val_log_loss:.4f} ({sel.seconds:.1f}s)")
     replicas = {}
     for s in stores:
@@ -291,13 +300,14 @@ def choose(stores: list[Store], heads: list[str], log=lambda msg: None, seeds: i
             with refusal(s.path, h):
                 replicas[s.name, h] = {seed: sweep(HEADS[h].make().set_params(random_state=seed),
                                                    HEADS[h].grid(len(s.train)), s.train.X, s.train.y, s.val.X,
-                                                   s.val.y, len(s.class_names)) for seed in range(1, seeds)}
+                                                   s.val.y, len(s.class_names), temperature)
+                                             for seed in range(1, seeds)}
             log(f"{s.name}-{h}: {seeds - 1} more seeds chosen "
                 f"({sum(r.seconds for r in replicas[s.name, h].values()):.1f}s)")
     out = [_single(s, h, selections[s.name, h], replicas.get((s.name, h), {})) for s in stores for h in singles]
     for h in wanted:
         with refusal(stores[0].path.parent, h):
-            out.append(_ensemble(h, stores, selections, len(stores[0].class_names)))
+            out.append(_ensemble(h, stores, selections, len(stores[0].class_names), temperature))
         log(f"{out[-1].name}: val log-loss {out[-1].chosen.val_log_loss:.4f} ({out[-1].chosen.seconds:.1f}s)")
     return out
 
@@ -369,14 +379,16 @@ def finish(c: Candidate, refit: bool) -> ModelMetrics:
         Xv, yv = c.features("val")
         started = time.perf_counter()
         c.chosen = replace(c.chosen, model=fit_fixed(c.template, c.chosen.fixed, np.vstack([X, Xv]),
-                                                     np.concatenate([y, yv])),
+                                                     np.concatenate([y, yv]), c.chosen.temperature),
                            seconds=c.chosen.seconds + time.perf_counter() - started)
         n_train += len(c.stores[0].val)
     X, y = c.features("test")
     n_classes = len(c.stores[0].class_names)
     started = time.perf_counter()
     p = proba(c.chosen.model, X, n_classes)
-    metrics = report(c, p, time.perf_counter() - started, n_train, refit)
+    seconds = time.perf_counter() - started
+    raw = proba(c.chosen.model.estimator_, X, n_classes) if isinstance(c.chosen.model, Tempered) else None
+    metrics = report(c, p, seconds, n_train, refit, raw)
     if c.replicas:
         metrics = replace(metrics, **_seed_scores(c, metrics, refit))
     return metrics
@@ -395,7 +407,7 @@ def _seed_scores(c: Candidate, metrics: ModelMetrics, refit: bool) -> dict:
             Xt, yt = c.features("train")
             Xv, yv = c.features("val")
             model = fit_fixed(c.template, {**sel.fixed, "random_state": seed}, np.vstack([Xt, Xv]),
-                              np.concatenate([yt, yv]))
+                              np.concatenate([yt, yv]), sel.temperature)
         loss, acc = score(model, X, y, n_classes)
         runs.append({"seed": seed, "accuracy": acc, "log_loss": loss, "val_log_loss": sel.val_log_loss,
                      "params": sel.params})
@@ -403,8 +415,10 @@ def _seed_scores(c: Candidate, metrics: ModelMetrics, refit: bool) -> dict:
     return {"seeds": over_seeds(runs), "seeds_seconds": round(seconds, 3)}
 
 
-def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, refit: bool) -> ModelMetrics:
-    """The metrics of a model from its test-split probabilities `p`."""
+def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, refit: bool,
+           raw: np.ndarray | None = None) -> ModelMetrics:
+    """The metrics of a model from its test-split probabilities `p` (at its val temperature, if any: `raw` are
+    the head's own, whose log-loss is `log_loss_raw`)."""
     store = c.stores[0]
     y = store.test.y
     return ModelMetrics(dataset=store.dataset, backbone="+".join(s.name for s in c.stores),
@@ -418,7 +432,8 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
                         predict_seconds=round(predict_seconds, 4),
                         features={s.name: s.meta.fingerprint for s in c.stores},
                         split_fingerprint=store.meta.split_fingerprint, featbench_version=featbench_version(),
-                        test_correct=correct_mask(p.argmax(1) == y, store.test.paths))
+                        test_correct=correct_mask(p.argmax(1) == y, store.test.paths),
+                        log_loss_raw=None if raw is None else scores(raw, y, len(store.class_names))[0])
 
 
 def write(c: Candidate, metrics: ModelMetrics, folder: Path) -> ModelMetrics:
@@ -461,7 +476,7 @@ def models_folder(store: Store, out: Path | None) -> Path:
 
 def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None,
         max_memory: int | None = None, seeds: int = 1, out: Path | None = None,
-        exclude: Exclusion | None = None) -> list[ModelMetrics]:
+        exclude: Exclusion | None = None, temperature: bool = False) -> list[ModelMetrics]:
     """Train `heads` on the stores at `paths`; returns each model's metrics (with `path` added).
     Each model is written to `models_folder(its first store, out)`: stores of several datasets each get their
     own dataset's folder (an ensemble's stores share one dataset). Each folder is checked
@@ -469,6 +484,9 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
 
     `seeds` > 1 also chooses every head that has a random state with N-1 further seeds and records
     their test scores (`seeds` in the metrics); the saved model is the default seed's.
+
+    `temperature` scales every model's probabilities by a temperature fitted on val (`choose`), as a calibrated
+    fine-tune's are; metrics then give the test log-loss at it and at T = 1 (`log_loss_raw`).
 
     When the feature matrices exceed `max_memory` bytes (default: an eighth of RAM), the heads that
     learn incrementally stream them from disk instead (`classify.stream`).
@@ -492,19 +510,19 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
             raise FeatbenchError("--exclude trains in memory only; raise --max-memory or leave out --exclude")
         if seeds > 1:
             print("note: out of core, each head is trained with its default seed only", file=sys.stderr)
-        return run_streamed(list(unique.values()), heads, refit, log, limit, need, out)
+        return run_streamed(list(unique.values()), heads, refit, log, limit, need, out, temperature)
     stores = [load_store(p) for p in unique.values()]
     if exclude:
         exclude.check(stores)
     check_models_folders(stores, out)
     with threadpool_limits(limits=BLAS_THREADS):
-        candidates = choose(stores, heads, log, seeds)
+        candidates = choose(stores, heads, log, seeds, temperature)
         results = [finish(c, refit) for c in candidates]
         if exclude:
             kept = [exclude.without(s) for s in stores]
             removed = len(stores[0].train) - len(kept[0].train)
             log(f"--exclude {exclude.audit}: {removed} flagged train images left out; every head chosen again")
-            again = choose(kept, heads, log, seeds)
+            again = choose(kept, heads, log, seeds, temperature)
             for c in again:
                 c.name += "-excluded"
             results = [replace(m, exclude=exclude.scores(c, None)) for c, m in zip(candidates, results)]
@@ -514,10 +532,11 @@ def run(paths: list, heads: list[str], refit: bool = False, log=lambda msg: None
 
 
 def short_params(params: dict) -> str:
-    """`{'C': 0.0316}` → `C=0.0316`; ensemble members (one dict per backbone) → `logreg+svm`."""
-    if params and all(isinstance(v, dict) for v in params.values()):
-        return "+".join(v["head"] for v in params.values())
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """`{'C': 0.0316}` → `C=0.0316`; ensemble members (one dict per backbone) → `logreg+svm` (`logreg+svm
+    temperature=0.8` at a val temperature)."""
+    members = "+".join(v["head"] for v in params.values() if isinstance(v, dict))
+    return " ".join([members] * bool(members) + [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in params.items() if not isinstance(v, dict)])
 
 
 def table(results: list[ModelMetrics]) -> str:
@@ -575,8 +594,10 @@ def flagged_test_note(e: dict) -> str:
 
 
 def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int,
-                 out: Path | None = None) -> list[ModelMetrics]:
-    """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5."""
+                 out: Path | None = None, temperature: bool = False) -> list[ModelMetrics]:
+    """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5. With `temperature`, the
+    chosen (point, epoch)'s val probabilities fit it (points are chosen at T = 1: a temperature per point and epoch
+    would cost a pass over val each)."""
     gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
     wanted = [h for h in heads if h in stream.STREAM_HEADS]
     if not wanted:
@@ -599,19 +620,29 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                 fitted = train  # what the saved models were fitted on
                 if refit:
                     fitted = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk, "train+val")
+                k = len(store.class_names)
+                on_val = stream.predict([b["model"] for b in chosen.values()], val, k)[0] if temperature else []
                 candidates = []
-                for head, best in chosen.items():
+                for (head, best), p_val in zip(chosen.items(), on_val or [None] * len(chosen)):
                     params = {**best["point"], "epochs": best["epochs"]}
                     sel = Selection(best["model"], params, params, best["sweep"], best["val_log_loss"],
                                     best["val_accuracy"], best["seconds"])
+                    if p_val is not None:
+                        t = probability_temperature(p_val, store.val.y)
+                        loss, acc = scores(temper(p_val, t), store.val.y, k)
+                        sel = replace(sel, model=Tempered.around(sel.model, t), params={**params, "temperature":
+                                      round(t, 4)}, val_log_loss=loss, val_accuracy=acc, temperature=t)
                     c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=configurations(sel))
                     if refit:
                         started = time.perf_counter()
-                        c.chosen = replace(c.chosen, model=stream.refit(head, best, fs, fitted),
+                        model = stream.refit(head, best, fs, fitted)
+                        c.chosen = replace(c.chosen, model=model if p_val is None else Tempered.around(model, t),
                                            seconds=c.chosen.seconds + time.perf_counter() - started)
                     candidates.append(c)
-                probs, seconds = stream.predict([c.chosen.model for c in candidates], test, len(store.class_names))
-                for c, p, predict_seconds in zip(candidates, probs, seconds):
-                    written.append((c, replace(report(c, p, predict_seconds, len(fitted), refit),
+                raws = [c.chosen.model.estimator_ for c in candidates] if temperature else []  # in the same pass
+                probs, seconds = stream.predict([c.chosen.model for c in candidates] + raws, test, k)
+                raws = probs[len(candidates):] or [None] * len(candidates)
+                for c, p, raw, predict_seconds in zip(candidates, probs, raws, seconds):
+                    written.append((c, replace(report(c, p, predict_seconds, len(fitted), refit, raw),
                                                out_of_core=True)))
     return [write(c, metrics, models_folder(c.stores[0], out)) for c, metrics in written]

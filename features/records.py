@@ -165,7 +165,7 @@ class ModelMetrics(_Json):
     accuracy: float
     balanced_accuracy: float
     log_loss: float
-    log_loss_raw: float | None = None  # fine-tunes: test log-loss at temperature 1 (`log_loss` is at the val one)
+    log_loss_raw: float | None = None  # at a val temperature (params' `temperature`): test log-loss at T = 1
     ece: float  # expected calibration error of the top-label confidence, 15 equal-width bins
     precision: dict
     recall: dict

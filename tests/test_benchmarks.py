@@ -230,6 +230,31 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     assert json.loads(metrics.read_text())["params"]["recipe"]["lrs"] == [0.01]
 
 
+@pytest.mark.parametrize("entry, setting, expected", [({"mode": "full"}, None, True),
+                                                     ({"mode": "bn-head"}, None, False),
+                                                     ({"mode": "full", "calibrate": False}, None, False),
+                                                     ({"mode": "full"}, "false", False),
+                                                     ({"mode": "bn-head"}, "true", True)])
+def test_frozen_heads_get_a_val_temperature_when_a_fine_tune_fits_one(synthetic, tmp_path, monkeypatch, entry, setting,
+                                                                      expected):
+    """A run's frozen heads are calibrated as its fine-tunes are (lp-ft fits a val temperature, the seed recipe does
+    not), unless [benchmark] temperature says otherwise."""
+    import benchmarks.grid as grid
+    asked = []
+
+    def classify(*args, temperature=False, **kwargs):
+        asked.append(temperature)
+        raise FeatbenchError("stop after the frozen heads' settings")
+    monkeypatch.setattr(grid, "classify", classify)
+    config = write_config(tmp_path / "t.toml", synthetic.parent.parent / "dvc", ["resnet10t"], ["logreg"],
+                          [{"backbone": "resnet10t", **entry}])
+    if setting:
+        config.write_text(config.read_text().replace("[benchmark]", f"[benchmark]\ntemperature = {setting}"))
+    shutil.copytree(synthetic, tmp_path / "runs" / "dvc")  # its stores: nothing is extracted again
+    assert run_cli(main, ["run", str(config), "--random-init", "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    assert asked == [expected]
+
+
 # ---- run with a [curve] table -------------------------------------------------------------------------
 
 CURVE = {"heads": ["logreg", "knn"], "shots": "1,2,all", "repeats": 2, "subset_seed": 3,
@@ -717,14 +742,24 @@ def fake_finetune(recipe: str, temperature: float, **changes) -> ModelMetrics:
 
 
 def test_verdict_and_budgets_say_how_each_side_is_calibrated():
-    """lp-ft scores test at its val temperature, the frozen heads at none: the verdict gives the fine-tune's raw
-    log-loss (T = 1) beside the calibrated one, and each budget says how its side's probabilities were made."""
+    """lp-ft scores test at its val temperature, frozen heads at one only with `classify --temperature`: the verdict
+    gives each side's raw log-loss (T = 1) beside the calibrated one, says when only one side has a temperature, and
+    each budget says how its side's probabilities were made."""
     from benchmarks.report import verdict
     svm = fake_metrics("mobilenet_v2", "svm", log_loss=0.0554)
     text = verdict(fake_report([svm, fake_finetune("lp-ft", 0.5093, log_loss=0.0575, log_loss_raw=0.0612)]))
     assert "mobilenet_v2 + finetune-full — test accuracy 99.00%, log-loss 0.0575 after its val temperature T = 0.51, " \
            "0.0612 raw; compute" in text
-    assert "(log-loss 0.0554 against 0.0575 after its val temperature T = 0.51, 0.0612 raw)" in text
+    assert ("(log-loss 0.0554 with no val temperature against 0.0575 after its val temperature T = 0.51, 0.0612 raw; "
+            "only the fine-tune's log-loss is at a val temperature: `python -m classify --temperature` gives the "
+            "frozen heads one)") in text
+    tempered = replace(svm, params={"kernel": "linear", "C": 1.0, "temperature": 0.8123}, log_loss=0.0501,
+                       log_loss_raw=0.0554)
+    both = verdict(fake_report([tempered, fake_finetune("lp-ft", 0.5093, log_loss=0.0575, log_loss_raw=0.0612)]))
+    assert ("(log-loss 0.0501 after its val temperature T = 0.81, 0.0554 raw against 0.0575 after its val "
+            "temperature T = 0.51, 0.0612 raw)") in both
+    assert ("probabilities softmax(β·margins) with β fitted on train folds, test probabilities at temperature "
+            "T = 0.81 fitted on val (test log-loss 0.0554 at T = 1);") in both
     assert ("the head fitted on 1400 train images, probabilities softmax(β·margins) with β fitted on train folds, no "
             "val temperature;") in text
     assert "; test probabilities at temperature T = 0.51 fitted on val (test log-loss 0.0612 at T = 1); " in text
@@ -732,7 +767,7 @@ def test_verdict_and_budgets_say_how_each_side_is_calibrated():
     assert "0.0575 after its val temperature T = 0.51, raw not recorded" in older
     logreg = replace(svm, head="logreg", model="mobilenet_v2-logreg.skops")
     seed = verdict(fake_report([logreg, fake_finetune("seed", 1.0, log_loss=0.108, log_loss_raw=0.108)]))
-    assert "(log-loss 0.0554 against 0.1080 with no val temperature)" in seed
+    assert "(log-loss 0.0554 with no val temperature against 0.1080 with no val temperature)" in seed
     assert "the head fitted on 1400 train images, probabilities as the head gives them, no val temperature;" in seed
     assert "; probabilities as its softmax gives them, no val temperature; " in seed
 

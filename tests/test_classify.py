@@ -19,6 +19,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classify import audit, ensembles, stream
 from classify.__main__ import main
+from classify.calibration import Tempered, softmax, temper
 from classify.ensembles import BlockScaler
 from classify.heads import ENSEMBLES, HEADS, CoveringFolds, PlattSVM, SmoothedKNN
 from classify.metrics import ece, most_confused, top_losses
@@ -257,15 +258,81 @@ def test_avg_is_the_plain_mean_and_stack_a_logreg_on_out_of_fold_probabilities()
     np.testing.assert_allclose(stacked.predict_proba(X), meta.predict_proba(np.hstack([pa, pb])), atol=1e-6)
 
 
+# ---- a temperature fitted on val (--temperature) ------------------------------------------------------------
+
+def test_tempered_probabilities_are_the_heads_at_a_temperature():
+    """softmax(log p / T): T = 1 gives the head's own probabilities, T < 1 sharpens them, the predicted class never
+    changes; a refit fits a fresh head and keeps the temperature."""
+    latent, y, splits = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    head = HEADS["logreg"].make().fit(X[splits == 0], y[splits == 0])
+    p = head.predict_proba(X)
+    sharp = Tempered.around(head, 0.5)
+    np.testing.assert_allclose(Tempered.around(head, 1.0).predict_proba(X), p)
+    np.testing.assert_allclose(sharp.predict_proba(X), softmax(np.log(p), 0.5))
+    np.testing.assert_allclose(temper(p, 0.5), sharp.predict_proba(X))
+    assert (sharp.predict(X) == head.predict(X)).all() and (sharp.predict_proba(X).max(1) >= p.max(1) - 1e-12).all()
+    refit = clone(sharp).fit(X, y)
+    assert refit.temperature == 0.5 and refit.estimator_ is not head and refit.n_features_in_ == 24
+
+
+def test_with_temperature_each_point_is_chosen_at_its_own_val_temperature():
+    """Every grid point is scored at the temperature fitted to its val probabilities (never worse than T = 1, same
+    accuracy), the lowest such score wins, and the chosen model keeps that temperature."""
+    from sklearn.metrics import log_loss
+    latent, y, splits = synthetic(6)
+    X = view(latent, 24, 7, 2.0)
+    tr, va = splits == 0, splits == 1
+    grid = HEADS["knn"].grid(tr.sum())
+    plain = sweep(HEADS["knn"].make(), grid, X[tr], y[tr], X[va], y[va], 3)
+    tempered = sweep(HEADS["knn"].make(), grid, X[tr], y[tr], X[va], y[va], 3, temperature=True)
+    assert plain.temperature is None and "temperature" not in plain.sweep[0] and not isinstance(plain.model, Tempered)
+    for a, b in zip(plain.sweep, tempered.sweep, strict=True):
+        assert b["val_log_loss"] <= a["val_log_loss"] + 1e-6 and b["val_accuracy"] == a["val_accuracy"]
+    assert tempered.val_log_loss == pytest.approx(min(row["val_log_loss"] for row in tempered.sweep), abs=1e-6)
+    assert tempered.val_log_loss < plain.val_log_loss
+    assert isinstance(tempered.model, Tempered) and tempered.params["temperature"] == round(tempered.temperature, 4)
+    assert log_loss(y[va], tempered.model.predict_proba(X[va])) == pytest.approx(tempered.val_log_loss, abs=1e-6)
+
+
+def test_classify_with_temperature_saves_and_scores_the_tempered_models(all_results, two_stores, tmp_path, capsys):
+    """`--temperature`: every model (a single head, an ensemble, refitted too) is chosen and saved at its val
+    temperature; its metrics score test at it and give the head's own test log-loss as log_loss_raw, and the saved
+    model predicts what was scored. Without it, nothing is tempered."""
+    from sklearn.metrics import log_loss
+
+    from classify.metrics import proba
+    from classify.train import load_store
+    assert all("temperature" not in r.params and r.log_loss_raw is None for r in all_results)
+    stores = [make_store(tmp_path / "synth" / p.name, *_arrays(p), p.stem) for p in two_stores]
+    rc, out, err = cli(capsys, "--features", *stores, "--head", "logreg", "knn", "avg", "concat", "--temperature",
+                       "--refit", "--quiet")
+    assert rc == 0, err
+    tests = {p.stem: load_store(p).test for p in stores}
+    written = sorted((tmp_path / "synth" / "models").glob("*.metrics.json"))
+    assert len(written) == 6 and "temperature=" in out
+    for path in written:
+        m = json.loads(path.read_text())
+        t = m["params"]["temperature"]
+        model = load_model(path.parent / m["model"])["estimator"]
+        assert isinstance(model, Tempered) and model.temperature == pytest.approx(t, abs=1e-4) and m["refit"]
+        X, y = np.hstack([tests[name].X for name in m["features"]]), tests[next(iter(m["features"]))].y
+        assert log_loss(y, proba(model, X, 3), labels=[0, 1, 2]) == pytest.approx(m["log_loss"], abs=1e-6)
+        assert log_loss(y, proba(model.estimator_, X, 3), labels=[0, 1, 2]) == pytest.approx(m["log_loss_raw"],
+                                                                                             abs=1e-6)
+        assert m["log_loss"] != m["log_loss_raw"], path.name
+
+
 # ---- estimator conformance --------------------------------------------------------------------------------
 
 def _estimators():
     members = {"a": HEADS["logreg"].make(), "b": HEADS["knn"].make()}
     return {**{h: HEADS[h].make() for h in HEADS}, "avg": ensembles.average(members, [12, 12]),
-            "stack": ensembles.stack(members, [12, 12]), "concat": ensembles.concat([12, 12])}
+            "stack": ensembles.stack(members, [12, 12]), "concat": ensembles.concat([12, 12]),
+            "tempered": Tempered(HEADS["svm"].make(), 0.6)}
 
 
-@pytest.mark.parametrize("name", [*HEADS, *ENSEMBLES])
+@pytest.mark.parametrize("name", [*HEADS, *ENSEMBLES, "tempered"])
 def test_clone_get_params_and_pickle(name):
     est = _estimators()[name]
     params = est.get_params(deep=False)
@@ -289,7 +356,7 @@ def _streamed():
     return {"streamed-logreg": stream.usable(sgd, scaler), "streamed-mlp": stream.usable(mlp, scaler)}
 
 
-@pytest.mark.parametrize("name", [*HEADS, *ENSEMBLES, "streamed-logreg", "streamed-mlp"])
+@pytest.mark.parametrize("name", [*HEADS, *ENSEMBLES, "tempered", "streamed-logreg", "streamed-mlp"])
 def test_saved_model_predicts_the_same_after_loading(name, tmp_path):
     latent, y, splits = synthetic(5, n=120)
     X = view(latent, 24, 6)
@@ -455,7 +522,8 @@ def test_knn_probabilities_are_smoothed_vote_shares():
     np.testing.assert_allclose(p, [[(2 + 0.5) / 4, (1 + 0.5) / 4]])
 
 
-@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler(), SmoothedKNN(), ModeratedScaler()])
+@parametrize_with_checks([TorchMLP(max_epochs=5), PlattSVM(), BlockScaler(), SmoothedKNN(), ModeratedScaler(),
+                          Tempered(SmoothedKNN(), 0.5)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 

@@ -84,6 +84,23 @@ def test_out_of_core_matches_in_memory_logreg(big):
     assert streamed.accuracy >= memory.accuracy - 0.02, (streamed.accuracy, memory.accuracy)
 
 
+def test_out_of_core_with_temperature_fits_it_on_the_chosen_models_val_probabilities(big, tmp_path):
+    """`--temperature` out of core: the chosen (point, epoch) is kept at a temperature fitted on val (refitted too),
+    the test scores are at it, log_loss_raw is the head's own, and the saved model predicts what was scored."""
+    from sklearn.metrics import log_loss
+
+    from classify.calibration import Tempered
+    m = run([big], ["logreg"], refit=True, max_memory=1, out=tmp_path, temperature=True)[0]
+    best_raw = min(row["val_log_loss"] for row in m.sweep)
+    assert m.out_of_core and m.refit and m.val_log_loss <= best_raw + 1e-6 and m.log_loss_raw != m.log_loss
+    model = load_model(tmp_path / "synth" / "models" / "alpha-logreg-refit.skops")["estimator"]
+    assert isinstance(model, Tempered) and model.temperature == pytest.approx(m.params["temperature"], abs=1e-4)
+    with FeatureStore(big) as fs:
+        test = fs.split("test")
+    assert log_loss(test.y, model.predict_proba(test.X)) == pytest.approx(m.log_loss, abs=1e-6)
+    assert log_loss(test.y, model.estimator_.predict_proba(test.X)) == pytest.approx(m.log_loss_raw, abs=1e-6)
+
+
 def test_out_of_core_warns_when_a_head_is_still_improving_at_the_epoch_cap(big, monkeypatch, capsys):
     """One epoch allowed: logreg is still gaining on val when it stops, and says so on stderr (one line)."""
     monkeypatch.setattr(stream, "MAX_EPOCHS", 1)

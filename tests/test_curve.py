@@ -147,7 +147,8 @@ def test_cli_outputs_short_and_no_val(tmp_path, capsys):
     short = {(s["head"], s["n"]): s["short"] for s in doc["summaries"]}
     assert short[("logreg", "8")] == "cat" and short[("logreg", "2")] == ""
     csv = (tmp_path / "out" / "synth" / "curve" / "curve.csv").read_text().splitlines()
-    assert csv[0] == "store,head,n,repeat,subset_seed,n_train,selection,accuracy,log_loss,kind,seconds,val_log_loss"
+    assert csv[0] == ("store,head,n,repeat,subset_seed,n_train,selection,accuracy,log_loss,kind,seconds,val_log_loss,"
+                      "temperature")
     assert len(csv) == 1 + len(doc["points"]) == 1 + 2 * (2 + 2 + 1)
     assert "seconds" in doc and "points (0 skipped) in" in out.out
 
@@ -422,6 +423,25 @@ def test_points_record_the_score_that_chose_them(stores):
     chosen = sweep(HEADS["logreg"].make(), HEADS["logreg"].grid(len(s.train)), s.train.X, s.train.y, s.val.X,
                    s.val.y, len(s.class_names))
     assert by_n["all"].val_log_loss == pytest.approx(chosen.val_log_loss)
+
+
+@pytest.mark.parametrize("mode, tempered", [("full", True), ("bn-head", False)])
+def test_frozen_points_get_a_val_temperature_when_the_fine_tuned_points_fit_one(stores, tmp_path, monkeypatch, mode,
+                                                                                tempered):
+    """Beside lp-ft's points (a temperature fitted on val), every frozen point is chosen and scored at its own val
+    temperature; beside the seed recipe's (none), at none; the notes say so."""
+    import benchmarks.curve as bc
+    monkeypatch.setattr(bc, "tuned_stores", lambda loaded, spec: None)
+    monkeypatch.setattr(bc, "finetune_points", lambda *args: ([], [], []))  # the frozen side only
+    doc, _ = bc.run_curve([stores[0]], ["logreg"], [4, ALL], 1, out=tmp_path, finetune_shots=[4], finetune_mode=mode)
+    temperatures = [p["temperature"] for p in doc["points"]]
+    assert len(temperatures) == 2 and all((t is not None) == tempered for t in temperatures), temperatures
+    assert any("scored at a temperature fitted on it, as the fine-tunes' are" in n for n in doc["notes"]) == tempered
+    s = load_store(stores[0])
+    point = fit_point(s, "logreg", None, 0, "val", temperature=True)
+    plain = fit_point(s, "logreg", None, 0, "val")
+    assert point["val_log_loss"] <= plain["val_log_loss"] and plain["temperature"] is None
+    assert 0 < point["temperature"] and point["log_loss"] != plain["log_loss"]
 
 
 @pytest.mark.parametrize("tuned", [False, True])

@@ -13,8 +13,9 @@ from PIL import Image
 from sklearn.metrics import log_loss
 
 import benchmarks.finetune as ft
-from benchmarks.recipes import LP_FT, RECIPES, SEED, fit_temperature, log_loss_at, param_groups, recipe_for, softmax
+from benchmarks.recipes import LP_FT, RECIPES, SEED, param_groups, recipe_for
 from benchmarks.splits import SplitImages, same_split
+from classify.calibration import fit_temperature, log_loss_at, softmax
 from classify.heads import logreg
 from extract.backbones import create_backbone
 from extract.config import DatasetSettings
