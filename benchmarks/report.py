@@ -99,7 +99,12 @@ def store_metas(metrics: list[ModelMetrics]) -> dict[str, StoreMeta]:
 
 
 def _extract_seconds(meta: StoreMeta | None) -> float | None:
-    """Time to embed every image of a store at the rate of the runs that embedded its rows (None: no timing)."""
+    """Time to embed every image of a store at the rate of the runs that embedded its rows: its rows × their
+    recorded seconds / images (`Extraction.cost`), which is those seconds where they embedded just its rows, not
+    the rate rounded to 0.01 img/s; a store that records a rate alone: rows / it (None: no timing)."""
+    cost = meta.cost() if meta else None
+    if cost and cost.images and cost.seconds:
+        return round(meta.rows * cost.seconds / cost.images, 3)
     if not meta or not meta.embedding_rate:
         return None
     return round(meta.rows / meta.embedding_rate, 3)

@@ -510,7 +510,7 @@ def test_finetune_refuses_bad_input(tmp_path, capsys):
 
 # ---- report on stores made elsewhere ----------------------------------------------------------------
 
-def pets_store(path: Path, seed: int, split_seed: int = 0):
+def pets_store(path: Path, seed: int, split_seed: int = 0, **timing):
     rng = np.random.default_rng(seed)
     names = ["Bengal", "beagle", "pug"]
     y = np.arange(60) % 3
@@ -524,7 +524,7 @@ def pets_store(path: Path, seed: int, split_seed: int = 0):
                       dataset={"root": str(path.parent), "format": "oxford-pets", "name": path.parent.name,
                                "target": "breed", "classes": 3, "files": 60},
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={"torch": "x"}, device="cuda",
-                      images_per_second=120.0, extraction_seconds=0.5, created="today")
+                      created="today", **{"images_per_second": 120.0, "extraction_seconds": 0.5, **timing})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=8, chunks=[X], labels=y, paths=paths, splits=splits, hashes=[""] * 60,
                 stamps=[""] * 60, skipped=[], class_names=names, meta=meta)
@@ -547,6 +547,19 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     assert "other splits (listed below), over 37 classes where this dataset has 3, and are shown" in md
     assert "| 0.5 | 120.0 |" in md and "cuda" in md  # extraction time from the store: 60 / 120 img/s
     assert "confusion.png" in md and "top_losses.png" in md
+
+
+def test_extraction_seconds_are_the_recorded_ones_not_rows_over_the_rounded_rate(tmp_path):
+    """60 images embedded in 7000 s (0.0086 img/s, recorded as 0.01) took 7000 s, not 60 / 0.01 = 6000; the same
+    for a store from before the totals (its last run's); one that records a rate alone: rows / it."""
+    from benchmarks.report import _extract_seconds
+    pets_store(tmp_path / "slow.h5", 1, images_embedded_total=60, extraction_seconds_total=7000.0)
+    pets_store(tmp_path / "old.h5", 1, images_embedded=60, extraction_seconds=7000.0, images_per_second=0.01)
+    pets_store(tmp_path / "rate.h5", 1)  # 120 img/s
+    for name, seconds in ("slow", 7000.0), ("old", 7000.0), ("rate", 0.5):
+        with FeatureStore(tmp_path / f"{name}.h5") as s:
+            assert _extract_seconds(s.meta) == seconds, name
+            assert s.meta.embedding_rate == (120.0 if name == "rate" else 0.01)
 
 
 def test_report_reads_metrics_and_stores_written_before_their_records_had_versions(tmp_path, capsys):
