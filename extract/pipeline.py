@@ -280,7 +280,11 @@ def _known_rows(path: Path, journal: Journal, prov: dict, overwrite: bool) -> tu
                 known[p] = Record(st, h, why, None)
     if journal.parts():
         if journal.made_with(prov):
-            known.update(journal.records())
+            for p, r in journal.records().items():
+                held = known.get(p)
+                if held and held.source and (held.stamp, held.hash) == (r.stamp, r.hash):
+                    r.seconds = None  # the store holds it: written by a run stopped before it cleared the journal
+                known[p] = r
             if journal.damaged:
                 print(f"note: {len(journal.damaged)} parts of {journal.dir} are damaged (first "
                       f"{journal.damaged[0].name}); re-embedding their images", file=sys.stderr)
@@ -406,7 +410,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     embedded = 0
     if todo:
         journal.start(prov, _dataset_record(dataset, path))
-        embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration)
+        embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration, started)
 
     rows = [i for i, r in enumerate(records) if not r.reason]
     skipped = [(items[i].rel, r.reason, r.stamp, r.hash) for i, r in enumerate(records) if r.reason]
@@ -418,7 +422,9 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype, options.max_image_bytes):
         seconds = round(time.perf_counter() - started, 3)
-        total = _total_cost(old_store.meta if old_store else None, embedded, seconds)
+        resumed = [records[i].seconds for i in rows if records[i].seconds is not None]
+        recovered = Cost(len(resumed), sum(resumed))
+        total = _total_cost(old_store.meta if old_store else None, recovered, embedded, seconds)
         run = dict(versions=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    device=str(device), optimized=options.optimize and device.type == "cpu", compiled=options.compile,
                    batch_size=options.batch_size, extraction_seconds=seconds, images_embedded=embedded,
@@ -426,7 +432,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
                    extraction_seconds_total=total.seconds)
         if old_store is not None:
             _note_relabelled(path, old_store, dataset.class_names, list(fractions), seed, options.max_image_bytes)
-            if not embedded:  # every row reused: the run that computed them stays on record
+            if not (embedded or recovered.images):  # every row reused: the run that computed them stays on record
                 run = {k: getattr(old_store.meta, k) for k in run}
         meta = Extraction(**prov, weights=backbone.weights, max_image_bytes=options.max_image_bytes,
                           dataset=_dataset_record(dataset, path),
@@ -446,10 +452,14 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
                    time.perf_counter() - started, str(device))
 
 
-def _total_cost(old: StoreMeta | None, embedded: int, seconds: float) -> Cost:
-    """The store's `Extraction.cost` after this run: the old store's, plus this run where it embedded rows."""
+def _total_cost(old: StoreMeta | None, recovered: Cost, embedded: int, seconds: float) -> Cost:
+    """The store's `Extraction.cost` after this run: the old store's, plus the rows this run `recovered` from the
+    journal of a killed run with the seconds their parts record (each image with the measured time that embedded
+    it; rows of parts that record none, from older featbench, count in neither), plus this run where it embedded
+    rows. A killed run's time after its last part is lost with it."""
     before = old.cost() if old else Cost(0, 0.0)
-    return Cost(before.images + embedded, round(before.seconds + seconds, 3)) if embedded else before
+    images = before.images + recovered.images + embedded
+    return Cost(images, round(before.seconds + recovered.seconds + (seconds if embedded else 0.0), 3))
 
 
 def _calibration(dataset: Dataset, backbone: Backbone, stores: list[Path], journal: Journal, base: dict,
@@ -670,14 +680,18 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
             yield done(*ahead.pop())
 
 
-def _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration) -> int:
-    """Embed `todo` (indices into items), committing each batch to the journal; returns rows computed."""
-    computed = 0
+def _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration, started) -> int:
+    """Embed `todo` (indices into items), committing each batch to the journal with the seconds since the last
+    commit of embeddings (the first: since the run `started`); returns rows computed."""
+    computed, last = 0, started
     for reads, feats in embed_batches([items[i] for i in todo], backbone, device, options,
                                       blocks_of(todo, options.batch_size), frozenset(by_hash), calibration=calibration):
         new = [r for r in reads if r.decoded or r.reason]
+        now = time.perf_counter()
         npy = journal.append([items[todo[r.pos]].rel for r in new], [r.stamp for r in new],
-                             [r.hash for r in new], [r.reason for r in new], feats)
+                             [r.hash for r in new], [r.reason for r in new], feats, round(now - last, 3))
+        if len(feats):  # a batch of skips alone: its time goes with the next part that holds embeddings
+            last = now
         row = 0
         for r in new:
             records[todo[r.pos]] = Record(r.stamp, r.hash, r.reason, None if r.reason else Row(npy, row))

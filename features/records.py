@@ -106,8 +106,9 @@ class Extraction:
     extra: dict = field(default_factory=dict)  # keys this featbench does not know, as read
 
     def cost(self) -> Cost:
-        """What the runs that embedded this store's rows took, all of them (a reused row is not paid again); a
-        store from before the totals: its last run."""
+        """What the runs that embedded this store's rows took, all of them (a reused row is not paid again; a killed
+        run's rows that a resume took from its journal, with the seconds the journal records); a store from before
+        the totals: its last run."""
         if self.images_embedded_total is None:
             return Cost(self.images_embedded or 0, self.extraction_seconds or 0.0)
         return Cost(self.images_embedded_total, self.extraction_seconds_total or 0.0)

@@ -6,6 +6,9 @@ is written to a temporary `NAME.h5.XXXXXXXX.tmp` and renamed over `NAME.h5` once
 
 Embeddings carry checksums: a CRC-32 per block of stored rows (`checksums`, whose `rows_per_block`
 attribute gives the block) and per journal part, so bytes changed after writing are found on reuse.
+
+A part also records the seconds its rows took (its run's time since its previous part with embeddings, the first:
+since the run started), so a run that resumes a killed one counts the killed run's measured time with its rows.
 """
 import hashlib
 import json
@@ -41,6 +44,7 @@ class Record:
     hash: str
     reason: str  # "" when embedded
     source: Row | None  # None when skipped
+    seconds: float | None = None  # a journal row: its share of its part's seconds (None: not recorded)
 
 
 @contextmanager
@@ -101,9 +105,10 @@ class Journal:
         return sum(meta["reasons"].count("") for meta in map(_part_meta, self.parts()) if meta)
 
     def records(self) -> dict[str, Record]:
-        """What the parts know (a later part's record of a path wins). A part whose record does not read, or whose
-        embeddings fail their checksum (or do not read), is left out, so its images are embedded again, and its
-        damaged file is listed in `damaged`."""
+        """What the parts know (a later part's record of a path wins); each embedded row with an equal share of its
+        part's seconds, where the part records them. A part whose record does not read, or whose embeddings fail
+        their checksum (or do not read), is left out, so its images are embedded again, and its damaged file is
+        listed in `damaged`."""
         out = {}
         self.damaged = []
         for meta_file in self.parts():
@@ -112,11 +117,12 @@ class Journal:
             if meta is None or not _part_intact(npy, meta.get("crc")):
                 self.damaged.append(meta_file if meta is None else npy)
                 continue
-            row = 0
+            seconds, row = meta.get("seconds"), 0
+            share = seconds / meta["reasons"].count("") if _measured(seconds) and "" in meta["reasons"] else None
             for path, stamp, digest, reason in zip(meta["paths"], meta["stamps"], meta["hashes"], meta["reasons"]):
                 src = None if reason else Row(npy, row)
                 row += not reason
-                out[path] = Record(stamp, digest, reason, src)
+                out[path] = Record(stamp, digest, reason, src, share if src else None)
         return out
 
     def prune(self) -> None:
@@ -130,8 +136,8 @@ class Journal:
         if not self.parts():
             self.clear()
 
-    def append(self, paths, stamps, hashes, reasons, embeddings: np.ndarray) -> Path:
-        """Add one finished batch; `embeddings` has a row per image whose reason is empty.
+    def append(self, paths, stamps, hashes, reasons, embeddings: np.ndarray, seconds: float | None = None) -> Path:
+        """Add one finished batch; `embeddings` has a row per image whose reason is empty, and took `seconds`.
 
         Returns the part's `.npy` file, the source of those rows.
         """
@@ -148,7 +154,7 @@ class Journal:
                 np.save(fh, np.ascontiguousarray(embeddings))
         npy = atomic_write(stem.with_suffix(".npy"), save)
         meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons),
-                "crc": crc(embeddings)}
+                "crc": crc(embeddings), **({} if seconds is None else {"seconds": seconds})}
         atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))  # the commit point
         return npy
 
@@ -181,6 +187,11 @@ def _part_meta(meta_file: Path) -> dict | None:
             or len({len(c) for c in columns}) != 1:
         return None
     return meta
+
+
+def _measured(seconds) -> bool:
+    """True for a part's recorded seconds (parts of older featbench record none)."""
+    return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < float("inf")
 
 
 def _part_intact(npy: Path, expected: int | None) -> bool:

@@ -77,23 +77,38 @@ def test_rerun_does_nothing_and_new_images_only_are_embedded(dvc_folder, tmp_pat
     assert_same(contents(more.path), contents(fresh.path))
 
 
+def batch_clock(monkeypatch, overhead: float, per_batch: float) -> SimpleNamespace:
+    """The runs' clock (`pipeline.time`): `overhead` seconds pass while a run settles what is known (listing,
+    hashing), `per_batch` while each batch is embedded, and none otherwise; returned to change them."""
+    clock = SimpleNamespace(now=0.0, overhead=overhead, per_batch=per_batch)
+    pending, batches = pipeline._pending, pipeline.embed_batches
+
+    def settle(*args):
+        clock.now += clock.overhead
+        return pending(*args)
+
+    def embed(*args, **kw):
+        for batch in batches(*args, **kw):
+            clock.now += clock.per_batch
+            yield batch
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(pipeline, "_pending", settle)
+    monkeypatch.setattr(pipeline, "embed_batches", embed)
+    return clock
+
+
 def test_extraction_seconds_are_every_run_that_embedded_rows(dvc_folder, tmp_path, tiny, monkeypatch):
     """A re-run that embeds 2 new images adds its seconds to the store's cost, and one that embeds none adds
     nothing: the report's extraction time is what the store's rows cost, never rows / the last run's rate."""
     from benchmarks.report import _extract_seconds
-    clock = SimpleNamespace(now=0.0, step=0.0)  # each read of the run's clock is `step` seconds after the last
+    clock = batch_clock(monkeypatch, overhead=0.0, per_batch=0.0)
 
-    def timed(seconds: float):
-        clock.step = seconds
+    def timed(seconds: float):  # the run takes `seconds` before it embeds anything
+        clock.overhead = seconds
         summary = run(dvc_folder, tmp_path / "out", tiny)
         with FeatureStore(summary.path) as s:
             return summary, s.meta
 
-    def tick():
-        clock.now += clock.step
-        return clock.now
-
-    monkeypatch.setattr(pipeline, "time", SimpleNamespace(perf_counter=tick))
     done, first = timed(20.0)  # 24 images in 20 s
     assert first.cost() == (24, 20.0) and _extract_seconds(first) == 20.0
     with h5py.File(done.path, "r+") as f:  # as a store from before the totals: its last run starts them
@@ -264,7 +279,8 @@ def test_effective_amp_decides_reuse(dvc_folder, tmp_path, tiny):
 
 
 def interrupt_after_two_batches(folder: Path, out: Path, backbone, monkeypatch) -> Path:
-    """Run an extraction killed (Ctrl-C) once two batches are in its journal; returns the journal's folder."""
+    """Run an extraction killed (Ctrl-C) once two batches are in its journal; returns the journal's folder. Only
+    its own patch is undone after (a test's clock stays)."""
     append, calls = Journal.append, []
 
     def crash_after_two_batches(self, *args):
@@ -272,11 +288,44 @@ def interrupt_after_two_batches(folder: Path, out: Path, backbone, monkeypatch) 
             raise KeyboardInterrupt
         calls.append(1)
         return append(self, *args)
-    monkeypatch.setattr(Journal, "append", crash_after_two_batches)
-    with pytest.raises(KeyboardInterrupt):
-        run(folder, out, backbone)
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(Journal, "append", crash_after_two_batches)
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, out, backbone)
     return Journal(out / folder.name / "resnet10t-random-init.h5").dir
+
+
+def test_a_resume_counts_the_killed_runs_measured_seconds(dvc_folder, tmp_path, tiny, monkeypatch):
+    """A killed run's journal parts record the seconds they took, so the store that a resume writes counts every
+    image with the seconds that embedded it: not the resume's own 8 images extrapolated to 24 (its overhead
+    three times), nor, when every row comes from the journal, no cost at all."""
+    from benchmarks.report import _extract_seconds
+    batch_clock(monkeypatch, overhead=2.0, per_batch=4.0)
+    interrupt_after_two_batches(dvc_folder, tmp_path / "out", tiny, monkeypatch)  # 16 images in 2 + 4 + 4 s
+    resumed = run(dvc_folder, tmp_path / "out", tiny)  # 8 more in 2 + 4 s
+    assert (resumed.embedded, resumed.reused) == (8, 16)
+    with FeatureStore(resumed.path) as s:
+        assert s.meta.cost() == (24, 16.0) and s.meta.embedding_rate == 1.5 and _extract_seconds(s.meta) == 16.0
+        assert (s.meta.images_embedded, s.meta.extraction_seconds) == (8, 6.0)  # the resume's own
+
+    with monkeypatch.context() as patched:  # killed once every batch is in the journal: 24 images in 2 + 3 × 4 s
+        patched.setattr(pipeline, "write_store", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run(dvc_folder, tmp_path / "all", tiny)
+    resumed = run(dvc_folder, tmp_path / "all", tiny)  # embeds nothing
+    assert (resumed.embedded, resumed.reused) == (0, 24)
+    with FeatureStore(resumed.path) as s:
+        assert s.meta.cost() == (24, 14.0) and _extract_seconds(s.meta) == 14.0
+        assert s.meta.images_embedded == 0 and s.meta.images_per_second is None  # this run embedded none
+
+    with monkeypatch.context() as patched:  # killed after writing its store, before clearing its journal
+        patched.setattr(Journal, "clear", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run(dvc_folder, tmp_path / "cleared", tiny)
+    assert Journal(resumed.path).parts() == []
+    again = run(dvc_folder, tmp_path / "cleared", tiny)  # its journal's rows are the store's: not paid twice
+    with FeatureStore(again.path) as s:
+        assert s.meta.cost() == (24, 14.0)
 
 
 def test_a_journal_made_otherwise_is_kept_aside_with_a_note(dvc_folder, tmp_path, tiny, monkeypatch, capsys):

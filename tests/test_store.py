@@ -176,6 +176,21 @@ def test_journal_records_number_embedded_rows_and_keep_provenance(tmp_path):
     assert not journal.dir.exists() and journal.records() == {}
 
 
+def test_journal_rows_share_the_seconds_their_part_records(tmp_path):
+    """A part's seconds are shared by its embedded rows (a skip takes none); a part that records none (older
+    featbench) or not a number of seconds leaves its rows unmeasured."""
+    from features.writer import Journal
+    journal = Journal(tmp_path / "s.h5")
+    journal.append(["x", "bad", "y"], ["1:1", "2:2", "3:3"], ["hx", "", "hy"], ["", "truncated", ""],
+                   np.ones((2, 2), np.float32), 6.0)
+    journal.append(["z"], ["4:4"], ["hz"], [""], np.ones((1, 2), np.float32))
+    journal.append(["w"], ["5:5"], ["hw"], [""], np.ones((1, 2), np.float32), 2.5)
+    (journal.dir / "part-0000002.json").write_text(
+        (journal.dir / "part-0000002.json").read_text().replace("2.5", "true"))
+    got = journal.records()
+    assert {p: r.seconds for p, r in got.items()} == {"x": 3.0, "bad": None, "y": 3.0, "z": None, "w": None}
+
+
 def test_second_writer_is_refused_with_one_line(tmp_path):
     from features.writer import store_lock
     with store_lock(tmp_path / "s.h5"):
