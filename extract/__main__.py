@@ -5,6 +5,7 @@ import sys
 import time
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -13,12 +14,12 @@ from extract.backbones import POOLS, TTAS, Readout, list_backbones, plan_backbon
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags, resolve
 from extract.datasets import load_dataset
 from extract.device import AMP_DTYPES, DEFAULT_BATCH, pick_device, rank_device
-from extract.pipeline import Options, Summary, extract
+from extract.pipeline import Options, Summary, extract, store_path
 from extract.quantize import PRECISIONS
 from extract.recommended import RECOMMENDED, SOURCES
 from features.cli import Command, CommandLine, parse_size, run_cli
-from features.errors import FeatbenchError
-from features.merge import merge, merged_path, shard_path
+from features.errors import FeatbenchError, StoreError
+from features.merge import check_replaceable, merge, merged_path, shard_path
 
 EPILOG = f"""
 The dataset comes from --data or from ./{CONFIG_NAME}:
@@ -152,7 +153,8 @@ def embed(args) -> int:
     run = partial(extract, dataset, backbone, settings.out, fractions=settings.splits, seed=settings.seed,
                   weights_file=args.weights, options=options, shard=shard)
     if world > 1:
-        return _distributed(run, args.overwrite)
+        store = store_path(settings.out, dataset.name, backbone, args.weights, args.dtype, args.precision)
+        return _distributed(run, store, dataset.root, args.overwrite)
     summary = run()
     if shard is None:
         print(summary.line())
@@ -173,20 +175,32 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     return rank, world
 
 
-def _distributed(run, overwrite: bool) -> int:
-    """A torchrun rank: embed this rank's shard, wait for every rank, then rank 0 merges and prints the total
-    (replacing a store made from another folder only with `overwrite`)."""
+def _distributed(run, store: Path, root: Path, overwrite: bool) -> int:
+    """A torchrun rank: embed this rank's shard, wait for every rank, then rank 0 merges the shards into `store`
+    and prints the total. Unless `overwrite`, a store there that the merge would refuse to replace
+    (`check_replaceable` for rank 0's dataset folder `root`, the one shard 0 records) is refused before any rank
+    embeds: rank 0 fails with the merge's line, the others end quietly."""
     import torch.distributed as dist
     started = time.perf_counter()
     dist.init_process_group("gloo", timeout=timedelta(hours=24))  # only to wait for each other
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
+        refusal = [None]
+        if rank == 0 and not overwrite:
+            try:
+                check_replaceable(store, str(root), [], keep_rows=False)
+            except StoreError as e:
+                refusal = [str(e)]
+        dist.broadcast_object_list(refusal, src=0)
+        if refusal[0] and rank == 0:
+            raise StoreError(refusal[0])
+        if refusal[0]:
+            return 0  # rank 0 says why; a rank that failed too would have torchrun end it before it does
         summary = run()
         print(f"rank {rank}/{world}: {summary.line()}", flush=True)
         summaries = [None] * world if rank == 0 else None
         dist.gather_object(summary, summaries, dst=0)
         if rank == 0:
-            store = merged_path(summary.path)  # every shard as this node sees the shared --out
             path = merge([shard_path(store, r, world) for r in range(world)], overwrite=overwrite, keep_rows=False)
             devices = ", ".join(s.device for s in summaries)  # rank by rank
             print(Summary(path, sum(s.rows for s in summaries), sum(s.embedded for s in summaries),

@@ -85,11 +85,11 @@ def _side_by_side(costs: list[Cost]) -> Cost:
     return Cost(sum(c.images for c in costs), max(c.seconds for c in costs))
 
 
-def _check_replaceable(out: Path, root: str | None, paths: list, keep_rows: bool) -> None:
+def check_replaceable(out: Path, root: str | None, paths: list, keep_rows: bool) -> None:
     """Refuse, in one line, to replace the store at `out` when this featbench cannot read it as its own (a
     damaged one is replaced, as extract replaces it), when it was made from another dataset folder than `root`
     (`check_root`, whether it is a plain store or an earlier merge), or, with `keep_rows`, when it has rows that
-    `paths` lack (older shards merged again)."""
+    `paths` lack (older shards merged again). torchrun's rank 0 asks it before any rank embeds."""
     if not out.exists():
         return
     try:
@@ -111,7 +111,7 @@ def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool 
     """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path:
     OUT/DATASET/NAME.h5 with an `out` folder, else DATASET/NAME.h5 beside the shards/ folder.
 
-    Unless `overwrite`, a store already there is replaced only as `_check_replaceable` allows; `keep_rows=False`
+    Unless `overwrite`, a store already there is replaced only as `check_replaceable` allows; `keep_rows=False`
     (torchrun, whose shards this run made from the current listing) drops rows of images gone from the dataset,
     as a single run does."""
     stores: list[FeatureStore] = []
@@ -140,7 +140,7 @@ def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool 
         make_folder(out.parent)
         with store_lock(out):
             if not overwrite:
-                _check_replaceable(out, (metas[0].dataset or {}).get("root"), paths, keep_rows)
+                check_replaceable(out, (metas[0].dataset or {}).get("root"), paths, keep_rows)
             write_store(out, dim=stores[0].dim, chunks=_embeddings(stores), paths=paths,
                         labels=np.concatenate([s.labels for s in stores]),
                         splits=np.concatenate([s.splits for s in stores]),

@@ -81,6 +81,26 @@ def test_torchrun_two_ranks_equals_one_process(pics, tmp_path, backbone):
     assert (again.embedded, again.reused, again.path) == (0, 10, merged)  # the merged store is current
 
 
+def test_torchrun_refuses_another_folders_store_before_any_rank_embeds(pics, tmp_path, backbone):
+    """The merged store would replace one made from another dataset folder of the same name: rank 0 refuses with
+    the merge's one line before any rank embeds anything (no shard, no journal), and the store stays."""
+    other = tmp_path / "A" / "pics"
+    other.parent.mkdir()
+    pics.rename(other)
+    single(other, tmp_path / "out", backbone)
+    write_image(pics / "cat.0.jpg", 7)
+    write_image(pics / "dog.0.jpg", 8)
+    r = torchrun(pics, tmp_path / "out")
+    store = tmp_path / "out" / "pics" / STORE
+    errors = [ln for ln in r.stderr.splitlines() if "error: " in ln]
+    assert r.returncode != 0 and errors == [f"error: {store}: made from {other}, not {pics} (two datasets with one "
+                                            "name); pass --name NAME to give this dataset its own stores, or delete "
+                                            f"{store} if the dataset moved; or replace it: --overwrite"], r.stderr
+    assert not (tmp_path / "out" / "pics" / "shards").exists()  # nothing embedded, no journal begun
+    with FeatureStore(store) as s:
+        assert len(s.paths) == 10
+
+
 def test_crashed_rank_resumes_alone_then_merge_by_hand(pics, tmp_path, backbone, monkeypatch, capsys):
     ref = single(pics, tmp_path / "ref", backbone)
     cli = [*ARGS, "--data", str(pics), "--out", str(tmp_path / "out")]
