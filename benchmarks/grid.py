@@ -52,7 +52,7 @@ from pathlib import Path
 
 from benchmarks.curve import finetune_shots, parse_shots, run_curve
 from benchmarks.finetune import budget_params, default_epochs, epoch_size, finetune, model_name, reusable
-from benchmarks.recipes import MODES, OVERRIDES, recipe_for
+from benchmarks.recipes import AUGMENTS, HEAD_INITS, MODES, OVERRIDES, RECIPES, recipe_for
 from benchmarks.report import build, files_line, markdown_table, read_audit
 from benchmarks.splits import same_split
 from classify import audit
@@ -60,7 +60,21 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.train import Exclusion, parse_heads
 from classify.train import run as classify
 from extract.backbones import create_backbone
-from extract.config import FLAG, TEXTS, WHOLE, Kind, add_dataset_args, check_table, dataset_flags, read_toml, resolve
+from extract.config import (
+    FLAG,
+    NUMBER,
+    TEXT,
+    TEXTS,
+    WHOLE,
+    Kind,
+    add_dataset_args,
+    check_table,
+    dataset_flags,
+    one_of,
+    read_toml,
+    resolve,
+    whole,
+)
 from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
@@ -70,15 +84,28 @@ BENCHMARK_KINDS = {"backbones": TEXTS, "heads": TEXTS, "refit": FLAG, "seeds": W
                    "temperature": FLAG,
                    "weights": Kind('a table of backbone = "FILE"',
                                    lambda v: isinstance(v, dict) and all(isinstance(f, str) for f in v.values()))}
-BUDGET_KEYS = {"epochs", "epoch_images", "batch_size", "seeds", "train_seed"}
 RECIPE_KEYS = {"recipe", "lr", *(k for k in OVERRIDES if k != "lrs")}
-FINETUNE_KEYS = BUDGET_KEYS | RECIPE_KEYS
+FINETUNE_KINDS = {"backbone": TEXT, "mode": one_of(MODES), "epochs": whole(1), "epoch_images": whole(0),
+                  "batch_size": whole(2), "seeds": whole(1), "train_seed": whole(0), "recipe": one_of(RECIPES),
+                  "lr": Kind("a learning rate or a list of them, e.g. 3e-4 or [1e-4, 3e-4]",
+                             lambda v: NUMBER.test(v) or isinstance(v, list) and all(map(NUMBER.test, v))),
+                  "head_init": one_of(HEAD_INITS), "augment": one_of(AUGMENTS),
+                  **dict.fromkeys(("layer_ratio", "weight_decay", "crop_scale", "label_smoothing", "pct_start"),
+                                  NUMBER),
+                  **dict.fromkeys(("decay_norm_bias", "freeze_bn_stats", "ema", "calibrate"), FLAG)}
+SHOTS = Kind('images per class, e.g. "1,2,4,all" or [1, 2, 4, "all"]',
+             lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(n, str) or WHOLE.test(n)
+                                                                         for n in v))
+CURVE_KINDS = {"heads": TEXTS, "shots": SHOTS, "repeats": whole(1), "subset_seed": whole(0), "backbones": TEXTS,
+               "finetune_shots": SHOTS, "finetune_repeats": whole(1), "finetune_mode": one_of(MODES),
+               "finetune_backbones": TEXTS}
 CURVE_DEFAULTS = {"heads": ["logreg", "svm", "knn"], "shots": "1,2,4,8,16,32,64,all", "repeats": 5, "subset_seed": 0,
                   "backbones": None, "finetune_shots": "", "finetune_repeats": 3, "finetune_mode": "full",
                   "finetune_backbones": None}
 
 
 def read_config(path: Path) -> dict:
+    """The config file `path`, each table checked (`check_table`): [benchmark], every [[finetune]] and [curve]."""
     cfg = read_toml(path, " (shipped ones: benchmarks/configs/*.toml)")
     bench = check_table(cfg.get("benchmark", {}), path, "benchmark", BENCHMARK_KINDS)
     if not bench.get("backbones"):
@@ -88,15 +115,15 @@ def read_config(path: Path) -> dict:
         raise FeatbenchError(f"{path}: finetune = {entries!r:.40} is no list of tables; write each as a "
                              "[[finetune]] header above its keys")
     for entry in entries:
-        bad = set(entry) - FINETUNE_KEYS - {"backbone", "mode"}
-        if bad or entry.get("mode", "full") not in MODES or "backbone" not in entry:
-            raise FeatbenchError(f"{path}: [[finetune]] {entry} needs backbone and mode ({'|'.join(MODES)}); "
-                                 f"other keys: {', '.join(sorted(FINETUNE_KEYS))}")
+        check_table(entry, path, "[finetune]", FINETUNE_KINDS)
+        if "backbone" not in entry:
+            raise FeatbenchError(f'{path}: each [[finetune]] needs backbone = "NAME" (mode is full by default)')
         try:
             _recipe(entry)
         except FeatbenchError as e:
             raise FeatbenchError(f"{path}: [[finetune]] {entry}: {e}") from None
     if "curve" in cfg:
+        check_table(cfg["curve"], path, "curve", CURVE_KINDS)
         try:
             curve_settings(cfg["curve"])
         except FeatbenchError as e:
@@ -111,22 +138,11 @@ def _shots(value) -> list[int]:
 
 
 def curve_settings(table: dict) -> dict:
-    """A [curve] table, defaults filled in and shots parsed; an unknown key or bad value is one line."""
-    if not isinstance(table, dict):
-        raise FeatbenchError(f"curve = {table!r:.40} is no table; write it as a [curve] header above its keys")
-    unknown = set(table) - set(CURVE_DEFAULTS)
-    if unknown:
-        raise FeatbenchError(f"unknown keys {sorted(unknown)}; known: {', '.join(CURVE_DEFAULTS)}")
+    """A [curve] table whose keys and their kinds are checked (`CURVE_KINDS`), defaults filled in and shots parsed;
+    heads that are not single heads and unparsable shots are one line."""
     c = {**CURVE_DEFAULTS, **table}
     if not c["heads"] or not set(c["heads"]) <= set(HEADS):
         raise FeatbenchError(f"heads {c['heads']}: single heads only, some of {', '.join(HEADS)}")
-    if c["finetune_mode"] not in MODES:
-        raise FeatbenchError(f"finetune_mode {c['finetune_mode']!r}: one of {'|'.join(MODES)}")
-    for key in ("repeats", "finetune_repeats"):
-        if not isinstance(c[key], int) or c[key] < 1:
-            raise FeatbenchError(f"{key} = {c[key]!r}: a whole number, at least 1")
-    if not isinstance(c["subset_seed"], int):
-        raise FeatbenchError(f"subset_seed = {c['subset_seed']!r}: a whole number")
     ft = c["finetune_shots"]
     return {**c, "shots": _shots(c["shots"]), "finetune_shots": ft if ft == "auto" else _shots(ft)}
 

@@ -45,6 +45,19 @@ FLAG = Kind("true or false", lambda v: isinstance(v, bool))
 TEXTS = Kind('a list of text, e.g. ["a", "b"]', lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 FRACTIONS = Kind('three fractions, e.g. [0.7, 0.15, 0.15] or "0.7,0.15,0.15"',
                  lambda v: isinstance(v, str) or isinstance(v, list) and all(map(_number, v)))
+NUMBER = Kind("a number", _number)
+
+
+def whole(least: int) -> Kind:
+    """A whole number no smaller than `least`."""
+    return Kind(f"a whole number, at least {least}", lambda v: WHOLE.test(v) and v >= least)
+
+
+def one_of(options) -> Kind:
+    """One of the texts `options`."""
+    return Kind(f"one of {'|'.join(options)}", lambda v: isinstance(v, str) and v in options)
+
+
 DATASET_KINDS = {"path": TEXT, "format": TEXT, "target": TEXT, "name": TEXT, "splits": FRACTIONS, "seed": WHOLE,
                  "out": TEXT}
 

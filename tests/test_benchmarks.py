@@ -606,12 +606,13 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
     assert rc == 2 and "unknown [benchmark] keys ['headz']" in err and len(err.strip().splitlines()) == 1
     bad.write_text('[benchmark]\nbackbones = ["x"]\n[[finetune]]\nbackbone = "x"\nmode = "sideways"\n')
     rc, _, err = cli(capsys, "run", bad)
-    assert rc == 2 and "needs backbone and mode" in err
+    assert rc == 2 and "[[finetune]] mode = 'sideways': one of full|bn-head|head" in err
     bad.write_text('[benchmark]\nbackbones = ["x"]\n[curve]\nshotz = "1,2"\n')
     rc, _, err = cli(capsys, "run", bad)
-    assert rc == 2 and "[curve] unknown keys ['shotz']" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "unknown [curve] keys ['shotz']" in err and len(err.strip().splitlines()) == 1
     for bad_value, words in (('shots = "0,2"', "[curve] --shots '0,2'"), ('heads = ["avg"]', "single heads only"),
-                             ('finetune_mode = "sideways"', "finetune_mode 'sideways'"), ("repeats = 0", "repeats")):
+                             ('finetune_mode = "sideways"', "[curve] finetune_mode = 'sideways': one of full|bn-head"),
+                             ("repeats = 0", "[curve] repeats = 0: a whole number, at least 1")):
         bad.write_text(f'[benchmark]\nbackbones = ["x"]\n[curve]\n{bad_value}\n')
         rc, _, err = cli(capsys, "run", bad)
         assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
@@ -619,6 +620,13 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
     assert rc == 2 and "config file not found" in err
     rc, _, err = cli(capsys, "report", tmp_path)
     assert rc == 2 and "no *.metrics.json" in err
+
+
+def test_every_finetune_and_curve_key_has_a_kind():
+    """Each key a [[finetune]] entry passes on to its recipe, and each [curve] key, is checked for its kind
+    (`check_table` refuses a key without one as unknown)."""
+    from benchmarks import grid
+    assert grid.RECIPE_KEYS <= set(grid.FINETUNE_KINDS) and set(grid.CURVE_KINDS) == set(grid.CURVE_DEFAULTS)
 
 
 def test_a_bad_exclude_file_is_refused_before_any_extraction(tmp_path, capsys, monkeypatch):

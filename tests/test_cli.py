@@ -379,12 +379,40 @@ def test_a_dataset_name_read_from_a_store_or_metrics_is_one_folder_name_too(tmp_
     ("benchmarks", 'benchmark = "x"', "benchmark = 'x' is no table"),
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[dataset]\nseed = "abc"', "[dataset] seed = 'abc'"),
     ("benchmarks", 'finetune = 3\n[benchmark]\nbackbones = ["a"]', "finetune = 3 is no list of tables"),
-    ("benchmarks", 'curve = 3\n[benchmark]\nbackbones = ["a"]', "[curve] curve = 3 is no table"),
+    ("benchmarks", 'curve = 3\n[benchmark]\nbackbones = ["a"]', "curve = 3 is no table; write it as a [curve] header"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nepochs = "ten"', "[[finetune]] epochs = 'ten': a whole number, at least 1"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nepochs = 0', "[[finetune]] epochs = 0: a whole number, at least 1"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nepoch_images = -5', "[[finetune]] epoch_images = -5: a whole number, at least 0"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nbatch_size = 1.5', "[[finetune]] batch_size = 1.5: a whole number, at least 2"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nseeds = "2"', "[[finetune]] seeds = '2': a whole number, at least 1"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\ntrain_seed = true', "[[finetune]] train_seed = True: a whole number, at least 0"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nmode = ["full"]', "[[finetune]] mode = ['full']: one of full|bn-head|head"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nrecipe = ["seed"]', "[[finetune]] recipe = ['seed']: one of lp-ft|seed"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nlr = [0.1, "x"]', "[[finetune]] lr = [0.1, 'x']: a learning rate or a list of them"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nlr = "0.1"', "[[finetune]] lr = '0.1': a learning rate or a list of them"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nlrs = [0.1]', "unknown [[finetune]] keys ['lrs']; known: backbone, mode,"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nlayer_ratio = "x"', "[[finetune]] layer_ratio = 'x': a number"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\nema = "no"', "[[finetune]] ema = 'no': true or false"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = "a"\naugment = 3', "[[finetune]] augment = 3: one of rrc|flip"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nbackbone = 3', "[[finetune]] backbone = 3: text"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[[finetune]]\nmode = "full"', "[[finetune]] needs backbone = \"NAME\""),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nfractions = "all"', "unknown [curve] keys ['fractions']; known: heads, shots,"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nheads = 3', "[curve] heads = 3: a list of text"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nheads = [["logreg"]]', "[curve] heads = [['logreg']]: a list of text"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nshots = 5', "[curve] shots = 5: images per class"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nfinetune_shots = [8.5]', "[curve] finetune_shots = [8.5]: images per class"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nrepeats = true', "[curve] repeats = True: a whole number, at least 1"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nsubset_seed = -1', "[curve] subset_seed = -1: a whole number, at least 0"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nbackbones = "a"', "[curve] backbones = 'a': a list of text"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nfinetune_backbones = [1]', "[curve] finetune_backbones = [1]: a list of text"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nfinetune_mode = ["full"]', "[curve] finetune_mode = ['full']: one of full|bn-head|head"),
 ])
 def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_file_and_key(tmp_path, capsys, command, text, words):
     """Each config key's value is checked for its type, and each table for being one, before it is used (a number
     for a path, text for the seed, a number for the splits or the name were tracebacks; `dataset = "x"` was
-    taken for a table with an unknown key)."""
+    taken for a table with an unknown key), [[finetune]] entries' and [curve]'s too (a list for a mode or a recipe,
+    text in a list of rates or of heads were tracebacks; text for epochs or seeds, a bool for repeats, text for
+    backbones were taken, and `lrs` was answered as a missing backbone or mode)."""
     config = tmp_path / "bench.toml"
     config.write_text(text + "\n")
     argv = (["run", str(config)] if command == "benchmarks" else
