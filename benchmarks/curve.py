@@ -50,6 +50,7 @@ from classify.train import BLAS_THREADS, Store, dataset_stores, load_store, pars
 from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags
 from extract.device import pick_device
+from extract.names import canonical
 from features.atomic import atomic_write
 from features.errors import FeatbenchError, StoreError
 from features.schema import SPLITS, split_fingerprint
@@ -239,6 +240,10 @@ class Finetunes:
     weights: dict | None = None  # backbone → weights file, for backbones that need one
     backbones: list[str] | None = None  # only these stores' backbones (default: every store's)
 
+    def __post_init__(self):  # backbones as stores record them: `ResNet152V2` is resnet152v2
+        self.weights = {canonical(k): v for k, v in (self.weights or {}).items()}
+        self.backbones = [canonical(b) for b in self.backbones] if self.backbones else None
+
 
 def check_readout(s: Store) -> None:
     """Refuse, in one line, fine-tuning a store read out otherwise than by default: a fine-tune trains the
@@ -304,7 +309,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                     log(f"{what}: reused ({path.name})")
                 else:
                     if not checked:  # once a store, before its first fine-tune (reused ones match its weights)
-                        weights, checked = start_weights(s, (spec.weights or {}).get(backbone)), True
+                        weights, checked = start_weights(s, spec.weights.get(backbone)), True
                     log(f"{what}: fine-tuning on {n_train} images ({epochs} epochs of {per_epoch} × "
                         f"{len(recipe.lrs)} peak rates)")
                     try:

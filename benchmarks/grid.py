@@ -77,6 +77,7 @@ from extract.config import (
 )
 from extract.datasets import load_dataset
 from extract.device import pick_device
+from extract.names import canonical
 from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
 
@@ -179,8 +180,8 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     if exclusion:
         exclusion.check_listing(dataset, settings.splits, settings.seed)  # before the extraction, not after it
-    names = backbones or bench["backbones"]
-    weight_files = {k: str(config.parent / v) for k, v in bench.get("weights", {}).items()}
+    names = [canonical(n) for n in backbones or bench["backbones"]]  # as stores record them: ResNet152V2 is resnet152v2
+    weight_files = {canonical(k): str(config.parent / v) for k, v in bench.get("weights", {}).items()}
     notes, stores, built = [], [], {}
     options = Options(device=device, progress=False if quiet else None)
     for name in names:
@@ -220,7 +221,7 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     audit_done = time.perf_counter()
 
     for entry in entries:
-        name, mode = entry["backbone"], entry.get("mode", "full")
+        name, mode = canonical(entry["backbone"]), entry.get("mode", "full")
         if name not in built:
             notes.append(f"{name} finetune-{mode}: skipped, {name} is not in this run or has no weights here")
             continue
@@ -268,9 +269,10 @@ def _audit(stores: list[Path], folder: Path, notes: list, log) -> dict | None:
 
 def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes: list, log) -> dict | None:
     """The [curve] table `c` run on the run's stores (those of its backbones, if it names some): curve.json's doc."""
-    names = [n for n in (c["backbones"] or built) if n in built]
+    wanted = [canonical(n) for n in c["backbones"] or ()]
+    names = [n for n in (wanted or built) if n in built]
     notes += [f"{n}: not in the label-efficiency curve, not in this run or no weights here"
-              for n in c["backbones"] or () if n not in built]
+              for n in wanted if n not in built]
     if not names:
         return None
     ft = finetune_shots(c["finetune_shots"], device)

@@ -6,7 +6,12 @@ ALIASES = {"ResNet152V2": "resnet152v2", "resnetv2_152": "resnet152v2"}
 
 
 def canonical(name: str) -> str:
-    return ALIASES.get(name, name)
+    """The registry name of backbone `name`: an alias's, keeping a store name's readout suffix (`Readout.suffix`:
+    ResNet152V2-flip is resnet152v2-flip); other names as given."""
+    for alias, real in ALIASES.items():
+        if name == alias or name.startswith(alias + "-"):
+            return real + name[len(alias):]
+    return name
 
 
 def store_stem(name: str) -> str:

@@ -662,6 +662,26 @@ def test_a_bad_exclude_file_is_refused_before_any_extraction(tmp_path, capsys, m
     assert started == [] and not (tmp_path / "runs").exists()
 
 
+def test_a_run_finds_a_backbones_weights_file_under_any_of_its_names(tmp_path, capsys, monkeypatch):
+    """[benchmark.weights] and the backbones list are matched by canonical name (extract.names): `ResNet152V2` listed
+    with its file under `resnet152v2` gets that file (it was made without it, and skipped as having no weights)."""
+    from benchmarks import grid
+    for i in range(6):
+        write_image(tmp_path / "dvc" / f"cat.{i}.jpg", i)
+        write_image(tmp_path / "dvc" / f"dog.{i}.jpg", 100 + i)
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    config = write_config(tmp_path / "grid.toml", "dvc", ["ResNet152V2"], ["logreg"])
+    config.write_text(config.read_text() + '\n[benchmark.weights]\nresnet152v2 = "w.pth"\n')
+    made = []
+
+    def backbone(name, weights=None, random_init=False):
+        made.append((name, weights))
+        raise FeatbenchError("no weights here. more")
+    monkeypatch.setattr(grid, "create_backbone", backbone)
+    rc, _, err = cli(capsys, "run", config, "--quiet", "--out", tmp_path / "runs")
+    assert rc == 2 and made == [("resnet152v2", str(tmp_path / "w.pth"))], (made, err)
+
+
 def test_usage_and_subcommand_dispatch(capsys):
     rc, out, err = cli(capsys)
     assert rc == 2 and "no command" in err and "run, finetune, report, curve, speed, precision, audit, scale" in err

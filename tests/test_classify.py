@@ -775,12 +775,14 @@ def test_stores_of_another_dataset_folder_are_refused(good):
 def test_stores_are_found_by_the_backbone_names_extract_takes(good):
     """--backbone finds the store extract wrote for that name: an alias's (canonical name) and one whose characters
     outside letters, digits and `._-` extract writes as `_` (open_clip:, hf-hub:, local-dir:); a store's own
-    stem finds it too (`-cls+avg`: the readout suffix as written)."""
+    stem finds it too (`-cls+avg`: the readout suffix as written), an alias's with its readout suffix too
+    (`ResNet152V2-flip`: `resnet152v2-flip.h5`, which was not found)."""
     from classify.train import find_stores
     folder, X, y, splits = good
     stems = {"open_clip:ViT-B-32/laion2b_s34b_b79k": "open_clip_ViT-B-32_laion2b_s34b_b79k",
              "ResNet152V2": "resnet152v2", "local-dir:/models/my net": "local-dir__models_my_net",
-             "vit_small_patch16_224-cls+avg": "vit_small_patch16_224-cls+avg", "a-flip": "a-flip"}
+             "vit_small_patch16_224-cls+avg": "vit_small_patch16_224-cls+avg", "a-flip": "a-flip",
+             "ResNet152V2-flip": "resnet152v2-flip", "resnetv2_152-336px-flip": "resnet152v2-336px-flip"}
     for name, stem in stems.items():
         make_store(folder / f"{stem}.h5", X, y, splits, name)
     assert find_stores(folder, list(stems)) == [folder / f"{stem}.h5" for stem in stems.values()]

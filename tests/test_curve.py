@@ -515,6 +515,18 @@ def test_a_store_with_another_readout_is_not_fine_tuned(tmp_path):
     check_readout(fake_store(tmp_path))  # the default readout: fine
 
 
+def test_fine_tuned_backbones_and_their_weights_are_matched_by_canonical_name(tmp_path):
+    """--finetune-backbone ([curve] finetune_backbones) and the weights files are matched to a store's backbone as
+    extract names it: `ResNet152V2` picks the resnet152v2 store (it picked none: a curve without fine-tuned points)."""
+    from types import SimpleNamespace
+
+    from benchmarks.curve import Finetunes, tuned_stores
+    s = SimpleNamespace(path=tmp_path / "resnet152v2.h5", meta=SimpleNamespace(backbone="resnet152v2", readout=None))
+    assert tuned_stores([s], Finetunes([8], backbones=["ResNet152V2"])) == [s]
+    assert tuned_stores([s], Finetunes([8], backbones=["mobilenet_v2"])) == []
+    assert Finetunes([8], weights={"ResNet152V2": "w.pth"}).weights == {"resnet152v2": "w.pth"}
+
+
 def test_fine_tunes_start_from_the_stores_weights_or_are_refused(tmp_path, monkeypatch):
     """The store's weights file is carried to the fine-tune; weights a fine-tune would not load are one line."""
     from types import SimpleNamespace
