@@ -178,7 +178,7 @@ def fit_point(store: Store, head: str, idx: np.ndarray | None, seed: int, select
 
 def check_same_images(stores: list[Store]) -> None:
     """Subsets are mapped by path, test images paired by path: every store must hold the same labelled train and
-    test images and classes."""
+    test images and classes; and one split assignment (val and row order too), the one curve.json records."""
     first = stores[0]
 
     def key(s: Store) -> tuple:
@@ -187,6 +187,11 @@ def check_same_images(stores: list[Store]) -> None:
         if key(s) != key(first):
             raise StoreError(f"{s.path} and {first.path} do not hold the same train and test images and labels; "
                              "curves compare stores of one dataset extracted with the same --splits and --seed")
+        if s.meta.split_fingerprint != first.meta.split_fingerprint:
+            raise StoreError(f"{s.path} (split {s.meta.split_fingerprint}) and {first.path} (split "
+                             f"{first.meta.split_fingerprint}) hold the same train and test images but not one split "
+                             "assignment (their val images or row order differ); curves compare stores of one "
+                             "dataset extracted with the same --splits and --seed")
 
 
 def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int, seed: int = 0,
@@ -421,7 +426,7 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
     if finetune_shots:
         more, gone, budget = finetune_points(loaded, spec, subset_seed, folder / "finetune", log)
         points, skipped, notes = points + more, skipped + gone, notes + budget
-    doc = {"dataset": loaded[0].dataset, "split_fingerprint": loaded[0].meta.split_fingerprint,
+    doc = {"dataset": loaded[0].dataset, "split_fingerprint": loaded[0].meta.split_fingerprint,  # every store's one
            "n_test": len(loaded[0].test), "points": [asdict(p) for p in points],
            "summaries": summarise(points, loaded), "skipped": skipped, "select": select, "notes": notes,
            "seconds": round(time.perf_counter() - started, 2)}

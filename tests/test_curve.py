@@ -498,6 +498,28 @@ def test_stores_with_other_test_images_are_refused(tmp_path):
         curve([a, b], ["logreg"], [2], 1)
 
 
+def test_stores_of_another_split_assignment_are_refused(tmp_path, capsys):
+    """curve.json records one split fingerprint, which `benchmarks report` checks against its models': stores with the
+    same train and test images but another val split (one val image fewer here) or row order are one line naming
+    both (the curve was drawn, and recorded the first store's split as the second's)."""
+    latent, y, splits = synthetic(n=120)
+    paths = [f"c{c}/{i:04d}.jpg" for i, c in enumerate(y)]
+    keep = np.arange(len(y)) != np.flatnonzero(splits == 1)[0]
+    a = make_store(tmp_path / "s" / "a.h5", view(latent, 8, 1), y, splits, "a", paths=paths)
+    b = make_store(tmp_path / "s" / "b.h5", view(latent, 8, 2)[keep], y[keep], splits[keep], "b",
+                   paths=[p for p, k in zip(paths, keep) if k])
+    order = np.random.default_rng(3).permutation(len(y))
+    c = make_store(tmp_path / "s" / "c.h5", view(latent, 8, 3)[order], y[order], splits[order], "c",
+                   paths=[paths[i] for i in order])
+    for other in (b, c):
+        rc = run_cli(main, ["curve", "--features", str(a), str(other), "--shots", "2", "--repeats", "1",
+                            "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        theirs = load_store(other).meta.split_fingerprint
+        assert rc == 2 and err.count("\n") == 1 and f"{other} (split {theirs})" in err and str(a) in err, err
+        assert "one split assignment" in err and not (tmp_path / "out").exists()
+
+
 # ---- a curve's fine-tunes start from the store's backbone, weights and readout ----------------------------
 
 def fake_store(tmp_path, readout=None, weights=None):
