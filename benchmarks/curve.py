@@ -386,10 +386,11 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
               out: Path | None = None, select: str | None = None, finetune_shots: list[int] = (),
               finetune_repeats: int = 3, finetune_mode: str = "full", finetune_epochs: int | None = None,
               finetune_backbones: list[str] | None = None, device: str = "auto", weights: dict[str, str] | None = None,
-              log=lambda msg: None) -> tuple[dict, Path]:
+              log=lambda msg: None, temperature: bool | None = None) -> tuple[dict, Path]:
     """The curve of `stores` (one dataset), written to OUT/DATASET/curve (OUT: `out`, else beside the
     stores); returns (the doc curve.json holds, that folder). `select`: auto, or val (the default with
-    fine-tunes, and the only choice with them: both sides then see the same labels)."""
+    fine-tunes, and the only choice with them: both sides then see the same labels). `temperature`: whether the
+    frozen points chosen on val are scored at a temperature fitted on it (None: when the fine-tuned points are)."""
     started = time.perf_counter()
     select = select or ("val" if finetune_shots else "auto")
     if select not in ("auto", "val"):
@@ -409,11 +410,14 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
         notes.append("Classes with fewer train images than n use all they have (`short` column): "
                      + ", ".join(f"{len(c)} at n={n}" for n, c in short.items() if c)
                      + f" of {len(loaded[0].class_names)} (first: {named})")
-    tempered = bool(finetune_shots) and recipe_for(finetune_mode).calibrate
+    calibrated = bool(finetune_shots) and recipe_for(finetune_mode).calibrate
+    tempered = calibrated if temperature is None else temperature
     if select == "val":
         notes.append("Every frozen point is chosen on the full val split (--select val)" +
-                     (", as the fine-tunes are" if finetune_shots else "") +
-                     (", and scored at a temperature fitted on it, as the fine-tunes' are" if tempered else ""))
+                     (", as the fine-tunes are" if finetune_shots else ""))
+    if tempered or calibrated:
+        notes.append("The frozen points chosen on val are " + ("" if tempered else "not ") + "scored at a "
+                     "temperature fitted on it" + (", as the fine-tuned points are" if calibrated else ""))
     for note in notes:
         log(f"note: {note}")
     folder = (Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve"

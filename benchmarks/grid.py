@@ -16,8 +16,8 @@ dataset flags override it):
     heads = ["all"]            # logreg, mlp, svm, knn, avg, stack, concat, or all
     refit = false              # refit each chosen head on train+val before its test score
     audit = true               # `python -m classify audit` on the run's stores, a report section (--no-audit: off)
-    temperature = true         # frozen heads at a val temperature (classify --temperature); default: as the
-                               # fine-tunes, true when one of them fits a temperature (lp-ft), false when none does
+    temperature = true         # frozen heads (and the curve's frozen points) at a val temperature (classify
+                               # --temperature); default: as the fine-tunes of the run, true when one fits one (lp-ft)
 
     [benchmark.weights]        # weights files for backbones that need one (relative to the config)
     resnet152v2 = "weights/resnet152v2.pth"
@@ -211,7 +211,7 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     extracted = time.perf_counter()
     entries = cfg.get("finetune", []) if finetunes else []
-    tempered = bench.get("temperature", any(_recipe(e).calibrate for e in entries))
+    tempered = bench.get("temperature", any(_recipe(e).calibrate for e in entries if canonical(e["backbone"]) in built))
     metrics = classify(stores, heads, bench.get("refit", False), log, seeds=seeds or bench.get("seeds", 1),
                        exclude=exclusion, temperature=tempered)
     classified = time.perf_counter()
@@ -243,7 +243,8 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     tuned = time.perf_counter()
     doc = None
     if curve and "curve" in cfg:
-        doc = _curve(curve_settings(cfg["curve"]), built, finetunes, settings.out, device, notes, log)
+        doc = _curve(curve_settings(cfg["curve"]), built, finetunes, settings.out, device, notes, log,
+                     bench.get("temperature"))
     done = time.perf_counter()
     notes.append(f"this run: {done - started:.0f} s wall; extraction {extracted - started:.0f} s, frozen heads "
                  f"{classified - extracted:.0f} s, audit {audit_done - classified:.0f} s, fine-tunes "
@@ -267,8 +268,10 @@ def _audit(stores: list[Path], folder: Path, notes: list, log) -> dict | None:
     return read_audit(folder)
 
 
-def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes: list, log) -> dict | None:
-    """The [curve] table `c` run on the run's stores (those of its backbones, if it names some): curve.json's doc."""
+def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes: list, log,
+           temperature: bool | None) -> dict | None:
+    """The [curve] table `c` run on the run's stores (those of its backbones, if it names some): curve.json's doc
+    (`temperature`: the run's [benchmark] setting, None: as the curve's fine-tunes)."""
     wanted = [canonical(n) for n in c["backbones"] or ()]
     names = [n for n in (wanted or built) if n in built]
     notes += [f"{n}: not in the label-efficiency curve, not in this run or no weights here"
@@ -284,7 +287,7 @@ def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes:
                             finetune_shots=ft if finetunes else [],
                             finetune_repeats=c["finetune_repeats"], finetune_mode=c["finetune_mode"],
                             finetune_backbones=c["finetune_backbones"] or names[:1], device=device,
-                            weights={n: w for n, (_, w, _) in built.items() if w}, log=log)
+                            weights={n: w for n, (_, w, _) in built.items() if w}, log=log, temperature=temperature)
     log(f"label-efficiency curve: {len(doc['points'])} points in {folder}")
     return doc
 

@@ -187,7 +187,20 @@ def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict 
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
     dataset_meta = next((s.dataset for s in metas.values()), None) or {}
     published = [p.as_row() for p in published_for(task_of(dataset_meta))]
-    return Collected(metrics, rows, published, metas, list(notes or []) + dropped, curve, audit, excluded)
+    return Collected(metrics, rows, published, metas, list(notes or []) + dropped + _mixed_calibration(rows), curve,
+                     audit, excluded)
+
+
+def _mixed_calibration(rows: list[dict]) -> list[str]:
+    """A note when some frozen models are at a val temperature and others not: the best by val log-loss leans
+    to the former, as a temperature never raises the val log-loss it is fitted on."""
+    frozen = [r for r in rows if r["kind"] == "frozen"]
+    tempered = [r for r in frozen if r.get("temperature") is not None]
+    if not 0 < len(tempered) < len(frozen):
+        return []
+    return [f"{len(tempered)} of the {len(frozen)} frozen models are at a val temperature (`classify --temperature`) "
+            "and the others not; a temperature never raises val log-loss, so choosing the best frozen model by it "
+            "leans to them: train them alike"]
 
 
 def read_audit(folder: Path) -> dict | None:
@@ -448,6 +461,11 @@ def _frozen_calibration(m: ModelMetrics) -> str:
     """How a frozen model's probabilities are made: an SVM's β fitted on train folds, then a val temperature or
     none (`python -m classify --temperature`)."""
     tempered = _temperature_words(m.params.get("temperature"), m.log_loss_raw)
+    if m.params.get("temperature") is not None:
+        caveats = {", its epoch early-stopped at T = 1": m.head == "mlp" and not m.out_of_core,
+                   ", fitted for the point and epoch chosen at T = 1 (out of core)": m.out_of_core,
+                   ", fitted with the train-only fit and kept for the refit on train + val": m.refit}
+        tempered += "".join(words for words, applies in caveats.items() if applies)
     if m.head == "svm":
         return f"probabilities softmax(β·margins) with β fitted on train folds, {tempered}"
     svm = " (its SVM members': β fitted on train folds)" if "svm" in m.members.values() else ""

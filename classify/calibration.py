@@ -53,9 +53,25 @@ def temper(p: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(p, TINY, 1)), temperature)
 
 
-def probability_temperature(p: np.ndarray, y: np.ndarray) -> float:
-    """`fit_temperature` of probabilities `p` on the labels `y` (a head's val probabilities)."""
-    return fit_temperature(np.log(np.clip(p, TINY, 1)), y)
+def val_temperature(p: np.ndarray, y: np.ndarray, classes) -> float:
+    """`fit_temperature` of a model's val probabilities `p` (a column per class index, `classify.metrics.proba`) on
+    the labels `y`, over the columns of the classes the model knows (`classes`, its `classes_`), as `Tempered`
+    applies it: a class without train images adds no zero column to distort the fit, and val images of one
+    (which no temperature helps) are left out; 1.0 when none is left."""
+    classes = np.asarray(classes, dtype=int)
+    known = np.isin(y, classes)
+    if not known.any():
+        return 1.0
+    return fit_temperature(np.log(np.clip(p[known][:, classes], TINY, 1)), np.searchsorted(classes, y[known]))
+
+
+def temper_columns(p: np.ndarray, classes, temperature: float) -> np.ndarray:
+    """Probabilities `p` with a column per class index (`classify.metrics.proba`) at `temperature` over the columns
+    of `classes`, the model's: what `Tempered` around that model gives (the other columns stay 0)."""
+    classes = np.asarray(classes, dtype=int)
+    out = np.zeros_like(p)
+    out[:, classes] = temper(p[:, classes], temperature)
+    return out
 
 
 class Tempered(ClassifierMixin, BaseEstimator):

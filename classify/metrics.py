@@ -17,9 +17,13 @@ BOOTSTRAP_RESAMPLES = 2000
 
 def proba(model, X, n_classes: int) -> np.ndarray:
     """predict_proba in float64, one column per class index 0..n_classes-1 (absent classes get 0)."""
-    p = model.predict_proba(X)
+    return pad(model.predict_proba(X), model.classes_, n_classes)
+
+
+def pad(p: np.ndarray, classes, n_classes: int) -> np.ndarray:
+    """Probabilities `p` over a model's `classes` as float64 columns for class indices 0..n_classes-1 (absent: 0)."""
     out = np.zeros((len(p), n_classes))
-    out[:, np.asarray(model.classes_, dtype=int)] = p
+    out[:, np.asarray(classes, dtype=int)] = p
     return out / out.sum(axis=1, keepdims=True)
 
 

@@ -21,7 +21,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, log_loss
 
-from classify.calibration import Tempered, probability_temperature, temper
+from classify.calibration import Tempered, temper_columns, val_temperature
 from classify.metrics import proba
 
 
@@ -93,8 +93,8 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
         with quiet():
             est.fit(X, y, **({"eval_set": (X_val, y_val)} if early_stops else {}))
         p = proba(est, X_val, n_classes)
-        t = probability_temperature(p, y_val) if temperature else None
-        loss, acc = scores(p if t is None else temper(p, t), y_val, n_classes)
+        t = val_temperature(p, y_val, est.classes_) if temperature else None
+        loss, acc = scores(p if t is None else temper_columns(p, est.classes_, t), y_val, n_classes)
         row = {**short(point), **({"temperature": round(t, 4)} if t is not None else {}),
                "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)}
         fixed = dict(point)

@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from classify import ensembles, stream
-from classify.calibration import Tempered, probability_temperature, temper
+from classify.calibration import Tempered, temper_columns, val_temperature
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
@@ -242,12 +242,12 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
         return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=configurations(sel))
     best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
             for s in stores}
-    members = {n: HEADS[h].make().set_params(**sel.fixed) for n, (h, sel) in best.items()}
+    members = {n: _member(HEADS[h].make().set_params(**sel.fixed), sel.temperature) for n, (h, sel) in best.items()}
     template = (ensembles.average if head == "avg" else ensembles.stack)(members, dims)
     started = time.perf_counter()
     model = fit_fixed(template, {}, X, y)
     p = proba(model, Xv, n_classes)
-    t = probability_temperature(p, yv) if temperature else None
+    t = val_temperature(p, yv, model.classes_) if temperature else None
     if t is not None:
         model = Tempered.around(model, t)
     loss, acc = score(model, Xv, yv, n_classes)
@@ -260,6 +260,11 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
                 for k, sel in sweeps.items()}
     return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
                      configurations=1 + sum(m["configurations"] for m in included.values()), member_sweeps=included)
+
+
+def _member(head, temperature: float | None):
+    """An ensemble's member as its single head was chosen: at its val temperature, if it has one."""
+    return head if temperature is None else Tempered(head, temperature)
 
 
 @contextmanager
@@ -628,8 +633,8 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                     sel = Selection(best["model"], params, params, best["sweep"], best["val_log_loss"],
                                     best["val_accuracy"], best["seconds"])
                     if p_val is not None:
-                        t = probability_temperature(p_val, store.val.y)
-                        loss, acc = scores(temper(p_val, t), store.val.y, k)
+                        t = val_temperature(p_val, store.val.y, sel.model.classes_)
+                        loss, acc = scores(temper_columns(p_val, sel.model.classes_, t), store.val.y, k)
                         sel = replace(sel, model=Tempered.around(sel.model, t), params={**params, "temperature":
                                       round(t, 4)}, val_log_loss=loss, val_accuracy=acc, temperature=t)
                     c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=configurations(sel))

@@ -234,11 +234,12 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
                                                      ({"mode": "bn-head"}, None, False),
                                                      ({"mode": "full", "calibrate": False}, None, False),
                                                      ({"mode": "full"}, "false", False),
+                                                     ({"mode": "full", "backbone": "alexnet"}, None, False),
                                                      ({"mode": "bn-head"}, "true", True)])
 def test_frozen_heads_get_a_val_temperature_when_a_fine_tune_fits_one(synthetic, tmp_path, monkeypatch, entry, setting,
                                                                       expected):
     """A run's frozen heads are calibrated as its fine-tunes are (lp-ft fits a val temperature, the seed recipe does
-    not), unless [benchmark] temperature says otherwise."""
+    not; a fine-tune of a backbone not in the run does not count), unless [benchmark] temperature says otherwise."""
     import benchmarks.grid as grid
     asked = []
 
@@ -804,6 +805,15 @@ def test_verdict_and_budgets_say_how_each_side_is_calibrated():
     assert ("the head fitted on 1400 train images, probabilities softmax(β·margins) with β fitted on train folds, no "
             "val temperature;") in text
     assert "; test probabilities at temperature T = 0.51 fitted on val (test log-loss 0.0612 at T = 1); " in text
+    mlp = replace(tempered, head="mlp", model="mobilenet_v2-mlp.skops", refit=True)
+    refit = verdict(fake_report([mlp, fake_finetune("lp-ft", 0.5093, log_loss=0.0575, log_loss_raw=0.0612)]))
+    assert ("(test log-loss 0.0554 at T = 1), its epoch early-stopped at T = 1, fitted with the train-only fit and "
+            "kept for the refit on train + val;") in refit
+    from benchmarks.report import _mixed_calibration
+    mixed = _mixed_calibration(fake_report([tempered, replace(svm, head="logreg", model="m-logreg.skops")]).rows)
+    assert mixed[0].startswith("1 of the 2 frozen models are at a val temperature (`classify --temperature`) and the "
+                               "others not")
+    assert _mixed_calibration(fake_report([tempered]).rows) == _mixed_calibration(fake_report([svm]).rows) == []
     older = verdict(fake_report([svm, fake_finetune("lp-ft", 0.5093, log_loss=0.0575)]))  # before the raw one was kept
     assert "0.0575 after its val temperature T = 0.51, raw not recorded" in older
     logreg = replace(svm, head="logreg", model="mobilenet_v2-logreg.skops")

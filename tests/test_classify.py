@@ -295,6 +295,18 @@ def test_with_temperature_each_point_is_chosen_at_its_own_val_temperature():
     assert log_loss(y[va], tempered.model.predict_proba(X[va])) == pytest.approx(tempered.val_log_loss, abs=1e-6)
 
 
+def test_a_class_without_images_does_not_bend_the_temperature():
+    """A class listed in the store with no image (all skipped at extraction) is a zero column of every model's
+    probabilities: the temperature is fitted over the classes the model knows, as `Tempered` applies it."""
+    latent, y, splits = synthetic(6)
+    X = view(latent, 24, 7, 2.0)
+    tr, va = splits == 0, splits == 1
+    fits = [sweep(HEADS["logreg"].make(), HEADS["logreg"].grid(tr.sum()), X[tr], y[tr], X[va], y[va], k, True)
+            for k in (3, 4)]
+    assert fits[1].temperature == pytest.approx(fits[0].temperature, rel=1e-6) and fits[0].temperature < 1
+    assert fits[1].val_log_loss == pytest.approx(fits[0].val_log_loss) and fits[1].params == fits[0].params
+
+
 def test_classify_with_temperature_saves_and_scores_the_tempered_models(all_results, two_stores, tmp_path, capsys):
     """`--temperature`: every model (a single head, an ensemble, refitted too) is chosen and saved at its val
     temperature; its metrics score test at it and give the head's own test log-loss as log_loss_raw, and the saved
@@ -305,17 +317,20 @@ def test_classify_with_temperature_saves_and_scores_the_tempered_models(all_resu
     from classify.train import load_store
     assert all("temperature" not in r.params and r.log_loss_raw is None for r in all_results)
     stores = [make_store(tmp_path / "synth" / p.name, *_arrays(p), p.stem) for p in two_stores]
-    rc, out, err = cli(capsys, "--features", *stores, "--head", "logreg", "knn", "avg", "concat", "--temperature",
-                       "--refit", "--quiet")
+    rc, out, err = cli(capsys, "--features", *stores, "--head", "logreg", "knn", "avg", "stack", "concat",
+                       "--temperature", "--refit", "--quiet")
     assert rc == 0, err
     tests = {p.stem: load_store(p).test for p in stores}
     written = sorted((tmp_path / "synth" / "models").glob("*.metrics.json"))
-    assert len(written) == 6 and "temperature=" in out
+    assert len(written) == 7 and "temperature=" in out
     for path in written:
         m = json.loads(path.read_text())
         t = m["params"]["temperature"]
         model = load_model(path.parent / m["model"])["estimator"]
         assert isinstance(model, Tempered) and model.temperature == pytest.approx(t, abs=1e-4) and m["refit"]
+        if m["head"] in ("avg", "stack"):  # each member as its single head was chosen: at its own temperature
+            members = [pipe.named_steps["head"] for pipe in model.estimator_.estimators_]
+            assert [round(mb.temperature, 4) for mb in members] == [m["params"][s]["temperature"] for s in m["members"]]
         X, y = np.hstack([tests[name].X for name in m["features"]]), tests[next(iter(m["features"]))].y
         assert log_loss(y, proba(model, X, 3), labels=[0, 1, 2]) == pytest.approx(m["log_loss"], abs=1e-6)
         assert log_loss(y, proba(model.estimator_, X, 3), labels=[0, 1, 2]) == pytest.approx(m["log_loss_raw"],

@@ -425,18 +425,22 @@ def test_points_record_the_score_that_chose_them(stores):
     assert by_n["all"].val_log_loss == pytest.approx(chosen.val_log_loss)
 
 
-@pytest.mark.parametrize("mode, tempered", [("full", True), ("bn-head", False)])
+@pytest.mark.parametrize("mode, setting, tempered", [("full", None, True), ("bn-head", None, False),
+                                                     ("full", False, False), ("bn-head", True, True)])
 def test_frozen_points_get_a_val_temperature_when_the_fine_tuned_points_fit_one(stores, tmp_path, monkeypatch, mode,
-                                                                                tempered):
+                                                                                setting, tempered):
     """Beside lp-ft's points (a temperature fitted on val), every frozen point is chosen and scored at its own val
-    temperature; beside the seed recipe's (none), at none; the notes say so."""
+    temperature; beside the seed recipe's (none), at none, unless `temperature` says otherwise; the notes say so."""
     import benchmarks.curve as bc
     monkeypatch.setattr(bc, "tuned_stores", lambda loaded, spec: None)
     monkeypatch.setattr(bc, "finetune_points", lambda *args: ([], [], []))  # the frozen side only
-    doc, _ = bc.run_curve([stores[0]], ["logreg"], [4, ALL], 1, out=tmp_path, finetune_shots=[4], finetune_mode=mode)
+    doc, _ = bc.run_curve([stores[0]], ["logreg"], [4, ALL], 1, out=tmp_path, finetune_shots=[4], finetune_mode=mode,
+                          temperature=setting)
     temperatures = [p["temperature"] for p in doc["points"]]
     assert len(temperatures) == 2 and all((t is not None) == tempered for t in temperatures), temperatures
-    assert any("scored at a temperature fitted on it, as the fine-tunes' are" in n for n in doc["notes"]) == tempered
+    said = ("The frozen points chosen on val are " + ("" if tempered else "not ") + "scored at a temperature fitted "
+            "on it" + (", as the fine-tuned points are" if mode == "full" else ""))
+    assert (said in doc["notes"]) == (tempered or mode == "full"), doc["notes"]
     s = load_store(stores[0])
     point = fit_point(s, "logreg", None, 0, "val", temperature=True)
     plain = fit_point(s, "logreg", None, 0, "val")
