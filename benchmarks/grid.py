@@ -269,7 +269,7 @@ def _audit(stores: list[Path], folder: Path, notes: list, log) -> dict | None:
 
 
 def _curve(c: dict, built: dict, finetunes: bool, out: Path, device: str, notes: list, log,
-           temperature: bool | None) -> dict | None:
+           temperature: bool | None = None) -> dict | None:
     """The [curve] table `c` run on the run's stores (those of its backbones, if it names some): curve.json's doc
     (`temperature`: the run's [benchmark] setting, None: as the curve's fine-tunes)."""
     wanted = [canonical(n) for n in c["backbones"] or ()]

@@ -947,7 +947,7 @@ def test_curve_table_becomes_the_run_curve_call(monkeypatch, tmp_path):
     assert args == ([tmp_path / "b.h5"], ["logreg", "svm", "knn"], [1, 0], 5)
     assert kw == {"subset_seed": 0, "out": tmp_path, "finetune_shots": [8, 64], "finetune_repeats": 3,
                   "finetune_mode": "full", "finetune_backbones": ["b"], "device": "cpu", "weights": {"b": "w.pth"},
-                  "log": print}
+                  "log": print, "temperature": None}
     assert notes == ["c: not in the label-efficiency curve, not in this run or no weights here"]
     grid._curve(grid.curve_settings({"finetune_shots": "8"}), built, False, tmp_path, "cpu", notes, print)
     assert calls[1][0][0] == [tmp_path / "a.h5", tmp_path / "b.h5"] and calls[1][1]["finetune_shots"] == []
