@@ -198,8 +198,8 @@ def curve(stores: list[Store], heads: list[str], shots: list[int], repeats: int,
           log=lambda msg: None, select: str = "auto", temperature: bool = False) -> tuple[list[Point], list[dict]]:
     """Every frozen point (store × head × n × repeat) and the notes of the points skipped (`temperature`: see
     `fit_point`)."""
-    if repeats < 1:
-        raise FeatbenchError(f"--repeats must be at least 1 (got {repeats})")
+    if repeats < 1 or seed < 0:
+        raise FeatbenchError(f"--repeats must be at least 1 and --subset-seed at least 0 (got {repeats}, {seed})")
     check_same_images(stores)
     points, skipped = [], []
     for s in stores:

@@ -160,6 +160,14 @@ def test_cli_bad_shots_one_line(stores, capsys):
     assert len(err.splitlines()) == 1 and "--shots" in err
 
 
+@pytest.mark.parametrize("flag, value, got", [("--subset-seed", "-1", "5, -1"), ("--repeats", "0", "0, 0")])
+def test_cli_bad_repeats_or_subset_seed_one_line(stores, capsys, flag, value, got):
+    """numpy refuses a negative seed with a traceback: one line instead, before anything is fitted."""
+    rc = run_cli(main, ["curve", "--features", str(stores[0]), "--shots", "2", flag, value])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: --repeats must be at least 1 and --subset-seed at least 0 (got {got})"
+
+
 def test_select_auto_with_fine_tuned_points_is_refused(stores, capsys):
     """Fine-tunes choose on the full val split: frozen points chosen by CV inside their subsets would see fewer
     labels, so `--select auto` with fine-tuned points is one line, before anything is fitted."""
