@@ -15,17 +15,15 @@ UMASK = os.umask(0o022)  # read once, at import: reading it sets it, which other
 os.umask(UMASK)
 
 
-def atomic_write(path, write, clean: bool = True) -> Path:
+def atomic_write(path, write) -> Path:
     """Call `write(tmp_path)` on a new file of its own, `NAME.XXXXXXXX.tmp` beside `path` (made, never followed
     as a link, with the mode `open` gives), sync it, then rename it over `path`; returns `path`.
 
     A failure leaves `path` as it was and no temporary file behind; a kill may leave one, which the next write of
-    `path` removes (`remove_temporaries`), unless not `clean`: a journal part, whose folder goes whole and may
-    hold thousands of files, each write's scan of them would cost time that grows with the folder."""
+    `path` removes (`remove_temporaries`)."""
     path = check_file(path)
     make_folder(path.parent)
-    if clean:
-        remove_temporaries(path)
+    remove_temporaries(path)
     fd, tmp = _temporary(path)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)

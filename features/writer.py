@@ -152,10 +152,10 @@ class Journal:
         def save(tmp):
             with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a path
                 np.save(fh, np.ascontiguousarray(embeddings))
-        npy = atomic_write(stem.with_suffix(".npy"), save, clean=False)  # a killed part's leftovers go with the folder
+        npy = atomic_write(stem.with_suffix(".npy"), save)
         meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons),
                 "crc": crc(embeddings), **({} if seconds is None else {"seconds": seconds})}
-        atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)), clean=False)  # commit
+        atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))  # the commit point
         return npy
 
     def clear(self) -> None:

@@ -292,21 +292,6 @@ def test_any_writer_removes_the_temporary_files_a_killed_one_left_but_not_a_live
     assert sorted(tmp_path.iterdir()) == sorted([target, victim, *kept])
 
 
-def test_journal_parts_do_not_scan_their_folder_for_leftovers(tmp_path, monkeypatch):
-    """A journal of a large dataset holds thousands of parts: a scan of the folder on each part's write would cost
-    time that grows with it (quadratic in all); a killed part's temporary files go with the folder."""
-    import features.atomic
-    from features.writer import Journal
-    scanned = []
-    real = features.atomic.remove_temporaries
-    monkeypatch.setattr(features.atomic, "remove_temporaries", lambda path: scanned.append(path) or real(path))
-    journal = Journal(tmp_path / "s.h5")
-    journal.start({"v": 1}, {"root": "/data/pics"})
-    for n in range(3):
-        journal.append([f"{n}.jpg"], ["1:1"], [f"h{n}"], [""], np.zeros((1, 2), np.float32))
-    assert [p.name for p in scanned] == ["provenance.json", "dataset.json"]
-
-
 def test_journal_folder_numbering_and_clearing(tmp_path):
     """`NAME.h5.partial/` is where a resumed run looks; its parent is made if missing; a new part sorts after
     every existing one even past a gap (a later part's records win); start and clear are idempotent."""
