@@ -1,11 +1,9 @@
 """The one atomic write: a temporary file of its own, synced and renamed over the target, so readers never see half
 a file; the output folders such writes go to, checked before any work; and the CSV text such writes hold."""
 import csv
-import fcntl
 import glob
 import io
 import os
-import stat
 import tempfile
 from pathlib import Path
 
@@ -19,62 +17,29 @@ def atomic_write(path, write) -> Path:
     """Call `write(tmp_path)` on a new file of its own, `NAME.XXXXXXXX.tmp` beside `path` (made, never followed
     as a link, with the mode `open` gives), sync it, then rename it over `path`; returns `path`.
 
-    A failure leaves `path` as it was and no temporary file behind; a kill may leave one, which the next write of
-    `path` removes (`remove_temporaries`)."""
+    A failure leaves `path` as it was and no temporary file behind; a kill may leave one (`remove_temporaries`)."""
     path = check_file(path)
     make_folder(path.parent)
-    remove_temporaries(path)
-    fd, tmp = _temporary(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
+        os.close(fd)
         write(tmp)
         _sync(tmp)
         os.replace(tmp, path)
         _sync(path.parent)
     finally:
-        os.close(fd)  # its lock goes with it, once renamed
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _temporary(path: Path) -> tuple[int, Path]:
-    """Make `NAME.XXXXXXXX.tmp` beside `path` and hold it open with a shared flock (readers of the renamed file
-    take one too) for as long as it is written, so that `remove_temporaries` leaves it alone; one it removed
-    before the lock was taken is made anew. (HDF5 locks a file it writes: `write_store` opens it unlocked.)"""
-    while True:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:  # a filesystem without locks: `remove_temporaries` can lock none there either
-            return fd, Path(name)
-        try:
-            if os.path.samestat(os.fstat(fd), os.lstat(name)):
-                return fd, Path(name)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
 def remove_temporaries(path) -> None:
-    """Remove the temporary files `NAME.XXXXXXXX.tmp` that killed `atomic_write`s of `path` left: regular files
-    (a link is neither followed nor removed) that no live writer holds locked."""
+    """Remove the temporary files a killed `atomic_write` of `path` left; only for a caller that holds the
+    lock of `path`, as another writer's file would go too."""
     path = Path(path)
     for tmp in path.parent.glob(glob.escape(path.name) + ".????????.tmp"):
-        try:
-            st = os.lstat(tmp)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
-            if os.path.samestat(st, os.fstat(fd)):
-                tmp.unlink()
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        tmp.unlink(missing_ok=True)
 
 
 def _sync(path: Path) -> None:

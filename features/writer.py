@@ -242,7 +242,7 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
     prints = {}
 
     def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w", locking=False) as f:  # `atomic_write` holds its own lock on the new file
+        with h5py.File(tmp, "w") as f:
             digest = _write_embeddings(f, chunks, len(paths), dim, dtype, path)
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
             f.create_dataset("splits", data=np.asarray(splits, dtype=np.int8))

@@ -264,34 +264,6 @@ def test_a_store_writer_removes_the_temporary_files_a_killed_one_left(tmp_path):
     assert [p.exists() for p in left] == [False, True, True]
 
 
-def test_any_writer_removes_the_temporary_files_a_killed_one_left_but_not_a_live_ones(tmp_path):
-    """A kill -9 mid-write of any file (a model, metrics, a report) leaves NAME.XXXXXXXX.tmp; the next write of
-    that file removes it, but not the temporary file of a writer still writing it (another process's; an outer
-    write's: the test above), nor a link, a folder or another file's temporary file of that shape."""
-    from features.atomic import atomic_write
-    target, victim = tmp_path / "m.skops", tmp_path / "victim.txt"
-    victim.write_text("mine")
-    kept = [tmp_path / "m.skops.link_123.tmp", tmp_path / "m.skops.fold_123.tmp", tmp_path / "n.skops.abcd_123.tmp"]
-    kept[0].symlink_to(victim)
-    kept[1].mkdir()
-    kept[2].write_text("another file's")
-    code = ("import sys, time; from features.atomic import atomic_write; "
-            "atomic_write(sys.argv[1], lambda tmp: (tmp.write_text('half'), print(flush=True), time.sleep(60)))")
-    writer = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
-    try:
-        writer.stdout.readline()  # it is writing
-        live = [p for p in tmp_path.glob("m.skops.*.tmp") if p not in kept]
-        atomic_write(target, lambda tmp: tmp.write_text("first"))
-        assert len(live) == 1 and live[0].read_text() == "half"  # still its writer's
-    finally:
-        writer.kill()
-        writer.wait()
-    assert live[0].exists()  # what a kill -9 leaves
-    atomic_write(target, lambda tmp: tmp.write_text("second"))
-    assert target.read_text() == "second" and victim.read_text() == "mine"
-    assert sorted(tmp_path.iterdir()) == sorted([target, victim, *kept])
-
-
 def test_journal_folder_numbering_and_clearing(tmp_path):
     """`NAME.h5.partial/` is where a resumed run looks; its parent is made if missing; a new part sorts after
     every existing one even past a gap (a later part's records win); start and clear are idempotent."""
