@@ -94,9 +94,9 @@ FINETUNE_KINDS = {"backbone": TEXT, "mode": one_of(MODES), "epochs": whole(1), "
                   **dict.fromkeys(("layer_ratio", "weight_decay", "crop_scale", "label_smoothing", "pct_start"),
                                   NUMBER),
                   **dict.fromkeys(("decay_norm_bias", "freeze_bn_stats", "ema", "calibrate"), FLAG)}
-SHOTS = Kind('images per class, e.g. "1,2,4,all" or [1, 2, 4, "all"]',
-             lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(n, str) or WHOLE.test(n)
-                                                                         for n in v))
+SHOTS = Kind('images per class, e.g. "1,2,4,all", [1, 2, 4, "all"] or 16',
+             lambda v: isinstance(v, str) or WHOLE.test(v) or isinstance(v, list) and all(isinstance(n, str) or
+                                                                                          WHOLE.test(n) for n in v))
 CURVE_KINDS = {"heads": TEXTS, "shots": SHOTS, "repeats": whole(1), "subset_seed": whole(0), "backbones": TEXTS,
                "finetune_shots": SHOTS, "finetune_repeats": whole(1), "finetune_mode": one_of(MODES),
                "finetune_backbones": TEXTS}

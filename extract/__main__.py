@@ -18,7 +18,7 @@ from extract.pipeline import Options, Summary, extract, store_path
 from extract.quantize import PRECISIONS
 from extract.recommended import RECOMMENDED, SOURCES
 from features.cli import Command, CommandLine, parse_size, run_cli
-from features.errors import FeatbenchError, StoreError
+from features.errors import FeatbenchError
 from features.merge import check_replaceable, merge, merged_path, shard_path
 
 EPILOG = f"""
@@ -185,15 +185,15 @@ def _distributed(run, store: Path, root: Path, overwrite: bool) -> int:
     dist.init_process_group("gloo", timeout=timedelta(hours=24))  # only to wait for each other
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        refusal = [None]
+        refusal, error = [None], None
         if rank == 0 and not overwrite:
             try:
                 check_replaceable(store, str(root), [], keep_rows=False)
-            except StoreError as e:
-                refusal = [str(e)]
+            except Exception as e:  # noqa: BLE001 - whatever it is, the other ranks must not wait for rank 0
+                refusal, error = [str(e)], e
         dist.broadcast_object_list(refusal, src=0)
-        if refusal[0] and rank == 0:
-            raise StoreError(refusal[0])
+        if error:
+            raise error
         if refusal[0]:
             return 0  # rank 0 says why; a rank that failed too would have torchrun end it before it does
         summary = run()

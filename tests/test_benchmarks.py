@@ -931,6 +931,15 @@ def test_curve_cli_finetune_flags(synthetic, capsys):
     assert rc == 2 and "--finetune-repeats must be at least 1" in err
 
 
+def test_a_curve_table_takes_one_number_of_shots(tmp_path):
+    """`shots = 16` is as natural in TOML as "16" or [16] (a check of the table's kinds refused it for a while)."""
+    import benchmarks.grid as grid
+    config = tmp_path / "c.toml"
+    config.write_text('[benchmark]\nbackbones = ["a"]\n[curve]\nshots = 16\nfinetune_shots = 8\n')
+    table = grid.curve_settings(grid.read_config(config)["curve"])
+    assert (table["shots"], table["finetune_shots"]) == ([16], [8])
+
+
 def test_curve_table_becomes_the_run_curve_call(monkeypatch, tmp_path):
     import benchmarks.grid as grid
     calls = []

@@ -399,7 +399,7 @@ def test_a_dataset_name_read_from_a_store_or_metrics_is_one_folder_name_too(tmp_
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nfractions = "all"', "unknown [curve] keys ['fractions']; known: heads, shots,"),
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nheads = 3', "[curve] heads = 3: a list of text"),
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nheads = [["logreg"]]', "[curve] heads = [['logreg']]: a list of text"),
-    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nshots = 5', "[curve] shots = 5: images per class"),
+    ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nshots = 5.5', "[curve] shots = 5.5: images per class"),
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nfinetune_shots = [8.5]', "[curve] finetune_shots = [8.5]: images per class"),
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nrepeats = true', "[curve] repeats = True: a whole number, at least 1"),
     ("benchmarks", '[benchmark]\nbackbones = ["a"]\n[curve]\nsubset_seed = -1', "[curve] subset_seed = -1: a whole number, at least 0"),
