@@ -3,6 +3,7 @@
 Rank R of N embeds a contiguous block of the sorted listing into `DATASET/shards/NAME.shard-R-of-N.h5`;
 concatenating the shards in rank order gives the single-process rows, in the same order.
 """
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +108,15 @@ def check_replaceable(out: Path, root: str | None, paths: list, keep_rows: bool)
                          "the dataset; re-run the ranks (--shard R/N) and merge again, or replace it: --overwrite")
 
 
+def _seen_from(dataset: dict | None, shard: Path, out: Path) -> dict | None:
+    """Shard 0's dataset record with its `root_from_store` (the dataset folder relative to the shard's folder, which
+    finds the data after a project moves whole) made relative to the merged store's folder instead."""
+    if not dataset or not dataset.get("root_from_store"):
+        return dataset
+    root = (shard.parent.resolve() / dataset["root_from_store"]).resolve()
+    return {**dataset, "root_from_store": os.path.relpath(root, out.parent.resolve())}
+
+
 def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool = True) -> Path:
     """Write shards 0..N-1 of one extraction, in rank order, into one store; returns its path:
     OUT/DATASET/NAME.h5 with an `out` folder, else DATASET/NAME.h5 beside the shards/ folder.
@@ -136,7 +146,8 @@ def merge(shard_paths: list, out=None, overwrite: bool = False, keep_rows: bool 
         total = _side_by_side([m.cost() for m in metas])
         meta = replace(metas[0], shard=None, images_embedded=last.images, extraction_seconds=last.seconds,
                        images_per_second=last.rate, images_embedded_total=total.images,
-                       extraction_seconds_total=total.seconds, merged_from=len(stores))
+                       extraction_seconds_total=total.seconds, merged_from=len(stores),
+                       dataset=_seen_from(metas[0].dataset, stores[0].path, out))
         make_folder(out.parent)
         with store_lock(out):
             if not overwrite:

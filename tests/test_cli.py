@@ -164,10 +164,12 @@ def test_classify_out_of_core_honours_out_too(tmp_path, capsys):
     assert not (tmp_path / "synth" / "models").exists()
 
 
-def shard(path: Path, rank: int, world: int, names: list[str], dataset: str = "pics") -> Path:
+def shard(path: Path, rank: int, world: int, names: list[str], dataset: str = "pics",
+          record: dict | None = None) -> Path:
     n = len(names)
     meta = Extraction(backbone="b", weights_fingerprint="f", preprocess={}, amp=False,
-                      split_fractions=[0.6, 0.2, 0.2], split_seed=0, dataset={"name": dataset, "root": "/pics"},
+                      split_fractions=[0.6, 0.2, 0.2], split_seed=0,
+                      dataset=record or {"name": dataset, "root": "/pics"},
                       shard=[rank, world], images_embedded=n, extraction_seconds=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=4, chunks=[np.full((n, 4), rank, np.float32)], labels=np.arange(n) % 2, paths=names,
@@ -187,6 +189,22 @@ def test_merge_out_is_the_output_folder(tmp_path, capsys):
     with FeatureStore(merged) as s:
         assert s.paths == ["a/0.jpg", "a/1.jpg", "b/0.jpg"] and s.meta.merged_from == 2
         assert s.meta.cost() == (3, 1.0) and s.meta.embedding_rate == 3.0  # side by side: the slowest shard's time
+
+
+def test_a_merged_store_finds_its_dataset_after_the_project_moves(tmp_path, capsys):
+    """A store records its dataset folder relative to itself too (`root_from_store`), so a project moved whole is
+    still the same dataset; a merged store's was its shard's, relative to shards/, one level off."""
+    from features.reader import check_root
+    project = tmp_path / "project"
+    (project / "data" / "pics").mkdir(parents=True)
+    record = {"name": "pics", "root": str(project / "data" / "pics"), "root_from_store": "../../../data/pics"}
+    files = [shard(project / "runs" / "pics" / "shards" / f"b.shard-{r}-of-2.h5", r, 2, [f"{'ab'[r]}/0.jpg"],
+                   record=record) for r in range(2)]
+    assert run_cli(FEATURES.main, ["merge", *map(str, files)]) == 0
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    with FeatureStore(moved / "runs" / "pics" / "b.h5") as s:
+        check_root(s.path, s.meta.dataset, moved / "data" / "pics")  # the same dataset: no error
 
 
 def test_merge_keeps_a_store_of_another_folder_and_rows_the_shards_lack(tmp_path, capsys):
