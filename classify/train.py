@@ -249,8 +249,8 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
     p = proba(model, Xv, n_classes)
     t = val_temperature(p, yv, model.classes_) if temperature else None
     if t is not None:
-        model = Tempered.around(model, t)
-    loss, acc = score(model, Xv, yv, n_classes)
+        model, p = Tempered.around(model, t), temper_columns(p, model.classes_, t)
+    loss, acc = scores(p, yv, n_classes)
     sweeps = {f"{s.name}-{h}": selections[s.name, h] for s in stores for h in HEADS}  # as `_single` names them
     seconds = time.perf_counter() - started + sum(sel.seconds for sel in sweeps.values())
     params = {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}
