@@ -3,8 +3,9 @@
 Linear(dim → hidden) → ReLU → Dropout → Linear(hidden → classes), AdamW, on standardised
 features (`classify.scaling.ModeratedScaler`: sound from a few images). `fit(X, y,
 eval_set=(X_val, y_val))` keeps the weights of the epoch with the lowest validation log-loss
-and records it in `best_epoch_`; without `eval_set` it trains exactly `max_epochs` epochs,
-which is how a selected model is refit on train+val.
+(`tempered_stopping`: at the temperature fitted to that epoch's val logits, `classify.calibration`,
+as the lp-ft fine-tune chooses its epoch) and records it in `best_epoch_`; without `eval_set` it
+trains exactly `max_epochs` epochs, which is how a selected model is refit on train+val.
 
 A fitted model pickles, copies and saves (`classify.models`) its module as numpy weights, without
 the optimiser: no torch object is in its state.
@@ -21,6 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.calibration import fit_temperature, log_loss_at
 from classify.scaling import ModeratedScaler
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
     """One-hidden-layer MLP classifier trained on CPU with mini-batch AdamW."""
 
     def __init__(self, hidden=512, dropout=0.5, lr=1e-3, weight_decay=1e-2, batch_size=64, max_epochs=60,
-                 patience=8, random_state=0, n_threads=1):
+                 patience=8, random_state=0, n_threads=1, tempered_stopping=False):
         self.hidden = hidden
         self.dropout = dropout
         self.lr = lr
@@ -42,6 +44,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.random_state = random_state
         self.n_threads = n_threads
+        self.tempered_stopping = tempered_stopping
 
     def _module(self, dim: int, n_classes: int) -> "nn.Module":
         from torch import nn
@@ -115,7 +118,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self._start(X, np.unique(y))
-        module, loss_fn = self.module_, torch.nn.CrossEntropyLoss()
+        module = self.module_
         xt, yt = self._tensor(X), self._targets(y)
         if eval_set is not None:
             xv = self._tensor(validate_data(self, eval_set[0], dtype=np.float32, reset=False))
@@ -127,7 +130,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             if eval_set is None:
                 continue
             with torch.no_grad():
-                val = float(loss_fn(module(xv), yv))
+                val = self._val_loss(module(xv), yv)
             self.val_losses_.append(val)
             if val < best - 1e-4:
                 best, waited, self.best_epoch_ = val, 0, epoch
@@ -142,6 +145,14 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
             self.best_epoch_ = self.max_epochs
         self.optimizer_ = self.generator_ = None  # the saved model needs neither; partial_fit starts afresh
         return self
+
+    def _val_loss(self, logits: "torch.Tensor", yv: "torch.Tensor") -> float:
+        """Val log-loss of `logits`: at T = 1, or at the temperature fitted to them (`tempered_stopping`)."""
+        import torch
+        if not self.tempered_stopping:
+            return float(torch.nn.functional.cross_entropy(logits, yv))
+        z, y = logits.double().numpy(), yv.numpy()
+        return log_loss_at(z, y, fit_temperature(z, y))
 
     def __getstate__(self):
         state = dict(super().__getstate__())

@@ -87,6 +87,8 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
     """One warm-started run through consecutive grid points: (its best point, its curve rows)."""
     est = clone(estimator)
     early_stops = "eval_set" in inspect.signature(est.fit).parameters
+    if early_stops and temperature:  # each epoch scored at its own val temperature, as each grid point is
+        est.set_params(tempered_stopping=True)
     best, curve = None, []
     for point in grid:
         est.set_params(**point)
@@ -100,6 +102,8 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
         fixed = dict(point)
         if early_stops:
             row["epochs"] = int(est.best_epoch_)
+            if temperature:
+                row["early_stop"] = "tempered"
             row["val_epochs"] = len(est.val_losses_)  # the epoch checkpoints it scored on val to keep the best
             fixed["max_epochs"] = int(est.best_epoch_)
         curve.append(row)

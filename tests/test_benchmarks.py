@@ -809,6 +809,8 @@ def test_verdict_and_budgets_say_how_each_side_is_calibrated():
     refit = verdict(fake_report([mlp, fake_finetune("lp-ft", 0.5093, log_loss=0.0575, log_loss_raw=0.0612)]))
     assert ("(test log-loss 0.0554 at T = 1), its epoch early-stopped at T = 1, fitted with the train-only fit and "
             "kept for the refit on train + val;") in refit
+    stopped = replace(mlp, params={**mlp.params, "early_stop": "tempered"})  # classify now stops the mlp that way
+    assert "early-stopped" not in verdict(fake_report([stopped, fake_finetune("lp-ft", 0.5093, log_loss=0.0575)]))
     from benchmarks.report import _mixed_calibration
     mixed = _mixed_calibration(fake_report([tempered, replace(svm, head="logreg", model="m-logreg.skops")]).rows)
     assert mixed[0].startswith("1 of the 2 frozen models are at a val temperature (`classify --temperature`) and the "

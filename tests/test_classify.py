@@ -554,6 +554,29 @@ def test_mlp_early_stops_and_refits_with_fixed_epochs():
     assert fixed.best_epoch_ == m.best_epoch_ and fixed.score(X[va], y[va]) > 0.75
 
 
+
+def test_mlp_with_temperature_early_stops_on_each_epochs_tempered_val_loss():
+    """As the lp-ft fine-tune chooses its epoch: each epoch's val log-loss at the temperature fitted to that epoch's
+    val logits (never above its T = 1 loss); `sweep(temperature=True)` stops the mlp that way and its row says so."""
+    from classify.calibration import fit_temperature, log_loss_at
+    latent, y, splits = synthetic(8)
+    X = view(latent, 20, 9)
+    tr, va = splits == 0, splits == 1
+    raw = TorchMLP(max_epochs=12, patience=99).fit(X[tr], y[tr], eval_set=(X[va], y[va]))
+    tempered = TorchMLP(max_epochs=12, patience=99, tempered_stopping=True).fit(X[tr], y[tr], eval_set=(X[va], y[va]))
+    assert len(raw.val_losses_) == len(tempered.val_losses_) == 12
+    assert all(t <= r + 1e-6 for r, t in zip(raw.val_losses_, tempered.val_losses_, strict=True))
+    assert tempered.val_losses_[tempered.best_epoch_ - 1] == min(tempered.val_losses_)
+    logits = np.log(tempered.predict_proba(X[va]))
+    assert tempered.val_losses_[tempered.best_epoch_ - 1] == pytest.approx(
+        log_loss_at(logits, y[va], fit_temperature(logits, y[va])), abs=1e-5)
+    grid = [{"lr": 1e-3, "max_epochs": 12}]
+    plain = sweep(TorchMLP(), grid, X[tr], y[tr], X[va], y[va], 3)
+    calibrated = sweep(TorchMLP(), grid, X[tr], y[tr], X[va], y[va], 3, temperature=True)
+    assert "early_stop" not in plain.params and not plain.model.tempered_stopping
+    assert calibrated.params["early_stop"] == "tempered" and calibrated.model.estimator_.tempered_stopping
+    assert calibrated.model.estimator_.val_losses_ == tempered.val_losses_[:len(calibrated.model.estimator_.val_losses_)]
+
 def test_mlp_configurations_are_the_epochs_it_scored_on_val(tmp_path):
     """Each learning rate scores its epochs on val and keeps the best: every one is a configuration, as a fine-tune
     counts each (run, epoch) and the out-of-core MLP each (point, epoch)."""
