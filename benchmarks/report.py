@@ -462,9 +462,9 @@ def _frozen_calibration(m: ModelMetrics) -> str:
     none (`python -m classify --temperature`)."""
     tempered = _temperature_words(m.params.get("temperature"), m.log_loss_raw)
     if m.params.get("temperature") is not None:
-        stopped_raw = m.head == "mlp" and not m.out_of_core and m.params.get("early_stop") != "tempered"  # older
-        caveats = {", its epoch early-stopped at T = 1": stopped_raw,
-                   ", fitted for the point and epoch chosen at T = 1 (out of core)": m.out_of_core,
+        stopped_raw = m.params.get("early_stop") != "tempered"  # metrics of an older featbench
+        caveats = {", its epoch early-stopped at T = 1": stopped_raw and m.head == "mlp" and not m.out_of_core,
+                   ", fitted for the point and epoch chosen at T = 1 (out of core)": stopped_raw and m.out_of_core,
                    ", fitted with the train-only fit and kept for the refit on train + val": m.refit}
         tempered += "".join(words for words, applies in caveats.items() if applies)
     if m.head == "svm":

@@ -56,8 +56,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "with N-1 more seeds, and the test scores' mean ± std over the N are reported")
     p.add_argument("--temperature", action="store_true",
                    help="scale each model's probabilities by a temperature fitted on val, every grid point chosen "
-                        "at its own, as is each epoch the mlp early-stops on (as benchmarks' calibrated lp-ft "
-                        "fine-tune is; out of core the chosen point gets one): better log-loss, same predictions; "
+                        "at its own, as is each epoch the mlp early-stops on and each out-of-core (point, epoch) "
+                        "(as benchmarks' calibrated lp-ft fine-tune chooses its epoch): better log-loss, same "
+                        "predictions; "
                         "metrics add the log-loss at T = 1 (log_loss_raw)")
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="stream features from disk into incremental heads (logreg, mlp) when the stores' "

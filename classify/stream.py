@@ -22,13 +22,13 @@ import time
 import numpy as np
 from sklearn.base import clone
 from sklearn.linear_model import SGDClassifier
-from sklearn.metrics import accuracy_score, log_loss
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from classify.calibration import temper_columns, val_temperature
 from classify.metrics import proba
 from classify.mlp import TorchMLP
-from classify.select import quiet
+from classify.select import quiet, scores
 from features.reader import FeatureStore
 
 BLOCK_ROWS = 256  # contiguous rows read at once when shuffling; a chunk mixes chunk_rows // BLOCK_ROWS blocks
@@ -123,8 +123,9 @@ def predict(models: list, data: StreamedSplit, n_classes: int) -> tuple[list[np.
 
 
 def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: StreamedSplit,
-           scaler: StandardScaler, log=lambda msg: None) -> dict[str, dict]:
-    """Train every grid point of every head epoch by epoch; per head, the best (point, epoch) on val."""
+           scaler: StandardScaler, log=lambda msg: None, temperature: bool = False) -> dict[str, dict]:
+    """Train every grid point of every head epoch by epoch; per head, the best (point, epoch) on val (`temperature`:
+    each scored at the temperature fitted to its val probabilities, as `classify.select.sweep` scores a point)."""
     started = time.perf_counter()
     classes = np.arange(len(store.class_names))
     grids = {h: STREAM_HEADS[h](store.dim) for h in heads}
@@ -139,11 +140,14 @@ def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: Str
         probs, _ = predict([usable(m, scaler) for _, _, m in points], val, len(classes))
         gained = set()
         for (h, point, m), p in zip(points, probs):
-            loss, acc = float(log_loss(val.y, p, labels=classes)), float(accuracy_score(val.y, p.argmax(axis=1)))
+            t = val_temperature(p, val.y, m.classes_) if temperature else None
+            loss, acc = scores(p if t is None else temper_columns(p, m.classes_, t), val.y, len(classes))
             b = best[h]
-            b["sweep"].append({**point, "epochs": epoch, "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)})
+            b["sweep"].append({**point, "epochs": epoch, **({"temperature": round(t, 4)} if t is not None else {}),
+                               "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)})
             if loss < b["val_log_loss"] - MIN_GAIN:
-                b.update(point=point, epochs=epoch, val_log_loss=loss, val_accuracy=acc, model=copy.deepcopy(m))
+                b.update(point=point, epochs=epoch, val_log_loss=loss, val_accuracy=acc, model=copy.deepcopy(m),
+                         temperature=t)
                 gained.add(h)
         for h in active:
             best[h]["waited"] = 0 if h in gained else best[h]["waited"] + 1

@@ -600,9 +600,8 @@ def flagged_test_note(e: dict) -> str:
 
 def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: int, need: int,
                  out: Path | None = None, temperature: bool = False) -> list[ModelMetrics]:
-    """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5. With `temperature`, the
-    chosen (point, epoch)'s val probabilities fit it (points are chosen at T = 1: a temperature per point and epoch
-    would cost a pass over val each)."""
+    """`run` out of core: each store's incremental heads fed chunk by chunk from HDF5. With `temperature`, each
+    (point, epoch) is chosen at the temperature fitted to its val probabilities (`classify.stream.select`)."""
     gib = f"{need / 2**30:.1f} GiB of features > --max-memory {max_memory / 2**30:.2f} GiB"
     wanted = [h for h in heads if h in stream.STREAM_HEADS]
     if not wanted:
@@ -621,27 +620,25 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                 train, val, test = (stream.StreamedSplit(fs, getattr(store, s).rows, chunk, s)
                                     for s in ("train", "val", "test"))
                 scaler = stream.fit_scaler(train)
-                chosen = stream.select(wanted, fs, train, val, scaler, log)
+                chosen = stream.select(wanted, fs, train, val, scaler, log, temperature)
                 fitted = train  # what the saved models were fitted on
                 if refit:
                     fitted = stream.StreamedSplit(fs, np.concatenate([train.rows, val.rows]), chunk, "train+val")
                 k = len(store.class_names)
-                on_val = stream.predict([b["model"] for b in chosen.values()], val, k)[0] if temperature else []
                 candidates = []
-                for (head, best), p_val in zip(chosen.items(), on_val or [None] * len(chosen)):
+                for head, best in chosen.items():
+                    t = best["temperature"]
                     params = {**best["point"], "epochs": best["epochs"]}
-                    sel = Selection(best["model"], params, params, best["sweep"], best["val_log_loss"],
-                                    best["val_accuracy"], best["seconds"])
-                    if p_val is not None:
-                        t = val_temperature(p_val, store.val.y, sel.model.classes_)
-                        loss, acc = scores(temper_columns(p_val, sel.model.classes_, t), store.val.y, k)
-                        sel = replace(sel, model=Tempered.around(sel.model, t), params={**params, "temperature":
-                                      round(t, 4)}, val_log_loss=loss, val_accuracy=acc, temperature=t)
+                    fixed = params
+                    if t is not None:
+                        params = {**params, "temperature": round(t, 4), "early_stop": "tempered"}
+                    sel = Selection(best["model"] if t is None else Tempered.around(best["model"], t), params, fixed,
+                                    best["sweep"], best["val_log_loss"], best["val_accuracy"], best["seconds"], t)
                     c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=configurations(sel))
                     if refit:
                         started = time.perf_counter()
                         model = stream.refit(head, best, fs, fitted)
-                        c.chosen = replace(c.chosen, model=model if p_val is None else Tempered.around(model, t),
+                        c.chosen = replace(c.chosen, model=model if t is None else Tempered.around(model, t),
                                            seconds=c.chosen.seconds + time.perf_counter() - started)
                     candidates.append(c)
                 raws = [c.chosen.model.estimator_ for c in candidates] if temperature else []  # in the same pass

@@ -811,6 +811,11 @@ def test_verdict_and_budgets_say_how_each_side_is_calibrated():
             "kept for the refit on train + val;") in refit
     stopped = replace(mlp, params={**mlp.params, "early_stop": "tempered"})  # classify now stops the mlp that way
     assert "early-stopped" not in verdict(fake_report([stopped, fake_finetune("lp-ft", 0.5093, log_loss=0.0575)]))
+    lp_ft = fake_finetune("lp-ft", 0.5093, log_loss=0.0575)
+    streamed = replace(mlp, out_of_core=True)
+    assert ", fitted for the point and epoch chosen at T = 1 (out of core)" in verdict(fake_report([streamed, lp_ft]))
+    streamed = replace(streamed, params={**streamed.params, "early_stop": "tempered"})  # and out of core too
+    assert "chosen at T = 1" not in verdict(fake_report([streamed, lp_ft]))
     from benchmarks.report import _mixed_calibration
     mixed = _mixed_calibration(fake_report([tempered, replace(svm, head="logreg", model="m-logreg.skops")]).rows)
     assert mixed[0].startswith("1 of the 2 frozen models are at a val temperature (`classify --temperature`) and the "

@@ -84,15 +84,20 @@ def test_out_of_core_matches_in_memory_logreg(big):
     assert streamed.accuracy >= memory.accuracy - 0.02, (streamed.accuracy, memory.accuracy)
 
 
-def test_out_of_core_with_temperature_fits_it_on_the_chosen_models_val_probabilities(big, tmp_path):
-    """`--temperature` out of core: the chosen (point, epoch) is kept at a temperature fitted on val (refitted too),
-    the test scores are at it, log_loss_raw is the head's own, and the saved model predicts what was scored."""
+def test_out_of_core_with_temperature_chooses_each_point_and_epoch_at_its_own_val_temperature(big, tmp_path):
+    """`--temperature` out of core: every (point, epoch) is scored at the temperature fitted to its val probabilities,
+    as in memory; the lowest wins and is kept at its temperature (refitted too), the test scores are at it,
+    log_loss_raw is the head's own, and the saved model predicts what was scored."""
     from sklearn.metrics import log_loss
 
     from classify.calibration import Tempered
+    plain = run([big], ["logreg"], max_memory=1, out=tmp_path / "plain")[0]
     m = run([big], ["logreg"], refit=True, max_memory=1, out=tmp_path, temperature=True)[0]
-    best_raw = min(row["val_log_loss"] for row in m.sweep)
-    assert m.out_of_core and m.refit and m.val_log_loss <= best_raw + 1e-6 and m.log_loss_raw != m.log_loss
+    assert m.out_of_core and m.refit and m.log_loss_raw != m.log_loss and m.params["early_stop"] == "tempered"
+    assert all("temperature" in row for row in m.sweep) and not any("temperature" in row for row in plain.sweep)
+    assert m.val_log_loss == pytest.approx(min(row["val_log_loss"] for row in m.sweep), abs=1e-6)
+    for a, b in zip(plain.sweep, m.sweep):  # the same training, scored at each one's temperature
+        assert b["val_log_loss"] <= a["val_log_loss"] + 1e-6 and b["val_accuracy"] == a["val_accuracy"]
     model = load_model(tmp_path / "synth" / "models" / "alpha-logreg-refit.skops")["estimator"]
     assert isinstance(model, Tempered) and model.temperature == pytest.approx(m.params["temperature"], abs=1e-4)
     with FeatureStore(big) as fs:
