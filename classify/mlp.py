@@ -14,6 +14,7 @@ Torch runs on `n_threads` threads (default 1) while fitting and predicting: with
 small, a second thread costs more than it gives, several times more on a busy machine. Torch is
 imported only when a model is fitted, loaded or used: building or cloning the head does not load it.
 """
+import inspect
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -163,7 +164,7 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state):
-        state = dict(state)
+        state = {**_DEFAULTS, **state}  # a file of an older featbench lacks the newer hyper-parameters
         weights = state.pop("module_", None)
         super().__setstate__(state)
         if weights is None:
@@ -188,3 +189,6 @@ class TorchMLP(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         p = self.predict_proba(X)
         return self.classes_[np.argmax(p, axis=1)]
+
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(TorchMLP.__init__).parameters.items() if name != "self"}

@@ -29,7 +29,7 @@ from classify.metrics import proba
 class Selection:
     """The sweep's winner, fitted on train, and the curve that chose it."""
     model: object
-    params: dict  # chosen hyper-parameters, short names (plus `epochs` when early-stopped)
+    params: dict  # chosen hyper-parameters, short names (plus `epochs` when early-stopped; `temperature`, `early_stop`)
     fixed: dict  # full parameter names that rebuild the winner without a validation set
     sweep: list  # one row per grid point: its params, val_log_loss, val_accuracy (early-stopped: val_epochs)
     val_log_loss: float

@@ -8,8 +8,9 @@ paths are held in memory; embeddings are read a chunk at a time:
    within each chunk (stores are sorted by path, often by class), and feeds every chunk to every
    grid point of every head at once: SGD logistic regression (averaged, constant step 1/dim on
    standardised features) over `alpha`, the torch MLP over its learning rate;
-3. after each epoch, val is read once and every grid point scored; per head, the (grid point,
-   epoch) with the lowest validation log-loss wins, and a head stops training once none of its
+3. after each epoch, val is read once and every grid point scored (with `--temperature`, at the
+   temperature fitted to its val probabilities); per head, the (grid point, epoch) with the lowest
+   validation log-loss wins, and a head stops training once none of its
    grid points has improved that by MIN_GAIN for PATIENCE epochs, or at MAX_EPOCHS (with a warning on stderr
    when it was still improving: its model is under-trained);
 4. with refit, the winner's configuration is retrained on train+val for its number of epochs;

@@ -175,7 +175,8 @@ class ModelMetrics(_Json):
     top_losses: list  # {path, true, predicted, probability (of the prediction), p_true, loss}, worst first
     val_log_loss: float
     val_accuracy: float
-    params: dict  # chosen hyper-parameters (`avg`/`stack`: {store: {head, ...}}); `temperature`: fitted on val
+    params: dict  # chosen hyper-parameters (`avg`/`stack`: {store: {head, ...}}); `temperature`: fitted on val;
+    # `early_stop`: "tempered" when its epoch was chosen at each epoch's val temperature too
     sweep: list  # the validation curve: a row per grid point (fine-tunes: per run and epoch)
     members: dict  # {store: head} of `avg`/`stack`, else {}
     member_sweeps: dict | None = None  # `avg`/`stack`: {"STORE-HEAD": {seconds, configurations}} of every single

@@ -383,6 +383,20 @@ def test_saved_model_predicts_the_same_after_loading(name, tmp_path):
     np.testing.assert_array_equal(loaded["estimator"].predict_proba(X), fitted.predict_proba(X))
 
 
+def test_an_mlp_saved_before_a_hyper_parameter_existed_loads_with_its_default(tmp_path):
+    """A model file of an older featbench lacks the MLP's newer constructor arguments: once loaded, the head still
+    predicts, prints, gives its parameters and clones, with the default (`tempered_stopping` False)."""
+    latent, y, splits = synthetic(5, n=120)
+    X = view(latent, 24, 6)
+    old = Tempered.around(TorchMLP(max_epochs=3).fit(X, y), 0.7)
+    del old.estimator.tempered_stopping, old.estimator_.tempered_stopping
+    save_model(tmp_path / f"m{SUFFIX}", {**small_bundle(), "estimator": old})
+    loaded = load_model(tmp_path / f"m{SUFFIX}")["estimator"]
+    np.testing.assert_array_equal(loaded.predict_proba(X), old.predict_proba(X))
+    assert loaded.estimator_.get_params()["tempered_stopping"] is False and "TorchMLP" in repr(loaded)
+    assert clone(loaded).estimator.tempered_stopping is False
+
+
 class Payload:
     """Unpickling runs `exec` of code that writes `marker`: what a crafted model file can do."""
 
@@ -552,7 +566,6 @@ def test_mlp_early_stops_and_refits_with_fixed_epochs():
     assert m.val_losses_[m.best_epoch_ - 1] == min(m.val_losses_)
     fixed = TorchMLP(max_epochs=m.best_epoch_).fit(X[tr], y[tr])
     assert fixed.best_epoch_ == m.best_epoch_ and fixed.score(X[va], y[va]) > 0.75
-
 
 
 def test_mlp_with_temperature_early_stops_on_each_epochs_tempered_val_loss():
