@@ -6,7 +6,7 @@ softmax(log p / T) scales any head's probabilities as a fine-tune's softmax(logi
 predicted class never changes.
 """
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq
 from scipy.special import log_softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
@@ -28,19 +28,45 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     support a confidence of (n + 1)/(n + 2), no more: T is kept at or above the temperature fitted
     to labels smoothed that way, unless that one is above 1, where it would make the model less sure
     than it is and worse on val; the plain log-loss at the result is never above the one at T = 1."""
-    n, k = logits.shape
-    alpha = 1 / (n + 2)
-    target = np.full((n, k), alpha / max(k - 1, 1))
-    target[np.arange(n), y] = 1 - alpha
-    smoothed = _argmin_temperature(lambda t: float(-(target * log_softmax(logits / t, axis=1)).sum(1).mean()))
-    plain = _argmin_temperature(lambda t: log_loss_at(logits, y, t))
+    z = np.asarray(logits, np.float64)
+    n, k = z.shape
+    if k < 2:
+        return 1.0
+    on_label = z[np.arange(n), y].mean()
+    argmin = _minimiser(z)
+    plain = argmin(on_label)
+    if plain >= 1:  # the smoothed limit, capped at 1, cannot raise it
+        return plain
+    alpha = 1 / (n + 2)  # smoothed labels: 1 - alpha on the label, alpha / (k - 1) on each other class
+    smoothed = argmin((1 - alpha) * on_label + alpha / (k - 1) * (z.sum(1).mean() - on_label))
     return max(plain, min(smoothed, 1.0))
 
 
-def _argmin_temperature(loss) -> float:
-    """The temperature in [e^-5, e^5] that minimises `loss(T)` (searched on log T)."""
-    return float(np.exp(minimize_scalar(lambda t: loss(np.exp(t)), bounds=(-5.0, 5.0), method="bounded",
-                                        options={"xatol": 1e-4}).x))
+def _minimiser(z: np.ndarray):
+    """`argmin(target)`: the T in [e^-5, e^5] minimising mean(logsumexp(z / T)) - target / T, the cross-entropy of
+    softmax(z / T) against labels whose mean logit is `target` (the labels' own logits: the log-loss).
+
+    The loss is convex in β = 1/T, its slope mean(E_softmax(βz)[z]) - target increasing in β: its root, found
+    by bracketing on log β, is the minimum (a bound when the slope keeps its sign). Each evaluation exponentiates
+    in float32 (4 times faster than float64 here), into buffers made once, and sums in float64."""
+    top = z.max(axis=1, keepdims=True)
+    shifted = (z - top).astype(np.float32)  # ≤ 0, each row's largest 0: exp never overflows, a row sums to ≥ 1
+    e, weighted = np.empty_like(shifted), np.empty_like(shifted)
+
+    def mean_logit(log_beta: float) -> float:
+        np.exp(np.multiply(shifted, np.float32(np.exp(log_beta)), out=e), out=e)
+        np.multiply(e, shifted, out=weighted)
+        return float(top.mean() + (weighted.sum(1, dtype=np.float64) / e.sum(1, dtype=np.float64)).mean())
+
+    def argmin(target: float) -> float:
+        def slope(log_beta: float) -> float:
+            return mean_logit(log_beta) - target
+        if slope(-5.0) >= 0:
+            return float(np.exp(5.0))
+        if slope(5.0) <= 0:
+            return float(np.exp(-5.0))
+        return float(np.exp(-brentq(slope, -5.0, 5.0, xtol=1e-5)))
+    return argmin
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
