@@ -2,8 +2,11 @@
 a file; the output folders such writes go to, checked before any work; and the CSV text such writes hold."""
 import csv
 import glob
+import hashlib
 import io
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -13,14 +16,33 @@ UMASK = os.umask(0o022)  # read once, at import: reading it sets it, which other
 os.umask(UMASK)
 
 
-def atomic_write(path, write) -> Path:
-    """Call `write(tmp_path)` on a new file of its own, `NAME.XXXXXXXX.tmp` beside `path` (made, never followed
-    as a link, with the mode `open` gives), sync it, then rename it over `path`; returns `path`.
+def _machine() -> str:
+    """8 hex digits for this machine and process-id namespace (a container has its own): where a pid names one
+    process."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
-    A failure leaves `path` as it was and no temporary file behind; a kill may leave one (`remove_temporaries`)."""
+
+MACHINE = _machine()
+# NAME.MACHINE-PID.XXXXXXXX.tmp: the owner and mkstemp's 8 characters; before 2026-12-04 NAME.XXXXXXXX.tmp
+TEMPORARY = re.compile(r"(?:(?P<machine>[0-9a-f]{8})-(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
+
+
+def atomic_write(path, write, tidy: bool = True) -> Path:
+    """Call `write(tmp_path)` on a new file of its own, `NAME.MACHINE-PID.XXXXXXXX.tmp` beside `path` (made, never
+    followed as a link, with the mode `open` gives), sync it, then rename it over `path`; returns `path`.
+
+    A failure leaves `path` as it was and no temporary file behind; a kill may leave one, which the next
+    `atomic_write` of `path` on this machine removes (`remove_temporaries`), unless `tidy` is off: a journal
+    writing a new file per batch, which would list its growing folder each time and which is cleared whole."""
     path = check_file(path)
     make_folder(path.parent)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    if tidy:
+        remove_temporaries(path, everyone=False)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{MACHINE}-{os.getpid()}.", suffix=".tmp")
     tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
@@ -34,12 +56,28 @@ def atomic_write(path, write) -> Path:
     return path
 
 
-def remove_temporaries(path) -> None:
-    """Remove the temporary files a killed `atomic_write` of `path` left; only for a caller that holds the
-    lock of `path`, as another writer's file would go too."""
+def remove_temporaries(path, everyone: bool = True) -> None:
+    """Remove the temporary files killed `atomic_write`s of `path` left: every one (`everyone`: only for a caller
+    that holds the lock of `path`, as a live writer's file would go too), else those of processes of this machine
+    that have ended."""
     path = Path(path)
-    for tmp in path.parent.glob(glob.escape(path.name) + ".????????.tmp"):
-        tmp.unlink(missing_ok=True)
+    for tmp in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        owner = TEMPORARY.fullmatch(tmp.name[len(path.name) + 1:])
+        if owner and (everyone or (owner["machine"] == MACHINE and not _running(int(owner["pid"])))):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` of this machine may still run (where it cannot be asked, as on Windows: yes)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def _sync(path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Each finished batch becomes a part (an `.npy` of embeddings plus a JSON of its rows), written to a
 temporary name and renamed, so a kill at any moment leaves only whole parts behind. The store itself
-is written to a temporary `NAME.h5.XXXXXXXX.tmp` and renamed over `NAME.h5` once complete.
+is written to a temporary `NAME.h5.MACHINE-PID.XXXXXXXX.tmp` and renamed over `NAME.h5` once complete.
 
 Embeddings carry checksums: a CRC-32 per block of stored rows (`checksums`, whose `rows_per_block`
 attribute gives the block) and per journal part, so bytes changed after writing are found on reuse.
@@ -152,10 +152,10 @@ class Journal:
         def save(tmp):
             with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a path
                 np.save(fh, np.ascontiguousarray(embeddings))
-        npy = atomic_write(stem.with_suffix(".npy"), save)
+        npy = atomic_write(stem.with_suffix(".npy"), save, tidy=False)  # killed writers' files go with the journal
         meta = {"paths": list(paths), "stamps": list(stamps), "hashes": list(hashes), "reasons": list(reasons),
                 "crc": crc(embeddings), **({} if seconds is None else {"seconds": seconds})}
-        atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))  # the commit point
+        atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)), tidy=False)  # commit
         return npy
 
     def clear(self) -> None:

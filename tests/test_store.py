@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -253,15 +254,39 @@ def test_atomic_write_follows_no_link_at_a_temporary_name_and_writers_do_not_col
 
 
 def test_a_store_writer_removes_the_temporary_files_a_killed_one_left(tmp_path):
-    """A kill -9 mid-write leaves NAME.h5.XXXXXXXX.tmp behind; the next writer of that store, holding its lock,
-    removes it (a fixed name was written over instead), and leaves other files alone."""
+    """A kill -9 mid-write leaves NAME.h5.MACHINE-PID.XXXXXXXX.tmp (NAME.h5.XXXXXXXX.tmp before) behind; the next
+    writer of that store, holding its lock, removes every one, and leaves other files alone."""
     from features.writer import store_lock
-    left = [tmp_path / "s.h5.abcd_123.tmp", tmp_path / "s.h5.tmp", tmp_path / "s2.h5.abcd_123.tmp"]
+    left = [tmp_path / "s.h5.abcd_123.tmp", tmp_path / "s.h5.0123abcd-77.abcd_123.tmp", tmp_path / "s.h5.tmp",
+            tmp_path / "s2.h5.abcd_123.tmp", tmp_path / "s.h5.mine.tmp"]
     for p in left:
         p.write_text("half a store")
     with store_lock(tmp_path / "s.h5"):
         pass
-    assert [p.exists() for p in left] == [False, True, True]
+    assert [p.exists() for p in left] == [False, False, True, True, True]
+
+
+def test_any_writer_removes_the_temporary_file_a_killed_writer_of_that_file_left_on_this_machine(tmp_path):
+    """A writer killed mid-write (kill -9) leaves its temporary file; the next `atomic_write` of that file removes
+    it, and keeps those a live process, another machine or an older featbench (no owner in the name) may own."""
+    from features.atomic import MACHINE, atomic_write
+    target = tmp_path / "m.skops"
+    code = ("import sys, time; from features.atomic import atomic_write\n"
+            f"atomic_write({str(target)!r}, lambda tmp: (tmp.write_bytes(b'half'), print('writing', flush=True), "
+            "time.sleep(60)))")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()
+    child.wait()
+    killed = list(tmp_path.glob("m.skops.*.tmp"))
+    assert [p.name.split(".")[2] for p in killed] == [f"{MACHINE}-{child.pid}"]
+    kept = [tmp_path / f"m.skops.{MACHINE}-{os.getpid()}.abcd_123.tmp", tmp_path / "m.skops.0123abcd-1.abcd_123.tmp",
+            tmp_path / "m.skops.abcd_123.tmp"]
+    for p in kept:
+        p.write_text("someone's")
+    atomic_write(target, lambda tmp: tmp.write_text("whole"))
+    assert target.read_text() == "whole" and not killed[0].exists() and all(p.exists() for p in kept)
 
 
 def test_journal_folder_numbering_and_clearing(tmp_path):
