@@ -36,6 +36,12 @@ class Selection:
     val_accuracy: float
     seconds: float
     temperature: float | None = None  # fitted on val (`model` is `Tempered`); None: probabilities as the head gives
+    val_log_loss_raw: float | None = None  # at T = 1, when `temperature` is set
+
+    @property
+    def raw_log_loss(self) -> float:
+        """The val log-loss at T = 1."""
+        return self.val_log_loss if self.val_log_loss_raw is None else self.val_log_loss_raw
 
 
 @contextmanager
@@ -78,8 +84,27 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int, tempe
     runs = [list(r) for r in np.array_split(np.arange(len(grid)), min(len(grid), effective_n_jobs(None))) if len(r)]
     parts = Parallel()(delayed(_sweep_run)(estimator, [grid[i] for i in r], X, y, X_val, y_val, n_classes,
                                            temperature) for r in runs)
-    best = min((best for best, _ in parts), key=lambda b: b.val_log_loss)
+    best = parts[first_best([best for best, _ in parts])][0]
     return replace(best, sweep=[row for _, rows in parts for row in rows], seconds=time.perf_counter() - started)
+
+
+TIE = 1e-6  # val log-losses closer than this are equal: a temperature's tolerance, not a better model
+
+
+def better(candidate: Selection, best: Selection) -> bool:
+    """Whether `candidate` beats `best` on val: a lower log-loss, or on a tie (within TIE, as heads all right on val
+    are at their Laplace-limited temperatures) a lower raw log-loss (T = 1); else the earlier stays."""
+    gap = candidate.val_log_loss - best.val_log_loss
+    return gap < -TIE or (abs(gap) <= TIE and candidate.raw_log_loss < best.raw_log_loss)
+
+
+def first_best(selections: list[Selection]) -> int:
+    """The index of the best of `selections` by `better`: the earliest of those tied."""
+    best = 0
+    for i, sel in enumerate(selections):
+        if better(sel, selections[best]):
+            best = i
+    return best
 
 
 def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
@@ -97,8 +122,10 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
         p = proba(est, X_val, n_classes)
         t = val_temperature(p, y_val, est.classes_) if temperature else None
         loss, acc = scores(p if t is None else temper_columns(p, est.classes_, t), y_val, n_classes)
+        raw = loss if t is None else scores(p, y_val, n_classes)[0]
         row = {**short(point), **({"temperature": round(t, 4)} if t is not None else {}),
-               "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)}
+               "val_log_loss": round(loss, 6), **({"val_log_loss_raw": round(raw, 6)} if t is not None else {}),
+               "val_accuracy": round(acc, 6)}
         fixed = dict(point)
         if early_stops:
             row["epochs"] = int(est.best_epoch_)
@@ -107,10 +134,11 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
             row["val_epochs"] = len(est.val_losses_)  # the epoch checkpoints it scored on val to keep the best
             fixed["max_epochs"] = int(est.best_epoch_)
         curve.append(row)
-        if best is None or loss < best.val_log_loss:
+        scored = Selection(est, {}, fixed, [], loss, acc, 0.0, t, raw)
+        if best is None or better(scored, best):
             params = {k: v for k, v in row.items() if not k.startswith("val_")}
             model = copy.deepcopy(est) if t is None else Tempered.around(copy.deepcopy(est), t)
-            best = Selection(model, params, fixed, [], loss, acc, 0.0, t)
+            best = replace(scored, model=model, params=params)
     return best, curve
 
 

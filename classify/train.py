@@ -28,7 +28,7 @@ from classify.calibration import Tempered, temper_columns, val_temperature
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
-from classify.select import Selection, configurations, fit_fixed, score, scores, sweep
+from classify.select import Selection, configurations, first_best, fit_fixed, score, scores, sweep
 from extract.config import resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from extract.names import store_stem
@@ -240,8 +240,10 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
     if head == "concat":
         sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes, temperature)
         return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=configurations(sel))
-    best = {s.name: min(((h, selections[s.name, h]) for h in HEADS), key=lambda hs: hs[1].val_log_loss)
-            for s in stores}
+    heads, best = list(HEADS), {}
+    for s in stores:  # each store's best head on val (ties: `classify.select.better`)
+        h = heads[first_best([selections[s.name, h] for h in heads])]
+        best[s.name] = h, selections[s.name, h]
     members = {n: _member(HEADS[h].make().set_params(**sel.fixed), sel.temperature) for n, (h, sel) in best.items()}
     template = (ensembles.average if head == "avg" else ensembles.stack)(members, dims)
     started = time.perf_counter()

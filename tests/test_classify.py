@@ -295,6 +295,22 @@ def test_with_temperature_each_point_is_chosen_at_its_own_val_temperature():
     assert log_loss(y[va], tempered.model.predict_proba(X[va])) == pytest.approx(tempered.val_log_loss, abs=1e-6)
 
 
+def test_points_tied_at_their_val_temperatures_go_to_the_lower_raw_val_log_loss():
+    """Val all right and every image equally sure: kNN with k = 1 (vote share 0.75) and k = 3 (0.875) reach the same
+    confidence at their Laplace-limited temperatures, so their tempered val log-losses tie to within rounding. The
+    tie goes to the better model before calibration (k = 3 here), never to whichever float noise favours."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    y = np.repeat([0, 1], 30)
+    X = centres[y] + rng.normal(scale=0.01, size=(60, 3))
+    tr = np.arange(60) % 3 != 0
+    chosen = sweep(HEADS["knn"].make(), [{"n_neighbors": 1}, {"n_neighbors": 3}], X[tr], y[tr], X[~tr], y[~tr], 2,
+                   temperature=True)
+    first, second = chosen.sweep
+    assert first["val_log_loss"] == pytest.approx(second["val_log_loss"], abs=1e-8)
+    assert chosen.params["n_neighbors"] == 3 and chosen.sweep[1]["val_log_loss_raw"] < chosen.sweep[0]["val_log_loss_raw"]
+
+
 def test_a_class_without_images_does_not_bend_the_temperature():
     """A class listed in the store with no image (all skipped at extraction) is a zero column of every model's
     probabilities: the temperature is fitted over the classes the model knows, as `Tempered` applies it."""
