@@ -34,6 +34,7 @@ from classify.audit import leaking_pairs
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import BOOTSTRAP_RESAMPLES, discordant, interval, mask_bits, mcnemar_p, two_way_bootstrap
 from classify.models import SUFFIX
+from classify.select import TIE
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from extract.files import read_given
 from features.atomic import atomic_write, csv_text
@@ -162,12 +163,16 @@ class Collected:
     excluded: list = field(default_factory=list)  # models trained without the audit's flagged images (--exclude)
 
     def best(self, kind: str, backbone: str | None = None) -> dict | None:
-        """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (a
-        `-refit` model carries its twin's val scores) go to the model not refitted, then val accuracy, then name."""
+        """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (within
+        `classify.select.TIE` of the lowest: a `-refit` model carries its twin's val scores, heads all right on val
+        sit at one Laplace-limited confidence) go to the model not refitted, then val accuracy, then name."""
         rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None
                 and backbone in (None, r["backbone"])]
-        return min(rows, key=lambda r: (r["val_log_loss"], bool(r.get("refit")), -(r.get("val_accuracy") or 0),
-                                        r.get("model", ""))) if rows else None
+        if not rows:
+            return None
+        lowest = min(r["val_log_loss"] for r in rows)
+        return min((r for r in rows if r["val_log_loss"] <= lowest + TIE),
+                   key=lambda r: (bool(r.get("refit")), -(r.get("val_accuracy") or 0), r.get("model", "")))
 
     def metrics_of(self, row: dict) -> ModelMetrics:
         return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])
