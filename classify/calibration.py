@@ -27,10 +27,11 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     every prediction becomes certain, so one test error costs tens of nats. n images all right
     support a confidence of (n + 1)/(n + 2), no more: T is kept at or above the temperature fitted
     to labels smoothed that way, unless that one is above 1, where it would make the model less sure
-    than it is and worse on val; the plain log-loss at the result is never above the one at T = 1."""
+    than it is and worse on val; the plain log-loss at the result is never above the one at T = 1.
+    Logits that are not all finite (a diverged model) get 1."""
     z = np.asarray(logits, np.float64)
     n, k = z.shape
-    if k < 2:
+    if k < 2 or not np.isfinite(z).all():  # nothing to scale; or a diverged model's logits
         return 1.0
     on_label = z[np.arange(n), y].mean()
     argmin = _minimiser(z)

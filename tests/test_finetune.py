@@ -127,6 +127,9 @@ def test_temperature_is_the_minimum_a_dense_search_finds():
         smoothed = grid[np.argmin([-(target * log_softmax(logits / t, axis=1)).sum(1).mean() for t in grid])]
         expected = max(plain, min(smoothed, 1.0))
         assert fit_temperature(logits, y) == pytest.approx(expected, rel=3e-3), seed  # the grid's step: 0.25%
+    for bad in (np.nan, np.inf, -np.inf):  # a diverged epoch's logits: no temperature, no error
+        logits[0, 0] = bad
+        assert fit_temperature(logits, y) == 1.0
 
 
 def test_recipe_overrides_and_refusals():
