@@ -17,13 +17,14 @@ os.umask(UMASK)
 
 
 def _machine() -> str:
-    """8 hex digits for this machine and process-id namespace (a container has its own): where a pid names one
-    process."""
+    """8 hex digits for this machine, boot and process-id namespace (a container has its own): where a pid names
+    one process."""
     try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        namespace = ""
-    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
+        boot = namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{boot}/{namespace}".encode()).hexdigest()[:8]
 
 
 MACHINE = _machine()
@@ -63,8 +64,12 @@ def remove_temporaries(path, everyone: bool = True) -> None:
     path = Path(path)
     for tmp in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
         owner = TEMPORARY.fullmatch(tmp.name[len(path.name) + 1:])
-        if owner and (everyone or (owner["machine"] == MACHINE and not _running(int(owner["pid"])))):
-            tmp.unlink(missing_ok=True)
+        try:
+            if owner and (everyone or (owner["machine"] == MACHINE and not _running(int(owner["pid"])))):
+                tmp.unlink(missing_ok=True)
+        except (OSError, OverflowError):  # another user's file, a folder by that name, a pid no process can have
+            if everyone:
+                raise
 
 
 def _running(pid: int) -> bool:

@@ -285,7 +285,11 @@ def test_any_writer_removes_the_temporary_file_a_killed_writer_of_that_file_left
             tmp_path / "m.skops.abcd_123.tmp"]
     for p in kept:
         p.write_text("someone's")
-    atomic_write(target, lambda tmp: tmp.write_text("whole"))
+    strays = [tmp_path / f"m.skops.{MACHINE}-99999999999999999999.abcd_123.tmp",  # no process has that pid
+              tmp_path / f"m.skops.{MACHINE}-{child.pid}.folder_1.tmp"]  # a folder: cannot be unlinked
+    strays[0].write_text("?")
+    strays[1].mkdir()
+    atomic_write(target, lambda tmp: tmp.write_text("whole"))  # the tidying is best effort: the write goes on
     assert target.read_text() == "whole" and not killed[0].exists() and all(p.exists() for p in kept)
 
 
