@@ -49,7 +49,7 @@ from benchmarks.splits import SplitImages, same_split
 from classify.calibration import fit_temperature, log_loss_at, softmax
 from classify.heads import HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds
-from classify.select import sweep
+from classify.select import first_best, near_best, sweep
 from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, dataset_flags, resolve
 from extract.device import autocast, default_workers, pick_device, uses_amp
@@ -300,7 +300,7 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
     scaler = torch.amp.GradScaler("cuda", enabled=dev.amp)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     y_val = data.labels["val"]
-    curve, best, state, images_seen, step = [], None, None, 0, 0
+    curve, kept, images_seen, step = [], [], 0, 0  # kept: (row, weights) of the epochs `first_best` may choose
     started = time.perf_counter()
     for epoch in range(epochs + 1):  # epoch 0 scores the starting point (the probe's head)
         total, count = 0.0, 0
@@ -334,9 +334,17 @@ def train_run(model: Finetuned, start: dict, data: SplitImages, pre, recipe: Rec
         log(f"lr {lr:g} seed {seed} epoch {epoch}/{epochs}: train loss {row.train_loss or 0:.4f}, val log-loss "
             f"{row.val_log_loss:.4f} (T {temperature:.2f}; raw {row.val_log_loss_raw:.4f}), val acc "
             f"{row.val_accuracy:.4f} ({row.seconds:.0f}s)")
-        if best is None or row.val_log_loss < best.val_log_loss:
-            best, state = row, copy.deepcopy(scored.state_dict())
+        near = near_best([_scores(r) for r, _ in kept] + [_scores(row)])
+        if len(kept) in near:
+            kept.append((row, copy.deepcopy(scored.state_dict())))
+            kept = [kept[i] for i in near]
+    best, state = kept[first_best([_scores(r) for r, _ in kept])]
     return Run(lr, seed, curve, best, state, images_seen, time.perf_counter() - started)
+
+
+def _scores(row: Epoch) -> tuple[float, float]:
+    """An epoch's (val log-loss, at T = 1), as `classify.select.first_best` compares frozen heads' points."""
+    return row.val_log_loss, row.val_log_loss_raw
 
 
 def model_name(store_stem: str, mode: str, recipe: str | None = None) -> str:
@@ -462,7 +470,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     def train(lr: float, seed: int) -> Run:
         return train_run(model, start, data, backbone.preprocess, recipe, lr, seed, epochs, per_epoch, dev, log)
     runs = [train(lr, train_seed) for lr in recipe.lrs]
-    chosen = min(runs, key=lambda r: r.best.val_log_loss)
+    chosen = runs[first_best([_scores(r.best) for r in runs])]
     fit_seconds = time.perf_counter() - started
 
     test = _loader(_Images(data, "test", backbone.preprocess), dev)
@@ -490,6 +498,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         n_train=n_train, n_val=len(data.paths["val"]), n_test=int(seen.sum()), **scores,
         log_loss_raw=float(log_loss(y_test, softmax(logits[seen]), labels=range(len(data.class_names)))),
         val_log_loss=chosen.best.val_log_loss, val_accuracy=chosen.best.val_accuracy,
+        val_log_loss_raw=chosen.best.val_log_loss_raw if recipe.calibrate else None,
         params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
                 "lr": chosen.lr, "best_epoch": chosen.best.epoch, "temperature": chosen.best.temperature,
                 **({"probe_C": probe.C} if probe else {})},

@@ -44,7 +44,8 @@ from features.records import ModelMetrics, StoreMeta
 from features.schema import check_dataset_name
 
 HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
-SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_accuracy", "fit_seconds",
+SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_log_loss_raw", "val_accuracy",
+           "fit_seconds",
            "predict_seconds", "n_train", "n_val", "n_test", "refit", "configurations", "split_fingerprint")
 SEED_KEYS = ("accuracy_mean", "accuracy_std", "log_loss_mean", "log_loss_std")
 EXCLUDE_KEYS = ("trained_without_flagged", "train_removed", "test_flagged", "n_test_not_flagged",
@@ -165,14 +166,16 @@ class Collected:
     def best(self, kind: str, backbone: str | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (within
         `classify.select.TIE` of the lowest: a `-refit` model carries its twin's val scores, heads all right on val
-        sit at one Laplace-limited confidence) go to the model not refitted, then val accuracy, then name."""
+        sit at one Laplace-limited confidence) go to the model not refitted, then the lower raw val log-loss (T = 1;
+        `classify.select.first_best`), then val accuracy, then name."""
         rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None
                 and backbone in (None, r["backbone"])]
         if not rows:
             return None
         lowest = min(r["val_log_loss"] for r in rows)
         return min((r for r in rows if r["val_log_loss"] <= lowest + TIE),
-                   key=lambda r: (bool(r.get("refit")), -(r.get("val_accuracy") or 0), r.get("model", "")))
+                   key=lambda r: (bool(r.get("refit")), r.get("val_log_loss_raw") or r["val_log_loss"],
+                                  -(r.get("val_accuracy") or 0), r.get("model", "")))
 
     def metrics_of(self, row: dict) -> ModelMetrics:
         return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])

@@ -39,9 +39,9 @@ class Selection:
     val_log_loss_raw: float | None = None  # at T = 1, when `temperature` is set
 
     @property
-    def raw_log_loss(self) -> float:
-        """The val log-loss at T = 1."""
-        return self.val_log_loss if self.val_log_loss_raw is None else self.val_log_loss_raw
+    def scores(self) -> tuple[float, float]:
+        """(val log-loss, val log-loss at T = 1): what `first_best` chooses by."""
+        return self.val_log_loss, self.val_log_loss if self.val_log_loss_raw is None else self.val_log_loss_raw
 
 
 @contextmanager
@@ -84,37 +84,38 @@ def sweep(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int, tempe
     runs = [list(r) for r in np.array_split(np.arange(len(grid)), min(len(grid), effective_n_jobs(None))) if len(r)]
     parts = Parallel()(delayed(_sweep_run)(estimator, [grid[i] for i in r], X, y, X_val, y_val, n_classes,
                                            temperature) for r in runs)
-    best = parts[first_best([best for best, _ in parts])][0]
+    candidates = [c for kept, _ in parts for c in kept]
+    best = candidates[first_best([c.scores for c in candidates])]
     return replace(best, sweep=[row for _, rows in parts for row in rows], seconds=time.perf_counter() - started)
 
 
-TIE = 1e-6  # val log-losses closer than this are equal: a temperature's tolerance, not a better model
+TIE = 1e-5  # val log-losses closer than this are equal: a fitted temperature's tolerance, not a better model
 
 
-def better(candidate: Selection, best: Selection) -> bool:
-    """Whether `candidate` beats `best` on val: a lower log-loss, or on a tie (within TIE, as heads all right on val
-    are at their Laplace-limited temperatures) a lower raw log-loss (T = 1); else the earlier stays."""
-    gap = candidate.val_log_loss - best.val_log_loss
-    return gap < -TIE or (abs(gap) <= TIE and candidate.raw_log_loss < best.raw_log_loss)
+def first_best(scores: list[tuple[float, float]]) -> int:
+    """The index of the best (val log-loss, val log-loss at T = 1) of `scores`: of those within TIE of the lowest
+    log-loss (`near_best`; a tie: heads all right on val sit at one Laplace-limited confidence at their
+    temperatures), the lowest raw one; the earliest of equals. Without temperatures (raw = log-loss) that is the
+    lowest log-loss, the earliest on an exact tie."""
+    return min(near_best(scores), key=lambda i: (scores[i][1], i))
 
 
-def first_best(selections: list[Selection]) -> int:
-    """The index of the best of `selections` by `better`: the earliest of those tied."""
-    best = 0
-    for i, sel in enumerate(selections):
-        if better(sel, selections[best]):
-            best = i
-    return best
+def near_best(scores: list[tuple[float, float]]) -> list[int]:
+    """The indices of the (val log-loss, raw) `scores` within TIE of the lowest log-loss (NaN, a diverged model's,
+    the worst): those `first_best` may choose."""
+    ranks = [loss if np.isfinite(loss) else np.inf for loss, _ in scores]
+    return [i for i, rank in enumerate(ranks) if rank <= min(ranks) + TIE]
 
 
 def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
-               temperature: bool) -> tuple[Selection, list[dict]]:
-    """One warm-started run through consecutive grid points: (its best point, its curve rows)."""
+               temperature: bool) -> tuple[list[Selection], list[dict]]:
+    """One warm-started run through consecutive grid points: (its points within TIE of its lowest val log-loss, which
+    `first_best` chooses from, in grid order; its curve rows)."""
     est = clone(estimator)
     early_stops = "eval_set" in inspect.signature(est.fit).parameters
     if early_stops and temperature:  # each epoch scored at its own val temperature, as each grid point is
         est.set_params(tempered_stopping=True)
-    best, curve = None, []
+    kept, curve = [], []
     for point in grid:
         est.set_params(**point)
         with quiet():
@@ -134,12 +135,13 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
             row["val_epochs"] = len(est.val_losses_)  # the epoch checkpoints it scored on val to keep the best
             fixed["max_epochs"] = int(est.best_epoch_)
         curve.append(row)
-        scored = Selection(est, {}, fixed, [], loss, acc, 0.0, t, raw)
-        if best is None or better(scored, best):
+        near = near_best([sel.scores for sel in kept] + [(loss, raw)])
+        if len(kept) in near:  # it may be chosen: keep a copy
             params = {k: v for k, v in row.items() if not k.startswith("val_")}
             model = copy.deepcopy(est) if t is None else Tempered.around(copy.deepcopy(est), t)
-            best = replace(scored, model=model, params=params)
-    return best, curve
+            kept.append(Selection(model, params, fixed, [], loss, acc, 0.0, t, raw))
+            kept = [kept[i] for i in near]
+    return kept, curve
 
 
 def configurations(sel: Selection) -> int:

@@ -241,8 +241,8 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
         sel = sweep(ensembles.concat(dims), HEADS["logreg"].grid(len(y)), X, y, Xv, yv, n_classes, temperature)
         return Candidate(name, head, stores, ensembles.concat(dims), sel, configurations=configurations(sel))
     heads, best = list(HEADS), {}
-    for s in stores:  # each store's best head on val (ties: `classify.select.better`)
-        h = heads[first_best([selections[s.name, h] for h in heads])]
+    for s in stores:  # each store's best head on val (ties: `classify.select.first_best`)
+        h = heads[first_best([selections[s.name, h].scores for h in heads])]
         best[s.name] = h, selections[s.name, h]
     members = {n: _member(HEADS[h].make().set_params(**sel.fixed), sel.temperature) for n, (h, sel) in best.items()}
     template = (ensembles.average if head == "avg" else ensembles.stack)(members, dims)
@@ -250,6 +250,7 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
     model = fit_fixed(template, {}, X, y)
     p = proba(model, Xv, n_classes)
     t = val_temperature(p, yv, model.classes_) if temperature else None
+    raw = scores(p, yv, n_classes)[0]
     if t is not None:
         model, p = Tempered.around(model, t), temper_columns(p, model.classes_, t)
     loss, acc = scores(p, yv, n_classes)
@@ -257,7 +258,7 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
     seconds = time.perf_counter() - started + sum(sel.seconds for sel in sweeps.values())
     params = {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}
     chosen = Selection(model, {**params, **({"temperature": round(t, 4)} if t is not None else {})}, {}, [], loss,
-                       acc, seconds, t)
+                       acc, seconds, t, raw)
     included = {k: {"seconds": round(sel.seconds, 3), "configurations": configurations(sel)}
                 for k, sel in sweeps.items()}
     return Candidate(name, head, stores, template, chosen, members={n: h for n, (h, _) in best.items()},
@@ -434,6 +435,7 @@ def report(c: Candidate, p: np.ndarray, predict_seconds: float, n_train: int, re
                         classes=store.class_names, n_train=n_train, n_val=len(store.val), n_test=len(y),
                         **evaluate(y, p, store.test.paths, store.class_names),
                         val_log_loss=c.chosen.val_log_loss, val_accuracy=c.chosen.val_accuracy,
+                        val_log_loss_raw=c.chosen.val_log_loss_raw if c.chosen.temperature is not None else None,
                         params=c.chosen.params, sweep=c.chosen.sweep, members=c.members, member_sweeps=c.member_sweeps,
                         configurations=c.configurations, fit_seconds=round(c.chosen.seconds, 3),
                         predict_seconds=round(predict_seconds, 4),

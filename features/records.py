@@ -175,6 +175,7 @@ class ModelMetrics(_Json):
     top_losses: list  # {path, true, predicted, probability (of the prediction), p_true, loss}, worst first
     val_log_loss: float
     val_accuracy: float
+    val_log_loss_raw: float | None = None  # at a val temperature: the val log-loss at T = 1 (a tie's tie-break)
     params: dict  # chosen hyper-parameters (`avg`/`stack`: {store: {head, ...}}); `temperature`: fitted on val;
     # `early_stop`: "tempered" when its epoch was chosen at each epoch's val temperature too
     sweep: list  # the validation curve: a row per grid point (fine-tunes: per run and epoch)

@@ -863,15 +863,19 @@ def test_best_breaks_a_val_tie_without_looking_at_test():
         rows = [dict(row, model="b-logreg", accuracy=0.9), dict(row, model="b-logreg-refit", refit=True,
                                                                  accuracy=better)]
         assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "b-logreg"
-    # two kNNs all right on val at their Laplace-limited temperatures: equal but for the temperature fit's tolerance
-    rows = [dict(row, head="knn", model="b-knn", val_log_loss=0.00956945, val_accuracy=1.0),
-            dict(row, backbone="a", head="knn", model="a-knn", val_log_loss=0.00956937, val_accuracy=1.0),
-            dict(row, backbone="c", model="c-logreg", val_log_loss=0.0095698, val_accuracy=1.0)]
+    # heads all right on val at their Laplace-limited temperatures: equal but for the temperature fit's tolerance;
+    # the tie goes to the lower raw val log-loss, as classify chooses, never to the noise
+    rows = [dict(row, head="knn", model="b-knn", val_log_loss=0.00956937, val_log_loss_raw=0.288, val_accuracy=1.0),
+            dict(row, backbone="a", head="knn", model="a-knn", val_log_loss=0.00956945, val_log_loss_raw=0.134,
+                 val_accuracy=1.0),
+            dict(row, backbone="c", model="c-logreg", val_log_loss=0.0095698, val_log_loss_raw=0.2, val_accuracy=1.0),
+            dict(row, backbone="d", model="d-logreg", val_log_loss=0.0096, val_log_loss_raw=0.01, val_accuracy=1.0)]
     assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "a-knn"
-    rows[1]["val_log_loss"] = 0.0095696  # a noise below b's once was enough; within 1e-6 it is a tie: by name
-    assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "a-knn"
-    rows[1]["val_log_loss"], rows[0]["val_log_loss"] = 0.00956945, 0.00956937
-    assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "a-knn"
+    rows[0]["val_log_loss_raw"] = 0.1
+    assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "b-knn"
+    for r in rows:  # no temperature (or metrics from before the raw one was kept): the lowest log-loss
+        r.pop("val_log_loss_raw")
+    assert Collected(metrics=[], rows=rows, published=[], metas={}).best("frozen")["model"] == "b-knn"
 
 
 def test_frozen_budget_says_how_the_stores_read_their_images():

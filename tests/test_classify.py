@@ -309,6 +309,11 @@ def test_points_tied_at_their_val_temperatures_go_to_the_lower_raw_val_log_loss(
     first, second = chosen.sweep
     assert first["val_log_loss"] == pytest.approx(second["val_log_loss"], abs=1e-8)
     assert chosen.params["n_neighbors"] == 3 and chosen.sweep[1]["val_log_loss_raw"] < chosen.sweep[0]["val_log_loss_raw"]
+    from classify.select import TIE, first_best
+    a, b, c = ((1.0 + i * 0.8 * TIE, raw) for i, raw in enumerate((5, 4, 3)))
+    nan = (float("nan"), float("nan"))
+    assert first_best([a, b, c]) == 1 and first_best([b, c, a]) == 0  # b: within TIE of the lowest, c is not
+    assert first_best([nan, c]) == 1 and first_best([a, nan]) == 0  # a diverged model never wins
 
 
 def test_a_class_without_images_does_not_bend_the_temperature():
