@@ -45,8 +45,8 @@ from features.schema import check_dataset_name
 
 HEAD_ORDER = [*HEADS, *ENSEMBLES, *(f"finetune-{m}" for m in MODES)]
 SCALARS = ("accuracy", "balanced_accuracy", "log_loss", "ece", "val_log_loss", "val_log_loss_raw", "val_accuracy",
-           "fit_seconds",
-           "predict_seconds", "n_train", "n_val", "n_test", "refit", "configurations", "split_fingerprint")
+           "fit_seconds", "predict_seconds", "n_train", "n_val", "n_test", "refit", "configurations",
+           "split_fingerprint")
 SEED_KEYS = ("accuracy_mean", "accuracy_std", "log_loss_mean", "log_loss_std")
 EXCLUDE_KEYS = ("trained_without_flagged", "train_removed", "test_flagged", "n_test_not_flagged",
                 "accuracy_not_flagged", "log_loss_not_flagged")  # `--exclude`: the record's numbers, flat

@@ -58,8 +58,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="scale each model's probabilities by a temperature fitted on val, every grid point chosen "
                         "at its own, as is each epoch the mlp early-stops on and each out-of-core (point, epoch) "
                         "(as benchmarks' calibrated lp-ft fine-tune chooses its epoch): better log-loss, same "
-                        "predictions; "
-                        "metrics add the log-loss at T = 1 (log_loss_raw)")
+                        "predictions; metrics add the log-loss at T = 1 (log_loss_raw)")
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="stream features from disk into incremental heads (logreg, mlp) when the stores' "
                         "float32 features exceed this, e.g. 8G or 512M (default: an eighth of RAM)")

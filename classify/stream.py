@@ -143,12 +143,15 @@ def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: Str
         for (h, point, m), p in zip(points, probs):
             t = val_temperature(p, val.y, m.classes_) if temperature else None
             loss, acc = scores(p if t is None else temper_columns(p, m.classes_, t), val.y, len(classes))
+            raw = None if t is None else scores(p, val.y, len(classes))[0]
             b = best[h]
             b["sweep"].append({**point, "epochs": epoch, **({"temperature": round(t, 4)} if t is not None else {}),
-                               "val_log_loss": round(loss, 6), "val_accuracy": round(acc, 6)})
+                               "val_log_loss": round(loss, 6),
+                               **({"val_log_loss_raw": round(raw, 6)} if t is not None else {}),
+                               "val_accuracy": round(acc, 6)})
             if loss < b["val_log_loss"] - MIN_GAIN:
                 b.update(point=point, epochs=epoch, val_log_loss=loss, val_accuracy=acc, model=copy.deepcopy(m),
-                         temperature=t)
+                         temperature=t, val_log_loss_raw=raw)
                 gained.add(h)
         for h in active:
             best[h]["waited"] = 0 if h in gained else best[h]["waited"] + 1

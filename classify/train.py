@@ -637,7 +637,8 @@ def run_streamed(paths: list, heads: list[str], refit: bool, log, max_memory: in
                     if t is not None:
                         params = {**params, "temperature": round(t, 4), "early_stop": "tempered"}
                     sel = Selection(best["model"] if t is None else Tempered.around(best["model"], t), params, fixed,
-                                    best["sweep"], best["val_log_loss"], best["val_accuracy"], best["seconds"], t)
+                                    best["sweep"], best["val_log_loss"], best["val_accuracy"], best["seconds"], t,
+                                    best["val_log_loss_raw"])
                     c = Candidate(f"{store.name}-{head}", head, [store], None, sel, configurations=configurations(sel))
                     if refit:
                         started = time.perf_counter()

@@ -96,6 +96,8 @@ def test_out_of_core_with_temperature_chooses_each_point_and_epoch_at_its_own_va
     assert m.out_of_core and m.refit and m.log_loss_raw != m.log_loss and m.params["early_stop"] == "tempered"
     assert all("temperature" in row for row in m.sweep) and not any("temperature" in row for row in plain.sweep)
     assert m.val_log_loss == pytest.approx(min(row["val_log_loss"] for row in m.sweep), abs=1e-6)
+    assert m.val_log_loss_raw == pytest.approx(next(r["val_log_loss_raw"] for r in m.sweep
+                                                    if r["val_log_loss"] == round(m.val_log_loss, 6)), abs=1e-6)
     for a, b in zip(plain.sweep, m.sweep):  # the same training, scored at each one's temperature
         assert b["val_log_loss"] <= a["val_log_loss"] + 1e-6 and b["val_accuracy"] == a["val_accuracy"]
     model = load_model(tmp_path / "synth" / "models" / "alpha-logreg-refit.skops")["estimator"]
