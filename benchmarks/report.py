@@ -34,7 +34,7 @@ from classify.audit import leaking_pairs
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import BOOTSTRAP_RESAMPLES, discordant, interval, mask_bits, mcnemar_p, two_way_bootstrap
 from classify.models import SUFFIX
-from classify.select import TIE
+from classify.select import near_best
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from extract.files import read_given
 from features.atomic import atomic_write, csv_text
@@ -172,10 +172,11 @@ class Collected:
                 and backbone in (None, r["backbone"])]
         if not rows:
             return None
-        lowest = min(r["val_log_loss"] for r in rows)
-        return min((r for r in rows if r["val_log_loss"] <= lowest + TIE),
-                   key=lambda r: (bool(r.get("refit")), r.get("val_log_loss_raw") or r["val_log_loss"],
-                                  -(r.get("val_accuracy") or 0), r.get("model", "")))
+        raw = [r.get("val_log_loss_raw") or r["val_log_loss"] for r in rows]
+        best = min(near_best([(r["val_log_loss"], x) for r, x in zip(rows, raw)]),
+                   key=lambda i: (bool(rows[i].get("refit")), raw[i], -(rows[i].get("val_accuracy") or 0),
+                                  rows[i].get("model", "")))
+        return rows[best]
 
     def metrics_of(self, row: dict) -> ModelMetrics:
         return next(m for m in self.metrics if m.model.rsplit(".", 1)[0] == row["model"])

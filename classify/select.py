@@ -107,6 +107,20 @@ def near_best(scores: list[tuple[float, float]]) -> list[int]:
     return [i for i, rank in enumerate(ranks) if rank <= min(ranks) + TIE]
 
 
+def val_scores(model, p: np.ndarray, y, n_classes: int, temperature: bool) -> tuple:
+    """(t, log-loss, accuracy, raw) of `model`'s val probabilities `p` on labels `y`: with `temperature`, t fitted to
+    them (`val_temperature`) and the scores at it, raw the log-loss at T = 1; else t and raw None."""
+    t = val_temperature(p, y, model.classes_) if temperature else None
+    loss, acc = scores(p if t is None else temper_columns(p, model.classes_, t), y, n_classes)
+    return t, loss, acc, None if t is None else scores(p, y, n_classes)[0]
+
+
+def score_fields(t: float | None, loss: float, raw: float | None, acc: float) -> dict:
+    """A sweep row's val scores (`val_scores`), rounded, the temperature and raw log-loss only when fitted."""
+    return {**({"temperature": round(t, 4)} if t is not None else {}), "val_log_loss": round(loss, 6),
+            **({"val_log_loss_raw": round(raw, 6)} if raw is not None else {}), "val_accuracy": round(acc, 6)}
+
+
 def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
                temperature: bool) -> tuple[list[Selection], list[dict]]:
     """One warm-started run through consecutive grid points: (its points within TIE of its lowest val log-loss, which
@@ -121,12 +135,8 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
         with quiet():
             est.fit(X, y, **({"eval_set": (X_val, y_val)} if early_stops else {}))
         p = proba(est, X_val, n_classes)
-        t = val_temperature(p, y_val, est.classes_) if temperature else None
-        loss, acc = scores(p if t is None else temper_columns(p, est.classes_, t), y_val, n_classes)
-        raw = loss if t is None else scores(p, y_val, n_classes)[0]
-        row = {**short(point), **({"temperature": round(t, 4)} if t is not None else {}),
-               "val_log_loss": round(loss, 6), **({"val_log_loss_raw": round(raw, 6)} if t is not None else {}),
-               "val_accuracy": round(acc, 6)}
+        t, loss, acc, raw = val_scores(est, p, y_val, n_classes, temperature)
+        row = {**short(point), **score_fields(t, loss, raw, acc)}
         fixed = dict(point)
         if early_stops:
             row["epochs"] = int(est.best_epoch_)
@@ -135,7 +145,7 @@ def _sweep_run(estimator, grid: list[dict], X, y, X_val, y_val, n_classes: int,
             row["val_epochs"] = len(est.val_losses_)  # the epoch checkpoints it scored on val to keep the best
             fixed["max_epochs"] = int(est.best_epoch_)
         curve.append(row)
-        near = near_best([sel.scores for sel in kept] + [(loss, raw)])
+        near = near_best([sel.scores for sel in kept] + [(loss, loss if raw is None else raw)])
         if len(kept) in near:  # it may be chosen: keep a copy
             params = {k: v for k, v in row.items() if not k.startswith("val_")}
             model = copy.deepcopy(est) if t is None else Tempered.around(copy.deepcopy(est), t)

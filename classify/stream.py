@@ -26,10 +26,9 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from classify.calibration import temper_columns, val_temperature
 from classify.metrics import proba
 from classify.mlp import TorchMLP
-from classify.select import quiet, scores
+from classify.select import quiet, score_fields, val_scores
 from features.reader import FeatureStore
 
 BLOCK_ROWS = 256  # contiguous rows read at once when shuffling; a chunk mixes chunk_rows // BLOCK_ROWS blocks
@@ -141,14 +140,9 @@ def select(heads: list[str], store: FeatureStore, train: StreamedSplit, val: Str
         probs, _ = predict([usable(m, scaler) for _, _, m in points], val, len(classes))
         gained = set()
         for (h, point, m), p in zip(points, probs):
-            t = val_temperature(p, val.y, m.classes_) if temperature else None
-            loss, acc = scores(p if t is None else temper_columns(p, m.classes_, t), val.y, len(classes))
-            raw = None if t is None else scores(p, val.y, len(classes))[0]
+            t, loss, acc, raw = val_scores(m, p, val.y, len(classes), temperature)
             b = best[h]
-            b["sweep"].append({**point, "epochs": epoch, **({"temperature": round(t, 4)} if t is not None else {}),
-                               "val_log_loss": round(loss, 6),
-                               **({"val_log_loss_raw": round(raw, 6)} if t is not None else {}),
-                               "val_accuracy": round(acc, 6)})
+            b["sweep"].append({**point, "epochs": epoch, **score_fields(t, loss, raw, acc)})
             if loss < b["val_log_loss"] - MIN_GAIN:
                 b.update(point=point, epochs=epoch, val_log_loss=loss, val_accuracy=acc, model=copy.deepcopy(m),
                          temperature=t, val_log_loss_raw=raw)

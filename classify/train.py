@@ -24,11 +24,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from classify import ensembles, stream
-from classify.calibration import Tempered, temper_columns, val_temperature
+from classify.calibration import Tempered
 from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
-from classify.select import Selection, configurations, first_best, fit_fixed, score, scores, sweep
+from classify.select import Selection, configurations, first_best, fit_fixed, score, scores, sweep, val_scores
 from extract.config import resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from extract.names import store_stem
@@ -249,11 +249,9 @@ def _ensemble(head: str, stores: list[Store], selections: dict, n_classes: int, 
     started = time.perf_counter()
     model = fit_fixed(template, {}, X, y)
     p = proba(model, Xv, n_classes)
-    t = val_temperature(p, yv, model.classes_) if temperature else None
-    raw = scores(p, yv, n_classes)[0]
+    t, loss, acc, raw = val_scores(model, p, yv, n_classes, temperature)
     if t is not None:
-        model, p = Tempered.around(model, t), temper_columns(p, model.classes_, t)
-    loss, acc = scores(p, yv, n_classes)
+        model = Tempered.around(model, t)
     sweeps = {f"{s.name}-{h}": selections[s.name, h] for s in stores for h in HEADS}  # as `_single` names them
     seconds = time.perf_counter() - started + sum(sel.seconds for sel in sweeps.values())
     params = {n: {"head": h, **sel.params} for n, (h, sel) in best.items()}
