@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +230,8 @@ def subset_split(data: SplitImages, train_paths: list) -> SplitImages:
     labels = {**data.labels, "train": data.labels["train"][rows]}
     listing = [(q, y, code) for code, split in enumerate(SPLITS) for q, y in zip(paths[split], labels[split])]
     fingerprint = split_fingerprint(*zip(*listing))
-    return SplitImages(data.root, data.dataset, data.class_names, paths, labels, fingerprint,
-                       f"{data.source}, train cut to {len(rows)} images")
+    return replace(data, paths=paths, labels=labels, fingerprint=fingerprint,
+                   source=f"{data.source}, train cut to {len(rows)} images")
 
 
 @dataclass
@@ -308,7 +308,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                 budget = {"epochs": epochs, "epoch_images": per_epoch, "batch_size": 32, "seeds": 1,
                           "train_seed": seed + r}
                 path = folder / f"{stem}-n{shot_name(n)}-r{r}.metrics.json"
-                m = reusable(path, sub.fingerprint, w.get("fingerprint"), budget_params(spec.mode, recipe, **budget))
+                m = reusable(path, sub, w.get("fingerprint"), budget_params(spec.mode, recipe, **budget))
                 what = f"{s.name} finetune-{spec.mode} n={shot_name(n)} repeat {r}"
                 if m:
                     log(f"{what}: reused ({path.name})")
@@ -335,10 +335,14 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                     starts.append(f"n = {shot_name(n)} repeat {r}")
         chose_start = (f"; val chose the starting point (epoch 0, no training step) at {', '.join(starts)}"
                        if starts else "")
-        notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {len(recipe.lrs)} peak rates × "
-                     f"{epochs} epochs of at least {MIN_EPOCH_IMAGES} images (the whole subset if larger), each "
-                     f"point's rate, epoch (0, its start, included) and temperature chosen on the full val split "
-                     f"({len(data.paths['val'])} images){chose_start}")
+        rates = (f"{len(recipe.lrs)} peak rates" if len(recipe.lrs) > 1 else
+                 f"one peak rate, {recipe.lrs[0]:g}, not swept (an untuned ablation)")
+        chosen = (["rate"] * (len(recipe.lrs) > 1) + ["epoch (0, its start, included)"]
+                  + ["temperature"] * recipe.calibrate)
+        notes.append(f"{s.name} finetune-{spec.mode}: {recipe.name} recipe, {rates} × {epochs} epochs of at least "
+                     f"{MIN_EPOCH_IMAGES} images (the whole subset if larger), each point's "
+                     f"{', '.join(chosen[:-1])}{' and ' if len(chosen) > 1 else ''}{chosen[-1]} chosen on the full "
+                     f"val split ({len(data.paths['val'])} images){chose_start}")
     return points, skipped, notes
 
 
@@ -433,6 +437,7 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
     doc = {"dataset": loaded[0].dataset, "split_fingerprint": loaded[0].meta.split_fingerprint,  # every store's one
            "n_test": len(loaded[0].test), "points": [asdict(p) for p in points],
            "summaries": summarise(points, loaded), "skipped": skipped, "select": select, "notes": notes,
+           "finetune_recipe": recipe_for(finetune_mode).as_dict() if finetune_shots else None,
            "seconds": round(time.perf_counter() - started, 2)}
     return doc, write(folder, doc)
 

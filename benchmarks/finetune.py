@@ -19,8 +19,10 @@ like classify's, with head `finetune-MODE`, `compute`, `seeds` and `log_loss_raw
 before the val temperature) and the weights as `.pt`.
 """
 import argparse
+import ast
 import copy
 import hashlib
+import importlib.util
 import platform
 import sys
 import time
@@ -36,7 +38,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
-from benchmarks import recipes, splits
 from benchmarks.recipes import (
     DEFAULT_RECIPE,
     MODES,
@@ -353,16 +354,53 @@ def model_name(store_stem: str, mode: str, recipe: str | None = None) -> str:
     return f"{store_stem}-finetune-{mode}" + (f"-{recipe}" if recipe and recipe != DEFAULT_RECIPE[mode] else "")
 
 
+FEATBENCH = ("benchmarks", "classify", "extract", "features")  # the packages whose source a fine-tune's key covers
+
+
+def _imported(path: Path) -> set[str]:
+    """The featbench modules a source file imports, inside functions too, with their packages (`from P import m`
+    counts P and P.m)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    parents = {n.rsplit(".", k)[0] for n in names for k in range(n.count(".") + 1)}  # whose __init__ runs first
+    return {n for n in parents if n.split(".")[0] in FEATBENCH}
+
+
+def _sources(module: str) -> dict[str, Path]:
+    """`module`'s source file and those of every featbench module it imports, transitively, by module name."""
+    found, todo = {}, [module]
+    while todo:
+        name = todo.pop()
+        try:
+            spec = importlib.util.find_spec(name) if name not in found else None
+        except ModuleNotFoundError:  # `from P import f` where P is a module, not a package
+            spec = None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue  # an attribute imported from a module (`from P import f`), or seen already
+        found[name] = Path(spec.origin)
+        todo += sorted(_imported(found[name]) - found.keys())
+    return found
+
+
 @cache
 def code_fingerprint() -> str:
-    """12 hex digits of sha256 over this module's, its recipes' and its splits' source and the torch, torchvision
-    and timm versions: a fine-tune cached by other code is trained again, not reused."""
+    """12 hex digits of sha256 over the source of this module and of every featbench module it imports,
+    transitively (the probe's heads, the selection and calibration, image decoding, the backbones…), and the
+    torch, torchvision, timm, scikit-learn and numpy versions: a fine-tune cached by other code is trained again,
+    not reused."""
+    import sklearn
     import timm
     import torchvision
 
-    digest = hashlib.sha256(f"{torch.__version__} {torchvision.__version__} {timm.__version__}".encode())
-    for module in (sys.modules[__name__], recipes, splits):
-        digest.update(Path(module.__file__).read_bytes())
+    digest = hashlib.sha256(f"{torch.__version__} {torchvision.__version__} {timm.__version__} "
+                            f"{sklearn.__version__} {np.__version__}".encode())
+    for name, path in sorted(_sources(__name__).items()):
+        digest.update(f"{name}\n".encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -373,13 +411,14 @@ def budget_params(mode: str, recipe: Recipe, epochs: int, epoch_images: int, bat
             "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed, "code": code_fingerprint()}
 
 
-def reusable(path: Path, split: str, weights_fp: str, params: dict) -> ModelMetrics | None:
-    """Earlier metrics of this fine-tune when split, weights and every setting match."""
+def reusable(path: Path, data: SplitImages, weights_fp: str, params: dict) -> ModelMetrics | None:
+    """Earlier metrics of this fine-tune when split, images (`SplitImages.files_fingerprint`), weights and every
+    setting match."""
     if not path.is_file():
         return None
     m = ModelMetrics.read(path)
-    same = (m.split_fingerprint == split and (m.weights or {}).get("fingerprint") == weights_fp
-            and all(m.params.get(k) == v for k, v in params.items()))
+    same = (m.split_fingerprint == data.fingerprint and (m.weights or {}).get("fingerprint") == weights_fp
+            and all(m.params.get(k) == v for k, v in {**params, "files": data.files_fingerprint()}.items()))
     return replace(m, path=str(path.with_name(m.model))) if same else None
 
 
@@ -462,6 +501,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     epochs = epochs or default_epochs(dev.device)
     n_train = len(data.paths["train"])
     per_epoch = epoch_size(n_train, epoch_images)
+    files = data.files_fingerprint()  # the images as they are before training reads them
     backbone = create_backbone(backbone_name, weights, random_init)
     started = time.perf_counter()
     model, probe = starting_model(backbone, data, mode, recipe, dev, train_seed, log)
@@ -500,7 +540,8 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         val_log_loss=chosen.best.val_log_loss, val_accuracy=chosen.best.val_accuracy,
         val_log_loss_raw=chosen.best.val_log_loss_raw if recipe.calibrate else None,
         params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
-                "lr": chosen.lr, "best_epoch": chosen.best.epoch, "temperature": chosen.best.temperature,
+                "files": files, "lr": chosen.lr, "best_epoch": chosen.best.epoch,
+                "temperature": chosen.best.temperature,
                 **({"probe_C": probe.C} if probe else {})},
         sweep=[asdict(row) for r in runs + replicas for row in r.curve], members={},
         fit_seconds=round(fit_seconds, 3), predict_seconds=round(predict_seconds, 4),

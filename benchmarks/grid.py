@@ -230,7 +230,7 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
         recipe, budget, recorded = finetune_settings(entry, len(data.paths["train"]), device)
         fp, weights, store = built[name]
         stem = model_name(store.stem, mode, recipe.name)
-        done = reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data.fingerprint, fp,
+        done = reusable(settings.out / dataset.name / "models" / f"{stem}.metrics.json", data, fp,
                          recorded)
         if done:
             log(f"{stem}: reused (same split, weights and settings); delete its metrics file to retrain")

@@ -163,13 +163,14 @@ class Collected:
     audit: dict | None = None  # `read_audit`: audit.csv's rows and map.png of `classify audit`
     excluded: list = field(default_factory=list)  # models trained without the audit's flagged images (--exclude)
 
-    def best(self, kind: str, backbone: str | None = None) -> dict | None:
+    def best(self, kind: str, backbone: str | None = None, refit: bool | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (within
         `classify.select.TIE` of the lowest: a `-refit` model carries its twin's val scores, heads all right on val
         sit at one Laplace-limited confidence) go to the model not refitted, then the lower raw val log-loss (T = 1;
-        `classify.select.first_best`), then val accuracy, then name."""
+        `classify.select.first_best`), then val accuracy, then name. `refit` (True, False) keeps only the models
+        refitted on train + val, or only those fitted on train alone."""
         rows = [r for r in self.rows if r["kind"] == kind and r.get("val_log_loss") is not None
-                and backbone in (None, r["backbone"])]
+                and backbone in (None, r["backbone"]) and refit in (None, bool(r.get("refit")))]
         if not rows:
             return None
         raw = [r.get("val_log_loss_raw") or r["val_log_loss"] for r in rows]
@@ -367,15 +368,31 @@ def _log_loss_words(r: dict) -> str:
     return f"{num(r['log_loss'])} after its val temperature T = {r['temperature']:.2f}, {raw}"
 
 
+def fine_tune_opponent(c: Collected, backbone: str | None = None) -> dict | None:
+    """The frozen row a fine-tune (trained on train alone) is set against: the best fitted on train alone where
+    there is one, else the best refitted on train + val (`_versus` then says the frozen side saw val too)."""
+    return c.best("frozen", backbone, refit=False) or c.best("frozen", backbone)
+
+
+def _fitted_alike(a: dict, b: dict) -> bool:
+    """Whether two rows were both refitted on train + val, or both fitted on train alone."""
+    return bool(a.get("refit")) == bool(b.get("refit"))
+
+
 def _versus(frozen: dict, tuned: dict) -> str:
     ratio = tuned["compute_seconds"] / frozen["compute_seconds"]
     gap = 100 * (frozen["accuracy"] - tuned["accuracy"])
     where = "equal in test accuracy" if round(gap, 2) == 0 else \
         f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'} in test accuracy"
-    unequal = ("; only the fine-tune's log-loss is at a val temperature: `python -m classify --temperature` gives "
-               "the frozen heads one" if frozen.get("temperature") is None and tuned.get("temperature") is not None
-               else "")
-    return (f"{where} "
+    tempered = (frozen.get("temperature") is not None, tuned.get("temperature") is not None)
+    unequal = {(False, True): "; only the fine-tune's log-loss is at a val temperature: `python -m classify "
+                              "--temperature` gives the frozen heads one",
+               (True, False): "; only the frozen head's log-loss is at a val temperature (its recipe fits the "
+                              "fine-tune none): compare the frozen head's raw log-loss"}.get(tempered, "")
+    refit = (f"; the frozen head was refitted on train + val ({frozen['n_train']} images), the fine-tune trained on "
+             f"train alone ({tuned['n_train']}): the frozen side saw "
+             f"{plural(frozen['n_train'] - tuned['n_train'], 'more labelled image')}" if frozen.get("refit") else "")
+    return (f"{where}{refit} "
             f"(log-loss {_log_loss_words(frozen)} against {_log_loss_words(tuned)}{unequal}), with "
             f"{max(ratio, 1 / ratio):.3g}× {'less' if ratio >= 1 else 'more'} compute "
             f"({secs(frozen['compute_seconds'])} s against {secs(tuned['compute_seconds'])} s)")
@@ -398,7 +415,8 @@ def _gap(r: dict) -> str:
     """The chosen configuration's validation scores next to its test scores."""
     if r.get("val_accuracy") is None:
         return ""
-    return (f"val {pct(r['val_accuracy'])} / log-loss {num(r['val_log_loss'])} → test {pct(r['accuracy'])} / "
+    return (f"val{' (its train-only fit)' if r.get('refit') else ''} {pct(r['val_accuracy'])} / log-loss "
+            f"{num(r['val_log_loss'])} → test {pct(r['accuracy'])} / "
             f"{num(r['log_loss'])}" + (f"; test over seeds {spread(r)}" if r.get("seeds") else ""))
 
 
@@ -514,6 +532,7 @@ def finetune_budget(c: Collected, r: dict, pool: list[dict]) -> str:
              "which sweep its grid again, the lr is not swept again")
     return (f"fine-tuned — {pooled}{r['head']}, {recipe.get('name', '?')} recipe ({cp.get('augment', '?')}): "
             f"{plural(cp.get('runs', 1), 'run')} at peak lr {lrs}, {plural(p.get('epochs', 0), 'epoch')} each, "
+            f"trained on {r['n_train']} train images, "
             f"{cp.get('configurations', '?')} configurations ({counted}) scored on val; "
             f"{cp.get('images_seen', '?')} training images seen{probe}; {chosen} ({_gap(r)}); "
             f"{_tuned_calibration(r)}; {secs(r['compute_seconds'])} s of training on "
@@ -549,23 +568,27 @@ def _budgets(c: Collected, frozen: dict, tuned: dict, frozen_pool: list, tuned_p
 def verdict(c: Collected) -> str:
     """The best frozen-feature model against the best fine-tuned one, then each fine-tune against the best
     frozen head on its own backbone: scores, compute, and each side's budget."""
-    frozen, tuned = c.best("frozen"), c.best("fine-tuned")
+    best_frozen, tuned = c.best("frozen"), c.best("fine-tuned")
     frozen_rows = [r for r in c.rows if r["kind"] == "frozen"]
     tuned_rows = [r for r in c.rows if r["kind"] == "fine-tuned"]
     lines = []
-    for label, r in (("Best frozen-feature model", frozen), ("Best fine-tuned model", tuned)):
+    for label, r in (("Best frozen-feature model", best_frozen), ("Best fine-tuned model", tuned)):
         if r is not None:
             lines.append(f"**{label}** (chosen by validation log-loss): {r['backbone']} + {r['head']}"
                          f"{_qualifiers(r)} — "
                          f"test accuracy {pct(r['accuracy'])}, log-loss {_log_loss_words(r)}; "
                          f"compute {_compute_words(r)}.")
+    frozen = fine_tune_opponent(c)
     if frozen and tuned and frozen["compute_seconds"] and tuned["compute_seconds"]:
-        lines.append(f"Best frozen against best fine-tuned: frozen {_versus(frozen, tuned)}"
-                     f"{_significance(c, frozen, tuned)}. " + _budgets(c, frozen, tuned, frozen_rows, tuned_rows))
+        fitted = ("" if frozen is best_frozen else f" (the best frozen model fitted on train alone, as the fine-tune: "
+                                                   f"{frozen['backbone']} + {frozen['head']})")
+        lines.append(f"Best frozen against best fine-tuned{fitted}: frozen {_versus(frozen, tuned)}"
+                     f"{_significance(c, frozen, tuned)}. "
+                     + _budgets(c, frozen, tuned, [r for r in frozen_rows if _fitted_alike(r, frozen)], tuned_rows))
     for t in tuned_rows:
-        f = c.best("frozen", t["backbone"])
+        f = fine_tune_opponent(c, t["backbone"])
         if f and f["compute_seconds"] and t["compute_seconds"]:
-            mine = [r for r in frozen_rows if r["backbone"] == t["backbone"]]
+            mine = [r for r in frozen_rows if r["backbone"] == t["backbone"] and _fitted_alike(r, f)]
             lines.append(f"Same backbone, {t['backbone']}: frozen + {f['head']} (its best head by validation "
                          f"log-loss) against {t['head']}{_qualifiers(t)}: {_versus(f, t)}{_significance(c, f, t)}. "
                          + _budgets(c, f, t, mine, [t]))
@@ -721,6 +744,15 @@ def paired(tuned: list[dict], frozen: list[dict], n_test: int | None) -> tuple[i
 PAIRED_WORDS = {1: "above", -1: "below", 0: "not distinguishable"}
 
 
+def _untuned(doc: dict) -> str:
+    """`, seed recipe: an untuned ablation, …` where the curve's fine-tunes trained at one peak rate (curve.json's
+    `finetune_recipe`; none before it was recorded)."""
+    recipe = doc.get("finetune_recipe") or {}
+    if len(recipe.get("lrs") or ()) != 1:
+        return ""
+    return f", {recipe['name']} recipe: an untuned ablation, one peak lr {recipe['lrs'][0]:g}, not swept on val"
+
+
 def overtakes(doc: dict) -> list[str]:
     """Per fine-tuned series, against its frozen opponent (`frozen_opponent`) at each n on the same subsets
     (`paired`): the smallest measured n from which it is significantly above, at that n and every larger
@@ -740,7 +772,7 @@ def overtakes(doc: dict) -> list[str]:
                 alone.append(r["n"])
             else:
                 compared.append((r, f, *paired(mine, f["points"], n_test)))
-        name = f"Fine-tuning {store} ({head})"
+        name = f"Fine-tuning {store} ({head}{_untuned(doc)})"
         alone = f"; no frozen point at n = {', '.join(alone)}" if alone else ""
         if not compared:
             out.append(f"{name}: no frozen point at the same n to compare with{alone}.")

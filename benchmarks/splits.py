@@ -3,13 +3,14 @@
 Read from a feature store of the dataset (the same backbone's if there is one), or, without a store,
 recomputed from the listing with the same fractions and seed.
 """
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from extract.datasets import assign_splits, load_dataset
-from extract.files import MAX_IMAGE_BYTES
+from extract.files import MAX_IMAGE_BYTES, file_stamp
 from extract.names import store_stem
 from features.errors import StoreError
 from features.reader import FeatureStore
@@ -27,6 +28,15 @@ class SplitImages:
     fingerprint: str
     source: str
     max_bytes: int = MAX_IMAGE_BYTES  # files larger are not read: the store's --max-image-bytes
+
+    def files_fingerprint(self) -> str:
+        """16 hex digits of sha256 over every split's images' paths, sizes and modification times, as extraction
+        stamps them: an image changed in place (same name) changes it."""
+        h = hashlib.sha256()
+        for split in SPLITS:
+            for rel in self.paths[split]:
+                h.update(f"{split}\t{rel}\t{file_stamp(self.root / rel)}\n".encode())
+        return h.hexdigest()[:16]
 
 
 def from_store(path: Path) -> SplitImages:

@@ -230,6 +230,26 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     assert json.loads(metrics.read_text())["params"]["recipe"]["lrs"] == [0.01]
 
 
+def test_a_cached_fine_tune_is_trained_again_when_its_images_or_the_code_it_runs_change(synthetic, tmp_path):
+    """The key covers every featbench module the fine-tune runs (the probe's heads, selection, calibration, image
+    decoding: not only finetune.py) and the images as they were (an image rewritten under its name)."""
+    from benchmarks.finetune import _sources, reusable
+    from benchmarks.splits import from_store
+    assert {"classify.heads", "classify.select", "classify.calibration", "extract.images", "extract.backbones",
+            "benchmarks.recipes", "benchmarks.splits"} <= _sources("benchmarks.finetune").keys()
+    metrics = synthetic / "models" / "resnet10t-random-init-finetune-bn-head.metrics.json"
+    m = ModelMetrics.read(metrics)
+    data = from_store(synthetic / "resnet10t-random-init.h5")
+    shutil.copytree(data.root, tmp_path / "dvc")  # copies keep the originals' sizes and times
+    data = replace(data, root=tmp_path / "dvc")
+    params = {k: m.params[k] for k in ("mode", "recipe", "epochs", "epoch_images", "batch_size", "seeds",
+                                       "train_seed", "code")}
+    assert reusable(metrics, data, m.weights["fingerprint"], params) is not None
+    image = data.root / data.paths["val"][0]
+    write_image(image, 7)  # another picture under the same name
+    assert reusable(metrics, data, m.weights["fingerprint"], params) is None
+
+
 @pytest.mark.parametrize("entry, setting, expected", [({"mode": "full"}, None, True),
                                                      ({"mode": "bn-head"}, None, False),
                                                      ({"mode": "full", "calibrate": False}, None, False),
@@ -828,6 +848,32 @@ def test_verdict_and_budgets_say_how_each_side_is_calibrated():
     assert "(log-loss 0.0554 with no val temperature against 0.1080 with no val temperature)" in seed
     assert "the head fitted on 1400 train images, probabilities as the head gives them, no val temperature;" in seed
     assert "; probabilities as its softmax gives them, no val temperature; " in seed
+    lopsided = verdict(fake_report([tempered, fake_finetune("seed", 1.0, log_loss=0.108, log_loss_raw=0.108)]))
+    assert ("(log-loss 0.0501 after its val temperature T = 0.81, 0.0554 raw against 0.1080 with no val temperature; "
+            "only the frozen head's log-loss is at a val temperature (its recipe fits the fine-tune none): compare the "
+            "frozen head's raw log-loss)") in lopsided
+
+
+def test_a_fine_tune_is_set_against_frozen_heads_fitted_on_the_same_labelled_images():
+    """A fine-tune trains on train alone: it faces the best frozen model fitted on train alone where there is one,
+    and against a frozen head refitted on train + val the verdict says that side saw val's images too."""
+    from benchmarks.report import verdict
+    train_only = fake_metrics("mobilenet_v2", "logreg", accuracy=0.985, val_log_loss=0.06)
+    refitted = fake_metrics("mobilenet_v2", "svm", model="mobilenet_v2-svm-refit.skops", refit=True, n_train=1700,
+                            val_log_loss=0.05)
+    tuned = fake_finetune("lp-ft", 0.51, log_loss=0.0575)
+    both = verdict(fake_report([train_only, refitted, tuned]))
+    assert "**Best frozen-feature model** (chosen by validation log-loss): mobilenet_v2 + svm" in both
+    assert ("Best frozen against best fine-tuned (the best frozen model fitted on train alone, as the fine-tune: "
+            "mobilenet_v2 + logreg): frozen 0.50 points below in test accuracy (") in both
+    assert "Same backbone, mobilenet_v2: frozen + logreg (its best head by validation log-loss)" in both
+    assert "refitted" not in both.split("**Best fine-tuned model**")[1]
+    alone = verdict(fake_report([refitted, tuned]))
+    assert ("Best frozen against best fine-tuned: frozen equal in test accuracy; the frozen head was refitted on "
+            "train + val (1700 images), the fine-tune trained on train alone (1400): the frozen side saw 300 more "
+            "labelled images (log-loss") in alone
+    assert "val (its train-only fit) 99.00% / log-loss 0.0500 → test 99.00%" in alone
+    assert "3 runs at peak lr 0.0001, 0.0003, 0.001, 5 epochs each, trained on 1400 train images," in alone
 
 
 def test_each_verdict_tests_its_accuracy_difference():
@@ -908,7 +954,10 @@ def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path,
     assert [(p["head"], p["n"], p["repeat"], p["n_train"], p["selection"]) for p in tuned] == \
         [("finetune-full", "2", r, 4, "val") for r in (0, 1)]
     assert doc["select"] == "val" and {p["selection"] for p in doc["points"]} == {"val"}  # both sides on val
-    assert any("chosen on the full val split" in n for n in doc["notes"])
+    note = next(n for n in doc["notes"] if "finetune-full: lp-ft recipe" in n)
+    assert "lp-ft recipe, one peak rate, 0.001, not swept (an untuned ablation) × 1 epochs of at least" in note
+    assert "each point's epoch (0, its start, included) and temperature chosen on the full val split" in note
+    assert doc["finetune_recipe"]["lrs"] == [1e-3]  # the report names the ablation (`_untuned`)
     files = sorted(p.name for p in (folder / "finetune").iterdir())
     assert files == [f"resnet10t-random-init-finetune-full-n2-r{r}.metrics.json" for r in (0, 1)]  # no weights
     frozen = load_store(store)

@@ -281,6 +281,11 @@ def test_fine_tuning_overtakes_from_the_n_where_it_stays_above():
     assert "does not significantly overtake" in above_below and "(n = 8: above, 64: below)" in above_below and \
         "no frozen point at n = 32" in above_below
     assert overtakes(curve_doc(FROZEN))[0].startswith("No fine-tuned points on this curve")
+    from benchmarks.recipes import recipe_for
+    ablation = curve_doc(TUNED_FROZEN, {("a", "finetune-head"): {"8": 0.9}})
+    ablation["finetune_recipe"] = recipe_for("head").as_dict()  # one peak rate: the verdict says so
+    assert overtakes(ablation)[0].startswith("Fine-tuning a (finetune-head, seed recipe: an untuned ablation, one "
+                                             "peak lr 0.002, not swept on val) overtakes frozen features")
 
 
 def test_a_higher_mean_is_not_overtaking_unless_the_paired_difference_is_significant():
