@@ -588,3 +588,19 @@ def test_fine_tunes_start_from_the_stores_weights_or_are_refused(tmp_path, monke
                                    "fine-tune would start from default (online); give the store's weights file")
     assert "\n" not in str(e.value)
     assert cv.start_weights(fake_store(tmp_path, weights={"fingerprint": "default", "source": "online"}), None) is None
+
+
+def test_a_subset_keeps_everything_but_the_cut_train_split():
+    """A fine-tune on a subset reads val and test whole, under the store's byte cap (--max-image-bytes)."""
+    from pathlib import Path
+
+    from benchmarks.curve import subset_split
+    from benchmarks.splits import SplitImages
+    data = SplitImages(Path("/data"), {"name": "d"}, ["a", "b"],
+                       {"train": ["a/1.jpg", "b/2.jpg", "a/3.jpg"], "val": ["a/4.jpg"], "test": ["b/5.jpg"]},
+                       {"train": np.array([0, 1, 0]), "val": np.array([0]), "test": np.array([1])}, "f" * 16, "store s",
+                       max_bytes=1000)
+    sub = subset_split(data, ["a/3.jpg", "b/2.jpg"])
+    assert sub.paths == {"train": ["b/2.jpg", "a/3.jpg"], "val": ["a/4.jpg"], "test": ["b/5.jpg"]}
+    assert sub.labels["train"].tolist() == [1, 0] and sub.max_bytes == 1000 and sub.fingerprint != data.fingerprint
+    assert sub.source == "store s, train cut to 2 images"
