@@ -328,9 +328,15 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                                         "repeat": r, "why": why})
                         log(f"note: {what} skipped: {why}")
                         continue
+                whole = m.n_test == len(sub.paths["test"])  # else its accuracy is over fewer images: not paired
                 points.append(Point(s.name, m.head, shot_name(n), r, seed + r, n_train, "val", m.accuracy,
-                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss, m.test_correct,
+                                    m.log_loss, "finetune", m.fit_seconds, m.val_log_loss,
+                                    m.test_correct if whole else None,
                                     m.params.get("temperature") if recipe.calibrate else None))
+                if not whole:
+                    notes.append(f"{what} read {m.n_test} of the {len(sub.paths['test'])} test images: not paired "
+                                 "with the frozen points")
+                    log(f"note: {notes[-1]}")
                 if m.params.get("best_epoch") == 0:
                     starts.append(f"n = {shot_name(n)} repeat {r}")
         chose_start = (f"; val chose the starting point (epoch 0, no training step) at {', '.join(starts)}"

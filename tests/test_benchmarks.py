@@ -987,6 +987,13 @@ def test_curve_finetune_points_share_subsets_and_are_cached(synthetic, tmp_path,
                             finetune_epochs=1, log=logs.append)
     assert sum("reused" in line for line in logs) == 2
     assert [p for p in again["points"] if p["kind"] == "finetune"] == tuned
+    cached = folder / "finetune" / files[0]
+    m = json.loads(cached.read_text())
+    cached.write_text(json.dumps({**m, "n_test": m["n_test"] - 1}))  # one test image it could not read
+    partial, _ = cv.run_curve([store], ["logreg"], [2], 2, finetune_shots=[2], finetune_repeats=2, finetune_epochs=1)
+    assert [p["test_correct"] is None for p in partial["points"] if p["kind"] == "finetune"] == [True, False]
+    assert "finetune-full n=2 repeat 0 read 3 of the 4 test images: not paired with the frozen points" in \
+        " ".join(partial["notes"])
     with pytest.raises(AssertionError, match="trained again"):  # another subset is another fine-tune
         cv.run_curve([store], ["logreg"], [2], 2, subset_seed=5, finetune_shots=[2], finetune_repeats=1,
                      finetune_epochs=1)
