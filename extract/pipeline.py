@@ -332,6 +332,7 @@ def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fracti
     options = options.on(device)
     store = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     path = shard_path(store, *shard) if shard else store
+    _refuse_output_inside(path.parent, dataset)
     make_folder(path.parent)
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank
@@ -339,6 +340,14 @@ def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fracti
         if isinstance(backbone, Planned):
             backbone = load_backbone(backbone)
         return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard, store)
+
+
+def _refuse_output_inside(folder: Path, dataset: Dataset) -> None:
+    """One line where the store's folder lies inside a listed dataset folder (a CSV names its files): its stores,
+    locks and reports would be listed as the dataset's images (or a new class) on the next run."""
+    if dataset.format != "csv" and Path(folder).resolve().is_relative_to(dataset.root):
+        raise FeatbenchError(f"{folder}: this output folder lies inside the dataset folder {dataset.root}, so the "
+                             "next run would list its stores and reports as images; pass an --out outside it")
 
 
 def _existing_store(path: Path) -> FeatureStore:

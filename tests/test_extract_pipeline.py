@@ -63,6 +63,12 @@ def test_store_holds_everything(dvc_folder, tmp_path, tiny):
         assert all(s.class_names[y] == p.split(".")[0] for y, p in zip(train.y, train.paths))
 
 
+def test_an_output_folder_inside_the_dataset_folder_is_refused_before_anything_is_written(dvc_folder, tiny):
+    with pytest.raises(FeatbenchError, match=r"lies inside the dataset folder .*pass an --out outside it"):
+        run(dvc_folder, dvc_folder / "runs", tiny)
+    assert not (dvc_folder / "runs").exists() and len(load_dataset(dvc_folder).items) == 24
+
+
 def test_rerun_does_nothing_and_new_images_only_are_embedded(dvc_folder, tmp_path, tiny):
     first = run(dvc_folder, tmp_path / "out", tiny)
     before = contents(first.path)
