@@ -76,6 +76,10 @@ def load_metrics(inputs) -> list[ModelMetrics]:
     for f in files:
         m = ModelMetrics.read(f)
         out.append(replace(m, path=str(f.parent / m.model)))
+    first = out[0]
+    if other := next((m for m in out if m.dataset != first.dataset), None):
+        raise FeatbenchError(f"{first.path} and {other.path}: models of two datasets ({first.dataset}, "
+                             f"{other.dataset}); report one dataset at a time")
     return out
 
 

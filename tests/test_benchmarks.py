@@ -568,6 +568,10 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     assert "other splits (listed below), over 37 classes where this dataset has 3, and are shown" in md
     assert "| 0.5 | 120.0 |" in md and "cuda" in md  # extraction time from the store: 60 / 120 img/s
     assert "confusion.png" in md and "top_losses.png" in md
+    doc = json.loads((folder / "models" / "alpha-logreg.metrics.json").read_text())
+    (tmp_path / "single.metrics.json").write_text(json.dumps({**doc, "dataset": "single"}))
+    rc, _, err = cli(capsys, "report", folder, tmp_path / "single.metrics.json")
+    assert rc == 2 and err.count("\n") == 1 and "models of two datasets (pets, single); report one dataset" in err
 
 
 def test_extraction_seconds_are_the_recorded_ones_not_rows_over_the_rounded_rate(tmp_path):
