@@ -51,7 +51,7 @@ from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags
 from extract.device import pick_device
 from extract.names import canonical
-from features.atomic import atomic_write
+from features.atomic import atomic_write, keep_earlier, same_outcome
 from features.errors import FeatbenchError, StoreError
 from features.schema import SPLITS, split_fingerprint
 
@@ -385,8 +385,10 @@ def table(summaries: list[dict]) -> str:
 
 
 def write(folder: Path, doc: dict) -> Path:
-    """`curve.csv` (one row per point) and `curve.json` (the whole doc)."""
+    """`curve.csv` (one row per point) and `curve.json` (the whole doc); an earlier curve of other points is kept
+    (`keep_earlier`)."""
     text = curve_csv(doc["points"])
+    keep_earlier(folder / "curve.json", same_outcome(folder / "curve.json", doc), [folder / "curve.csv"])
     atomic_write(folder / "curve.csv", lambda tmp: tmp.write_text(text))
     atomic_write(folder / "curve.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
     return folder

@@ -36,7 +36,7 @@ from classify.heads import HEADS
 from classify.metrics import proba
 from classify.select import fit_fixed, sweep
 from classify.train import BLAS_THREADS, check_matching, load_store
-from features.atomic import atomic_write, csv_text
+from features.atomic import atomic_write, csv_text, keep_earlier
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS
@@ -446,7 +446,7 @@ def map_png(a: Audit) -> bytes:
 
 def write(a: Audit, folder: Path) -> dict[str, Path]:
     """audit.csv (one row per flagged image and kind) and, with a map, map.csv (path, x, y, label, split, kinds)
-    and map.png, each written atomically."""
+    and map.png, each written atomically; an earlier audit that flagged otherwise is kept (`keep_earlier`)."""
     folder = Path(folder)
     texts = {"audit.csv": csv_text(a.rows(), list(COLUMNS))}
     if a.coords is not None:
@@ -458,6 +458,9 @@ def write(a: Audit, folder: Path) -> dict[str, Path]:
             [{"path": p, "x": round(float(x), 5), "y": round(float(y), 5), "label": name(a.labels[i]),
               "split": SPLITS[a.splits[i]], "kinds": "+".join(dict.fromkeys(kinds.get(i, [])))}
              for i, (p, (x, y)) in enumerate(zip(a.paths, a.coords))], ["path", "x", "y", "label", "split", "kinds"])
+    earlier = folder / "audit.csv"
+    keep_earlier(earlier, earlier.is_file() and earlier.read_text() == texts["audit.csv"],
+                 [folder / "map.csv", folder / "map.png"])
     written = {n: atomic_write(folder / n, lambda tmp, t=t: tmp.write_text(t)) for n, t in texts.items()}
     if a.coords is not None:
         png = map_png(a)

@@ -32,7 +32,7 @@ from classify.select import Selection, configurations, first_best, fit_fixed, sc
 from extract.config import resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from extract.names import store_stem
-from features.atomic import atomic_write, check_folder
+from features.atomic import atomic_write, check_folder, keep_earlier, same_outcome
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
 from features.records import ModelMetrics, StoreMeta
@@ -453,8 +453,10 @@ def write(c: Candidate, metrics: ModelMetrics, folder: Path) -> ModelMetrics:
                    split_fingerprint=store.meta.split_fingerprint, dataset=store.dataset,
                    refit=metrics.refit, params=c.chosen.params)
     metrics = replace(metrics, created=model["created"])
+    record = path.with_suffix(".metrics.json")
+    keep_earlier(record, same_outcome(record, metrics.to_json()), [path])
     save_model(path, model)
-    atomic_write(path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
+    atomic_write(record, lambda tmp: tmp.write_text(metrics.dumps()))
     return replace(metrics, path=str(path))
 
 

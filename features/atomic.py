@@ -4,9 +4,11 @@ import csv
 import glob
 import hashlib
 import io
+import json
 import os
 import re
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -96,6 +98,41 @@ def _sync(path: Path) -> None:
     except OSError:
         if not path.is_dir():
             raise
+
+
+def same_outcome(path, doc: dict) -> bool:
+    """Whether the JSON record at `path` says what `doc` does but for when and how fast it was made and by which
+    version (keys `created`, `path`, `featbench_version`, and any ending in `seconds` at any depth); False where it
+    does not read."""
+    def outcome(v, top: bool = False):
+        if isinstance(v, dict):
+            return {k: outcome(x) for k, x in v.items() if not k.endswith("seconds")
+                    and not (top and k in ("created", "path", "featbench_version"))}
+        return [outcome(x) for x in v] if isinstance(v, list) else v
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return outcome(old, True) == outcome(json.loads(json.dumps(doc)), True)
+
+
+def keep_earlier(path, same: bool, companions=()) -> Path | None:
+    """Where `path` holds an earlier result that this run's is not the `same` as, move it and those of its
+    `companions` that are there into `previous/` beside it, each as `N.NAME` under the first N free for all, and
+    say so on stderr: nothing computed is replaced unseen. Returns where `path` went (None: nothing moved)."""
+    path = Path(path)
+    if same or not path.is_file():
+        return None
+    files = [path, *(Path(c) for c in companions if Path(c).is_file())]
+    folder = make_folder(path.parent / "previous")
+    n = 1
+    while any((folder / f"{n}.{f.name}").exists() for f in files):
+        n += 1
+    for f in files:
+        os.replace(f, folder / f"{n}.{f.name}")
+    kept = folder / f"{n}.{path.name}"
+    print(f"note: {path}: this run's result differs from the one there, which is kept as {kept}", file=sys.stderr)
+    return kept
 
 
 def check_folder(folder) -> Path:

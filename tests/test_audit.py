@@ -299,7 +299,12 @@ def test_blocks_bound_memory_and_agree_with_one_block():
 def test_synthetic_audit_without_map_flags_planted_duplicates(tmp_path, capsys):
     store = synthetic_store(tmp_path / "synth" / "s.h5", 400, 32, 2)
     rc, out, err = cli(capsys, "--features", store, "--no-map", "--quiet")
-    assert rc == 0 and "label_issue" in out and (tmp_path / "synth" / "audit" / "audit.csv").is_file()
+    folder = tmp_path / "synth" / "audit"
+    assert rc == 0 and "label_issue" in out and (folder / "audit.csv").is_file()
+    assert cli(capsys, "--features", store, "--no-map", "--quiet")[0] == 0 and not (folder / "previous").exists()
+    before = (folder / "audit.csv").read_text()  # the same audit again replaced it; another threshold keeps it
+    rc, _, err = cli(capsys, "--features", store, "--no-map", "--quiet", "--threshold", "0.5")
+    assert rc == 0 and (folder / "previous" / "1.audit.csv").read_text() == before and "is kept as" in err
 
 
 @pytest.mark.parametrize("fmt", ["npy", "parquet"])

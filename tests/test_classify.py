@@ -157,6 +157,22 @@ def test_refit_on_train_and_val(two_stores, tmp_path):
     assert (tmp_path / "synth" / "models" / "alpha+beta-concat-refit.metrics.json").is_file()
 
 
+def test_a_rerun_keeps_an_earlier_model_whose_result_differs(two_stores, tmp_path, capsys):
+    """The same run again replaces its model (same outcome, nothing lost); another setting moves the earlier
+    model and metrics to models/previous/ and says so."""
+    store = make_store(tmp_path / "synth" / "alpha.h5", *_arrays(two_stores[0]), "alpha")
+    models = tmp_path / "synth" / "models"
+    for _ in range(2):
+        rc, _, err = cli(capsys, "--features", store, "--head", "logreg", "--quiet")
+        assert rc == 0 and not (models / "previous").exists() and "kept as" not in err
+    rc, _, err = cli(capsys, "--features", store, "--head", "logreg", "--quiet", "--temperature")
+    previous = models / "previous" / "1.alpha-logreg.metrics.json"
+    assert rc == 0 and f"alpha-logreg.metrics.json: this run's result differs from the one there, which is kept as {previous}" in err
+    assert sorted(p.name for p in previous.parent.iterdir()) == [previous.name, "1.alpha-logreg.skops"]
+    assert "temperature" not in json.loads(previous.read_text())["params"]
+    assert "temperature" in json.loads((models / "alpha-logreg.metrics.json").read_text())["params"]
+
+
 def _arrays(path):
     with h5py.File(path) as f:
         return f["embeddings"][:], f["labels"][:], f["splits"][:]
