@@ -58,7 +58,7 @@ from extract.files import read_file
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
 from extract.pipeline import store_path
-from features.atomic import atomic_write
+from features.atomic import atomic_write, keep_earlier, same_outcome
 from features.errors import FeatbenchError
 from features.records import ModelMetrics
 from features.schema import SPLITS, featbench_version
@@ -551,12 +551,14 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         seeds=over_seeds(seed_rows) if seeds > 1 else None, path=str(model_path),
         test_correct=correct_mask(seen & (p.argmax(1) == data.labels["test"]), data.paths["test"]),
         featbench_version=featbench_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record = model_path.with_suffix(".metrics.json")
+    keep_earlier(record, same_outcome(record, metrics.to_json()), [model_path])
     if save_weights:
         atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
                                                          "backbone": backbone.name, "mode": mode,
                                                          "temperature": chosen.best.temperature,
                                                          "weights": backbone.weights}, tmp))
-    atomic_write(model_path.with_suffix(".metrics.json"), lambda tmp: tmp.write_text(metrics.dumps()))
+    atomic_write(record, lambda tmp: tmp.write_text(metrics.dumps()))
     return metrics
 
 
