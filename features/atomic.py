@@ -1,6 +1,7 @@
 """The one atomic write: a temporary file of its own, synced and renamed over the target, so readers never see half
 a file; the output folders such writes go to, checked before any work; and the CSV text such writes hold."""
 import csv
+import errno
 import glob
 import hashlib
 import io
@@ -45,7 +46,10 @@ def atomic_write(path, write, tidy: bool = True) -> Path:
     make_folder(path.parent)
     if tidy:
         remove_temporaries(path, everyone=False)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{MACHINE}-{os.getpid()}.", suffix=".tmp")
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{MACHINE}-{os.getpid()}.", suffix=".tmp")
+    except OSError as e:
+        raise unwritable(path, e) from None
     tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
@@ -54,9 +58,26 @@ def atomic_write(path, write, tidy: bool = True) -> Path:
         _sync(tmp)
         os.replace(tmp, path)
         _sync(path.parent)
+    except OSError as e:
+        raise unwritable(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+FULL = {errno.ENOSPC, errno.EDQUOT}
+REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def unwritable(path, e: OSError) -> Exception:
+    """A failed write of `path` as one line saying what to do where the disk is full or the folder not writable;
+    any other error as it was."""
+    if e.errno in FULL:
+        return FeatbenchError(f"{path}: cannot write it ({e.strerror}); free some space or pass an --out on another "
+                              "disk, then re-run the same command: finished work is kept")
+    if e.errno in REFUSED:
+        return FeatbenchError(f"{path}: cannot write it ({e.strerror}); pass an --out you can write to")
+    return e
 
 
 def remove_temporaries(path, everyone: bool = True) -> None:

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from features.atomic import atomic_write, remove_temporaries
+from features.atomic import atomic_write, remove_temporaries, unwritable
 from features.errors import FeatbenchError
 from features.records import Extraction, StoreMeta
 from features.schema import FORMAT, FORMAT_VERSION, SKIPPED_COLUMNS, SPLITS, crc, split_fingerprint
@@ -57,6 +57,8 @@ def store_lock(path: Path):
     except Timeout:
         raise FeatbenchError(f"{path}: another extraction is writing this store right now; wait for it "
                              f"to finish (or remove {path}.lock if no featbench process is running)") from None
+    except OSError as e:
+        raise unwritable(f"{path}.lock", e) from None
     try:
         remove_temporaries(path)
         yield

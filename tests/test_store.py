@@ -203,6 +203,31 @@ def test_second_writer_is_refused_with_one_line(tmp_path):
         pass
 
 
+def test_a_full_disk_or_unwritable_folder_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """Root ignores file modes, so the failures are made: the journal's np.save on a full disk, the store's lock in
+    a read-only folder. Either leaves no temporary file."""
+    import errno
+
+    from filelock import FileLock
+
+    from features.writer import Journal, store_lock
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(FeatbenchError, match=r"part-0000000.npy: cannot write it \(No space left on device\); free "
+                                             "some space or pass an --out on another disk, then re-run the same"):
+        Journal(tmp_path / "s.h5").append(["a.jpg"], ["1:1"], ["h"], [""], np.zeros((1, 4), np.float32))
+    assert not [p for p in (tmp_path / "s.h5.partial").iterdir() if p.suffix == ".tmp"]
+
+    def read_only(self, *a, **k):
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "s.h5.lock"))
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    with pytest.raises(FeatbenchError, match=r"s.h5.lock: cannot write it \(Read-only file system\); pass an --out you"):
+        with store_lock(tmp_path / "s.h5"):
+            pass
+
+
 def test_store_chunks_rows_and_metadata(tmp_path):
     """Rows are chunked by bytes (about 1 MiB), the metadata records what was written, and a writer that
     yields too few rows leaves nothing behind."""
