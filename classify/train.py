@@ -29,7 +29,7 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, configurations, first_best, fit_fixed, score, scores, sweep, val_scores
-from extract.config import resolve
+from extract.config import refuse_with_features, resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from extract.names import store_stem
 from features.atomic import atomic_write, check_folder, keep_earlier, same_outcome
@@ -93,6 +93,7 @@ def dataset_stores(features: list[Path] | None, backbones: list[str] | None, **d
     if features:
         if backbones:
             raise FeatbenchError("pass either --features FILE… or --backbone NAME…, not both")
+        refuse_with_features(dataset)
         return features
     settings = resolve(**dataset)
     listed = load_dataset(settings.path, settings.format, settings.target, settings.name)

@@ -290,7 +290,7 @@ def _csv_labels(path: Path, rows: list[tuple[int, dict]]) -> list[str]:
 
 
 def _csv(path: Path):
-    """Rows of path,label[,split]; an unlabelled row without a split is a test image; each path once."""
+    """Rows of path,label[,split]; an unlabelled row is a test image (without a split) or one line; each path once."""
     root = path.parent
     rows = _csv_rows(path)
     labels = _csv_labels(path, rows)
@@ -300,6 +300,9 @@ def _csv(path: Path):
         split = r.get("split") or ("" if r["label"] else "test")
         if split and split not in SPLITS:
             raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if not r["label"] and split != "test":
+            raise FeatbenchError(f"{path}:{line}: {r['path']} is in the {split} split but has no label; label it, or "
+                                 "give it the test split (or none): an unlabelled image is a test image")
         if not r["path"]:
             raise FeatbenchError(f"{path}:{line}: the path is empty; fill it in or delete the row")
         if "\0" in r["path"]:

@@ -764,6 +764,15 @@ def test_unknown_head(good, capsys):
     nothing_written(folder)
 
 
+def test_dataset_flags_beside_features_are_refused_not_ignored(good, capsys):
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    for command in [], ["audit"]:
+        one_line_error(*cli(capsys, *command, "--features", store, "--data", folder, "--seed", "5"),
+                       "so --data, --seed would be ignored: drop them, or drop --features")
+    nothing_written(folder)
+
+
 def test_missing_and_empty_stores(tmp_path, capsys):
     one_line_error(*cli(capsys, "--features", tmp_path / "nope.h5"), "nope.h5", "python -m extract")
     (tmp_path / "zero.h5").write_bytes(b"")

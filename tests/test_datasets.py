@@ -269,6 +269,8 @@ def test_csv_paths_quoting_and_names(tmp_path):
     ("path,label\na.jpg,cat\n\nb.jpg\n", r"list.csv:4: 1 field where the header has 2 \(path,label\)"),
     ('path,label\n"multi\nline.jpg",cat\nc.jpg,dog,train\n', r"list.csv:4: 3 fields where the header has 2"),
     ("path,label\n,cat\n", r"list.csv:2: the path is empty; fill it in or delete the row$"),
+    ("path,label,split\na.jpg,cat,train\nb.jpg,,val\n", r"list.csv:3: b.jpg is in the val split but has no label; "
+     r"label it, or give it the test split \(or none\): an unlabelled image is a test image$"),
     ("path,label,path\na.jpg,cat,b.jpg\n", r"list.csv:1: column 'path' is in the header twice; keep one$"),
     ("path,label\na.jpg,dog\nb.jpg,cat\nc.jpg, Dog\n",
      r"list.csv:4: label 'Dog' differs only by case from 'dog' \(line 2\); spell each class one way$"),
