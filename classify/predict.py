@@ -117,8 +117,11 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
         raise FeatbenchError(f"--clip must be in [0, 0.5), got {clip}")
     if not folder.is_dir():
         raise FeatbenchError(f"{folder}: no such test folder")
-    files = sorted((f for f in folder.iterdir() if KAGGLE_ID.match(f.name)),
-                   key=lambda f: int(KAGGLE_ID.match(f.name)[1]))
+    entries = sorted(folder.iterdir())
+    files = sorted((f for f in entries if KAGGLE_ID.match(f.name)), key=lambda f: int(KAGGLE_ID.match(f.name)[1]))
+    if others := [f.name for f in entries if not KAGGLE_ID.match(f.name)]:
+        print(f"note: {folder}: {len(others)} name{'s' * (len(others) != 1)} not N.jpg left out of the submission "
+              f"(first: {others[0]})", file=sys.stderr)
     if not files:
         raise FeatbenchError(f"{folder}: no test images named N.jpg (the Kaggle Dogs vs. Cats test1 layout)")
     ids = [int(KAGGLE_ID.match(f.name)[1]) for f in files]

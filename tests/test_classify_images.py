@@ -187,14 +187,16 @@ def test_every_entry_named_like_an_image_is_listed_and_unreadable_ones_say_why(t
     (test / "2.jpg").symlink_to(data / "dog.0.jpg")
     (test / "3.jpg").symlink_to(tmp_path / "gone.jpg")
     os.mkfifo(test / "4.jpg")
+    (test / "cat.5.jpg").symlink_to(data / "cat.0.jpg")  # not a Kaggle id: said, not dropped unseen
     out = tmp_path / "kaggle"
     rc, stdout, err = cli(capsys, "submit", "--model", models["avg"], test, "--out", out)
     assert rc == 0 and "4 rows (2 unreadable images set to 0.5)" in stdout, err
+    assert f"note: {test}: 1 name not N.jpg left out of the submission (first: cat.5.jpg)" in err
     rows = [x.split(",") for x in (out / "submission.csv").read_text().splitlines()[1:]]
     assert [i for i, _ in rows] == ["1", "2", "3", "4"] and [float(p) for _, p in rows[2:]] == [0.5, 0.5]
     rc, stdout, _ = cli(capsys, "predict", "--model", models["avg"], test)
     assert rc == 0 and "(skipped: broken symbolic link)" in stdout and "(skipped: not a regular file (FIFO))" in stdout
-    assert len(stdout.splitlines()) == 5
+    assert len(stdout.splitlines()) == 6  # predict lists every image, cat.5.jpg too
     (out / "submission.csv").unlink()
     (out / "submission.csv").mkdir()  # a folder where the submission goes: refused before any image is embedded
     monkeypatch.setattr("classify.predict.probabilities", lambda *a, **k: pytest.fail("embedded before refusing"))
