@@ -119,9 +119,6 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
         raise FeatbenchError(f"{folder}: no such test folder")
     entries = sorted(folder.iterdir())
     files = sorted((f for f in entries if KAGGLE_ID.match(f.name)), key=lambda f: int(KAGGLE_ID.match(f.name)[1]))
-    if others := [f.name for f in entries if not KAGGLE_ID.match(f.name)]:
-        print(f"note: {folder}: {len(others)} name{'s' * (len(others) != 1)} not N.jpg left out of the submission "
-              f"(first: {others[0]})", file=sys.stderr)
     if not files:
         raise FeatbenchError(f"{folder}: no test images named N.jpg (the Kaggle Dogs vs. Cats test1 layout)")
     ids = [int(KAGGLE_ID.match(f.name)[1]) for f in files]
@@ -133,6 +130,9 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
     if "dog" not in model["class_names"]:
         raise FeatbenchError(f"{model_path}: a Dogs vs. Cats submission needs a model with a 'dog' class; "
                              f"this one has {', '.join(model['class_names'][:5])}")
+    if others := [f.name for f in entries if not KAGGLE_ID.match(f.name)]:
+        print(f"note: {folder}: {len(others)} name{'s' * (len(others) != 1)} not N.jpg left out of the submission "
+              f"(first: {others[0]})", file=sys.stderr)
     P, reasons = probabilities(model, model_path, files, device)
     dog = np.where(np.isnan(P[:, 0]), 0.5, P[:, model["class_names"].index("dog")])
     dog = np.clip(dog, clip, 1 - clip)
