@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.files import entry_kind
 from features.errors import FeatbenchError
 from features.schema import NO_LABEL, SPLITS, check_dataset_name
 
@@ -98,7 +99,7 @@ def detect_format(path: Path) -> str:
             return "csv"
         raise FeatbenchError(f"{path}: a file, but not a .csv list; pass a folder or a CSV of path,label[,split]")
     if not path.is_dir():
-        raise FeatbenchError(f"{path}: no such dataset folder; check --data or the [dataset] path in featbench.toml")
+        raise _no_folder(path)
     names = _image_names(path)
     for sub in ("train", "images"):
         if not names and (path / sub).is_dir():
@@ -116,6 +117,13 @@ def detect_format(path: Path) -> str:
                              f"{', '.join(sorted(IMAGE_EXT))}); check --data or the [dataset] path in featbench.toml")
     raise FeatbenchError(f"{path}: cannot tell the dataset format; pass --format "
                          f"{'|'.join(FORMATS)}")
+
+
+def _no_folder(path: Path) -> FeatbenchError:
+    """No dataset folder at `path`: nothing there, or what is (a FIFO, a broken link, …)."""
+    kind = entry_kind(path)
+    what = "no such dataset folder" if kind == "nothing" else f"a {kind}, not a dataset folder"
+    return FeatbenchError(f"{path}: {what}; check --data or the [dataset] path in featbench.toml")
 
 
 GENERIC_FOLDERS = {"train", "test", "val", "valid", "images", "data", "img", "imgs"}
@@ -345,7 +353,7 @@ def _load(root: Path, format: str, target: str, name: str) -> Dataset:
     if fmt not in FORMATS:
         raise FeatbenchError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt != "csv" and not root.is_dir():
-        raise FeatbenchError(f"{root}: no such dataset folder; check --data or featbench.toml")
+        raise _no_folder(root)
     if fmt == "csv" and not root.is_file():
         raise FeatbenchError(f"{root}: {'a folder' if root.is_dir() else 'no such file'}; --format csv needs "
                              "--data FILE.csv, a CSV of path,label[,split] (or drop --format csv for a folder)")

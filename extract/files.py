@@ -26,6 +26,16 @@ NOT_REGULAR = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IF
                stat.S_IFSOCK: "socket"}
 
 
+def entry_kind(path: Path) -> str:
+    """What is at a path that is neither a folder nor a regular file: `FIFO`, a device, `socket`, a broken or
+    looping link; `nothing` where nothing is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return _unreadable(path, e) if path.is_symlink() else "nothing"
+    return NOT_REGULAR.get(stat.S_IFMT(mode), "special file")
+
+
 def _unreadable(path: Path, e: OSError) -> str:
     if e.errno == errno.ELOOP:
         return "symbolic link loop"

@@ -303,8 +303,15 @@ def test_load_dataset_argument_errors(tmp_path, dvc_folder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FeatbenchError, match="empty: no images found for format dogs-vs-cats"):
         load_dataset(tmp_path / "empty", "dogs-vs-cats")
-    with pytest.raises(FeatbenchError, match="nope: no such dataset folder; check --data or featbench.toml"):
+    with pytest.raises(FeatbenchError, match=r"nope: no such dataset folder; check --data or the \[dataset\] path"):
         load_dataset(tmp_path / "nope", "imagefolder")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for fmt in "auto", "imagefolder":  # what is there, not "no such folder"
+        with pytest.raises(FeatbenchError, match="fifo: a FIFO, not a dataset folder; check --data"):
+            load_dataset(tmp_path / "fifo", fmt)
+        with pytest.raises(FeatbenchError, match="gone: a broken symbolic link, not a dataset folder"):
+            load_dataset(tmp_path / "gone", fmt)
     with pytest.raises(FeatbenchError, match=r"split fractions '0.5,0.5': give three non-negative"):
         assign_splits(_items(), (0.5, 0.5))
     for bad in [(0, 0, 0), (0.5, 0.5, 0.5), (float("nan"), 0.5, 0.5), (1e308, 0, 0)]:
