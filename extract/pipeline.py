@@ -45,7 +45,7 @@ from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.names import store_stem
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model, recorded_calibration
-from features.atomic import make_folder
+from features.atomic import check_file, make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
@@ -333,6 +333,7 @@ def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fracti
     store = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     path = shard_path(store, *shard) if shard else store
     _refuse_output_inside(path.parent, dataset)
+    check_file(path)  # a folder in the store's place: one line now, not a rename failing at the end
     make_folder(path.parent)
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank

@@ -63,10 +63,15 @@ def test_store_holds_everything(dvc_folder, tmp_path, tiny):
         assert all(s.class_names[y] == p.split(".")[0] for y, p in zip(train.y, train.paths))
 
 
-def test_an_output_folder_inside_the_dataset_folder_is_refused_before_anything_is_written(dvc_folder, tiny):
+def test_an_out_inside_the_dataset_or_a_folder_at_the_store_path_is_refused_first(dvc_folder, tmp_path, tiny):
     with pytest.raises(FeatbenchError, match=r"lies inside the dataset folder .*pass an --out outside it"):
         run(dvc_folder, dvc_folder / "runs", tiny)
     assert not (dvc_folder / "runs").exists() and len(load_dataset(dvc_folder).items) == 24
+    (tmp_path / "out" / "dvc" / "resnet10t-random-init.h5").mkdir(parents=True)
+    for overwrite in False, True:  # a folder where the store goes: --overwrite would not help either
+        with pytest.raises(FeatbenchError, match="random-init.h5: a folder is where this file goes; move it away"):
+            run(dvc_folder, tmp_path / "out", tiny, overwrite=overwrite)
+    assert sorted(p.name for p in (tmp_path / "out" / "dvc").iterdir()) == ["resnet10t-random-init.h5"]
 
 
 def test_rerun_does_nothing_and_new_images_only_are_embedded(dvc_folder, tmp_path, tiny):
