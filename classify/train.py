@@ -128,8 +128,10 @@ def load_store(path, features: bool = True, need_val: bool = True) -> Store:
         meta, dataset = fs.meta, fs.dataset_name
         for split, data in parts.items():
             if not len(data) and (need_val or split != "val"):
-                raise StoreError(f"{where}: no labelled {split} images; re-extract with --splits that give "
-                                 f"{split} a share")
+                csv_list = (meta.dataset or {}).get("format") == "csv"
+                how = ("give some rows of its CSV that split (or none, for --splits to assign)" if csv_list
+                       else f"re-extract with --splits that give {split} a share")
+                raise StoreError(f"{where}: no labelled {split} images; {how}")
             if data.X is not None:
                 fs.check_finite(data.X, data.rows, split)
     counts = np.bincount(parts["train"].y, minlength=len(names))

@@ -49,7 +49,8 @@ def view(latent, dim, seed, noise=1.0):
     return latent @ rng.normal(size=(latent.shape[1], dim)) + noise * rng.normal(size=(len(latent), dim))
 
 
-def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None, hashes=None):
+def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None, hashes=None,
+               fmt="imagefolder"):
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
     meta = Extraction(backbone=backbone, weights_fingerprint="0123456789abcdef",
@@ -57,7 +58,7 @@ def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSE
                                   "std": [0.5] * 3},
                       weights={"source": "random-init (tests only)", "fingerprint": "0123456789abcdef",
                                "random_init": True},
-                      dataset={"root": f"/data/{dataset}", "format": "imagefolder", "name": dataset, "target": "",
+                      dataset={"root": f"/data/{dataset}", "format": fmt, "name": dataset, "target": "",
                                "classes": len(class_names), "files": n},
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -784,6 +785,15 @@ def test_missing_and_empty_stores(tmp_path, capsys):
     (data / "a" / "1.jpg").write_bytes(b"")
     one_line_error(*cli(capsys, "--data", data, "--out", tmp_path / "runs"), "no feature stores")
     nothing_written(tmp_path)
+
+
+def test_an_empty_split_says_how_to_fill_it_for_the_datasets_format(good, capsys):
+    folder, X, y, splits = good
+    no_val = np.where(splits == 1, 0, splits)
+    one_line_error(*cli(capsys, "--features", make_store(folder / "a.h5", X, y, no_val, "a")),
+                   "a.h5: no labelled val images; re-extract with --splits that give val a share")
+    one_line_error(*cli(capsys, "--features", make_store(folder / "b.h5", X, y, no_val, "b", fmt="csv")),
+                   "b.h5: no labelled val images; give some rows of its CSV that split (or none, for --splits")
 
 
 def test_one_class(good, capsys):
