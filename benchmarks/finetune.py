@@ -52,13 +52,13 @@ from classify.heads import HEADS
 from classify.metrics import correct_mask, evaluate, over_seeds
 from classify.select import first_best, near_best, sweep
 from extract.backbones import Backbone, create_backbone
-from extract.config import add_dataset_args, dataset_flags, resolve
+from extract.config import add_dataset_args, dataset_flags, refuse_with_features, resolve
 from extract.device import autocast, default_workers, pick_device, uses_amp
 from extract.files import read_file
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
 from extract.pipeline import store_path
-from features.atomic import atomic_write, keep_earlier, same_outcome
+from features.atomic import atomic_write, check_folder, keep_earlier, same_outcome
 from features.errors import FeatbenchError
 from features.records import ModelMetrics
 from features.schema import SPLITS, featbench_version
@@ -626,9 +626,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.features:
+        refuse_with_features(dataset_flags(args))
     settings = resolve(**dataset_flags(args), need_data=args.features is None)
     data = same_split(settings, args.backbone, args.features)
     out = settings.out if args.out or args.features is None else args.features.parent.parent
+    check_folder(Path(out) / data.dataset["name"] / "models")  # where finetune() writes, checked before training
+    classes = np.unique(data.labels["train"])
+    if len(classes) == 1:  # as classify refuses it
+        raise FeatbenchError(f"{data.root}: the train split has only one class ({data.class_names[int(classes[0])]}; "
+                             f"split from {data.source}); a classifier needs at least two")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"split from {data.source}: {', '.join(f'{len(data.paths[s])} {s}' for s in SPLITS)}")
     m = finetune(data, args.backbone, args.mode, out, recipe=recipe_from_args(args, args.mode), epochs=args.epochs,

@@ -57,7 +57,7 @@ from benchmarks.report import build, files_line, markdown_table, read_audit
 from benchmarks.splits import same_split
 from classify import audit
 from classify.heads import ENSEMBLES, HEADS
-from classify.train import Exclusion, parse_heads
+from classify.train import Exclusion, asked_heads, parse_heads
 from classify.train import run as classify
 from extract.backbones import create_backbone
 from extract.config import (
@@ -81,7 +81,7 @@ from extract.names import canonical
 from extract.pipeline import Options, extract
 from features.errors import FeatbenchError
 
-BENCHMARK_KINDS = {"backbones": TEXTS, "heads": TEXTS, "refit": FLAG, "seeds": WHOLE, "audit": FLAG,
+BENCHMARK_KINDS = {"backbones": TEXTS, "heads": TEXTS, "refit": FLAG, "seeds": whole(1), "audit": FLAG,
                    "temperature": FLAG,
                    "weights": Kind('a table of backbone = "FILE"',
                                    lambda v: isinstance(v, dict) and all(isinstance(f, str) for f in v.values()))}
@@ -111,6 +111,10 @@ def read_config(path: Path) -> dict:
     bench = check_table(cfg.get("benchmark", {}), path, "benchmark", BENCHMARK_KINDS)
     if not bench.get("backbones"):
         raise FeatbenchError(f"{path}: [benchmark] needs backbones = [\"NAME\", …]")
+    try:
+        asked_heads(bench.get("heads", []))
+    except FeatbenchError as e:
+        raise FeatbenchError(f"{path}: [benchmark] {e}") from None
     entries = cfg.get("finetune", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise FeatbenchError(f"{path}: finetune = {entries!r:.40} is no list of tables; write each as a "
@@ -175,6 +179,9 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     started = time.perf_counter()
     cfg = read_config(config)
     bench = cfg["benchmark"]
+    heads = parse_heads(heads or bench.get("heads", ["all"]))  # --head checked before any extraction
+    if seeds is not None and seeds < 1:
+        raise FeatbenchError(f"--seeds must be at least 1 (got {seeds})")
     exclusion = Exclusion(exclude, audit.read_flagged(exclude)) if exclude else None
     settings = resolve(config, **overrides)
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
@@ -204,7 +211,6 @@ def run(config: Path, *, backbones: list[str] | None = None, heads: list[str] | 
     if not stores:
         raise FeatbenchError(f"none of the backbones {', '.join(names)} has weights here; see "
                              "`python -m extract --list-backbones` and `--fetch-weights`")
-    heads = parse_heads(heads or bench.get("heads", ["all"]))
     if len(stores) < 2 and any(h in ENSEMBLES for h in heads):
         heads = [h for h in heads if h not in ENSEMBLES]
         notes.append("ensembles skipped: they need two feature stores or more")

@@ -25,7 +25,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from benchmarks.speed import logreg_test, store_cosines
+from benchmarks.speed import check_json, logreg_test, store_cosines
 from classify.heads import HEADS
 from classify.metrics import mcnemar_p, proba
 from classify.select import fit_fixed, sweep
@@ -35,6 +35,7 @@ from extract.datasets import load_dataset
 from extract.device import pick_device
 from extract.pipeline import Options, extract
 from extract.quantize import PRECISIONS, check_precision
+from features.atomic import atomic_write
 from features.errors import FeatbenchError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -148,6 +149,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.folds < 2:
+        raise FeatbenchError(f"--folds must be at least 2 (each image is scored by a model fitted on the others), "
+                             f"got {args.folds}")
+    check_json(args.json)
     precisions = []
     for p in args.precision:
         try:
@@ -170,5 +175,5 @@ def main(args: argparse.Namespace) -> int:
                                     **compare(stores[p].path, stores["fp32"].path, args.folds)})
                     print_row(results[-1])
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     return 0

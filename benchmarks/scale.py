@@ -18,8 +18,9 @@ import numpy as np
 
 from benchmarks.peak_rss import run_measured
 from features import Extraction, FeatureStore, ModelMetrics, write_store
+from features.atomic import check_folder
 from features.cli import parse_size
-from features.errors import StoreError
+from features.errors import FeatbenchError, StoreError
 from features.schema import SPLITS
 
 
@@ -81,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if min(args.rows, args.dim) < 1 or args.classes < 2:
+        raise FeatbenchError("--rows and --dim must be at least 1, --classes at least 2")
+    if args.out:
+        check_folder(args.out / "synthetic")
     folder = args.out or Path(tempfile.mkdtemp(prefix="featbench-scale-"))
     store = folder / "synthetic" / "features.h5"
     start, wanted, found = time.perf_counter(), (args.rows, args.dim, args.classes), held(store)

@@ -37,8 +37,11 @@ from extract.inference import inference_model
 from extract.pipeline import Options, batch_loader, blocks_of, embeds_in_workers, extract, worker_count
 from extract.quantize import PRECISIONS, calibration_set, quantized_model
 from features import FeatureStore
+from features.atomic import atomic_write, check_folder
+from features.errors import FeatbenchError
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
+SECTIONS = ("throughput", "memory", "heads")
 
 
 class _SeedStyle(torch.utils.data.Dataset):
@@ -463,8 +466,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=-1,
                    help="featbench's --workers, also the seed-style DataLoader's (default: each one's auto)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (default: all)")
-    p.add_argument("--sections", default="throughput,memory,heads",
-                   help="comma-separated: throughput, memory, heads (default: all)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated: {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--no-compile", action="store_true", help="skip the --compile (torch.compile) rows")
     p.add_argument("--repeats", type=int, default=3,
                    help="featbench runs per backbone, each between model-only measurements; "
@@ -475,8 +478,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
+def check_json(path: Path | None) -> None:
+    """Refuse, before any work, a --json file that could not be written at the end: a folder in its place, or a
+    folder above it that is a file or not writable (`check_folder`)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise FeatbenchError(f"--json {path}: is a folder; pass a file to write, e.g. --json {path / 'figures.json'}")
+    try:
+        check_folder(path.parent)
+    except FeatbenchError as e:  # its advice names --out
+        raise FeatbenchError(f"--json {path}: {str(e).split('; ')[0]}; pass another --json path") from None
+
+
 def main(args: argparse.Namespace) -> int:
-    sections = set(args.sections.split(","))
+    sections = {s.strip() for s in args.sections.split(",")}
+    unknown = sorted(sections - set(SECTIONS))
+    if unknown:
+        raise FeatbenchError(f"--sections {args.sections}: unknown section {unknown[0]!r}; choose from "
+                             f"{', '.join(SECTIONS)} (comma-separated)")
+    check_json(args.json)
     device = pick_device(args.device)
     seed_workers = args.workers if args.workers >= 0 else default_workers(device)
     results = {"throughput": [], "memory": [], "heads": None}
@@ -504,5 +525,5 @@ def main(args: argparse.Namespace) -> int:
               f"{r['seconds']:.1f}s (target < 60s)")
     if args.json:
         import json
-        args.json.write_text(json.dumps(results, indent=2))
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     return 0

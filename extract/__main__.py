@@ -65,7 +65,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=-1,
                    help="CPU: processes that decode and embed, one thread each (default: one per core; with "
                         "--compile they only decode); GPU: decoding processes (default: cores, up to 8); "
-                        "0: all in this process")
+                        "0: all in this process; -1: the default")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="CPU model arithmetic: fp32; bf16 (CPUs with AVX-512 BF16 or AMX) or int8 (quantised on "
@@ -134,6 +134,8 @@ def embed(args) -> int:
         raise FeatbenchError("no backbone: pass --backbone NAME (see python -m extract list-backbones)")
     if args.batch_size is not None and args.batch_size < 1:
         raise FeatbenchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < -1:
+        raise FeatbenchError(f"--workers must be 0 or more, or -1 for the default, got {args.workers}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and args.shard:
         raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
