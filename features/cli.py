@@ -56,6 +56,14 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, as featbench's others (`error: …`, exit 2), not after the usage
+    block; `--help` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 @dataclass(frozen=True)
 class CommandLine:
     """`prog COMMAND [OPTIONS]` as argparse subcommands; the chosen one is `args.which`.
@@ -71,9 +79,9 @@ class CommandLine:
 
     def parser(self, command: str | None = None) -> argparse.ArgumentParser:
         """The parser of every command line; `command`'s subparser gets that command's arguments."""
-        p = argparse.ArgumentParser(prog=self.prog, description=self.description, epilog=self._epilog(),
-                                    usage=f"%(prog)s {'[COMMAND]' if self.default else 'COMMAND'} [OPTIONS]",
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = OneLineParser(prog=self.prog, description=self.description, epilog=self._epilog(),
+                          usage=f"%(prog)s {'[COMMAND]' if self.default else 'COMMAND'} [OPTIONS]",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
         sub = p.add_subparsers(prog=self.prog, help=argparse.SUPPRESS)  # listed by _epilog, one line each
         for name, c in self.commands.items():
             s = sub.add_parser(name, description=c.help, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -268,6 +268,16 @@ def test_renamed_and_removed_flags():
         assert e.value.code == 2, argv
 
 
+def test_usage_errors_are_one_line_naming_the_command_and_its_help(capsys):
+    for cli, argv, words in [(BENCHMARKS, ["finetune", "--backbone", "x", "--mode", "sideways"], "invalid choice"),
+                             (EXTRACT, ["--bogus"], "unrecognized arguments: --bogus")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: python -m ") and words in err
+        assert err.rstrip().endswith("--help)") and "usage:" not in err
+
+
 def readme_commands() -> list[tuple[str, list[str]]]:
     """(package, argv) of every `python -m PACKAGE …` (or `torchrun … -m PACKAGE …`) command line in README.md, up
     to a pipe or redirection, in code blocks and inline code; a synopsis's [optional] parts are taken and the first
