@@ -707,7 +707,11 @@ def test_second_writer_refused_before_loading_the_backbone(dvc_folder, tmp_path,
                                        f"for it to finish (or remove {store}.lock if no featbench process is running)\n")
 
 
-def test_cli_errors_are_one_line(tmp_path, dvc_folder):
+def test_cli_errors_are_one_line(tmp_path, dvc_folder, monkeypatch, capsys):
+    """In process (a subprocess spent 6 s a case importing torch)."""
+    from extract.__main__ import main
+    from features.cli import run_cli
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "readme.txt").write_text("no images here")
     for args, expected in [(["--data", str(tmp_path / "missing")], "no such dataset folder"),
@@ -715,9 +719,9 @@ def test_cli_errors_are_one_line(tmp_path, dvc_folder):
                            (["--data", str(tmp_path / "odd")], "odd: no image files in this folder or its"),
                            (["--data", str(dvc_folder), "--backbone", "nope_net"], "unknown backbone"),
                            (["--data", str(dvc_folder), "--batch-size", "0"], "--batch-size must be")]:
-        r = subprocess.run([sys.executable, "-m", "extract", "--backbone", "resnet18", "--random-init", *args],
-                           capture_output=True, text=True, cwd=tmp_path)
-        assert r.returncode == 2 and expected in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        rc = run_cli(main, ["--backbone", "resnet18", "--random-init", *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and expected in err and err.count("\n") == 1, err
 
 
 def test_cli_list_backbones_and_config_file(dvc_folder, tmp_path):
@@ -864,35 +868,35 @@ def test_a_store_this_run_cannot_read_is_refused_not_replaced(dvc_folder, tmp_pa
     import json
 
     import features.reader
-    path = run(dvc_folder, tmp_path, tiny).path
+    path = run(dvc_folder, tmp_path / "runs", tiny).path
     with h5py.File(path, "r+") as f:
         f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "version": 99})
     newer = path.read_bytes()
     with pytest.raises(FeatbenchError, match="newer than this featbench reads .*; or replace it: --overwrite"):
-        run(dvc_folder, tmp_path, tiny)
+        run(dvc_folder, tmp_path / "runs", tiny)
     assert path.read_bytes() == newer
     with h5py.File(path, "w") as f:
         f["data"] = [1, 2, 3]
     with pytest.raises(FeatbenchError, match="not a featbench feature store; or replace it"):
-        run(dvc_folder, tmp_path, tiny)
+        run(dvc_folder, tmp_path / "runs", tiny)
     monkeypatch.setattr(features.reader.os, "access", lambda p, mode: False)
     with pytest.raises(FeatbenchError, match="not readable .permission denied.; give this user read access"):
-        run(dvc_folder, tmp_path, tiny)
+        run(dvc_folder, tmp_path / "runs", tiny)
     monkeypatch.undo()
-    assert run(dvc_folder, tmp_path, tiny, overwrite=True).embedded == 24
+    assert run(dvc_folder, tmp_path / "runs", tiny, overwrite=True).embedded == 24
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     capsys.readouterr()
-    assert run(dvc_folder, tmp_path, tiny).embedded == 24
+    assert run(dvc_folder, tmp_path / "runs", tiny).embedded == 24
     assert "note: ignoring the existing store" in capsys.readouterr().err
 
 
 def test_a_new_split_or_new_classes_rewrite_the_store_with_a_note_keeping_its_run_on_record(dvc_folder, tmp_path,
                                                                                            tiny, capsys):
-    first = run(dvc_folder, tmp_path, tiny)
+    first = run(dvc_folder, tmp_path / "runs", tiny)
     with FeatureStore(first.path) as s:
         made = s.meta
     capsys.readouterr()
-    again = extract(load_dataset(dvc_folder), tiny, tmp_path, seed=1, options=QUIET)
+    again = extract(load_dataset(dvc_folder), tiny, tmp_path / "runs", seed=1, options=QUIET)
     assert again.embedded == 0
     assert "the split changes (fractions [0.7, 0.15, 0.15] → [0.7, 0.15, 0.15], seed 0 → 1)" in capsys.readouterr().err
     with FeatureStore(first.path) as s:
@@ -903,5 +907,5 @@ def test_a_new_split_or_new_classes_rewrite_the_store_with_a_note_keeping_its_ru
     csv = dvc_folder / "list.csv"
     csv.write_text("path,label\n" + "".join(f"{p.name},{p.name.split('.')[0]}\n" for p in sorted(dvc_folder.iterdir())
                                             if p.suffix == ".jpg"))
-    extract(load_dataset(csv, name="dvc"), tiny, tmp_path, seed=1, options=QUIET)
+    extract(load_dataset(csv, name="dvc"), tiny, tmp_path / "runs", seed=1, options=QUIET)
     assert "the classes change from 2 (cat, dog) to 3 (cat, dog, fox)" in capsys.readouterr().err

@@ -147,8 +147,8 @@ def test_calibration_set_depends_on_the_images_not_their_order(tiny, images):
 
 def test_reuse_key_separates_precisions_and_ensembles_refuse_mixing(dvc_folder, tmp_path, tiny):
     ds, opts = load_dataset(dvc_folder), dict(progress=False, batch_size=8, workers=0)
-    fp32 = extract(ds, tiny, tmp_path, options=Options(**opts))
-    int8 = extract(ds, tiny, tmp_path, options=Options(precision="int8", **opts))
+    fp32 = extract(ds, tiny, tmp_path / "runs", options=Options(**opts))
+    int8 = extract(ds, tiny, tmp_path / "runs", options=Options(precision="int8", **opts))
     assert fp32.path.name == "test_efficientnet-random-init.h5" and int8.path.name.endswith("-random-init-int8.h5")
     assert int8.embedded == 24
     with FeatureStore(int8.path) as s, FeatureStore(fp32.path) as f:
@@ -156,7 +156,7 @@ def test_reuse_key_separates_precisions_and_ensembles_refuse_mixing(dvc_folder, 
         assert f.meta.calibration is None and "precision" not in f.meta.to_json()  # fp32 stores read as before
         x, y = s.embeddings(np.arange(24)), f.embeddings(np.arange(24))
     assert 0.9 < cosines(torch.from_numpy(x), torch.from_numpy(y)).min() < 1 - 1e-6
-    assert extract(ds, tiny, tmp_path, options=Options(precision="int8", **opts)).embedded == 0  # reused
+    assert extract(ds, tiny, tmp_path / "runs", options=Options(precision="int8", **opts)).embedded == 0  # reused
     calibrated = _provenance(tiny, None, precision="int8", calibration=s.meta.calibration)
     known, store = _known_rows(fp32.path, Journal(fp32.path), calibrated, overwrite=False)
     assert store is None and not known  # fp32 rows are never reused as int8
@@ -175,7 +175,7 @@ def test_quantised_model_is_kept_beside_the_store_and_used_again(dvc_folder, tmp
 
     from extract import quantize
     ds, opts = load_dataset(dvc_folder), dict(progress=False, batch_size=8, workers=0, precision="int8")
-    first = extract(ds, tiny, tmp_path, options=Options(**opts))
+    first = extract(ds, tiny, tmp_path / "runs", options=Options(**opts))
     kept = first.path.with_suffix(".onnx")
     assert kept.name == "test_efficientnet-random-init-int8.onnx"
     key = {p.key: p.value for p in onnx.load(kept).metadata_props}[quantize.KEY]
@@ -185,16 +185,16 @@ def test_quantised_model_is_kept_beside_the_store_and_used_again(dvc_folder, tmp
     def no_quantising(*args, **kwargs):
         raise AssertionError("quantised again")
     monkeypatch.setattr(quantize, "quantized_model", no_quantising)
-    again = extract(ds, tiny, tmp_path, options=Options(overwrite=True, **opts))
+    again = extract(ds, tiny, tmp_path / "runs", options=Options(overwrite=True, **opts))
     assert again.embedded == 24
     with FeatureStore(again.path) as fs:
         np.testing.assert_array_equal(fs.embeddings(np.arange(24)), before)
-    shards = [extract(ds, tiny, tmp_path, options=Options(**opts), shard=(r, 2)).path for r in (0, 1)]
+    shards = [extract(ds, tiny, tmp_path / "runs", options=Options(**opts), shard=(r, 2)).path for r in (0, 1)]
     assert [s.parent.name for s in shards] == ["shards"] * 2  # torchrun's ranks use the store's kept model
     assert not list(shards[0].parent.glob("*.onnx"))
     monkeypatch.undo()
     kept.write_bytes(b"not an onnx model")
-    assert extract(ds, tiny, tmp_path, options=Options(overwrite=True, **opts)).embedded == 24
+    assert extract(ds, tiny, tmp_path / "runs", options=Options(overwrite=True, **opts)).embedded == 24
     assert {p.key: p.value for p in onnx.load(kept).metadata_props}[quantize.KEY] == key  # quantised again, kept
 
 
@@ -225,7 +225,7 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     args = CLI.parse(["precision", "--backbone", "tiny", "--data", str(dvc_folder), "--precision", "int8", "--folds",
-                      "3", "--out", str(tmp_path), "--json", str(tmp_path / "p.json")])
+                      "3", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "p.json")])
     assert precision.main(args) == 0
     out = capsys.readouterr().out
     assert "tiny on dvc (24 labelled images), int8 vs fp32:" in out and "exact McNemar p" in out
@@ -235,7 +235,7 @@ def test_precision_benchmark_compares_stores_on_the_same_images_and_folds(dvc_fo
     assert r["accuracy_points"] == pytest.approx((r["oof_accuracy"] - r["fp32_oof_accuracy"]) * 100)
     assert f"bars (accuracy within 0.3 points, log-loss within +10%, out of fold): " \
            f"{'PASS' if r['within_bars'] else 'FAIL'}" in out
-    fp32 = tmp_path / "dvc" / "test_efficientnet-random-init.h5"
+    fp32 = tmp_path / "runs" / "dvc" / "test_efficientnet-random-init.h5"
     int8 = fp32.with_name("test_efficientnet-random-init-int8.h5")
     y, own, none, _ = precision.out_of_fold(int8, folds=3)
     y_fp32, own_again, on_fp32, _ = precision.out_of_fold(int8, folds=3, fp32=fp32)  # also fp32's rows

@@ -101,6 +101,6 @@ def test_a_readout_the_backbone_cannot_give_is_one_line(name, readout, message):
     (["--image-size", "8"], "--image-size 8: expected a side in pixels from 16 to 4096"),
 ])
 def test_bad_readout_flags_are_one_line(dvc_folder, tmp_path, capsys, flags, message):
-    argv = ["--backbone", "resnet10t", "--random-init", "--data", str(dvc_folder), "--out", str(tmp_path), *flags]
+    argv = ["--backbone", "resnet10t", "--random-init", "--data", str(dvc_folder), "--out", str(tmp_path / "runs"), *flags]
     assert run_cli(main, argv) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
