@@ -554,10 +554,11 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
     record = model_path.with_suffix(".metrics.json")
     keep_earlier(record, same_outcome(record, metrics.to_json()), [model_path])
     if save_weights:
-        atomic_write(model_path, lambda tmp: torch.save({"state_dict": final, "class_names": data.class_names,
-                                                         "backbone": backbone.name, "mode": mode,
-                                                         "temperature": chosen.best.temperature,
-                                                         "weights": backbone.weights}, tmp))
+        def save(tmp):
+            with open(tmp, "wb") as fh:  # a file object: a full disk is then an OSError, not torch's RuntimeError
+                torch.save({"state_dict": final, "class_names": data.class_names, "backbone": backbone.name,
+                            "mode": mode, "temperature": chosen.best.temperature, "weights": backbone.weights}, fh)
+        atomic_write(model_path, save)
     atomic_write(record, lambda tmp: tmp.write_text(metrics.dumps()))
     return metrics
 

@@ -72,15 +72,11 @@ def load_metrics(inputs) -> list[ModelMetrics]:
             files.append(p)
         else:
             raise FeatbenchError(f"{p}: no such metrics file or folder")
-    out = []
-    for f in files:
-        m = ModelMetrics.read(f)
-        out.append(replace(m, path=str(f.parent / m.model)))
-    first = out[0]
-    if other := next((m for m in out if m.dataset != first.dataset), None):
-        raise FeatbenchError(f"{first.path} and {other.path}: models of two datasets ({first.dataset}, "
-                             f"{other.dataset}); report one dataset at a time")
-    return out
+    out = [ModelMetrics.read(f) for f in files]
+    if other := next((i for i, m in enumerate(out) if m.dataset != out[0].dataset), None):
+        raise FeatbenchError(f"{files[0]} and {files[other]}: models of two datasets ({out[0].dataset}, "
+                             f"{out[other].dataset}); report one dataset at a time")
+    return [replace(m, path=str(f.parent / m.model)) for f, m in zip(files, out)]
 
 
 def one_split(metrics: list[ModelMetrics]) -> tuple[list[ModelMetrics], list[str]]:

@@ -37,7 +37,7 @@ from extract.inference import inference_model
 from extract.pipeline import Options, batch_loader, blocks_of, embeds_in_workers, extract, worker_count
 from extract.quantize import PRECISIONS, calibration_set, quantized_model
 from features import FeatureStore
-from features.atomic import atomic_write, check_folder
+from features.atomic import atomic_write, check_file, check_folder
 from features.errors import FeatbenchError
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -479,16 +479,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_json(path: Path | None) -> None:
-    """Refuse, before any work, a --json file that could not be written at the end: a folder in its place, or a
-    folder above it that is a file or not writable (`check_folder`)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise FeatbenchError(f"--json {path}: is a folder; pass a file to write, e.g. --json {path / 'figures.json'}")
-    try:
-        check_folder(path.parent)
-    except FeatbenchError as e:  # its advice names --out
-        raise FeatbenchError(f"--json {path}: {str(e).split('; ')[0]}; pass another --json path") from None
+    """Refuse, before any work, a --json file that could not be written at the end (`check_file`, `check_folder`)."""
+    if path is not None:
+        check_folder(check_file(path, "--json").parent, "--json")
 
 
 def main(args: argparse.Namespace) -> int:

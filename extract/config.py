@@ -114,9 +114,9 @@ def dataset_flags(args: argparse.Namespace) -> dict:
 
 
 def refuse_with_features(flags: dict) -> None:
-    """One line where dataset flags that choose a dataset (all but --config and --out) come with --features, whose
+    """One line where dataset flags that choose a dataset (all but --out) or its config come with --features, whose
     stores carry their own dataset and split: they would be ignored."""
-    if given := [f"--{k}" for k in DATASET_FLAGS if k not in ("config", "out") and flags.get(k) is not None]:
+    if given := [f"--{k}" for k in DATASET_FLAGS if k != "out" and flags.get(k) is not None]:
         raise FeatbenchError(f"--features names the stores, which carry their own dataset and split, so "
                              f"{', '.join(given)} would be ignored: drop them, or drop --features to use the "
                              "configured dataset's stores")

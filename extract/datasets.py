@@ -122,7 +122,8 @@ def detect_format(path: Path) -> str:
 def _no_folder(path: Path) -> FeatbenchError:
     """No dataset folder at `path`: nothing there, or what is (a FIFO, a broken link, …)."""
     kind = entry_kind(path)
-    what = "no such dataset folder" if kind == "nothing" else f"a {kind}, not a dataset folder"
+    what = ("no such dataset folder" if kind == "nothing" else
+            f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a dataset folder")
     return FeatbenchError(f"{path}: {what}; check --data or the [dataset] path in featbench.toml")
 
 
@@ -308,11 +309,11 @@ def _csv(path: Path):
         split = r.get("split") or ("" if r["label"] else "test")
         if split and split not in SPLITS:
             raise FeatbenchError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if not r["path"]:
+            raise FeatbenchError(f"{path}:{line}: the path is empty; fill it in or delete the row")
         if not r["label"] and split != "test":
             raise FeatbenchError(f"{path}:{line}: {r['path']} is in the {split} split but has no label; label it, or "
                                  "give it the test split (or none): an unlabelled image is a test image")
-        if not r["path"]:
-            raise FeatbenchError(f"{path}:{line}: the path is empty; fill it in or delete the row")
         if "\0" in r["path"]:
             raise FeatbenchError(f"{path}:{line}: the path contains a NUL byte")
         p = Path(r["path"])

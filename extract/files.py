@@ -27,13 +27,14 @@ NOT_REGULAR = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IF
 
 
 def entry_kind(path: Path) -> str:
-    """What is at a path that is neither a folder nor a regular file: `FIFO`, a device, `socket`, a broken or
-    looping link; `nothing` where nothing is."""
+    """What is at a path: `file`, `folder`, `FIFO`, a device, `socket`, a broken or looping link, an unreadable
+    one; `nothing` where nothing is."""
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
-        return _unreadable(path, e) if path.is_symlink() else "nothing"
-    return NOT_REGULAR.get(stat.S_IFMT(mode), "special file")
+        return "nothing" if e.errno == errno.ENOENT and not path.is_symlink() else _unreadable(path, e)
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else NOT_REGULAR.get(stat.S_IFMT(mode),
+                                                                                                   "special file")
 
 
 def _unreadable(path: Path, e: OSError) -> str:

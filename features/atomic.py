@@ -58,8 +58,8 @@ def atomic_write(path, write, tidy: bool = True) -> Path:
         _sync(tmp)
         os.replace(tmp, path)
         _sync(path.parent)
-    except OSError as e:
-        raise unwritable(path, e) from None
+    except OSError as e:  # one of these files, not one that `write` read
+        raise (unwritable(path, e) if e.filename in (None, str(tmp), str(path)) else e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -139,44 +139,49 @@ def same_outcome(path, doc: dict) -> bool:
 
 def keep_earlier(path, same: bool, companions=()) -> Path | None:
     """Where `path` holds an earlier result that this run's is not the `same` as, move it and those of its
-    `companions` that are there into `previous/` beside it, each as `N.NAME` under the first N free for all, and
-    say so on stderr: nothing computed is replaced unseen. Returns where `path` went (None: nothing moved)."""
+    `companions` that are there to `previous/N/` beside it, under their names, N the first where none of them is
+    yet (a run's results displaced together share one), and say so on stderr: nothing computed is replaced
+    unseen. Returns where `path` went (None: nothing moved)."""
     path = Path(path)
     if same or not path.is_file():
         return None
     files = [path, *(Path(c) for c in companions if Path(c).is_file())]
-    folder = make_folder(path.parent / "previous")
     n = 1
-    while any((folder / f"{n}.{f.name}").exists() for f in files):
+    while any((path.parent / "previous" / str(n) / f.name).exists() for f in files):
         n += 1
-    for f in files:
-        os.replace(f, folder / f"{n}.{f.name}")
-    kept = folder / f"{n}.{path.name}"
-    print(f"note: {path}: this run's result differs from the one there, which is kept as {kept}", file=sys.stderr)
-    return kept
+    folder = make_folder(path.parent / "previous" / str(n))
+    try:
+        for f in files:
+            os.replace(f, folder / f.name)
+    except OSError as e:
+        raise unwritable(folder / f.name, e) from None
+    print(f"note: {path}: this run's result differs from the one there, which is kept as {folder / path.name}",
+          file=sys.stderr)
+    return folder / path.name
 
 
-def check_folder(folder) -> Path:
+def check_folder(folder, flag: str = "--out") -> Path:
     """Refuse, before any work, an output folder that cannot be made: it or a folder above it is a file, or the
-    deepest one that exists cannot be written to. Creates nothing; returns `folder`."""
+    deepest one that exists cannot be written to (the one line names `flag`, the option that gave it). Creates
+    nothing; returns `folder`."""
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents, Path.cwd()) if p.exists())
     if not existing.is_dir():
         raise FeatbenchError(f"{existing}: is a file, so the output folder {folder} cannot be made there; pass an "
-                             "output folder (--out) that is not a file or inside one")
+                             f"output folder ({flag}) that is not a file or inside one")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise FeatbenchError(f"{existing}: not writable, so the output folder {folder} cannot be made there; pass "
-                             "an output folder (--out) you can write to")
+                             f"an output folder ({flag}) you can write to")
     return folder
 
 
-def check_file(path) -> Path:
-    """Refuse, before any work, a file to write whose place a folder takes (the rename would fail at the end).
-    Creates nothing; returns `path`."""
+def check_file(path, flag: str = "--out") -> Path:
+    """Refuse, before any work, a file to write whose place a folder takes (the rename would fail at the end; the
+    one line names `flag`, the option that gave it). Creates nothing; returns `path`."""
     path = Path(path)
     if path.is_dir():
-        raise FeatbenchError(f"{path}: a folder is where this file goes; move it away or pass another output "
-                             "folder (--out)")
+        raise FeatbenchError(f"{path}: a folder is where this file goes; move it away or pass another "
+                             f"{'output folder (--out)' if flag == '--out' else flag}")
     return path
 
 

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from features.atomic import atomic_write, remove_temporaries, unwritable
+from features.atomic import atomic_write, make_folder, remove_temporaries, unwritable
 from features.errors import FeatbenchError
 from features.records import Extraction, StoreMeta
 from features.schema import FORMAT, FORMAT_VERSION, SKIPPED_COLUMNS, SPLITS, crc, split_fingerprint
@@ -144,7 +144,7 @@ class Journal:
         Returns the part's `.npy` file, the source of those rows.
         """
         if self._next < 0:  # not per batch: listing the folder each time made long runs quadratic
-            self.dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.dir)
             self._next = len(self.parts())
         while (self.dir / f"part-{self._next:07d}.json").exists():
             self._next += 1

@@ -304,7 +304,7 @@ def test_synthetic_audit_without_map_flags_planted_duplicates(tmp_path, capsys):
     assert cli(capsys, "--features", store, "--no-map", "--quiet")[0] == 0 and not (folder / "previous").exists()
     before = (folder / "audit.csv").read_text()  # the same audit again replaced it; another threshold keeps it
     rc, _, err = cli(capsys, "--features", store, "--no-map", "--quiet", "--threshold", "0.5")
-    assert rc == 0 and (folder / "previous" / "1.audit.csv").read_text() == before and "is kept as" in err
+    assert rc == 0 and (folder / "previous" / "1" / "audit.csv").read_text() == before and "is kept as" in err
 
 
 @pytest.mark.parametrize("fmt", ["npy", "parquet"])

@@ -62,12 +62,12 @@ def test_finetune_refuses_dataset_flags_beside_features(tmp_path, capsys, monkey
 def test_speed_refuses_a_json_path_it_could_not_write_before_timing(tmp_path, capsys, monkeypatch):
     forbid(monkeypatch, speed, "pick_device", "logreg_sweep_seconds")
     err = error(capsys, BENCHMARKS, "speed", "--sections", "heads", "--json", tmp_path)
-    assert err == f"error: --json {tmp_path}: is a folder; pass a file to write, e.g. --json {tmp_path}/figures.json\n"
+    assert err == f"error: {tmp_path}: a folder is where this file goes; move it away or pass another --json\n"
     file = tmp_path / "file"
     file.touch()
     err = error(capsys, BENCHMARKS, "speed", "--sections", "heads", "--json", file / "speed.json")
-    assert err == (f"error: --json {file}/speed.json: {file}: is a file, so the output folder {file} cannot be made "
-                   "there; pass another --json path\n")
+    assert err == (f"error: {file}: is a file, so the output folder {file} cannot be made there; pass an output "
+                   "folder (--json) that is not a file or inside one\n")
 
 
 def test_speed_json_goes_to_a_folder_made_for_it(tmp_path, capsys, monkeypatch):
@@ -103,7 +103,7 @@ def test_precision_refuses_fewer_than_two_folds_before_extracting(capsys, monkey
 
 def test_precision_refuses_a_json_folder_before_extracting(tmp_path, capsys, monkeypatch):
     forbid(monkeypatch, precision, "create_backbone", "extract")
-    assert error(capsys, BENCHMARKS, "precision", "--json", tmp_path).startswith(f"error: --json {tmp_path}: is a folder")
+    assert error(capsys, BENCHMARKS, "precision", "--json", tmp_path).startswith(f"error: {tmp_path}: a folder is where")
 
 
 @pytest.mark.parametrize("config, flags, words", [

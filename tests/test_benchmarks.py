@@ -229,9 +229,9 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     assert rc == 0 and "finetune-bn-head: fine-tuning (seed recipe; peak lr 0.01; epochs per run: 1; seeds: 1)" in err
     assert json.loads(metrics.read_text())["params"]["recipe"]["lrs"] == [0.01]
     previous = metrics.parent / "previous"  # each fine-tune it replaced is kept, with its weights, and named
-    kept = [json.loads((previous / f"{n}.{metrics.name}").read_text())["params"] for n in (1, 2)]
+    kept = [json.loads((previous / str(n) / metrics.name).read_text())["params"] for n in (1, 2)]
     assert kept[0]["code"] == "0" * 12 and kept[1]["recipe"]["lrs"] != [0.01]
-    assert (previous / f"2.{metrics.name.replace('.metrics.json', '.pt')}").is_file() and "is kept as" in err
+    assert (previous / "2" / metrics.name.replace(".metrics.json", ".pt")).is_file() and "is kept as" in err
 
 
 def test_a_cached_fine_tune_is_trained_again_when_its_images_or_the_code_it_runs_change(synthetic, tmp_path):

@@ -159,18 +159,21 @@ def test_refit_on_train_and_val(two_stores, tmp_path):
 
 
 def test_a_rerun_keeps_an_earlier_model_whose_result_differs(two_stores, tmp_path, capsys):
-    """The same run again replaces its model (same outcome, nothing lost); another setting moves the earlier
-    model and metrics to models/previous/ and says so."""
+    """The same run again replaces its models (same outcome, nothing lost); another setting moves the earlier
+    models and metrics, together, to models/previous/1/ and says so; a report reads them there."""
+    from benchmarks.report import load_metrics
     store = make_store(tmp_path / "synth" / "alpha.h5", *_arrays(two_stores[0]), "alpha")
     models = tmp_path / "synth" / "models"
     for _ in range(2):
-        rc, _, err = cli(capsys, "--features", store, "--head", "logreg", "--quiet")
+        rc, _, err = cli(capsys, "--features", store, "--head", "logreg", "knn", "--quiet")
         assert rc == 0 and not (models / "previous").exists() and "kept as" not in err
-    rc, _, err = cli(capsys, "--features", store, "--head", "logreg", "--quiet", "--temperature")
-    previous = models / "previous" / "1.alpha-logreg.metrics.json"
-    assert rc == 0 and f"alpha-logreg.metrics.json: this run's result differs from the one there, which is kept as {previous}" in err
-    assert sorted(p.name for p in previous.parent.iterdir()) == [previous.name, "1.alpha-logreg.skops"]
-    assert "temperature" not in json.loads(previous.read_text())["params"]
+    rc, _, err = cli(capsys, "--features", store, "--head", "logreg", "knn", "--quiet", "--temperature")
+    previous = models / "previous" / "1"
+    assert rc == 0 and (f"alpha-logreg.metrics.json: this run's result differs from the one there, which is kept as "
+                        f"{previous / 'alpha-logreg.metrics.json'}") in err
+    assert sorted(p.name for p in previous.iterdir()) == ["alpha-knn.metrics.json", "alpha-knn.skops",
+                                                          "alpha-logreg.metrics.json", "alpha-logreg.skops"]
+    assert all("temperature" not in m.params and Path(m.path).is_file() for m in load_metrics([previous]))
     assert "temperature" in json.loads((models / "alpha-logreg.metrics.json").read_text())["params"]
 
 
@@ -771,6 +774,7 @@ def test_dataset_flags_beside_features_are_refused_not_ignored(good, capsys):
     for command in [], ["audit"]:
         one_line_error(*cli(capsys, *command, "--features", store, "--data", folder, "--seed", "5"),
                        "so --data, --seed would be ignored: drop them, or drop --features")
+    one_line_error(*cli(capsys, "--features", store, "--config", folder / "featbench.toml"), "so --config would be")
     nothing_written(folder)
 
 

@@ -154,8 +154,8 @@ def test_cli_outputs_short_and_no_val(tmp_path, capsys):
     rc = run_cli(main, ["curve", "--features", str(path), "--head", "logreg", "--shots", "2", "--repeats", "2",
                         "--out", str(tmp_path / "out")])  # other points: the earlier curve is kept
     kept = tmp_path / "out" / "synth" / "curve" / "previous"
-    assert rc == 0 and json.loads((kept / "1.curve.json").read_text()) == doc and (kept / "1.curve.csv").is_file()
-    assert f"which is kept as {kept / '1.curve.json'}" in capsys.readouterr().err
+    assert rc == 0 and json.loads((kept / "1" / "curve.json").read_text()) == doc and (kept / "1" / "curve.csv").is_file()
+    assert f"which is kept as {kept / '1' / 'curve.json'}" in capsys.readouterr().err
 
 
 def test_cli_bad_shots_one_line(stores, capsys):

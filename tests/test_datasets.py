@@ -269,6 +269,7 @@ def test_csv_paths_quoting_and_names(tmp_path):
     ("path,label\na.jpg,cat\n\nb.jpg\n", r"list.csv:4: 1 field where the header has 2 \(path,label\)"),
     ('path,label\n"multi\nline.jpg",cat\nc.jpg,dog,train\n', r"list.csv:4: 3 fields where the header has 2"),
     ("path,label\n,cat\n", r"list.csv:2: the path is empty; fill it in or delete the row$"),
+    ("path,label,split\na.jpg,cat,train\n,,train\n", r"list.csv:3: the path is empty; fill it in or delete the row$"),
     ("path,label,split\na.jpg,cat,train\nb.jpg,,val\n", r"list.csv:3: b.jpg is in the val split but has no label; "
      r"label it, or give it the test split \(or none\): an unlabelled image is a test image$"),
     ("path,label,path\na.jpg,cat,b.jpg\n", r"list.csv:1: column 'path' is in the header twice; keep one$"),
@@ -312,6 +313,8 @@ def test_load_dataset_argument_errors(tmp_path, dvc_folder):
             load_dataset(tmp_path / "fifo", fmt)
         with pytest.raises(FeatbenchError, match="gone: a broken symbolic link, not a dataset folder"):
             load_dataset(tmp_path / "gone", fmt)
+    with pytest.raises(FeatbenchError, match="notes.txt: a file, not a dataset folder"):
+        load_dataset(tmp_path / "notes.txt", "imagefolder")
     with pytest.raises(FeatbenchError, match=r"split fractions '0.5,0.5': give three non-negative"):
         assign_splits(_items(), (0.5, 0.5))
     for bad in [(0, 0, 0), (0.5, 0.5, 0.5), (float("nan"), 0.5, 0.5), (1e308, 0, 0)]:
