@@ -51,7 +51,7 @@ from extract.backbones import create_backbone
 from extract.config import add_dataset_args, dataset_flags
 from extract.device import pick_device
 from extract.names import canonical
-from features.atomic import atomic_write, keep_earlier, same_outcome
+from features.atomic import atomic_write, check_outside, keep_earlier, same_outcome
 from features.errors import FeatbenchError, StoreError
 from features.schema import SPLITS, split_fingerprint
 
@@ -432,7 +432,8 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
                      "temperature fitted on it" + (", as the fine-tuned points are" if calibrated else ""))
     for note in notes:
         log(f"note: {note}")
-    folder = (Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve"
+    folder = check_outside((Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve",
+                           loaded[0].meta.dataset)
     spec = Finetunes(list(finetune_shots), min(finetune_repeats, repeats), finetune_mode, finetune_epochs, device,
                      weights, finetune_backbones)
     if finetune_shots:

@@ -37,7 +37,7 @@ from classify.models import SUFFIX
 from classify.select import near_best
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from extract.files import read_given
-from features.atomic import atomic_write, csv_text
+from features.atomic import atomic_write, check_outside, csv_text
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
 from features.records import ModelMetrics, StoreMeta
@@ -1059,6 +1059,7 @@ def build(metrics: list[ModelMetrics], folder: Path, title: str = "", notes: lis
     """Collect and write a report (with `curve`, curve.json's doc, and `audit`, `read_audit`'s, their sections);
     returns what it collected and the files it wrote."""
     c = collect(metrics, notes, curve, audit)
+    check_outside(folder, next((meta.dataset for meta in c.metas.values()), None))
     return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
 
 

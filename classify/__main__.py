@@ -20,7 +20,7 @@ from classify.heads import ENSEMBLES, HEADS
 from classify.models import SUFFIX
 from classify.train import Exclusion, asked_heads, dataset_stores, exclusion_table, parse_heads, run, table
 from extract.config import CONFIG_NAME, add_dataset_args, dataset_flags
-from features.atomic import check_folder
+from features.atomic import check_folder, check_outside
 from features.cli import Command, CommandLine, parse_size, run_cli
 from features.errors import FeatbenchError
 from features.reader import FeatureStore
@@ -186,11 +186,12 @@ def audit_command(args) -> int:
 
 
 def audit_folder(store: Path, out: Path | None) -> Path:
-    """Where an audit goes: OUT/DATASET/audit, or without `out` the audit/ folder beside the store."""
+    """Where an audit goes: OUT/DATASET/audit (`check_outside` the dataset), or without `out` the audit/ folder
+    beside the store."""
     if out is None:
         return Path(store).parent / "audit"
     with FeatureStore(store) as fs:
-        return Path(out) / fs.dataset_name / "audit"
+        return check_outside(Path(out) / fs.dataset_name / "audit", fs.meta.dataset)
 
 
 def train(args) -> int:

@@ -32,7 +32,7 @@ from classify.select import Selection, configurations, first_best, fit_fixed, sc
 from extract.config import refuse_with_features, resolve
 from extract.datasets import Dataset, assign_splits, load_dataset
 from extract.names import store_stem
-from features.atomic import atomic_write, check_folder, keep_earlier, same_outcome
+from features.atomic import atomic_write, check_folder, check_outside, keep_earlier, same_outcome
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore, SplitData
 from features.records import ModelMetrics, StoreMeta
@@ -476,9 +476,10 @@ def feature_bytes(path) -> int:
 
 
 def check_models_folders(stores: list, out: Path | None) -> None:
-    """`check_folder` each models folder the stores' models go to, before any training."""
-    for folder in dict.fromkeys(models_folder(s, out) for s in stores):
-        check_folder(folder)
+    """`check_folder` (and `check_outside` its dataset) each models folder the stores' models go to, before any
+    training."""
+    for folder, dataset in {models_folder(s, out): s.meta.dataset for s in stores}.items():
+        check_folder(check_outside(folder, dataset))
 
 
 def models_folder(store: Store, out: Path | None) -> Path:

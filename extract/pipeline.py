@@ -45,7 +45,7 @@ from extract.images import BadImage, content_hash, load
 from extract.inference import inference_model
 from extract.names import store_stem
 from extract.quantize import Calibration, calibration_set, check_precision, kept_model, recorded_calibration
-from features.atomic import check_file, make_folder
+from features.atomic import check_file, check_outside, make_folder
 from features.errors import DamagedStore, FeatbenchError, StoreError
 from features.merge import shard_path
 from features.reader import FeatureStore, check_root
@@ -332,7 +332,7 @@ def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fracti
     options = options.on(device)
     store = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     path = shard_path(store, *shard) if shard else store
-    _refuse_output_inside(path.parent, dataset)
+    check_outside(path.parent, dataset.describe())
     check_file(path)  # a folder in the store's place: one line now, not a rename failing at the end
     make_folder(path.parent)
     with store_lock(path):
@@ -341,14 +341,6 @@ def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fracti
         if isinstance(backbone, Planned):
             backbone = load_backbone(backbone)
         return _extract_locked(dataset, backbone, path, device, fractions, seed, options, shard, store)
-
-
-def _refuse_output_inside(folder: Path, dataset: Dataset) -> None:
-    """One line where the store's folder lies inside a listed dataset folder (a CSV names its files): its stores,
-    locks and reports would be listed as the dataset's images (or a new class) on the next run."""
-    if dataset.format != "csv" and Path(folder).resolve().is_relative_to(dataset.root):
-        raise FeatbenchError(f"{folder}: this output folder lies inside the dataset folder {dataset.root}, so the "
-                             "next run would list its stores and reports as images; pass an --out outside it")
 
 
 def _existing_store(path: Path) -> FeatureStore:

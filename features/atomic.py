@@ -175,6 +175,17 @@ def check_folder(folder, flag: str = "--out") -> Path:
     return folder
 
 
+def check_outside(folder, dataset: dict | None) -> Path:
+    """Refuse an output folder inside the listed folder of `dataset` (a store's or a listing's record: root,
+    format; a CSV names its files): what is written there would be listed as the dataset's images, or a new class,
+    on the next extraction. Returns `folder`."""
+    root, fmt = (dataset or {}).get("root"), (dataset or {}).get("format")
+    if root and fmt != "csv" and Path(folder).resolve().is_relative_to(Path(root).resolve()):
+        raise FeatbenchError(f"{folder}: this output folder lies inside the dataset folder {root}, so the next "
+                             "extraction would list what is written there as images; pass an --out outside it")
+    return Path(folder)
+
+
 def check_file(path, flag: str = "--out") -> Path:
     """Refuse, before any work, a file to write whose place a folder takes (the rename would fail at the end; the
     one line names `flag`, the option that gave it). Creates nothing; returns `path`."""

@@ -546,7 +546,7 @@ def pets_store(path: Path, seed: int, split_seed: int = 0, **timing):
                       preprocess={"size": 224, "resize": 256, "interpolation": "bilinear", "mean": [0.5] * 3,
                                   "std": [0.5] * 3},
                       weights={"source": "test", "fingerprint": "f" * 16, "file_sha256": "ab" * 32},
-                      dataset={"root": str(path.parent), "format": "oxford-pets", "name": path.parent.name,
+                      dataset={"root": f"/data/{path.parent.name}", "format": "oxford-pets", "name": path.parent.name,
                                "target": "breed", "classes": 3, "files": 60},
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={"torch": "x"}, device="cuda",
                       created="today", **{"images_per_second": 120.0, "extraction_seconds": 0.5, **timing})
@@ -576,6 +576,8 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     (tmp_path / "single.metrics.json").write_text(json.dumps({**doc, "dataset": "single"}))
     rc, _, err = cli(capsys, "report", folder, tmp_path / "single.metrics.json")
     assert rc == 2 and err.count("\n") == 1 and "models of two datasets (pets, single); report one dataset" in err
+    rc, _, err = cli(capsys, "report", folder, "--out", "/data/pets/runs")  # inside the stores' dataset folder
+    assert rc == 2 and "lies inside the dataset folder /data/pets" in err
 
 
 def test_extraction_seconds_are_the_recorded_ones_not_rows_over_the_rounded_rate(tmp_path):

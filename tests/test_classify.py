@@ -778,6 +778,20 @@ def test_dataset_flags_beside_features_are_refused_not_ignored(good, capsys):
     nothing_written(folder)
 
 
+def test_an_out_inside_the_stores_dataset_folder_is_refused_before_any_work(good, capsys):
+    """A store records its dataset folder (here /data/synth): models, an audit or a curve written inside it would
+    be listed as its images, or a new class, on the next extraction."""
+    folder, X, y, splits = good
+    store = make_store(folder / "a.h5", X, y, splits, "a")
+    for command in [], ["audit"]:
+        one_line_error(*cli(capsys, *command, "--features", store, "--out", "/data/synth/runs"),
+                       "/data/synth/runs/synth/", "lies inside the dataset folder /data/synth, so the next extraction")
+    from benchmarks.__main__ import main as benchmarks
+    rc = run_cli(benchmarks, ["curve", "--features", str(store), "--out", "/data/synth/runs"])
+    assert rc == 2 and "lies inside the dataset folder /data/synth" in capsys.readouterr().err
+    nothing_written(folder)
+
+
 def test_missing_and_empty_stores(tmp_path, capsys):
     one_line_error(*cli(capsys, "--features", tmp_path / "nope.h5"), "nope.h5", "python -m extract")
     (tmp_path / "zero.h5").write_bytes(b"")
