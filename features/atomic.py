@@ -1,5 +1,7 @@
 """The one atomic write: a temporary file of its own, synced and renamed over the target, so readers never see half
-a file; the output folders such writes go to, checked before any work; and the CSV text such writes hold."""
+a file (a full disk or a read-only folder: one line); the output folders and files such writes go to, checked
+before any work; an earlier result a write would replace with another, kept aside; and the CSV text such writes
+hold."""
 import csv
 import errno
 import glob
