@@ -58,7 +58,7 @@ from extract.files import read_file
 from extract.images import BadImage, decode_array, load, min_decode_side
 from extract.inference import keep_freed_memory
 from extract.pipeline import store_path
-from features.atomic import atomic_write, check_folder, keep_earlier, same_outcome
+from features.atomic import atomic_write, check_folder, check_outside, keep_earlier, same_outcome
 from features.errors import FeatbenchError
 from features.records import ModelMetrics
 from features.schema import SPLITS, featbench_version
@@ -632,7 +632,7 @@ def main(args: argparse.Namespace) -> int:
     settings = resolve(**dataset_flags(args), need_data=args.features is None)
     data = same_split(settings, args.backbone, args.features)
     out = settings.out if args.out or args.features is None else args.features.parent.parent
-    check_folder(Path(out) / data.dataset["name"] / "models")  # where finetune() writes, checked before training
+    check_folder(check_outside(Path(out) / data.dataset["name"] / "models", data.dataset))  # where finetune() writes
     classes = np.unique(data.labels["train"])
     if len(classes) == 1:  # as classify refuses it
         raise FeatbenchError(f"{data.root}: the train split has only one class ({data.class_names[int(classes[0])]}; "

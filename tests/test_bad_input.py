@@ -52,6 +52,13 @@ def test_finetune_refuses_an_out_that_is_a_file_before_training(tmp_path, capsys
     assert f"{tmp_path / 'file'}: is a file, so the output folder {tmp_path / 'file' / 'pets' / 'models'}" in err
 
 
+def test_finetune_refuses_an_out_inside_the_dataset_folder_before_training(tmp_path, capsys, monkeypatch):
+    forbid(monkeypatch, finetune, "finetune")
+    data = images(tmp_path / "pets", "cat", "dog")
+    err = error(capsys, BENCHMARKS, "finetune", "--backbone", "resnet10t", "--data", data, "--out", data / "runs")
+    assert f"{data / 'runs' / 'pets' / 'models'}: this output folder lies inside the dataset folder" in err
+
+
 def test_finetune_refuses_dataset_flags_beside_features(tmp_path, capsys, monkeypatch):
     forbid(monkeypatch, finetune, "finetune", "same_split")
     err = error(capsys, BENCHMARKS, "finetune", "--backbone", "resnet10t", "--features", tmp_path / "s.h5",
