@@ -348,7 +348,7 @@ class Exclusion:
         kinds = Counter(k for p in c.stores[0].test.paths if p in self.flagged for k in self.flagged[p])
         loss, acc = score(c.chosen.model, X[keep], y[keep], len(c.stores[0].class_names)) if keep.any() else (None,
                                                                                                              None)
-        return {"audit": str(self.audit), "trained_without_flagged": removed is not None,
+        return {"audit": str(Path(self.audit).resolve()), "trained_without_flagged": removed is not None,
                 "train_removed": removed or 0, "test_flagged": int((~keep).sum()),
                 "test_flagged_kinds": dict(sorted(kinds.items())),
                 "n_test_not_flagged": int(keep.sum()), "accuracy_not_flagged": acc, "log_loss_not_flagged": loss}
