@@ -186,12 +186,11 @@ def audit_command(args) -> int:
 
 
 def audit_folder(store: Path, out: Path | None) -> Path:
-    """Where an audit goes: OUT/DATASET/audit (`check_outside` the dataset), or without `out` the audit/ folder
-    beside the store."""
-    if out is None:
-        return Path(store).parent / "audit"
+    """Where an audit goes: OUT/DATASET/audit, or without `out` the audit/ folder beside the store; either
+    `check_outside` the dataset."""
     with FeatureStore(store) as fs:
-        return check_outside(Path(out) / fs.dataset_name / "audit", fs.meta.dataset)
+        folder = Path(out) / fs.dataset_name / "audit" if out is not None else Path(store).parent / "audit"
+        return check_outside(folder, fs.meta.dataset)
 
 
 def train(args) -> int:

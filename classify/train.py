@@ -478,8 +478,8 @@ def feature_bytes(path) -> int:
 def check_models_folders(stores: list, out: Path | None) -> None:
     """`check_folder` (and `check_outside` its dataset) each models folder the stores' models go to, before any
     training."""
-    for folder, dataset in {models_folder(s, out): s.meta.dataset for s in stores}.items():
-        check_folder(check_outside(folder, dataset))
+    for s in stores:
+        check_folder(check_outside(models_folder(s, out), s.meta.dataset))
 
 
 def models_folder(store: Store, out: Path | None) -> Path:

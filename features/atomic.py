@@ -142,8 +142,8 @@ def same_outcome(path, doc: dict) -> bool:
 def keep_earlier(path, same: bool, companions=()) -> Path | None:
     """Where `path` holds an earlier result that this run's is not the `same` as, move it and those of its
     `companions` that are there to `previous/N/` beside it, under their names, N the first where none of them is
-    yet (a run's results displaced together share one), and say so on stderr: nothing computed is replaced
-    unseen. Returns where `path` went (None: nothing moved)."""
+    yet, and say so on stderr: nothing computed is replaced unseen. Returns where `path` went (None: nothing
+    moved)."""
     path = Path(path)
     if same or not path.is_file():
         return None
@@ -182,9 +182,10 @@ def check_outside(folder, dataset: dict | None) -> Path:
     format; a CSV names its files): what is written there would be listed as the dataset's images, or a new class,
     on the next extraction. Returns `folder`."""
     root, fmt = (dataset or {}).get("root"), (dataset or {}).get("format")
-    if root and fmt != "csv" and Path(folder).resolve().is_relative_to(Path(root).resolve()):
+    if root and fmt != "csv" and Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(root)):
         raise FeatbenchError(f"{folder}: this output folder lies inside the dataset folder {root}, so the next "
-                             "extraction would list what is written there as images; pass an --out outside it")
+                             "extraction would list what is written there as images; pass an --out outside it "
+                             "(stores extracted into it: move them out, or use --features STORE --out DIR)")
     return Path(folder)
 
 

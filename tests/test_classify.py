@@ -50,7 +50,7 @@ def view(latent, dim, seed, noise=1.0):
 
 
 def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None, hashes=None,
-               fmt="imagefolder"):
+               fmt="imagefolder", root=None):
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
     meta = Extraction(backbone=backbone, weights_fingerprint="0123456789abcdef",
@@ -58,7 +58,7 @@ def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSE
                                   "std": [0.5] * 3},
                       weights={"source": "random-init (tests only)", "fingerprint": "0123456789abcdef",
                                "random_init": True},
-                      dataset={"root": f"/data/{dataset}", "format": fmt, "name": dataset, "target": "",
+                      dataset={"root": root or f"/data/{dataset}", "format": fmt, "name": dataset, "target": "",
                                "classes": len(class_names), "files": n},
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -790,6 +790,10 @@ def test_an_out_inside_the_stores_dataset_folder_is_refused_before_any_work(good
     rc = run_cli(benchmarks, ["curve", "--features", str(store), "--out", "/data/synth/runs"])
     assert rc == 2 and "lies inside the dataset folder /data/synth" in capsys.readouterr().err
     nothing_written(folder)
+    inside = make_store(folder / "runs" / "b.h5", X, y, splits, "b", root=str(folder))  # extracted into its data
+    for command in [], ["audit"]:  # without --out, beside the store: refused too, saying what to do
+        one_line_error(*cli(capsys, *command, "--features", inside), "move them out, or use --features STORE --out")
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == ["b.h5"]
 
 
 def test_missing_and_empty_stores(tmp_path, capsys):

@@ -228,6 +228,19 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_naming_the_file(tmp_path, 
             pass
 
 
+def test_an_output_folder_inside_a_dataset_folder_is_refused_and_a_link_loop_is_no_traceback(tmp_path):
+    from features.atomic import check_outside
+    data = {"root": str(tmp_path / "data"), "format": "imagefolder"}
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    for inside in tmp_path / "data" / "runs", tmp_path / "link" / "runs", tmp_path / "data" / ".." / "data" / "x":
+        with pytest.raises(FeatbenchError, match="lies inside the dataset folder"):
+            check_outside(inside, data)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for outside in tmp_path / "data2", tmp_path / "loop" / "runs":
+        assert check_outside(outside, data) == outside
+    assert check_outside(tmp_path / "data" / "runs", {**data, "format": "csv"})  # a CSV names its files
+
+
 def test_store_chunks_rows_and_metadata(tmp_path):
     """Rows are chunked by bytes (about 1 MiB), the metadata records what was written, and a writer that
     yields too few rows leaves nothing behind."""
