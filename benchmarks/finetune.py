@@ -53,6 +53,7 @@ from classify.metrics import correct_mask, evaluate, over_seeds
 from classify.select import first_best, near_best, sweep
 from extract.backbones import Backbone, create_backbone
 from extract.config import add_dataset_args, dataset_flags, refuse_with_features, resolve
+from extract.datasets import train_counts
 from extract.device import autocast, default_workers, pick_device, uses_amp
 from extract.files import read_file
 from extract.images import BadImage, decode_array, load, min_decode_side
@@ -633,10 +634,7 @@ def main(args: argparse.Namespace) -> int:
     data = same_split(settings, args.backbone, args.features)
     out = settings.out if args.out or args.features is None else args.features.parent.parent
     check_folder(check_outside(Path(out) / data.dataset["name"] / "models", data.dataset))  # where finetune() writes
-    classes = np.unique(data.labels["train"])
-    if len(classes) == 1:  # as classify refuses it
-        raise FeatbenchError(f"{data.root}: the train split has only one class ({data.class_names[int(classes[0])]}; "
-                             f"split from {data.source}); a classifier needs at least two")
+    train_counts(f"{data.root} (split from {data.source})", data.class_names, data.labels["train"])
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"split from {data.source}: {', '.join(f'{len(data.paths[s])} {s}' for s in SPLITS)}")
     m = finetune(data, args.backbone, args.mode, out, recipe=recipe_from_args(args, args.mode), epochs=args.epochs,

@@ -30,7 +30,7 @@ from classify.metrics import correct_mask, evaluate, over_seeds, proba
 from classify.models import SUFFIX, backbone_record, bundle, save_model
 from classify.select import Selection, configurations, first_best, fit_fixed, score, scores, sweep, val_scores
 from extract.config import refuse_with_features, resolve
-from extract.datasets import Dataset, assign_splits, load_dataset
+from extract.datasets import Dataset, assign_splits, load_dataset, train_counts
 from extract.names import store_stem
 from features.atomic import atomic_write, check_folder, check_outside, keep_earlier, same_outcome
 from features.errors import FeatbenchError, StoreError
@@ -134,10 +134,7 @@ def load_store(path, features: bool = True, need_val: bool = True) -> Store:
                 raise StoreError(f"{where}: no labelled {split} images; {how}")
             if data.X is not None:
                 fs.check_finite(data.X, data.rows, split)
-    counts = np.bincount(parts["train"].y, minlength=len(names))
-    if (counts > 0).sum() < 2:
-        raise StoreError(f"{where}: the train split has only one class ({names[int(counts.argmax())]}); "
-                         "a classifier needs at least two")
+    counts = train_counts(where, names, parts["train"].y)
     for split in ("val", "test"):
         unseen = sorted(set(parts[split].y.tolist()) - set(np.flatnonzero(counts).tolist()))
         if unseen:

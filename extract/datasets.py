@@ -386,6 +386,15 @@ def _rank_key(seed: int, rel: str) -> bytes:
     return hashlib.blake2b(f"{seed}:{rel}".encode(), digest_size=8).digest()
 
 
+def train_counts(where, names: list, y: np.ndarray) -> np.ndarray:
+    """Train images per class; one line where fewer than two classes have any: no classifier can learn."""
+    counts = np.bincount(y, minlength=len(names))
+    if (counts > 0).sum() < 2:
+        raise FeatbenchError(f"{where}: the train split has only one class ({names[int(counts.argmax())]}); "
+                             "a classifier needs at least two")
+    return counts
+
+
 def split_fractions(values) -> tuple[float, float, float]:
     """Train, val and test fractions from `0.7,0.15,0.15` or a sequence: three finite, non-negative
     numbers that sum to 1; anything else is one line saying so."""
