@@ -292,7 +292,8 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
     if spec.mode not in MODES:
         raise FeatbenchError(f"--finetune-mode {spec.mode!r}: choose {', '.join(MODES)}")
     points, skipped, notes = [], [], []
-    recipe, epochs = recipe_for(spec.mode), spec.epochs or default_epochs(pick_device(spec.device))
+    recipe, dev = recipe_for(spec.mode), pick_device(spec.device)
+    epochs = spec.epochs or default_epochs(dev)
     for s in tuned_stores(stores, spec):
         backbone, w = s.meta.backbone, s.meta.weights or {}
         checked, weights = False, None
@@ -308,7 +309,7 @@ def finetune_points(stores: list[Store], spec: Finetunes, seed: int, folder: Pat
                 budget = {"epochs": epochs, "epoch_images": per_epoch, "batch_size": 32, "seeds": 1,
                           "train_seed": seed + r}
                 path = folder / f"{stem}-n{shot_name(n)}-r{r}.metrics.json"
-                m = reusable(path, sub, w.get("fingerprint"), budget_params(spec.mode, recipe, **budget))
+                m = reusable(path, sub, w.get("fingerprint"), budget_params(spec.mode, recipe, **budget, device=dev))
                 what = f"{s.name} finetune-{spec.mode} n={shot_name(n)} repeat {r}"
                 if m:
                     log(f"{what}: reused ({path.name})")

@@ -406,10 +406,13 @@ def code_fingerprint() -> str:
 
 
 def budget_params(mode: str, recipe: Recipe, epochs: int, epoch_images: int, batch_size: int, seeds: int,
-                  train_seed: int) -> dict:
-    """The settings a fine-tune's metrics record (`params`), which decide whether it can be reused."""
+                  train_seed: int, device: torch.device, amp: bool = True) -> dict:
+    """The settings a fine-tune's metrics record (`params`), which decide whether it can be reused: the device
+    type and autocast among them, since a fine-tune trained on the CPU or in fp32 is not the one asked for on a
+    GPU in fp16."""
     return {"mode": mode, "recipe": recipe.as_dict(), "epochs": epochs, "epoch_images": epoch_images,
-            "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed, "code": code_fingerprint()}
+            "batch_size": batch_size, "seeds": seeds, "train_seed": train_seed, "device": device.type,
+            "amp": uses_amp(device, amp), "code": code_fingerprint()}
 
 
 def reusable(path: Path, data: SplitImages, weights_fp: str, params: dict) -> ModelMetrics | None:
@@ -540,7 +543,7 @@ def finetune(data: SplitImages, backbone_name: str, mode: str, out: Path, *, rec
         log_loss_raw=float(log_loss(y_test, softmax(logits[seen]), labels=range(len(data.class_names)))),
         val_log_loss=chosen.best.val_log_loss, val_accuracy=chosen.best.val_accuracy,
         val_log_loss_raw=chosen.best.val_log_loss_raw if recipe.calibrate else None,
-        params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed),
+        params={**budget_params(mode, recipe, epochs, per_epoch, batch_size, seeds, train_seed, dev.device, dev.amp),
                 "files": files, "lr": chosen.lr, "best_epoch": chosen.best.epoch,
                 "temperature": chosen.best.temperature,
                 **({"probe_C": probe.C} if probe else {})},

@@ -159,13 +159,13 @@ def _recipe(entry: dict):
 
 def finetune_settings(entry: dict, n_train: int, device: str) -> tuple:
     """A [[finetune]] entry as (recipe, finetune() keyword budget, the params its metrics would record)."""
-    mode = entry.get("mode", "full")
+    mode, dev = entry.get("mode", "full"), pick_device(device)
     recipe = _recipe(entry)
-    budget = {"epochs": entry.get("epochs") or default_epochs(pick_device(device)),
+    budget = {"epochs": entry.get("epochs") or default_epochs(dev),
               "epoch_images": entry.get("epoch_images", 0), "batch_size": entry.get("batch_size", 32),
               "seeds": entry.get("seeds", 1), "train_seed": entry.get("train_seed", 0)}
     per_epoch = epoch_size(n_train, budget["epoch_images"])
-    recorded = budget_params(mode, recipe, **{**budget, "epoch_images": per_epoch})
+    recorded = budget_params(mode, recipe, **{**budget, "epoch_images": per_epoch}, device=dev)
     return recipe, budget, recorded
 
 

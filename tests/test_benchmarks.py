@@ -234,7 +234,7 @@ def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_pat
     assert (previous / "2" / metrics.name.replace(".metrics.json", ".pt")).is_file() and "is kept as" in err
 
 
-def test_a_cached_fine_tune_is_trained_again_when_its_images_or_the_code_it_runs_change(synthetic, tmp_path):
+def test_a_cached_fine_tune_is_trained_again_when_its_images_code_device_or_autocast_change(synthetic, tmp_path):
     """The key covers every featbench module the fine-tune runs (the probe's heads, selection, calibration, image
     decoding: not only finetune.py) and the images as they were (an image rewritten under its name)."""
     from benchmarks.finetune import _sources, reusable
@@ -247,8 +247,10 @@ def test_a_cached_fine_tune_is_trained_again_when_its_images_or_the_code_it_runs
     shutil.copytree(data.root, tmp_path / "dvc")  # copies keep the originals' sizes and times
     data = replace(data, root=tmp_path / "dvc")
     params = {k: m.params[k] for k in ("mode", "recipe", "epochs", "epoch_images", "batch_size", "seeds",
-                                       "train_seed", "code")}
+                                       "train_seed", "device", "amp", "code")}
     assert reusable(metrics, data, m.weights["fingerprint"], params) is not None
+    for other in ({"device": "cuda"}, {"amp": True}):  # trained on the CPU in fp32: not what a GPU run asks for
+        assert reusable(metrics, data, m.weights["fingerprint"], {**params, **other}) is None
     image = data.root / data.paths["val"][0]
     write_image(image, 7)  # another picture under the same name
     assert reusable(metrics, data, m.weights["fingerprint"], params) is None
