@@ -93,7 +93,7 @@ def store_metas(metrics: list[ModelMetrics]) -> dict[str, StoreMeta]:
     metas = {}
     for m in metrics:
         for stem in m.features:
-            path = Path(m.path).parent.parent / f"{stem}.h5"
+            path = m.dataset_folder() / f"{stem}.h5"
             if stem not in metas and path.is_file():
                 with FeatureStore(path) as fs:
                     metas[stem] = fs.meta
@@ -1088,11 +1088,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     metrics = load_metrics(args.inputs)
-    here = Path(metrics[0].path).parent.parent  # OUT/DATASET/models/MODEL → OUT/DATASET
+    here, kept = metrics[0].dataset_folder(), metrics[0].kept()
     folder = (args.out / check_dataset_name(metrics[0].dataset, f"recorded for {metrics[0].path}") if args.out
-              else here) / "report"
-    found = here / "curve" / "curve.json"
-    curve = read_curve(args.curve) if args.curve else read_curve(found) if found.is_file() else None
+              else Path(metrics[0].path).parent if kept else here) / "report"
+    found = None if kept else here / "curve" / "curve.json"  # the latest curve is not that of models kept in previous/
+    curve = read_curve(args.curve) if args.curve else read_curve(found) if found and found.is_file() else None
     notes = check_curve(curve, args.curve or found, metrics) if curve else []
     c, written = build(metrics, folder, args.title, notes, curve, read_audit(here / "audit"))
     print(markdown_table(c))

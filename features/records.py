@@ -203,6 +203,19 @@ class ModelMetrics(_Json):
     path: str | None = None  # the model file
     extra: dict = field(default_factory=dict)  # keys this featbench does not know, as read
 
+    def dataset_folder(self) -> Path:
+        """OUT/DATASET, where this model's stores, audit and curve are: its model lies in OUT/DATASET/models/ or,
+        kept there by a later run, in OUT/DATASET/models/previous/N/."""
+        folder = Path(self.path).parent
+        if self.kept():
+            folder = folder.parent.parent
+        return folder.parent
+
+    def kept(self) -> bool:
+        """Whether this model was moved to models/previous/N/ by a later run (`features.atomic.keep_earlier`)."""
+        folder = Path(self.path).parent
+        return folder.parent.name == "previous" and folder.parent.parent.name == "models"
+
     def per_class(self) -> dict:
         """`precision/<class>` and `recall/<class>`, as written."""
         return {f"{kind}/{c}": v for kind in PER_CLASS for c, v in getattr(self, kind).items()}

@@ -27,6 +27,7 @@ from classify.train import load_store
 from extract.backbones import create_backbone, weights_here
 from extract.config import DatasetSettings
 from features import Extraction, FeatureStore, write_store
+from features.atomic import make_folder
 from features.cli import run_cli
 from features.errors import FeatbenchError
 from features.records import ModelMetrics, StoreMeta
@@ -205,6 +206,22 @@ def test_report_command_rebuilds_the_same_table(synthetic, tmp_path, capsys):
     md = (synthetic / "report" / "report.md").read_text()
     assert table and all(ln in md for ln in table)
     assert (tmp_path / "again" / "dvc" / "report" / "report.html").is_file()  # OUT/DATASET/report, as `run` writes
+
+
+def test_report_of_models_kept_in_previous_finds_their_stores_and_writes_beside_them(synthetic, tmp_path, capsys):
+    """Models a later run moved to models/previous/N/ are reported with their stores' extraction cost, in
+    previous/N/report/, and the latest run's report is left as it was."""
+    runs = tmp_path / "runs" / "dvc"
+    shutil.copytree(synthetic, runs)
+    kept = make_folder(runs / "models" / "previous" / "1")
+    for f in (runs / "models").glob("resnet10t-random-init-logreg.*"):
+        shutil.copy(f, kept / f.name)
+    latest = (runs / "report" / "report.md").read_text()
+    rc, out, err = cli(capsys, "report", kept)
+    assert rc == 0, err
+    rows = json.loads((kept / "report" / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["resnet10t-random-init-logreg"] and rows[0]["extract_seconds"] > 0
+    assert (runs / "report" / "report.md").read_text() == latest
 
 
 def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_path, capsys):
