@@ -244,6 +244,7 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
     prints = {}
 
     def write(tmp: Path) -> None:
+        _check_room(tmp, len(paths) * dim * np.dtype(dtype).itemsize + sum(map(len, paths)) * 4, path)
         with h5py.File(tmp, "w") as f:
             digest = _write_embeddings(f, chunks, len(paths), dim, dtype, path)
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
@@ -265,6 +266,16 @@ def write_store(path: Path, *, dim: int, chunks: Iterable[np.ndarray], labels, p
             f.attrs["complete"] = True
     atomic_write(path, write)
     return prints
+
+
+def _check_room(tmp: Path, need: int, path: Path) -> None:
+    """Refuse, before HDF5 starts, to write about `need` bytes (and 1 MiB more) to `tmp` where its disk has less
+    free: HDF5 (2.0, h5py 3.16) ends a write the disk cuts short in a traceback, and may crash the process."""
+    free = shutil.disk_usage(tmp.parent).free
+    if free < need + (1 << 20):
+        raise FeatbenchError(f"{path}: needs about {need / 2**20:.0f} MiB and its disk has {free / 2**20:.0f} MiB "
+                             "free; free some space or pass an --out on another disk, then re-run the same command: "
+                             "finished work is kept")
 
 
 def _write_embeddings(f: h5py.File, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str, path: Path) -> str:

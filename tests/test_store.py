@@ -228,6 +228,16 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_naming_the_file(tmp_path, 
             pass
 
 
+def test_a_store_without_room_on_its_disk_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
+    import features.writer
+    room = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(features.writer.shutil, "disk_usage", lambda p: room._replace(free=2 << 20))
+    with pytest.raises(FeatbenchError, match=r"a\.h5: needs about 2 MiB and its disk has 2 MiB free; free some space"):
+        make_store(tmp_path / "a.h5", n=1000, dim=512)
+    assert list(tmp_path.iterdir()) == []
+    make_store(tmp_path / "a.h5", n=100, dim=512)  # 0.2 MiB fits
+
+
 def test_an_output_folder_inside_a_dataset_folder_is_refused_and_a_link_loop_is_no_traceback(tmp_path):
     from features.atomic import check_outside
     data = {"root": str(tmp_path / "data"), "format": "imagefolder"}
