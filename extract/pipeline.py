@@ -333,7 +333,8 @@ def extract(dataset: Dataset, backbone: Backbone | Planned, out: Path, *, fracti
     store = store_path(out, dataset.name, backbone, weights_file, options.dtype, options.precision)
     path = shard_path(store, *shard) if shard else store
     check_outside(path.parent, dataset.describe())
-    check_file(path)  # a folder in the store's place: one line now, not a rename failing at the end
+    for p in dict.fromkeys([path, store]):  # a folder in the store's (or the merged store's) place: one line now,
+        check_file(p)  # not a rename failing at the end of the run or of the merge
     make_folder(path.parent)
     with store_lock(path):
         if not shard:  # a shard's root is its node's mount, which may differ between re-runs of a rank

@@ -71,6 +71,8 @@ def test_an_out_inside_the_dataset_or_a_folder_at_the_store_path_is_refused_firs
     for overwrite in False, True:  # a folder where the store goes: --overwrite would not help either
         with pytest.raises(FeatbenchError, match="random-init.h5: a folder is where this file goes; move it away"):
             run(dvc_folder, tmp_path / "out", tiny, overwrite=overwrite)
+    with pytest.raises(FeatbenchError, match="random-init.h5: a folder is where this file goes"):  # the merge's
+        extract(load_dataset(dvc_folder), tiny, tmp_path / "out", options=QUIET, shard=(0, 2))
     assert sorted(p.name for p in (tmp_path / "out" / "dvc").iterdir()) == ["resnet10t-random-init.h5"]
 
 
