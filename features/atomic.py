@@ -124,13 +124,13 @@ def _sync(path: Path) -> None:
 
 
 def same_outcome(path, doc: dict) -> bool:
-    """Whether the JSON record at `path` says what `doc` does but for when and how fast it was made and by which
-    version (keys `created`, `path`, `featbench_version`, and any ending in `seconds` at any depth); False where it
-    does not read."""
+    """Whether the JSON record at `path` says what `doc` does but for when, where from and how fast it was made and
+    by which version (keys `created`, `path`, `featbench_version`, `split_source`, `dataset_root`, and any ending in
+    `seconds` at any depth); False where it does not read."""
     def outcome(v, top: bool = False):
         if isinstance(v, dict):
             return {k: outcome(x) for k, x in v.items() if not k.endswith("seconds")
-                    and not (top and k in ("created", "path", "featbench_version"))}
+                    and not (top and k in ("created", "path", "featbench_version", "split_source", "dataset_root"))}
         return [outcome(x) for x in v] if isinstance(v, list) else v
     try:
         old = json.loads(Path(path).read_text())

@@ -238,6 +238,23 @@ def test_a_store_without_room_on_its_disk_is_refused_before_hdf5_writes(tmp_path
     make_store(tmp_path / "a.h5", n=100, dim=512)  # 0.2 MiB fits
 
 
+def test_same_outcome_ignores_when_where_from_and_how_fast_a_record_was_made(tmp_path):
+    """A fine-tune trained again from its store reached by another path, or by a later version, is the same result;
+    a changed score, even one nested in `compute`, is not."""
+    from features.atomic import same_outcome
+    doc = {"accuracy": 0.9, "created": "2026-12-01", "path": "/a/m.pt", "featbench_version": "0.1",
+           "split_source": "store /a/s.h5", "dataset_root": "/a/data", "fit_seconds": 3.0,
+           "compute": {"runs": 3, "seconds": 2.0}}
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    moved = {**doc, "created": "2026-12-04", "path": "/b/m.pt", "featbench_version": "0.2",
+             "split_source": "store /b/s.h5", "dataset_root": "/b/data", "fit_seconds": 9.0,
+             "compute": {"runs": 3, "seconds": 7.0}}
+    assert same_outcome(tmp_path / "m.json", moved)
+    assert not same_outcome(tmp_path / "m.json", {**moved, "accuracy": 0.91})
+    assert not same_outcome(tmp_path / "m.json", {**moved, "compute": {"runs": 4, "seconds": 7.0}})
+    assert not same_outcome(tmp_path / "missing.json", doc)
+
+
 def test_an_output_folder_inside_a_dataset_folder_is_refused_and_a_link_loop_is_no_traceback(tmp_path):
     from features.atomic import check_outside
     data = {"root": str(tmp_path / "data"), "format": "imagefolder"}
