@@ -162,6 +162,7 @@ class Collected:
     curve: dict | None = None  # curve.json's doc
     audit: dict | None = None  # `read_audit`: audit.csv's rows and map.png of `classify audit`
     excluded: list = field(default_factory=list)  # models trained without the audit's flagged images (--exclude)
+    dataset: dict = field(default_factory=dict)  # `dataset_record`
 
     def best(self, kind: str, backbone: str | None = None, refit: bool | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (within
@@ -195,10 +196,23 @@ def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict 
     metrics, dropped = one_split(metrics)
     metas = store_metas(metrics)
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
-    dataset_meta = next((s.dataset for s in metas.values()), None) or {}
-    published = [p.as_row() for p in published_for(task_of(dataset_meta))]
+    dataset = dataset_record(metrics, metas)
+    published = [p.as_row() for p in published_for(task_of(dataset))]
     return Collected(metrics, rows, published, metas, list(notes or []) + dropped + _mixed_calibration(rows), curve,
-                     audit, excluded)
+                     audit, excluded, dataset)
+
+
+def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta]) -> dict:
+    """The dataset record (`Dataset.describe()`: root, format, name…) of a store the models were trained on: a frozen
+    model's, else the one a fine-tune took its split from; {} where none is here."""
+    if metas:
+        return next(iter(metas.values())).dataset or {}
+    for m in metrics:
+        store = Path((m.split_source or "").removeprefix("store "))
+        if (m.split_source or "").startswith("store ") and store.is_file():
+            with FeatureStore(store) as fs:
+                return fs.meta.dataset or {}
+    return {}
 
 
 def _mixed_calibration(rows: list[dict]) -> list[str]:
@@ -890,7 +904,7 @@ def figures(c: Collected) -> list[Figure]:
         label = f"{best['backbone']} + {best['head']}"
         out.append(Figure("confusion.png", f"Confusion matrix of the best model ({label})",
                           plots.confusion(m, f"{label}: test confusion")))
-        root = m.dataset_root or (next((s.dataset for s in c.metas.values()), None) or {}).get("root", ".")
+        root = m.dataset_root or c.dataset.get("root", ".")
         png = plots.top_losses(m, Path(root), label)
         if png:
             out.append(Figure("top_losses.png", f"Top losses of the best model ({label})", png))
@@ -915,7 +929,7 @@ def audit_figures(c: Collected, per_kind: int = 9) -> list[Figure]:
         return []
     out = [Figure("audit_map.png", "Map of the embeddings (UMAP), flagged images ringed", c.audit["map"])] \
         if c.audit["map"] else []
-    root = (next((s.dataset for s in c.metas.values()), None) or {}).get("root", ".")
+    root = c.dataset.get("root", ".")
     for kind in AUDIT_KINDS:
         rows = [r for r in c.audit["rows"] if r["kind"] == kind][:per_kind]
         items = [(r["path"], f"{r['split']} {r['label']}" + (f" → {r['suggested']}" if r["suggested"] else "")
@@ -1059,7 +1073,7 @@ def build(metrics: list[ModelMetrics], folder: Path, title: str = "", notes: lis
     """Collect and write a report (with `curve`, curve.json's doc, and `audit`, `read_audit`'s, their sections);
     returns what it collected and the files it wrote."""
     c = collect(metrics, notes, curve, audit)
-    check_outside(folder, next((meta.dataset for meta in c.metas.values()), None))
+    check_outside(folder, c.dataset)
     return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
 
 

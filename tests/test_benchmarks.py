@@ -224,6 +224,19 @@ def test_report_of_models_kept_in_previous_finds_their_stores_and_writes_beside_
     assert (runs / "report" / "report.md").read_text() == latest
 
 
+def test_a_report_of_fine_tunes_alone_knows_its_dataset_from_their_store(synthetic, tmp_path, capsys):
+    """No frozen model names a store, so the store the fine-tune took its split from gives the dataset: its
+    published rows are shown, and a report folder inside the dataset folder is refused."""
+    tuned = synthetic / "models" / "resnet10t-random-init-finetune-bn-head.metrics.json"
+    rc, _, err = cli(capsys, "report", tuned, "--out", tmp_path / "out")
+    assert rc == 0, err
+    published = json.loads((tmp_path / "out" / "dvc" / "report" / "results.json").read_text())["published"]
+    assert len(published) == sum(p.task == "dogs-vs-cats" for p in PUBLISHED) > 0
+    data = synthetic.parent.parent / "dvc"
+    rc, _, err = cli(capsys, "report", tuned, "--out", data / "runs")
+    assert rc == 2 and "lies inside the dataset folder" in err and not (data / "runs").exists()
+
+
 def test_finetunes_are_reused_only_when_every_setting_matches(synthetic, tmp_path, capsys):
     root = tmp_path / "copy"
     shutil.copytree(synthetic.parent.parent, root)  # images, config and runs of the module's `run`
