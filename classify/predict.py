@@ -17,7 +17,7 @@ from extract.datasets import IMAGE_EXT
 from extract.device import pick_device
 from extract.pipeline import Options, embed_files
 from extract.quantize import check_precision
-from features.atomic import atomic_write, check_file, check_folder
+from features.atomic import atomic_write, check_file, check_folder, keep_earlier
 from features.errors import FeatbenchError
 
 KAGGLE_ID = re.compile(r"^(\d+)\.[^.]+$")
@@ -110,7 +110,8 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
     """Write `id,label` (label = P(dog)) for every N.jpg in `folder`; returns (path, rows, failed).
 
     Every entry so named is listed, whatever it is; those that cannot be read as images (a broken link, a FIFO,
-    a corrupt file) get 0.5, so that the submission still lists every id.
+    a corrupt file) get 0.5, so that the submission still lists every id. An earlier, different submission at
+    `output` moves to `previous/N/` beside it (`keep_earlier`).
     """
     folder = Path(folder)
     if not 0 <= clip < 0.5:
@@ -137,5 +138,6 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
     dog = np.where(np.isnan(P[:, 0]), 0.5, P[:, model["class_names"].index("dog")])
     dog = np.clip(dog, clip, 1 - clip)
     text = "id,label\n" + "".join(f"{i},{p:.6f}\n" for i, p in zip(ids, dog))
+    keep_earlier(output, output.is_file() and output.read_bytes() == text.encode())
     atomic_write(output, lambda tmp: tmp.write_text(text))
     return output, len(ids), sum(bool(r) for r in reasons)

@@ -175,6 +175,13 @@ def test_kaggle_submission(trained, tmp_path, capsys):
     assert p[2] == pytest.approx(np.clip(prob if label == "dog" else 1 - prob, 0.005, 0.995), abs=1e-3)
     rc, _, err = cli(capsys, "submit", "--model", models["avg"], data, "--out", tmp_path / "no")
     assert rc == 2 and err.startswith("error: ") and "N.jpg" in err and not (tmp_path / "no").exists()
+    first = out.read_text()  # the same submission again replaces it; another one keeps it in previous/1/
+    for clip in "0.005", "0.499":
+        rc, _, err = cli(capsys, "submit", "--model", models["avg"], test, "--clip", clip, "--out", out.parent)
+        assert rc == 0, err
+    assert (out.parent / "previous" / "1" / "submission.csv").read_text() == first != out.read_text()
+    assert f"kept as {out.parent / 'previous' / '1' / 'submission.csv'}" in err
+    assert sorted(p.name for p in (out.parent / "previous").iterdir()) == ["1"]
 
 
 def test_every_entry_named_like_an_image_is_listed_and_unreadable_ones_say_why(trained, tmp_path, capsys, monkeypatch):
