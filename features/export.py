@@ -4,7 +4,7 @@ npy: a folder of four arrays, row i of each the same image, all readable with `n
 `embeddings.npy` (float32, n × dim), `paths.npy`, `labels.npy` (class names, "" for an unlabelled image) and
 `splits.npy` (train | val | test). parquet: one table with the columns path, label (null when unlabelled), split
 and embedding (a fixed-size list of float32). Both are written a chunk of rows at a time, then moved into place;
-an earlier export is replaced only with `--overwrite`, and the store itself never.
+an earlier export is replaced only with `--overwrite`, and no other file (the store, a model) ever.
 """
 from pathlib import Path
 
@@ -26,21 +26,37 @@ def columns(store: FeatureStore) -> dict[str, np.ndarray]:
             "splits": np.array(SPLITS)[store.splits]}
 
 
-def check_target(target: Path, store: FeatureStore, overwrite: bool) -> None:
-    """Refuse, in one line, to write `target` where it is the store being exported, a folder, or (unless
-    `overwrite`) a file already there."""
+MAGIC = {"npy": b"\x93NUMPY", "parquet": b"PAR1"}  # how each format's files begin
+
+
+def check_target(target: Path, store: FeatureStore, overwrite: bool, fmt: str) -> None:
+    """Refuse, in one line, to write `target` where it is the store being exported, a folder, or a file already
+    there: with `overwrite`, one that is not a regular file beginning as an `fmt` file does (an earlier export)."""
     if target.resolve() == store.path.resolve():
         raise FeatbenchError(f"{target}: is the store being exported; pass another --out")
     if target.is_dir():
         raise FeatbenchError(f"{target}: a folder, where the export writes a file; pass another --out")
-    if not overwrite and (target.exists() or target.is_symlink()):
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
         raise FeatbenchError(f"{target}: already there; pass --overwrite to replace it, or another --out")
+    if not (target.is_file() and _begins(target, MAGIC[fmt])):
+        raise FeatbenchError(f"{target}: not an earlier {fmt} export, so --overwrite does not replace it; pass "
+                             "another --out")
+
+
+def _begins(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def export_npy(store: FeatureStore, folder: Path, overwrite: bool = False) -> Path:
     cols = columns(store)
     for name in ("embeddings", *cols):
-        check_target(folder / f"{name}.npy", store, overwrite)
+        check_target(folder / f"{name}.npy", store, overwrite, "npy")
     make_folder(folder)
     rows = np.arange(len(store.paths))
 
@@ -63,7 +79,7 @@ def _save(path: Path, values: np.ndarray) -> None:
 
 
 def export_parquet(store: FeatureStore, path: Path, overwrite: bool = False) -> Path:
-    check_target(path, store, overwrite)
+    check_target(path, store, overwrite, "parquet")
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

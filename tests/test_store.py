@@ -532,8 +532,8 @@ def test_verify_and_export_find_labels_and_splits_changed_after_writing(tmp_path
 
 
 def test_export_replaces_neither_the_store_nor_an_earlier_export_and_names_a_folder(tmp_path, capsys):
-    """`export --out` never writes over the store it reads, replaces an existing export only with --overwrite,
-    and a folder where the parquet file goes is one line (it was an IsADirectoryError)."""
+    """`export --out` never writes over the store it reads, replaces an existing export only with --overwrite (and
+    with it, only a file that begins as an export of that format does), and a folder where the parquet file goes is one line (it was an IsADirectoryError)."""
     pytest.importorskip("pyarrow", reason="the [parquet] extra (in [test]) is not installed")
     from features.__main__ import main as features_main
     from features.cli import run_cli
@@ -555,14 +555,24 @@ def test_export_replaces_neither_the_store_nor_an_earlier_export_and_names_a_fol
     assert err == (f"error: {mine / 'labels.npy'}: already there; pass --overwrite to replace it, or another "
                    "--out\n"), err
     assert [p.name for p in mine.iterdir()] == ["labels.npy"] and (mine / "labels.npy").read_text() == "mine"
+    assert run_cli(features_main, [*export, "npy", "--out", str(mine), "--overwrite"]) == 2  # not an export
+    err = capsys.readouterr().err
+    assert err == (f"error: {mine / 'labels.npy'}: not an earlier npy export, so --overwrite does not replace it; "
+                   "pass another --out\n"), err
+    np.save(mine / "labels.npy", np.arange(3))  # an earlier export's file: replaced
     assert run_cli(features_main, [*export, "npy", "--out", str(mine), "--overwrite"]) == 0
     assert len(np.load(mine / "labels.npy")) == 50
+    other = tmp_path / "other.h5"  # another store, or a model, is no export: --overwrite leaves it
+    shutil.copy(path, other)
+    assert run_cli(features_main, [*export, "parquet", "--out", str(other), "--overwrite"]) == 2
+    assert "other.h5: not an earlier parquet export" in capsys.readouterr().err and other.read_bytes() == store
     assert run_cli(features_main, [*export, "parquet", "--out", str(mine)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {mine}: a folder, where the export writes a file; pass another --out\n", err
     assert run_cli(features_main, [*export, "parquet"]) == 0
     assert run_cli(features_main, [*export, "parquet"]) == 2  # the default target, now there
     assert "s.parquet: already there" in capsys.readouterr().err
+    assert run_cli(features_main, [*export, "parquet", "--overwrite"]) == 0  # an earlier parquet export: replaced
 
 
 @pytest.mark.parametrize("name,expected", [
