@@ -585,6 +585,8 @@ def _trunk_and_head(plan: Planned) -> tuple[nn.Module, nn.Module | None]:
 def load_backbone(plan: Planned) -> Backbone:
     """The planned backbone, its weights loaded (`plan_backbone` checked them), read out as planned."""
     trunk, head = _trunk_and_head(plan)
+    if not plan.weights["random_init"]:
+        _check_finite(trunk, plan.file or plan.name)
     info = {**plan.weights, "fingerprint": state_fingerprint(trunk, head)[:16]}  # the weights as loaded
     readout = plan.readout
     trunk = read_out(trunk, readout, plan.name)
@@ -600,6 +602,16 @@ def load_backbone(plan: Planned) -> Backbone:
         raise FeatbenchError(f"--image-size {readout.image_size}: {plan.name} does not run at that size "
                              f"({(str(e).splitlines() or [''])[0][:120]}); leave --image-size out") from None
     return Backbone(plan.name, model, head, pre, dim, info, readout)
+
+
+def _check_finite(trunk: nn.Module, source) -> None:
+    """Refuse weights holding NaN or infinity: some inference paths (oneDNN's fused ReLU) turn them into all-zero
+    features that look valid."""
+    bad = [k for k, v in trunk.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        hold = "s hold" if len(bad) != 1 else " holds"
+        raise FeatbenchError(f"{source}: {len(bad)} weight tensor{hold} NaN or infinite values (first: {bad[0]}); "
+                             "these weights are damaged: fetch or export them again")
 
 
 def list_backbones() -> list[dict]:

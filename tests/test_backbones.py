@@ -171,6 +171,20 @@ def test_a_checkpoint_of_another_trunk_is_one_line_naming_its_keys(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_weights_holding_nan_are_refused_naming_the_file(tmp_path):
+    """The optimised CPU path (frozen, oneDNN's fused ReLU) made NaN weights all-zero features that passed the
+    finiteness check: such weights are refused as they load."""
+    import safetensors.torch
+    import timm
+    state = timm.create_model("resnet10t", pretrained=False).state_dict()
+    state["conv1.0.weight"][0, 0, 0, 0] = float("nan")
+    f = tmp_path / "nan.safetensors"
+    safetensors.torch.save_file(state, f)
+    with pytest.raises(FeatbenchError, match=r"^\S+nan\.safetensors: 1 weight tensor holds NaN or infinite values "
+                                             r"\(first: conv1\.0\.weight\); these weights are damaged"):
+        create_backbone("resnet10t", weights=f)
+
+
 def test_wrong_weights_file_is_one_clear_error(tmp_path):
     f = tmp_path / "wrong.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), f)
