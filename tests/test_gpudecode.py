@@ -71,7 +71,7 @@ def test_same_embeddings_as_the_cpu_path_on_real_photos():
     assert not any(reasons) and cos.min() >= 0.999, cos.min()
 
 
-def test_without_cuda_the_flag_is_one_line(tmp_path, capsys):
+def test_without_cuda_the_flags_are_one_line(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible")
     write_image(tmp_path / "d" / "cat.0.jpg", 0)
@@ -79,6 +79,10 @@ def test_without_cuda_the_flag_is_one_line(tmp_path, capsys):
                                   "--device", "cpu", "--gpu-decode", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == "error: --gpu-decode needs a CUDA GPU (this run is on cpu); drop --gpu-decode\n"
+    assert run_cli(extract_main, ["--backbone", "resnet10t", "--random-init", "--data", str(tmp_path / "d"),
+                                  "--device", "cpu", "--amp-dtype", "float16", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "error: --amp-dtype needs a CUDA GPU (this run is on cpu); drop --amp-dtype\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_device_decoding_is_in_the_reuse_key_only_when_used():
