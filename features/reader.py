@@ -12,6 +12,7 @@ from features.errors import DamagedStore, StoreError
 from features.records import StoreMeta
 from features.schema import (
     FORMAT,
+    FORMAT_VERSION,
     NO_LABEL,
     ROW_DATASETS,
     SKIPPED_COLUMNS,
@@ -58,6 +59,7 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: an HDF5 file but not a featbench feature store")
             if not attrs.get("complete", False):
                 raise DamagedStore(f"{self.path}: incomplete store; re-run `python -m extract` to finish it")
+            self._check_version(attrs.get("format_version", 1))
             meta = attrs.get("meta")
             if not isinstance(meta, (str, bytes)):
                 raise self._damaged("no meta attribute of JSON text")
@@ -73,6 +75,16 @@ class FeatureStore:
         except (KeyError, OSError, ValueError) as e:
             self.h5.close()
             raise self._damaged(e) from None
+
+    def _check_version(self, version) -> None:
+        """A format this featbench reads (1: before checksums; 2: a `checksums` dataset it must have)."""
+        if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
+            raise self._damaged(f"format_version {version!r} is not a format number")
+        if version > FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {version}, newer than this featbench reads ({FORMAT_VERSION});"
+                             " upgrade featbench, or re-run `python -m extract --overwrite` with this one")
+        if version >= 2 and "checksums" not in self.h5:
+            raise self._damaged("no checksums dataset, which its format has")
 
     def _check_meta(self) -> None:
         """What the metadata's field types leave open: class names, and the dataset record's name and
@@ -103,6 +115,11 @@ class FeatureStore:
         width = self.h5["embeddings"].shape[1]
         if width != self.meta.dim:
             raise self._damaged(f"embeddings are {width} wide, not its dim {self.meta.dim}")
+        if (self.meta.rows, self.meta.dtype, list(self.meta.split_names)) != (rows, self.h5["embeddings"].dtype.name,
+                                                                              list(SPLITS)):
+            raise self._damaged(f"metadata of {self.meta.rows} rows of {self.meta.dtype}, splits "
+                                f"{', '.join(map(str, self.meta.split_names))}, for {rows} rows of "
+                                f"{self.h5['embeddings'].dtype.name}, splits {', '.join(SPLITS)}")
         if "checksums" in self.h5:
             per = int(self.h5["checksums"].attrs.get("rows_per_block", 0))
             if per < 1 or len(self.h5["checksums"]) != -(-rows // per):

@@ -484,6 +484,29 @@ def test_verify_finds_bytes_changed_on_disk_and_joins_adjacent_blocks(tmp_path, 
         assert s.describe_damage(s.damaged_rows()) == "20 damaged rows (rows 20-39; first img/20.jpg)"
 
 
+@pytest.mark.parametrize("change, expected", [
+    (lambda f: f.attrs.__setitem__("format_version", 99), "store format 99, newer than this featbench reads (2); "
+                                                          "upgrade featbench"),
+    (lambda f: f.attrs.__setitem__("format_version", "two"), "damaged featbench store (format_version 'two' is not"),
+    (lambda f: f.__delitem__("checksums"), "damaged featbench store (no checksums dataset, which its format has)"),
+    (lambda f: f.attrs.__setitem__("meta", json.dumps({**json.loads(f.attrs["meta"]), "rows": 7})),
+     "damaged featbench store (metadata of 7 rows of float32, splits train, val, test, for 50 rows of float32"),
+    (lambda f: f.attrs.__setitem__("meta", json.dumps({**json.loads(f.attrs["meta"]), "dtype": "object"})),
+     "damaged featbench store (metadata of 50 rows of object, splits train, val, test, for 50 rows of float32"),
+    (lambda f: f.attrs.__setitem__("meta", json.dumps({**json.loads(f.attrs["meta"]), "split_names": ["a"]})),
+     "damaged featbench store (metadata of 50 rows of float32, splits a, for 50 rows of float32, splits train, val, test"),
+])
+def test_a_store_of_a_newer_format_or_whose_metadata_disagrees_with_it_is_refused(tmp_path, change, expected):
+    """Each was read as if nothing were wrong: a newer featbench's format, a format 2 store stripped of its
+    checksums (then only "unverified"), metadata whose rows, dtype or splits are not the store's."""
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path, "r+") as f:
+        change(f)
+    with pytest.raises(StoreError, match=re.escape(f"{path}: {expected}")):
+        FeatureStore(path)
+
+
 def test_a_store_without_checksums_reads_and_is_unverified(tmp_path):
     """A store of format version 1 (no `checksums`) reads as before; verify calls it unverified, not damaged."""
     from features.reader import verify
