@@ -122,14 +122,21 @@ def refuse_with_features(flags: dict) -> None:
                              "configured dataset's stores")
 
 
+TABLES = ("dataset", "benchmark", "finetune", "curve")  # a config's tables: extract reads [dataset], `run` them all
+
+
 def read_toml(path: Path, missing: str = "") -> dict:
-    """A TOML file's tables; a file that is missing (`missing` says where to find one), no readable regular file
-    (`read_given`) or invalid is one line."""
+    """A config file's tables; a file that is missing (`missing` says where to find one), no readable regular file
+    (`read_given`), invalid, or holding a table or key of none of `TABLES` (a typo) is one line."""
     data = read_given(path, "config file", f"config file not found{missing}")
     try:
-        return tomllib.loads(data.decode())
+        cfg = tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise FeatbenchError(f"{path}: invalid TOML ({e})") from None
+    if unknown := sorted(set(cfg) - set(TABLES)):
+        raise FeatbenchError(f"{path}: unknown table or key {unknown[0]!r} at the top; a config holds "
+                             f"[dataset], [benchmark], [[finetune]] and [curve]")
+    return cfg
 
 
 def read_config(path: Path | None) -> dict:
@@ -152,7 +159,8 @@ def resolve(config: Path | None = None, data=None, format: str | None = None, ta
              "splits": splits}
     merged.update({k: v for k, v in given.items() if v is not None})
     if need_data and not merged["path"]:
-        raise FeatbenchError(f"no dataset configured: pass --data PATH or write a [dataset] path in ./{CONFIG_NAME}")
+        raise FeatbenchError(f"no dataset configured: pass --data PATH or write a [dataset] path in "
+                             f"{config or './' + CONFIG_NAME}")
     path = _located(merged["path"], config if data is None else None) if merged["path"] else None
     out = _located(merged["out"], config if out is None and "out" in cfg else None)
     return DatasetSettings(path, merged["format"], merged["target"], merged["name"],

@@ -679,6 +679,9 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
         bad.write_text(f'[benchmark]\nbackbones = ["x"]\n[curve]\n{bad_value}\n')
         rc, _, err = cli(capsys, "run", bad)
         assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    bad.write_text('[benchmark]\nbackbones = ["x"]\n[finetunes]\nbackbone = "x"\n')  # a table named wrong
+    rc, _, err = cli(capsys, "run", bad)
+    assert rc == 2 and "bad.toml: unknown table or key 'finetunes' at the top" in err
     rc, _, err = cli(capsys, "run", tmp_path / "missing.toml")
     assert rc == 2 and "config file not found" in err
     rc, _, err = cli(capsys, "report", tmp_path)

@@ -716,8 +716,14 @@ def test_cli_errors_are_one_line(tmp_path, dvc_folder, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "readme.txt").write_text("no images here")
+    (tmp_path / "typo.toml").write_text('[datset]\npath = "odd"\n')
+    (tmp_path / "none.toml").write_text('[benchmark]\nbackbones = ["resnet18"]\n')
     for args, expected in [(["--data", str(tmp_path / "missing")], "no such dataset folder"),
-                           ([], "no dataset configured"),
+                           ([], "no dataset configured: pass --data PATH or write a [dataset] path in "
+                                "./featbench.toml"),
+                           (["--config", "none.toml"], "write a [dataset] path in none.toml"),
+                           (["--config", "typo.toml"], "typo.toml: unknown table or key 'datset' at the top; a "
+                                                       "config holds [dataset], [benchmark], [[finetune]] and [curve]"),
                            (["--data", str(tmp_path / "odd")], "odd: no image files in this folder or its"),
                            (["--data", str(dvc_folder), "--backbone", "nope_net"], "unknown backbone"),
                            (["--data", str(dvc_folder), "--batch-size", "0"], "--batch-size must be")]:
