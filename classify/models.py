@@ -29,6 +29,7 @@ from classify.heads import PlattSVM, SmoothedKNN
 from classify.mlp import TorchMLP
 from classify.scaling import ModeratedScaler
 from features.atomic import atomic_write
+from features.entries import given_file
 from features.errors import FeatbenchError
 from features.records import StoreMeta
 from features.schema import featbench_version, library_versions
@@ -105,9 +106,7 @@ def load_model(path, trust_pickle: bool = False) -> dict:
     """Read a saved bundle (no backbone is built yet); a pickled one only with `trust_pickle`.
 
     A skops file whose types are not all trusted is refused before anything in it is constructed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FeatbenchError(f"{path}: no model file here; train one with `python -m classify`")
+    path = given_file(path, "model file", "no model file here; train one with `python -m classify`")
     kind = file_kind(path)
     if kind == "damaged":
         raise FeatbenchError(f"{path}: {DAMAGED}")

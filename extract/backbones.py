@@ -23,6 +23,7 @@ from torch import nn
 
 from extract import weights as pypi
 from extract.names import canonical
+from features.entries import given_file
 from features.errors import FeatbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -529,8 +530,7 @@ def plan_backbone(name: str, weights: str | Path | None = None, random_init: boo
             raise FeatbenchError(_offline_message(spec.name, spec.note or "no downloadable weights"))
         online = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
         return Planned(spec, readout, {**info, "source": online})
-    if not path.is_file():
-        raise FeatbenchError(f"{path}: weights file not found")
+    given_file(path, "weights file", "weights file not found")
     digest = _weights_digest(path, spec.name)
     if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
         raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} weights; "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.files import entry_kind
+from features.entries import entry_kind
 from features.errors import FeatbenchError
 from features.schema import NO_LABEL, SPLITS, check_dataset_name
 

@@ -1,11 +1,11 @@
 """Reading a listed file safely: regular files only, never more than a byte cap, a reason when not; and a
 file given on the command line (a config, a curve) the same way."""
-import errno
 import os
 import stat
 from pathlib import Path
 
 from extract.images import BadImage
+from features.entries import NOT_REGULAR, given_file, unreadable
 from features.errors import FeatbenchError
 
 MAX_IMAGE_BYTES = 256 * 2**20  # larger files are skipped unread (--max-image-bytes)
@@ -20,29 +20,6 @@ def file_stamp(path: Path) -> str:
         return _stamp(path.stat())
     except OSError:
         return ""
-
-
-NOT_REGULAR = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
-               stat.S_IFSOCK: "socket"}
-
-
-def entry_kind(path: Path) -> str:
-    """What is at a path: `file`, `folder`, `FIFO`, a device, `socket`, a broken or looping link, an unreadable
-    one; `nothing` where nothing is."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return "nothing" if e.errno == errno.ENOENT and not path.is_symlink() else _unreadable(path, e)
-    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else NOT_REGULAR.get(stat.S_IFMT(mode),
-                                                                                                   "special file")
-
-
-def _unreadable(path: Path, e: OSError) -> str:
-    if e.errno == errno.ELOOP:
-        return "symbolic link loop"
-    if e.errno == errno.ENOENT and path.is_symlink():
-        return "broken symbolic link"
-    return f"unreadable file ({e.strerror or type(e).__name__})"
 
 
 def within(stamp: str, max_bytes: int) -> bool:
@@ -80,7 +57,7 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
         _refuse(os.stat(path), max_bytes)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise BadImage(_unreadable(path, e)) from None
+        raise BadImage(unreadable(path, e)) from None
     try:
         st = os.fstat(fd)
         _refuse(st, max_bytes)
@@ -95,7 +72,7 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
             raise _too_large(max_bytes)
         return b"".join(parts), _stamp(st)
     except OSError as e:
-        raise BadImage(_unreadable(path, e)) from None
+        raise BadImage(unreadable(path, e)) from None
     finally:
         os.close(fd)
 
@@ -104,11 +81,7 @@ def read_given(path, what: str, missing: str) -> bytes:
     """The bytes of a file given on the command line, a `what` (`config file`), read as `read_file` reads an
     image; one line naming it when it is not there (`missing`: what to say), a folder, or no readable regular
     file (a FIFO is refused by its `stat`, never opened)."""
-    path = Path(path)
-    if not path.exists():
-        raise FeatbenchError(f"{path}: {missing}")
-    if path.is_dir():
-        raise FeatbenchError(f"{path}: a folder, not a {what}")
+    path = given_file(path, what, missing)
     try:
         return read_file(path, MAX_IMAGE_BYTES)[0]
     except BadImage as e:

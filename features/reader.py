@@ -8,6 +8,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from features.entries import given_file
 from features.errors import DamagedStore, StoreError
 from features.records import StoreMeta
 from features.schema import (
@@ -44,8 +45,7 @@ class FeatureStore:
 
     def __init__(self, path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"{self.path}: no feature store here; run `python -m extract` first")
+        given_file(self.path, "feature store", "no feature store here; run `python -m extract` first", StoreError)
         if not os.access(self.path, os.R_OK):
             raise StoreError(f"{self.path}: not readable (permission denied); give this user read access to it")
         try:

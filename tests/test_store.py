@@ -72,6 +72,10 @@ def test_float16(tmp_path):
 
 @pytest.mark.parametrize("case,expected", [
     ("missing", "no feature store here"),
+    ("folder", "x.h5: a folder, not a feature store"),
+    ("fifo", "x.h5: a FIFO, not a feature store"),
+    ("loop", "x.h5: a symbolic link loop, not a feature store"),
+    ("broken link", "x.h5: a broken symbolic link, not a feature store"),
     ("text", "not a readable HDF5 file"),
     ("truncated", "not a readable HDF5 file|damaged"),
     ("foreign", "not a featbench feature store"),
@@ -79,7 +83,15 @@ def test_float16(tmp_path):
 ])
 def test_bad_files_give_one_line_errors(tmp_path, case, expected):
     path = tmp_path / "x.h5"
-    if case == "text":
+    if case == "folder":
+        path.mkdir()
+    elif case == "fifo":
+        os.mkfifo(path)  # called missing before; never opened (it would hang)
+    elif case == "loop":
+        path.symlink_to(path)
+    elif case == "broken link":
+        path.symlink_to(tmp_path / "gone.h5")
+    elif case == "text":
         path.write_text("hello")
     elif case == "truncated":
         make_store(path, n=2000, dim=64)
@@ -119,7 +131,15 @@ def test_write_is_atomic_and_refuses_nan(tmp_path):
 @pytest.mark.parametrize("case", ["minimal", "truncated", "text"])
 def test_info_cli_summary_or_one_line_error(tmp_path, case):
     path = tmp_path / "x.h5"
-    if case == "text":
+    if case == "folder":
+        path.mkdir()
+    elif case == "fifo":
+        os.mkfifo(path)  # called missing before; never opened (it would hang)
+    elif case == "loop":
+        path.symlink_to(path)
+    elif case == "broken link":
+        path.symlink_to(tmp_path / "gone.h5")
+    elif case == "text":
         path.write_text("hello")
     else:
         make_store(path, n=2000, dim=64)  # metadata: only what write_store itself records
