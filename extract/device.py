@@ -16,7 +16,7 @@ def pick_device(name: str = "auto") -> torch.device:
         except RuntimeError:
             raise FeatbenchError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise FeatbenchError("--device cuda: no CUDA GPU visible to torch; use --device cpu")
+            raise FeatbenchError(f"--device {name}: no CUDA GPU visible to torch; use --device cpu")
         if dev.type == "cuda" and (dev.index or 0) >= (n := torch.cuda.device_count()):
             raise FeatbenchError(f"--device {name}: only {n} CUDA GPU{'s' if n != 1 else ''} visible "
                                  f"(cuda:0..cuda:{n - 1}); check CUDA_VISIBLE_DEVICES")

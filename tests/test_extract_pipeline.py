@@ -490,6 +490,9 @@ def test_device_index_beyond_visible_gpus(monkeypatch):
     with pytest.raises(FeatbenchError, match=r"--device cuda:7: only 2 CUDA GPUs visible \(cuda:0\.\.cuda:1\)") as err:
         pick_device("cuda:7")
     assert "\n" not in str(err.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FeatbenchError, match=r"^--device cuda:9: no CUDA GPU visible to torch; use --device cpu$"):
+        pick_device("cuda:9")  # as given, not "--device cuda"
 
 
 CLI = [sys.executable, "-m", "extract", "--backbone", "resnet18", "--random-init", "--batch-size", "4",
