@@ -164,16 +164,19 @@ def keep_earlier(path, same: bool, companions=()) -> Path | None:
 
 def check_folder(folder, flag: str = "--out") -> Path:
     """Refuse, before any work, an output folder that cannot be made: it or a folder above it is a file, or the
-    deepest one that exists cannot be written to (the one line names `flag`, the option that gave it). Creates
+    deepest one that exists cannot be written to (the one line names `flag`, the option that gave it). Tried by
+    making and removing a folder there (permission bits do not tell for root, /proc or a read-only mount); leaves
     nothing; returns `folder`."""
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents, Path.cwd()) if p.exists())
     if not existing.is_dir():
         raise FeatbenchError(f"{existing}: is a file, so the output folder {folder} cannot be made there; pass an "
                              f"output folder ({flag}) that is not a file or inside one")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".featbench-check-", dir=existing))
+    except OSError:
         raise FeatbenchError(f"{existing}: not writable, so the output folder {folder} cannot be made there; pass "
-                             f"an output folder ({flag}) you can write to")
+                             f"an output folder ({flag}) you can write to") from None
     return folder
 
 

@@ -267,6 +267,15 @@ def test_same_outcome_ignores_when_where_from_and_how_fast_a_record_was_made(tmp
     assert not same_outcome(tmp_path / "missing.json", doc)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_refused_and_the_check_leaves_nothing(tmp_path):
+    """/proc takes no folder, though its mode lets root write: only making one tells (it was found at the end)."""
+    from features.atomic import check_folder
+    with pytest.raises(FeatbenchError, match=r"^/proc: not writable, so the output folder /proc/x cannot be made"):
+        check_folder(Path("/proc/x"))
+    assert check_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and list(tmp_path.iterdir()) == []
+
+
 def test_an_output_folder_inside_a_dataset_folder_is_refused_and_a_link_loop_is_no_traceback(tmp_path):
     from features.atomic import check_outside
     data = {"root": str(tmp_path / "data"), "format": "imagefolder"}
