@@ -21,6 +21,7 @@ class _Json:
     VERSION: ClassVar[int]
     WHAT: ClassVar[str]  # what the JSON is, for error messages
     ERROR: ClassVar[type] = FeatbenchError
+    REDO: ClassVar[str] = "re-run the command that wrote it"  # what to do about a file that is not one
 
     def to_json(self) -> dict:
         out = {}
@@ -47,8 +48,10 @@ class _Json:
             raise cls.ERROR(f"{where}: not a featbench {cls.WHAT} (no {', '.join(missing[:4])}"
                             f"{' …' if len(missing) > 4 else ''})")
         names = {f.name for f in fields(cls)} - {"extra", "version"}
-        return cls(**{k: v for k, v in data.items() if k in names}, version=version,
-                   extra={k: v for k, v in data.items() if k not in names and k != "version"})
+        record = cls(**{k: v for k, v in data.items() if k in names}, version=version,
+                     extra={k: v for k, v in data.items() if k not in names and k != "version"})
+        record.check_types(where)
+        return record
 
     def check_types(self, where) -> None:
         """Refuse, in one line, a field whose value is not of its declared type (an int passes as a float; a bool,
@@ -58,7 +61,7 @@ class _Json:
             fits = isinstance(value, kinds) or float in kinds and isinstance(value, int)
             if not fits or isinstance(value, bool) and bool not in kinds:
                 raise self.ERROR(f"{where}: not a featbench {self.WHAT} ({f.name} {value!r:.40} is not "
-                                 f"{' or '.join(k.__name__ for k in kinds)})")
+                                 f"{' or '.join(k.__name__ for k in kinds)}); {self.REDO}")
 
 
 class Cost(NamedTuple):
@@ -126,6 +129,7 @@ class StoreMeta(_Json, Extraction):
     VERSION: ClassVar[int] = STORE_META_VERSION
     WHAT: ClassVar[str] = "feature store"
     ERROR: ClassVar[type] = StoreError
+    REDO: ClassVar[str] = "delete it and re-run `python -m extract`"
     version: int = STORE_META_VERSION
     class_names: list
     split_names: list
@@ -135,12 +139,6 @@ class StoreMeta(_Json, Extraction):
     skipped: int  # images not embedded
     fingerprint: str  # of the embeddings' bytes
     split_fingerprint: str  # of which image is in which split with which label
-
-    @classmethod
-    def from_json(cls, data, where):
-        meta = super().from_json(data, where)
-        meta.check_types(where)
-        return meta
 
 
 @dataclass(frozen=True, kw_only=True)

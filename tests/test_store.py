@@ -889,6 +889,28 @@ def test_old_and_foreign_metrics_files(tmp_path):
         assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("key, value, why", [
+    ("accuracy", "high", "accuracy 'high' is not float"), ("accuracy", None, "accuracy None is not float"),
+    ("log_loss", [1], "log_loss [1] is not float"), ("confusion", "x", "confusion 'x' is not list"),
+    ("top_losses", 5, "top_losses 5 is not list"), ("classes", 3, "classes 3 is not list"),
+    ("params", [1], "params [1] is not dict"), ("head", 7, "head 7 is not str"),
+    ("sweep", {"a": 1}, "sweep {'a': 1} is not list"), ("n_test", "x", "n_test 'x' is not int"),
+    ("backbones", "abc", "backbones 'abc' is not list"), ("refit", 1, "refit 1 is not bool"),
+])
+def test_a_metrics_field_of_another_type_is_one_line_in_report(tmp_path, capsys, key, value, why):
+    """A metrics file whose field has another JSON type is refused where it is read, naming the file and field
+    (report raised a TypeError, ValueError or AttributeError, or accepted it); null stays fine where None is."""
+    from benchmarks.__main__ import main
+    from features.cli import run_cli
+    from features.records import ModelMetrics
+    path = tmp_path / "m.metrics.json"
+    path.write_text(json.dumps({**metrics_record().to_json(), "log_loss_raw": None, key: value}))
+    assert run_cli(main, ["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and why in err and "re-run the command" in err and err.count("\n") == 1
+    assert ModelMetrics.from_json({**metrics_record().to_json(), "log_loss_raw": None, "seeds": None}, "m").seeds is None
+
+
 def test_info_says_how_the_embeddings_were_made(tmp_path):
     """Readout, precision (int8's calibration), CUDA autocast and GPU decoding: a flip-averaged int8 store does
     not look like a plain fp32 one."""
