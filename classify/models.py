@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import joblib
+import numpy as np
 import sklearn
 
 from classify.calibration import Tempered
 from classify.ensembles import BlockScaler
 from classify.heads import PlattSVM, SmoothedKNN
+from classify.metrics import proba
 from classify.mlp import TorchMLP
 from classify.scaling import ModeratedScaler
 from features.atomic import atomic_write
@@ -143,13 +145,24 @@ def load_model(path, trust_pickle: bool = False) -> dict:
                              f"{FORMAT_VERSION}); upgrade featbench or re-train the model here")
     problem = bundle_problem(model)
     if problem:
-        raise FeatbenchError(f"{path}: a damaged featbench model ({problem}); re-train it with `python -m classify`")
+        raise damaged(path, problem)
+    names, known = model["class_names"], set(model["estimator"].classes_.tolist())
+    if never := [repr(c) for i, c in enumerate(names) if i not in known]:
+        print(f"note: {path}: the model never predicts {', '.join(never[:5])}{' …' * (len(never) > 5)} (no train "
+              "images of it, or a class list changed after training); re-train it if it should", file=sys.stderr)
     return model
+
+
+def damaged(path, problem: str) -> FeatbenchError:
+    """The one line for a model file whose contents this featbench cannot use."""
+    return FeatbenchError(f"{path}: a damaged featbench model, or one this featbench did not make ({problem}); "
+                          "re-train it with `python -m classify`")
 
 
 def bundle_problem(model: dict) -> str | None:
     """What makes a loaded bundle unusable for predicting (the first such thing), or None when it is sound:
-    the keys and types that `bundle` writes and `predict` reads, and an estimator as wide as its backbones."""
+    the keys and types that `bundle` writes and `predict` reads, and an estimator as wide as its backbones whose
+    classes are indices of `class_names` and that predicts a row of that width."""
     expected = {"format_version": int, "head": str, "class_names": list, "backbones": list}
     wrong = [k for k, kind in expected.items() if not isinstance(model.get(k), kind) or isinstance(model[k], bool)]
     if wrong:
@@ -162,12 +175,23 @@ def bundle_problem(model: dict) -> str | None:
         missing = [k for k in BACKBONE_KEYS if not isinstance(rec, dict) or k not in rec]
         if missing or not isinstance(rec["dim"], int) or not isinstance(rec["weights"], dict):
             return f"a backbone record lacks {', '.join(missing) or 'an integer dim and a weights record'}"
+        if not isinstance(rec["name"], str) or not isinstance(rec["store"], str):
+            return f"a backbone record's name {rec['name']!r:.40} or store {rec['store']!r:.40} is not text"
     if not callable(getattr(model.get("estimator"), "predict_proba", None)):
         return "'estimator' is not a classifier with probabilities"
     width = getattr(model["estimator"], "n_features_in_", None)
     dims = sum(rec["dim"] for rec in model["backbones"])
     if width is not None and width != dims:
         return f"the estimator reads {width} features, its backbones give {dims}"
+    classes = np.asarray(getattr(model["estimator"], "classes_", []))
+    names = len(model["class_names"])
+    indices = set(classes.tolist())
+    if classes.dtype.kind not in "iu" or not indices or len(indices) < len(classes) or not indices <= set(range(names)):
+        return f"the estimator's classes {classes.tolist()!r:.60} are not indices of its {names} class names"
+    try:
+        proba(model["estimator"], np.zeros((1, dims)), names)
+    except Exception as e:  # noqa: BLE001 - whatever a changed array breaks is one line
+        return f"the estimator fails on a row of {dims} features ({type(e).__name__}: {str(e).strip()[:120]})"
     return None
 
 
@@ -183,8 +207,13 @@ def build_backbones(model: dict, path) -> list["Backbone"]:
     from extract.backbones import Readout, create_backbone
     out = []
     for rec in model["backbones"]:
+        try:
+            readout = Readout.from_dict(rec.get("readout"))
+        except (FeatbenchError, TypeError):  # its checks speak of the --pool, --blocks … flags that set them
+            raise damaged(path, f"{rec['name']}'s readout {rec.get('readout')!r:.60} is not one this featbench "
+                                "reads") from None
         bb = create_backbone(rec["name"], _weights_file(rec["name"], rec["weights"]),
-                             rec["weights"].get("random_init", False), Readout.from_dict(rec.get("readout")))
+                             rec["weights"].get("random_init", False), readout)
         if bb.weights["fingerprint"] != rec["weights_fingerprint"]:
             raise FeatbenchError(
                 f"{path}: trained on {rec['name']} features with weights {rec['weights_fingerprint']}, but "

@@ -525,13 +525,32 @@ def test_a_truncated_or_empty_model_is_damaged_not_a_pickle(tmp_path):
     (lambda m: {**m, "class_names": "ant"}, ["'class_names' missing or not of type list"]),
     (lambda m: {**m, "backbones": m["backbones"] * 2}, ["reads 24 features, its backbones give 48"]),
     (lambda m: {**m, "format_version": 99}, ["newer featbench", "upgrade"]),
+    (lambda m: {**m, "class_names": ["ant"]}, ["classes [0, 1, 2] are not indices of its 1 class names"]),
+    (lambda m: {**m, "backbones": [{**m["backbones"][0], "name": 5}]}, ["name 5 or store 'alpha' is not text"]),
+    (lambda m: {**m, "backbones": [{**m["backbones"][0], "readout": "zzz"}]}, ["readout 'zzz' is not one"]),
+    (lambda m: {**m, "backbones": [{**m["backbones"][0], "readout": {"pool": "zzz"}}]},
+     ["alpha's readout {'pool': 'zzz'} is not one this featbench reads"]),
+    (lambda m: setattr(m["estimator"].knn_, "_fit_X", np.zeros((3, 3))) or m, ["fails on a row of 24 features"]),
 ])
 def test_a_malformed_bundle_is_one_line(tmp_path, capsys, change, words):
-    """A skops file with the featbench `format` key but missing or mistyped contents: one line, never a traceback."""
+    """A skops file with the featbench `format` key but missing or mistyped contents, class names that its estimator's
+    classes do not index, or an array of another shape: one line naming the file that says to re-train, never a
+    traceback (nor a flag the user did not pass)."""
     skops.io.dump(change(small_bundle()), tmp_path / "m.skops")
     image = tmp_path / "x.jpg"
     image.write_bytes(b"")
-    one_line_error(*cli(capsys, "predict", "--model", tmp_path / "m.skops", image), "m.skops", *words)
+    rc, out, err = cli(capsys, "predict", "--model", tmp_path / "m.skops", image)
+    one_line_error(rc, out, err, "m.skops", *words)
+    assert "--pool" not in err and ("re-train" in err or "upgrade" in err)
+
+
+def test_a_class_the_model_never_predicts_is_noted(tmp_path, capsys):
+    """Class names beyond its estimator's classes (a class without train images, or a list changed after training):
+    loading says which it never predicts, rather than labelling silently."""
+    save_model(tmp_path / "m.skops", {**small_bundle(), "class_names": ["fox", *CLASSES]})
+    assert load_model(tmp_path / "m.skops")["class_names"][0] == "fox"
+    assert capsys.readouterr().err == (f"note: {tmp_path / 'm.skops'}: the model never predicts 'cat' (no train images "
+                                       "of it, or a class list changed after training); re-train it if it should\n")
 
 
 def test_an_older_platt_svm_is_named_with_what_to_do(tmp_path, capsys):
