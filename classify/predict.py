@@ -60,7 +60,8 @@ def embedding_precision(record: dict, device: str) -> str:
 
 
 def probabilities(model: dict, model_path, files: list[Path], device: str = "auto") -> tuple[np.ndarray, list]:
-    """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok)).
+    """(class probabilities per file — NaN rows where it failed, reason per file ("" = ok)); one line naming the
+    files and why where none could be read.
 
     The images are embedded exactly as extraction embedded the model's training images."""
     reasons = [""] * len(files)
@@ -74,21 +75,22 @@ def probabilities(model: dict, model_path, files: list[Path], device: str = "aut
         blocks.append(X)
         reasons = [r or w for r, w in zip(reasons, why)]
     ok = np.array([not r for r in reasons])
+    if not ok.any():
+        named = ", ".join(f"{f} ({why})" for f, why in zip(files[:3], reasons))
+        raise FeatbenchError(f"{named}{f' and {len(files) - 3} more' if len(files) > 3 else ''}: none of the "
+                             f"{len(files)} images could be read; pass images that open (JPEG, PNG, …)")
     P = np.full((len(files), len(model["class_names"])), np.nan)
-    if ok.any():
-        P[ok] = proba(model["estimator"], np.hstack(blocks)[ok], len(model["class_names"]))
+    P[ok] = proba(model["estimator"], np.hstack(blocks)[ok], len(model["class_names"]))
     return P, reasons
 
 
 def predict(model_path, inputs, device: str = "auto", as_csv: bool = False,
-            trust_pickle: bool = False) -> tuple[str, int, int]:
-    """(a table (or CSV) of path, label, probability of that label, failed images naming their reason; how many
-    images were predicted; how many were given)."""
+            trust_pickle: bool = False) -> str:
+    """A table (or CSV) of path, label, probability of that label, failed images naming their reason."""
     files = image_files(inputs)
     model = load_model(model_path, trust_pickle)
     P, reasons = probabilities(model, model_path, files, device)
     names = model["class_names"]
-    predicted = sum(not why for why in reasons)
     rows = [(str(f), "", "", why) if why else (str(f), names[int(p.argmax())], f"{p.max():.4f}", "")
             for f, p, why in zip(files, P, reasons)]
     if as_csv:
@@ -96,13 +98,13 @@ def predict(model_path, inputs, device: str = "auto", as_csv: bool = False,
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["path", "label", "probability", "error"])
         writer.writerows(rows)
-        return buf.getvalue().rstrip("\n"), predicted, len(rows)
+        return buf.getvalue().rstrip("\n")
     width = max(len(r[0]) for r in rows) + 2
     label_w = max(len(n) for n in ["label", *names]) + 2
     lines = [f"{'image':<{width}}{'label':<{label_w}}probability"]
     lines += [f"{f:<{width}}{'(skipped: ' + why + ')' if why else f'{lab:<{label_w}}{prob}'}"
               for f, lab, prob, why in rows]
-    return "\n".join(lines), predicted, len(rows)
+    return "\n".join(lines)
 
 
 def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",

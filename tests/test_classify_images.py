@@ -66,14 +66,21 @@ def expected(model_path, stores) -> dict:
 
 
 def test_predict_fails_when_no_image_could_be_predicted(trained, tmp_path, capsys):
-    """Every image unreadable: each listed with its reason, one summary line on stderr, exit 1 (not 0)."""
-    _, _, models = trained
-    broken = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
-    for b in broken:
-        b.write_bytes(b"not a jpeg")
-    rc, out, err = cli(capsys, "predict", "--model", models["avg"], *broken)
-    assert rc == 1 and out.count("(skipped: ") == 2
-    assert err.count("\n") == 1 and err.startswith("error: none of the 2 images could be predicted"), err
+    """Every image unreadable (text, a JPEG cut short, an empty file): one line naming them with why, exit 2, in
+    predict (it listed them on stdout and exited 1) and submit (it wrote a submission of 0.5 only)."""
+    data, _, models = trained
+    test = tmp_path / "test1"
+    test.mkdir()
+    (test / "1.jpg").write_bytes(b"not a jpeg")
+    (test / "2.jpg").write_bytes((data / "cat.0.jpg").read_bytes()[:300])
+    (test / "3.jpg").write_bytes(b"")
+    rc, out, err = cli(capsys, "predict", "--model", models["avg"], test / "1.jpg", test / "2.jpg", test / "3.jpg")
+    assert rc == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {test / '1.jpg'} (not an image") and f"{test / '3.jpg'} (empty file)" in err
+    assert "truncated" in err and "none of the 3 images could be read" in err
+    rc, out, err = cli(capsys, "submit", "--model", models["avg"], test, "--out", tmp_path / "kaggle")
+    assert rc == 2 and err.count("\n") == 1 and "none of the 3 images could be read" in err, err
+    assert not (tmp_path / "kaggle" / "submission.csv").exists()
 
 
 @pytest.mark.parametrize("head", ["resnet18-random-init", "avg"])
