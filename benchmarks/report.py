@@ -38,7 +38,8 @@ from classify.select import near_best
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from extract.files import read_given
 from features.atomic import atomic_write, check_outside, csv_text
-from features.errors import FeatbenchError
+from features.entries import given_file
+from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
 from features.records import ModelMetrics, StoreMeta
 from features.schema import check_dataset_name
@@ -68,10 +69,8 @@ def load_metrics(inputs) -> list[ModelMetrics]:
                 raise FeatbenchError(f"{p}: no *.metrics.json here or in {p / 'models'}; run `python -m classify` "
                                      "or `python -m benchmarks run` first")
             files += found
-        elif p.is_file():
-            files.append(p)
         else:
-            raise FeatbenchError(f"{p}: no such metrics file or folder")
+            files.append(given_file(p, "metrics file", "no such metrics file or folder"))
     out = [ModelMetrics.read(f) for f in files]
     if other := next((i for i, m in enumerate(out) if m.dataset != out[0].dataset), None):
         raise FeatbenchError(f"{files[0]} and {files[other]}: models of two datasets ({out[0].dataset}, "
@@ -89,14 +88,16 @@ def one_split(metrics: list[ModelMetrics]) -> tuple[list[ModelMetrics], list[str
 
 
 def store_metas(metrics: list[ModelMetrics]) -> dict[str, StoreMeta]:
-    """Metadata of every feature store the frozen models were trained on, by store name."""
+    """Metadata of every feature store the frozen models were trained on, by store name: only a store still holding
+    the embeddings a model was trained on (its fingerprint), not one extracted again since."""
     metas = {}
     for m in metrics:
-        for stem in m.features:
+        for stem, fingerprint in m.features.items():
             path = m.dataset_folder() / f"{stem}.h5"
             if stem not in metas and path.is_file():
                 with FeatureStore(path) as fs:
-                    metas[stem] = fs.meta
+                    if fs.meta.fingerprint == fingerprint:
+                        metas[stem] = fs.meta
     return metas
 
 
@@ -208,10 +209,15 @@ def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta]) -> 
     if metas:
         return next(iter(metas.values())).dataset or {}
     for m in metrics:
-        store = Path((m.split_source or "").removeprefix("store "))
-        if (m.split_source or "").startswith("store ") and store.is_file():
-            with FeatureStore(store) as fs:
-                return fs.meta.dataset or {}
+        if not (m.split_source or "").startswith("store "):
+            continue
+        recorded = Path(m.split_source.removeprefix("store "))  # as the run gave it: maybe relative to its folder
+        for store in (m.dataset_folder() / recorded.name, recorded):
+            try:
+                with FeatureStore(store) as fs:
+                    return fs.meta.dataset or {}
+            except StoreError:  # gone, moved or damaged since: only a hint
+                continue
     return {}
 
 
@@ -1102,13 +1108,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     metrics = load_metrics(args.inputs)
-    here, kept = metrics[0].dataset_folder(), metrics[0].kept()
+    here, kept = metrics[0].dataset_folder(), {Path(m.path).parent for m in metrics if m.kept()}
+    if kept and (len(kept) > 1 or len(kept) < len({Path(m.path).parent for m in metrics})):
+        raise FeatbenchError(f"{', '.join(map(str, sorted(kept)))}: models kept by later runs, given with others; "
+                             "report each previous/N folder on its own")
     folder = (args.out / check_dataset_name(metrics[0].dataset, f"recorded for {metrics[0].path}") if args.out
-              else Path(metrics[0].path).parent if kept else here) / "report"
-    found = None if kept else here / "curve" / "curve.json"  # the latest curve is not that of models kept in previous/
+              else next(iter(kept)) if kept else here) / "report"
+    found = None if kept else here / "curve" / "curve.json"  # the latest curve and audit: not for models kept
     curve = read_curve(args.curve) if args.curve else read_curve(found) if found and found.is_file() else None
     notes = check_curve(curve, args.curve or found, metrics) if curve else []
-    c, written = build(metrics, folder, args.title, notes, curve, read_audit(here / "audit"))
+    c, written = build(metrics, folder, args.title, notes, curve, None if kept else read_audit(here / "audit"))
     print(markdown_table(c))
     print(files_line(written))
     return 0

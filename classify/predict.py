@@ -140,6 +140,7 @@ def submit(model_path, folder, output, clip: float = 0.0, device: str = "auto",
     dog = np.where(np.isnan(P[:, 0]), 0.5, P[:, model["class_names"].index("dog")])
     dog = np.clip(dog, clip, 1 - clip)
     text = "id,label\n" + "".join(f"{i},{p:.6f}\n" for i, p in zip(ids, dog))
-    keep_earlier(output, output.is_file() and output.read_bytes() == text.encode())
-    atomic_write(output, lambda tmp: tmp.write_text(text))
+    data = text.encode()  # bytes: the same on every system, and compared as written
+    keep_earlier(output, output.is_file() and output.read_bytes() == data)
+    atomic_write(output, lambda tmp: tmp.write_bytes(data))
     return output, len(ids), sum(bool(r) for r in reasons)

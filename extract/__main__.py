@@ -143,6 +143,8 @@ def embed(args) -> int:
         raise FeatbenchError("--shard under torchrun: torchrun gives each rank its shard; drop --shard")
     shard = (int(os.environ["RANK"]), world) if world > 1 else _shard(args.shard)
     device = rank_device(args.device, os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if args.amp_dtype and args.no_amp:
+        raise FeatbenchError("--amp-dtype sets the autocast type, which --no-amp turns off; drop one of them")
     for flag, given in (("--gpu-decode", args.gpu_decode), ("--amp-dtype", args.amp_dtype)):
         if given and (kind := pick_device(device).type) != "cuda":
             raise FeatbenchError(f"{flag} needs a CUDA GPU (this run is on {kind}); drop {flag}")

@@ -174,9 +174,10 @@ def check_folder(folder, flag: str = "--out") -> Path:
                              f"output folder ({flag}) that is not a file or inside one")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".featbench-check-", dir=existing))
-    except OSError:
-        raise FeatbenchError(f"{existing}: not writable, so the output folder {folder} cannot be made there; pass "
-                             f"an output folder ({flag}) you can write to") from None
+    except OSError as e:
+        remedy = "free some space or pass one on another disk" if e.errno in FULL else "pass one you can write to"
+        raise FeatbenchError(f"{existing}: the output folder {folder} cannot be made there ({e.strerror}); {remedy} "
+                             f"({flag})") from None
     return folder
 
 

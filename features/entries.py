@@ -39,5 +39,5 @@ def given_file(path, what: str, missing: str, error: type[FeatbenchError] = Feat
     if kind == "nothing":
         raise error(f"{path}: {missing}")
     if kind != "file":
-        raise error(f"{path}: {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a {what}")
+        raise error(f"{path}: {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a {what}; pass the {what} itself")
     return path

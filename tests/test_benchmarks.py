@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -222,16 +223,28 @@ def test_report_of_models_kept_in_previous_finds_their_stores_and_writes_beside_
     rows = json.loads((kept / "report" / "results.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["resnet10t-random-init-logreg"] and rows[0]["extract_seconds"] > 0
     assert (runs / "report" / "report.md").read_text() == latest
+    rc, _, err = cli(capsys, "report", runs / "models", kept)  # the latest models and kept ones: not one run's
+    assert rc == 2 and "report each previous/N folder on its own" in err
+    with h5py.File(runs / "resnet10t-random-init.h5", "r+") as f:  # extracted again since: not its cost
+        f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "fingerprint": "0" * 16})
+    assert cli(capsys, "report", kept)[0] == 0
+    assert json.loads((kept / "report" / "results.json").read_text())["rows"][0]["extract_seconds"] is None
 
 
 def test_a_report_of_fine_tunes_alone_knows_its_dataset_from_their_store(synthetic, tmp_path, capsys):
     """No frozen model names a store, so the store the fine-tune took its split from gives the dataset: its
     published rows are shown, and a report folder inside the dataset folder is refused."""
     tuned = synthetic / "models" / "resnet10t-random-init-finetune-bn-head.metrics.json"
-    rc, _, err = cli(capsys, "report", tuned, "--out", tmp_path / "out")
-    assert rc == 0, err
-    published = json.loads((tmp_path / "out" / "dvc" / "report" / "results.json").read_text())["published"]
-    assert len(published) == sum(p.task == "dogs-vs-cats" for p in PUBLISHED) > 0
+    moved = tmp_path / "runs" / "dvc"  # a project moved whole: the recorded store path is stale
+    shutil.copytree(synthetic, moved)
+    doc = json.loads((moved / "models" / tuned.name).read_text())
+    (moved / "models" / tuned.name).write_text(json.dumps({**doc, "split_source": "store gone/" + doc[
+        "split_source"].rsplit("/", 1)[1]}))
+    for metrics, out in ((tuned, tmp_path / "out"), (moved / "models" / tuned.name, tmp_path / "out2")):
+        rc, _, err = cli(capsys, "report", metrics, "--out", out)
+        assert rc == 0, err
+        published = json.loads((out / "dvc" / "report" / "results.json").read_text())["published"]
+        assert len(published) == sum(p.task == "dogs-vs-cats" for p in PUBLISHED) > 0
     data = synthetic.parent.parent / "dvc"
     rc, _, err = cli(capsys, "report", tuned, "--out", data / "runs")
     assert rc == 2 and "lies inside the dataset folder" in err and not (data / "runs").exists()

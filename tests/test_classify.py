@@ -514,7 +514,7 @@ def test_a_truncated_or_empty_model_is_damaged_not_a_pickle(tmp_path):
     os.mkfifo(tmp_path / "fifo.skops")  # there, but not a model file: said so, never opened
     (tmp_path / "loop.skops").symlink_to(tmp_path / "loop.skops")
     for name, kind in (("fifo.skops", "a FIFO"), ("loop.skops", "a symbolic link loop")):
-        with pytest.raises(FeatbenchError, match=f"{name}: {kind}, not a model file$"):
+        with pytest.raises(FeatbenchError, match=f"{name}: {kind}, not a model file; pass the model file itself$"):
             load_model(tmp_path / name)
 
 

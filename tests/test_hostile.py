@@ -240,7 +240,7 @@ def test_a_fifo_given_as_a_config_or_curve_is_one_line_not_a_hang(tmp_path, comm
                   "benchmarks report --curve": (["benchmarks", "report", str(metrics), "--curve", str(fifo)],
                                                 "curve file")}[command]
     done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 2 and done.stderr == f"error: {fifo}: cannot read this {what}: not a regular file (FIFO)\n", \
+    assert done.returncode == 2 and done.stderr == f"error: {fifo}: a FIFO, not a {what}; pass the {what} itself\n", \
         done.stderr
 
 

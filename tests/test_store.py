@@ -1,5 +1,6 @@
 """The feature store: round trip, split access, streaming, and clear errors for foreign or broken files;
 the versioned records of a store's metadata and a model's metrics."""
+import errno
 import json
 import os
 import re
@@ -72,10 +73,10 @@ def test_float16(tmp_path):
 
 @pytest.mark.parametrize("case,expected", [
     ("missing", "no feature store here"),
-    ("folder", "x.h5: a folder, not a feature store"),
-    ("fifo", "x.h5: a FIFO, not a feature store"),
-    ("loop", "x.h5: a symbolic link loop, not a feature store"),
-    ("broken link", "x.h5: a broken symbolic link, not a feature store"),
+    ("folder", "x.h5: a folder, not a feature store; pass the feature store itself"),
+    ("fifo", "x.h5: a FIFO, not a feature store; pass the feature store itself"),
+    ("loop", "x.h5: a symbolic link loop, not a feature store; pass the feature store itself"),
+    ("broken link", "x.h5: a broken symbolic link, not a feature store; pass the feature store itself"),
     ("text", "not a readable HDF5 file"),
     ("truncated", "not a readable HDF5 file|damaged"),
     ("foreign", "not a featbench feature store"),
@@ -267,13 +268,35 @@ def test_same_outcome_ignores_when_where_from_and_how_fast_a_record_was_made(tmp
     assert not same_outcome(tmp_path / "missing.json", doc)
 
 
+@pytest.mark.parametrize("dim, dtype", [(8, "float32"), (1, "float16"), (256, "float16")])
+def test_the_room_a_store_is_checked_for_covers_what_it_takes(tmp_path, monkeypatch, dim, dtype):
+    """Narrow rows are mostly paths, hashes and stamps, whose HDF5 records cost more than their text."""
+    import features.writer
+    needs = []
+    monkeypatch.setattr(features.writer, "_check_room", lambda tmp, need, path: needs.append(need))
+    n = 20_000
+    write_store(tmp_path / "s.h5", dim=dim, chunks=[np.ones((n, dim), np.float32)], labels=np.arange(n) % 3,
+                paths=[f"c{i % 37}/{i}.jpg" for i in range(n)], splits=np.arange(n) % 3, hashes=["a" * 64] * n,
+                stamps=["123456:1733300000000000000"] * n, skipped=[], class_names=list("abc"), meta=Extraction(),
+                dtype=dtype)
+    assert (tmp_path / "s.h5").stat().st_size <= needs[0] * 1.1 + (1 << 20)
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
-def test_an_output_folder_that_cannot_be_made_is_refused_and_the_check_leaves_nothing(tmp_path):
+def test_an_output_folder_that_cannot_be_made_is_refused_and_the_check_leaves_nothing(tmp_path, monkeypatch):
     """/proc takes no folder, though its mode lets root write: only making one tells (it was found at the end)."""
     from features.atomic import check_folder
-    with pytest.raises(FeatbenchError, match=r"^/proc: not writable, so the output folder /proc/x cannot be made"):
+    with pytest.raises(FeatbenchError, match=r"^/proc: the output folder /proc/x cannot be made there \(.+\); pass "
+                                             r"one you can write to \(--out\)$"):
         check_folder(Path("/proc/x"))
     assert check_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and list(tmp_path.iterdir()) == []
+
+    def full(**kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("features.atomic.tempfile.mkdtemp", full)
+    with pytest.raises(FeatbenchError, match=r"\(No space left on device\); free some space or pass one on another "
+                                             r"disk \(--out\)$"):
+        check_folder(tmp_path / "a")
 
 
 def test_an_output_folder_inside_a_dataset_folder_is_refused_and_a_link_loop_is_no_traceback(tmp_path):
