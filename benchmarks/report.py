@@ -1108,12 +1108,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     metrics = load_metrics(args.inputs)
-    here, kept = metrics[0].dataset_folder(), {Path(m.path).parent for m in metrics if m.kept()}
-    if kept and (len(kept) > 1 or len(kept) < len({Path(m.path).parent for m in metrics})):
+    here, folders = metrics[0].dataset_folder(), {Path(m.path).parent: m.kept() for m in metrics}
+    kept = [f for f, k in folders.items() if k]
+    if kept and len(folders) > 1:
         raise FeatbenchError(f"{', '.join(map(str, sorted(kept)))}: models kept by later runs, given with others; "
                              "report each previous/N folder on its own")
     folder = (args.out / check_dataset_name(metrics[0].dataset, f"recorded for {metrics[0].path}") if args.out
-              else next(iter(kept)) if kept else here) / "report"
+              else kept[0] if kept else here) / "report"
     found = None if kept else here / "curve" / "curve.json"  # the latest curve and audit: not for models kept
     curve = read_curve(args.curve) if args.curve else read_curve(found) if found and found.is_file() else None
     notes = check_curve(curve, args.curve or found, metrics) if curve else []
