@@ -219,7 +219,6 @@ def test_second_writer_is_refused_with_one_line(tmp_path):
 def test_a_full_disk_or_unwritable_folder_is_one_line_naming_the_file(tmp_path, monkeypatch):
     """Root ignores file modes, so the failures are made: the journal's np.save on a full disk, the store's lock in
     a read-only folder. Either leaves no temporary file."""
-    import errno
 
     from filelock import FileLock
 
