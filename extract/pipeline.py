@@ -214,9 +214,10 @@ def _collate(batch, tensor: bool = False) -> tuple[list[Read], np.ndarray | torc
     return [r for r, _ in batch], x if tensor or x is None else x.numpy()
 
 
-def _collate_mixed(batch) -> tuple[list[Read], list[torch.Tensor] | None]:
-    """`--gpu-decode`: the batch's reads and its images as they are, decoded (CHW) or JPEG bytes (1-D)."""
-    return [r for r, _ in batch], [t for _, t in batch if t is not None] or None
+def _collate_mixed(batch) -> tuple[list[Read], gpudecode.Packed | None]:
+    """`--gpu-decode`: the batch's reads and its images, decoded (CHW) or JPEG bytes, `gpudecode.pack`ed."""
+    tensors = [t for _, t in batch if t is not None]
+    return [r for r, _ in batch], gpudecode.pack(tensors) if tensors else None
 
 
 class _EmbedBatch:
@@ -631,9 +632,9 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
     size = backbone.preprocess.size
     example = torch.zeros(options.batch_size if options.compile else 2, 3, size, size, dtype=torch.uint8)
 
-    def run(net, x: np.ndarray | torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def run(net, x: np.ndarray | torch.Tensor | gpudecode.Packed) -> torch.Tensor:
         """One batch through `net` as every batch goes (the compile warm-up too): its embeddings, on the device."""
-        if isinstance(x, list):
+        if isinstance(x, gpudecode.Packed):
             x = gpudecode.decode_batch(x, backbone.preprocess, device)
         x = torch.as_tensor(x).to(device, non_blocking=True)
         n = len(x)
@@ -644,7 +645,7 @@ def embed_batches(items: list[Item], backbone: Backbone, device: torch.device, o
         with autocast(device, options.amp, options.amp_dtype):
             return net(x)[:n].float()
 
-    def forward(x: np.ndarray | torch.Tensor | list[torch.Tensor]):
+    def forward(x: np.ndarray | torch.Tensor | gpudecode.Packed):
         """The embeddings array, or on a GPU a call that waits for it (`to_host`)."""
         return to_host(run(model, x)) if cuda else run(model, x).cpu().numpy()
     in_workers = embeds_in_workers(device, options)

@@ -44,17 +44,29 @@ def test_a_batch_keeps_its_order_and_the_cpu_decoded_images(pre):
     a, b = jpeg((300, 200)), jpeg((200, 300), quality=70)
     cpu_decoded = load(b, pre)
     raw = torch.frombuffer(bytearray(a), dtype=torch.uint8)
-    batch = gpudecode.decode_batch([raw, cpu_decoded, raw], pre, torch.device("cpu"))
+    batch = gpudecode.decode_batch(gpudecode.pack([raw, cpu_decoded, raw]), pre, torch.device("cpu"))
     assert batch.shape == (3, 3, pre.size, pre.size) and batch.dtype == torch.uint8
     assert torch.equal(batch[1], cpu_decoded) and torch.equal(batch[0], batch[2])
     diff = (batch[0].int() - load(a, pre).int()).abs().float()  # full decode vs draft: pixels close
     assert diff.mean() < 3
 
 
+def test_images_of_one_size_are_resized_together_as_one_by_one(pre, monkeypatch):
+    rng = np.random.default_rng(1)
+    images = [torch.from_numpy(rng.integers(0, 255, (3, *hw), dtype=np.uint8)) for hw in
+              ((200, 300), (300, 200), (200, 300), (200, 300), (120, 90))]
+    together = gpudecode.resize_crop(images, pre)
+    monkeypatch.setattr(gpudecode, "RESIZE_VALUES", 1)  # one image a call
+    one_by_one = gpudecode.resize_crop(images, pre)
+    assert [tuple(x.shape) for x in together] == [(3, pre.size, pre.size)] * 5
+    assert all(torch.equal(a, b) for a, b in zip(together, one_by_one))
+    assert not torch.equal(together[0], together[2])  # each image its own, in order
+
+
 def test_a_corrupt_jpeg_is_one_line(pre):
     bad = torch.frombuffer(bytearray(jpeg()[:400]), dtype=torch.uint8)
     with pytest.raises(FeatbenchError, match="corrupt .*run without --gpu-decode"):
-        gpudecode.decode_batch([bad], pre, torch.device("cpu"))
+        gpudecode.decode_batch(gpudecode.pack([bad]), pre, torch.device("cpu"))
 
 
 @needs(DOGS_VS_CATS)
