@@ -64,7 +64,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"images per forward pass (default: {DEFAULT_BATCH['cuda']} on CUDA, 32 elsewhere)")
     p.add_argument("--workers", type=int, default=-1,
                    help="CPU: processes that decode and embed, one thread each (default: one per core; with "
-                        "--compile they only decode); GPU: decoding processes (default: cores, up to 8); "
+                        "--compile they only decode); GPU: decoding processes (default: cores but one, up to 32); "
                         "0: all in this process; -1: the default")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",

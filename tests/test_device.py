@@ -1,7 +1,8 @@
-"""Device choice without a GPU: a torchrun rank's GPU, the default batch size and the autocast type."""
+"""Device choice without a GPU: a torchrun rank's GPU, the default batch size, workers and the autocast type."""
 import pytest
 import torch
 
+from extract import device
 from extract.device import amp_dtype, autocast, claim, default_batch_size, rank_device
 from features.errors import FeatbenchError
 
@@ -45,3 +46,10 @@ def test_amp_type_defaults_to_bf16_where_the_gpu_has_it(monkeypatch):
 def test_autocast_is_off_on_cpu_whatever_the_type():
     with autocast(torch.device("cpu"), True, "bfloat16"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("cpus, gpu, cpu", [(1, 1, 1), (2, 1, 1), (16, 15, 8), (96, 32, 48)])
+def test_default_workers_leave_the_gpu_feeder_a_core(monkeypatch, cpus, gpu, cpu):
+    monkeypatch.setattr(device, "cores", lambda: cpus)
+    assert device.default_workers(torch.device("cuda")) == gpu
+    assert device.default_workers(torch.device("cpu")) == cpu
