@@ -13,8 +13,9 @@ DataLoader's workers hand over their batches).
   torchrun     ranks on cuda:RANK % GPUs (2 ranks sharing the GPU when there is one), and a dataset with
                fewer images than ranks works; a NOTE line when this torch has no torchrun
   throughput   resnet50 at batch 256: model-only forward, loader-only (featbench's DataLoader, no model) and
-               end to end side by side; end to end >= 0.8 x the slower of the other two (the GPU does not wait
-               on featbench's own copies, writes and synchronisation); a NOTE line gives --gpu-decode's end to end
+               end to end side by side, steady rates (from runs of N and 2N images); end to end >= 0.8 x the
+               slower of the other two (the GPU does not wait on featbench's own copies, writes and
+               synchronisation); a NOTE line gives --gpu-decode's end to end
 A failing check does not stop the others; the exit status is 1 when any failed. `--only` runs some checks
 (cheap re-runs). Without a CUDA GPU it says so in one line and exits 2.
 """
@@ -83,10 +84,11 @@ def write_images(root: Path, n: int, size: tuple[int, int] = (500, 375)) -> Path
 
 
 def linked_images(root: Path, n: int, distinct: int) -> Path:
-    """`n` JPEGs named as `write_images` names them, hard links to `distinct` (even) written ones: many batches
-    at the cost of writing a few, each image still read, hashed and decoded once per name."""
+    """`n` JPEGs named as `write_images` names them, in `root`/linked-`n`, hard links to `distinct` (even)
+    written ones: many batches at the cost of writing a few, each image still read, hashed and decoded once
+    per name."""
     written = write_images(root / "distinct", distinct)
-    folder = root / "linked"
+    folder = root / f"linked-{n}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         if not (folder / _name(i)).exists():
@@ -240,35 +242,46 @@ def check_torchrun(root: Path, gpus: int) -> list[Check]:
 
 def check_throughput(root: Path, device: str = "cuda", name: str = CONVNET, batch_size: int = 256,
                      batches: int = 64, distinct: int = 1024) -> list[Check]:
-    """`name` end to end (files to store; the better of two runs, the first warms cuDNN and the page cache)
-    against the slower of its two feeds: the model-only forward of `benchmarks speed` (synchronised,
-    channels-last, autocast) and featbench's DataLoader alone (CPU decoding: not featbench's to speed up).
-    `batches` of `batch_size` hard links to `distinct` images spread the fixed costs (workers, cuDNN, store).
-    Then, not judged, end to end with `--gpu-decode` (the GPU decodes as well as runs the model, so
-    model-only is not its ceiling)."""
+    """`name` end to end (files to store) against the slower of its two feeds: the model-only forward of
+    `benchmarks speed` (synchronised, channels-last, autocast) and featbench's DataLoader alone (CPU decoding:
+    not featbench's to speed up). End to end and loader-only each run over `batches` and over twice as many
+    batches of `batch_size` hard links to `distinct` images, and are judged on the steady rate, the extra
+    images over the extra seconds: a run's fixed costs (workers starting, the model prepared, the store
+    written), which a longer run spreads, cancel; the whole runs and the fixed cost are printed beside it.
+    A first end to end run warms cuDNN and the page cache. Then, not judged, end to end with `--gpu-decode`
+    (the GPU decodes as well as runs the model, so model-only is not its ceiling)."""
     from benchmarks.speed import featbench, loader_only, model_only
     backbone = create_backbone(name, random_init=True)
-    folder = linked_images(root, batch_size * batches, distinct)
-    dev = torch.device(device)
+    n, dev = batch_size * batches, torch.device(device)
+    folders = {k: linked_images(root, k * n, distinct) for k in (1, 2)}
 
-    def end_to_end_rate(gpu_decode: bool = False) -> float:
-        rate, store, _ = featbench(backbone, folder, dev, batch_size, -1, gpu_decode=gpu_decode, scratch=root)
+    def end_to_end_seconds(k: int, gpu_decode: bool = False) -> float:
+        rate, store, _ = featbench(backbone, folders[k], dev, batch_size, -1, gpu_decode=gpu_decode, scratch=root)
         shutil.rmtree(store.parent.parent)  # this run's store: the next starts afresh
-        return rate
-    end_to_end = max(end_to_end_rate() for _ in range(2))
-    model = model_only(backbone, dev, batch_size, batch_size * batches)
-    loader = loader_only(backbone, folder, dev, batch_size, -1)
-    ceiling, binds = min((model, "model-only"), (loader, "loader-only"))
-    ratio = end_to_end / ceiling
-    out = [Check("throughput", ratio >= MIN_RATIO,
-                 f"{name} batch {batch_size}, {batch_size * batches} images: end to end {end_to_end:.0f} img/s, "
-                 f"model-only {model:.0f}, loader-only {loader:.0f} ({binds} binds); end to end / {binds} "
-                 f"{ratio:.2f} (>= {MIN_RATIO})")]
+        return k * n / rate
+    end_to_end_seconds(1)
+    e1, e2 = end_to_end_seconds(1), end_to_end_seconds(2)
+    l1, l2 = (k * n / loader_only(backbone, folders[k], dev, batch_size, -1) for k in (1, 2))
+    model = model_only(backbone, dev, batch_size, 2 * n)
+    if e2 <= e1 or l2 <= l1:
+        out = [Check("throughput", False, f"twice the images took no longer (end to end {e1:.2f} s then {e2:.2f} s, "
+                                          f"loader-only {l1:.2f} s then {l2:.2f} s): too noisy to judge, re-run")]
+    else:
+        end_to_end, loader = n / (e2 - e1), n / (l2 - l1)
+        ceiling, binds = min((model, "model-only"), (loader, "loader-only"))
+        ratio = end_to_end / ceiling
+        out = [Check("throughput", ratio >= MIN_RATIO,
+                     f"{name} batch {batch_size}, steady rate from {n} and {2 * n} images: end to end "
+                     f"{end_to_end:.0f} img/s, model-only {model:.0f}, loader-only {loader:.0f} ({binds} binds); "
+                     f"end to end / {binds} {ratio:.2f} (>= {MIN_RATIO}). Whole runs of {2 * n}: end to end "
+                     f"{2 * n / e2:.0f} img/s, loader-only {2 * n / l2:.0f}; end to end's fixed cost "
+                     f"{2 * e1 - e2:.1f} s a run")]
 
     def gpu_decode() -> Check:
-        rate = end_to_end_rate(gpu_decode=True)
-        return Check("throughput --gpu-decode", None, f"end to end {rate:.0f} img/s ({rate / model:.2f} x model-only, "
-                                                      f"{rate / end_to_end:.2f} x with CPU decoding; not judged)")
+        rate = n / end_to_end_seconds(1, gpu_decode=True)
+        return Check("throughput --gpu-decode", None, f"end to end {rate:.0f} img/s over {n} images, whole run "
+                                                      f"({rate / model:.2f} x model-only, {rate * e1 / n:.2f} x "
+                                                      "with CPU decoding; not judged)")
     return out + attempt("throughput --gpu-decode", gpu_decode)
 
 
