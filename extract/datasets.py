@@ -43,7 +43,14 @@ class Dataset:
 
     def describe(self) -> dict:
         return {"root": str(self.root), "format": self.format, "name": self.name, "target": self.target,
-                "classes": len(self.class_names), "files": len(self.items) + len(self.unlisted)}
+                "classes": len(self.class_names), "files": len(self.items) + len(self.unlisted),
+                "listing": self.listing()}
+
+    def listing(self) -> str:
+        """A fingerprint of what was listed (each file's relative path with its label or why it is unlisted), not
+        of the files' content: two copies of a dataset give the same one (`features merge` compares shards')."""
+        lines = [f"{it.rel}\t{it.label}" for it in self.items] + [f"{rel}\t{why}" for rel, why in self.unlisted]
+        return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _listed(entry: Path) -> bool:

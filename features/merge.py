@@ -61,6 +61,12 @@ def _in_rank_order(stores: list[FeatureStore]) -> list[FeatureStore]:
         if n != world:
             raise StoreError(f"{s.path}: shard {rank} of {n}, but {first.path} is of {world}; merge shards of one run")
         have = _provenance(s)
+        for key in want["dataset"].keys() | have["dataset"].keys():
+            theirs, ours = have["dataset"].get(key), want["dataset"].get(key)
+            if theirs != ours:
+                raise StoreError(f"{s.path}: its dataset's {key} differs from {first.path}'s ({theirs} vs {ours}): "
+                                 "its rank listed another copy of the dataset, or the dataset changed between "
+                                 "ranks; re-run every rank on one copy (--shard R/N) and merge again")
         for key in want:
             if have[key] != want[key]:
                 raise StoreError(f"{s.path}: {key} differs from {first.path} ({str(have[key])[:60]} vs "

@@ -90,7 +90,7 @@ class Extraction:
     calibration: dict | None = None  # int8: {images, sha256, paths (older stores: none)} of its calibration images
     weights: dict | None = None  # {fingerprint, file_sha256, source, random_init}
     max_image_bytes: int | None = None  # --max-image-bytes: larger files skipped unread (None: stores before it)
-    dataset: dict | None = None  # `Dataset.describe()`: name, root, format, target, classes, files; root_from_store
+    dataset: dict | None = None  # `Dataset.describe()` (name, root, format, classes, files, listing…), root_from_store
     split_fractions: list | None = None
     split_seed: int | None = None
     versions: dict | None = None  # `library_versions()`

@@ -202,7 +202,7 @@ def test_oxford_pets_from_its_root_lists_what_it_cannot_label(tmp_path):
     assert [it.label for it in ds.items] == [0] * 5 + [1] * 5 and ds.class_names == ["cat", "dog"]
     assert ds.unlisted == [("README.jpg", "no breed in file name (expected Breed_N.jpg)")]
     assert ds.describe() == {"root": str(images), "format": "oxford-pets", "name": "my-pets-species",
-                             "target": "species", "classes": 2, "files": 11}
+                             "target": "species", "classes": 2, "files": 11, "listing": ds.listing()}
     assert load_dataset(root / "images", target="species") == ds  # images/ is named after its parent
 
 

@@ -1,6 +1,7 @@
 """Sharded extraction: torchrun with two gloo ranks on CPU, a rank re-run alone, `features merge`."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,10 @@ def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone)
     decoded = extract(ds, backbone, tmp_path / "e", options=OPTIONS, shard=(1, 2)).path
     with h5py.File(decoded, "r+") as f:  # as if that rank were re-run without --gpu-decode, or in another autocast
         f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), "gpu_decode": True, "amp_dtype": "bfloat16"})
+    copy = tmp_path / "copy" / "pics"  # another node's copy of the dataset: one file named otherwise
+    shutil.copytree(pics, copy)
+    (copy / "dog.99.jpg").rename(copy / "dog.98.jpg")
+    other_copy = extract(load_dataset(copy), backbone, tmp_path / "f", options=OPTIONS, shard=(1, 2)).path
     damaged = extract(ds, backbone, tmp_path / "d", options=OPTIONS, shard=(1, 2)).path
     with h5py.File(damaged, "r+") as f:  # rows changed after the shard was written: never merged into a store
         f["embeddings"][1, 0] = 1e30
@@ -147,6 +152,7 @@ def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone)
                             ([s0, s1], "split_seed differs"),
                             ([s0, amp], "amp differs"),
                             ([s0, decoded], "amp_dtype differs"),
+                            ([s0, other_copy], "its dataset's listing differs from"),
                             ([s0, damaged], f"{damaged.name}: 5 damaged rows (rows 0-4; first dog.0.jpg)"),
                             ([s0, s0], "shard 0 of 2 given twice"),
                             ([s0.parent / "nothing.shard-1-of-2.h5"], "no feature store here")]:
