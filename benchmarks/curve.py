@@ -434,7 +434,7 @@ def run_curve(stores: list[Path], heads: list[str], shots: list[int], repeats: i
     for note in notes:
         log(f"note: {note}")
     folder = check_outside((Path(out) / loaded[0].dataset if out else loaded[0].path.parent) / "curve",
-                           loaded[0].meta.dataset)
+                           loaded[0].meta.dataset, loaded[0].path)
     spec = Finetunes(list(finetune_shots), min(finetune_repeats, repeats), finetune_mode, finetune_epochs, device,
                      weights, finetune_backbones)
     if finetune_shots:

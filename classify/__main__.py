@@ -185,7 +185,7 @@ def audit_folder(store: Path, out: Path | None) -> Path:
     `check_outside` the dataset."""
     with FeatureStore(store) as fs:
         folder = Path(out) / fs.dataset_name / "audit" if out is not None else Path(store).parent / "audit"
-        return check_outside(folder, fs.meta.dataset)
+        return check_outside(folder, fs.meta.dataset, store)
 
 
 def train(args) -> int:

@@ -476,7 +476,7 @@ def check_models_folders(stores: list, out: Path | None) -> None:
     """`check_folder` (and `check_outside` its dataset) each models folder the stores' models go to, before any
     training."""
     for s in stores:
-        check_folder(check_outside(models_folder(s, out), s.meta.dataset))
+        check_folder(check_outside(models_folder(s, out), s.meta.dataset, s.path))
 
 
 def models_folder(store: Store, out: Path | None) -> Path:

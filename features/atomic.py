@@ -181,15 +181,31 @@ def check_folder(folder, flag: str = "--out") -> Path:
     return folder
 
 
-def check_outside(folder, dataset: dict | None) -> Path:
+def recorded_roots(dataset: dict | None, store=None) -> list[Path]:
+    """The folders a dataset record names, as real paths: its `root` and, seen from the folder of `store` (the
+    store holding the record), its `root_from_store`, where a project moved or copied whole keeps its images;
+    none without a root."""
+    root = (dataset or {}).get("root")
+    if not root:
+        return []
+    roots = [Path(os.path.realpath(root))]
+    if store is not None and dataset.get("root_from_store"):
+        roots.append(Path(os.path.realpath(Path(store).parent / dataset["root_from_store"])))
+    return roots
+
+
+def check_outside(folder, dataset: dict | None, store=None) -> Path:
     """Refuse an output folder inside the listed folder of `dataset` (a store's or a listing's record: root,
-    format; a CSV names its files): what is written there would be listed as the dataset's images, or a new class,
-    on the next extraction. Returns `folder`."""
-    root, fmt = (dataset or {}).get("root"), (dataset or {}).get("format")
-    if root and fmt != "csv" and Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(root)):
-        raise FeatbenchError(f"{folder}: this output folder lies inside the dataset folder {root}, so the next "
-                             "extraction would list what is written there as images; pass an --out outside it "
-                             "(stores extracted into it: move them out, or use --features STORE --out DIR)")
+    format; a CSV names its files), as `recorded_roots` finds it from `store`: what is written there would be
+    listed as the dataset's images, or a new class, on the next extraction. Returns `folder`."""
+    if (dataset or {}).get("format") == "csv":
+        return Path(folder)
+    real = Path(os.path.realpath(folder))
+    for root in recorded_roots(dataset, store):
+        if real.is_relative_to(root):
+            raise FeatbenchError(f"{folder}: this output folder lies inside the dataset folder {root}, so the next "
+                                 "extraction would list what is written there as images; pass an --out outside it "
+                                 "(stores extracted into it: move them out, or use --features STORE --out DIR)")
     return Path(folder)
 
 

@@ -8,6 +8,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from features.atomic import recorded_roots
 from features.entries import given_file
 from features.errors import DamagedStore, StoreError
 from features.records import StoreMeta
@@ -307,17 +308,12 @@ def check_root(where: Path, dataset: dict | None, root) -> None:
     """Refuse what `where` (a store, or a journal beside it) holds when its `dataset` record names another
     folder than `root`: neither its `root` nor its `root_from_store` seen from where the store is now (a
     project moved or copied whole, stores and images together, is still the same dataset)."""
-    recorded = (dataset or {}).get("root")
-    if not recorded:
+    same = recorded_roots(dataset, where)
+    root = Path(os.path.realpath(root))
+    if not same or root in same:
         return
-    same = {Path(recorded).resolve()}
-    if dataset.get("root_from_store"):
-        same.add((where.parent.resolve() / dataset["root_from_store"]).resolve())
-    root = Path(root).resolve()
-    if root in same:
-        return
-    raise StoreError(f"{where}: made from {recorded}, not {root} (two datasets with one name); pass --name NAME "
-                     f"to give this dataset its own stores, or delete {where} if the dataset moved")
+    raise StoreError(f"{where}: made from {dataset['root']}, not {root} (two datasets with one name); pass --name "
+                     f"NAME to give this dataset its own stores, or delete {where} if the dataset moved")
 
 
 def verify(path) -> tuple[bool, str]:

@@ -51,7 +51,7 @@ def view(latent, dim, seed, noise=1.0):
 
 
 def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSES, paths=None, hashes=None,
-               fmt="imagefolder", root=None):
+               fmt="imagefolder", root=None, root_from_store=None):
     n = len(y)
     paths = paths or [f"{class_names[c] if c >= 0 else 'x'}/{i:04d}.jpg" for i, c in enumerate(y)]
     meta = Extraction(backbone=backbone, weights_fingerprint="0123456789abcdef",
@@ -60,7 +60,8 @@ def make_store(path, X, y, splits, backbone, dataset="synth", class_names=CLASSE
                       weights={"source": "random-init (tests only)", "fingerprint": "0123456789abcdef",
                                "random_init": True},
                       dataset={"root": root or f"/data/{dataset}", "format": fmt, "name": dataset, "target": "",
-                               "classes": len(class_names), "files": n},
+                               "classes": len(class_names), "files": n,
+                               **({"root_from_store": root_from_store} if root_from_store else {})},
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_store(path, dim=X.shape[1], chunks=[X] if n else [], labels=y, paths=paths, splits=splits,
@@ -819,6 +820,13 @@ def test_an_out_inside_the_stores_dataset_folder_is_refused_before_any_work(good
     for command in [], ["audit"]:  # without --out, beside the store: refused too, saying what to do
         one_line_error(*cli(capsys, *command, "--features", inside), "move them out, or use --features STORE --out")
     assert sorted(p.name for p in (folder / "runs").iterdir()) == ["b.h5"]
+    moved = make_store(folder / "runs" / "c.h5", X, y, splits, "c", root="/gone/synth", root_from_store="..")
+    for command in [], ["audit"]:  # a project moved whole: its data is where the store finds it from its folder
+        one_line_error(*cli(capsys, *command, "--features", moved, "--out", folder / "out"),
+                       f"lies inside the dataset folder {folder.resolve()}, so")
+    rc = run_cli(benchmarks, ["curve", "--features", str(moved), "--out", str(folder / "out")])
+    assert rc == 2 and f"lies inside the dataset folder {folder.resolve()}" in capsys.readouterr().err
+    assert not (folder / "out").exists()
 
 
 def test_missing_and_empty_stores(tmp_path, capsys):

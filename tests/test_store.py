@@ -309,6 +309,11 @@ def test_an_output_folder_inside_a_dataset_folder_is_refused_and_a_link_loop_is_
     for outside in tmp_path / "data2", tmp_path / "loop" / "runs":
         assert check_outside(outside, data) == outside
     assert check_outside(tmp_path / "data" / "runs", {**data, "format": "csv"})  # a CSV names its files
+    moved = {"root": "/gone/data", "format": "imagefolder", "root_from_store": "../../data"}  # the project moved whole
+    store = tmp_path / "runs" / "data" / "resnet18.h5"
+    with pytest.raises(FeatbenchError, match=f"inside the dataset folder {tmp_path / 'data'},"):
+        check_outside(tmp_path / "data" / "audit", moved, store)
+    assert check_outside(tmp_path / "runs" / "data" / "audit", moved, store)
 
 
 def test_store_chunks_rows_and_metadata(tmp_path):
