@@ -37,7 +37,7 @@ from classify.models import SUFFIX
 from classify.select import near_best
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from extract.files import read_given
-from features.atomic import atomic_write, check_outside, csv_text
+from features.atomic import atomic_write, check_outside, csv_text, recorded_roots
 from features.entries import given_file
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
@@ -164,6 +164,13 @@ class Collected:
     audit: dict | None = None  # `read_audit`: audit.csv's rows and map.png of `classify audit`
     excluded: list = field(default_factory=list)  # models trained without the audit's flagged images (--exclude)
     dataset: dict = field(default_factory=dict)  # `dataset_record`
+    dataset_store: Path | None = None  # the store that record is from
+
+    def images_root(self) -> Path:
+        """The dataset's folder: the first of its record's folders that exists (`recorded_roots`: a project moved
+        whole finds its images from the store), else the recorded root, else the current folder."""
+        roots = recorded_roots(self.dataset, self.dataset_store)
+        return next((r for r in roots if r.is_dir()), roots[0] if roots else Path("."))
 
     def best(self, kind: str, backbone: str | None = None, refit: bool | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (within
@@ -197,17 +204,19 @@ def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict 
     metrics, dropped = one_split(metrics)
     metas = store_metas(metrics)
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
-    dataset = dataset_record(metrics, metas)
+    dataset, store = dataset_record(metrics, metas)
     published = [p.as_row() for p in published_for(task_of(dataset))]
     return Collected(metrics, rows, published, metas, list(notes or []) + dropped + _mixed_calibration(rows), curve,
-                     audit, excluded, dataset)
+                     audit, excluded, dataset, store)
 
 
-def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta]) -> dict:
-    """The dataset record (`Dataset.describe()`: root, format, name…) of a store the models were trained on: a frozen
-    model's, else the one a fine-tune took its split from; {} where none is here."""
-    if metas:
-        return next(iter(metas.values())).dataset or {}
+def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta]) -> tuple[dict, Path | None]:
+    """The dataset record (`Dataset.describe()`: root, format, name…) of a store the models were trained on, and
+    that store: a frozen model's, else the one a fine-tune took its split from; ({}, None) where none is here."""
+    for m in metrics:
+        stem = next((stem for stem in m.features if stem in metas), None)
+        if stem:
+            return metas[stem].dataset or {}, m.dataset_folder() / f"{stem}.h5"
     for m in metrics:
         if not (m.split_source or "").startswith("store "):
             continue
@@ -215,10 +224,10 @@ def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta]) -> 
         for store in (m.dataset_folder() / recorded.name, recorded):
             try:
                 with FeatureStore(store) as fs:
-                    return fs.meta.dataset or {}
+                    return fs.meta.dataset or {}, store
             except StoreError:  # gone, moved or damaged since: only a hint
                 continue
-    return {}
+    return {}, None
 
 
 def _mixed_calibration(rows: list[dict]) -> list[str]:
@@ -910,8 +919,7 @@ def figures(c: Collected) -> list[Figure]:
         label = f"{best['backbone']} + {best['head']}"
         out.append(Figure("confusion.png", f"Confusion matrix of the best model ({label})",
                           plots.confusion(m, f"{label}: test confusion")))
-        root = m.dataset_root or c.dataset.get("root", ".")
-        png = plots.top_losses(m, Path(root), label)
+        png = plots.top_losses(m, Path(m.dataset_root) if m.dataset_root else c.images_root(), label)
         if png:
             out.append(Figure("top_losses.png", f"Top losses of the best model ({label})", png))
     png = plots.sweeps(c.metrics)
@@ -935,13 +943,13 @@ def audit_figures(c: Collected, per_kind: int = 9) -> list[Figure]:
         return []
     out = [Figure("audit_map.png", "Map of the embeddings (UMAP), flagged images ringed", c.audit["map"])] \
         if c.audit["map"] else []
-    root = c.dataset.get("root", ".")
+    root = c.images_root()
     for kind in AUDIT_KINDS:
         rows = [r for r in c.audit["rows"] if r["kind"] == kind][:per_kind]
         items = [(r["path"], f"{r['split']} {r['label']}" + (f" → {r['suggested']}" if r["suggested"] else "")
                   + (f", group {r['group']}" if r["group"] else "") + f"\nscore {float(r['score']):.3f}\n"
                   f"{Path(r['path']).name}") for r in rows]
-        png = plots.image_grid(items, Path(root), f"{kind}: the top-ranked {len(items)}")
+        png = plots.image_grid(items, root, f"{kind}: the top-ranked {len(items)}")
         if png:
             out.append(Figure(f"audit_{kind}.png", f"Audit: {kind.replace('_', ' ')}", png))
     return out
@@ -1079,7 +1087,7 @@ def build(metrics: list[ModelMetrics], folder: Path, title: str = "", notes: lis
     """Collect and write a report (with `curve`, curve.json's doc, and `audit`, `read_audit`'s, their sections);
     returns what it collected and the files it wrote."""
     c = collect(metrics, notes, curve, audit)
-    check_outside(folder, c.dataset)
+    check_outside(folder, c.dataset, c.dataset_store)
     return c, write_report(c, folder, title or f"featbench report: {c.rows[0]['dataset']}")
 
 

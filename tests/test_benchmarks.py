@@ -580,7 +580,7 @@ def test_finetune_refuses_bad_input(tmp_path, capsys):
 
 # ---- report on stores made elsewhere ----------------------------------------------------------------
 
-def pets_store(path: Path, seed: int, split_seed: int = 0, **timing):
+def pets_store(path: Path, seed: int, split_seed: int = 0, root_from_store: str | None = None, **timing):
     rng = np.random.default_rng(seed)
     names = ["Bengal", "beagle", "pug"]
     y = np.arange(60) % 3
@@ -592,7 +592,8 @@ def pets_store(path: Path, seed: int, split_seed: int = 0, **timing):
                                   "std": [0.5] * 3},
                       weights={"source": "test", "fingerprint": "f" * 16, "file_sha256": "ab" * 32},
                       dataset={"root": f"/data/{path.parent.name}", "format": "oxford-pets", "name": path.parent.name,
-                               "target": "breed", "classes": 3, "files": 60},
+                               "target": "breed", "classes": 3, "files": 60,
+                               **({"root_from_store": root_from_store} if root_from_store else {})},
                       split_fractions=[0.6, 0.2, 0.2], split_seed=0, versions={"torch": "x"}, device="cuda",
                       created="today", **{"images_per_second": 120.0, "extraction_seconds": 0.5, **timing})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -623,6 +624,27 @@ def test_report_for_pets_with_published_rows_and_a_stale_model(tmp_path, capsys)
     assert rc == 2 and err.count("\n") == 1 and "models of two datasets (pets, single); report one dataset" in err
     rc, _, err = cli(capsys, "report", folder, "--out", "/data/pets/runs")  # inside the stores' dataset folder
     assert rc == 2 and "lies inside the dataset folder /data/pets" in err
+
+
+def test_a_moved_projects_report_shows_its_images_and_keeps_out_of_them(tmp_path, capsys):
+    """A project moved whole: its store records the old dataset folder and, relative to itself, where the images
+    are now; the report's top-loss grid reads them from there, and an --out inside them is refused."""
+    from benchmarks.report import collect, load_metrics
+    from classify.train import run
+    folder, data = tmp_path / "runs" / "pets", tmp_path / "data"
+    pets_store(folder / "alpha.h5", 1, root_from_store="../../data")  # recorded root: /data/pets, gone
+    for i, name in enumerate(f"images/{('Bengal', 'beagle', 'pug')[i % 3]}_{i}.jpg" for i in range(60)):
+        write_image(data / name, i)
+    run([folder / "alpha.h5"], ["logreg"])
+    assert collect(load_metrics([folder])).images_root() == data.resolve()
+    rc, _, err = cli(capsys, "report", folder, "--out", data / "report")
+    assert rc == 2 and f"lies inside the dataset folder {data.resolve()}, so" in err
+    rc, _, err = cli(capsys, "report", folder)
+    assert rc == 0, err
+    grid = np.asarray(Image.open(folder / "report" / "top_losses.png").convert("RGB"))
+    assert grid.reshape(-1, 3).std(axis=0).min() > 20  # the images in the grid, not placeholders
+    shutil.rmtree(data)
+    assert collect(load_metrics([folder])).images_root() == Path("/data/pets")
 
 
 def test_extraction_seconds_are_the_recorded_ones_not_rows_over_the_rounded_rate(tmp_path):
