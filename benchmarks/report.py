@@ -37,7 +37,7 @@ from classify.models import SUFFIX
 from classify.select import near_best
 from classify.train import exclusion_pairs, flagged_test_note, short_params
 from extract.files import read_given
-from features.atomic import atomic_write, check_outside, csv_text, recorded_roots
+from features.atomic import atomic_write, check_outside, csv_text, images_folder
 from features.entries import given_file
 from features.errors import FeatbenchError, StoreError
 from features.reader import FeatureStore
@@ -167,10 +167,9 @@ class Collected:
     dataset_store: Path | None = None  # the store that record is from
 
     def images_root(self) -> Path:
-        """The dataset's folder: the first of its record's folders that exists (`recorded_roots`: a project moved
-        whole finds its images from the store), else the recorded root, else the current folder."""
-        roots = recorded_roots(self.dataset, self.dataset_store)
-        return next((r for r in roots if r.is_dir()), roots[0] if roots else Path("."))
+        """The dataset's folder (`images_folder`: a project moved whole finds its images from the store), else the
+        current folder."""
+        return images_folder(self.dataset, self.dataset_store) or Path(".")
 
     def best(self, kind: str, backbone: str | None = None, refit: bool | None = None) -> dict | None:
         """The `kind` row (of one backbone, if given) chosen by validation log-loss, never by test; ties (within

@@ -4,6 +4,7 @@ Read from a feature store of the dataset (the same backbone's if there is one), 
 recomputed from the listing with the same fractions and seed.
 """
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 from extract.datasets import assign_splits, load_dataset
 from extract.files import MAX_IMAGE_BYTES, file_stamp
 from extract.names import store_stem
+from features.atomic import images_folder, recorded_roots
 from features.errors import StoreError
 from features.reader import FeatureStore
 from features.schema import NO_LABEL, SPLITS, split_fingerprint
@@ -48,7 +50,7 @@ def from_store(path: Path) -> SplitImages:
         raise StoreError(f"{path}: records no dataset folder, so its images cannot be read; re-run `python -m "
                          "extract` on the dataset, or give it as --data instead of --features")
     keep = {s: np.flatnonzero((splits == SPLITS.index(s)) & (labels != NO_LABEL)) for s in SPLITS}
-    return SplitImages(Path(dataset["root"]), dataset, meta.class_names,
+    return SplitImages(images_folder(dataset, path), dataset, meta.class_names,  # a project moved: found from the store
                        {s: [paths[i] for i in rows] for s, rows in keep.items()},
                        {s: labels[rows] for s, rows in keep.items()}, meta.split_fingerprint, f"store {path}",
                        meta.max_image_bytes or MAX_IMAGE_BYTES)
@@ -67,7 +69,7 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
             continue
         with FeatureStore(path) as fs:
             same = (fs.meta.split_fractions == list(settings.splits) and fs.meta.split_seed == settings.seed
-                    and (fs.meta.dataset or {}).get("root") == str(dataset.root))
+                    and Path(os.path.realpath(dataset.root)) in recorded_roots(fs.meta.dataset, path))
         if same:
             return from_store(path)
     codes = assign_splits(dataset.items, settings.splits, settings.seed)

@@ -194,6 +194,13 @@ def recorded_roots(dataset: dict | None, store=None) -> list[Path]:
     return roots
 
 
+def images_folder(dataset: dict | None, store=None) -> Path | None:
+    """Where a dataset record's images are: the first of its `recorded_roots` that is a folder, else its recorded
+    root (gone: reading it says so); None when it records none."""
+    roots = recorded_roots(dataset, store)
+    return next((r for r in roots if r.is_dir()), roots[0] if roots else None)
+
+
 def check_outside(folder, dataset: dict | None, store=None) -> Path:
     """Refuse an output folder inside the listed folder of `dataset` (a store's or a listing's record: root,
     format; a CSV names its files), as `recorded_roots` finds it from `store`: what is written there would be

@@ -556,6 +556,22 @@ def test_split_without_a_store_is_the_one_stores_get(synthetic, tmp_path):
     assert stored.paths == fresh.paths and all(np.array_equal(stored.labels[s], fresh.labels[s]) for s in stored.labels)
 
 
+def test_a_moved_projects_store_gives_its_split_and_images_from_where_it_is(synthetic, tmp_path):
+    """A project moved whole (its recorded dataset folder gone): the store is still the split's source, and the
+    fine-tunes read the images where the store finds them (`root_from_store`)."""
+    from benchmarks.splits import from_store
+    moved = tmp_path / "moved"
+    shutil.copytree(synthetic.parent.parent / "dvc", moved / "dvc")
+    shutil.copytree(synthetic, moved / "runs" / "dvc", ignore=shutil.ignore_patterns("models", "report", "*.partial"))
+    store = moved / "runs" / "dvc" / "resnet10t-random-init.h5"
+    with h5py.File(store, "r+") as f:
+        meta = json.loads(f.attrs["meta"])
+        f.attrs["meta"] = json.dumps({**meta, "dataset": {**meta["dataset"], "root": str(tmp_path / "gone" / "dvc")}})
+    assert from_store(store).root == (moved / "dvc").resolve()
+    split = same_split(DatasetSettings(moved / "dvc", "auto", "breed", "", (0.7, 0.15, 0.15), 0, moved / "runs"), "x")
+    assert split.source.startswith("store ") and split.root == (moved / "dvc").resolve()
+
+
 @pytest.mark.parametrize("mode", ["full", "bn-head", "head"])
 def test_finetune_modes_train_the_right_parameters(mode):
     model = Finetuned(create_backbone("resnet10t", random_init=True), 3, mode).train()
