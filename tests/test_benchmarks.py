@@ -556,7 +556,7 @@ def test_split_without_a_store_is_the_one_stores_get(synthetic, tmp_path):
     assert stored.paths == fresh.paths and all(np.array_equal(stored.labels[s], fresh.labels[s]) for s in stored.labels)
 
 
-def test_a_moved_projects_store_gives_its_split_and_images_from_where_it_is(synthetic, tmp_path):
+def test_a_moved_projects_store_gives_its_split_and_images_from_where_it_is(synthetic, tmp_path, capsys):
     """A project moved whole (its recorded dataset folder gone): the store is still the split's source, and the
     fine-tunes read the images where the store finds them (`root_from_store`)."""
     from benchmarks.splits import from_store
@@ -570,6 +570,8 @@ def test_a_moved_projects_store_gives_its_split_and_images_from_where_it_is(synt
     assert from_store(store).root == (moved / "dvc").resolve()
     split = same_split(DatasetSettings(moved / "dvc", "auto", "breed", "", (0.7, 0.15, 0.15), 0, moved / "runs"), "x")
     assert split.source.startswith("store ") and split.root == (moved / "dvc").resolve()
+    rc, _, err = cli(capsys, "finetune", "--features", store, "--backbone", "resnet10t", "--out", moved / "dvc" / "o")
+    assert rc == 2 and f"lies inside the dataset folder {(moved / 'dvc').resolve()}, so" in err, err
 
 
 @pytest.mark.parametrize("mode", ["full", "bn-head", "head"])
