@@ -423,8 +423,9 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         raise _nothing_embedded(dataset.root, items, records, journal)
     labels, splits = [items[i].label for i in rows], codes[rows]
     stamps = [records[i].stamp for i in rows]
+    record = _dataset_record(dataset, path)
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
-                             dataset.class_names, options.dtype, options.max_image_bytes):
+                             dataset.class_names, options.dtype, options.max_image_bytes, record):
         seconds = round(time.perf_counter() - started, 3)
         resumed = [records[i].seconds for i in rows if records[i].seconds is not None]
         recovered = Cost(len(resumed), sum(resumed))
@@ -438,8 +439,7 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
             _note_relabelled(path, old_store, dataset.class_names, list(fractions), seed, options.max_image_bytes)
             if not (embedded or recovered.images):  # every row reused: the run that computed them stays on record
                 run = {k: getattr(old_store.meta, k) for k in run}
-        meta = Extraction(**prov, weights=backbone.weights, max_image_bytes=options.max_image_bytes,
-                          dataset=_dataset_record(dataset, path),
+        meta = Extraction(**prov, weights=backbone.weights, max_image_bytes=options.max_image_bytes, dataset=record,
                           split_fractions=list(fractions), split_seed=seed, shard=list(shard) if shard else None,
                           **run)
         source = RowSource(old_store.h5 if old_store else None)
@@ -581,11 +581,13 @@ def _note_relabelled(path: Path, store: FeatureStore, class_names: list, fractio
               "skipped now, and files skipped as over the old cap are read again", file=sys.stderr)
 
 
-def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype, max_bytes) -> bool:
+def _store_is_current(store, sources, stamps, labels, splits, skipped, class_names, dtype, max_bytes,
+                      record: dict) -> bool:
     """True when the existing store already holds exactly these rows, stamps, labels, splits and skips, read
-    under this file size cap (or one it does not record)."""
-    return (store is not None and sources == [Row(None, k) for k in range(len(store.paths))]
-            and store.stamps == stamps
+    under this file size cap (or one it does not record), with this dataset record (its `listing`, which a shard's
+    other ranks are merged against, covers the whole listing, not only the shard's rows)."""
+    return (store is not None and store.meta.dataset == record
+            and sources == [Row(None, k) for k in range(len(store.paths))] and store.stamps == stamps
             and np.array_equal(store.labels, labels) and np.array_equal(store.splits, splits)
             and sorted(store.skipped) == sorted(skipped) and store.class_names == list(class_names)
             and store.meta.dtype == dtype and store.meta.max_image_bytes in (None, max_bytes))

@@ -161,6 +161,31 @@ def test_merge_refuses_missing_rank_and_foreign_shards(pics, tmp_path, backbone)
     assert not (tmp_path / "a" / "pics" / STORE).exists()
 
 
+@pytest.mark.parametrize("before", ["a rank's block changed", "shards of an older featbench"])
+def test_shards_rerun_after_the_listing_changed_merge(pics, tmp_path, backbone, before):
+    """A rank whose rows are unchanged still takes the new listing (its store's record is rewritten, nothing is
+    embedded again), so re-running every rank after the dataset changed in one rank's block, or after an upgrade
+    to stores that record a listing, merges."""
+    shards = [extract(load_dataset(pics), backbone, tmp_path / "out", options=OPTIONS, shard=(r, 2)).path
+              for r in range(2)]
+    if before == "shards of an older featbench":
+        for shard in shards:
+            with h5py.File(shard, "r+") as f:
+                meta = json.loads(f.attrs["meta"])
+                f.attrs["meta"] = json.dumps({**meta, "dataset": {k: v for k, v in meta["dataset"].items()
+                                                                  if k != "listing"}})
+    (pics / "notes.txt").rename(pics / "readme.txt")  # unlisted, in rank 1's block
+    runs = [extract(load_dataset(pics), backbone, tmp_path / "out", options=OPTIONS, shard=(r, 2)) for r in range(2)]
+    assert [r.embedded for r in runs] == [0, 0]
+    listings = set()
+    for shard in shards:
+        with FeatureStore(shard) as s:
+            listings.add(s.meta.dataset["listing"])
+    assert listings == {load_dataset(pics).listing()}
+    r = subprocess.run([sys.executable, "-m", "features", "merge", *map(str, shards)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 @needs(DOGS_VS_CATS)
 def test_torchrun_on_real_photos(tmp_path, backbone):
     folder = tmp_path / "photos"
