@@ -5,7 +5,7 @@ recomputed from the listing with the same fractions and seed.
 """
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ class SplitImages:
     fingerprint: str
     source: str
     max_bytes: int = MAX_IMAGE_BYTES  # files larger are not read: the store's --max-image-bytes
+    store: Path | None = None  # the store the split and `dataset` come from (its root_from_store is seen from it)
 
     def files_fingerprint(self) -> str:
         """16 hex digits of sha256 over every split's images' paths, sizes and modification times, as extraction
@@ -53,7 +54,7 @@ def from_store(path: Path) -> SplitImages:
     return SplitImages(images_folder(dataset, path), dataset, meta.class_names,  # a project moved: found from the store
                        {s: [paths[i] for i in rows] for s, rows in keep.items()},
                        {s: labels[rows] for s, rows in keep.items()}, meta.split_fingerprint, f"store {path}",
-                       meta.max_image_bytes or MAX_IMAGE_BYTES)
+                       meta.max_image_bytes or MAX_IMAGE_BYTES, Path(path))
 
 
 def same_split(settings, backbone: str, features: Path | None = None) -> SplitImages:
@@ -70,8 +71,8 @@ def same_split(settings, backbone: str, features: Path | None = None) -> SplitIm
         with FeatureStore(path) as fs:
             same = (fs.meta.split_fractions == list(settings.splits) and fs.meta.split_seed == settings.seed
                     and Path(os.path.realpath(dataset.root)) in recorded_roots(fs.meta.dataset, path))
-        if same:
-            return from_store(path)
+        if same:  # the images of the folder given, where two copies of a project are the same dataset
+            return replace(from_store(path), root=dataset.root)
     codes = assign_splits(dataset.items, settings.splits, settings.seed)
     labels = np.array([it.label for it in dataset.items])
     rels = [it.rel for it in dataset.items]

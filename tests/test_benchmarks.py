@@ -557,21 +557,25 @@ def test_split_without_a_store_is_the_one_stores_get(synthetic, tmp_path):
 
 
 def test_a_moved_projects_store_gives_its_split_and_images_from_where_it_is(synthetic, tmp_path, capsys):
-    """A project moved whole (its recorded dataset folder gone): the store is still the split's source, and the
-    fine-tunes read the images where the store finds them (`root_from_store`)."""
+    """A project copied whole is the same dataset: --data COPY takes the copy's store's split and the copy's
+    images, and fine-tune models may go inside neither folder. Moved (the recorded folder gone), the store's split
+    reads the images where the store finds them (`root_from_store`)."""
     from benchmarks.splits import from_store
-    moved = tmp_path / "moved"
-    shutil.copytree(synthetic.parent.parent / "dvc", moved / "dvc")
-    shutil.copytree(synthetic, moved / "runs" / "dvc", ignore=shutil.ignore_patterns("models", "report", "*.partial"))
-    store = moved / "runs" / "dvc" / "resnet10t-random-init.h5"
-    with h5py.File(store, "r+") as f:
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic.parent.parent / "dvc", copy / "dvc")
+    shutil.copytree(synthetic, copy / "runs" / "dvc", ignore=shutil.ignore_patterns("models", "report", "*.partial"))
+    store = copy / "runs" / "dvc" / "resnet10t-random-init.h5"
+    settings = DatasetSettings(copy / "dvc", "auto", "breed", "", (0.7, 0.15, 0.15), 0, copy / "runs")
+    split = same_split(settings, "x")
+    assert split.source.startswith("store ") and split.root == (copy / "dvc").resolve()
+    for inside in copy / "dvc", synthetic.parent.parent / "dvc":  # the copy's images, and the recorded ones
+        rc, _, err = cli(capsys, "finetune", "--features", store, "--backbone", "resnet10t", "--out", inside / "o")
+        assert rc == 2 and f"lies inside the dataset folder {inside.resolve()}, so" in err, err
+    with h5py.File(store, "r+") as f:  # moved: the recorded folder is gone
         meta = json.loads(f.attrs["meta"])
         f.attrs["meta"] = json.dumps({**meta, "dataset": {**meta["dataset"], "root": str(tmp_path / "gone" / "dvc")}})
-    assert from_store(store).root == (moved / "dvc").resolve()
-    split = same_split(DatasetSettings(moved / "dvc", "auto", "breed", "", (0.7, 0.15, 0.15), 0, moved / "runs"), "x")
-    assert split.source.startswith("store ") and split.root == (moved / "dvc").resolve()
-    rc, _, err = cli(capsys, "finetune", "--features", store, "--backbone", "resnet10t", "--out", moved / "dvc" / "o")
-    assert rc == 2 and f"lies inside the dataset folder {(moved / 'dvc').resolve()}, so" in err, err
+    assert from_store(store).root == (copy / "dvc").resolve()
+    assert same_split(settings, "x").source.startswith("store ")
 
 
 @pytest.mark.parametrize("mode", ["full", "bn-head", "head"])
