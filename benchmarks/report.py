@@ -87,18 +87,19 @@ def one_split(metrics: list[ModelMetrics]) -> tuple[list[ModelMetrics], list[str
     return [m for m in metrics if m.split_fingerprint == keep], dropped
 
 
-def store_metas(metrics: list[ModelMetrics]) -> dict[str, StoreMeta]:
+def store_metas(metrics: list[ModelMetrics]) -> tuple[dict[str, StoreMeta], Path | None]:
     """Metadata of every feature store the frozen models were trained on, by store name: only a store still holding
-    the embeddings a model was trained on (its fingerprint), not one extracted again since."""
-    metas = {}
+    the embeddings a model was trained on (its fingerprint), not one extracted again since; and the first one's path
+    (the store whose dataset record the report takes)."""
+    metas, first = {}, None
     for m in metrics:
         for stem, fingerprint in m.features.items():
             path = m.dataset_folder() / f"{stem}.h5"
             if stem not in metas and path.is_file():
                 with FeatureStore(path) as fs:
                     if fs.meta.fingerprint == fingerprint:
-                        metas[stem] = fs.meta
-    return metas
+                        metas[stem], first = fs.meta, first or path
+    return metas, first
 
 
 def _extract_seconds(meta: StoreMeta | None) -> float | None:
@@ -201,21 +202,21 @@ def collect(metrics: list[ModelMetrics], notes: list | None = None, curve: dict 
         raise FeatbenchError("only models trained without an audit's flagged images (--exclude); report them with "
                              "the models trained on every image")
     metrics, dropped = one_split(metrics)
-    metas = store_metas(metrics)
+    metas, first = store_metas(metrics)
     rows = sorted((measured_row(m, metas) for m in metrics), key=_order)
-    dataset, store = dataset_record(metrics, metas)
+    dataset, store = dataset_record(metrics, metas, first)
     published = [p.as_row() for p in published_for(task_of(dataset))]
     return Collected(metrics, rows, published, metas, list(notes or []) + dropped + _mixed_calibration(rows), curve,
                      audit, excluded, dataset, store)
 
 
-def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta]) -> tuple[dict, Path | None]:
+def dataset_record(metrics: list[ModelMetrics], metas: dict[str, StoreMeta], first: Path | None
+                   ) -> tuple[dict, Path | None]:
     """The dataset record (`Dataset.describe()`: root, format, name…) of a store the models were trained on, and
-    that store: a frozen model's, else the one a fine-tune took its split from; ({}, None) where none is here."""
-    for m in metrics:
-        stem = next((stem for stem in m.features if stem in metas), None)
-        if stem:
-            return metas[stem].dataset or {}, m.dataset_folder() / f"{stem}.h5"
+    that store: a frozen model's (`store_metas`' first, at `first`), else the one a fine-tune took its split from;
+    ({}, None) where none is here."""
+    if metas:
+        return next(iter(metas.values())).dataset or {}, first
     for m in metrics:
         if not (m.split_source or "").startswith("store "):
             continue
