@@ -411,9 +411,9 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         known, old_store = _known_rows(path, journal, prov, options.overwrite)
         records, todo, by_hash = _pending(items, known, backbone.preprocess, options.max_image_bytes)
 
-    embedded = 0
+    embedded, record = 0, _dataset_record(dataset, path)
     if todo:
-        journal.start(prov, _dataset_record(dataset, path))
+        journal.start(prov, record)
         embedded = _embed(items, todo, records, by_hash, backbone, device, journal, options, calibration, started)
 
     rows = [i for i, r in enumerate(records) if not r.reason]
@@ -423,7 +423,6 @@ def _extract_locked(dataset, backbone, path, device, fractions, seed, options, s
         raise _nothing_embedded(dataset.root, items, records, journal)
     labels, splits = [items[i].label for i in rows], codes[rows]
     stamps = [records[i].stamp for i in rows]
-    record = _dataset_record(dataset, path)
     if not _store_is_current(old_store, [records[i].source for i in rows], stamps, labels, splits, skipped,
                              dataset.class_names, options.dtype, options.max_image_bytes, record):
         seconds = round(time.perf_counter() - started, 3)
