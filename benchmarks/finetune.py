@@ -636,8 +636,8 @@ def main(args: argparse.Namespace) -> int:
     settings = resolve(**dataset_flags(args), need_data=args.features is None)
     data = same_split(settings, args.backbone, args.features)
     out = settings.out if args.out or args.features is None else args.features.parent.parent
-    check_folder(check_outside(Path(out) / data.dataset["name"] / "models", data.dataset, data.store))  # where
-    # finetune() writes: outside every folder the dataset record names, the one its images are read from included
+    # where finetune() writes: outside every folder the dataset record names, the one its images are read from included
+    check_folder(check_outside(Path(out) / data.dataset["name"] / "models", data.dataset, data.store))
     train_counts(f"{data.root} (split from {data.source})", data.class_names, data.labels["train"])
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"split from {data.source}: {', '.join(f'{len(data.paths[s])} {s}' for s in SPLITS)}")
